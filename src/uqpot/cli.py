@@ -1,0 +1,146 @@
+"""The ``uqpot`` command line.
+
+Every user-facing error (bad data, bad config, bad model file) is printed as one line naming the file (and
+frame/field) and exits with status 2; nothing is written before inputs have been validated.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import DataErrors, UqpotError
+
+EXIT_USER_ERROR = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(exc: UqpotError) -> None:
+    if isinstance(exc, DataErrors) and len(exc.problems) > 1:
+        for p in exc.problems[:20]:
+            click.echo(f"error: {p}", err=True)
+        if len(exc.problems) > 20:
+            click.echo(f"error: ... and {len(exc.problems) - 20} more problem(s)", err=True)
+    else:
+        click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+@click.group()
+@click.version_option(package_name="uqpot")
+def cli():
+    """uqpot: how far to trust a neural-network interatomic potential, and how to make it robust."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="output directory (overrides 'out').")
+@click.option("--data", "data_path", type=click.Path(path_type=Path), help="structure file (overrides data.path).")
+@click.option("--epochs", type=int, help="overrides train.epochs.")
+@click.option("--device", help="cpu, cuda, cuda:1, or auto (overrides train.device).")
+@click.option("--no-progress", is_flag=True, help="no progress bar.")
+def train(config, out, data_path, epochs, device, no_progress):
+    """Train a potential from CONFIG.yaml (resumes an interrupted run in the same output directory)."""
+    from .config import RunConfig, load_config
+    from .train.run import run_training
+
+    overrides = {}
+    if out is not None:
+        overrides["out"] = str(out)
+    if data_path is not None:
+        overrides["data.path"] = str(data_path)
+    if epochs is not None:
+        overrides["train.epochs"] = epochs
+    if device is not None:
+        overrides["train.device"] = device
+    if no_progress:
+        overrides["train.progress"] = False
+    try:
+        cfg = load_config(config, RunConfig, overrides)
+        summary = run_training(cfg, console=_console())
+    except UqpotError as exc:
+        _fail(exc)
+    t = summary["training"]
+    click.echo(f"best epoch {t['best_epoch']} of {t['epochs_run']} ({t['stopped']}), "
+               f"{t['wall_seconds']:.0f} s; model: {summary['model']}")
+    for name in ("val", "test"):
+        if name in summary:
+            m = summary[name]
+            click.echo(f"{name}: energy MAE {m['energy_mae']:.4f} kcal/mol, forces MAE {m['forces_mae']:.4f} "
+                       f"kcal/mol/Å ({m['n_structures']} structures)")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="output directory (default: eval/ beside the model).")
+@click.option("--energy-key", default=None, help="info key holding the energy (default: calculator results).")
+@click.option("--forces-key", default=None, help="arrays key holding the forces (default: calculator results).")
+@click.option("--energy-unit", default="kcal/mol", show_default=True, help="energy unit of DATA.")
+@click.option("--length-unit", default="Å", show_default=True, help="length unit of DATA.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default=None)
+def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit, batch_size, device):
+    """Energy/force MAE and RMSE of MODEL on DATA; per-structure errors to a CSV."""
+    from .data.io import ReadOptions
+    from .evaluate import evaluate as run_eval
+    from .units import UnitError
+
+    out = out or Path(model).parent / "eval"
+    try:
+        opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                           length_unit=length_unit)
+        metrics = run_eval(model, data, out, opts, batch_size=batch_size, device=device)
+    except UnitError as exc:
+        _fail(UqpotError(str(exc)))
+    except UqpotError as exc:
+        _fail(exc)
+    click.echo(f"{metrics['n_structures']} structures: energy MAE {metrics['energy_mae']:.4f} "
+               f"RMSE {metrics['energy_rmse']:.4f} kcal/mol; forces MAE {metrics['forces_mae']:.4f} "
+               f"RMSE {metrics['forces_rmse']:.4f} kcal/mol/Å")
+    click.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_structure.csv'}")
+
+
+@cli.group()
+def data():
+    """Structure files: check."""
+
+
+@data.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--energy-key", default=None)
+@click.option("--forces-key", default=None)
+@click.option("--energy-unit", default="kcal/mol", show_default=True)
+@click.option("--length-unit", default="Å", show_default=True)
+@click.option("--min-distance", default=0.5, show_default=True, help="minimum interatomic distance (Å).")
+@click.option("--no-labels", is_flag=True, help="structures without energy/forces are valid.")
+def check(files, energy_key, forces_key, energy_unit, length_unit, min_distance, no_labels):
+    """Validate structure files; one line per problem (file, frame, field); exit 0 only if all are valid."""
+    from .data.io import ReadOptions, check_files
+
+    opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                       length_unit=length_unit, min_distance=min_distance,
+                       require_energy=not no_labels, require_forces=not no_labels)
+    problems = check_files(files, opts)
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        click.echo(f"{len(problems)} problem(s) in {len({p.path for p in problems})} file(s)", err=True)
+        sys.exit(1)
+    click.echo(f"{len(files)} file(s) valid")
+
+
+def main():
+    cli(prog_name="uqpot")
+
+
+if __name__ == "__main__":
+    main()

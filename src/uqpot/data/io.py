@@ -1,0 +1,226 @@
+"""Reading and validating structure files.
+
+Any file that ``ase.io`` reads (extended XYZ, ASE databases, VASP outputs, ...) is accepted.  Energies and
+forces come from the calculator results that ASE attaches when it reads a file, or from named
+``info``/``arrays`` keys (``energy_key``/``forces_key``).  Inputs are converted to uqpot's units
+(kcal/mol, Å) from the declared ``energy_unit`` and ``length_unit``.
+
+Every frame is validated by :func:`validate_structure`; all problems are collected and reported together,
+each naming the file, the frame and the field.  The same rules are used by every entry point
+(``uqpot train``, ``uqpot evaluate``, ``uqpot data check``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import fields as F
+from ..errors import DataError, DataErrors
+from ..units import UnitError, energy_factor, length_factor
+from .neighbors import neighbor_list
+from .structures import Structure, StructureDataset
+
+MAX_Z = 118
+
+
+@dataclass
+class ReadOptions:
+    """How to read a structure file (mirrors the ``data`` section of a config)."""
+
+    format: str | None = None
+    energy_key: str | None = None
+    forces_key: str | None = None
+    energy_unit: str = "kcal/mol"
+    length_unit: str = "Å"
+    require_energy: bool = True
+    require_forces: bool = True
+    min_distance: float = 0.5
+    index: str = ":"
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise DataError(path, "no such file")
+    if path.is_dir():
+        raise DataError(path, "is a directory, expected a structure file")
+    if not os.access(path, os.R_OK):
+        raise DataError(path, "file is not readable (permission denied)")
+    if path.stat().st_size == 0:
+        raise DataError(path, "file is empty (no frames)")
+
+
+def _lookup(atoms, key: str, per_atom: bool):
+    """A value from the calculator results, then info (per structure) or arrays (per atom)."""
+    calc = atoms.calc
+    if calc is not None and key in getattr(calc, "results", {}):
+        return calc.results[key]
+    store = atoms.arrays if per_atom else atoms.info
+    if key in store:
+        return store[key]
+    return None
+
+
+def _iter_atoms(path: Path, options: ReadOptions):
+    """Yields (frame, atoms); a reader failure raises DataError naming the frame where it happened."""
+    import ase.io
+
+    frame = 0
+    try:
+        for frame, atoms in enumerate(ase.io.iread(str(path), index=options.index, format=options.format)):
+            yield frame, atoms
+        else:
+            frame = -1
+    except DataError:
+        raise
+    except KeyError as exc:  # ASE raises KeyError for unknown element symbols
+        raise DataError(path, f"cannot read: unknown element symbol {exc}", frame=frame, field=F.NUMBERS) from None
+    except PermissionError:
+        raise DataError(path, "file is not readable (permission denied)") from None
+    except Exception as exc:  # truncated or malformed file: ASE's own message, with the frame
+        msg = str(exc).strip() or type(exc).__name__
+        raise DataError(path, f"cannot read ({type(exc).__name__}: {msg})", frame=frame) from None
+
+
+def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> list[DataError]:
+    """All problems of one structure (empty list when valid)."""
+    problems: list[DataError] = []
+
+    def bad(field, message):
+        problems.append(DataError(path, message, frame=frame, field=field))
+
+    n = len(s.numbers)
+    if n == 0:
+        bad(F.NUMBERS, "frame has no atoms")
+        return problems
+    z = s.numbers
+    unknown = sorted({int(x) for x in z if x < 1 or x > MAX_Z})
+    if unknown:
+        bad(F.NUMBERS, f"unknown element(s) with atomic number {unknown}")
+    if s.positions.shape != (n, 3):
+        bad(F.POSITIONS, f"shape {s.positions.shape}, expected ({n}, 3)")
+    elif not np.all(np.isfinite(s.positions)):
+        rows = np.unique(np.nonzero(~np.isfinite(s.positions))[0])
+        bad(F.POSITIONS, f"non-finite coordinates (NaN/inf) on atom(s) {rows[:10].tolist()}")
+    cell_ok = True
+    if s.periodic:
+        if not np.all(np.isfinite(s.cell)):
+            bad(F.CELL, "non-finite cell")
+            cell_ok = False
+        elif np.allclose(s.cell, 0.0):
+            bad(F.CELL, f"periodic frame (pbc={s.pbc.tolist()}) without a cell")
+            cell_ok = False
+        elif abs(np.linalg.det(s.cell)) < 1e-6:
+            bad(F.CELL, f"cell has zero volume (det = {np.linalg.det(s.cell):.3g} Å^3); a periodic frame "
+                        "needs three independent cell vectors")
+            cell_ok = False
+    if options.require_energy:
+        if s.energy is None:
+            key = options.energy_key or F.ENERGY
+            bad(key, "no energy (looked in the calculator results and in the frame's info)")
+        elif not np.isfinite(s.energy):
+            bad(options.energy_key or F.ENERGY, f"non-finite energy ({s.energy})")
+    if s.forces is not None or options.require_forces:
+        key = options.forces_key or F.FORCES
+        if s.forces is None:
+            bad(key, "no forces (looked in the calculator results and in the per-atom arrays)")
+        elif s.forces.shape != (n, 3):
+            bad(key, f"forces have shape {tuple(s.forces.shape)}, positions have ({n}, 3)")
+        elif not np.all(np.isfinite(s.forces)):
+            rows = np.unique(np.nonzero(~np.isfinite(s.forces))[0])
+            bad(key, f"non-finite forces (NaN/inf) on atom(s) {rows[:10].tolist()}")
+    if (
+        options.min_distance > 0
+        and n > 1
+        and cell_ok
+        and s.positions.shape == (n, 3)
+        and np.all(np.isfinite(s.positions))
+    ):
+        i, j, shifts = neighbor_list(s.positions, s.cell, s.pbc, options.min_distance)
+        if len(i):
+            vec = s.positions[j] - s.positions[i] + shifts @ s.cell
+            d = np.linalg.norm(vec, axis=1)
+            k = int(np.argmin(d))
+            bad(
+                F.POSITIONS,
+                f"atoms {int(i[k])} and {int(j[k])} are {d[k]:.3f} Å apart, closer than the minimum "
+                f"distance {options.min_distance} Å ({len(i) // 2} such pair(s))",
+            )
+    return problems
+
+
+def _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor) -> Structure:
+    energy = _lookup(atoms, options.energy_key or F.ENERGY, per_atom=False)
+    forces = _lookup(atoms, options.forces_key or F.FORCES, per_atom=True)
+    try:
+        energy = None if energy is None else float(np.asarray(energy).reshape(()))
+    except (TypeError, ValueError):
+        raise DataError(path, f"energy is not a single number: {energy!r}", frame=frame,
+                        field=options.energy_key or F.ENERGY) from None
+    if forces is not None:
+        forces = np.asarray(forces, dtype=np.float64) * (e_factor / l_factor)
+    s = Structure.from_atoms(atoms, None, forces, source=str(path), frame=frame)
+    s.positions = s.positions * l_factor
+    s.cell = s.cell * l_factor
+    s.energy = None if energy is None else energy * e_factor
+    return s
+
+
+def read_structures(path, options: ReadOptions | None = None, collect: list | None = None) -> StructureDataset:
+    """Reads and validates every frame of ``path``.
+
+    Raises :class:`DataErrors` listing every problem (file, frame, field) unless ``collect`` is given, in
+    which case problems are appended to it and only the valid frames are returned.
+    """
+    options = options or ReadOptions()
+    path = Path(path)
+    try:
+        e_factor = energy_factor(options.energy_unit)
+        l_factor = length_factor(options.length_unit)
+    except UnitError as exc:
+        raise DataError(path, str(exc)) from None
+    problems: list[DataError] = []
+    structures: list[Structure] = []
+    try:
+        _check_path(path)
+        for frame, atoms in _iter_atoms(path, options):
+            try:
+                s = _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor)
+            except DataError as exc:
+                problems.append(exc)
+                continue
+            found = validate_structure(s, path, frame, options)
+            if found:
+                problems.extend(found)
+            else:
+                structures.append(s)
+    except DataError as exc:
+        problems.append(exc)
+    if not structures and not problems:
+        problems.append(DataError(path, "file contains no frames"))
+    if collect is not None:
+        collect.extend(problems)
+    elif problems:
+        raise DataErrors(problems)
+    return StructureDataset(structures)
+
+
+def check_files(paths, options: ReadOptions | None = None) -> list[DataError]:
+    """Every problem in every file (used by ``uqpot data check``)."""
+    problems: list[DataError] = []
+    for p in paths:
+        read_structures(p, options, collect=problems)
+    return problems
+
+
+def write_extxyz(dataset: StructureDataset, path) -> None:
+    """Writes structures as extended XYZ in uqpot's units (kcal/mol, Å), atomically."""
+    import ase.io
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    ase.io.write(str(tmp), [s.to_atoms() for s in dataset], format="extxyz")
+    os.replace(tmp, path)

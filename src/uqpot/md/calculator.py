@@ -1,0 +1,56 @@
+"""ASE calculator for a uqpot model.
+
+Results are given in the units the caller asks for: ASE's eV and eV/Å by default (so ASE's dynamics,
+optimisers and NEB work unchanged), or kcal/mol and kcal/mol/Å with ``energy_unit="kcal/mol"``.  The model
+works in kcal/mol and Å (its file records them); the conversion uses :mod:`uqpot.units`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from .. import fields as F
+from ..data.batch import collate
+from ..data.structures import Structure
+from ..predict import check_elements
+from ..units import ENERGY_UNIT, LENGTH_UNIT, energy_factor, length_factor
+
+
+class UQPotCalculator(Calculator):
+    implemented_properties = ["energy", "free_energy", "forces", "energies"]
+
+    def __init__(self, model, energy_unit: str = "eV", length_unit: str = "Å", device=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+            from .. import load
+
+            model = load(model, device=device)
+        self.model = model.eval()
+        if device is not None:
+            self.model.to(device)
+        # factor from the model's units to the caller's
+        self.energy_to_out = energy_factor(ENERGY_UNIT) / energy_factor(energy_unit)
+        self.length_in = length_factor(length_unit) / length_factor(LENGTH_UNIT)  # caller length -> Å
+        self.energy_unit, self.length_unit = energy_unit, length_unit
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        s = Structure.from_atoms(self.atoms)
+        s.positions = s.positions * self.length_in
+        s.cell = s.cell * self.length_in
+        from ..data.structures import StructureDataset
+
+        check_elements(self.model, StructureDataset([s]))
+        batch = collate([s], cutoff=self.model.cutoff, dtype=self.model.dtype, device=self.model.device)
+        out = self.model(batch, compute_forces=True, create_graph=False)
+        energy = float(out[F.ENERGY].detach().cpu()[0]) * self.energy_to_out
+        forces = out[F.FORCES].detach().cpu().double().numpy() * self.energy_to_out * self.length_in
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["forces"] = forces
+        self.results["energies"] = out[F.ATOMIC_ENERGY].detach().cpu().double().numpy() * self.energy_to_out
+        # atomic energies exclude the per-element references; add them for a consistent sum
+        ref = self.model.atomref[torch.as_tensor(s.numbers)].cpu().numpy() * self.energy_to_out
+        self.results["energies"] = self.results["energies"] + ref

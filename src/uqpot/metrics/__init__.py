@@ -1,0 +1,1 @@
+"""uqpot.metrics"""

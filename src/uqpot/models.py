@@ -1,0 +1,3 @@
+"""Imports every model class so that each registers its kind with :mod:`uqpot.modelfile`."""
+
+from .nn.potential import Potential  # noqa: F401

@@ -1,0 +1,133 @@
+"""The potential: PaiNN representation → atomwise energy readout → total energy → forces by autograd.
+
+E(x) = Σ_i [ scale · ε(ξ_i) + e_ref(Z_i) ],   F = -∂E/∂r
+
+``e_ref`` are per-element reference energies fitted by least squares on the training set and ``scale``
+is the RMS of the training forces, so that the network learns O(1) numbers.  The reference part is kept
+in float64 (absolute DFT energies are ~1e5 kcal/mol, beyond float32's resolution); the total energy is
+returned in float64, forces in the model's dtype.  Units: kcal/mol and Å.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import fields as F
+from .. import modelfile
+from ..data.batch import AtomsBatch
+from ..data.structures import StructureDataset
+from .heads import AtomwiseMLP
+from .painn import PaiNN
+
+MAX_Z = 118
+
+
+@modelfile.register("potential")
+class Potential(nn.Module):
+    kind = "potential"
+
+    @classmethod
+    def from_hparams(cls, hparams: dict) -> "Potential":
+        return cls(**hparams)
+
+    def __init__(
+        self,
+        features: int = 128,
+        interactions: int = 3,
+        rbf: int = 20,
+        cutoff: float = 5.0,
+        activation: str = "ssp",
+        readout_hidden: int = 64,
+        trainable_rbf: bool = True,
+    ):
+        super().__init__()
+        self.hparams = dict(features=features, interactions=interactions, rbf=rbf, cutoff=float(cutoff),
+                            activation=activation, readout_hidden=readout_hidden, trainable_rbf=trainable_rbf)
+        self.cutoff = float(cutoff)
+        self.representation = PaiNN(features, interactions, rbf, cutoff, activation, trainable_rbf, MAX_Z)
+        self.readout = AtomwiseMLP(features, readout_hidden, 1, activation)
+        self.register_buffer("atomref", torch.zeros(MAX_Z + 1, dtype=torch.float64))
+        self.register_buffer("energy_scale", torch.ones(()))
+        # elements seen in training: inputs with other elements are refused in the data path
+        self.register_buffer("known_elements", torch.zeros(MAX_Z + 1, dtype=torch.bool))
+
+    # keep the reference energies in float64 whatever dtype the network uses
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.atomref = self.atomref.to(torch.float64)
+        return self
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.energy_scale.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.energy_scale.device
+
+    def elements(self) -> list[int]:
+        return torch.nonzero(self.known_elements).flatten().tolist()
+
+    def fit_reference(self, dataset: StructureDataset) -> None:
+        """Per-element reference energies (least squares of E on composition, minimum-norm where the
+        compositions do not determine them) and the force scale from a training set."""
+        elements = dataset.elements()
+        counts = np.zeros((len(dataset), len(elements)))
+        col = {z: k for k, z in enumerate(elements)}
+        for n, s in enumerate(dataset):
+            zs, c = np.unique(s.numbers, return_counts=True)
+            counts[n, [col[int(z)] for z in zs]] = c
+        ref = torch.zeros(MAX_Z + 1, dtype=torch.float64)
+        if dataset.has_energy:
+            coef, *_ = np.linalg.lstsq(counts, dataset.energies(), rcond=None)
+            ref[elements] = torch.as_tensor(coef, dtype=torch.float64)
+            residual = dataset.energies() - counts @ coef
+        else:
+            residual = np.zeros(len(dataset))
+        if dataset.has_forces:
+            scale = float(np.sqrt(np.mean(np.concatenate([s.forces.ravel() for s in dataset]) ** 2)))
+        else:
+            n_atoms = counts.sum(1)
+            scale = float(np.std(residual / n_atoms))
+        scale = scale if np.isfinite(scale) and scale > 1e-6 else 1.0
+        self.atomref.copy_(ref)
+        self.energy_scale.fill_(scale)
+        self.known_elements.zero_()
+        self.known_elements[elements] = True
+
+    def reference_energy(self, batch: AtomsBatch) -> torch.Tensor:
+        """Σ e_ref(Z_i) per structure (float64)."""
+        e = self.atomref.index_select(0, batch.numbers)
+        return torch.zeros(batch.num_structures, dtype=torch.float64, device=e.device).index_add(0, batch.batch, e)
+
+    def pair_vectors(self, batch: AtomsBatch, positions: torch.Tensor) -> torch.Tensor:
+        i, j = batch.edge_index[0], batch.edge_index[1]
+        vec = positions.index_select(0, j) - positions.index_select(0, i)
+        if batch.periodic:
+            vec = vec + batch.edge_offsets()
+        return vec
+
+    def forward(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
+                retain_graph: bool | None = None) -> dict[str, torch.Tensor]:
+        """Energy (float64, kcal/mol), forces (kcal/mol/Å), per-atom features ξ and atomic energies.
+
+        ``create_graph`` (default: ``self.training``) keeps the force graph for losses on forces."""
+        create_graph = self.training if create_graph is None else create_graph
+        positions = batch.positions
+        with torch.enable_grad() if compute_forces else torch.no_grad():
+            if compute_forces and not positions.requires_grad:
+                positions = positions.detach().requires_grad_(True)
+            s, _ = self.representation(batch.numbers, self.pair_vectors(batch, positions), batch.edge_index)
+            e_atom = self.readout(s) * self.energy_scale
+            e_res = e_atom.new_zeros(batch.num_structures).index_add(0, batch.batch, e_atom)
+            out = {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, "energy_residual": e_res}
+            out[F.ENERGY] = e_res.to(torch.float64) + self.reference_energy(batch)
+            if compute_forces:
+                (grad,) = torch.autograd.grad(
+                    e_res.sum(), positions, create_graph=create_graph,
+                    retain_graph=create_graph if retain_graph is None else retain_graph,
+                )
+                out[F.FORCES] = -grad
+        return out

@@ -1,0 +1,106 @@
+"""``uqpot train CONFIG.yaml``: read and validate data, split, train, evaluate the best model.
+
+The output directory receives, before training starts: ``config.yaml`` (the resolved config), ``split.json``
+(the indices of every split), ``run.json`` (seed, versions, hardware, data file); during training the
+trainer's files; at the end ``summary.json`` (written last: its presence marks a finished run).
+Rerunning the same command resumes an interrupted run; a different config in the same directory is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import RunConfig, dump_config
+from ..data.io import read_structures
+from ..data.splits import check_disjoint, load_split, random_split, read_index_file, save_split
+from ..data.structures import StructureDataset
+from ..errors import ConfigError
+from ..metrics.errors import error_summary
+from ..predict import predict
+from ..provenance import versions, write_json
+from .trainer import Trainer
+
+
+def make_split(cfg: RunConfig, n: int) -> dict[str, np.ndarray]:
+    sp = cfg.split
+    if sp.train_file:
+        split = {"train": read_index_file(sp.train_file, n)}
+        split["val"] = read_index_file(sp.val_file, n) if sp.val_file else np.array([], dtype=np.int64)
+        split["test"] = read_index_file(sp.test_file, n) if sp.test_file else np.array([], dtype=np.int64)
+        if not sp.val_file:  # hold out a random part of the training indices for validation
+            rng = np.random.default_rng(sp.seed)
+            tr = rng.permutation(split["train"])
+            n_val = int(round((sp.val if isinstance(sp.val, float) and sp.val < 1 else 0.2) * len(tr)))
+            split["val"], split["train"] = np.sort(tr[:n_val]), np.sort(tr[n_val:])
+    else:
+        split = random_split(n, sp.train, sp.val, sp.test, sp.seed)
+    check_disjoint(split)
+    return split
+
+
+def _same_run(out: Path, cfg: RunConfig) -> None:
+    old = out / "config.yaml"
+    if not old.is_file():
+        return
+    previous = yaml.safe_load(old.read_text())
+    current = cfg.model_dump(mode="json")
+    # only the training length and the time budget may change on resume
+    for d in (previous, current):
+        d.get("train", {}).pop("epochs", None)
+        d.get("train", {}).pop("max_hours", None)
+        d.get("train", {}).pop("progress", None)
+    if previous != current:
+        raise ConfigError(old, f"the output directory {out} holds a run with a different config; "
+                               "choose another 'out' or delete it")
+
+
+def build_model(cfg: RunConfig):
+    from ..nn.potential import Potential
+
+    m = cfg.model
+    return Potential(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
+                     activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf)
+
+
+def run_training(cfg: RunConfig, console=None) -> dict:
+    data = read_structures(cfg.data.path, cfg.data.read_options())  # validates every frame first
+    split = make_split(cfg, len(data))
+    out = Path(cfg.out)
+    _same_run(out, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "split.json").is_file():
+        old = load_split(out / "split.json")
+        if any(not np.array_equal(old[k], split[k]) for k in split):
+            raise ConfigError(out / "split.json", "the stored split differs from the one this config makes")
+    dump_config(cfg, out / "config.yaml")
+    save_split(split, out / "split.json")
+    write_json(out / "run.json", {"seed": cfg.seed, "data": str(cfg.data.path), "n_structures": len(data),
+                                  "split_sizes": {k: len(v) for k, v in split.items()}, "versions": versions()})
+
+    train, val, test = (data.subset(split[k]) for k in ("train", "val", "test"))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg)
+    model.fit_reference(train)
+    trainer = Trainer(model, train, val, cfg.train, out, seed=cfg.seed, console=console,
+                      extra={"seed": cfg.seed, "data": str(cfg.data.path)})
+    result = trainer.fit()
+
+    from .. import load
+
+    best = load(trainer.model_path, device=trainer.device)
+    summary = {"training": result.as_dict(), "model": str(trainer.model_path)}
+    for name, ds in (("val", val), ("test", test)):
+        if len(ds):
+            summary[name] = _errors(best, ds, cfg.train.val_batch_size or cfg.train.batch_size)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def _errors(model, ds: StructureDataset, batch_size: int) -> dict:
+    pred = predict(model, ds, batch_size=batch_size)
+    return error_summary(pred["energy"], ds.energies(), pred["forces"], [s.forces for s in ds]) | {
+        "n_structures": len(ds)}
