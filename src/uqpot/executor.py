@@ -1,0 +1,238 @@
+"""Where long-running work runs: in-process, on a local Dask cluster, or on Slurm through dask-jobqueue.
+
+``get_executor(kind, **options)`` returns an :class:`Executor`:
+
+* ``"none"``: in the calling process; ``map`` is lazy (an item is computed when the iterator reaches it).
+* ``"local"``: a ``distributed.LocalCluster`` on loopback (127.0.0.1), one single-threaded worker
+  process per ``n_workers`` (default 2), no dashboard.
+* ``"slurm"``: a ``dask_jobqueue.SLURMCluster``; options ``queue``, ``account``, ``cores``, ``processes``,
+  ``memory``, ``walltime``, ``job_extra`` (list of extra ``#SBATCH`` lines), ``job_script_prologue``
+  (shell lines run before the worker starts, e.g. ``module load``), ``local_directory``, ``interface``,
+  and ``jobs`` (how many jobs to ``scale`` to) or ``minimum_jobs``/``maximum_jobs`` (adaptive).  The
+  cluster is only built when work is first submitted, so constructing the executor needs no Slurm.
+
+Every executor has ``submit(fn, *args, **kwargs) -> future`` (``future.result()``), ``map(fn, items) ->
+iterator of results in input order``, ``as_completed(futures) -> iterator of futures as they finish``,
+``close()`` and is a context manager.  ``in_process`` tells callers whether work runs in the calling
+process (then ``submit`` computes before it returns).
+
+Functions and arguments sent to a Dask executor are pickled: they must be importable module-level
+functions and picklable objects.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as _cf
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import ConfigError, UqpotError
+
+KINDS = ("none", "local", "slurm")
+
+
+class ExecutorError(UqpotError):
+    pass
+
+
+class Executor:
+    """Base class; see the module docstring."""
+
+    kind: str = "none"
+    in_process: bool = True
+
+    def submit(self, fn: Callable, *args, **kwargs):
+        raise NotImplementedError
+
+    def map(self, fn: Callable, items: Iterable) -> Iterator:
+        futures = [self.submit(fn, item) for item in items]
+        for f in futures:
+            yield f.result()
+
+    def as_completed(self, futures) -> Iterator:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class InProcessExecutor(Executor):
+    """Runs everything in the calling process."""
+
+    kind = "none"
+    in_process = True
+
+    def __init__(self):
+        pass
+
+    def submit(self, fn, *args, **kwargs):
+        future: _cf.Future = _cf.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001  (delivered through the future, like Dask does)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            future.set_exception(e)
+        return future
+
+    def map(self, fn, items):
+        for item in items:
+            yield fn(item)
+
+    def as_completed(self, futures):
+        return iter(list(futures))
+
+
+class DaskExecutor(Executor):
+    """A ``distributed.Client`` on a cluster that is built on first use."""
+
+    in_process = False
+
+    def __init__(self, kind: str, cluster_factory: Callable[[], Any], describe: str):
+        self.kind = kind
+        self._factory = cluster_factory
+        self._describe = describe
+        self._cluster = None
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            from distributed import Client
+
+            self._cluster = self._factory()
+            self._client = Client(self._cluster)
+        return self._client
+
+    def submit(self, fn, *args, **kwargs):
+        return self.client.submit(fn, *args, pure=False, **kwargs)
+
+    def map(self, fn, items):
+        items = list(items)
+        if not items:
+            return
+        futures = self.client.map(fn, items, pure=False)
+        try:
+            for f in futures:
+                yield f.result()
+        finally:
+            for f in futures:
+                f.release()
+
+    def as_completed(self, futures):
+        from distributed import as_completed
+
+        futures = list(futures)
+        if not futures:
+            return iter(())
+        return iter(as_completed(futures))
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self._describe})"
+
+
+def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit, processes: bool):
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        processes=processes,
+        memory_limit=memory_limit,
+        host="127.0.0.1",
+        dashboard_address=None,
+    )
+
+
+def _slurm_cluster(options: dict):
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExecutorError("executor 'slurm' needs dask-jobqueue: pip install 'uqpot[dask]'") from e
+    opts = dict(options)
+    jobs = opts.pop("jobs", None)
+    minimum_jobs = opts.pop("minimum_jobs", None)
+    maximum_jobs = opts.pop("maximum_jobs", None)
+    cluster = SLURMCluster(**opts)
+    if minimum_jobs is not None or maximum_jobs is not None:
+        cluster.adapt(minimum_jobs=minimum_jobs or 0, maximum_jobs=maximum_jobs or (minimum_jobs or 1))
+    else:
+        cluster.scale(jobs=1 if jobs is None else int(jobs))
+    return cluster
+
+
+_SLURM_KEYS = {
+    "queue", "account", "cores", "processes", "memory", "walltime", "job_extra", "job_extra_directives",
+    "job_script_prologue", "local_directory", "interface", "jobs", "minimum_jobs", "maximum_jobs",
+    "job_name", "log_directory", "python",
+}
+
+
+def get_executor(kind: str | None = "none", **options) -> Executor:
+    """An executor of ``kind`` (``"none"``, ``"local"`` or ``"slurm"``); see the module docstring.
+
+    Unknown options are errors (nothing is silently ignored).
+    """
+    kind = "none" if kind is None else str(kind).lower()
+    if kind == "none":
+        if options:
+            raise ConfigError(None, f"executor 'none' takes no options (got {sorted(options)})")
+        return InProcessExecutor()
+    if kind == "local":
+        allowed = {"n_workers", "threads_per_worker", "memory_limit", "processes"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise ConfigError(None, f"unknown option(s) for executor 'local': {sorted(unknown)}; "
+                                    f"allowed: {sorted(allowed)}")
+        n = int(options.get("n_workers", 2))
+        tpw = int(options.get("threads_per_worker", 1))
+        mem = options.get("memory_limit", "auto")
+        processes = bool(options.get("processes", True))
+        if n < 1 or tpw < 1:
+            raise ConfigError(None, "executor 'local': n_workers and threads_per_worker must be >= 1")
+        return DaskExecutor("local", lambda: _local_cluster(n, tpw, mem, processes),
+                            f"local, {n} worker(s) x {tpw} thread(s)")
+    if kind == "slurm":
+        unknown = set(options) - _SLURM_KEYS
+        if unknown:
+            raise ConfigError(None, f"unknown option(s) for executor 'slurm': {sorted(unknown)}; "
+                                    f"allowed: {sorted(_SLURM_KEYS)}")
+        opts = dict(options)
+        if "job_extra" in opts:  # dask-jobqueue's current name
+            opts["job_extra_directives"] = list(opts.pop("job_extra"))
+        opts.setdefault("cores", 1)
+        opts.setdefault("memory", "4GB")
+        describe = ", ".join(f"{k}={v}" for k, v in sorted(opts.items()))
+        return DaskExecutor("slurm", lambda: _slurm_cluster(opts), f"slurm, {describe}")
+    raise ConfigError(None, f"unknown executor kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def executor_from(executor) -> Executor:
+    """An :class:`Executor` from None, a kind string, a dict ``{"kind": ..., **options}`` or an executor."""
+    if executor is None:
+        return InProcessExecutor()
+    if isinstance(executor, Executor):
+        return executor
+    if isinstance(executor, str):
+        return get_executor(executor)
+    if isinstance(executor, dict):
+        opts = dict(executor)
+        return get_executor(opts.pop("kind", "none"), **opts)
+    raise TypeError(f"not an executor: {executor!r}")

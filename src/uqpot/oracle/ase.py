@@ -1,0 +1,110 @@
+"""Any ASE calculator as an oracle.
+
+``ASEOracle("tblite.ase.TBLite", {"method": "GFN2-xTB"})`` imports the calculator class (or any callable
+that returns a calculator) from its dotted path and builds it with the keyword arguments.  ASE
+calculators work in eV and eV/Å; the oracle converts to kcal/mol and kcal/mol/Å through
+:mod:`uqpot.units` (``energy_unit`` declares another energy unit for an unusual calculator; lengths are
+Å, ASE's convention).
+
+The default method string is ``"ase:<path>(k=v,...)"`` with the keyword arguments sorted; pass
+``method=`` to name it yourself (e.g. to leave out arguments that do not change the results).
+
+The calculator is built once per oracle object and process and reused; after an exception it is
+rebuilt, so one failed structure cannot poison the next.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import numpy as np
+
+from ..units import convert_energy, convert_force
+from .base import BaseOracle, OracleError
+
+
+def import_object(path: str):
+    """``"package.module.Name"`` (or ``"package.module:Name"``) → the object."""
+    if ":" in path:
+        module, _, name = path.partition(":")
+    else:
+        module, _, name = path.rpartition(".")
+    if not module or not name:
+        raise OracleError(f"{path!r} is not an import path like 'package.module.Name'")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise OracleError(f"cannot import {module!r} for calculator {path!r}: {e}") from None
+    try:
+        return getattr(mod, name)
+    except AttributeError:
+        raise OracleError(f"module {module!r} has no {name!r}") from None
+
+
+def _kw_repr(kwargs: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
+
+
+class ASEOracle(BaseOracle):
+    """Energies and forces from an ASE calculator, converted to kcal/mol and kcal/mol/Å."""
+
+    _transient = ("_calc",)
+
+    def __init__(self, calculator: str | Callable[..., Any], kwargs: dict | None = None, *,
+                 method: str | None = None, energy_unit: str = "eV", retry_failures: bool = False):
+        self.calculator = calculator
+        self.kwargs = dict(kwargs or {})
+        self.energy_unit = energy_unit
+        convert_energy(1.0, energy_unit, "kcal/mol")  # validates the unit
+        if isinstance(calculator, str):
+            import_object(calculator)  # fail at construction on a wrong path, not per structure
+            name = calculator
+        elif callable(calculator):
+            name = f"{getattr(calculator, '__module__', '?')}.{getattr(calculator, '__qualname__', calculator)}"
+        else:
+            raise OracleError(f"calculator must be an import path or a callable, got {calculator!r}")
+        self._calc = None
+        super().__init__(method or f"ase:{name}({_kw_repr(self.kwargs)})", retry_failures=retry_failures)
+
+    def make_calculator(self):
+        factory = import_object(self.calculator) if isinstance(self.calculator, str) else self.calculator
+        return factory(**self.kwargs)
+
+    def _calculator(self):
+        if self._calc is None:
+            self._calc = self.make_calculator()
+        return self._calc
+
+    def _release(self) -> None:
+        calc, self._calc = self._calc, None
+        if calc is not None and hasattr(calc, "clean"):
+            try:
+                calc.clean()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def prepare_atoms(self, structure):
+        """The ``ase.Atoms`` handed to the calculator (geometry only; subclasses may add e.g. charges)."""
+        return _bare_atoms(structure)
+
+    def compute(self, structure):
+        atoms = self.prepare_atoms(structure)
+        try:
+            atoms.calc = self._calculator()
+            energy = atoms.get_potential_energy()
+            forces = np.array(atoms.get_forces(), dtype=np.float64)
+        except Exception:
+            self._release()
+            raise
+        finally:
+            atoms.calc = None
+        return (float(convert_energy(energy, self.energy_unit, "kcal/mol")),
+                convert_force(forces, self.energy_unit, "Å", "kcal/mol", "Å"))
+
+
+def _bare_atoms(structure):
+    from ase import Atoms
+
+    return Atoms(numbers=structure.numbers, positions=structure.positions, cell=structure.cell,
+                 pbc=structure.pbc)
