@@ -86,9 +86,11 @@ def train(config, out, data_path, epochs, device, no_progress):
 @click.option("--forces-key", default=None, help="arrays key holding the forces (default: calculator results).")
 @click.option("--energy-unit", default="kcal/mol", show_default=True, help="energy unit of DATA.")
 @click.option("--length-unit", default="Å", show_default=True, help="length unit of DATA.")
+@click.option("--indices", default=None,
+              help="evaluate only these structures: an index file, or RUN/split.json:test (a saved split).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default=None)
-def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit, batch_size, device):
+def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit, indices, batch_size, device):
     """Energy/force MAE and RMSE of MODEL on DATA; per-structure errors to a CSV."""
     from .data.io import ReadOptions
     from .evaluate import evaluate as run_eval
@@ -98,7 +100,7 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
     try:
         opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
                            length_unit=length_unit)
-        metrics = run_eval(model, data, out, opts, batch_size=batch_size, device=device)
+        metrics = run_eval(model, data, out, opts, batch_size=batch_size, device=device, indices=indices)
     except UnitError as exc:
         _fail(UqpotError(str(exc)))
     except UqpotError as exc:

@@ -23,10 +23,29 @@ CSV_COLUMNS = ("index", "frame", "n_atoms", "energy_true", "energy_pred", "energ
                "forces_sq_error")
 
 
+def select_indices(spec: str, n: int):
+    """Indices from ``FILE`` (one per line) or ``split.json:NAME`` (a split saved by ``uqpot train``)."""
+    from .data.splits import load_split, read_index_file
+    from .errors import DataError
+
+    path, _, name = spec.rpartition(":") if spec.endswith((":train", ":val", ":test")) else (spec, "", "")
+    if name:
+        try:
+            idx = load_split(path)[name]
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(path, f"cannot read split '{name}': {exc}") from None
+        if len(idx) and idx.max() >= n:
+            raise DataError(path, f"split '{name}' refers to structure {idx.max()} but the data has {n}")
+        return idx
+    return read_index_file(path, n)
+
+
 def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None, batch_size: int = 64,
-             device=None) -> dict:
+             device=None, indices: str | None = None) -> dict:
     model = load(model_path, device=device)
     data = read_structures(data_path, options or ReadOptions())
+    if indices:
+        data = data.subset(select_indices(indices, len(data)))
     pred = predict(model, data, batch_size=batch_size)
     e_true = data.energies()
     f_true = [s.forces for s in data]

@@ -1,16 +1,21 @@
 """Explicit unit conversions.
 
 uqpot works internally in kcal/mol (energy), Å (length) and fs (time), the units of the paper.  Every
-conversion goes through this module; the constants are CODATA values (the same that ASE uses) and are
+conversion goes through this module; the constants are CODATA 2014 values (ASE's default unit set) and are
 tested against ``ase.units``.
 """
 
 from __future__ import annotations
 
-#: 1 eV in kcal/mol (CODATA 2014: e * N_A / 4184 J)
-EV_TO_KCAL_PER_MOL = 23.060547830619026
-#: 1 Hartree in kcal/mol
-HARTREE_TO_KCAL_PER_MOL = 627.5094740631
+#: CODATA 2014, the default unit set of ASE (so conversions round-trip exactly with ASE's eV);
+#: the thermochemical calorie is 4.184 J
+ELEMENTARY_CHARGE = 1.6021766208e-19  # C
+AVOGADRO = 6.022140857e23  # 1/mol
+HARTREE_J = 4.359744650e-18  # J
+#: 1 eV in kcal/mol: e · N_A / 4184
+EV_TO_KCAL_PER_MOL = ELEMENTARY_CHARGE * AVOGADRO / 4184.0
+#: 1 Hartree in kcal/mol (627.509474)
+HARTREE_TO_KCAL_PER_MOL = HARTREE_J * AVOGADRO / 4184.0
 #: 1 kJ/mol in kcal/mol
 KJ_PER_MOL_TO_KCAL_PER_MOL = 1.0 / 4.184
 #: 1 Bohr in Å

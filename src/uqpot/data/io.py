@@ -68,12 +68,11 @@ def _iter_atoms(path: Path, options: ReadOptions):
     """Yields (frame, atoms); a reader failure raises DataError naming the frame where it happened."""
     import ase.io
 
-    frame = 0
+    frame = 0  # the frame being read when a reader error occurs
     try:
-        for frame, atoms in enumerate(ase.io.iread(str(path), index=options.index, format=options.format)):
+        for atoms in ase.io.iread(str(path), index=options.index, format=options.format):
             yield frame, atoms
-        else:
-            frame = -1
+            frame += 1
     except DataError:
         raise
     except KeyError as exc:  # ASE raises KeyError for unknown element symbols

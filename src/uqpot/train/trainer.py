@@ -90,6 +90,9 @@ class Trainer:
         self.history: list[dict] = []
         self.nonfinite_steps = 0
         self.rollbacks = 0
+        # epochs since the validation loss last improved by more than the scheduler's threshold (rel. 1e-4)
+        self.stall = 0
+        self.stall_ref = math.inf
         self.elapsed = 0.0
         self.finished: str | None = None
         self._val_batches = None
@@ -115,6 +118,8 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "nonfinite_steps": self.nonfinite_steps,
             "rollbacks": self.rollbacks,
+            "stall": self.stall,
+            "stall_ref": self.stall_ref,
             "elapsed": self.elapsed,
             "finished": self.finished,
         }
@@ -140,6 +145,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.rollbacks = int(state["rollbacks"])
+        self.stall = int(state["stall"])
+        self.stall_ref = float(state["stall_ref"])
         self.elapsed = float(state["elapsed"])
         self.finished = state["finished"]
         return True
@@ -260,7 +267,6 @@ class Trainer:
             if write_header:
                 hist.write(",".join(HISTORY_COLUMNS) + "\n")
             task = progress.add_task("train", total=cfg.epochs, completed=self.epoch, stats="")
-            since_best = self.epoch - 1 - self.best["epoch"] if self.best["epoch"] >= 0 else 0
             while self.epoch < cfg.epochs:
                 t0 = time.perf_counter()
                 epoch = self.epoch + 1
@@ -272,13 +278,13 @@ class Trainer:
                 self.scheduler.step(val["val_loss"])
                 lr = self.optimizer.param_groups[0]["lr"]
                 self.epoch = epoch
-                improved = val["val_loss"] < self.best["val_loss"]
-                if improved:
+                if val["val_loss"] < self.best["val_loss"]:
                     self.best = {"epoch": epoch, **val}
                     self._save_best()
-                    since_best = 0
+                if val["val_loss"] < self.stall_ref * (1 - 1e-4):
+                    self.stall_ref, self.stall = val["val_loss"], 0
                 else:
-                    since_best += 1
+                    self.stall += 1
                 self.elapsed += time.perf_counter() - t0
                 row = {"epoch": epoch, "lr": lr_before, "train_loss": train_loss, **val,
                        "seconds": round(self.elapsed, 3)}
@@ -289,9 +295,9 @@ class Trainer:
                 stop = None
                 if epoch >= cfg.epochs:
                     stop = "epochs"
-                elif cfg.early_stopping and since_best >= cfg.early_stopping:
+                elif cfg.early_stopping and self.stall >= cfg.early_stopping:
                     stop = "early_stopping"
-                elif cfg.stop_at_min_lr and lr <= cfg.min_lr * (1 + 1e-9) and since_best > cfg.lr_patience:
+                elif cfg.stop_at_min_lr and lr <= cfg.min_lr * (1 + 1e-9) and self.stall > cfg.lr_patience:
                     stop = "min_lr"
                 elif cfg.max_hours and self.elapsed > cfg.max_hours * 3600:
                     stop = "time_limit"
