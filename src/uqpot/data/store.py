@@ -155,15 +155,13 @@ class Store:
             meta = dict(self._db.metadata)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{self.path}: not an SQLite database ({e})") from None
-        if not meta:
-            self._db.metadata = {"format": STORE_FORMAT, "version": STORE_VERSION, "units": STORE_UNITS}
-            return
         if meta.get("format") != STORE_FORMAT:
-            if len(self._db) == 0:
+            if len(self._db) == 0:  # a new (or empty) database becomes a store
                 meta.update({"format": STORE_FORMAT, "version": STORE_VERSION, "units": STORE_UNITS})
                 self._db.metadata = meta
                 return
-            raise StoreError(f"{self.path}: an ASE database that is not a uqpot store (metadata {meta})")
+            raise StoreError(f"{self.path}: an ASE database that is not a uqpot store (metadata {meta}); "
+                             "its energies and forces have no declared units")
         if meta.get("units") != STORE_UNITS:
             raise StoreError(f"{self.path}: the store declares units {meta.get('units')}, expected {STORE_UNITS}")
 

@@ -7,9 +7,11 @@
   ``conv_tol``, ``max_cycle``, ``charge``, ``spin``, ``threads``, ``max_memory``.  ``"pyscf:<preset>"``
   is short for ``"pyscf"`` with that preset.
 * ``"ase"``: :class:`~uqpot.oracle.ase.ASEOracle`; ``calculator`` (import path such as
-  ``"tblite.ase.TBLite"``), ``kwargs`` (its keyword arguments), ``energy_unit``.
+  ``"tblite.ase.TBLite"``), ``kwargs`` (its keyword arguments), ``energy_unit``, ``reuse_calculator``,
+  ``threads``.
 * ``"tblite"``: an ASE oracle on ``tblite.ase.TBLite``; ``xtb`` (``"GFN2-xTB"``, ``"GFN1-xTB"``) and
-  tblite's own keyword arguments (``charge``, ``multiplicity``, ``accuracy``, ``max_iterations``, ...).
+  tblite's own keyword arguments (``charge``, ``multiplicity``, ``accuracy``, ``max_iterations``, ...);
+  ``threads``.
 * ``"bks"``: :class:`~uqpot.oracle.bks.BKSOracle` (silica through LAMMPS); ``wall``, ``coulomb_cutoff``,
   ``ewald_accuracy``.
 
@@ -26,15 +28,18 @@ from .base import BaseOracle, LabelRecord, LabelResult, NotConverged, Oracle, Or
 _TBLITE_QUIET = {"verbosity"}
 
 
-def tblite_oracle(xtb: str = "GFN2-xTB", *, method: str | None = None, retry_failures: bool = False,
-                  **calc_kwargs):
-    """GFN-xTB through tblite's ASE calculator (a fast oracle for tests and quick loops)."""
+def tblite_oracle(xtb: str = "GFN2-xTB", *, method: str | None = None, threads: int | None = None,
+                  retry_failures: bool = False, **calc_kwargs):
+    """GFN-xTB through tblite's ASE calculator (a fast oracle for tests and quick loops).
+
+    ``calc_kwargs`` go to ``tblite.ase.TBLite``; ``threads`` caps its OpenMP threads.
+    """
     from .ase import ASEOracle
 
     kwargs = {"method": xtb, "verbosity": 0, **calc_kwargs}
     quals = "".join(f";{k}={v}" for k, v in sorted(calc_kwargs.items()) if k not in _TBLITE_QUIET)
     return ASEOracle("tblite.ase.TBLite", kwargs, method=method or f"tblite:{xtb.lower()}{quals}",
-                     retry_failures=retry_failures)
+                     threads=threads, retry_failures=retry_failures)
 
 
 def _pyscf(preset: str | None = None, **options):

@@ -9,8 +9,14 @@ calculators work in eV and eV/Å; the oracle converts to kcal/mol and kcal/mol/�
 The default method string is ``"ase:<path>(k=v,...)"`` with the keyword arguments sorted; pass
 ``method=`` to name it yourself (e.g. to leave out arguments that do not change the results).
 
-The calculator is built once per oracle object and process and reused; after an exception it is
-rebuilt, so one failed structure cannot poison the next.
+By default a fresh calculator is built for every structure, so a label never depends on what was
+computed before it (tblite, for one, starts its SCF from the previous wavefunction: reusing it makes
+forces depend on the labelling order at the 1e-3 kcal/mol/Å level).  ``reuse_calculator=True`` keeps one
+calculator per oracle object and process (for deterministic, expensive-to-start calculators such as
+LAMMPS); after an exception it is rebuilt, so one failed structure cannot poison the next.
+
+``threads`` caps the OpenMP/BLAS threads of the calculation (through threadpoolctl); on a machine
+shared with other work an uncapped OpenMP calculator (tblite) can run 100x slower.
 """
 
 from __future__ import annotations
@@ -52,10 +58,13 @@ class ASEOracle(BaseOracle):
     _transient = ("_calc",)
 
     def __init__(self, calculator: str | Callable[..., Any], kwargs: dict | None = None, *,
-                 method: str | None = None, energy_unit: str = "eV", retry_failures: bool = False):
+                 method: str | None = None, energy_unit: str = "eV", reuse_calculator: bool = False,
+                 threads: int | None = None, retry_failures: bool = False):
         self.calculator = calculator
         self.kwargs = dict(kwargs or {})
         self.energy_unit = energy_unit
+        self.reuse_calculator = bool(reuse_calculator)
+        self.threads = None if threads is None else int(threads)
         convert_energy(1.0, energy_unit, "kcal/mol")  # validates the unit
         if isinstance(calculator, str):
             import_object(calculator)  # fail at construction on a wrong path, not per structure
@@ -89,6 +98,14 @@ class ASEOracle(BaseOracle):
         return _bare_atoms(structure)
 
     def compute(self, structure):
+        if self.threads is None:
+            return self._compute(structure)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.threads):
+            return self._compute(structure)
+
+    def _compute(self, structure):
         atoms = self.prepare_atoms(structure)
         try:
             atoms.calc = self._calculator()
@@ -99,6 +116,8 @@ class ASEOracle(BaseOracle):
             raise
         finally:
             atoms.calc = None
+            if not self.reuse_calculator:
+                self._release()
         return (float(convert_energy(energy, self.energy_unit, "kcal/mol")),
                 convert_force(forces, self.energy_unit, "Å", "kcal/mol", "Å"))
 

@@ -180,7 +180,8 @@ class BKSOracle(ASEOracle):
             name += f";ewald_accuracy={self.ewald_accuracy:g}"
         super().__init__(_bks_factory, {"wall": self.wall, "coulomb_cutoff": self.coulomb_cutoff,
                                         "ewald_accuracy": self.ewald_accuracy},
-                         method=method or name, energy_unit="eV", retry_failures=retry_failures)
+                         method=method or name, energy_unit="eV", reuse_calculator=True,
+                         retry_failures=retry_failures)
 
     def prepare_atoms(self, structure):
         symbols = {"Si" if z == 14 else "O" if z == 8 else None for z in np.asarray(structure.numbers)}
