@@ -9,7 +9,7 @@ from ase.build import bulk, molecule
 from uqpot.data.store import Store
 from uqpot.data.structures import Structure
 from uqpot.errors import ConfigError
-from uqpot.executor import InProcessExecutor, get_executor
+from uqpot.executor import InProcessExecutor, get_executor, slurm_job_script
 from uqpot.oracle import BaseOracle, LabelResult, Oracle, get_oracle, oracle_from_config
 from uqpot.oracle.ase import ASEOracle
 from uqpot.units import EV_TO_KCAL_PER_MOL
@@ -166,6 +166,11 @@ def test_executors_in_process():
                          job_extra=["--gres=gpu:1"])  # lazy: nothing is submitted until used
     assert not slurm.in_process and "queue=debug" in repr(slurm)
     slurm.close()
+    script = slurm_job_script(queue="debug", cores=4, memory="8GB", walltime="00:30:00",
+                              job_extra=["--gres=gpu:1"], job_script_prologue=["module load lammps"])
+    for line in ("#SBATCH -p debug", "#SBATCH --cpus-per-task=4", "#SBATCH -t 00:30:00", "#SBATCH --gres=gpu:1",
+                 "module load lammps"):
+        assert line in script
 
 
 def test_local_dask_cluster_gives_the_same_labels(tmp_path):

@@ -8,8 +8,10 @@
 * ``"slurm"``: a ``dask_jobqueue.SLURMCluster``; options ``queue``, ``account``, ``cores``, ``processes``,
   ``memory``, ``walltime``, ``job_extra`` (list of extra ``#SBATCH`` lines), ``job_script_prologue``
   (shell lines run before the worker starts, e.g. ``module load``), ``local_directory``, ``interface``,
-  and ``jobs`` (how many jobs to ``scale`` to) or ``minimum_jobs``/``maximum_jobs`` (adaptive).  The
-  cluster is only built when work is first submitted, so constructing the executor needs no Slurm.
+  ``scheduler_options``, and ``jobs`` (how many jobs to ``scale`` to) or ``minimum_jobs``/
+  ``maximum_jobs`` (adaptive).  The cluster is only built when work is first submitted, so constructing
+  the executor needs no Slurm; :func:`slurm_job_script` shows the batch script without submitting it.
+  Not testable without a Slurm cluster beyond that dry run.
 
 Every executor has ``submit(fn, *args, **kwargs) -> future`` (``future.result()``), ``map(fn, items) ->
 iterator of results in input order``, ``as_completed(futures) -> iterator of futures as they finish``,
@@ -161,7 +163,7 @@ def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit, proces
     )
 
 
-def _slurm_cluster(options: dict):
+def _slurm_cluster(options: dict, scale: bool = True):
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -171,6 +173,8 @@ def _slurm_cluster(options: dict):
     minimum_jobs = opts.pop("minimum_jobs", None)
     maximum_jobs = opts.pop("maximum_jobs", None)
     cluster = SLURMCluster(**opts)
+    if not scale:
+        return cluster
     if minimum_jobs is not None or maximum_jobs is not None:
         cluster.adapt(minimum_jobs=minimum_jobs or 0, maximum_jobs=maximum_jobs or (minimum_jobs or 1))
     else:
@@ -181,8 +185,34 @@ def _slurm_cluster(options: dict):
 _SLURM_KEYS = {
     "queue", "account", "cores", "processes", "memory", "walltime", "job_extra", "job_extra_directives",
     "job_script_prologue", "local_directory", "interface", "jobs", "minimum_jobs", "maximum_jobs",
-    "job_name", "log_directory", "python",
+    "job_name", "log_directory", "python", "scheduler_options",
 }
+
+
+def _slurm_options(options: dict) -> dict:
+    unknown = set(options) - _SLURM_KEYS
+    if unknown:
+        raise ConfigError(None, f"unknown option(s) for executor 'slurm': {sorted(unknown)}; "
+                                f"allowed: {sorted(_SLURM_KEYS)}")
+    opts = dict(options)
+    if "job_extra" in opts:  # dask-jobqueue's current name
+        opts["job_extra_directives"] = list(opts.pop("job_extra"))
+    opts.setdefault("cores", 1)
+    opts.setdefault("memory", "4GB")
+    return opts
+
+
+def slurm_job_script(**options) -> str:
+    """The batch script that executor 'slurm' with these options would submit (a dry run: submits nothing)."""
+    opts = _slurm_options(options)
+    for key in ("jobs", "minimum_jobs", "maximum_jobs"):
+        opts.pop(key, None)
+    opts.setdefault("scheduler_options", {"dashboard_address": None})
+    cluster = _slurm_cluster(opts, scale=False)
+    try:
+        return cluster.job_script()
+    finally:
+        cluster.close()
 
 
 def get_executor(kind: str | None = "none", **options) -> Executor:
@@ -210,15 +240,7 @@ def get_executor(kind: str | None = "none", **options) -> Executor:
         return DaskExecutor("local", lambda: _local_cluster(n, tpw, mem, processes),
                             f"local, {n} worker(s) x {tpw} thread(s)")
     if kind == "slurm":
-        unknown = set(options) - _SLURM_KEYS
-        if unknown:
-            raise ConfigError(None, f"unknown option(s) for executor 'slurm': {sorted(unknown)}; "
-                                    f"allowed: {sorted(_SLURM_KEYS)}")
-        opts = dict(options)
-        if "job_extra" in opts:  # dask-jobqueue's current name
-            opts["job_extra_directives"] = list(opts.pop("job_extra"))
-        opts.setdefault("cores", 1)
-        opts.setdefault("memory", "4GB")
+        opts = _slurm_options(options)
         describe = ", ".join(f"{k}={v}" for k, v in sorted(opts.items()))
         return DaskExecutor("slurm", lambda: _slurm_cluster(opts), f"slurm, {describe}")
     raise ConfigError(None, f"unknown executor kind {kind!r}; known: {', '.join(KINDS)}")
