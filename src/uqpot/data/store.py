@@ -15,7 +15,10 @@ Every row is one structure labelled (or attempted) at one level of theory:
 Writes go through ASE's SQLite backend, which commits each write in its own transaction: a process
 killed at any moment (SIGKILL included) leaves every committed label intact and no partial row.
 A structure whose labelling failed is stored with ``status="failed"`` so it is not retried blindly;
-storing a successful label later replaces the failure row in one transaction.
+storing a successful label later replaces the failure row in one transaction.  A stored label is never
+overwritten.  Several processes may read and write one store (SQLite locks it); the oracle writes from
+one driver process, and two writers racing on the same new structure could at worst leave a duplicate
+row, which lookups tolerate (the oldest successful row wins).
 
 The content hash is the SHA-256 of the atomic numbers, the positions and cell rounded to
 :data:`HASH_DECIMALS` decimals of Å (as integers, so ``-0.0`` and ``0.0`` agree), pbc and the method
@@ -30,7 +33,6 @@ import numbers as _numbers
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
