@@ -49,8 +49,8 @@ def silica_like(n_cells=(1, 1, 1), seed=0, rattle=0.05):
     system whose cell is smaller than twice the 5 Å cutoff."""
     from ase.spacegroup import crystal
 
-    quartz = crystal(["Si", "O"], basis=[(0.4697, 0.0, 0.0), (0.4135, 0.2669, 0.1191)], spacegroup=152,
-                     cellpar=[4.916, 4.916, 5.405, 90, 90, 120])
+    quartz = crystal(["Si", "O"], basis=[(0.4697, 0.0, 2.0 / 3.0), (0.4135, 0.2669, 0.1191 - 1.0 / 3.0)],
+                     spacegroup=154, cellpar=[4.916, 4.916, 5.405, 90, 90, 120])
     atoms = quartz.repeat(n_cells)
     atoms.rattle(rattle, seed=seed)
     return atoms

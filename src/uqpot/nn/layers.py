@@ -1,4 +1,4 @@
-"""Small building blocks: activations, radial basis, cutoff."""
+"""Small building blocks: activations and the cutoff function."""
 
 from __future__ import annotations
 
@@ -21,26 +21,6 @@ def activation(name: str) -> nn.Module:
     if name == "silu":
         return nn.SiLU()
     raise ValueError(f"unknown activation {name!r}; use 'ssp' or 'silu'")
-
-
-class GaussianRBF(nn.Module):
-    """exp(-(r - mu_k)^2 / (2 w_k^2)), k = 1..n, centres evenly spaced on [0, cutoff], widths equal to the
-    spacing; centres and widths are learnable when ``trainable`` (the SI's "20 learnable Gaussians")."""
-
-    def __init__(self, n_rbf: int, cutoff: float, trainable: bool = True):
-        super().__init__()
-        centers = torch.linspace(0.0, cutoff, n_rbf, dtype=torch.float64)
-        widths = torch.full((n_rbf,), float(centers[1] - centers[0]), dtype=torch.float64)
-        if trainable:
-            self.centers = nn.Parameter(centers.float())
-            self.widths = nn.Parameter(widths.float())
-        else:
-            self.register_buffer("centers", centers.float())
-            self.register_buffer("widths", widths.float())
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        coeff = -0.5 / self.widths.pow(2)
-        return torch.exp(coeff * (r.unsqueeze(-1) - self.centers).pow(2))
 
 
 class CosineCutoff(nn.Module):

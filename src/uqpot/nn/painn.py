@@ -8,91 +8,101 @@ message:  (Δs_i, Δv_i) = Σ_j  φ(s_j) ∘ W(r_ij)  split into  (Δs, Δv_v, �
 update:   a = MLP([s_i, ||V v_i||]) split into (a_vv, a_sv, a_ss);
           Δv_i = a_vv ∘ U v_i,  Δs_i = a_sv ∘ <U v_i, V v_i> + a_ss
 
-The model receives pair vectors r_ij computed from positions (so forces follow by autograd); neighbour
-lists come from the data layer.  The forward pass has no host synchronisation and no Python loop over
-atoms or edges.
+Every parameter has a leading member axis (see :mod:`uqpot.nn.stacked`): M networks of an ensemble run in
+one call.  Shapes: scalar features s (M, N, F), vector features v (M, 3, N, F) (the Cartesian axis ahead of
+the atoms keeps every broadcast over it a contiguous one).  Pair vectors come from positions in the model
+(so forces follow by autograd); neighbour lists come from the data layer.  No host synchronisation and no
+Python loop over atoms or edges.
 """
 
 from __future__ import annotations
 
+
 import torch
 from torch import nn
 
-from .layers import CosineCutoff, GaussianRBF, activation
+from .layers import CosineCutoff, activation
+from .stacked import StackedEmbedding, StackedLinear, StackedMLP
+
+
+class StackedGaussianRBF(nn.Module):
+    """exp(-(r - mu_k)^2 / (2 w_k^2)), k = 1..n: centres evenly spaced on [0, cutoff], widths equal to the
+    spacing; learnable per member when ``trainable`` (the SI's "20 learnable Gaussians")."""
+
+    def __init__(self, members: int, n_rbf: int, cutoff: float, trainable: bool = True):
+        super().__init__()
+        centers = torch.linspace(0.0, cutoff, n_rbf).repeat(members, 1)
+        widths = torch.full((members, n_rbf), cutoff / (n_rbf - 1))
+        if trainable:
+            self.centers, self.widths = nn.Parameter(centers), nn.Parameter(widths)
+        else:
+            self.register_buffer("centers", centers)
+            self.register_buffer("widths", widths)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:  # r (M, E) -> (M, E, K)
+        coeff = (-0.5 / self.widths.pow(2)).unsqueeze(1)
+        return torch.exp(coeff * (r.unsqueeze(-1) - self.centers.unsqueeze(1)).pow(2))
 
 
 class Message(nn.Module):
-    def __init__(self, n_features: int, act: str):
+    def __init__(self, members: int, n_features: int, act: str):
         super().__init__()
-        self.phi = nn.Sequential(nn.Linear(n_features, n_features), activation(act),
-                                 nn.Linear(n_features, 3 * n_features))
+        self.phi = StackedMLP(members, n_features, n_features, 3 * n_features, act)
         self.n_features = n_features
 
-    def forward(self, s, v, filters, unit, edge_i, edge_j):
+    def forward(self, s, v, filters, unit_t, edge_i, edge_j):
         F = self.n_features
-        x = self.phi(s).index_select(0, edge_j) * filters  # (E, 3F)
+        x = self.phi(s).index_select(1, edge_j) * filters  # (M, E, 3F)
         ds, dvv, dvs = torch.split(x, F, dim=-1)
-        dv = dvv.unsqueeze(1) * v.index_select(0, edge_j) + dvs.unsqueeze(1) * unit.unsqueeze(-1)  # (E, 3, F)
-        s = s.index_add(0, edge_i, ds)
-        v = v.index_add(0, edge_i, dv)
-        return s, v
+        dv = dvv.unsqueeze(1) * v.index_select(2, edge_j) + dvs.unsqueeze(1) * unit_t  # (M, 3, E, F)
+        return s.index_add(1, edge_i, ds), v.index_add(2, edge_i, dv)
 
 
 class Update(nn.Module):
-    def __init__(self, n_features: int, act: str, eps: float = 1e-8):
+    def __init__(self, members: int, n_features: int, act: str, eps: float = 1e-8):
         super().__init__()
-        self.uv = nn.Linear(n_features, 2 * n_features, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * n_features, n_features), activation(act),
-                                 nn.Linear(n_features, 3 * n_features))
+        self.uv = StackedLinear(members, n_features, 2 * n_features, bias=False)
+        self.mlp = StackedMLP(members, 2 * n_features, n_features, 3 * n_features, act)
         self.n_features = n_features
         self.eps = eps
 
     def forward(self, s, v):
         F = self.n_features
-        u, w = torch.split(self.uv(v), F, dim=-1)  # (N, 3, F) each
+        u, w = torch.split(self.uv(v), F, dim=-1)  # (M, 3, N, F) each
         w_norm = torch.sqrt(w.pow(2).sum(dim=1) + self.eps)
         a = self.mlp(torch.cat([s, w_norm], dim=-1))
         avv, asv, ass = torch.split(a, F, dim=-1)
-        v = v + avv.unsqueeze(1) * u
-        s = s + asv * (u * w).sum(dim=1) + ass
-        return s, v
+        return s + asv * (u * w).sum(dim=1) + ass, v + avv.unsqueeze(1) * u
 
 
 class PaiNN(nn.Module):
-    def __init__(
-        self,
-        n_features: int = 128,
-        n_interactions: int = 3,
-        n_rbf: int = 20,
-        cutoff: float = 5.0,
-        activation: str = "ssp",
-        trainable_rbf: bool = True,
-        max_z: int = 118,
-    ):
+    def __init__(self, n_features: int = 128, n_interactions: int = 3, n_rbf: int = 20, cutoff: float = 5.0,
+                 activation: str = "ssp", trainable_rbf: bool = True, max_z: int = 118, members: int = 1):
         super().__init__()
+        self.members = members
         self.n_features = n_features
         self.n_interactions = n_interactions
         self.cutoff = float(cutoff)
-        self.embedding = nn.Embedding(max_z + 1, n_features)
-        self.rbf = GaussianRBF(n_rbf, cutoff, trainable=trainable_rbf)
+        self.embedding = StackedEmbedding(members, max_z + 1, n_features)
+        self.rbf = StackedGaussianRBF(members, n_rbf, cutoff, trainable=trainable_rbf)
         self.fcut = CosineCutoff(cutoff)
-        # one linear layer makes the filters of every interaction at once
-        self.filter_net = nn.Linear(n_rbf, n_interactions * 3 * n_features)
-        self.messages = nn.ModuleList(Message(n_features, activation) for _ in range(n_interactions))
-        self.updates = nn.ModuleList(Update(n_features, activation) for _ in range(n_interactions))
+        # one layer makes the filters of every interaction at once
+        self.filter_net = StackedLinear(members, n_rbf, n_interactions * 3 * n_features)
+        self.messages = nn.ModuleList(Message(members, n_features, activation) for _ in range(n_interactions))
+        self.updates = nn.ModuleList(Update(members, n_features, activation) for _ in range(n_interactions))
 
     def forward(self, numbers: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor):
-        """Per-atom scalar features s (N, F) and vector features v (N, 3, F).
+        """Scalar features s (M, N, F) and vector features v (M, 3, N, F).
 
-        ``vectors`` are the pair vectors r_ij = r_j - r_i (+ image offset) of the edges (i, j)."""
+        ``vectors`` (M, E, 3) are the pair vectors r_ij = r_j - r_i (+ image offset) of the edges (i, j)."""
         edge_i, edge_j = edge_index[0], edge_index[1]
-        r = torch.sqrt(vectors.pow(2).sum(-1))
-        unit = vectors / r.unsqueeze(-1)
+        r = torch.sqrt(vectors.pow(2).sum(-1))  # (M, E)
+        unit_t = (vectors / r.unsqueeze(-1)).transpose(1, 2).unsqueeze(-1)  # (M, 3, E, 1)
         filters = self.filter_net(self.rbf(r)) * self.fcut(r).unsqueeze(-1)
         filters = torch.split(filters, 3 * self.n_features, dim=-1)
         s = self.embedding(numbers)
-        v = s.new_zeros((s.shape[0], 3, self.n_features))
+        v = s.new_zeros((self.members, 3, s.shape[1], self.n_features))
         for k in range(self.n_interactions):
-            s, v = self.messages[k](s, v, filters[k], unit, edge_i, edge_j)
+            s, v = self.messages[k](s, v, filters[k], unit_t, edge_i, edge_j)
             s, v = self.updates[k](s, v)
         return s, v

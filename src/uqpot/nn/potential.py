@@ -6,6 +6,9 @@ E(x) = Σ_i [ scale · ε(ξ_i) + e_ref(Z_i) ],   F = -∂E/∂r
 is the RMS of the training forces, so that the network learns O(1) numbers.  The reference part is kept
 in float64 (absolute DFT energies are ~1e5 kcal/mol, beyond float32's resolution); the total energy is
 returned in float64, forces in the model's dtype.  Units: kcal/mol and Å.
+
+With ``members = M > 1`` the module holds M networks with stacked weights (a deep ensemble evaluated in one
+call); ``forward_members`` returns outputs with a leading member axis, ``forward`` squeezes it for M = 1.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from .. import fields as F
 from .. import modelfile
 from ..data.batch import AtomsBatch
 from ..data.structures import StructureDataset
-from .heads import AtomwiseMLP
 from .painn import PaiNN
+from .stacked import StackedMLP, init_members
 
 MAX_Z = 118
 
@@ -32,22 +35,21 @@ class Potential(nn.Module):
     def from_hparams(cls, hparams: dict) -> "Potential":
         return cls(**hparams)
 
-    def __init__(
-        self,
-        features: int = 128,
-        interactions: int = 3,
-        rbf: int = 20,
-        cutoff: float = 5.0,
-        activation: str = "ssp",
-        readout_hidden: int = 64,
-        trainable_rbf: bool = True,
-    ):
+    def __init__(self, features: int = 128, interactions: int = 3, rbf: int = 20, cutoff: float = 5.0,
+                 activation: str = "ssp", readout_hidden: int = 64, trainable_rbf: bool = True,
+                 members: int = 1, seeds: list[int] | None = None):
         super().__init__()
+        seeds = list(seeds) if seeds is not None else [int(torch.initial_seed()) % 2**31 + m for m in range(members)]
+        if len(seeds) != members:
+            raise ValueError(f"{members} members need {members} seeds, got {len(seeds)}")
         self.hparams = dict(features=features, interactions=interactions, rbf=rbf, cutoff=float(cutoff),
-                            activation=activation, readout_hidden=readout_hidden, trainable_rbf=trainable_rbf)
+                            activation=activation, readout_hidden=readout_hidden, trainable_rbf=trainable_rbf,
+                            members=members, seeds=[int(s) for s in seeds])
+        self.members = members
         self.cutoff = float(cutoff)
-        self.representation = PaiNN(features, interactions, rbf, cutoff, activation, trainable_rbf, MAX_Z)
-        self.readout = AtomwiseMLP(features, readout_hidden, 1, activation)
+        self.representation = PaiNN(features, interactions, rbf, cutoff, activation, trainable_rbf, MAX_Z, members)
+        self.readout = StackedMLP(members, features, readout_hidden, 1, activation)
+        init_members(self, seeds)
         self.register_buffer("atomref", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("energy_scale", torch.ones(()))
         # elements seen in training: inputs with other elements are refused in the data path
@@ -80,54 +82,66 @@ class Potential(nn.Module):
             zs, c = np.unique(s.numbers, return_counts=True)
             counts[n, [col[int(z)] for z in zs]] = c
         ref = torch.zeros(MAX_Z + 1, dtype=torch.float64)
+        residual = np.zeros(len(dataset))
         if dataset.has_energy:
             coef, *_ = np.linalg.lstsq(counts, dataset.energies(), rcond=None)
             ref[elements] = torch.as_tensor(coef, dtype=torch.float64)
             residual = dataset.energies() - counts @ coef
-        else:
-            residual = np.zeros(len(dataset))
         if dataset.has_forces:
             scale = float(np.sqrt(np.mean(np.concatenate([s.forces.ravel() for s in dataset]) ** 2)))
         else:
-            n_atoms = counts.sum(1)
-            scale = float(np.std(residual / n_atoms))
+            scale = float(np.std(residual / counts.sum(1)))
         scale = scale if np.isfinite(scale) and scale > 1e-6 else 1.0
         self.atomref.copy_(ref)
         self.energy_scale.fill_(scale)
         self.known_elements.zero_()
         self.known_elements[elements] = True
 
+    def copy_reference_from(self, other: "Potential") -> None:
+        self.atomref.copy_(other.atomref)
+        self.energy_scale.copy_(other.energy_scale)
+        self.known_elements.copy_(other.known_elements)
+
     def reference_energy(self, batch: AtomsBatch) -> torch.Tensor:
         """Σ e_ref(Z_i) per structure (float64)."""
         e = self.atomref.index_select(0, batch.numbers)
         return torch.zeros(batch.num_structures, dtype=torch.float64, device=e.device).index_add(0, batch.batch, e)
 
-    def pair_vectors(self, batch: AtomsBatch, positions: torch.Tensor) -> torch.Tensor:
-        i, j = batch.edge_index[0], batch.edge_index[1]
-        vec = positions.index_select(0, j) - positions.index_select(0, i)
-        if batch.periodic:
-            vec = vec + batch.edge_offsets()
-        return vec
+    def forward_members(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
+                        retain_graph: bool | None = None) -> dict[str, torch.Tensor]:
+        """Outputs with a leading member axis: energy (M, B) float64, forces (M, N, 3), features ξ (M, N, F),
+        atomic energies (M, N) and the energy without references ``energy_residual`` (M, B).
+
+        ``create_graph`` (default: ``self.training``) keeps the force graph for losses on forces (and for
+        derivatives of force-based uncertainties)."""
+        create_graph = self.training if create_graph is None else create_graph
+        M = self.members
+        with torch.enable_grad() if compute_forces else torch.no_grad():
+            positions = batch.positions
+            if compute_forces and not positions.requires_grad:
+                positions = positions.detach().requires_grad_(True)
+            # every member gets its own view of the positions so that autograd separates their forces
+            pos_m = positions.unsqueeze(0).expand(M, -1, -1)
+            i, j = batch.edge_index[0], batch.edge_index[1]
+            vectors = pos_m.index_select(1, j) - pos_m.index_select(1, i)
+            if batch.periodic:
+                vectors = vectors + batch.edge_offsets()
+            s, _ = self.representation(batch.numbers, vectors, batch.edge_index)
+            e_atom = self.readout(s).squeeze(-1) * self.energy_scale  # (M, N)
+            e_res = e_atom.new_zeros(M, batch.num_structures).index_add(1, batch.batch, e_atom)
+            out = {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, "energy_residual": e_res,
+                   F.ENERGY: e_res.to(torch.float64) + self.reference_energy(batch)}
+            if compute_forces:
+                (grad,) = torch.autograd.grad(
+                    e_res.sum(), pos_m, create_graph=create_graph,
+                    retain_graph=create_graph if retain_graph is None else retain_graph)
+                out[F.FORCES] = -grad
+        return out
 
     def forward(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
                 retain_graph: bool | None = None) -> dict[str, torch.Tensor]:
-        """Energy (float64, kcal/mol), forces (kcal/mol/Å), per-atom features ξ and atomic energies.
-
-        ``create_graph`` (default: ``self.training``) keeps the force graph for losses on forces."""
-        create_graph = self.training if create_graph is None else create_graph
-        positions = batch.positions
-        with torch.enable_grad() if compute_forces else torch.no_grad():
-            if compute_forces and not positions.requires_grad:
-                positions = positions.detach().requires_grad_(True)
-            s, _ = self.representation(batch.numbers, self.pair_vectors(batch, positions), batch.edge_index)
-            e_atom = self.readout(s) * self.energy_scale
-            e_res = e_atom.new_zeros(batch.num_structures).index_add(0, batch.batch, e_atom)
-            out = {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, "energy_residual": e_res}
-            out[F.ENERGY] = e_res.to(torch.float64) + self.reference_energy(batch)
-            if compute_forces:
-                (grad,) = torch.autograd.grad(
-                    e_res.sum(), positions, create_graph=create_graph,
-                    retain_graph=create_graph if retain_graph is None else retain_graph,
-                )
-                out[F.FORCES] = -grad
+        """As :meth:`forward_members`; for a single network (M = 1) without the member axis."""
+        out = self.forward_members(batch, compute_forces, create_graph, retain_graph)
+        if self.members == 1:
+            out = {k: v.squeeze(0) for k, v in out.items()}
         return out

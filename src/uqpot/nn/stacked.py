@@ -1,0 +1,83 @@
+"""Layers whose parameters carry a leading *member* axis of size M.
+
+An ensemble of M networks is one module whose weights are stacked, evaluated in one batched call
+(grouped matmul, ``torch.baddbmm``), not a Python loop over models; a single network is the case M = 1.
+Member m is initialised from its own seed exactly as a single network with that seed would be, so training
+M members together reproduces training each alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .layers import activation
+
+
+class StackedLinear(nn.Module):
+    """y[m] = x[m] @ W[m] + b[m] for every member m; x has shape (M, ..., n_in)."""
+
+    def __init__(self, members: int, n_in: int, n_out: int, bias: bool = True):
+        super().__init__()
+        self.members, self.n_in, self.n_out = members, n_in, n_out
+        self.weight = nn.Parameter(torch.empty(members, n_in, n_out))
+        self.bias = nn.Parameter(torch.empty(members, 1, n_out)) if bias else None
+
+    def init_member(self, m: int, generator: torch.Generator) -> None:
+        """PyTorch's default Linear initialisation: U(-1/sqrt(n_in), 1/sqrt(n_in)) for weight and bias."""
+        bound = 1.0 / math.sqrt(self.n_in)
+        with torch.no_grad():
+            w = torch.rand(self.n_in, self.n_out, generator=generator, dtype=torch.float64) * 2 - 1
+            self.weight[m].copy_(w * bound)
+            if self.bias is not None:
+                b = torch.rand(1, self.n_out, generator=generator, dtype=torch.float64) * 2 - 1
+                self.bias[m].copy_(b * bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(self.members, -1, self.n_in)
+        if self.bias is not None:
+            y = torch.baddbmm(self.bias, x2, self.weight)
+        else:
+            y = torch.bmm(x2, self.weight)
+        return y.reshape(*shape[:-1], self.n_out)
+
+
+class StackedMLP(nn.Module):
+    """Dense → activation → dense, per member (PaiNN's φ, update MLP and the atomwise readout)."""
+
+    def __init__(self, members: int, n_in: int, hidden: int, n_out: int, act: str):
+        super().__init__()
+        self.lin1 = StackedLinear(members, n_in, hidden)
+        self.act = activation(act)
+        self.lin2 = StackedLinear(members, hidden, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class StackedEmbedding(nn.Module):
+    """Per-member embedding of atomic numbers, N(0, 1) initialised like ``nn.Embedding``."""
+
+    def __init__(self, members: int, n_types: int, n_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, n_types, n_features))
+
+    def init_member(self, m: int, generator: torch.Generator) -> None:
+        with torch.no_grad():
+            self.weight[m].copy_(torch.randn(self.weight.shape[1:], generator=generator, dtype=torch.float64))
+
+    def forward(self, numbers: torch.Tensor) -> torch.Tensor:
+        return self.weight.index_select(1, numbers)
+
+
+def init_members(module: nn.Module, seeds: list[int]) -> None:
+    """Initialise every member m of ``module`` from its own seed, visiting sub-modules in their fixed
+    registration order, so that member m of an ensemble equals a single network built with seed m."""
+    for m, seed in enumerate(seeds):
+        g = torch.Generator().manual_seed(int(seed))
+        for sub in module.modules():
+            if hasattr(sub, "init_member"):
+                sub.init_member(m, g)
