@@ -50,12 +50,16 @@ class Message(nn.Module):
         self.phi = StackedMLP(members, n_features, n_features, 3 * n_features, act)
         self.n_features = n_features
 
-    def forward(self, s, v, filters, unit_t, edge_i, edge_j):
+    def forward(self, s, v, radial, filter_weight, unit_t, edge_i, edge_j):
+        """``radial`` (M, E, K+1) is [rbf(r), 1]·fcut(r); ``filter_weight`` (M, K+1, 3F) the filter layer of
+        this block with its bias as the last row, so each filter W(r_ij) is one matmul and no (E, 3F)
+        tensor is split or copied."""
         F = self.n_features
-        x = self.phi(s).index_select(1, edge_j) * filters  # (M, E, 3F)
-        ds, dvv, dvs = torch.split(x, F, dim=-1)
-        dv = dvv.unsqueeze(1) * v.index_select(2, edge_j) + dvs.unsqueeze(1) * unit_t  # (M, 3, E, F)
-        return s.index_add(1, edge_i, ds), v.index_add(2, edge_i, dv)
+        phi = self.phi(s)  # (M, N, 3F)
+        x = [phi[..., k * F:(k + 1) * F].index_select(1, edge_j) * torch.bmm(radial, filter_weight[..., k * F:(k + 1) * F])
+             for k in range(3)]  # Δs, Δv_v, Δv_s: (M, E, F) each, contiguous
+        dv = x[1].unsqueeze(1) * v.index_select(2, edge_j) + x[2].unsqueeze(1) * unit_t  # (M, 3, E, F)
+        return s.index_add(1, edge_i, x[0]), v.index_add(2, edge_i, dv)
 
 
 class Update(nn.Module):
@@ -97,12 +101,16 @@ class PaiNN(nn.Module):
         ``vectors`` (M, E, 3) are the pair vectors r_ij = r_j - r_i (+ image offset) of the edges (i, j)."""
         edge_i, edge_j = edge_index[0], edge_index[1]
         r = torch.sqrt(vectors.pow(2).sum(-1))  # (M, E)
-        unit_t = (vectors / r.unsqueeze(-1)).transpose(1, 2).unsqueeze(-1)  # (M, 3, E, 1)
-        filters = self.filter_net(self.rbf(r)) * self.fcut(r).unsqueeze(-1)
-        filters = torch.split(filters, 3 * self.n_features, dim=-1)
+        # (M, 3, E, 1), contiguous so that products with it keep the (M, 3, E, F) memory layout
+        unit_t = (vectors / r.unsqueeze(-1)).transpose(1, 2).contiguous().unsqueeze(-1)
+        rbf = self.rbf(r)
+        radial = torch.cat([rbf, torch.ones_like(rbf[..., :1])], dim=-1) * self.fcut(r).unsqueeze(-1)
+        # filter layer with the bias folded in as the weight row of the constant basis function
+        weight = torch.cat([self.filter_net.weight, self.filter_net.bias], dim=1)  # (M, K+1, I*3F)
+        n = 3 * self.n_features
         s = self.embedding(numbers)
         v = s.new_zeros((self.members, 3, s.shape[1], self.n_features))
         for k in range(self.n_interactions):
-            s, v = self.messages[k](s, v, filters[k], unit_t, edge_i, edge_j)
+            s, v = self.messages[k](s, v, radial, weight[..., k * n:(k + 1) * n], unit_t, edge_i, edge_j)
             s, v = self.updates[k](s, v)
         return s, v
