@@ -68,7 +68,8 @@ def train(config, out, data_path, epochs, device, no_progress):
     except UqpotError as exc:
         _fail(exc)
     t = summary["training"]
-    click.echo(f"best epoch {t['best_epoch']} of {t['epochs_run']} ({t['stopped']}), "
+    best = t["best_epoch"][0] if len(t["best_epoch"]) == 1 else t["best_epoch"]
+    click.echo(f"best epoch {best} of {t['epochs_run']} ({t['stopped']}), "
                f"{t['wall_seconds']:.0f} s; model: {summary['model']}")
     for name in ("val", "test"):
         if name in summary:
@@ -88,10 +89,14 @@ def train(config, out, data_path, epochs, device, no_progress):
 @click.option("--length-unit", default="Å", show_default=True, help="length unit of DATA.")
 @click.option("--indices", default=None,
               help="evaluate only these structures: an index file, or RUN/split.json:test (a saved split).")
+@click.option("--calibration", "calibration_data", type=click.Path(path_type=Path), default=None,
+              help="validation structures to fit σ² = aU + b on (default: the fit stored in the model file).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--device", default=None)
-def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit, indices, batch_size, device):
-    """Energy/force MAE and RMSE of MODEL on DATA; per-structure errors to a CSV."""
+def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit, indices, calibration_data,
+             batch_size, device):
+    """Errors of MODEL on DATA (energy/force MAE, RMSE; per-structure CSV) and, for a UQ model, the UQ
+    metrics (Spearman, ROC-AUC at the 20th/50th error percentile, miscalibration area, cNLL) and plots."""
     from .data.io import ReadOptions
     from .evaluate import evaluate as run_eval
     from .units import UnitError
@@ -100,7 +105,8 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
     try:
         opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
                            length_unit=length_unit)
-        metrics = run_eval(model, data, out, opts, batch_size=batch_size, device=device, indices=indices)
+        metrics = run_eval(model, data, out, opts, batch_size=batch_size, device=device, indices=indices,
+                           calibration_data=calibration_data)
     except UnitError as exc:
         _fail(UqpotError(str(exc)))
     except UqpotError as exc:
@@ -108,6 +114,11 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
     click.echo(f"{metrics['n_structures']} structures: energy MAE {metrics['energy_mae']:.4f} "
                f"RMSE {metrics['energy_rmse']:.4f} kcal/mol; forces MAE {metrics['forces_mae']:.4f} "
                f"RMSE {metrics['forces_rmse']:.4f} kcal/mol/Å")
+    if "spearman" in metrics:
+        click.echo(f"{metrics['method']}: Spearman {metrics['spearman']:.3f}, ROC-AUC {metrics['roc_auc_p20']:.3f} "
+                   f"(p20) {metrics['roc_auc_p50']:.3f} (p50), miscalibration area "
+                   f"{metrics['miscalibration_area']:.3f}, cNLL {metrics['cnll']:.3f} "
+                   f"(calibration fitted on {metrics['calibration_fitted_on']})")
     click.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_structure.csv'}")
 
 

@@ -88,6 +88,54 @@ class ModelConfig(Strict):
     trainable_rbf: bool = True
 
 
+#: method-specific options of the ``uq`` section, and the methods they apply to
+UQ_OPTIONS = {
+    "members": ("ensemble",),
+    "head_hidden": ("mve", "evidential"),
+    "min_variance": ("mve",),
+    "lam": ("evidential",),
+    "min_nu": ("evidential",),
+    "min_alpha": ("evidential",),
+    "min_beta": ("evidential",),
+    "components": ("gmm",),
+    "candidates": ("gmm",),
+    "reg_covar": ("gmm",),
+    "max_fit_atoms": ("gmm",),
+}
+
+
+class UQConfig(Strict):
+    """``uq: {method: ensemble|mve|evidential|gmm, ...}``; ``none`` trains a plain potential."""
+
+    method: Literal["none", "ensemble", "mve", "evidential", "gmm"] = "none"
+    reduction: Literal["mean", "max", "sum"] = "mean"
+    members: int = Field(5, ge=2, description="ensemble size (SI: 5 for rMD17 and ammonia, 3 for silica)")
+    head_hidden: int = Field(64, ge=1)
+    min_variance: float = Field(1e-4, gt=0.0)
+    lam: float = Field(0.2, ge=0.0, description="evidential regulariser weight λ")
+    min_nu: float = Field(1e-4, gt=0.0)
+    min_alpha: float = Field(1e-4, gt=0.0)
+    min_beta: float = Field(1e-4, gt=0.0)
+    components: Union[Literal["bic"], int] = "bic"
+    candidates: list[int] = [1, 2, 3, 4, 6, 8, 12, 16]
+    reg_covar: float = Field(1e-6, gt=0.0)
+    max_fit_atoms: int = Field(50_000, ge=10)
+
+    @model_validator(mode="after")
+    def _options_match_method(self):
+        for key in self.model_fields_set:
+            if key in UQ_OPTIONS and self.method not in UQ_OPTIONS[key]:
+                raise ValueError(f"uq.{key} applies to {'/'.join(UQ_OPTIONS[key])}, not to '{self.method}'")
+        if isinstance(self.components, int) and self.components < 1:
+            raise ValueError("uq.components must be 'bic' or >= 1")
+        return self
+
+    def method_options(self) -> dict:
+        opts = {k: getattr(self, k) for k, methods in UQ_OPTIONS.items() if self.method in methods}
+        opts.pop("members", None)  # the ensemble's size is the potential's member count
+        return opts
+
+
 class TrainConfig(Strict):
     epochs: int = Field(500, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -117,6 +165,7 @@ class RunConfig(Strict):
     data: DataConfig
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
+    uq: UQConfig = UQConfig()
     train: TrainConfig = TrainConfig()
 
 

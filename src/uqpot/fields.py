@@ -26,6 +26,9 @@ CELL = "cell"
 PBC = "pbc"
 FEATURES = "features"  # per-atom latent features xi before the readout
 ATOMIC_ENERGY = "atomic_energy"
+UNCERTAINTY = "uncertainty"  # per structure
+UNCERTAINTY_ATOM = "uncertainty_atom"  # per atom
+ENERGY_VARIANCE = "energy_variance"
 
 FIELDS: dict[str, Field] = {
     f.name: f
@@ -38,6 +41,9 @@ FIELDS: dict[str, Field] = {
         Field(PBC, False, "", "periodicity along each cell vector"),
         Field(FEATURES, True, "", "per-atom invariant features before the readout"),
         Field(ATOMIC_ENERGY, True, "kcal/mol", "per-atom energy contribution"),
+        Field(UNCERTAINTY, False, "method-specific", "uncertainty U(x) of a structure (reduced from atoms)"),
+        Field(UNCERTAINTY_ATOM, True, "method-specific", "uncertainty of each atom"),
+        Field(ENERGY_VARIANCE, False, "(kcal/mol)^2", "variance of the energy over ensemble members"),
     )
 }
 

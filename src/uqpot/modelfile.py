@@ -44,15 +44,25 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 def save(model: torch.nn.Module, path, extra: dict | None = None) -> Path:
     """Writes ``model`` (which must have ``kind`` and ``hparams``) atomically."""
+    return save_state(model.kind, model.hparams, model.state_dict(), path, extra, dtype=model.dtype)
+
+
+def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | None = None,
+               dtype: torch.dtype = torch.float32) -> Path:
+    """Writes a model file from its parts (kind, hyper-parameters, state dict), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for k, v in state_dict.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"refusing to save a model with non-finite values in '{k}'")
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "uqpot_version": __version__,
-        "kind": model.kind,
-        "hparams": dict(model.hparams),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "kind": kind,
+        "hparams": dict(hparams),
+        "dtype": str(dtype).replace("torch.", ""),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": dict(extra or {}),
     }
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -99,9 +109,10 @@ def load(path, device=None):
     except (TypeError, ValueError) as exc:
         raise ModelFileError(path, f"hyper-parameters do not describe a valid {kind}: {exc}") from None
     state = payload["state_dict"]
-    dtypes = {v.dtype for k, v in state.items() if v.is_floating_point() and not k.endswith("atomref")}
-    if dtypes:
-        model.to(sorted(dtypes, key=str)[0])
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(payload.get("dtype", "float32"))
+    if dtype is None:
+        raise ModelFileError(path, f"unknown dtype {payload.get('dtype')!r}")
+    model.to(dtype)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

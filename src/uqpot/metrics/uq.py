@@ -64,6 +64,7 @@ __all__ = [
     "roc_curve",
     "gaussian_nll",
     "fit_calibration",
+    "fit_calibration_with_floor",
     "calibrated_variance",
     "calibrated_nll",
     "calibration_curve",
@@ -349,6 +350,12 @@ def calibrated_variance(uncertainty, a: float, b: float, floor: float | None = N
     return var
 
 
+def fit_calibration_with_floor(u_val, res_val) -> tuple[float, float, float]:
+    """(a, b, floor): :func:`fit_calibration` plus the variance at the lowest validation U, below which
+    the calibration is not extrapolated."""
+    return _fit_with_floor(u_val, res_val)
+
+
 def _fit_with_floor(u_val, res_val) -> tuple[float, float, float]:
     a, b = fit_calibration(u_val, res_val)
     floor = a * float(np.min(np.asarray(u_val, dtype=float))) + b
@@ -426,6 +433,7 @@ def uq_metrics(
     u_val=None,
     res_val=None,
     percentiles: Sequence[float] = (20, 50),
+    calibration: tuple[float, float, float] | None = None,
 ) -> dict:
     """The paper's four metrics for one test set.
 
@@ -434,7 +442,8 @@ def uq_metrics(
     ``calibration_b``, ``calibration_floor``, ``calibration_fitted_on`` ("validation", or "test" when no
     validation data are given — the cNLL is then optimistic), ``n_structures``, ``n_components`` and
     ``notes`` (why a metric is NaN, e.g. constant U).  ``err_test`` may be None: ε is then computed from
-    ``res_test`` as the mean squared residual of each structure.
+    ``res_test`` as the mean squared residual of each structure.  ``calibration`` = (a, b, floor), fitted
+    earlier on validation data (see :func:`fit_calibration_with_floor`), is used instead of a new fit.
     """
     u_test = _vector(u_test, "u_test")
     if err_test is None:
@@ -458,12 +467,16 @@ def uq_metrics(
 
     if (u_val is None) != (res_val is None):
         raise ValueError("give both u_val and res_val, or neither")
-    if u_val is None:
-        u_val, res_val, fitted_on = u_t, res_test, "test"
-        notes.append("calibration fitted on the test data (no validation data given)")
-    else:
+    if calibration is not None:
+        a, b, floor = (float(x) for x in calibration)
         fitted_on = "validation"
-    a, b, floor = _fit_with_floor(u_val, res_val)
+    else:
+        if u_val is None:
+            u_val, res_val, fitted_on = u_t, res_test, "test"
+            notes.append("calibration fitted on the test data (no validation data given)")
+        else:
+            fitted_on = "validation"
+        a, b, floor = _fit_with_floor(u_val, res_val)
     var = per_component(calibrated_variance(u_t, a, b, floor=floor), res_test)
     out["miscalibration_area"] = miscalibration_area(res_test, np.sqrt(var))
     out["cnll"] = gaussian_nll(res_test, var)

@@ -116,8 +116,9 @@ class Potential(nn.Module):
         derivatives of force-based uncertainties)."""
         create_graph = self.training if create_graph is None else create_graph
         M = self.members
-        with torch.enable_grad() if compute_forces else torch.no_grad():
-            positions = batch.positions
+        positions = batch.positions
+        # a graph is needed for forces, or when the caller differentiates w.r.t. the positions
+        with torch.enable_grad() if compute_forces or positions.requires_grad else torch.no_grad():
             if compute_forces and not positions.requires_grad:
                 positions = positions.detach().requires_grad_(True)
             # every member gets its own view of the positions so that autograd separates their forces

@@ -11,16 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 from ..config import RunConfig, dump_config
 from ..data.io import read_structures
 from ..data.splits import check_disjoint, load_split, random_split, read_index_file, save_split
-from ..data.structures import StructureDataset
 from ..errors import ConfigError
-from ..metrics.errors import error_summary
-from ..predict import predict
 from ..provenance import versions, write_json
 from .trainer import Trainer
 
@@ -58,12 +54,21 @@ def _same_run(out: Path, cfg: RunConfig) -> None:
                                "choose another 'out' or delete it")
 
 
-def build_model(cfg: RunConfig):
-    from ..nn.potential import Potential
-
+def potential_hparams(cfg: RunConfig) -> dict:
     m = cfg.model
-    return Potential(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
-                     activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf)
+    members = cfg.uq.members if cfg.uq.method == "ensemble" else 1
+    return dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
+                activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
+                members=members, seeds=[cfg.seed + k for k in range(members)])
+
+
+def build_model(cfg: RunConfig):
+    """A plain potential (``uq.method: none``) or the configured UQ method around one."""
+    from ..nn.potential import Potential
+    from ..uq import build_method
+
+    hp = potential_hparams(cfg)
+    return Potential(**hp) if cfg.uq.method == "none" else build_method(cfg.uq, hp)
 
 
 def run_training(cfg: RunConfig, console=None) -> dict:
@@ -82,25 +87,37 @@ def run_training(cfg: RunConfig, console=None) -> dict:
                                   "split_sizes": {k: len(v) for k, v in split.items()}, "versions": versions()})
 
     train, val, test = (data.subset(split[k]) for k in ("train", "val", "test"))
-    torch.manual_seed(cfg.seed)
     model = build_model(cfg)
     model.fit_reference(train)
-    trainer = Trainer(model, train, val, cfg.train, out, seed=cfg.seed, console=console,
+    loss_fn = model.make_loss(cfg.train) if hasattr(model, "make_loss") else None
+    trainer = Trainer(model, train, val, cfg.train, out, seed=cfg.seed, console=console, loss_fn=loss_fn,
                       extra={"seed": cfg.seed, "data": str(cfg.data.path)})
     result = trainer.fit()
+    return finish_run(cfg, trainer, result, train, val, test)
 
-    from .. import load
 
+def finish_run(cfg: RunConfig, trainer, result, train, val, test) -> dict:
+    """Post-hoc fits (GMM) and the validation calibration go into the model file; then val/test metrics."""
+    from .. import load, modelfile
+    from ..evaluate import assess, fit_calibration, is_uq, write_table
+
+    out = Path(cfg.out)
+    bs = cfg.train.val_batch_size or cfg.train.batch_size
     best = load(trainer.model_path, device=trainer.device)
+    payload_extra = modelfile.read(trainer.model_path).get("extra", {})
+    if is_uq(best) and "calibration" not in payload_extra:
+        posthoc = best.fit_posthoc(train, bs)
+        calibration = fit_calibration(best, val, bs)
+        modelfile.save(best, trainer.model_path, extra={**payload_extra, "posthoc": posthoc,
+                                                        "calibration": calibration})
+        payload_extra = modelfile.read(trainer.model_path)["extra"]
     summary = {"training": result.as_dict(), "model": str(trainer.model_path)}
+    if "posthoc" in payload_extra:
+        summary["posthoc"] = payload_extra["posthoc"]
     for name, ds in (("val", val), ("test", test)):
         if len(ds):
-            summary[name] = _errors(best, ds, cfg.train.val_batch_size or cfg.train.batch_size)
+            metrics, table = assess(best, ds, bs, payload_extra.get("calibration"))
+            summary[name] = metrics
+            write_table(table, out / f"{name}_per_structure.csv")
     write_json(out / "summary.json", summary)
     return summary
-
-
-def _errors(model, ds: StructureDataset, batch_size: int) -> dict:
-    pred = predict(model, ds, batch_size=batch_size)
-    return error_summary(pred["energy"], ds.energies(), pred["forces"], [s.forces for s in ds]) | {
-        "n_structures": len(ds)}

@@ -1,10 +1,15 @@
 """The training loop: Adam, halve the learning rate on a validation plateau, early stopping, best-model and
 last-epoch checkpoints, resume after any interruption, guard against non-finite losses.
 
+The loop trains M stacked networks at once (a deep ensemble; M = 1 for a single model).  Learning rate,
+plateau schedule, early stopping and best checkpoint are kept per member, so that M members trained
+together end exactly as each would alone with the same seed and data order.
+
 Files in the output directory:
-- ``model.pt``       the best model so far (lowest validation loss), a uqpot model file;
-- ``checkpoint.pt``  the state after the last finished epoch (model, optimiser, scheduler, RNG, history);
-- ``history.csv``    one line per epoch (lr, train loss, validation loss and MAEs, wall time).
+- ``model.pt``       the best model so far (per member: its lowest validation loss), a uqpot model file;
+- ``checkpoint.pt``  the state after the last finished epoch (model, optimiser, schedule, RNG, history);
+- ``history.csv``    one line per epoch (mean over members), and ``history_members.csv`` when M > 1;
+- ``train.log``      events (resume, rollback, stop).
 Both ``.pt`` files are written to a temporary name and renamed, so a kill never leaves a broken file, and
 a model with non-finite weights is never written.
 """
@@ -24,12 +29,14 @@ import torch
 from .. import fields as F
 from .. import modelfile
 from ..config import TrainConfig
-from ..data.batch import collate_dataset, iterate_batches
+from ..data.batch import iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import TrainingError
 from .losses import EnergyForceLoss
+from .optim import MemberAdam, MemberPlateau
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "seconds")
+MEMBER_COLUMNS = ("epoch", "member", "lr", "val_loss", "val_energy_mae", "val_forces_mae")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,13 +47,13 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class TrainResult:
-    best_epoch: int
-    best_val_loss: float
-    val_energy_mae: float
-    val_forces_mae: float
+    best_epoch: list  # per member
+    best_val_loss: list
+    val_energy_mae: list
+    val_forces_mae: list
     epochs_run: int
     wall_seconds: float
-    stopped: str  # "epochs" | "early_stopping" | "min_lr" | "time_limit"
+    stopped: str  # why training ended: "epochs" | "early_stopping" | "min_lr" | "time_limit"
     nonfinite_steps: int = 0
     rollbacks: int = 0
     history: list = field(default_factory=list)
@@ -57,8 +64,8 @@ class TrainResult:
         return d
 
 
-def _params_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+def _finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
 class Trainer:
@@ -73,6 +80,7 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.model = model.to(device=self.device, dtype=self.dtype)
+        self.M = int(getattr(model, "members", 1))
         self.train_set, self.val_set = train, val
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -81,18 +89,19 @@ class Trainer:
         self.extra = extra or {}
         self.console = console
         self.cutoff = model.cutoff
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        self.optimizer = MemberAdam(self.model.parameters(), self.M, cfg.lr)
+        self.plateau = MemberPlateau(self.M, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
         self.rng = np.random.default_rng(seed)
+        self.member_params = {n for n, _ in self.model.named_parameters()}
         self.epoch = 0
-        self.best = {"epoch": -1, "val_loss": math.inf, "val_energy_mae": math.nan, "val_forces_mae": math.nan}
+        self.best_val = torch.full((self.M,), math.inf, dtype=torch.float64)
+        self.best_epoch = torch.full((self.M,), -1, dtype=torch.int64)
+        self.best_mae = torch.full((self.M, 2), math.nan, dtype=torch.float64)  # energy, forces
+        self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.stopped = [None] * self.M  # per member: why it stopped, None while training
         self.history: list[dict] = []
         self.nonfinite_steps = 0
         self.rollbacks = 0
-        # epochs since the validation loss last improved by more than the scheduler's threshold (rel. 1e-4)
-        self.stall = 0
-        self.stall_ref = math.inf
         self.elapsed = 0.0
         self.finished: str | None = None
         self._val_batches = None
@@ -108,24 +117,17 @@ class Trainer:
 
     def _state(self) -> dict:
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "best": dict(self.best),
-            "history": list(self.history),
-            "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "nonfinite_steps": self.nonfinite_steps,
-            "rollbacks": self.rollbacks,
-            "stall": self.stall,
-            "stall_ref": self.stall_ref,
-            "elapsed": self.elapsed,
-            "finished": self.finished,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "plateau": self.plateau.state_dict(), "epoch": self.epoch, "best_val": self.best_val,
+            "best_epoch": self.best_epoch, "best_mae": self.best_mae, "best_state": self.best_state,
+            "stopped": ["" if s is None else s for s in self.stopped], "history": list(self.history),
+            "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "nonfinite_steps": self.nonfinite_steps, "rollbacks": self.rollbacks, "elapsed": self.elapsed,
+            "finished": self.finished or "",
         }
 
     def save_checkpoint(self) -> None:
-        if not _params_finite(self.model):
+        if not _finite(self.model.state_dict().values()):
             raise TrainingError(f"refusing to checkpoint non-finite weights at epoch {self.epoch}")
         tmp = self.checkpoint_path.with_name(f"checkpoint.pt.tmp{os.getpid()}")
         torch.save(self._state(), tmp)
@@ -134,68 +136,73 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
             return False
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        except Exception as exc:
+            raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint ({exc}); delete it "
+                                "to start afresh") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.plateau.load_state_dict(state["plateau"])
         self.epoch = int(state["epoch"])
-        self.best = dict(state["best"])
+        self.best_val, self.best_epoch, self.best_mae = state["best_val"], state["best_epoch"], state["best_mae"]
+        self.best_state = {k: v.to(self.device) for k, v in state["best_state"].items()}
+        self.stopped = [s or None for s in state["stopped"]]
         self.history = list(state["history"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.rollbacks = int(state["rollbacks"])
-        self.stall = int(state["stall"])
-        self.stall_ref = float(state["stall_ref"])
         self.elapsed = float(state["elapsed"])
-        self.finished = state["finished"]
+        self.finished = state["finished"] or None
         return True
 
     def _save_best(self) -> None:
-        if not _params_finite(self.model):
+        if not _finite(self.best_state.values()):
             raise TrainingError(f"non-finite weights at epoch {self.epoch}: not saved")
         extra = dict(self.extra)
-        extra["training"] = {"epoch": self.epoch, "val_loss": self.best["val_loss"],
-                             "val_energy_mae": self.best["val_energy_mae"],
-                             "val_forces_mae": self.best["val_forces_mae"]}
-        modelfile.save(self.model, self.model_path, extra=extra)
+        extra["training"] = {"epoch": self.epoch, "best_epoch": self.best_epoch.tolist(),
+                             "val_loss": self.best_val.tolist(), "val_energy_mae": self.best_mae[:, 0].tolist(),
+                             "val_forces_mae": self.best_mae[:, 1].tolist()}
+        modelfile.save_state(self.model.kind, self.model.hparams, self.best_state, self.model_path, extra,
+                             dtype=self.dtype)
 
     # ------------------------------------------------------------------ loop
     def _batches(self, dataset, batch_size, shuffle):
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
                                shuffle=shuffle, generator=self.rng)
 
-    def validate(self) -> dict:
-        """Loss and MAEs on the validation set (forces by autograd, no graph kept)."""
+    def validate(self) -> dict[str, torch.Tensor]:
+        """Per-member validation loss and MAEs (M,) (forces by autograd, no graph kept)."""
         if self._val_batches is None:
             bs = self.cfg.val_batch_size or self.cfg.batch_size
             self._val_batches = [b for _, b in self._batches(self.val_set, bs, shuffle=False)]
         self.model.eval()
-        tot = {"loss": 0.0, "energy_abs": 0.0, "forces_abs": 0.0}
-        n_struct = n_comp = 0
         sums = []
+        n_struct = n_comp = 0
         for b in self._val_batches:
-            pred = self.model(b, create_graph=False)
+            pred = self.model.forward_members(b, create_graph=False)
             loss, _ = self.loss_fn(pred, b)
-            e_abs = (pred[F.ENERGY] - b.energy).abs().sum()
-            f_abs = (pred[F.FORCES] - b.forces).abs().sum()
+            e_abs = (pred[F.ENERGY] - b.energy).abs().sum(-1)
+            f_abs = (pred[F.FORCES] - b.forces).abs().sum((-1, -2))
             sums.append(torch.stack([loss.detach().double() * b.num_structures, e_abs.detach().double(),
                                      f_abs.detach().double()]))
             n_struct += b.num_structures
             n_comp += b.forces.numel()
-        total = torch.stack(sums).sum(0).tolist()  # one host sync per validation
-        tot = {"val_loss": total[0] / n_struct, "val_energy_mae": total[1] / n_struct,
-               "val_forces_mae": total[2] / n_comp}
-        return tot
+        total = torch.stack(sums).sum(0).cpu()  # (3, M): one host sync per validation
+        return {"val_loss": total[0] / n_struct, "val_energy_mae": total[1] / n_struct,
+                "val_forces_mae": total[2] / n_comp}
 
     def _rollback(self, epoch: int, batch_no: int) -> None:
         """Back to the last checkpoint (or the initial state) with a lower learning rate."""
         self.rollbacks += 1
-        lr = self.optimizer.param_groups[0]["lr"] * self.cfg.lr_factor
-        if lr < self.cfg.min_lr or self.rollbacks > 10:
+        lr = self.optimizer.lr * self.cfg.lr_factor
+        active = lr > 0
+        if bool((lr[active] < self.cfg.min_lr).any()) or self.rollbacks > 10:
             raise TrainingError(f"non-finite loss at epoch {epoch}, batch {batch_no}: rolled back "
-                                f"{self.rollbacks - 1} time(s) and cut the learning rate to {lr:.3g} without "
-                                "recovering; no model with non-finite weights was saved")
+                                f"{self.rollbacks - 1} time(s) and cut the learning rate to "
+                                f"{lr.max().item():.3g} without recovering; no model with non-finite weights "
+                                "was saved")
         if self.checkpoint_path.is_file():
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
@@ -203,10 +210,9 @@ class Trainer:
         else:
             self.model.load_state_dict(self._initial_state["model"])
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
+        self.optimizer.lr = lr
         self._log(f"epoch {epoch} batch {batch_no}: non-finite loss; rolled back to the last checkpoint, "
-                  f"learning rate cut to {lr:.3g}")
+                  f"learning rate cut to {lr.max().item():.3g}")
 
     def _log(self, msg: str) -> None:
         with open(self.out / "train.log", "a") as fh:
@@ -216,38 +222,36 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = torch.zeros(self.M, dtype=torch.float64, device=self.device)
         n = 0
         bad = 0
         for batch_no, (_, b) in enumerate(self._batches(self.train_set, self.cfg.batch_size, shuffle=True)):
-            pred = self.model(b)
+            pred = self.model.forward_members(b)
             loss, _ = self.loss_fn(pred, b)
-            if not bool(torch.isfinite(loss)):
+            if not bool(torch.isfinite(loss).all()):
                 self.nonfinite_steps += 1
                 bad += 1
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 if bad > self.cfg.max_nonfinite:
                     self._rollback(epoch, batch_no)
                     return math.nan
                 continue
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.optimizer.zero_grad()
+            loss.sum().backward()  # members are independent: each gets the gradient of its own loss
             if self.cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+                _clip_per_member(self.optimizer.params, self.cfg.grad_clip, self.M)
             self.optimizer.step()
             total += loss.detach().double() * b.num_structures
             n += b.num_structures
-        if not _params_finite(self.model):
+        if not _finite(self.model.parameters()):
             self._rollback(epoch, -1)
             return math.nan
-        return float(total) / max(n, 1)
+        return float(total.mean()) / max(n, 1)
 
     def fit(self) -> TrainResult:
-        cfg = self.cfg
-        resumed = self.load_checkpoint()
-        if resumed:
+        if self.load_checkpoint():
             self._log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
-            if self.finished == "epochs" and self.epoch < cfg.epochs:  # more epochs asked for
+            if self.finished == "epochs" and self.epoch < self.cfg.epochs:  # more epochs asked for
                 self.finished = None
         self._initial_state = {"model": copy.deepcopy(self.model.state_dict()),
                                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
@@ -255,17 +259,35 @@ class Trainer:
             self._loop()
         return self._result()
 
+    def _improve(self, epoch: int, val: dict) -> None:
+        """Per member: keep the weights of the lowest validation loss so far."""
+        better = (val["val_loss"] < self.best_val) & torch.tensor([s is None for s in self.stopped])
+        if not bool(better.any()):
+            return
+        self.best_val = torch.where(better, val["val_loss"], self.best_val)
+        self.best_epoch = torch.where(better, torch.full_like(self.best_epoch, epoch), self.best_epoch)
+        mae = torch.stack([val["val_energy_mae"], val["val_forces_mae"]], dim=1)
+        self.best_mae = torch.where(better.unsqueeze(1), mae, self.best_mae)
+        idx = torch.nonzero(better).flatten().to(self.device)
+        for k, v in self.model.state_dict().items():
+            if k in self.member_params:
+                self.best_state[k].index_copy_(0, idx, v.detach().index_select(0, idx))
+            else:
+                self.best_state[k].copy_(v.detach())
+        self._save_best()
+
     def _loop(self) -> None:
         cfg = self.cfg
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[stats]}"), disable=not cfg.progress,
-                            console=self.console)
-        write_header = not (self.out / "history.csv").is_file()
-        with progress, open(self.out / "history.csv", "a") as hist:
-            if write_header:
+                            TextColumn("{task.fields[stats]}"), disable=not cfg.progress, console=self.console)
+        hist_path, mem_path = self.out / "history.csv", self.out / "history_members.csv"
+        new = not hist_path.is_file()
+        with progress, open(hist_path, "a") as hist, open(mem_path, "a") if self.M > 1 else open(os.devnull, "w") as mh:
+            if new:
                 hist.write(",".join(HISTORY_COLUMNS) + "\n")
+                mh.write(",".join(MEMBER_COLUMNS) + "\n")
             task = progress.add_task("train", total=cfg.epochs, completed=self.epoch, stats="")
             while self.epoch < cfg.epochs:
                 t0 = time.perf_counter()
@@ -274,53 +296,74 @@ class Trainer:
                 if math.isnan(train_loss):  # rolled back: repeat this epoch at the lower lr
                     continue
                 val = self.validate()
-                lr_before = self.optimizer.param_groups[0]["lr"]
-                self.scheduler.step(val["val_loss"])
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr_before = self.optimizer.lr.clone()
+                active = torch.tensor([s is None for s in self.stopped])
+                new_lr = self.plateau.step(val["val_loss"], self.optimizer.lr)
+                self.optimizer.lr = torch.where(active, new_lr, self.optimizer.lr)
                 self.epoch = epoch
-                if val["val_loss"] < self.best["val_loss"]:
-                    self.best = {"epoch": epoch, **val}
-                    self._save_best()
-                if val["val_loss"] < self.stall_ref * (1 - 1e-4):
-                    self.stall_ref, self.stall = val["val_loss"], 0
-                else:
-                    self.stall += 1
+                self._improve(epoch, val)
                 self.elapsed += time.perf_counter() - t0
-                row = {"epoch": epoch, "lr": lr_before, "train_loss": train_loss, **val,
+                row = {"epoch": epoch, "lr": float(lr_before[active].max()) if active.any() else 0.0,
+                       "train_loss": train_loss, **{k: float(v.mean()) for k, v in val.items()},
                        "seconds": round(self.elapsed, 3)}
                 self.history.append(row)
                 hist.write(",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
                                     for c in HISTORY_COLUMNS) + "\n")
                 hist.flush()
+                for m in range(self.M if self.M > 1 else 0):
+                    mh.write(f"{epoch},{m},{lr_before[m]:.6g},{val['val_loss'][m]:.6g},"
+                             f"{val['val_energy_mae'][m]:.6g},{val['val_forces_mae'][m]:.6g}\n")
+                mh.flush()
+                self._member_stops(epoch)
                 stop = None
-                if epoch >= cfg.epochs:
+                if all(s is not None for s in self.stopped):
+                    reasons = {s for s in self.stopped}
+                    stop = "early_stopping" if "early_stopping" in reasons else sorted(reasons)[0]
+                elif epoch >= cfg.epochs:
                     stop = "epochs"
-                elif cfg.early_stopping and self.stall >= cfg.early_stopping:
-                    stop = "early_stopping"
-                elif cfg.stop_at_min_lr and lr <= cfg.min_lr * (1 + 1e-9) and self.stall > cfg.lr_patience:
-                    stop = "min_lr"
                 elif cfg.max_hours and self.elapsed > cfg.max_hours * 3600:
                     stop = "time_limit"
                 # a time limit pauses the run (resumable); the other reasons end it
                 self.finished = stop if stop != "time_limit" else None
                 self.save_checkpoint()
                 progress.update(task, completed=epoch, stats=(
-                    f"loss {train_loss:.3g} | val E {val['val_energy_mae']:.3f} F {val['val_forces_mae']:.3f} "
-                    f"| lr {lr:.1e}"))
+                    f"loss {train_loss:.3g} | val E {row['val_energy_mae']:.3f} F {row['val_forces_mae']:.3f} "
+                    f"| lr {self.optimizer.lr.max().item():.1e}"))
                 if stop:
                     self._log(f"stopped after epoch {epoch}: {stop}")
                     break
 
+    def _member_stops(self, epoch: int) -> None:
+        cfg = self.cfg
+        for m in range(self.M):
+            if self.stopped[m] is not None:
+                continue
+            stall = int(self.plateau.stall[m])
+            reason = None
+            if cfg.early_stopping and stall >= cfg.early_stopping:
+                reason = "early_stopping"
+            elif cfg.stop_at_min_lr and float(self.optimizer.lr[m]) <= cfg.min_lr * (1 + 1e-9) and stall > cfg.lr_patience:
+                reason = "min_lr"
+            if reason:
+                self.stopped[m] = reason
+                self.optimizer.lr[m] = 0.0  # frozen from here on: its best weights are kept
+                if self.M > 1:
+                    self._log(f"member {m} stopped after epoch {epoch}: {reason}")
+
     def _result(self) -> TrainResult:
         return TrainResult(
-            best_epoch=int(self.best["epoch"]),
-            best_val_loss=float(self.best["val_loss"]),
-            val_energy_mae=float(self.best["val_energy_mae"]),
-            val_forces_mae=float(self.best["val_forces_mae"]),
-            epochs_run=self.epoch,
-            wall_seconds=round(self.elapsed, 2),
-            stopped=self.finished or "epochs",
-            nonfinite_steps=self.nonfinite_steps,
-            rollbacks=self.rollbacks,
-            history=self.history,
-        )
+            best_epoch=self.best_epoch.tolist(), best_val_loss=self.best_val.tolist(),
+            val_energy_mae=self.best_mae[:, 0].tolist(), val_forces_mae=self.best_mae[:, 1].tolist(),
+            epochs_run=self.epoch, wall_seconds=round(self.elapsed, 2), stopped=self.finished or "epochs",
+            nonfinite_steps=self.nonfinite_steps, rollbacks=self.rollbacks, history=self.history)
+
+
+def _clip_per_member(params, max_norm: float, members: int) -> None:
+    """Clips the gradient norm of every member separately (as if each were trained alone)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    sq = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0)
+    scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))

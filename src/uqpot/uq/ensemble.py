@@ -1,0 +1,35 @@
+"""Deep ensemble (paper Eq. 2-5): M networks from different seeds trained on the same data.
+
+Prediction: the members' mean energy and forces (Eq. 2-3).  Uncertainty: the variance of the forces over
+members with the 1/(M-1) estimator, averaged over Cartesian components per atom; averaged over atoms it is
+σ²_F(x) of Eq. 5 (in (kcal/mol/Å)²).  The energy variance σ²_E (Eq. 4) is returned as well.  The members
+are one stacked module evaluated in one batched call.
+"""
+
+from __future__ import annotations
+
+from .. import fields as F
+from .base import UQMethod, register_method
+
+
+@register_method("ensemble")
+class Ensemble(UQMethod):
+    uncertainty_description = "force variance over ensemble members σ²_F, (kcal/mol/Å)² (Eq. 5)"
+    needs_forces_for_uncertainty = True
+
+    def __init__(self, potential: dict, reduction: str = "mean"):
+        super().__init__(potential, reduction)
+        if self.potential.members < 2:
+            raise ValueError("an ensemble needs at least 2 members (uq.members >= 2)")
+
+    def combine(self, out: dict, batch) -> dict:
+        res = {F.ENERGY: out[F.ENERGY].mean(0), F.ENERGY_VARIANCE: out[F.ENERGY].var(0, correction=1),
+               F.FEATURES: out[F.FEATURES], "energy_members": out[F.ENERGY]}
+        if F.FORCES in out:
+            forces = out[F.FORCES]
+            res[F.FORCES] = forces.mean(0)
+            res["forces_members"] = forces
+            res[F.UNCERTAINTY_ATOM] = forces.var(0, correction=1).mean(-1)
+        else:  # without forces, fall back on the spread of the atomic energies
+            res[F.UNCERTAINTY_ATOM] = out[F.ATOMIC_ENERGY].var(0, correction=1)
+        return res
