@@ -1,0 +1,1 @@
+"""Sampling new structures: adversarial attacks on the uncertainty."""
