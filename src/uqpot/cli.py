@@ -122,6 +122,44 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
     click.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_structure.csv'}")
 
 
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="output directory (overrides 'out').")
+@click.option("--generations", type=int, help="overrides 'generations' (a longer loop continues a shorter one).")
+@click.option("--executor", type=click.Choice(["none", "local"]), default="none", show_default=True,
+              help="where oracle labels run: in-process, or a local Dask cluster.")
+@click.option("--no-progress", is_flag=True)
+def loop(config, out, generations, executor, no_progress):
+    """Active learning: train → evaluate → MD → attack → label → retrain, for every UQ method; resumable."""
+    from .workflow.active_learning import ActiveLearning, load_loop_config
+
+    overrides = {}
+    if out is not None:
+        overrides["out"] = str(out)
+    if generations is not None:
+        overrides["generations"] = generations
+    if no_progress:
+        overrides["train.progress"] = False
+    try:
+        cfg = load_loop_config(config, overrides)
+        ex = None
+        if executor != "none":
+            from .executor import get_executor
+
+            ex = get_executor(executor)
+        summary = ActiveLearning(cfg, console=_console(), executor=ex).run()
+    except UqpotError as exc:
+        _fail(exc)
+    for g, gsum in summary["generations"].items():
+        for method, rec in gsum.items():
+            t = rec["test"]
+            added = rec.get("label", {}).get("n_added") if rec.get("label") else None
+            click.echo(f"gen {g} {method:10s} train {rec['n_train']:4d}  test F MAE {t['forces_mae']:.3f}  "
+                       f"Spearman {t['spearman']:.3f}  AUC {t['roc_auc_p20']:.3f}"
+                       + (f"  added {added}" if added is not None else ""))
+    click.echo(f"summary: {Path(cfg.out) / 'summary.json'}")
+
+
 @cli.group()
 def data():
     """Structure files: check."""

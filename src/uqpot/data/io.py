@@ -220,6 +220,9 @@ def write_extxyz(dataset: StructureDataset, path) -> None:
     import ase.io
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    ase.io.write(str(tmp), [s.to_atoms() for s in dataset], format="extxyz")
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    if len(dataset):
+        ase.io.write(str(tmp), [s.to_atoms() for s in dataset], format="extxyz")
+    else:
+        tmp.write_text("")  # an empty set is an empty file
     os.replace(tmp, path)

@@ -54,21 +54,21 @@ def _same_run(out: Path, cfg: RunConfig) -> None:
                                "choose another 'out' or delete it")
 
 
-def potential_hparams(cfg: RunConfig) -> dict:
-    m = cfg.model
-    members = cfg.uq.members if cfg.uq.method == "ensemble" else 1
+def potential_hparams(model_cfg, uq_cfg, seed: int) -> dict:
+    m = model_cfg
+    members = uq_cfg.members if uq_cfg.method == "ensemble" else 1
     return dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
                 activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
-                members=members, seeds=[cfg.seed + k for k in range(members)])
+                members=members, seeds=[seed + k for k in range(members)])
 
 
-def build_model(cfg: RunConfig):
+def build_model(model_cfg, uq_cfg, seed: int):
     """A plain potential (``uq.method: none``) or the configured UQ method around one."""
     from ..nn.potential import Potential
     from ..uq import build_method
 
-    hp = potential_hparams(cfg)
-    return Potential(**hp) if cfg.uq.method == "none" else build_method(cfg.uq, hp)
+    hp = potential_hparams(model_cfg, uq_cfg, seed)
+    return Potential(**hp) if uq_cfg.method == "none" else build_method(uq_cfg, hp)
 
 
 def run_training(cfg: RunConfig, console=None) -> dict:
@@ -85,24 +85,31 @@ def run_training(cfg: RunConfig, console=None) -> dict:
     save_split(split, out / "split.json")
     write_json(out / "run.json", {"seed": cfg.seed, "data": str(cfg.data.path), "n_structures": len(data),
                                   "split_sizes": {k: len(v) for k, v in split.items()}, "versions": versions()})
-
     train, val, test = (data.subset(split[k]) for k in ("train", "val", "test"))
-    model = build_model(cfg)
+    return fit_model(cfg.model, cfg.uq, cfg.train, cfg.seed, train, val, test, out, console,
+                     extra={"seed": cfg.seed, "data": str(cfg.data.path)})
+
+
+def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, console=None,
+              extra: dict | None = None) -> dict:
+    """Builds the model, fits reference energies on ``train``, trains (resuming from ``out`` if
+    interrupted), fits post-hoc parts and the calibration, and writes ``summary.json`` (last)."""
+    model = build_model(model_cfg, uq_cfg, seed)
     model.fit_reference(train)
-    loss_fn = model.make_loss(cfg.train) if hasattr(model, "make_loss") else None
-    trainer = Trainer(model, train, val, cfg.train, out, seed=cfg.seed, console=console, loss_fn=loss_fn,
-                      extra={"seed": cfg.seed, "data": str(cfg.data.path)})
+    loss_fn = model.make_loss(train_cfg) if hasattr(model, "make_loss") else None
+    trainer = Trainer(model, train, val, train_cfg, out, seed=seed, console=console, loss_fn=loss_fn,
+                      extra=extra)
     result = trainer.fit()
-    return finish_run(cfg, trainer, result, train, val, test)
+    return finish_run(train_cfg, out, trainer, result, train, val, test)
 
 
-def finish_run(cfg: RunConfig, trainer, result, train, val, test) -> dict:
+def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
     """Post-hoc fits (GMM) and the validation calibration go into the model file; then val/test metrics."""
     from .. import load, modelfile
     from ..evaluate import assess, fit_calibration, is_uq, write_table
 
-    out = Path(cfg.out)
-    bs = cfg.train.val_batch_size or cfg.train.batch_size
+    out = Path(out)
+    bs = train_cfg.val_batch_size or train_cfg.batch_size
     best = load(trainer.model_path, device=trainer.device)
     payload_extra = modelfile.read(trainer.model_path).get("extra", {})
     if is_uq(best) and "calibration" not in payload_extra:

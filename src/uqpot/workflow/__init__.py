@@ -1,0 +1,1 @@
+"""Workflows: active learning, benchmark grids, reports."""

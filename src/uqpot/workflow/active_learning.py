@@ -1,0 +1,362 @@
+"""Active learning by adversarial sampling, generation after generation (paper Fig. 1, sections 2.4, 3.2-3.3).
+
+For every configured UQ method, each with its own growing data set:
+
+    generation g:  train → evaluate on the test set → MD stability → NEB → attack → label (oracle) → g + 1
+
+Everything a step produces is written to ``OUT/gen{g}/{method}/`` before the step counts as done (its
+marker file is written last, atomically), so ``uqpot loop CONFIG.yaml`` resumes after any interruption,
+SIGKILL included, without repeating a finished step: training resumes from its checkpoint, and labels come
+from the store (``OUT/labels.db``), so the oracle never computes a structure twice.
+
+Energy alignment: the data files may hold energies on another scale than the oracle's (relative energies,
+another program).  Before the first generation the oracle labels the lowest-energy training structures and
+the constant offset between the two scales is applied to the data (the spread of the offsets is reported:
+a large spread means the data's level of theory differs from the oracle's).
+
+New samples are split 80/20 into the training and validation pools (seeded), so the validation set, which
+steers the learning-rate schedule and the best-model choice, also covers the new regions.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import numpy as np
+from pydantic import Field
+
+from ..config import ModelConfig, Strict, TrainConfig, UQConfig, dump_config, load_config
+from ..data.io import ReadOptions, read_structures, write_extxyz
+from ..data.structures import StructureDataset
+from ..errors import ConfigError
+from ..provenance import versions, write_json
+
+METHODS = ("ensemble", "mve", "evidential", "gmm")
+
+
+class LoopData(Strict):
+    train: Path  # initial labelled training structures (split into train/val)
+    test: Path  # labelled test structures
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # the paper: 62 train / 16 validation of 78
+    energy_unit: str = "kcal/mol"
+    length_unit: str = "Å"
+    align_energies: bool = True  # put the data on the oracle's energy scale (see module docstring)
+    align_structures: int = Field(3, ge=1)
+
+
+class AttackSettings(Strict):
+    kT: float = Field(0.7, gt=0.0)  # kcal/mol/atom
+    iterations: int = Field(80, ge=1)
+    iterations_evidential: int = Field(60, ge=1)  # the SI
+    lr: float = Field(2.0e-3, gt=0.0)  # Å per step; see uqpot.sample.adversarial on the SI's 5e-5
+    n_seeds: int = Field(20, ge=1)
+    # kcal/mol above the training minimum; one value, or one per attacked generation (silica: 5000, 10000)
+    energy_cutoff: Optional[Union[float, list[float]]] = 100.0
+    dedup_rmsd: float = Field(0.01, ge=0.0)
+    min_displacement: float = Field(1e-3, ge=0.0)
+
+
+class OracleSettings(Strict):
+    name: str
+    options: dict = {}
+
+
+class LoopConfig(Strict):
+    seed: int = 0
+    out: Path = Path("runs/loop")
+    system: Literal["ammonia", "silica", "molecule", "generic"] = "generic"
+    methods: list[Literal["ensemble", "mve", "evidential", "gmm"]] = list(METHODS)
+    generations: int = Field(3, ge=1)
+    data: LoopData
+    model: ModelConfig = ModelConfig()
+    uq: dict[str, dict] = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
+    train: TrainConfig = TrainConfig()
+    attack: AttackSettings = AttackSettings()
+    oracle: OracleSettings
+    md: Optional[dict] = None  # stability campaign settings (uqpot.md.campaign), or none
+    neb: bool = False  # NH3 inversion barrier on the model and the oracle
+    batch_size: int = Field(64, ge=1)
+
+    def uq_config(self, method: str) -> UQConfig:
+        return UQConfig.model_validate({"method": method, **self.uq.get(method, {})})
+
+    def cutoff_for(self, generation: int) -> float | None:
+        c = self.attack.energy_cutoff
+        if isinstance(c, list):
+            return c[min(generation - 1, len(c) - 1)] if c else None
+        return c
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+class ActiveLearning:
+    def __init__(self, cfg: LoopConfig, console=None, executor=None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.console = console
+        self.executor = executor
+        self._oracle = None
+        self._store = None
+        self.opts = ReadOptions(energy_unit=cfg.data.energy_unit, length_unit=cfg.data.length_unit)
+
+    # ----------------------------------------------------------------- helpers
+    def log(self, msg: str) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "loop.log", "a") as fh:
+            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        if self.console is not None:
+            self.console.print(msg)
+
+    @property
+    def oracle(self):
+        if self._oracle is None:
+            from ..oracle import get_oracle
+
+            self._oracle = get_oracle(self.cfg.oracle.name, **self.cfg.oracle.options)
+        return self._oracle
+
+    @property
+    def store(self):
+        if self._store is None:
+            from ..data.store import Store
+
+            self._store = Store(self.out / "labels.db")
+        return self._store
+
+    def gen_dir(self, g: int, method: str) -> Path:
+        return self.out / f"gen{g}" / method
+
+    # ----------------------------------------------------------------- data
+    def initial_data(self) -> tuple[StructureDataset, StructureDataset, StructureDataset, dict]:
+        """(train, val, test) on the oracle's energy scale, and the alignment record."""
+        train_all = read_structures(self.cfg.data.train, self.opts)
+        test = read_structures(self.cfg.data.test, self.opts)
+        align = self._alignment(train_all)
+        for ds in (train_all, test):
+            for s in ds:
+                s.energy = s.energy + align["offset"]
+        rng = np.random.default_rng(self.cfg.seed)
+        perm = rng.permutation(len(train_all))
+        n_val = max(1, int(round(self.cfg.data.val_fraction * len(train_all))))
+        val, train = train_all.subset(np.sort(perm[:n_val])), train_all.subset(np.sort(perm[n_val:]))
+        return train, val, test, align
+
+    def _alignment(self, train_all: StructureDataset) -> dict:
+        path = self.out / "alignment.json"
+        if _done(path):
+            return json.loads(path.read_text())
+        if not self.cfg.data.align_energies:
+            rec = {"offset": 0.0, "spread": 0.0, "structures": []}
+        else:
+            order = np.argsort(train_all.energies())[: self.cfg.data.align_structures]
+            ref = [train_all[int(i)] for i in order]
+            res = self.oracle.label(ref, store=self.store, provenance={"source": "alignment"},
+                                    executor=self.executor)
+            pairs = [(s.energy, r.energy) for s, r in zip(ref, res.structures) if r is not None]
+            if not pairs:
+                raise ConfigError(None, "energy alignment failed: the oracle could not label any of the "
+                                        f"{len(ref)} lowest-energy training structures")
+            d = np.array([o - e for e, o in pairs])
+            rec = {"offset": float(d.mean()), "spread": float(d.max() - d.min()),
+                   "structures": [int(train_all[int(i)].frame) for i in order]}
+            if rec["spread"] > 1.0:
+                self.log(f"warning: the data and the oracle disagree by {rec['spread']:.2f} kcal/mol in relative "
+                         "energy on the alignment structures: different levels of theory?")
+        write_json(path, rec)
+        return rec
+
+    def _new_samples(self, g: int, method: str) -> StructureDataset:
+        """Labelled adversarial samples accepted after generation g (empty if none)."""
+        path = self.gen_dir(g, method) / "attack" / "labelled.extxyz"
+        if not path.is_file() or path.stat().st_size == 0:
+            return StructureDataset([])
+        return read_structures(path, ReadOptions(min_distance=0.0))
+
+    def data_for(self, g: int, method: str, base) -> tuple[StructureDataset, StructureDataset]:
+        train, val = base
+        for h in range(1, g):
+            new = self._new_samples(h, method)
+            if not len(new):
+                continue
+            rng = np.random.default_rng(self.cfg.seed + 1000 * h)
+            perm = rng.permutation(len(new))
+            n_val = int(round(self.cfg.data.val_fraction * len(new)))
+            val = val + new.subset(np.sort(perm[:n_val]))
+            train = train + new.subset(np.sort(perm[n_val:]))
+        return train, val
+
+    # ----------------------------------------------------------------- steps
+    def step_train(self, g, method, train, val, test) -> dict:
+        from ..train.run import fit_model
+
+        d = self.gen_dir(g, method) / "train"
+        marker = d / "summary.json"
+        if _done(marker):
+            return json.loads(marker.read_text())
+        self.log(f"gen {g} {method}: training on {len(train)} structures ({len(val)} validation)")
+        d.mkdir(parents=True, exist_ok=True)
+        write_extxyz(train, d / "train.extxyz")
+        write_extxyz(val, d / "val.extxyz")
+        return fit_model(self.cfg.model, self.cfg.uq_config(method), self.cfg.train, self.cfg.seed, train, val,
+                         test, d, console=self.console, extra={"generation": g, "method": method})
+
+    def model(self, g, method):
+        from .. import load
+
+        return load(self.gen_dir(g, method) / "train" / "model.pt")
+
+    def step_attack(self, g, method, train) -> dict:
+        from ..sample.adversarial import AttackConfig, BoltzmannReference, attack, draw_seeds, signed_shift
+
+        d = self.gen_dir(g, method) / "attack"
+        marker = d / "attack.json"
+        if _done(marker):
+            return json.loads(marker.read_text())
+        a = self.cfg.attack
+        cfg = AttackConfig(kT=a.kT, iterations=a.iterations_evidential if method == "evidential" else a.iterations,
+                           lr=a.lr, n_seeds=a.n_seeds, energy_cutoff=self.cfg.cutoff_for(g),
+                           dedup_rmsd=a.dedup_rmsd, min_displacement=a.min_displacement,
+                           seed=self.cfg.seed + g)
+        model = self.model(g, method)
+        ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], cfg.kT)
+        shift = signed_shift(model, train, self.cfg.batch_size) if model.signed_uncertainty else 0.0
+        seeds = draw_seeds(train, cfg.n_seeds, cfg.seed)
+        t0 = time.perf_counter()
+        res = attack(model, seeds, ref, cfg, u_shift=shift)
+        d.mkdir(parents=True, exist_ok=True)
+        write_extxyz(StructureDataset(res.samples), d / "candidates.extxyz")
+        np.savez(d / "history.npz", **res.history)
+        rec = {"n_seeds": len(seeds), "n_candidates": len(res.samples), "rejected": res.rejected,
+               "kT": cfg.kT, "iterations": cfg.iterations, "lr": cfg.lr, "energy_cutoff": cfg.energy_cutoff,
+               "seconds": round(time.perf_counter() - t0, 2), "u_shift": shift,
+               "reference_e_min_per_atom": ref.e_min}
+        write_json(marker, rec)
+        self.log(f"gen {g} {method}: attack gave {len(res.samples)} candidates from {len(seeds)} seeds")
+        return rec
+
+    def step_label(self, g, method, train) -> dict:
+        d = self.gen_dir(g, method) / "attack"
+        marker = d / "label.json"
+        if _done(marker):
+            return json.loads(marker.read_text())
+        cand = read_structures(d / "candidates.extxyz", ReadOptions(require_energy=False, require_forces=False,
+                                                                    min_distance=0.0)) \
+            if (d / "candidates.extxyz").stat().st_size else StructureDataset([])
+        calls0 = self.oracle.calls
+        res = self.oracle.label(list(cand), store=self.store,
+                                provenance={"generation": g, "uq_method": method, "source": "adversarial"},
+                                executor=self.executor)
+        e_min = min(s.energy for s in train)  # kcal/mol (oracle scale), the training minimum
+        cutoff = self.cfg.cutoff_for(g)
+        accepted, dropped = [], []
+        for k, s in enumerate(res.structures):
+            if s is None:
+                dropped.append({"candidate": k, "reason": "oracle failure: " + str(res.records[k].error)})
+                continue
+            e_rel = s.energy - e_min
+            if cutoff is not None and e_rel > cutoff:
+                dropped.append({"candidate": k, "reason": f"reference energy {e_rel:.1f} kcal/mol above cut-off"})
+                continue
+            s.info = {**cand[k].info, "generation": g, "uq_method": method, "energy_rel": e_rel}
+            accepted.append(s)
+        write_extxyz(StructureDataset(accepted), d / "labelled.extxyz")
+        energies = [s.info["energy_rel"] for s in accepted]
+        rec = {"n_candidates": len(cand), "n_added": len(accepted), "dropped": dropped,
+               "oracle_calls": self.oracle.calls - calls0, "from_store": res.n_from_store,
+               "energy_rel_min": min(energies) if energies else None,
+               "energy_rel_max": max(energies) if energies else None}
+        write_json(marker, rec)
+        self.log(f"gen {g} {method}: labelled {len(cand)} candidates ({rec['oracle_calls']} oracle calls), "
+                 f"added {len(accepted)}")
+        return rec
+
+    def step_md(self, g, method) -> dict | None:
+        if not self.cfg.md:
+            return None
+        from ..md.campaign import run_campaign_for_loop
+
+        d = self.gen_dir(g, method) / "md"
+        marker = d / "summary.json"
+        if _done(marker):
+            return json.loads(marker.read_text())
+        d.mkdir(parents=True, exist_ok=True)
+        rec = run_campaign_for_loop(self.model(g, method), self._train_pool, self.cfg.md, self.cfg.system, d,
+                                    seed=self.cfg.seed + g)
+        write_json(marker, rec)
+        return rec
+
+    def step_neb(self, g, method) -> dict | None:
+        if not self.cfg.neb:
+            return None
+        from ..md.neb import neb_for_loop
+
+        d = self.gen_dir(g, method)
+        marker = d / "neb.json"
+        if _done(marker):
+            return json.loads(marker.read_text())
+        rec = neb_for_loop(self.model(g, method), self.oracle_neb(), d)
+        write_json(marker, rec)
+        return rec
+
+    def oracle_neb(self) -> dict:
+        """The oracle's own NEB barrier, computed once per loop."""
+        from ..md.neb import oracle_neb_for_loop
+
+        path = self.out / "neb_oracle.json"
+        if _done(path):
+            return json.loads(path.read_text())
+        rec = oracle_neb_for_loop(self.oracle, self.store, self.out)
+        write_json(path, rec)
+        return rec
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        _check_same_config(self.out, cfg)
+        dump_config(cfg, self.out / "config.yaml")
+        write_json(self.out / "run.json", {"seed": cfg.seed, "versions": versions()})
+        train0, val0, test, align = self.initial_data()
+        summary = {"alignment": align, "generations": {}}
+        for g in range(1, cfg.generations + 1):
+            gsum = {}
+            for method in cfg.methods:
+                train, val = self.data_for(g, method, (train0, val0))
+                self._train_pool = train
+                rec = {"n_train": len(train), "n_val": len(val)}
+                tr = self.step_train(g, method, train, val, test)
+                rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
+                                                             "roc_auc_p50", "miscalibration_area", "cnll")}
+                rec["md"] = self.step_md(g, method)
+                rec["neb"] = self.step_neb(g, method)
+                if g < cfg.generations:
+                    rec["attack"] = self.step_attack(g, method, train)
+                    rec["label"] = self.step_label(g, method, train)
+                gsum[method] = rec
+            summary["generations"][g] = gsum
+            write_json(self.out / "summary.json", summary)
+        return summary
+
+
+def _check_same_config(out: Path, cfg: LoopConfig) -> None:
+    import yaml
+
+    old = out / "config.yaml"
+    if not old.is_file():
+        return
+    prev = yaml.safe_load(old.read_text())
+    cur = cfg.model_dump(mode="json")
+    for d in (prev, cur):  # a longer loop may continue a shorter one
+        d.pop("generations", None)
+        d.get("train", {}).pop("progress", None)
+    if prev != cur:
+        raise ConfigError(old, f"{out} holds a loop with a different config; choose another 'out' or delete it")
+
+
+def load_loop_config(path, overrides: dict | None = None) -> LoopConfig:
+    return load_config(path, LoopConfig, overrides)

@@ -1,0 +1,102 @@
+"""The active-learning loop with a cheap oracle (GFN2-xTB through tblite): generations run, samples are
+labelled through the store, and a rerun resumes without repeating a step or an oracle call."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from uqpot.data.io import read_structures, write_extxyz
+from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
+
+pytest.importorskip("tblite")
+
+
+@pytest.fixture
+def ammonia_files(tmp_path, ammonia):
+    e = ammonia.energies()
+    low = np.nonzero(e < 5.0)[0][:24]
+    high = np.nonzero(e >= 5.0)[0][:12]
+    write_extxyz(ammonia.subset(low), tmp_path / "train.extxyz")
+    write_extxyz(ammonia.subset(high), tmp_path / "test.extxyz")
+    return tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+
+
+def loop_cfg(tmp_path, files, methods=("ensemble", "gmm"), generations=2, epochs=3):
+    return {
+        "seed": 0, "out": str(tmp_path / "loop"), "system": "ammonia", "methods": list(methods),
+        "generations": generations,
+        "data": {"train": str(files[0]), "test": str(files[1]), "align_structures": 2},
+        "model": {"features": 16, "interactions": 2, "rbf": 8, "readout_hidden": 8},
+        "uq": {"ensemble": {"members": 2}, "gmm": {"candidates": [1, 2]}},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 2e-3, "progress": False},
+        "attack": {"n_seeds": 4, "iterations": 5, "iterations_evidential": 5, "lr": 0.02, "energy_cutoff": 200.0},
+        "oracle": {"name": "tblite", "options": {"threads": 1}},
+    }
+
+
+def test_two_generations_and_resume(tmp_path, ammonia_files):
+    cfg = LoopConfig.model_validate(loop_cfg(tmp_path, ammonia_files))
+    al = ActiveLearning(cfg)
+    summary = al.run()
+    calls = al.oracle.calls
+    assert set(summary["generations"][1]) == {"ensemble", "gmm"}
+    for method in ("ensemble", "gmm"):
+        lab = summary["generations"][1][method]["label"]
+        assert lab["n_candidates"] >= 1 and lab["n_added"] >= 1
+        added = read_structures(tmp_path / "loop" / "gen1" / method / "attack" / "labelled.extxyz")
+        assert len(added) == lab["n_added"]
+        # generation 2 trains on the initial pool plus the new samples
+        g2 = summary["generations"][2][method]
+        g1 = summary["generations"][1][method]
+        assert g2["n_train"] + g2["n_val"] == g1["n_train"] + g1["n_val"] + lab["n_added"]
+        assert "attack" not in g2  # the last generation is not attacked
+    assert (tmp_path / "loop" / "alignment.json").is_file()
+    # the store holds every label once
+    from uqpot.data.store import Store
+
+    store = Store(tmp_path / "loop" / "labels.db")
+    n_labels = store.count(status="ok")
+    assert n_labels == calls
+    # a rerun repeats nothing
+    al2 = ActiveLearning(LoopConfig.model_validate(loop_cfg(tmp_path, ammonia_files)))
+    again = al2.run()
+    assert al2.oracle.calls == 0 if al2._oracle is not None else True
+    assert again["generations"][2] == json.loads(json.dumps(summary["generations"][2]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", ["label.json", "model.pt", "candidates.extxyz"])
+def test_sigkill_and_resume(tmp_path, ammonia_files, kill_after):
+    raw = loop_cfg(tmp_path, ammonia_files, epochs=6)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "uqpot.cli", "loop", str(tmp_path / "c.yaml"), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "loop"
+    t0 = time.time()
+    while time.time() - t0 < 300 and not list(out.rglob(kill_after)):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from uqpot.data.store import Store
+
+    store = Store(out / "labels.db")
+    hashes = [rec.hash for rec in store.records()]
+    assert len(hashes) == len(set(hashes))  # every label once
+    # same final models as an uninterrupted run
+    ref_raw = dict(raw, out=str(tmp_path / "ref"))
+    ActiveLearning(LoopConfig.model_validate(ref_raw)).run()
+    import uqpot, torch
+
+    for method in ("ensemble", "gmm"):
+        a = uqpot.load(out / "gen2" / method / "train" / "model.pt")
+        b = uqpot.load(tmp_path / "ref" / "gen2" / method / "train" / "model.pt")
+        for k, v in a.state_dict().items():
+            torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-5, atol=1e-6)
