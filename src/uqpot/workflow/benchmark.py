@@ -1,0 +1,121 @@
+"""Grids of independent trainings (data split × UQ method × seed) and the tables they make.
+
+A job is a plain, picklable description: where the structures are, which indices form its train /
+validation / test sets, which method and seed, the model and training settings, and its output directory.
+Jobs write their results to their own directory (``summary.json`` last), so a grid that crashed or was
+cancelled resumes by skipping finished jobs, and jobs can run in-process or on a Dask cluster (any executor
+of :mod:`uqpot.executor`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..provenance import write_json
+
+#: ROC-AUC on rMD17 from the paper's Table S2 (20th / 50th percentile), for comparison in reports
+PAPER_TABLE_S2 = {
+    "ethanol": {"ensemble": (0.745, None), "mve": (0.765, None), "evidential": (0.780, None), "gmm": (0.693, None)},
+}
+
+
+@dataclass
+class Job:
+    name: str
+    data: str  # structure file
+    indices: dict  # {"train": [...], "val": [...], "test": [...]}
+    method: str  # none | ensemble | mve | evidential | gmm (| later methods)
+    seed: int
+    out: str
+    model: dict = field(default_factory=dict)
+    uq: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    read: dict = field(default_factory=dict)  # ReadOptions fields
+
+    @property
+    def done(self) -> bool:
+        return (Path(self.out) / "summary.json").is_file()
+
+
+def run_job(job: Job) -> dict:
+    """Trains and evaluates one job (resumes if interrupted); returns its summary with timing and memory."""
+    import resource
+
+    import torch
+
+    from ..config import ModelConfig, TrainConfig, UQConfig
+    from ..data.io import ReadOptions, read_structures
+    from ..train.run import fit_model
+
+    out = Path(job.out)
+    if job.done:
+        return json.loads((out / "summary.json").read_text())
+    data = read_structures(job.data, ReadOptions(**job.read))
+    sets = {k: data.subset(np.asarray(v, dtype=int)) for k, v in job.indices.items()}
+    uq = UQConfig.model_validate({"method": job.method, **job.uq})
+    train_cfg = TrainConfig.model_validate({"progress": False, **job.train})
+    t0 = time.perf_counter()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    summary = fit_model(ModelConfig.model_validate(job.model), uq, train_cfg, job.seed, sets["train"],
+                        sets["val"], sets.get("test", data.subset([])), out, extra={"job": job.name})
+    summary["job"] = asdict(job) | {"indices": {k: len(v) for k, v in job.indices.items()}}
+    summary["wall_seconds"] = time.perf_counter() - t0
+    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def run_grid(jobs: list[Job], executor=None, progress=None) -> list[dict]:
+    """Runs every unfinished job (in-process, or on ``executor``); results in job order."""
+    if executor is None or getattr(executor, "in_process", False):
+        results = []
+        for k, job in enumerate(jobs):
+            results.append(run_job(job))
+            if progress:
+                progress(k + 1, len(jobs), job)
+        return results
+    return list(executor.map(run_job, jobs))
+
+
+TABLE_KEYS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll")
+
+
+def table(results: list[dict], group=("method",)) -> list[dict]:
+    """Mean and standard deviation of the test metrics per group (e.g. per method over seeds/splits)."""
+    rows: dict[tuple, list[dict]] = {}
+    for r in results:
+        key = tuple(r["job"][g] for g in group)
+        rows.setdefault(key, []).append(r)
+    out = []
+    for key, rs in rows.items():
+        row = dict(zip(group, key))
+        row["n"] = len(rs)
+        for k in TABLE_KEYS:
+            vals = np.array([r["test"].get(k, np.nan) for r in rs], dtype=float)
+            row[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
+            row[k + "_std"] = float(np.nanstd(vals)) if np.isfinite(vals).sum() > 1 else None
+        row["epochs"] = float(np.mean([r["training"]["epochs_run"] for r in rs]))
+        row["wall_seconds"] = float(np.mean([r.get("wall_seconds", r["training"]["wall_seconds"]) for r in rs]))
+        out.append(row)
+    return out
+
+
+def format_table(rows: list[dict], keys=TABLE_KEYS) -> str:
+    head = ["method", *keys, "epochs", "wall s"]
+    lines = [" | ".join(f"{h:>12s}" for h in head)]
+    for r in rows:
+        cells = [f"{r['method']:>12s}"]
+        for k in keys:
+            v, s = r.get(k), r.get(k + "_std")
+            cells.append(f"{'—':>12s}" if v is None else (f"{v:7.3f}±{s:.3f}" if s is not None else f"{v:12.3f}"))
+        cells += [f"{r['epochs']:12.0f}", f"{r['wall_seconds']:12.0f}"]
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
