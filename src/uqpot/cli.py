@@ -189,6 +189,43 @@ def check(files, energy_key, forces_key, energy_unit, length_unit, min_distance,
     click.echo(f"{len(files)} file(s) valid")
 
 
+@data.group("fetch")
+def fetch():
+    """Download the paper's published data sets (verified before anything is extracted)."""
+
+
+@fetch.command("rmd17")
+@click.option("--dest", type=click.Path(path_type=Path), default=Path("data"), show_default=True,
+              help="folder for rmd17.tar.bz2 and the extracted rmd17/.")
+@click.option("--url", default=None, help="download link (default: the figshare file of DOI 10.6084/m9.figshare.12672038).")
+@click.option("--archive", type=click.Path(path_type=Path), default=None,
+              help="an rmd17.tar.bz2 downloaded by hand (no network needed).")
+@click.option("--sha256", default=None, help="expected SHA-256 (or its first hex digits) of the archive; 'none' skips it.")
+@click.option("--molecule", "molecules", multiple=True,
+              help="also write this molecule's splits as uqpot files (data.extxyz + index files); repeatable.")
+@click.option("--split", "splits", type=click.IntRange(1, 5), multiple=True, help="splits to write (default: 1-5).")
+@click.option("--val-fraction", default=0.2, show_default=True, help="share of each training split held out for validation.")
+@click.option("--seed", default=0, show_default=True, help="seed of the validation hold-out.")
+@click.option("--no-progress", is_flag=True)
+def fetch_rmd17_cmd(dest, url, archive, sha256, molecules, splits, val_fraction, seed, no_progress):
+    """rMD17: download, verify (size, SHA-256, every bz2 block, expected members) and extract; official splits."""
+    from .data.sets.rmd17 import RMD17_SHA256, RMD17_URL, fetch_rmd17
+
+    expected = RMD17_SHA256 if sha256 is None else (None if sha256.lower() == "none" else sha256)
+    try:
+        res = fetch_rmd17(dest, url=url or RMD17_URL, archive=archive, sha256=expected, molecules=molecules,
+                          splits=splits or None, val_fraction=val_fraction, seed=seed, progress=not no_progress,
+                          console=_console())
+    except UqpotError as exc:
+        _fail(exc)
+    what = "downloaded and extracted" if res.downloaded else "extracted" if res.extracted else "already present"
+    click.echo(f"rMD17 {what} in {res.root}: {len(res.molecules)} molecule(s) ({', '.join(res.molecules)}); "
+               f"archive SHA-256 {res.sha256}")
+    for p in res.written:
+        if p.name == "data.extxyz":
+            click.echo(f"wrote {p.parent}/ (data.extxyz, train.idx, val.idx, test.idx, split.json)")
+
+
 def main():
     cli(prog_name="uqpot")
 
