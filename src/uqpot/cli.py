@@ -160,6 +160,19 @@ def loop(config, out, generations, executor, no_progress):
     click.echo(f"summary: {Path(cfg.out) / 'summary.json'}")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+def report(run_dir):
+    """(Re)build report.html, results.json and the tables' CSV files of a run directory."""
+    from .workflow.report import build_report
+
+    try:
+        path = build_report(run_dir)
+    except UqpotError as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")
+
+
 @cli.group()
 def data():
     """Structure files: check."""

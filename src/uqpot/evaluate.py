@@ -70,7 +70,8 @@ def assess(model, data: StructureDataset, batch_size: int = 64, calibration: dic
              "n_atoms": np.array([s.n_atoms for s in data]), "energy_true": e_true,
              "energy_pred": pred[F.ENERGY], "energy_error": pred[F.ENERGY] - e_true,
              "forces_mae": np.array([np.mean(np.abs(p - t)) for p, t in zip(pred[F.FORCES], f_true)]),
-             "forces_sq_error": eps}
+             "forces_sq_error": eps,
+             "forces_true": f_true, "forces_pred": pred[F.FORCES]}  # per structure (for parity plots)
     if is_uq(model):
         u = np.asarray(pred[F.UNCERTAINTY], dtype=float)
         table["uncertainty"] = u
@@ -95,6 +96,21 @@ def write_table(table: dict, path) -> None:
                           for c in cols[1:]]
         buf.write(",".join(row) + "\n")
     write_text(path, buf.getvalue())
+
+
+def write_predictions(table: dict, path) -> None:
+    """Every prediction of an assessment as arrays (parity plots, reports): energies and per-structure
+    values per structure, forces concatenated over structures (n_atoms gives the boundaries)."""
+    import os
+
+    path = Path(path)
+    arrays = {k: np.asarray(v) for k, v in table.items()
+              if k not in ("forces_true", "forces_pred", "residuals")}
+    arrays["forces_true"] = np.concatenate([np.asarray(f).reshape(-1, 3) for f in table["forces_true"]])
+    arrays["forces_pred"] = np.concatenate([np.asarray(f).reshape(-1, 3) for f in table["forces_pred"]])
+    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def select_indices(spec: str, n: int):
@@ -131,6 +147,7 @@ def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_table(table, out / "per_structure.csv")
+    write_predictions(table, out / "predictions.npz")
     if is_uq(model):
         from .plots import uq_figures
 

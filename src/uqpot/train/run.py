@@ -106,7 +106,7 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
 def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
     """Post-hoc fits (GMM) and the validation calibration go into the model file; then val/test metrics."""
     from .. import load, modelfile
-    from ..evaluate import assess, fit_calibration, is_uq, write_table
+    from ..evaluate import assess, fit_calibration, is_uq, write_predictions, write_table
 
     out = Path(out)
     bs = train_cfg.val_batch_size or train_cfg.batch_size
@@ -126,5 +126,6 @@ def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
             metrics, table = assess(best, ds, bs, payload_extra.get("calibration"))
             summary[name] = metrics
             write_table(table, out / f"{name}_per_structure.csv")
+            write_predictions(table, out / f"{name}_predictions.npz")
     write_json(out / "summary.json", summary)
     return summary

@@ -330,6 +330,8 @@ class ActiveLearning:
                 self._train_pool = train
                 rec = {"n_train": len(train), "n_val": len(val)}
                 tr = self.step_train(g, method, train, val, test)
+                rec["train_seconds"] = tr["training"]["wall_seconds"]
+                rec["epochs"] = tr["training"]["epochs_run"]
                 rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
                                                              "roc_auc_p50", "miscalibration_area", "cnll")}
                 rec["md"] = self.step_md(g, method)
