@@ -19,7 +19,7 @@ from ..units import ENERGY_UNIT, LENGTH_UNIT, energy_factor, length_factor
 
 
 class UQPotCalculator(Calculator):
-    implemented_properties = ["energy", "free_energy", "forces", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", F.UNCERTAINTY, F.UNCERTAINTY_ATOM]
 
     def __init__(self, model, energy_unit: str = "eV", length_unit: str = "Å", device=None, **kwargs):
         super().__init__(**kwargs)
@@ -50,7 +50,12 @@ class UQPotCalculator(Calculator):
         self.results["energy"] = energy
         self.results["free_energy"] = energy
         self.results["forces"] = forces
-        self.results["energies"] = out[F.ATOMIC_ENERGY].detach().cpu().double().numpy() * self.energy_to_out
-        # atomic energies exclude the per-element references; add them for a consistent sum
-        ref = self.model.atomref[torch.as_tensor(s.numbers)].cpu().numpy() * self.energy_to_out
-        self.results["energies"] = self.results["energies"] + ref
+        if F.ATOMIC_ENERGY in out:  # an ensemble's combined output has no per-atom energies
+            self.results["energies"] = out[F.ATOMIC_ENERGY].detach().cpu().double().numpy() * self.energy_to_out
+            # atomic energies exclude the per-element references; add them for a consistent sum
+            atomref = self.model.potential.atomref if hasattr(self.model, "potential") else self.model.atomref
+            ref = atomref[torch.as_tensor(s.numbers)].cpu().numpy() * self.energy_to_out
+            self.results["energies"] = self.results["energies"] + ref
+        if F.UNCERTAINTY in out:  # UQ methods: U in the method's own unit (see its uncertainty_description)
+            self.results[F.UNCERTAINTY] = float(out[F.UNCERTAINTY].detach().cpu()[0])
+            self.results[F.UNCERTAINTY_ATOM] = out[F.UNCERTAINTY_ATOM].detach().cpu().double().numpy()
