@@ -161,6 +161,32 @@ def loop(config, out, generations, executor, no_progress):
 
 
 @cli.command()
+@click.argument("system", type=click.Choice(["ammonia", "rmd17", "silica"]))
+@click.option("--preset", default="quick", show_default=True,
+              help="quick (a 2-core laptop), paper (the SI's settings), or a YAML file of the same shape.")
+@click.option("--executor", type=click.Choice(["local", "slurm", "none"]), default="local", show_default=True,
+              help="local: a Dask LocalCluster sized to this machine; slurm: dask-jobqueue; none: in-process.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="output directory.")
+@click.option("--molecules", default=None, help="rmd17: comma-separated molecules (e.g. ethanol,aspirin).")
+@click.option("--splits", default=None, help="rmd17: comma-separated split numbers (1-5).")
+@click.option("--data", "local_data", type=click.Path(path_type=Path), default=None,
+              help="rmd17: a local structure file of one molecule instead of the fetched archive "
+                   "(random splits, seeded by the split number).")
+def reproduce(system, preset, executor, out, molecules, splits, local_data):
+    """Run one of the paper's studies end to end and write report.html."""
+    from .workflow.reproduce import reproduce as run
+
+    try:
+        path = run(system, preset, executor, out,
+                   molecules=molecules.split(",") if molecules else None,
+                   splits=[int(s) for s in splits.split(",")] if splits else None,
+                   local_data=local_data, console=_console())
+    except UqpotError as exc:
+        _fail(exc)
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir):
     """(Re)build report.html, results.json and the tables' CSV files of a run directory."""

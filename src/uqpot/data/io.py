@@ -1,6 +1,7 @@
 """Reading and validating structure files.
 
-Any file that ``ase.io`` reads (extended XYZ, ASE databases, VASP outputs, ...) is accepted.  Energies and
+Any file that ``ase.io`` reads (extended XYZ, ASE databases, VASP outputs, ...) is accepted, and rMD17's
+``.npz`` files (keys nuclear_charges, coords, energies, forces).  Energies and
 forces come from the calculator results that ASE attaches when it reads a file, or from named
 ``info``/``arrays`` keys (``energy_key``/``forces_key``).  Inputs are converted to uqpot's units
 (kcal/mol, Å) from the declared ``energy_unit`` and ``length_unit``.
@@ -82,6 +83,22 @@ def _iter_atoms(path: Path, options: ReadOptions):
     except Exception as exc:  # truncated or malformed file: ASE's own message, with the frame
         msg = str(exc).strip() or type(exc).__name__
         raise DataError(path, f"cannot read ({type(exc).__name__}: {msg})", frame=frame) from None
+
+
+def _iter_npz(path: Path, options: ReadOptions):
+    """Frames of an rMD17 ``.npz`` file (keys nuclear_charges, coords, energies, forces; kcal/mol, Å) as
+    ASE atoms with their labels, so they go through the same conversion and validation as any file."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from .sets.rmd17 import read_npz
+
+    data = read_npz(path)
+    for frame in range(len(data["energies"])):
+        atoms = Atoms(numbers=data["nuclear_charges"], positions=data["coords"][frame])
+        atoms.calc = SinglePointCalculator(atoms, energy=float(data["energies"][frame]),
+                                           forces=data["forces"][frame])
+        yield frame, atoms
 
 
 def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> list[DataError]:
@@ -185,7 +202,8 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
     structures: list[Structure] = []
     try:
         _check_path(path)
-        for frame, atoms in _iter_atoms(path, options):
+        frames = _iter_npz(path, options) if path.suffix == ".npz" else _iter_atoms(path, options)
+        for frame, atoms in frames:
             try:
                 s = _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor)
             except DataError as exc:

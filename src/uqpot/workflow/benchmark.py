@@ -36,6 +36,8 @@ class Job:
     uq: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
     read: dict = field(default_factory=dict)  # ReadOptions fields
+    molecule: str = ""  # labels for tables and reports
+    split: int = 0
 
     @property
     def done(self) -> bool:

@@ -1,0 +1,161 @@
+"""``uqpot reproduce ammonia|rmd17|silica``: the paper's three studies, one command each.
+
+Each study reads a preset (``configs/<system>.yaml`` = the SI's settings, ``configs/<system>_quick.yaml`` =
+the same pipeline scaled to a 2-core laptop; any YAML file of the same shape can be given instead), builds or
+fetches its data, runs every job (on an executor: in-process, a local Dask cluster, or Slurm), and writes
+``report.html``, ``results.json`` and the tables as CSV into the output directory.  Every job writes its
+results into the output directory as it finishes, so a crashed or cancelled study resumes by skipping what
+is done; ``reproduce.json`` records the preset, executor, versions and wall time.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import Field
+
+from ..config import ModelConfig, Strict, TrainConfig, load_config
+from ..errors import ConfigError
+from ..provenance import versions, write_json
+
+SYSTEMS = ("ammonia", "rmd17", "silica")
+PRESETS = ("quick", "paper")
+
+
+def preset_path(system: str, preset: str) -> Path:
+    """``configs/<system>.yaml`` (paper) or ``configs/<system>_quick.yaml``, or a YAML file path."""
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    if preset not in PRESETS:
+        raise ConfigError(None, f"unknown preset {preset!r}: quick, paper, or a YAML file")
+    name = f"{system}.yaml" if preset == "paper" else f"{system}_quick.yaml"
+    for root in (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"):
+        if (root / name).is_file():
+            return root / name
+    raise ConfigError(None, f"preset file {name} not found in ./configs or the uqpot source tree")
+
+
+# ------------------------------------------------------------------------------------------------ rMD17
+class RMD17Study(Strict):
+    system: Literal["rmd17"] = "rmd17"
+    molecules: list[str] = ["ethanol"]
+    splits: list[int] = [1]
+    methods: list[str] = ["ensemble", "mve", "evidential", "gmm"]
+    seed: int = 0
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of each official training split (800 / 200)
+    # random split of a local file without official splits: fractions of its frames (train, val, test)
+    local_split: tuple[float, float, float] = (0.6, 0.15, 0.25)
+    data_dir: Path = Path("data/rmd17")  # where the fetched archive is extracted (shared by runs)
+    model: ModelConfig = ModelConfig()
+    uq: dict[str, dict] = {"ensemble": {"members": 5}}
+    train: TrainConfig = TrainConfig()
+
+
+def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
+    from .benchmark import Job
+
+    jobs = []
+    for mol in study.molecules:
+        for split in study.splits:
+            if local_data is not None:
+                from ..data.io import read_structures
+
+                n = len(read_structures(local_data))
+                perm = np.random.default_rng(study.seed + split).permutation(n)
+                a = int(round(study.local_split[0] * n))
+                b = a + int(round(study.local_split[1] * n))
+                c = min(n, b + int(round(study.local_split[2] * n)))
+                idx = {"train": np.sort(perm[:a]), "val": np.sort(perm[a:b]), "test": np.sort(perm[b:c])}
+                data = str(local_data)
+            else:
+                from ..data.sets.rmd17 import _npz_path, canonical_molecule, rmd17_split_indices
+
+                idx = rmd17_split_indices(study.data_dir, mol, split, study.val_fraction, study.seed)
+                data = str(_npz_path(Path(study.data_dir), canonical_molecule(mol)))
+            for method in study.methods:
+                jobs.append(Job(name=f"{mol}-split{split}-{method}", data=data,
+                                indices={k: v.tolist() for k, v in idx.items()}, method=method, seed=study.seed,
+                                out=str(out / mol / f"split{split}" / method), model=study.model.model_dump(),
+                                uq=study.uq.get(method, {}),
+                                train=study.train.model_dump(mode="json") | {"progress": False},
+                                molecule=mol, split=split))
+    return jobs
+
+
+def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, splits=None, local_data=None,
+                    console=None) -> Path:
+    study = load_config(preset_path("rmd17", preset), RMD17Study)
+    if molecules:
+        study.molecules = list(molecules)
+    if splits:
+        study.splits = list(splits)
+    if local_data is not None and len(study.molecules) != 1:
+        raise ConfigError(None, "--data gives one molecule's structures: name it with --molecules")
+    if local_data is None:
+        from ..data.sets.rmd17 import fetch_rmd17
+
+        if not all((Path(study.data_dir) / "npz_data").glob("*.npz")):
+            fetch_rmd17(study.data_dir, console=console)
+    from .benchmark import run_grid
+
+    jobs = rmd17_jobs(study, out, local_data)
+    _say(console, f"rMD17: {len(jobs)} trainings ({', '.join(study.molecules)}; splits {study.splits}; "
+                  f"{', '.join(study.methods)}); {sum(j.done for j in jobs)} already done")
+    run_grid(jobs, executor, progress=lambda k, n, j: _say(console, f"[{k}/{n}] {j.name}"))
+    from .report import build_grid_report
+
+    return build_grid_report(out)
+
+
+def _say(console, msg: str) -> None:
+    if console is not None:
+        console.print(msg)
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
+              splits=None, local_data=None, console=None, executor_options: dict | None = None) -> Path:
+    """Runs one study and returns the path of its report."""
+    if system not in SYSTEMS:
+        raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
+    out = Path(out or f"runs/{system}_{Path(preset).stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    meta_path = out / "reproduce.json"
+    ex = None
+    if executor != "none":
+        from ..executor import get_executor
+
+        ex = get_executor(executor, **(executor_options or {}))
+    try:
+        if system == "rmd17":
+            write_json(meta_path, {"kind": "grid", "system": system, "preset": str(preset), "executor": executor,
+                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+            report = reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console)
+        elif system == "ammonia":
+            from .studies import reproduce_ammonia
+
+            write_json(meta_path, {"kind": "loop", "system": system, "preset": str(preset), "executor": executor,
+                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+            report = reproduce_ammonia(preset_path("ammonia", preset), out, ex, console)
+        else:
+            from .studies import reproduce_silica
+
+            write_json(meta_path, {"kind": "loop", "system": system, "preset": str(preset), "executor": executor,
+                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+            report = reproduce_silica(preset_path("silica", preset), out, ex, console)
+    finally:
+        if ex is not None:
+            ex.close()
+    import json
+
+    meta = json.loads(meta_path.read_text())
+    meta.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"), wall_seconds=round(time.time() - started, 1))
+    write_json(meta_path, meta)
+    from .report import build_report
+
+    return build_report(out)  # again, now with the wall time
