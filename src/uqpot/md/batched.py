@@ -134,12 +134,13 @@ class ReplicaRecord:
     frames: list = field(default_factory=list)  # (n_atoms, 3) arrays, Å
     final_positions: np.ndarray | None = None
     final_velocities: np.ndarray | None = None  # Å/fs
+    error: str | None = None  # the exception that stopped it, if any (ASE path)
 
     def as_dict(self, timestep_fs: float, traces: bool = True) -> dict:
         d = {"replica": self.replica, "temperature_K": self.temperature_K, "seed": self.seed,
              "n_atoms": self.n_atoms, "stable": self.stable, "reason": self.reason,
              "failure_step": self.failure_step, "time_to_failure_fs": self.time_to_failure_fs,
-             "simulated_fs": self.steps_run * timestep_fs}
+             "simulated_fs": self.steps_run * timestep_fs, "error": self.error}
         if traces:
             d.update(time_fs=[s * timestep_fs for s in self.record_steps], energy=list(map(float, self.energy)),
                      temperature=list(map(float, self.temperature)), conserved=list(map(float, self.conserved)),
@@ -337,6 +338,8 @@ class BatchedMD:
         C = self.chain_length
         tau2 = self.tdamp ** 2
         self.Q = [self.ndof * self.kT * tau2] + [self.kT * tau2 for _ in range(C - 1)]
+        self.inv_Q = [1.0 / q for q in self.Q]
+        self.ndof_kT = self.ndof * self.kT
         if self.thermostat == "langevin":
             dt, fr = self.dt, self.friction
             sigma = torch.sqrt(2.0 * self.kT[self.batch] * fr * FORCE_TO_ACCELERATION / self.masses).unsqueeze(-1)
@@ -413,20 +416,27 @@ class BatchedMD:
             0, self.batch, mv2) * MV2_TO_KCAL_PER_MOL
 
     def _nhc_half(self, delta: float) -> None:
-        """exp(iL_NHC δ) of ASE's NoseHooverChainThermostat.integrate_nhc; the velocity scaling is
-        accumulated per replica and applied once."""
+        """exp(iL_NHC δ) of ASE's NoseHooverChainThermostat.integrate_nhc, for every replica at once.
+
+        Per Suzuki-Yoshida sub-step d: p_η,j ← (p_η,j·s + d/2·G_j)·s with s = exp(−d/4·p_η,j+1/Q_j+1)
+        (ASE's two multiplications by s around the kick), from the end of the chain to its start; η += d·p_η/Q;
+        velocities scaled by exp(−d·p_η,1/Q_1); the chain again from its start to its end.  The velocity
+        scaling is accumulated per replica (the kinetic energy follows as K·scale²) and applied once."""
         C = self.chain_length
-        p, Q, kT = self.p_eta, self.Q, self.kT
+        p, iQ, kT = self.p_eta, self.inv_Q, self.kT
         ke2_0 = self._ke2()
         scale = torch.ones_like(ke2_0)
 
         def update(j, d2, d4):
+            if j == 0:
+                g = ke2_0 * scale * scale - self.ndof_kT
+            else:
+                g = p[j - 1] * p[j - 1] * iQ[j - 1] - kT
             if j < C - 1:
-                p[j] = p[j] * torch.exp(-d4 * p[j + 1] / Q[j + 1])
-            g = ke2_0 * scale * scale - self.ndof * kT if j == 0 else p[j - 1] * p[j - 1] / Q[j - 1] - kT
-            p[j] = p[j] + d2 * g
-            if j < C - 1:
-                p[j] = p[j] * torch.exp(-d4 * p[j + 1] / Q[j + 1])
+                sj = torch.exp(p[j + 1] * iQ[j + 1] * (-d4))
+                p[j] = (p[j] * sj + g * d2) * sj
+            else:
+                p[j] = p[j] + g * d2
 
         for _ in range(self.chain_steps):
             for w in SUZUKI_YOSHIDA_3:
@@ -434,8 +444,8 @@ class BatchedMD:
                 for j in reversed(range(C)):
                     update(j, d / 2, d / 4)
                 for j in range(C):
-                    self.eta[j] = self.eta[j] + d * p[j] / Q[j]
-                scale = scale * torch.exp(-d * p[0] / Q[0])
+                    self.eta[j] = self.eta[j] + p[j] * iQ[j] * d
+                scale = scale * torch.exp(p[0] * iQ[0] * (-d))
                 for j in range(C):
                     update(j, d / 2, d / 4)
         self.v.mul_(scale[self.batch].unsqueeze(-1))

@@ -1,0 +1,380 @@
+"""MD stability campaigns (paper Sec. 2.5, Fig. 3d/3g, Fig. 4c): replicas × temperatures × seeds from given
+start structures, run with the batched engine (:mod:`uqpot.md.batched`) or, as a cross-check, through ASE's
+own dynamics with :class:`~uqpot.md.calculator.UQPotCalculator`.
+
+Paper settings (the defaults of :meth:`CampaignConfig.preset`):
+
+* ammonia: 100 runs × 5 ps at each of 300, 500, 750 and 1000 K, time step 0.5 fs, Nosé-Hoover NVT, starts
+  picked at random from the training geometries; unstable on a distance < 0.75 Å, an N–H distance > 2.25 Å
+  or a predicted energy below the ground state (the training minimum, 0 kcal/mol in the paper);
+* silica: 10 runs × 1 ns at 2500 K, time step 0.25 fs, starts from the 2500 K training structures;
+  unstable on a kinetic energy of 0, NaN or > 10,000 kcal/mol, or a distance < 1.0 Å.
+
+``preset(system, length_scale=...)`` scales the run length (e.g. ``length_scale=0.01`` for a 10 ps silica
+smoke run).  Each run index k starts from the same randomly drawn structure at every temperature (a paired
+design); every replica has its own seed (initial Maxwell-Boltzmann velocities, Langevin noise), derived
+from the campaign seed and the replica index, and both engines use the same initial velocities.
+
+Outputs (:meth:`CampaignResult.save`): ``summary.json`` (config, fraction of stable trajectories per
+temperature and overall, mean stable time, each replica's time to failure, reason, and its traces of
+energy, temperature and uncertainty U every ``record_every`` steps), ``replicas.csv`` (one row per replica)
+and ``traces.csv`` (long format: replica, time_fs, energy, temperature, uncertainty).  Units: fs, K,
+kcal/mol; U in the UQ method's unit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence, Union
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import fields as F
+from ..data.structures import Structure
+from ..units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
+from .batched import BatchedMD, ReplicaRecord, maxwell_boltzmann
+from .stability import REASONS, StabilityCriteria, check_structure
+
+ENGINES = ("batched", "ase")
+
+#: the paper's settings per system
+PRESETS: dict[str, dict] = {
+    "ammonia": dict(system="ammonia", runs=100, temperatures_K=[300.0, 500.0, 750.0, 1000.0], duration_fs=5000.0,
+                    timestep_fs=0.5, skin=2.0),
+    "silica": dict(system="silica", runs=10, temperatures_K=[2500.0], duration_fs=1.0e6, timestep_fs=0.25,
+                   skin=0.5),
+}
+
+
+class CampaignConfig(BaseModel):
+    """A stability campaign.  Unknown keys are errors.  Units: fs, K, Å, kcal/mol."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    system: Literal["ammonia", "silica", "custom"] = "ammonia"
+    runs: int = Field(100, ge=1, description="trajectories per temperature")
+    temperatures_K: list[float] = Field(default_factory=lambda: [300.0, 500.0, 750.0, 1000.0])
+    duration_fs: float = Field(5000.0, gt=0)
+    timestep_fs: float = Field(0.5, gt=0)
+    thermostat: Literal["nose-hoover", "langevin", "nve"] = "nose-hoover"
+    tdamp_fs: Optional[float] = Field(None, gt=0, description="Nosé-Hoover damping time; default 100 time steps")
+    chain_length: int = Field(3, ge=1)
+    friction_per_fs: float = Field(0.01, ge=0)
+    seed: int = 0
+    remove_com_momentum: bool = True
+    skin: float = Field(1.0, ge=0, description="Verlet skin, Å")
+    check_every: int = Field(20, ge=1, description="steps between host syncs (failure bookkeeping)")
+    record_every: int = Field(20, ge=1, description="steps between records of energy, T and U")
+    frame_every: Optional[int] = Field(None, ge=1)
+    criteria: Optional[StabilityCriteria] = None
+    ground_state_energy: Union[float, Literal["min_start"], None] = Field(
+        "min_start", description="ammonia's energy floor (kcal/mol, model frame); 'min_start' = lowest labelled "
+                                 "energy of the start structures (the training minimum, as in the paper)")
+    max_replicas_per_batch: Optional[int] = Field(None, ge=1)
+    dtype: Optional[Literal["float32", "float64"]] = None
+
+    @classmethod
+    def preset(cls, system: str, length_scale: float = 1.0, **overrides) -> "CampaignConfig":
+        """The paper's settings for ``"ammonia"`` or ``"silica"``, the run length scaled by ``length_scale``."""
+        if system not in PRESETS:
+            raise ValueError(f"no preset for {system!r}; known: {', '.join(PRESETS)}")
+        base = dict(PRESETS[system])
+        base["duration_fs"] = base["duration_fs"] * float(length_scale)
+        return cls(**{**base, **overrides})
+
+    @property
+    def n_steps(self) -> int:
+        return int(round(self.duration_fs / self.timestep_fs))
+
+    def resolved_criteria(self, starts: Sequence[Structure]) -> StabilityCriteria:
+        if self.criteria is not None:
+            return self.criteria
+        if self.system == "ammonia":
+            ground = self.ground_state_energy
+            if ground == "min_start":
+                energies = [s.energy for s in starts]
+                if any(e is None for e in energies):
+                    raise ValueError("ground_state_energy='min_start' needs labelled start structures; give a "
+                                     "number or None")
+                ground = float(min(energies))
+            return StabilityCriteria.ammonia(ground_state_energy=ground)
+        if self.system == "silica":
+            return StabilityCriteria.silica()
+        return StabilityCriteria()
+
+
+@dataclass
+class ReplicaPlan:
+    replica: int
+    temperature_K: float
+    run: int
+    start: int
+    seed: int
+
+
+def plan_replicas(config: CampaignConfig, n_starts: int) -> list[ReplicaPlan]:
+    """Replica ``t·runs + k`` is run k at temperature index t; its start is the k-th random draw (the same
+    at every temperature) and its seed is drawn from (campaign seed, replica index)."""
+    rng = np.random.default_rng(config.seed)
+    starts = rng.choice(n_starts, size=config.runs, replace=config.runs > n_starts)
+    out = []
+    for t, T in enumerate(config.temperatures_K):
+        for k in range(config.runs):
+            rid = t * config.runs + k
+            seed = int(np.random.default_rng([config.seed, rid]).integers(2 ** 31 - 1))
+            out.append(ReplicaPlan(rid, float(T), k, int(starts[k]), seed))
+    return out
+
+
+@dataclass
+class CampaignResult:
+    config: CampaignConfig
+    engine: str
+    replicas: list[ReplicaRecord]
+    plans: list[ReplicaPlan]
+    wall_time_s: float
+    model_calls: int = 0
+    uncertainty_description: Optional[str] = None
+    start_structures: Optional[list] = None  # ase.Atoms of the starts (for writing frames)
+
+    @property
+    def n_steps(self) -> int:
+        return self.config.n_steps
+
+    @property
+    def stable_fraction(self) -> float:
+        return float(np.mean([r.stable for r in self.replicas]))
+
+    def stable_time_fs(self, rec: ReplicaRecord) -> float:
+        """How long the replica stayed stable (its time to failure, or the whole run)."""
+        return rec.time_to_failure_fs if not rec.stable else self.config.duration_fs
+
+    def summary(self) -> dict:
+        per_t = {}
+        for T in self.config.temperatures_K:
+            recs = [r for r in self.replicas if r.temperature_K == T]
+            failed = [r.time_to_failure_fs for r in recs if not r.stable]
+            reasons: dict[str, int] = {}
+            for r in recs:
+                if not r.stable:
+                    reasons[r.reason] = reasons.get(r.reason, 0) + 1
+            per_t[f"{T:g}"] = {
+                "runs": len(recs), "stable": int(sum(r.stable for r in recs)),
+                "fraction_stable": float(np.mean([r.stable for r in recs])) if recs else float("nan"),
+                "mean_time_to_failure_fs": float(np.mean(failed)) if failed else None,
+                "mean_stable_time_fs": float(np.mean([self.stable_time_fs(r) for r in recs])) if recs else None,
+                "failure_reasons": reasons}
+        steps = sum(r.steps_run for r in self.replicas)
+        return {"engine": self.engine, "system": self.config.system, "runs": len(self.replicas),
+                "fraction_stable": self.stable_fraction,
+                "mean_stable_time_fs": float(np.mean([self.stable_time_fs(r) for r in self.replicas])),
+                "per_temperature": per_t, "wall_time_s": self.wall_time_s,
+                "replica_steps": int(steps), "replica_steps_per_s": steps / self.wall_time_s if self.wall_time_s else None,
+                "model_calls": self.model_calls, "uncertainty": self.uncertainty_description,
+                "units": {"time": "fs", "energy": "kcal/mol", "temperature": "K"}}
+
+    def to_dict(self, traces: bool = True) -> dict:
+        reps = []
+        for rec, plan in zip(self.replicas, self.plans):
+            d = rec.as_dict(self.config.timestep_fs, traces=traces)
+            d.update(run=plan.run, start=plan.start, stable_time_fs=self.stable_time_fs(rec))
+            reps.append(d)
+        return {"config": self.config.model_dump(mode="json"), "summary": self.summary(), "replicas": reps}
+
+    def save(self, out_dir) -> Path:
+        """``summary.json``, ``replicas.csv``, ``traces.csv`` (and ``frames.extxyz`` if frames were kept)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(_jsonable(self.to_dict()), indent=1))
+        with open(out / "replicas.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["replica", "run", "start", "temperature_K", "seed", "stable", "reason", "failure_step",
+                        "time_to_failure_fs", "stable_time_fs", "mean_uncertainty", "max_uncertainty"])
+            for rec, plan in zip(self.replicas, self.plans):
+                u = np.asarray(rec.uncertainty, dtype=float)
+                w.writerow([rec.replica, plan.run, plan.start, rec.temperature_K, rec.seed, int(rec.stable), rec.reason,
+                            "" if rec.failure_step is None else rec.failure_step,
+                            "" if rec.time_to_failure_fs is None else rec.time_to_failure_fs,
+                            self.stable_time_fs(rec), float(u.mean()) if u.size else "",
+                            float(u.max()) if u.size else ""])
+        with open(out / "traces.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["replica", "time_fs", "energy", "temperature", "uncertainty"])
+            for rec in self.replicas:
+                for t, k in enumerate(rec.record_steps):
+                    w.writerow([rec.replica, k * self.config.timestep_fs, float(rec.energy[t]),
+                                float(rec.temperature[t]), float(rec.uncertainty[t]) if rec.uncertainty else ""])
+        if any(rec.frames for rec in self.replicas):
+            from ase.io import write
+
+            frames = []
+            for rec, plan in zip(self.replicas, self.plans):
+                for k, pos in zip(rec.frame_steps, rec.frames):
+                    frames.append((rec, plan, k, pos))
+            self._write_frames(out / "frames.extxyz", frames, write)
+        return out
+
+    def _write_frames(self, path, frames, write) -> None:
+        atoms_list = []
+        for rec, plan, k, pos in frames:
+            a = self.start_structures[plan.start].copy()
+            a.calc = None
+            a.positions = pos
+            a.info.update(replica=rec.replica, temperature_K=rec.temperature_K, time_fs=k * self.config.timestep_fs)
+            atoms_list.append(a)
+        write(path, atoms_list, format="extxyz")
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    return x
+
+
+def run_campaign(config: CampaignConfig, model, starts: Sequence, *, engine: str = "batched",
+                 out_dir=None) -> CampaignResult:
+    """Runs the campaign with ``engine`` ``"batched"`` (default) or ``"ase"`` (one replica at a time through
+    ASE's NoseHooverChainNVT / Langevin / VelocityVerlet and :class:`UQPotCalculator`, the cross-check).
+
+    ``model``: a Potential, a UQ method (then U is recorded) or any module with the Potential interface
+    (the ASE engine needs a uqpot model the calculator accepts).  ``starts``: the structures runs start from
+    (Structure or ase.Atoms; the training geometries in the paper).  With ``out_dir`` the result is saved.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    structures = [s if isinstance(s, Structure) else Structure.from_atoms(
+        s, energy=s.calc.results.get("energy") if s.calc is not None else None) for s in starts]
+    if not structures:
+        raise ValueError("no start structures")
+    criteria = config.resolved_criteria(structures)
+    plans = plan_replicas(config, len(structures))
+    t0 = time.perf_counter()
+    if engine == "batched":
+        records, calls, udesc = _run_batched(config, model, structures, plans, criteria)
+    else:
+        records, calls, udesc = _run_ase(config, model, structures, plans, criteria)
+    res = CampaignResult(config, engine, records, plans, time.perf_counter() - t0, calls, udesc,
+                         [s.to_atoms() for s in structures])
+    if out_dir is not None:
+        res.save(out_dir)
+    return res
+
+
+def _run_batched(config, model, structures, plans, criteria):
+    chunk = config.max_replicas_per_batch or len(plans)
+    records, calls, udesc = [], 0, None
+    for lo in range(0, len(plans), chunk):
+        part = plans[lo:lo + chunk]
+        md = BatchedMD(model, [structures[p.start] for p in part], timestep_fs=config.timestep_fs,
+                       temperatures_K=[p.temperature_K for p in part], seeds=[p.seed for p in part],
+                       thermostat=config.thermostat, tdamp_fs=config.tdamp_fs, chain_length=config.chain_length,
+                       friction_per_fs=config.friction_per_fs, remove_com_momentum=config.remove_com_momentum,
+                       skin=config.skin, check_every=config.check_every, record_every=config.record_every,
+                       frame_every=config.frame_every, criteria=criteria, dtype=config.dtype,
+                       replica_ids=[p.replica for p in part])
+        res = md.run(config.n_steps)
+        records.extend(res.replicas)
+        calls += res.model_calls
+        udesc = res.uncertainty_description
+    return records, calls, udesc
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_ase(config, model, structures, plans, criteria):
+    """One replica at a time through ASE's integrators (eV, ASE time units) and UQPotCalculator."""
+    import warnings
+
+    from ase import units
+    from ase.data import atomic_masses
+    from ase.md.langevin import Langevin
+    from ase.md.nose_hoover_chain import NoseHooverChainNVT
+    from ase.md.verlet import VelocityVerlet
+
+    from .calculator import UQPotCalculator
+
+    calc = UQPotCalculator(model, energy_unit="eV")
+    records, calls = [], 0
+    vel_unit = units.Angstrom / units.fs  # Å/fs in ASE's velocity unit
+    for p in plans:
+        s = structures[p.start]
+        atoms = s.to_atoms()
+        atoms.calc = calc
+        calc.reset()
+        atoms.set_velocities(maxwell_boltzmann(atomic_masses[s.numbers], p.temperature_K, p.seed,
+                                               config.remove_com_momentum) * vel_unit)
+        dt = config.timestep_fs * units.fs
+        if config.thermostat == "nose-hoover":
+            tdamp = (config.tdamp_fs if config.tdamp_fs is not None else 100.0 * config.timestep_fs) * units.fs
+            dyn = NoseHooverChainNVT(atoms, timestep=dt, temperature_K=p.temperature_K, tdamp=tdamp,
+                                     tchain=config.chain_length)
+        elif config.thermostat == "langevin":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                dyn = Langevin(atoms, timestep=dt, temperature_K=p.temperature_K,
+                               friction=config.friction_per_fs / units.fs, fixcm=False,
+                               rng=np.random.default_rng(p.seed))
+        else:
+            dyn = VelocityVerlet(atoms, timestep=dt)
+        rec = ReplicaRecord(replica=p.replica, temperature_K=p.temperature_K, seed=p.seed, n_atoms=s.n_atoms)
+        ndof = 3 * s.n_atoms
+
+        def observe(rec=rec, atoms=atoms, dyn=dyn):
+            k = dyn.nsteps
+            e = atoms.get_potential_energy() * EV_TO_KCAL_PER_MOL
+            ke = atoms.get_kinetic_energy() * EV_TO_KCAL_PER_MOL
+            f = atoms.get_forces() * EV_TO_KCAL_PER_MOL
+            if k % config.record_every == 0:
+                rec.record_steps.append(k)
+                rec.energy.append(e)
+                rec.temperature.append(2.0 * ke / (ndof * KB_KCAL_PER_MOL_K))
+                conserved = dyn.get_conserved_energy() * EV_TO_KCAL_PER_MOL if hasattr(
+                    dyn, "get_conserved_energy") else e + ke
+                rec.conserved.append(conserved)
+                if F.UNCERTAINTY in atoms.calc.results:
+                    rec.uncertainty.append(atoms.calc.results[F.UNCERTAINTY])
+            if config.frame_every and k % config.frame_every == 0:
+                rec.frame_steps.append(k)
+                rec.frames.append(atoms.positions.copy())
+            reason = check_structure(criteria, atoms.positions, atoms.numbers, cell=atoms.cell.array, pbc=atoms.pbc,
+                                     energy=e, kinetic_energy=ke, forces=f)
+            rec.steps_run = k
+            if reason != "stable":
+                rec.stable, rec.reason = False, reason
+                rec.failure_step, rec.time_to_failure_fs = k, k * config.timestep_fs
+                raise _Stop
+
+        dyn.attach(observe, interval=1)
+        try:
+            with np.errstate(all="ignore"):
+                dyn.run(config.n_steps)
+        except _Stop:
+            pass
+        except Exception as exc:  # a diverged replica (NaN positions in the neighbour list, ...) is a failure
+            if rec.stable:
+                k = dyn.nsteps
+                rec.stable, rec.reason = False, REASONS[1]
+                rec.failure_step, rec.time_to_failure_fs, rec.steps_run = k, k * config.timestep_fs, k
+                rec.error = f"{type(exc).__name__}: {exc}"
+        calls += dyn.nsteps + 1
+        rec.final_positions = atoms.positions.copy()
+        rec.final_velocities = atoms.get_velocities() / vel_unit
+        records.append(rec)
+    udesc = getattr(model, "uncertainty_description", None) or None
+    return records, calls, udesc
