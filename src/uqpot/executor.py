@@ -4,7 +4,7 @@
 
 * ``"none"``: in the calling process; ``map`` is lazy (an item is computed when the iterator reaches it).
 * ``"local"``: a ``distributed.LocalCluster`` on loopback (127.0.0.1), one single-threaded worker
-  process per ``n_workers`` (default 2), no dashboard.
+  process per ``n_workers`` (default: one per CPU core), no dashboard.
 * ``"slurm"``: a ``dask_jobqueue.SLURMCluster``; options ``queue``, ``account``, ``cores``, ``processes``,
   ``memory``, ``walltime``, ``job_extra`` (list of extra ``#SBATCH`` lines), ``job_script_prologue``
   (shell lines run before the worker starts, e.g. ``module load``), ``local_directory``, ``interface``,
@@ -231,7 +231,9 @@ def get_executor(kind: str | None = "none", **options) -> Executor:
         if unknown:
             raise ConfigError(None, f"unknown option(s) for executor 'local': {sorted(unknown)}; "
                                     f"allowed: {sorted(allowed)}")
-        n = int(options.get("n_workers", 2))
+        import os
+
+        n = int(options.get("n_workers", os.cpu_count() or 1))  # sized to the machine
         tpw = int(options.get("threads_per_worker", 1))
         mem = options.get("memory_limit", "auto")
         processes = bool(options.get("processes", True))

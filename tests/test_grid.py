@@ -1,0 +1,74 @@
+"""Grids of trainings on a real Dask LocalCluster over loopback: same results as in-process; a worker
+killed mid-grid does not stop the grid; finished jobs are skipped on a rerun."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from uqpot.executor import get_executor
+from uqpot.workflow.benchmark import Job, run_grid, table
+
+SMALL = {"features": 16, "interactions": 2, "rbf": 8, "readout_hidden": 8}
+
+
+def jobs(tmp, ethanol_path, epochs=3, n=4):
+    rng = np.random.default_rng(0)
+    out = []
+    for k in range(n):
+        perm = rng.permutation(800)
+        idx = {"train": perm[:24].tolist(), "val": perm[24:32].tolist(), "test": perm[32:44].tolist()}
+        method = ("gmm", "mve")[k % 2]
+        out.append(Job(name=f"j{k}", data=str(ethanol_path), indices=idx, method=method, seed=k,
+                       out=str(tmp / f"j{k}"), model=SMALL, uq={"candidates": [1, 2]} if method == "gmm" else {},
+                       train={"epochs": epochs, "batch_size": 8, "lr": 2e-3}, molecule="ethanol", split=k))
+    return out
+
+
+def test_local_cluster_equals_in_process(tmp_path, ethanol_path):
+    local = run_grid(jobs(tmp_path / "inproc", ethanol_path))
+    with get_executor("local", n_workers=2) as ex:
+        dask = run_grid(jobs(tmp_path / "dask", ethanol_path), ex)
+    for a, b in zip(local, dask):
+        assert a["job"]["name"] == b["job"]["name"]
+        for k in ("forces_mae", "energy_mae", "spearman", "roc_auc_p20"):
+            assert b["test"][k] == pytest.approx(a["test"][k], rel=1e-4, abs=1e-6), k
+    rows = table(dask)
+    assert {r["method"] for r in rows} == {"gmm", "mve"} and all(r["n"] == 2 for r in rows)
+
+
+def test_killed_worker_does_not_stop_the_grid(tmp_path, ethanol_path):
+    js = jobs(tmp_path, ethanol_path, epochs=12, n=4)
+    with get_executor("local", n_workers=2) as ex:
+        client = ex.client
+        killed = []
+
+        def killer():
+            # wait until a job is running (its checkpoint appears), then kill a worker process
+            t0 = time.time()
+            while time.time() - t0 < 120 and not list(tmp_path.glob("j*/checkpoint.pt")):
+                time.sleep(0.05)
+            pids = list(client.run(os.getpid).values())
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(pids[0])
+
+        th = threading.Thread(target=killer)
+        th.start()
+        results = run_grid(js, ex)
+        th.join()
+    assert killed
+    assert len(results) == 4 and all((tmp_path / f"j{k}" / "summary.json").is_file() for k in range(4))
+    assert all(np.isfinite(r["test"]["forces_mae"]) for r in results)
+
+
+def test_finished_jobs_are_skipped(tmp_path, ethanol_path):
+    js = jobs(tmp_path, ethanol_path, n=2)
+    first = run_grid(js)
+    stamp = [(tmp_path / f"j{k}" / "summary.json").stat().st_mtime_ns for k in range(2)]
+    again = run_grid(js)
+    assert [(tmp_path / f"j{k}" / "summary.json").stat().st_mtime_ns for k in range(2)] == stamp
+    assert json.dumps(first, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
