@@ -42,16 +42,19 @@ def _same_run(out: Path, cfg: RunConfig) -> None:
     old = out / "config.yaml"
     if not old.is_file():
         return
-    previous = yaml.safe_load(old.read_text())
+    try:  # through the current schema, so that sections added since with their defaults compare equal
+        previous = RunConfig.model_validate(yaml.safe_load(old.read_text())).model_dump(mode="json")
+    except Exception:
+        previous = yaml.safe_load(old.read_text())
     current = cfg.model_dump(mode="json")
-    # only the training length and the time budget may change on resume
+    # only the training length, the time budget and the progress display may change on resume
     for d in (previous, current):
-        d.get("train", {}).pop("epochs", None)
-        d.get("train", {}).pop("max_hours", None)
-        d.get("train", {}).pop("progress", None)
+        for key in ("epochs", "max_hours", "progress"):
+            d.get("train", {}).pop(key, None)
     if previous != current:
-        raise ConfigError(old, f"the output directory {out} holds a run with a different config; "
-                               "choose another 'out' or delete it")
+        diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        raise ConfigError(old, f"the output directory {out} holds a run with a different config (differs in: "
+                               f"{', '.join(diff)}); choose another 'out' or delete it")
 
 
 def potential_hparams(model_cfg, uq_cfg, seed: int) -> dict:
@@ -113,7 +116,9 @@ def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
     best = load(trainer.model_path, device=trainer.device)
     payload_extra = modelfile.read(trainer.model_path).get("extra", {})
     if is_uq(best) and "calibration" not in payload_extra:
-        posthoc = best.fit_posthoc(train, bs)
+        # methods that fit constants on held-out data (LLPR's α, ς) get the validation set
+        posthoc = (best.fit_posthoc(train, bs, val=val) if getattr(best, "posthoc_uses_validation", False)
+                   else best.fit_posthoc(train, bs))
         calibration = fit_calibration(best, val, bs)
         modelfile.save(best, trainer.model_path, extra={**payload_extra, "posthoc": posthoc,
                                                         "calibration": calibration})

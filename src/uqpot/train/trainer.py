@@ -141,6 +141,15 @@ class Trainer:
         except Exception as exc:
             raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint ({exc}); delete it "
                                 "to start afresh") from None
+        try:
+            self._restore(state)
+        except (KeyError, RuntimeError, TypeError) as exc:
+            raise TrainingError(f"{self.checkpoint_path}: this checkpoint does not match this model or this "
+                                f"version of uqpot ({type(exc).__name__}: {exc}); delete it to start afresh, or "
+                                "evaluate the best model saved beside it") from None
+        return True
+
+    def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.plateau.load_state_dict(state["plateau"])
@@ -155,7 +164,6 @@ class Trainer:
         self.rollbacks = int(state["rollbacks"])
         self.elapsed = float(state["elapsed"])
         self.finished = state["finished"] or None
-        return True
 
     def _save_best(self) -> None:
         if not _finite(self.best_state.values()):
