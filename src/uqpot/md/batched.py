@@ -196,8 +196,9 @@ def _as_structure(s) -> Structure:
 
 def maxwell_boltzmann(masses: np.ndarray, temperature_K: float, seed: int, remove_com: bool = True) -> np.ndarray:
     """Velocities (n, 3) Å/fs from a Maxwell-Boltzmann distribution: the draw of ASE's
-    ``MaxwellBoltzmannDistribution(atoms, temperature_K=T, rng=np.random.default_rng(seed))`` (same numbers),
-    then (``remove_com``) zero centre-of-mass momentum like ASE's ``Stationary``."""
+    ``thermalize_momenta(atoms, temperature_K=T, rng=np.random.default_rng(seed))`` (same numbers), then
+    (``remove_com``) the centre-of-mass velocity subtracted (ASE's ``Stationary`` without its rescaling to
+    the previous temperature)."""
     rng = np.random.default_rng(seed)
     m = np.asarray(masses, dtype=np.float64)[:, None]
     kT = KB_KCAL_PER_MOL_K * float(temperature_K)
@@ -247,8 +248,8 @@ class BatchedMD:
                  adapt_skin: bool = True):
         if thermostat not in THERMOSTATS:
             raise ValueError(f"unknown thermostat {thermostat!r}; use one of {', '.join(THERMOSTATS)}")
-        if timestep_fs <= 0 or skin < 0 or check_every < 1 or chain_length < 1 or chain_steps < 1:
-            raise ValueError("need timestep_fs > 0, skin >= 0, check_every >= 1, chain_length >= 1, chain_steps >= 1")
+        if timestep_fs <= 0 or skin <= 0 or check_every < 1 or chain_length < 1 or chain_steps < 1:
+            raise ValueError("need timestep_fs > 0, skin > 0, check_every >= 1, chain_length >= 1, chain_steps >= 1")
         structures = [_as_structure(s) for s in structures]
         R = len(structures)
         if R == 0:
@@ -618,7 +619,7 @@ class BatchedMD:
         self._pending = self._new_buffer()
         while self.step_count < target and self._slots:
             block = min(self.check_every - self.step_count % self.check_every, target - self.step_count)
-            snap = self._snapshot() if self.skin > 0 else None
+            snap = self._snapshot()
             x_start = self.x.clone()
             buf = self._new_buffer()
             self._dmax2.zero_()
@@ -650,7 +651,7 @@ class BatchedMD:
                         self._record(buf)
                 finally:
                     self._careful = False
-                info[1:] = 0.0
+                info = None  # rebuild at the sync: the replayed block says nothing about the next one
             self._sync(buf, info)
         self.wall_time += time.perf_counter() - t0
         return self.result()
@@ -668,7 +669,10 @@ class BatchedMD:
             if self._slots:
                 self._build()
             return
-        if info is not None and self.skin > 0:
+        if info is None:
+            if self.step_count > 0:
+                self._build()
+        else:
             disp, move = math.sqrt(max(info[1], 0.0)), math.sqrt(max(info[2], 0.0))
             if disp + 1.5 * move >= 0.5 * self.skin:
                 self._build()
