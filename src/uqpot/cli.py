@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .errors import DataErrors, UqpotError
+from .errors import ConfigError, DataErrors, UqpotError
 
 EXIT_USER_ERROR = 2
 
@@ -65,6 +65,8 @@ def train(config, out, data_path, epochs, device, no_progress):
     try:
         cfg = load_config(config, RunConfig, overrides)
         summary = run_training(cfg, console=_console())
+    except ConfigError as exc:
+        _fail(exc if exc.path is not None else ConfigError(config, str(exc)))
     except UqpotError as exc:
         _fail(exc)
     t = summary["training"]
@@ -215,10 +217,14 @@ def data():
 def check(files, energy_key, forces_key, energy_unit, length_unit, min_distance, no_labels):
     """Validate structure files; one line per problem (file, frame, field); exit 0 only if all are valid."""
     from .data.io import ReadOptions, check_files
+    from .units import UnitError
 
-    opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                       length_unit=length_unit, min_distance=min_distance,
-                       require_energy=not no_labels, require_forces=not no_labels)
+    try:
+        opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                           length_unit=length_unit, min_distance=min_distance,
+                           require_energy=not no_labels, require_forces=not no_labels)
+    except UnitError as exc:
+        _fail(UqpotError(str(exc)))
     problems = check_files(files, opts)
     for p in problems:
         click.echo(str(p))
@@ -263,6 +269,68 @@ def fetch_rmd17_cmd(dest, url, archive, sha256, molecules, splits, val_fraction,
     for p in res.written:
         if p.name == "data.extxyz":
             click.echo(f"wrote {p.parent}/ (data.extxyz, train.idx, val.idx, test.idx, split.json)")
+
+
+def _oracle_options(pairs) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UqpotError(f"--oracle-option {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@data.group("build")
+def build():
+    """Build the paper's data sets with a reference method (every label cached in a store: resumable)."""
+
+
+@build.command("ammonia")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("data/ammonia"), show_default=True)
+@click.option("--store", type=click.Path(path_type=Path), default=None, help="label store (default: OUT/labels.db).")
+@click.option("--executor", type=click.Choice(["none", "local"]), default="none", show_default=True,
+              help="where the labelling batches run (local: a Dask cluster on this machine).")
+@click.option("--oracle", default="pyscf:bp86-d3bj/def2-svp", show_default=True,
+              help="reference method: pyscf:<preset>, pyscf, tblite, ase (see help(uqpot.oracle)).")
+@click.option("--oracle-option", "oracle_options", multiple=True, help="KEY=VALUE option of the oracle; repeatable.")
+@click.option("--quick", is_flag=True, help="a small set (10 training geometries, test bins up to 10 kcal/mol).")
+@click.option("--n-train", type=int, default=None, help="training geometries (default 78, the paper's).")
+@click.option("--test-max", type=float, default=None, help="test bins up to this energy, kcal/mol (default 100).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def build_ammonia_cmd(out, store, executor, oracle, oracle_options, quick, n_train, test_max, seed, no_progress):
+    """NH3 like the paper: DFT minimum, normal modes, 78 training geometries 0-5 kcal/mol and 200 test
+    geometries (2 per 1 kcal/mol bin, 0-100 kcal/mol); energies in the files relative to the minimum."""
+    from .data.sets import format_histogram
+    from .data.sets.ammonia import AmmoniaConfig, build_ammonia
+    from .oracle import get_oracle
+
+    try:
+        overrides = {"seed": seed}
+        if n_train is not None:
+            overrides["n_train"] = n_train
+        if test_max is not None:
+            overrides["test_e_max"] = test_max
+        cfg = AmmoniaConfig.quick(**overrides) if quick else AmmoniaConfig(**overrides)
+        the_oracle = get_oracle(oracle, **_oracle_options(oracle_options))
+        summary = build_ammonia(out, store=store, oracle=the_oracle, config=cfg, executor=executor,
+                                progress=not no_progress, console=_console())
+    except UqpotError as exc:
+        _fail(exc)
+    lab, tr, te = summary["labels"], summary["train"], summary["test"]
+    click.echo(f"ammonia ({summary['method']}): minimum {summary['reference_energy_kcal_per_mol']:.4f} kcal/mol; "
+               f"frequencies {', '.join(f'{f:.0f}' for f in summary['frequencies_cm-1'])} cm^-1")
+    click.echo(f"train: {tr['n']} geometries, {tr['energy_min']:.2f}-{tr['energy_max']:.2f} kcal/mol above the minimum")
+    click.echo(format_histogram(tr["histogram"]))
+    click.echo(f"test: {te['n']} geometries from {te['candidates_labelled']} candidates, kinds {te['kinds']}"
+               + (f"; bins left open: {te['missing_bins']}" if te["missing_bins"] else ""))
+    click.echo(format_histogram(te["histogram"], width=20))
+    click.echo(f"oracle calls {lab['oracle_calls']}, labels from the store {lab['from_store']}, failed "
+               f"{lab['failed']}; {summary['timings_seconds']['total']:.1f} s; wrote {Path(out) / 'train.extxyz'}, "
+               f"{Path(out) / 'test.extxyz'}, {Path(out) / 'summary.json'}")
 
 
 def main():

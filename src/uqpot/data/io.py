@@ -41,6 +41,11 @@ class ReadOptions:
     require_forces: bool = True
     min_distance: float = 0.5
     index: str = ":"
+    check_units: bool = True  # energies and forces consistent (see check_unit_consistency)
+
+    def __post_init__(self):
+        energy_factor(self.energy_unit)  # unknown units fail at once (UnitError)
+        length_factor(self.length_unit)
 
 
 def _check_path(path: Path) -> None:
@@ -218,11 +223,61 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
         problems.append(exc)
     if not structures and not problems:
         problems.append(DataError(path, "file contains no frames"))
+    if options.check_units and not problems and len(structures) >= 10:
+        problem = check_unit_consistency(structures, path)
+        if problem is not None:
+            problems.append(problem)
     if collect is not None:
         collect.extend(problems)
     elif problems:
         raise DataErrors(problems)
     return StructureDataset(structures)
+
+
+#: ratios between energy units that a file may mix up (name, factor to kcal/mol)
+_UNIT_RATIOS = {"eV": 23.060548, "Hartree": 627.5095, "kJ/mol": 1 / 4.184}
+
+
+def check_unit_consistency(structures, path, max_frames: int = 400) -> DataError | None:
+    """Energies and forces in the same energy unit?  For pairs of nearby frames of one composition the
+    energy change must match the work of the forces, ΔE ≈ −½(F₁ + F₂)·Δx, with slope 1.  A slope near a
+    known unit ratio (23.06 for eV vs kcal/mol, 627.5 for Hartree, ...) means the file's energies and forces
+    are in different units (a length-unit error cancels out and is not detected here).  Inconclusive data
+    (few close pairs, poor correlation, e.g. structures far apart) is let through."""
+    groups: dict = {}
+    for s in structures:
+        if s.energy is not None and s.forces is not None and not s.periodic:
+            groups.setdefault(tuple(s.numbers.tolist()), []).append(s)
+    for group in groups.values():
+        if len(group) < 10:
+            continue
+        group = group[:max_frames]
+        X = np.stack([s.positions for s in group])
+        E = np.array([s.energy for s in group])
+        Fo = np.stack([s.forces for s in group])
+        D = np.sqrt(((X[:, None] - X[None]) ** 2).mean((-1, -2)))
+        np.fill_diagonal(D, np.inf)
+        j = D.argmin(1)
+        close = D[np.arange(len(group)), j] < 0.2
+        if close.sum() < 8:
+            continue
+        i = np.nonzero(close)[0]
+        dE = E[j[i]] - E[i]
+        work = -0.5 * ((Fo[i] + Fo[j[i]]) * (X[j[i]] - X[i])).sum((-1, -2))
+        if np.std(work) == 0 or np.std(dE) == 0 or np.corrcoef(work, dE)[0, 1] < 0.8:
+            continue
+        slope = float(np.sum(work * dE) / np.sum(work ** 2))
+        if 1 / 3 < slope < 3:
+            continue
+        candidates = [(abs(np.log(abs(slope) / ratio)), ratio, how) for name, r in _UNIT_RATIOS.items()
+                      for ratio, how in ((1 / r, f"energies in {name}, forces in kcal/mol/Å"),
+                                         (r, f"forces in {name}/Å, energies in kcal/mol"))]
+        dist, ratio, how = min(candidates)
+        guess = f" (close to {ratio:.4g}: {how}?)" if dist < 0.5 else ""
+        return DataError(path, f"energies and forces are not in the same units: energy changes between nearby "
+                               f"frames are {slope:.4g} x the work of the forces{guess}; declare the units of "
+                               "each, or fix the file", field="energy/forces")
+    return None
 
 
 def check_files(paths, options: ReadOptions | None = None) -> list[DataError]:

@@ -33,7 +33,10 @@ def make_split(cfg: RunConfig, n: int) -> dict[str, np.ndarray]:
             n_val = int(round((sp.val if isinstance(sp.val, float) and sp.val < 1 else 0.2) * len(tr)))
             split["val"], split["train"] = np.sort(tr[:n_val]), np.sort(tr[n_val:])
     else:
-        split = random_split(n, sp.train, sp.val, sp.test, sp.seed)
+        try:
+            split = random_split(n, sp.train, sp.val, sp.test, sp.seed)
+        except ConfigError as exc:
+            raise ConfigError(None, f"{exc} ({cfg.data.path})") from None
     check_disjoint(split)
     return split
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import ModelConfig, Strict, TrainConfig, UQConfig, dump_config, load_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
@@ -63,12 +63,21 @@ class OracleSettings(Strict):
     name: str
     options: dict = {}
 
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        from ..oracle import FACTORIES
+
+        if v.lower().split(":")[0] not in FACTORIES:
+            raise ValueError(f"unknown oracle {v!r}; known: {', '.join(FACTORIES)} (or pyscf:<preset>)")
+        return v
+
 
 class LoopConfig(Strict):
     seed: int = 0
     out: Path = Path("runs/loop")
     system: Literal["ammonia", "silica", "molecule", "generic"] = "generic"
-    methods: list[Literal["ensemble", "mve", "evidential", "gmm"]] = list(METHODS)
+    methods: list[Literal["ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble"]] = list(METHODS)
     generations: int = Field(3, ge=1)
     data: LoopData
     model: ModelConfig = ModelConfig()
