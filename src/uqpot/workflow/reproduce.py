@@ -50,6 +50,7 @@ class RMD17Study(Strict):
     # random split of a local file without official splits: fractions of its frames (train, val, test)
     local_split: tuple[float, float, float] = (0.6, 0.15, 0.25)
     data_dir: Path = Path("data/rmd17")  # where the fetched archive is extracted (shared by runs)
+    executor: dict[str, dict] = {}  # options per executor kind, e.g. {slurm: {queue: gpu, cores: 8, ...}}
     model: ModelConfig = ModelConfig()
     uq: dict[str, dict] = {"ensemble": {"members": 5}}
     train: TrainConfig = TrainConfig()
@@ -128,9 +129,12 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     meta_path = out / "reproduce.json"
     ex = None
     if executor != "none":
+        from ..config import load_yaml
         from ..executor import get_executor
 
-        ex = get_executor(executor, **(executor_options or {}))
+        options = dict(load_yaml(preset_path(system, preset)).get("executor", {}).get(executor, {}))
+        options.update(executor_options or {})
+        ex = get_executor(executor, **options)
     try:
         if system == "rmd17":
             write_json(meta_path, {"kind": "grid", "system": system, "preset": str(preset), "executor": executor,
