@@ -333,6 +333,48 @@ def build_ammonia_cmd(out, store, executor, oracle, oracle_options, quick, n_tra
                f"{Path(out) / 'test.extxyz'}, {Path(out) / 'summary.json'}")
 
 
+@build.command("silica")
+@click.option("--atoms", type=int, default=None, help="atoms in the cell, a multiple of 3 (default 192; the paper: 699).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("data/silica"), show_default=True)
+@click.option("--store", type=click.Path(path_type=Path), default=None, help="label store (default: OUT/labels.db).")
+@click.option("--quick", is_flag=True, help="a tiny trial build (24 atoms, MD 50x shorter, 2 frames per condition).")
+@click.option("--time-scale", type=float, default=None, help="multiplies every MD duration.")
+@click.option("--test-bins", type=int, default=None, help="energy bins of the test set (2 structures each; default 50).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--no-progress", is_flag=True)
+def build_silica_cmd(atoms, out, store, quick, time_scale, test_bins, seed, no_progress):
+    """Amorphous SiO2: melt-quench and the MD conditions of SI Table S1 (LAMMPS, BKS + wall), frames labelled
+    with the BKS oracle; a test set of high-energy, high-force structures.  Resumable."""
+    from .data.sets import format_histogram
+    from .data.sets.silica import SilicaConfig, build_silica, format_table
+
+    try:
+        overrides = {"seed": seed}
+        if atoms is not None:
+            overrides["atoms"] = atoms
+        if time_scale is not None:
+            overrides["time_scale"] = time_scale
+        if test_bins is not None:
+            overrides["test_bins"] = test_bins
+        cfg = SilicaConfig.quick(**overrides) if quick else SilicaConfig(**overrides)
+        summary = build_silica(out, store=store, config=cfg, progress=not no_progress, console=_console())
+    except UqpotError as exc:
+        _fail(exc)
+    g, tr, te, lab = summary["glass"], summary["train"], summary["test"], summary["labels"]
+    click.echo(f"silica ({summary['method']}): {summary['atoms']} atoms ({summary['composition']['Si']} Si, "
+               f"{summary['composition']['O']} O); glass {' x '.join(f'{v:.2f}' for v in g['box_A'])} Å, "
+               f"{g['density_g_per_cm3']:.3f} g/cm^3")
+    click.echo(format_table(summary))
+    click.echo(f"train: {tr['n']} frames, up to {tr['energy_max_per_atom']:.2f} kcal/mol/atom above the lowest")
+    click.echo(f"test: {te['n']} structures ({te['kinds']}) from {te['candidates_labelled']} candidates, "
+               f"{te['bins']} bins of {te['bin_width_kcal_per_mol']:.1f} kcal/mol"
+               + (f"; bins left open: {te['missing_bins']}" if te["missing_bins"] else ""))
+    click.echo(format_histogram(te["histogram"], width=20))
+    click.echo(f"oracle calls {lab['oracle_calls']}, labels from the store {lab['from_store']}, failed "
+               f"{lab['failed']}; {summary['timings_seconds']['total']:.1f} s; wrote {Path(out) / 'train.extxyz'}, "
+               f"{Path(out) / 'test.extxyz'}, {Path(out) / 'summary.json'}")
+
+
 def main():
     cli(prog_name="uqpot")
 

