@@ -1,0 +1,147 @@
+"""Replica-steps per second of the batched MD engine next to ASE's own dynamics, one replica at a time.
+
+    python benchmarks/md_speed.py [--replicas 400] [--steps 40] [--ase-replicas 3] [--ase-steps 40] \
+        [--device cpu|cuda] [--dtype float32] [--threads N] [--rounds 2] [--data PATH/ammonia.extxyz]
+
+The workload of the paper's ammonia campaign: NH3 replicas at 300 K, Nosé-Hoover chain NVT (length 3,
+τ = 50 fs), time step 0.5 fs, with the paper's PaiNN (3 interactions, 128 features, 20 Gaussians, 5 Å
+cutoff; random weights: speed does not depend on them).  The batched engine integrates all ``--replicas``
+in one tensor (one model call per step, syncs every 20 steps, skin 2 Å); the ASE path runs
+``NoseHooverChainNVT`` with :class:`~uqpot.md.calculator.UQPotCalculator`, one replica after another, and
+its rate is per replica-step, so ``--ase-replicas`` × ``--ase-steps`` is enough to measure it.  The two are
+timed alternately ``--rounds`` times and the medians compared (warm-up excluded).  Start structures are
+the shared ammonia geometries when ``--data`` is given, else rattled copies of a pyramidal NH3.
+
+Prints one JSON line and a table.  Speed is reported, never asserted.  On a shared machine the load average
+is printed too: other processes slow both paths, not necessarily by the same factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def starts(n, data):
+    from uqpot.md.neb import nh3_pyramid
+
+    if data:
+        from ase.io import read
+
+        frames = read(data, ":")
+        return [frames[i % len(frames)] for i in range(n)]
+    out = []
+    for k in range(n):
+        a = nh3_pyramid()
+        a.rattle(0.03, seed=k)
+        out.append(a)
+    return out
+
+
+def make_model(device, dtype):
+    from uqpot.nn.potential import Potential
+
+    torch.manual_seed(0)
+    model = Potential()  # the paper's hyper-parameters
+    model.known_elements[[1, 7]] = True
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def sync(device):
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_batched(model, structures, steps, device):
+    from uqpot.md.batched import BatchedMD
+
+    md = BatchedMD(model, structures, timestep_fs=0.5, temperatures_K=300.0, seeds=list(range(len(structures))),
+                   tdamp_fs=50.0, skin=2.0, check_every=20, record_every=20)
+    md.run(20)  # warm-up (allocator, first syncs)
+    sync(device)
+    done0 = sum(r.steps_run for r in md.result().replicas)
+    t0 = time.perf_counter()
+    res = md.run(steps)
+    sync(device)
+    wall = time.perf_counter() - t0
+    done = sum(r.steps_run for r in res.replicas) - done0
+    return done / wall, {"wall_s": wall, "replica_steps": done, "alive": md.n_alive, "replays": md.replays,
+                         "neighbor_builds": md.neighbor_builds}
+
+
+def time_ase(model, structures, steps):
+    from ase import units
+    from ase.md.nose_hoover_chain import NoseHooverChainNVT
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    from uqpot.md.calculator import UQPotCalculator
+
+    calc = UQPotCalculator(model)
+    wall = 0.0
+    for k, s in enumerate(structures):
+        a = s.copy()
+        a.calc = calc
+        thermalize_momenta(a, temperature_K=300.0, rng=np.random.default_rng(k))
+        dyn = NoseHooverChainNVT(a, timestep=0.5 * units.fs, temperature_K=300.0, tdamp=50.0 * units.fs)
+        dyn.run(2)  # warm-up
+        t0 = time.perf_counter()
+        dyn.run(steps)
+        wall += time.perf_counter() - t0
+    return len(structures) * steps / wall, {"wall_s": wall, "replica_steps": len(structures) * steps}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--replicas", type=int, default=400)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--ase-replicas", type=int, default=3)
+    p.add_argument("--ase-steps", type=int, default=40)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--data", default=None, help="NH3 geometries (extxyz) to start from")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    model = make_model(args.device, dtype)
+    batch_starts = starts(args.replicas, args.data)
+    ase_starts = batch_starts[:args.ase_replicas]
+    rates = {"batched": [], "ase": []}
+    details = {}
+    for _ in range(args.rounds):
+        r, details["batched"] = time_batched(model, batch_starts, args.steps, args.device)
+        rates["batched"].append(r)
+        r, details["ase"] = time_ase(model, ase_starts, args.ase_steps)
+        rates["ase"].append(r)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    out = {
+        "benchmark": "md_speed", "system": "NH3", "model": "PaiNN 3x128, 20 rbf, 5 A (random weights)",
+        "thermostat": "nose-hoover chain 3, dt 0.5 fs, 300 K", "device": args.device, "dtype": args.dtype,
+        "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
+        "replicas": args.replicas, "steps": args.steps,
+        "batched_replica_steps_per_s": med["batched"], "ase_replica_steps_per_s": med["ase"],
+        "speedup": med["batched"] / med["ase"], "rounds": rates, "details": details,
+        "torch": torch.__version__,
+    }
+    print(json.dumps(out))
+    print()
+    print(f"{'engine':<28}{'replica-steps/s':>18}{'speed-up':>10}")
+    print(f"{'ASE NoseHooverChainNVT x1':<28}{med['ase']:>18.1f}{1.0:>10.1f}")
+    print(f"{f'batched ({args.replicas} replicas)':<28}{med['batched']:>18.1f}{med['batched'] / med['ase']:>10.1f}")
+    print(f"device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
