@@ -309,29 +309,32 @@ def test_periodic_skin_replay_is_exact_and_positions_wrapped():
     assert adaptive.skin > 0.05 and adaptive.replays == 1
 
 
-def test_rebuild_only_when_needed_no_host_sync_between_checks(monkeypatch):
-    """The list is not rebuilt every step, and host transfers (``.cpu()``, ``.item()``, ``float()``) happen
-    only at syncs: count them on the tensors the engine holds."""
+@pytest.mark.parametrize("thermostat", ["nose-hoover", "langevin"])
+def test_no_host_sync_between_checks(monkeypatch, thermostat):
+    """Between syncs a step makes no host transfer: count every way a tensor reaches the host (``.cpu()``,
+    ``.item()``, ``.tolist()``, ``.numpy()``, ``bool()``, ``float()``, ``int()``) while steps run; the
+    neighbour list is not rebuilt every step either."""
     md = BatchedMD(MorsePotential(), [nh3(22), nh3(23)], timestep_fs=0.5, temperatures_K=300.0, seeds=[1, 2],
-                   check_every=20, skin=2.0)
-    calls = {"n": 0}
-    orig_cpu, orig_item = torch.Tensor.cpu, torch.Tensor.item
-
-    def cpu(self, *a, **k):
-        calls["n"] += 1
-        return orig_cpu(self, *a, **k)
-
-    def item(self, *a, **k):
-        calls["n"] += 1
-        return orig_item(self, *a, **k)
-
+                   check_every=20, skin=2.0, thermostat=thermostat, criteria=StabilityCriteria.ammonia(None))
     md.run(1)  # the t = 0 sync
     builds = md.neighbor_builds
-    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
-    monkeypatch.setattr(torch.Tensor, "item", item)
+    calls = []
+
+    def spy(name):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, **k):
+            calls.append(name)
+            return orig(self, *a, **k)
+        return wrapper
+
+    for name in ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name))
     for _ in range(40):
         md._step()
-    assert calls["n"] == 0
+        md._record(md._new_buffer())
+    monkeypatch.undo()
+    assert calls == []
     assert md.neighbor_builds == builds
 
 

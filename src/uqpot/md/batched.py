@@ -95,14 +95,27 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _hash32_int(x: int) -> int:
+    """:func:`_hash32` on a Python int (for keys computed on the host: no device transfer)."""
+    x &= _M32
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _M32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _M32
+    return x ^ (x >> 16)
+
+
 def gaussian_noise(seeds: torch.Tensor, step: int, atom_index: torch.Tensor, n_streams: int = 2,
                    dtype=torch.float64) -> torch.Tensor:
     """Standard normal numbers (n_streams, N, 3) for atoms with per-atom ``seeds`` (N,) (the replica's seed)
-    and index ``atom_index`` (N,) within their replica at integer ``step``: a counter-based generator (hash →
-    two uniforms → Box-Muller), identical on every device and for every batch composition."""
+    and index ``atom_index`` (N,) within their replica at integer ``step``: a counter-based generator (hash of
+    (seed, step, atom, component, stream) → two uniforms → Box-Muller), identical on every device and for
+    every batch composition.  The step enters as a host-side key, so no host-to-device copy is made."""
     dev = seeds.device
-    s = _hash32(seeds.to(torch.int64) ^ _hash32(torch.as_tensor((step >> 32) & _M32, device=dev) + 0x9E3779B9))
-    s = _hash32(s ^ (step & _M32))  # (N,)
+    step = int(step)
+    key = _hash32_int(_hash32_int(((step >> 32) & _M32) + 0x9E3779B9) ^ (step & _M32))
+    seeds = seeds.to(torch.int64)
+    s = _hash32(_hash32(_hash32(seeds >> 32) ^ (seeds & _M32)) ^ key)  # (N,)
     comp = torch.arange(3 * n_streams, device=dev, dtype=torch.int64).view(n_streams, 1, 3)
     ctr = (atom_index.to(torch.int64).view(1, -1, 1) * (3 * n_streams) + comp) * 2  # (S, N, 3)
     base = s.view(1, -1, 1)
@@ -517,8 +530,9 @@ class BatchedMD:
         if k % self.record_every == 0:
             ke = self._ke
             buf["steps"].append(k)
-            buf["rows"].append(torch.stack([self.e.to(self.dtype), 2.0 * ke / (self.ndof * KB_KCAL_PER_MOL_K),
-                                            self.e.to(self.dtype) + ke + self.thermostat_energy()]))
+            # float64: absolute energies (~1e5 kcal/mol for DFT references) exceed float32's resolution
+            buf["rows"].append(torch.stack([self.e, (2.0 * ke / (self.ndof * KB_KCAL_PER_MOL_K)).to(torch.float64),
+                                            self.e + (ke + self.thermostat_energy()).to(torch.float64)]))
             if self.u is not None:
                 buf["u"].append(self.u.to(self.dtype))
         if self.frame_every and k % self.frame_every == 0:
