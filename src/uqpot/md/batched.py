@@ -634,17 +634,13 @@ class BatchedMD:
         while self.step_count < target and self._slots:
             block = min(self.check_every - self.step_count % self.check_every, target - self.step_count)
             snap = self._snapshot()
-            x_start = self.x.clone()
             buf = self._new_buffer()
             self._dmax2.zero_()
             for _ in range(block):
                 self._step()
                 self._record(buf)
             half2 = (0.5 * self.skin) ** 2
-            info = torch.stack([self._dmax2, ((self.x - self.x_ref) ** 2).sum(-1).where(
-                (self.fail_step < 0)[self.batch], torch.zeros((), dtype=self.dtype, device=self.device)).nan_to_num(0.0).max(),
-                ((self.x - x_start) ** 2).sum(-1).where((self.fail_step < 0)[self.batch], torch.zeros(
-                    (), dtype=self.dtype, device=self.device)).nan_to_num(0.0).max()]).cpu().numpy()
+            info = self._block_stats(snap["x"])  # the one host transfer of the block, with _sync's
             if info[0] > half2:
                 # the list went stale somewhere in the block: replay it exactly with per-step checks
                 self.replays += 1
@@ -669,6 +665,19 @@ class BatchedMD:
             self._sync(buf, info)
         self.wall_time += time.perf_counter() - t0
         return self.result()
+
+    def _block_stats(self, x_start: torch.Tensor) -> np.ndarray:
+        """(max squared displacement from the list's reference over the block, the same now, max squared
+        movement since ``x_start``) over live replicas, on the host."""
+        ok = (self.fail_step < 0)[self.batch]
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+
+        def masked_max(d2):
+            return torch.where(ok, d2, zero).nan_to_num(0.0).max() if d2.numel() else zero
+
+        now = masked_max(((self.x - self.x_ref) ** 2).sum(-1))
+        move = masked_max(((self.x - x_start) ** 2).sum(-1))
+        return torch.stack([self._dmax2, now, move]).cpu().numpy()
 
     def _sync(self, buf: dict, info) -> None:
         fail_step = self.fail_step.cpu().numpy()
