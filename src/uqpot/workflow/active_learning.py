@@ -86,7 +86,7 @@ class LoopConfig(Strict):
     attack: AttackSettings = AttackSettings()
     oracle: OracleSettings
     md: Optional[dict] = None  # stability campaign settings (uqpot.md.campaign), or none
-    neb: bool = False  # NH3 inversion barrier on the model and the oracle
+    neb: Union[bool, Literal["full"]] = False  # NH3 inversion barrier, model (NEB) vs oracle (see loop_md)
     batch_size: int = Field(64, ge=1)
 
     def uq_config(self, method: str) -> UQConfig:
@@ -287,14 +287,14 @@ class ActiveLearning:
     def step_md(self, g, method) -> dict | None:
         if not self.cfg.md:
             return None
-        from ..md.campaign import run_campaign_for_loop
+        from .loop_md import run_campaign_for_loop
 
         d = self.gen_dir(g, method) / "md"
         marker = d / "summary.json"
         if _done(marker):
             return json.loads(marker.read_text())
         d.mkdir(parents=True, exist_ok=True)
-        rec = run_campaign_for_loop(self.model(g, method), self._train_pool, self.cfg.md, self.cfg.system, d,
+        rec = run_campaign_for_loop(self.model(g, method), self._initial_train, self.cfg.md, self.cfg.system, d,
                                     seed=self.cfg.seed + g)
         write_json(marker, rec)
         return rec
@@ -302,7 +302,7 @@ class ActiveLearning:
     def step_neb(self, g, method) -> dict | None:
         if not self.cfg.neb:
             return None
-        from ..md.neb import neb_for_loop
+        from .loop_md import neb_for_loop
 
         d = self.gen_dir(g, method)
         marker = d / "neb.json"
@@ -314,44 +314,63 @@ class ActiveLearning:
 
     def oracle_neb(self) -> dict:
         """The oracle's own NEB barrier, computed once per loop."""
-        from ..md.neb import oracle_neb_for_loop
+        from .loop_md import oracle_neb_for_loop
 
         path = self.out / "neb_oracle.json"
         if _done(path):
             return json.loads(path.read_text())
-        rec = oracle_neb_for_loop(self.oracle, self.store, self.out)
+        rec = oracle_neb_for_loop(self.oracle, self.store, self.out,
+                                  mode="full" if self.cfg.neb == "full" else "symmetric")
         write_json(path, rec)
         return rec
 
     # ----------------------------------------------------------------- the loop
+    def method_generation(self, g: int, method: str) -> dict:
+        """Every step of generation ``g`` for one UQ method (each step skipped if already done)."""
+        train0, val0, test, _ = self.initial_data()
+        self._initial_train = train0
+        train, val = self.data_for(g, method, (train0, val0))
+        rec = {"n_train": len(train), "n_val": len(val)}
+        tr = self.step_train(g, method, train, val, test)
+        rec["train_seconds"] = tr["training"]["wall_seconds"]
+        rec["epochs"] = tr["training"]["epochs_run"]
+        rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
+                                                     "roc_auc_p50", "miscalibration_area", "cnll")}
+        rec["md"] = self.step_md(g, method)
+        rec["neb"] = self.step_neb(g, method)
+        if g < self.cfg.generations:
+            rec["attack"] = self.step_attack(g, method, train)
+            rec["label"] = self.step_label(g, method, train)
+        return rec
+
     def run(self) -> dict:
+        """All generations; within a generation the methods are independent and run in parallel on the
+        executor when one is given (labels of a method then run on its worker)."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         _check_same_config(self.out, cfg)
         dump_config(cfg, self.out / "config.yaml")
         write_json(self.out / "run.json", {"seed": cfg.seed, "versions": versions()})
-        train0, val0, test, align = self.initial_data()
+        *_, align = self.initial_data()  # aligns energies once, before any worker needs it
+        if cfg.neb:
+            self.oracle_neb()  # once, before the methods need it
         summary = {"alignment": align, "generations": {}}
+        parallel = self.executor is not None and not getattr(self.executor, "in_process", True)
         for g in range(1, cfg.generations + 1):
-            gsum = {}
-            for method in cfg.methods:
-                train, val = self.data_for(g, method, (train0, val0))
-                self._train_pool = train
-                rec = {"n_train": len(train), "n_val": len(val)}
-                tr = self.step_train(g, method, train, val, test)
-                rec["train_seconds"] = tr["training"]["wall_seconds"]
-                rec["epochs"] = tr["training"]["epochs_run"]
-                rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
-                                                             "roc_auc_p50", "miscalibration_area", "cnll")}
-                rec["md"] = self.step_md(g, method)
-                rec["neb"] = self.step_neb(g, method)
-                if g < cfg.generations:
-                    rec["attack"] = self.step_attack(g, method, train)
-                    rec["label"] = self.step_label(g, method, train)
-                gsum[method] = rec
+            if parallel:
+                futures = {m: self.executor.submit(run_method_generation, cfg.model_dump(mode="json"), g, m)
+                           for m in cfg.methods}
+                gsum = {m: f.result() for m, f in futures.items()}
+            else:
+                gsum = {m: self.method_generation(g, m) for m in cfg.methods}
             summary["generations"][g] = gsum
             write_json(self.out / "summary.json", summary)
         return summary
+
+
+def run_method_generation(cfg: dict, g: int, method: str) -> dict:
+    """One method's generation on a worker process (picklable entry point for Dask)."""
+    return ActiveLearning(LoopConfig.model_validate(cfg)).method_generation(g, method)
 
 
 def _check_same_config(out: Path, cfg: LoopConfig) -> None:

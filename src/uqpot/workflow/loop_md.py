@@ -1,0 +1,114 @@
+"""The robustness tests of an active-learning generation: MD stability campaign and the NH3 inversion
+barrier (paper Fig. 3b/3e/3d/3g, Fig. 4c), as steps of :mod:`uqpot.workflow.active_learning`.
+
+MD: the paper's campaign settings for the system (:meth:`uqpot.md.campaign.CampaignConfig.preset`), with
+the loop config's ``md`` section as overrides (``length_scale`` scales the run length; any other key is a
+campaign option, e.g. ``runs``, ``temperatures_K``); runs start from structures drawn from the initial
+training set (for silica, from the 2500 K equilibration frames when they are marked, as in the paper).
+
+NEB: the model's climbing-image NEB between the two pyramidal minima (relaxed with the model).  The oracle's
+barrier is computed once per loop by symmetry, which is exact for NH3 and costs tens of labels instead of a
+full NEB: the transition state is the planar (D3h) structure, so the barrier is E(planar, N-H length
+optimised) − E(minimum, relaxed); the oracle's profile is its energy along the inversion path (the N-H
+bonds' angle to the C3 axis swept through planarity, N-H length interpolated between the two stationary
+points).  ``neb: full`` in a config runs the oracle's own NEB instead (slow with DFT).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.structures import Structure
+
+
+def campaign_config(md: dict, system: str, seed: int):
+    from ..md.campaign import CampaignConfig
+
+    opts = dict(md)
+    scale = float(opts.pop("length_scale", 1.0))
+    opts.setdefault("seed", seed)
+    if system in ("ammonia", "silica"):
+        return CampaignConfig.preset(system, length_scale=scale, **opts)
+    cfg = CampaignConfig(system="custom", **opts)
+    cfg.duration_fs = cfg.duration_fs * scale
+    return cfg
+
+
+def run_campaign_for_loop(model, initial_train, md: dict, system: str, out_dir, seed: int = 0) -> dict:
+    """Runs the stability campaign of one generation's model; returns its summary (also saved)."""
+    from ..md.campaign import run_campaign
+
+    cfg = campaign_config(md, system, seed)
+    starts = list(initial_train)
+    hot = [s for s in starts if str(s.info.get("condition", "")).startswith("2500")]
+    if system == "silica" and hot:
+        starts = hot
+    res = run_campaign(cfg, model, starts, engine="batched", out_dir=out_dir)
+    return res.summary()
+
+
+# ---------------------------------------------------------------------------------------------- NEB
+def _profile(res) -> dict:
+    x = np.asarray(res.path, dtype=float)
+    x = x / x[-1] if x[-1] > 0 else x
+    return {"x": x.tolist(), "energy": [float(e) for e in res.energies]}
+
+
+def neb_for_loop(model, oracle_record: dict, out_dir, n_images: int = 11) -> dict:
+    """The model's NH3 inversion barrier by climbing-image NEB, next to the oracle's."""
+    from ..md.neb import nh3_inversion_barrier
+
+    res = nh3_inversion_barrier(model, n_images=n_images)
+    return {"barrier": float(res.barrier), "converged": bool(res.converged), "path": _profile(res),
+            "oracle_barrier": oracle_record.get("barrier"), "oracle_path": oracle_record.get("path"),
+            "units": "kcal/mol"}
+
+
+def _planar_and_pyramid(r: float, theta: float) -> np.ndarray:
+    """NH3 with N at the origin, N-H length r, angle theta between each N-H and the -z axis (90° = planar)."""
+    pos = [[0.0, 0.0, 0.0]]
+    for k in range(3):
+        phi = 2 * np.pi * k / 3
+        pos.append([r * np.sin(theta) * np.cos(phi), r * np.sin(theta) * np.sin(phi), -r * np.cos(theta)])
+    return np.array(pos)
+
+
+def oracle_neb_for_loop(oracle, store, out_dir, n_points: int = 9, mode: str = "symmetric") -> dict:
+    """The oracle's inversion barrier (kcal/mol) and profile, computed once per loop; every energy is a
+    label through the store."""
+    if mode == "full":
+        from ..md.neb import nh3_inversion_barrier
+
+        res = nh3_inversion_barrier(oracle, n_images=9, fmax=0.05)
+        return {"barrier": float(res.barrier), "path": _profile(res), "mode": "full NEB"}
+    from scipy.optimize import minimize, minimize_scalar
+
+    numbers = np.array([7, 1, 1, 1])
+    cache: dict = {}
+
+    def energy(r: float, theta: float) -> float:
+        key = (round(r, 6), round(theta, 6))
+        if key not in cache:
+            s = Structure(numbers, _planar_and_pyramid(r, theta), np.zeros((3, 3)), np.zeros(3, bool))
+            lab = oracle.label([s], store=store, provenance={"source": "neb_oracle"})
+            if lab.structures[0] is None:
+                raise RuntimeError(f"the oracle failed on an NH3 inversion point: {lab.records[0].error}")
+            cache[key] = float(lab.structures[0].energy)
+        return cache[key]
+
+    # minimum within C3v symmetry (r, theta), and the planar transition state (r only)
+    mini = minimize(lambda p: energy(p[0], p[1]), x0=[1.02, np.deg2rad(68.0)], method="Nelder-Mead",
+                    options={"xatol": 1e-3, "fatol": 1e-3, "maxiter": 60})
+    r0, t0 = float(mini.x[0]), float(mini.x[1])
+    ts = minimize_scalar(lambda r: energy(r, np.pi / 2), bounds=(0.9, 1.15), method="bounded",
+                         options={"xatol": 1e-3, "maxiter": 25})
+    r_ts = float(ts.x)
+    e_min, e_ts = energy(r0, t0), energy(r_ts, np.pi / 2)
+    # the profile: theta from the minimum through planarity to the mirror image, r interpolated
+    thetas = np.linspace(t0, np.pi - t0, n_points)
+    w = 1 - np.abs(thetas - np.pi / 2) / (np.pi / 2 - t0)
+    prof = [energy(r0 + (r_ts - r0) * wk, th) - e_min for th, wk in zip(thetas, w)]
+    return {"barrier": e_ts - e_min, "minimum": {"r_NH": r0, "angle_deg": float(np.rad2deg(t0))},
+            "transition_state": {"r_NH": r_ts}, "path": {"x": np.linspace(0, 1, n_points).tolist(),
+                                                          "energy": [float(e) for e in prof]},
+            "oracle_labels": len(cache), "mode": "symmetric (planar D3h transition state)", "units": "kcal/mol"}
