@@ -1,0 +1,95 @@
+"""`uqpot reproduce` end to end at toy scale (GFN2-xTB as the oracle, tiny networks), and the report:
+self-contained, every figure present, no console errors in headless Chromium."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from uqpot.cli import cli
+
+pytest.importorskip("tblite")
+
+TOY_AMMONIA = {
+    "system": "ammonia",
+    "data": {"n_train": 16, "test_e_max": 20.0, "test_bin_width": 2.0, "test_per_bin": 1},
+    "oracle": {"name": "tblite", "options": {"threads": 1}},
+    "loop": {
+        "methods": ["ensemble", "gmm"], "generations": 2,
+        "model": {"features": 16, "interactions": 2, "rbf": 8, "readout_hidden": 8},
+        "uq": {"ensemble": {"members": 2}, "gmm": {"candidates": [1, 2]}},
+        "train": {"epochs": 4, "batch_size": 8, "lr": 2.0e-3},
+        "attack": {"n_seeds": 4, "iterations": 8, "lr": 0.01, "energy_cutoff": 100.0},
+        "md": {"length_scale": 0.02, "runs": 2}, "neb": True,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def ammonia_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("repro")
+    (tmp / "toy.yaml").write_text(yaml.safe_dump(TOY_AMMONIA))
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp / "toy.yaml"), "--executor", "none",
+                                 "--out", str(tmp / "run")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return tmp / "run"
+
+
+def test_ammonia_study_outputs(ammonia_run):
+    run = ammonia_run
+    for name in ("report.html", "results.json", "table_summary.csv", "reproduce.json", "labels.db",
+                 "data/train.extxyz", "data/test.extxyz", "neb_oracle.json"):
+        assert (run / name).exists(), name
+    meta = json.loads((run / "reproduce.json").read_text())
+    assert meta["system"] == "ammonia" and meta["wall_seconds"] > 0
+    res = json.loads((run / "results.json").read_text())
+    rows = res["tables"]["summary"]
+    assert {(r["generation"], r["method"]) for r in rows} == {(g, m) for g in (1, 2) for m in ("ensemble", "gmm")}
+    assert all(0.0 <= r["stable_md_fraction"] <= 1.0 for r in rows)
+    assert all(r["neb_barrier_oracle"] > 0 for r in rows)
+    html = (run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 8 and "<script" not in html and "http" not in html.split("<body>")[1]
+
+
+def test_report_rebuilds_identically(ammonia_run):
+    before = json.loads((ammonia_run / "results.json").read_text())["tables"]
+    r = CliRunner().invoke(cli, ["report", str(ammonia_run)])
+    assert r.exit_code == 0 and "report.html" in r.output
+    assert json.loads((ammonia_run / "results.json").read_text())["tables"] == before
+
+
+def test_rerun_computes_nothing(ammonia_run, tmp_path):
+    from uqpot.data.store import Store
+
+    n = Store(ammonia_run / "labels.db").count()
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_AMMONIA))
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp_path / "toy.yaml"), "--executor",
+                                 "none", "--out", str(ammonia_run)], catch_exceptions=False)
+    assert r.exit_code == 0
+    assert Store(ammonia_run / "labels.db").count() == n
+
+
+def test_report_in_headless_chromium(ammonia_run, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium package is not installed")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto((ammonia_run / "report.html").resolve().as_uri())
+        widths = page.evaluate("Array.from(document.images).map(i => i.naturalWidth)")
+        shot = tmp_path / "report.png"
+        page.screenshot(path=str(shot), full_page=True)
+        browser.close()
+    assert errors == []
+    assert len(widths) >= 8 and min(widths) > 100  # every figure decoded
+    assert shot.stat().st_size > 50_000
