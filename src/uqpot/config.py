@@ -92,7 +92,7 @@ class ModelConfig(Strict):
 UQ_OPTIONS = {
     "members": ("ensemble",),
     "head_hidden": ("mve", "evidential"),
-    "min_variance": ("mve",),
+    "min_variance": ("mve", "shallow_ensemble"),
     "lam": ("evidential",),
     "min_nu": ("evidential",),
     "min_alpha": ("evidential",),
@@ -101,13 +101,19 @@ UQ_OPTIONS = {
     "candidates": ("gmm",),
     "reg_covar": ("gmm",),
     "max_fit_atoms": ("gmm",),
+    "gram": ("llpr",),
+    "fit_target": ("llpr",),
+    "samples": ("llpr",),
+    "output": ("llpr",),
+    "heads": ("shallow_ensemble",),
 }
 
 
 class UQConfig(Strict):
-    """``uq: {method: ensemble|mve|evidential|gmm, ...}``; ``none`` trains a plain potential."""
+    """``uq: {method: ensemble|mve|evidential|gmm|llpr|shallow_ensemble, ...}``; ``none`` trains a plain
+    potential."""
 
-    method: Literal["none", "ensemble", "mve", "evidential", "gmm"] = "none"
+    method: Literal["none", "ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble"] = "none"
     reduction: Literal["mean", "max", "sum"] = "mean"
     members: int = Field(5, ge=2, description="ensemble size (SI: 5 for rMD17 and ammonia, 3 for silica)")
     head_hidden: int = Field(64, ge=1)
@@ -120,6 +126,16 @@ class UQConfig(Strict):
     candidates: list[int] = [1, 2, 3, 4, 6, 8, 12, 16]
     reg_covar: float = Field(1e-6, gt=0.0)
     max_fit_atoms: int = Field(50_000, ge=10)
+    gram: Literal["energy", "energy_forces"] = Field(
+        "energy_forces", description="llpr: training rows of the last-layer Gram matrix (energies, or energies "
+                                     "and force components)")
+    fit_target: Literal["forces", "energy"] = Field(
+        "forces", description="llpr: validation NLL minimised over α and ς")
+    samples: int = Field(0, ge=0, description="llpr: 0 = exact force variance (one VJP per last-layer "
+                                                "feature); K >= 2 = variance over K posterior samples (K VJPs)")
+    output: Literal["forces", "atomic_energy"] = Field(
+        "forces", description="llpr: U from the force variance or the atomic-energy variance (no derivatives)")
+    heads: int = Field(8, ge=2, description="shallow_ensemble: readout heads on the shared backbone")
 
     @model_validator(mode="after")
     def _options_match_method(self):

@@ -52,10 +52,17 @@ def residuals(pred: dict, data: StructureDataset) -> list[np.ndarray]:
 
 
 def fit_calibration(model, val: StructureDataset, batch_size: int = 64) -> dict:
-    """σ² = a·U + b fitted on a validation set (Eq. 13), with the floor below which it is not extrapolated."""
+    """σ² = a·U + b fitted on a validation set (Eq. 13), with the floor below which it is not extrapolated,
+    and the split-conformal quantiles of |r|/σ for 68% and 95% coverage (``conformal``; components pooled
+    with the per-structure correction when all structures have the same size, see
+    :func:`uqpot.metrics.uq.conformal_quantile`)."""
     pred = predictions(model, val, batch_size)
-    a, b, floor = uqm.fit_calibration_with_floor(pred[F.UNCERTAINTY], residuals(pred, val))
-    return {"a": a, "b": b, "floor": floor, "n_structures": len(val)}
+    res = residuals(pred, val)
+    a, b, floor = uqm.fit_calibration_with_floor(pred[F.UNCERTAINTY], res)
+    sigma = np.sqrt(uqm.calibrated_variance(pred[F.UNCERTAINTY], a, b, floor=floor))
+    sizes = {r.size for r in res}
+    conformal = uqm.fit_conformal(res, sigma, group_size=sizes.pop() if len(sizes) == 1 else 1)
+    return {"a": a, "b": b, "floor": floor, "n_structures": len(val), "conformal": conformal}
 
 
 def assess(model, data: StructureDataset, batch_size: int = 64, calibration: dict | None = None,
@@ -78,6 +85,9 @@ def assess(model, data: StructureDataset, batch_size: int = 64, calibration: dic
         table["residuals"] = residuals(pred, data)  # per structure, for the calibration curve
         cal = None if calibration is None else (calibration["a"], calibration["b"], calibration["floor"])
         m = uqm.uq_metrics(u, eps, table["residuals"], percentiles=percentiles, calibration=cal)
+        # interval coverage of the scaled σ (Gaussian intervals) and of the conformal intervals ±q·σ
+        sigma = np.sqrt(uqm.calibrated_variance(u, m["calibration_a"], m["calibration_b"], m["calibration_floor"]))
+        m.update(uqm.coverage_metrics(table["residuals"], sigma, (calibration or {}).get("conformal")))
         m["method"] = model.method
         m["uncertainty"] = model.uncertainty_description
         m["reduction"] = model.reduction

@@ -4,7 +4,9 @@ from .base import METHODS, REDUCTIONS, Uncertainty, UQMethod, reduce_atoms, regi
 from .ensemble import Ensemble  # noqa: F401
 from .evidential import Evidential  # noqa: F401
 from .gmm import GMM  # noqa: F401
+from .llpr import LLPR  # noqa: F401
 from .mve import MVE  # noqa: F401
+from .shallow import ShallowEnsemble  # noqa: F401
 
 
 def build_method(uq_cfg, potential_hparams: dict) -> UQMethod:

@@ -1,0 +1,293 @@
+"""Last-layer prediction rigidity (LLPR; Bigi, Chong, Ceriotti, Grasselli 2024): a post-hoc uncertainty
+from the last layer of one network trained with the plain loss (SI Eq. 1).
+
+Last-layer features.  The readout is e_i = s·(wᵀh_i + b) with h_i = act(W₁ξ_i + b₁) ∈ R^H (the hidden
+activations of the 128 → 64 → 1 readout, s the potential's force scale).  With the bias folded in,
+
+    h̃_i = s·[h_i, 1] ∈ R^d (d = H + 1),   E(x) = e_ref(x) + w̃ᵀ f(x),   f(x) = Σ_{i∈x} h̃_i,
+
+so a structure's energy is linear in the last-layer weights w̃ = [w, b] with the per-structure features f
+(the sum over atoms of the per-atom last-layer features), and its forces F_ia = −w̃ᵀ J_ia with
+J_ia = ∂f/∂r_ia ∈ R^d.
+
+Posterior.  A Gaussian likelihood on the training targets and a Gaussian prior on w̃ give the posterior
+w̃ ~ N(ŵ, α²Σ) with
+
+    Σ = (G + ς²I)⁻¹,   G = FᵀF = Σ_n f_n f_nᵀ                              (gram = "energy"),
+                       G = FᵀF + Σ_n Σ_ia J_n,ia J_n,iaᵀ                    (gram = "energy_forces"),
+
+over the training structures n; "energy_forces" adds the force rows of the training set (the Gauss-Newton
+matrix of a squared energy + force loss in the last-layer weights — the potential was trained on forces,
+and the force rows constrain the directions the energies of similar molecules leave free).  Predicted
+variances of a new structure x*:
+
+    σ²_E(x*)    = α² f*ᵀ Σ f*                    (returned as ``energy_variance``)
+    σ²_F,ia(x*) = α² J*_iaᵀ Σ J*_ia,             U_i = ⅓ Σ_a σ²_F,ia          (output = "forces", default)
+    U_i         = α² h̃_iᵀ Σ h̃_i                 (output = "atomic_energy": no derivatives, cost ≈ one PaiNN)
+
+U(x) = reduction over atoms (mean: comparable with the ensemble's σ²_F of Eq. 5, in (kcal/mol/Å)²).
+
+Force uncertainty route.  With G = VΛVᵀ, Σ = DDᵀ for the directions D = V(Λ + ς²)^{-1/2}; the projections
+g_k(x) = αD_kᵀ f(x) are K scalar outputs of the network and σ²_F,ia = Σ_k (∂g_k/∂r_ia)², i.e. the exact
+variance of the forces of the last-layer posterior (what a last-layer ensemble drawn from N(ŵ, α²Σ)
+estimates with sampling noise).  The K derivatives are K vector-Jacobian products through the backbone,
+one per direction for the whole batch (:func:`uqpot.uq.vjp.position_grads`); with ``create_graph=True``
+U is differentiable w.r.t. the positions (adversarial attacks).  ``samples = K > 0`` replaces the d exact
+directions by K posterior samples, D = V(Λ + ς²)^{-1/2} Z/√K with Z ~ N(0, I) (seeded, fixed): U is then
+the variance of the forces of a K-member last-layer ensemble drawn from N(ŵ, α²Σ) around the mean
+prediction (unbiased, noisy; K VJPs instead of d).  (Truncating to the K eigen-directions that carry the
+most validation variance ranks worse than K random samples: the variance is spread over all directions.)
+
+Fit of α and ς (``fit_posthoc``).  G and its eigendecomposition from the training set; then ς and α
+minimise the Gaussian NLL of the *validation* force residuals r_ia = F̂_ia − F_ia (``fit_target =
+"forces"``, default — U ranks and calibrates force errors) or energy residuals (``"energy"``):
+
+    NLL(α, ς) = mean_ia [½ log(2π α² g_ia(ς)) + r_ia² / (2α² g_ia(ς))],  g_ia(ς) = Σ_k (v_kᵀJ_ia)² / (λ_k + ς²)
+
+For fixed ς the minimiser is α²(ς) = mean_ia r_ia² / g_ia(ς) (closed form); log ς² is then found by a grid
+over 16 decades around the largest eigenvalue and a bounded 1-D refinement.  Without a validation set the
+training set is used (flagged in ``fit_info``).  Eigenvalues, eigenvectors, Σ, the directions and α², ς²
+are float64 buffers saved with the model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .. import fields as F
+from ..data.batch import iterate_batches
+from .base import UQMethod, register_method
+from .vjp import position_grads
+
+GRAMS = ("energy", "energy_forces")
+FIT_TARGETS = ("forces", "energy")
+OUTPUTS = ("forces", "atomic_energy")
+_TINY = 1e-300
+SAMPLE_SEED_OFFSET = 4_000_037
+
+
+@register_method("llpr")
+class LLPR(UQMethod):
+    uncertainty_description = ("LLPR force variance α²·J ᵀ(FᵀF + ς²I)⁻¹J of the last-layer posterior, mean over "
+                               "components, (kcal/mol/Å)²")
+    posthoc_uses_validation = True
+
+    def __init__(self, potential: dict, reduction: str = "mean", gram: str = "energy_forces",
+                 fit_target: str = "forces", samples: int = 0, output: str = "forces", fit_info: dict | None = None):
+        super().__init__(potential, reduction)
+        if self.members != 1:
+            raise ValueError("LLPR works on one network (members = 1)")
+        for name, value, allowed in (("gram", gram, GRAMS), ("fit_target", fit_target, FIT_TARGETS),
+                                     ("output", output, OUTPUTS)):
+            if value not in allowed:
+                raise ValueError(f"llpr {name} {value!r}; use one of {', '.join(allowed)}")
+        d = int(self.potential.hparams["readout_hidden"]) + 1
+        if int(samples) < 0 or int(samples) == 1:
+            raise ValueError(f"llpr samples must be 0 (exact variance) or >= 2, got {samples}")
+        self.gram, self.fit_target, self.output = gram, fit_target, output
+        self.samples, self.dim = int(samples), d
+        self.fit_info = dict(fit_info or {})
+        if output == "atomic_energy":
+            self.uncertainty_description = ("LLPR variance of the atomic energy α²·h̃ᵀ(FᵀF + ς²I)⁻¹h̃ (local "
+                                            "prediction rigidity), (kcal/mol)²")
+        K = self.samples or d
+        kw = dict(dtype=torch.float64, device=self.device)
+        self.register_buffer("llpr_eigvals", torch.zeros(d, **kw))
+        self.register_buffer("llpr_eigvecs", torch.zeros(d, d, **kw))
+        self.register_buffer("llpr_alpha2", torch.zeros((), **kw))
+        self.register_buffer("llpr_sigma2", torch.zeros((), **kw))
+        self.register_buffer("llpr_inverse", torch.zeros(d, d, **kw))  # Σ = (G + ς²I)⁻¹
+        self.register_buffer("llpr_directions", torch.zeros(d, K, **kw))  # α·D, DDᵀ = Σ (exact) or samples
+
+    _BUFFERS = ("llpr_eigvals", "llpr_eigvecs", "llpr_alpha2", "llpr_sigma2", "llpr_inverse", "llpr_directions")
+
+    def _apply(self, fn, recurse=True):  # the posterior stays float64 whatever dtype the network uses
+        super()._apply(fn, recurse)
+        for name in self._BUFFERS:
+            setattr(self, name, getattr(self, name).to(torch.float64))
+        return self
+
+    @property
+    def needs_forces_for_uncertainty(self) -> bool:
+        return self.output == "forces"
+
+    def method_hparams(self) -> dict:
+        return {"gram": self.gram, "fit_target": self.fit_target, "samples": self.samples, "output": self.output,
+                "fit_info": self.fit_info}
+
+    @property
+    def fitted(self) -> bool:
+        return "alpha2" in self.fit_info
+
+    # ----------------------------------------------------------------- features
+    def last_layer_features(self, features: torch.Tensor) -> torch.Tensor:
+        """h̃_i = s·[act(W₁ξ_i + b₁), 1], (N, d), from the features ξ (1, N, F) of the potential."""
+        ro = self.potential.readout
+        h = ro.act(ro.lin1(features))[0]
+        return torch.cat([h, torch.ones_like(h[:, :1])], dim=-1) * self.potential.energy_scale
+
+    def _graph(self, batch, compute_forces: bool, create_graph: bool):
+        """Potential outputs (member axis squeezed), per-atom h̃ (N, d), per-structure f (B, d) and the
+        positions leaf, with the forward graph kept for derivatives w.r.t. the positions."""
+        pos = batch.positions
+        if not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)
+            batch = batch.with_positions(pos)
+        with torch.enable_grad():
+            out = self.potential.forward_members(batch, compute_forces, create_graph=create_graph, retain_graph=True)
+            out = {k: v.squeeze(0) for k, v in out.items()}
+            ht = self.last_layer_features(out[F.FEATURES].unsqueeze(0))
+            f = ht.new_zeros(batch.num_structures, ht.shape[-1]).index_add(0, batch.batch, ht)
+        return out, ht, f, pos
+
+    # ----------------------------------------------------------------- prediction
+    def forward(self, batch, compute_forces: bool = True, create_graph: bool | None = None,
+                retain_graph: bool | None = None) -> dict:
+        """Energy, forces, features, ``energy_variance`` σ²_E and U per atom and structure (see module)."""
+        if not self.fitted:
+            raise RuntimeError("the LLPR is not fitted yet (fit_posthoc after training)")
+        create_graph = self.training if create_graph is None else create_graph
+        out, ht, f, pos = self._graph(batch, compute_forces, create_graph)
+        with torch.enable_grad() if create_graph else torch.no_grad():
+            sigma = self.llpr_inverse.to(f.dtype)
+            out[F.ENERGY_VARIANCE] = self.llpr_alpha2 * ((f.to(torch.float64) @ self.llpr_inverse)
+                                                         * f.to(torch.float64)).sum(-1)
+            if self.output == "atomic_energy":
+                out[F.UNCERTAINTY_ATOM] = self.llpr_alpha2.to(f.dtype) * ((ht @ sigma) * ht).sum(-1)
+        if self.output == "forces":
+            with torch.enable_grad():
+                g = f @ self.llpr_directions.to(f.dtype)  # (B, K), α included
+                grads = position_grads(g.T, pos, create_graph=create_graph)  # (K, N, 3)
+            var = grads.pow(2).sum(0)  # σ²_F per component (N, 3)
+            out["forces_variance"] = var
+            out[F.UNCERTAINTY_ATOM] = var.mean(-1)
+        if not create_graph:
+            out = {k: v.detach() for k, v in out.items()}
+        from .base import reduce_atoms
+
+        out[F.UNCERTAINTY] = reduce_atoms(out[F.UNCERTAINTY_ATOM], batch, self.reduction)
+        return out
+
+    # ----------------------------------------------------------------- fitting
+    def _pass(self, dataset, batch_size: int, need_jacobian: bool, basis: torch.Tensor | None = None):
+        """Per batch: f (B, d), J (d, N, 3) when asked, force and energy residuals; with ``basis`` V the
+        squared projections (Vᵀf)² and (VᵀJ)² instead of f and J."""
+        self.eval()
+        for _, b in iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device):
+            out, _, f, pos = self._graph(b, compute_forces=True, create_graph=False)
+            J = position_grads(f.T, pos).detach().double() if need_jacobian else None
+            f = f.detach().double()
+            item = {"f": f, "J": J, "e_res": (out[F.ENERGY].detach() - b.energy).double(),
+                    "f_res": (out[F.FORCES].detach() - b.forces).double()}
+            if basis is not None:
+                item["Pe"] = (f @ basis).pow(2)  # (B, d)
+                if J is not None:
+                    item["Yf"] = (basis.T @ J.reshape(J.shape[0], -1)).T  # (3N, d): VᵀJ_ia
+            yield item
+
+    def fit_posthoc(self, train, batch_size: int = 64, val=None) -> dict:
+        """G from ``train``; α, ς from ``val`` (or ``train`` when no validation set is given)."""
+        from scipy import optimize
+
+        d = self.dim
+        G = torch.zeros(d, d, dtype=torch.float64, device=self.device)
+        n_train = 0
+        for it in self._pass(train, batch_size, need_jacobian=self.gram == "energy_forces"):
+            G += it["f"].T @ it["f"]
+            if it["J"] is not None:
+                Jm = it["J"].reshape(d, -1)
+                G += Jm @ Jm.T
+            n_train += it["f"].shape[0]
+        lam, V = torch.linalg.eigh(G)
+        lam = lam.clamp(min=0.0)
+
+        fit_set = val if val is not None and len(val) else train
+        need_j = self.fit_target == "forces" or self.output == "forces"
+        Pe, Pf, r2e, r2f = [], [], [], []
+        for it in self._pass(fit_set, batch_size, need_jacobian=need_j, basis=V):
+            Pe.append(it["Pe"])
+            r2e.append(it["e_res"].pow(2))
+            if need_j:
+                Pf.append(it["Yf"])
+                r2f.append(it["f_res"].reshape(-1).pow(2))
+        lam_np = lam.cpu().numpy()
+        Pe, r2e = torch.cat(Pe).cpu().numpy(), torch.cat(r2e).cpu().numpy()
+        Yf = torch.cat(Pf).cpu().numpy() if need_j else None  # VᵀJ_ia per validation component
+        Pf = Yf ** 2 if need_j else None
+        r2f = torch.cat(r2f).cpu().numpy() if need_j else None
+        P, r2 = (Pf, r2f) if self.fit_target == "forces" else (Pe, r2e)
+
+        lam_max = max(float(lam_np.max()), 1e-12)
+        lo, hi = math.log(lam_max) + math.log(1e-16), math.log(lam_max) + math.log(1e4)
+        grid = np.linspace(lo, hi, 201)
+        nll_grid = np.array([_nll(P, r2, lam_np, math.exp(t))[0] for t in grid])
+        k = int(np.argmin(nll_grid))
+        res = optimize.minimize_scalar(lambda t: _nll(P, r2, lam_np, math.exp(t))[0], method="bounded",
+                                       bounds=(grid[max(k - 1, 0)] - 1e-9, grid[min(k + 1, len(grid) - 1)] + 1e-9),
+                                       options={"xatol": 1e-6})
+        t = float(res.x) if res.fun <= nll_grid[k] else float(grid[k])
+        sigma2 = math.exp(t)
+        nll, alpha2 = _nll(P, r2, lam_np, sigma2)
+
+        # directions of the force variance: Σ = V S² Vᵀ with S = (Λ + ς²)^{-1/2}: D = V S (exact), or
+        # D = V S Z/√K with Z ~ N(0, I) of shape (d, K) (K posterior samples w_k − ŵ = αDz_k)
+        Sw = 1.0 / np.sqrt(lam_np + sigma2)
+        D = V.cpu().numpy() * Sw
+        if self.samples:
+            gen = torch.Generator().manual_seed(int(self.potential.hparams["seeds"][0]) + SAMPLE_SEED_OFFSET)
+            Z = torch.randn(d, self.samples, generator=gen, dtype=torch.float64).numpy()
+            D = D @ Z / math.sqrt(self.samples)
+        self.set_posterior(lam, V, alpha2, sigma2, directions=D)
+        info = {"gram": self.gram, "fit_target": self.fit_target, "fitted_on": "validation" if fit_set is val else "train",
+                "n_train_structures": n_train, "n_fit_structures": len(fit_set), "alpha2": alpha2,
+                "sigma2": sigma2, "sigma2_over_max_eigenvalue": sigma2 / lam_max,
+                "eigenvalue_range": [float(lam_np.min()), float(lam_np.max())], "nll": nll,
+                "nll_at_sigma2_grid_ends": [float(nll_grid[0]), float(nll_grid[-1])],
+                "sigma2_at_grid_end": bool(k in (0, len(grid) - 1)), "samples": self.samples}
+        # both NLLs at the chosen constants (exact variances), for reference
+        info["nll_energy"] = _nll_fixed(Pe, r2e, lam_np, sigma2, alpha2)
+        if need_j:
+            info["nll_forces"] = _nll_fixed(Pf, r2f, lam_np, sigma2, alpha2)
+        self.fit_info = info
+        return info
+
+    @torch.no_grad()
+    def set_posterior(self, eigvals, eigvecs, alpha2: float, sigma2: float, directions=None) -> None:
+        """Sets the buffers from G's eigendecomposition and the constants α², ς².  ``directions`` D (d, K)
+        give the force variance Σ_k (∂(αD_kᵀf)/∂r)² (default the exact V(Λ + ς²)^{-1/2}, DDᵀ = Σ); they are
+        stored multiplied by α."""
+        lam = torch.as_tensor(eigvals, dtype=torch.float64, device=self.device).clamp(min=0.0)
+        V = torch.as_tensor(eigvecs, dtype=torch.float64, device=self.device)
+        K = self.llpr_directions.shape[1]
+        inv = 1.0 / (lam + sigma2)
+        D = V * inv.sqrt() if directions is None else torch.as_tensor(directions, dtype=torch.float64,
+                                                                       device=self.device)
+        if tuple(D.shape) != (self.dim, K):
+            raise ValueError(f"directions of shape {tuple(D.shape)}, expected {(self.dim, K)}")
+        self.llpr_eigvals.copy_(lam)
+        self.llpr_eigvecs.copy_(V)
+        self.llpr_alpha2.fill_(float(alpha2))
+        self.llpr_sigma2.fill_(float(sigma2))
+        self.llpr_inverse.copy_((V * inv) @ V.T)
+        self.llpr_directions.copy_(math.sqrt(alpha2) * D)
+        self.fit_info = {**self.fit_info, "alpha2": float(alpha2), "sigma2": float(sigma2)}
+
+
+def _nll_from_g(r2: np.ndarray, var: np.ndarray) -> float:
+    var = np.maximum(var, _TINY)
+    return float(np.mean(0.5 * np.log(2 * np.pi * var) + r2 / (2 * var)))
+
+
+def _nll(P: np.ndarray, r2: np.ndarray, lam: np.ndarray, sigma2: float) -> tuple[float, float]:
+    """(NLL, α²) at ς² with α² at its closed-form optimum mean(r²/g)."""
+    g = np.maximum(P @ (1.0 / (lam + sigma2)), _TINY)
+    alpha2 = float(np.mean(r2 / g))
+    nll = 0.5 * (math.log(2 * math.pi) + math.log(max(alpha2, _TINY)) + float(np.mean(np.log(g))) + 1.0)
+    return nll, alpha2
+
+
+def _nll_fixed(P, r2, lam, sigma2, alpha2) -> float:
+    return _nll_from_g(r2, alpha2 * (P @ (1.0 / (lam + sigma2))))
