@@ -13,7 +13,9 @@ Every row is one structure labelled (or attempted) at one level of theory:
 * data: ``info`` (the structure's own scalar info).
 
 Writes go through ASE's SQLite backend, which commits each write in its own transaction: a process
-killed at any moment (SIGKILL included) leaves every committed label intact and no partial row.
+killed at any moment (SIGKILL included) leaves every committed label intact and no partial row (SQLite
+rolls the interrupted transaction back; ASE's lock file, which a killed writer would leave behind, is not
+used).
 A structure whose labelling failed is stored with ``status="failed"`` so it is not retried blindly;
 storing a successful label later replaces the failure row in one transaction.  A stored label is never
 overwritten.  Several processes may read and write one store (SQLite locks it); the oracle writes from
@@ -147,7 +149,10 @@ class Store:
         if self.path.is_dir():
             raise StoreError(f"{self.path}: is a directory")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = ase.db.connect(str(self.path), type="db", append=True)
+        # SQLite locks the database itself (and rolls back a killed writer's transaction); ASE's extra
+        # lock file ("<store>.db.lock", created exclusively around every write) would outlive a writer
+        # killed mid-write and block every later write forever, so it is off.
+        self._db = ase.db.connect(str(self.path), type="db", append=True, use_lock_file=False)
         self._init_metadata()
         self._ensure_index()
 
