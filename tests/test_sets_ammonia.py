@@ -111,6 +111,21 @@ def test_public_ammonia_set_is_the_same_molecule(quick_build):
     assert abs(np.median(d_pub) - np.median(d_ours)) < 0.05
 
 
+def test_a_writer_killed_mid_write_does_not_block_the_store(tmp_path):
+    """A SIGKILL inside a write leaves SQLite's journal and (with ASE's default) a '<db>.lock' file; the
+    store must roll the first back and ignore the second, not wait for it forever."""
+    from uqpot.data.structures import Structure
+
+    db = tmp_path / "labels.db"
+    store = Store(db)
+    s = Structure(numbers=np.array([7, 1]), positions=np.array([[0.0, 0, 0], [1.0, 0, 0]]), cell=np.zeros((3, 3)),
+                  pbc=np.zeros(3, dtype=bool), energy=1.0, forces=np.zeros((2, 3)))
+    (tmp_path / "labels.db.lock").write_bytes(b"")  # what a writer killed inside ASE's lock leaves behind
+    t = time.perf_counter()
+    Store(db).put(s, "m")
+    assert time.perf_counter() - t < 5 and store.get(s, "m").energy == 1.0
+
+
 def _rows(db: Path) -> int:
     for _ in range(100):
         try:
@@ -131,14 +146,14 @@ def test_sigkill_during_a_build_loses_nothing_and_recomputes_nothing(tmp_path):
     out = tmp_path / "ammonia"
     db = out / "labels.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = ["data", "build", "ammonia", "--out", str(out), "--oracle", "tblite", "--quick", "--test-max", "60",
+    args = ["data", "build", "ammonia", "--out", str(out), "--oracle", "tblite", "--quick", "--test-max", "20",
             "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "uqpot.cli", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
         while time.time() < deadline and proc.poll() is None:
-            if db.exists() and _rows(db) >= 60:  # past the optimisation and the Hessian, inside the sets
+            if db.exists() and _rows(db) >= 42:  # past the optimisation and the Hessian, inside the sets
                 break
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
@@ -148,7 +163,7 @@ def test_sigkill_during_a_build_loses_nothing_and_recomputes_nothing(tmp_path):
     assert not (out / "summary.json").exists()  # it really was killed before the end
     store = Store(db)
     killed = {r.hash: (r.id, r.structure.energy) for r in store.records()}
-    assert len(killed) == store.count() >= 60  # no duplicates
+    assert len(killed) == store.count() >= 42  # no duplicates
 
     from click.testing import CliRunner
 
@@ -162,7 +177,7 @@ def test_sigkill_during_a_build_loses_nothing_and_recomputes_nothing(tmp_path):
     assert all(after[h] == v for h, v in killed.items())  # nothing lost, nothing overwritten
     assert summary["labels"]["oracle_calls"] == len(after) - len(killed)  # nothing recomputed
     assert summary["labels"]["from_store"] >= len(killed)
-    assert summary["test"]["histogram"]["counts"] == [2] * 60
+    assert summary["test"]["histogram"]["counts"] == [2] * 20
 
 
 @pytest.mark.slow

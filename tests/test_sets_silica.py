@@ -57,8 +57,11 @@ def test_quick_build_reports_table_s1_and_writes_the_sets(quick):
     for name in names:  # the per-condition table is printed
         assert name in r.stdout
     deformed = {c["name"]: c for c in summary["conditions"]}
-    assert deformed["uniaxial_stretch"]["final_strain_x"] > 0 > deformed["uniaxial_compress"]["final_strain_x"]
-    assert deformed["biaxial_1-m1"]["final_strain_x"] > 0 > deformed["biaxial_1-m1"]["final_strain_y"]
+    # every deformation reaches the paper's ±30 % in x (and the rate ratio's share of it in y)
+    assert deformed["uniaxial_stretch"]["final_strain_x"] == pytest.approx(0.3, abs=1e-3)
+    assert deformed["uniaxial_compress"]["final_strain_x"] == pytest.approx(-0.3, abs=1e-3)
+    assert deformed["biaxial_1-m0.5"]["final_strain_y"] == pytest.approx(-0.15, abs=1e-3)
+    assert deformed["biaxial_m1-m0.25"]["final_strain_y"] == pytest.approx(-0.075, abs=1e-3)
     train = read_structures(out / "train.extxyz")
     test = read_structures(out / "test.extxyz")
     assert len(train) == 46 and len(test) == 10 and summary["test"]["missing_bins"] == []
@@ -93,6 +96,9 @@ def test_second_build_reuses_md_and_labels(quick):
     summary = build_silica(out, config=SilicaConfig.quick(), progress=False)
     assert summary["labels"]["oracle_calls"] == 0 and summary["labels"]["computed"] == 0
     assert all((out / p).read_bytes() == data for p, data in before.items())
+    # the saved MD belongs to its settings: other settings in the same folder are refused, not mixed in
+    with pytest.raises(BuildError, match="other MD settings"):
+        build_silica(out, config=SilicaConfig.quick(time_scale=0.03), progress=False)
 
 
 @needs_lammps

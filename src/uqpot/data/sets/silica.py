@@ -91,6 +91,14 @@ TABLE_S1 = [
 ]
 
 
+#: version of the MD protocol below (part of the key that guards the saved frames)
+MD_PROTOCOL = 2
+_MD_FIELDS = ("atoms", "seed", "timestep_fs", "time_scale", "melt_temperature", "melt_ps", "quench_ps", "anneal_ps",
+              "equilibration_ps", "temperature_frames", "temperature_interval_ps", "cooling_start", "cooling_end",
+              "cooling_rate", "cooling_frames", "strain_rate", "max_strain", "deformation_frames", "pressure_bar",
+              "tdamp_ps", "pdamp_ps", "md_coulomb_cutoff", "md_kspace", "hot_temperatures", "hot_ps", "hot_frames")
+
+
 @dataclass
 class SilicaConfig:
     """How the silica set is built.  Temperatures K, times ps (LAMMPS metal units), energies kcal/mol."""
@@ -137,6 +145,27 @@ class SilicaConfig:
                     hot_frames=2, test_bins=5, test_candidates_per_bin=3, max_rounds=8)
         base.update(overrides)
         return cls(**base)
+
+    @property
+    def effective_strain_rate(self) -> float:
+        """The fastest strain rate actually applied (1/ps): ``strain_rate / time_scale``, so that a shortened
+        run still reaches ``max_strain``."""
+        return self.strain_rate / self.time_scale
+
+    @property
+    def effective_cooling_rate(self) -> float:
+        """The cooling rate actually applied (K/ps): the cooling run is shortened with ``time_scale`` and
+        still ends at ``cooling_end``."""
+        return self.cooling_rate / self.time_scale
+
+    def md_key(self) -> str:
+        """A hash of every setting that changes the MD (saved with the glass and the frames, so that a
+        rerun never mixes frames made with other settings)."""
+        import hashlib
+        import json
+
+        md = {k: v for k, v in asdict(self).items() if k in _MD_FIELDS}
+        return hashlib.sha256(json.dumps({"protocol": MD_PROTOCOL, **md}, sort_keys=True).encode()).hexdigest()[:16]
 
     def steps(self, ps: float) -> int:
         return max(1, int(round(ps * self.time_scale * 1000.0 / self.timestep_fs)))
@@ -254,6 +283,9 @@ class LammpsMD:
     def run(self, steps: int) -> None:
         self.command(f"run {int(steps)}")
 
+    def step(self) -> int:
+        return int(self.lmp.extract_global("ntimestep"))
+
     def box(self) -> np.ndarray:
         lo, hi, xy, yz, xz, _periodic, _changed = self.lmp.extract_box()
         return np.asarray(hi, dtype=np.float64) - np.asarray(lo, dtype=np.float64)
@@ -288,10 +320,23 @@ def _lmp_seed(cfg: SilicaConfig, *key) -> int:
     return int(np.random.default_rng([cfg.seed, 11, *key]).integers(1, 2**31 - 1))
 
 
-def _save_npz(path: Path, **arrays) -> None:
+def _save_npz(path: Path, key: str, **arrays) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, md_key=np.array(key), **arrays)
     os.replace(tmp, path)
+
+
+def _load_npz(path: Path, key: str) -> dict | None:
+    """The arrays saved in ``path`` (None if there is no such file); refuses frames made with other settings."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    saved = str(data.pop("md_key", ""))
+    if saved != key:
+        raise BuildError(f"{path} was made with other MD settings (key {saved or 'none'}, these settings: {key}); "
+                         "build into another --out folder or remove its md/ folder")
+    return data
 
 
 def _frames_file(md_dir: Path, name: str) -> Path:
@@ -301,9 +346,9 @@ def _frames_file(md_dir: Path, name: str) -> Path:
 def melt_quench(cfg: SilicaConfig, md_dir: Path, progress=None) -> dict:
     """The glass (positions, velocities, box lengths), from ``md/glass.npz`` when it exists."""
     path = md_dir / "glass.npz"
-    if path.is_file():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+    saved = _load_npz(path, cfg.md_key())
+    if saved is not None:
+        return saved
     atoms = silica_cell(cfg.atoms, cfg.seed)
     lengths = np.diag(atoms.cell.array)
     p, T = cfg.pressure_bar, cfg.melt_temperature
@@ -320,7 +365,7 @@ def melt_quench(cfg: SilicaConfig, md_dir: Path, progress=None) -> dict:
         st = md.state()
     glass = {"numbers": atoms.numbers.astype(np.int64), "positions": st["positions"],
              "velocities": st["velocities"], "lengths": st["lengths"]}
-    _save_npz(path, **glass)
+    _save_npz(path, cfg.md_key(), **glass)
     return glass
 
 
@@ -334,9 +379,13 @@ def _run_condition(cfg: SilicaConfig, glass: dict, index: int, row: tuple) -> di
         t_ps = 0.0
 
         def sample(n_frames, interval_steps):
+            """n_frames segments of interval_steps, run as ONE LAMMPS run (``start``/``stop``): a ramped
+            thermostat target and ``fix deform`` then follow the whole schedule, not each segment."""
             nonlocal t_ps
+            first = md.step()
+            last = first + n_frames * interval_steps
             for _ in range(n_frames):
-                md.run(interval_steps)
+                md.command(f"run {int(interval_steps)} start {first} stop {last}")
                 t_ps += interval_steps * cfg.timestep_fs / 1000.0
                 st = md.state()
                 frames["positions"].append(st["positions"])
@@ -366,15 +415,15 @@ def _run_condition(cfg: SilicaConfig, glass: dict, index: int, row: tuple) -> di
             interval = max(1, total // cfg.cooling_frames)
             sample(cfg.cooling_frames, interval)
         else:
-            rx = ex * cfg.strain_rate
-            ry = None if ey is None else ey * cfg.strain_rate
+            rx = ex * cfg.effective_strain_rate
+            ry = None if ey is None else ey * cfg.effective_strain_rate
             md.command(f"velocity all create {float(temp)!r} {_lmp_seed(cfg, 1, index)} mom yes rot no dist gaussian")
             baro = "y {p!r} {p!r} {pd!r} z {p!r} {p!r} {pd!r}" if ry is None else "z {p!r} {p!r} {pd!r}"
             md.command(f"fix ens all npt temp {float(temp)!r} {float(temp)!r} {td!r} "
                        + baro.format(p=p, pd=pd))
             deform = f"x erate {rx!r}" + ("" if ry is None else f" y erate {ry!r}")
             md.command(f"fix def all deform 1 {deform} remap x")
-            duration_ps = cfg.max_strain / cfg.strain_rate  # the x direction reaches max_strain
+            duration_ps = cfg.max_strain / cfg.strain_rate  # x reaches max_strain (steps() applies time_scale)
             interval = max(1, cfg.steps(duration_ps) // cfg.deformation_frames)
             sample(cfg.deformation_frames, interval)
     return {k: np.asarray(v) for k, v in frames.items()}
@@ -557,12 +606,10 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
             group, name, temp, rate, ex, ey, paper = row
             path = _frames_file(md_dir, name)
             t = time.perf_counter()
-            if path.is_file():
-                with np.load(path) as z:
-                    frames = {k: z[k] for k in z.files}
-            else:
+            frames = _load_npz(path, cfg.md_key())
+            if frames is None:
                 frames = _run_condition(cfg, glass, index, row)
-                _save_npz(path, **frames)
+                _save_npz(path, cfg.md_key(), **frames)
             timings["md"] += time.perf_counter() - t
             t = time.perf_counter()
             structs = _structures(numbers, frames, {"stage": "train", "condition": name, "group": group})
@@ -575,10 +622,10 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
                     ok.append(lab)
             train += ok
             table.append({"type": group, "name": name, "temperature_K": temp,
-                          "cooling_rate_K_per_ps": None if rate is None else cfg.cooling_rate,
+                          "cooling_rate_K_per_ps": None if rate is None else cfg.effective_cooling_rate,
                           "paper_cooling_rate_K_per_ps": rate,
-                          "strain_rate_x_per_ps": None if ex is None else ex * cfg.strain_rate,
-                          "strain_rate_y_per_ps": None if ey is None else ey * cfg.strain_rate,
+                          "strain_rate_x_per_ps": None if ex is None else ex * cfg.effective_strain_rate,
+                          "strain_rate_y_per_ps": None if ey is None else ey * cfg.effective_strain_rate,
                           "paper_strain_rate_x_1e-4_per_ps": ex, "paper_strain_rate_y_1e-4_per_ps": ey,
                           "frames": len(ok), "failed": len(structs) - len(ok), "paper_frames": paper,
                           "final_strain_x": round(float(frames["strain_x"][-1]), 4),
@@ -593,12 +640,10 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
             name = f"hot_{int(temp)}K"
             path = _frames_file(md_dir, name)
             t = time.perf_counter()
-            if path.is_file():
-                with np.load(path) as z:
-                    frames = {kk: z[kk] for kk in z.files}
-            else:
+            frames = _load_npz(path, cfg.md_key())
+            if frames is None:
                 frames = _hot_frames(cfg, glass, k, temp)
-                _save_npz(path, **frames)
+                _save_npz(path, cfg.md_key(), **frames)
             timings["md"] += time.perf_counter() - t
             structs = _structures(numbers, frames, {"stage": "test", "kind": "hot-md", "condition": name})
             labelled, records = labeller(structs, "test")
