@@ -203,7 +203,7 @@ def report(run_dir):
 
 @cli.group()
 def data():
-    """Structure files: check."""
+    """Structure files: check them; fetch or build the paper's data sets (rMD17, ammonia, silica)."""
 
 
 @data.command("check")
