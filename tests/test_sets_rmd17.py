@@ -223,3 +223,52 @@ def test_fetch_cli_from_local_server(served, tmp_path):
                                  "--split", "1", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "ethanol" in r.stdout and (tmp_path / "rmd17" / "uqpot" / "ethanol" / "split1" / "data.extxyz").is_file()
+
+
+class _FlakyRangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``data``: the first plain request breaks off half-way; range requests are answered (206)."""
+
+    data = b""
+    requests: list = []
+
+    def do_GET(self):
+        rng = self.headers.get("Range")
+        type(self).requests.append(rng)
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            body = self.data[start:]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(self.data) - 1}/{len(self.data)}")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.data)))
+        self.end_headers()
+        self.wfile.write(self.data[: len(self.data) // 2])  # then the connection drops
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_broken_download_is_resumed_with_a_range_request(served, tmp_path):
+    _, www = served
+    _FlakyRangeHandler.data = (www / "rmd17.tar.bz2").read_bytes()
+    _FlakyRangeHandler.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyRangeHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/rmd17.tar.bz2"
+    try:
+        with pytest.raises(FetchError, match="run the command again to resume"):
+            fetch_rmd17(tmp_path, url=url, sha256=_sha(www / "rmd17.tar.bz2"), progress=False)
+        part = tmp_path / "rmd17.tar.bz2.part"
+        assert part.stat().st_size == len(_FlakyRangeHandler.data) // 2 and not (tmp_path / "rmd17").exists()
+        res = fetch_rmd17(tmp_path, url=url, sha256=_sha(www / "rmd17.tar.bz2"), progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.extracted and not part.exists()
+    assert _FlakyRangeHandler.requests == [None, f"bytes={len(_FlakyRangeHandler.data) // 2}-"]
+    assert (tmp_path / "rmd17.tar.bz2").read_bytes() == _FlakyRangeHandler.data
