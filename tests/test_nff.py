@@ -155,3 +155,23 @@ def test_other_classes_and_garbage_are_refused(tmp_path):
     path.write_bytes(pickle.dumps({"energy": [1.0]}))
     with pytest.raises(DataError, match="nxyz"):
         read_nff(path)
+
+
+def test_read_structures_and_data_check_read_nff_files(public, tmp_path):
+    """The standard reader (and so ``uqpot data check`` and training configs) takes .pth.tar files."""
+    import torch
+    from click.testing import CliRunner
+
+    from uqpot.cli import cli
+    from uqpot.data.io import read_structures
+
+    path = tmp_path / "ammonia.pth.tar"
+    with _FakeNFF() as Dataset:
+        torch.save(Dataset(_props(public)), path)
+    _check_same(read_structures(path), public)
+    r = CliRunner().invoke(cli, ["data", "check", str(path)])
+    assert r.exit_code == 0 and "1 file(s) valid" in r.output
+    evil = tmp_path / "evil.pth.tar"
+    torch.save({"nxyz": [np.zeros((1, 4))], "x": _Payload(tmp_path / "pwned")}, evil)
+    r = CliRunner().invoke(cli, ["data", "check", str(evil)])
+    assert r.exit_code == 1 and "refused to load the global" in r.output and not (tmp_path / "pwned").exists()

@@ -106,6 +106,19 @@ def _iter_npz(path: Path, options: ReadOptions):
         yield frame, atoms
 
 
+#: file names read as NFF/torch files (the published NFF archives), by the allow-list unpickler
+NFF_SUFFIXES = (".pth.tar", ".pth", ".pt")
+
+
+def _iter_nff(path: Path, options: ReadOptions):
+    """Frames of an NFF ``.pth.tar`` file (nxyz, energy, energy_grad; kcal/mol, Å) as ASE atoms with their
+    labels, read without executing code (:mod:`uqpot.data.sets.nff`)."""
+    from .sets.nff import read_nff
+
+    for s in read_nff(path):
+        yield s.frame, s.to_atoms()
+
+
 def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> list[DataError]:
     """All problems of one structure (empty list when valid)."""
     problems: list[DataError] = []
@@ -207,7 +220,12 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
     structures: list[Structure] = []
     try:
         _check_path(path)
-        frames = _iter_npz(path, options) if path.suffix == ".npz" else _iter_atoms(path, options)
+        if path.suffix == ".npz":
+            frames = _iter_npz(path, options)
+        elif path.name.endswith(NFF_SUFFIXES):
+            frames = _iter_nff(path, options)
+        else:
+            frames = _iter_atoms(path, options)
         for frame, atoms in frames:
             try:
                 s = _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor)
