@@ -4,7 +4,6 @@ frame and the field, and the CLI exits non-zero without writing outputs."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

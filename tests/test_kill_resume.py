@@ -18,7 +18,6 @@ import yaml
 import uqpot
 from uqpot.data.io import write_extxyz
 from uqpot.data.store import Store
-from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
 
 pytest.importorskip("tblite")
 TESTS = Path(__file__).resolve().parent

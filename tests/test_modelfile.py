@@ -3,7 +3,6 @@ for truncated files, files from a newer uqpot and weights that do not fit the ar
 
 import pickle
 
-import numpy as np
 import pytest
 import torch
 

@@ -3,7 +3,6 @@ self-contained, every figure present, no console errors in headless Chromium."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml

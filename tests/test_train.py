@@ -2,7 +2,6 @@
 non-finite loss never reaches a saved model."""
 
 import json
-import math
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """The four UQ methods behind one interface: batched ensembles, losses, differentiable uncertainties,
 post-hoc GMM, persistence."""
 
-import math
 
 import numpy as np
 import pytest

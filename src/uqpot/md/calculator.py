@@ -7,7 +7,6 @@ works in kcal/mol and Å (its file records them); the conversion uses :mod:`uqpo
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import CosineCutoff, activation
+from .layers import CosineCutoff
 from .stacked import StackedEmbedding, StackedLinear, StackedMLP
 
 

@@ -10,7 +10,7 @@ import io
 
 import numpy as np
 
-from ..plots import _plt, hexbin, positive_uncertainty
+from ..plots import _plt, hexbin
 
 METHOD_COLORS = {"ensemble": "#1f77b4", "mve": "#ff7f0e", "evidential": "#2ca02c", "gmm": "#d62728",
                  "llpr": "#9467bd", "shallow_ensemble": "#8c564b", "none": "#7f7f7f"}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -135,23 +135,17 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         options = dict(load_yaml(preset_path(system, preset)).get("executor", {}).get(executor, {}))
         options.update(executor_options or {})
         ex = get_executor(executor, **options)
+    write_json(meta_path, {"kind": "grid" if system == "rmd17" else "loop", "system": system,
+                           "preset": str(preset), "executor": executor,
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
     try:
         if system == "rmd17":
-            write_json(meta_path, {"kind": "grid", "system": system, "preset": str(preset), "executor": executor,
-                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
-            report = reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console)
-        elif system == "ammonia":
-            from .studies import reproduce_ammonia
-
-            write_json(meta_path, {"kind": "loop", "system": system, "preset": str(preset), "executor": executor,
-                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
-            report = reproduce_ammonia(preset_path("ammonia", preset), out, ex, console)
+            reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console)
         else:
-            from .studies import reproduce_silica
+            from . import studies
 
-            write_json(meta_path, {"kind": "loop", "system": system, "preset": str(preset), "executor": executor,
-                                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
-            report = reproduce_silica(preset_path("silica", preset), out, ex, console)
+            run_study = studies.reproduce_ammonia if system == "ammonia" else studies.reproduce_silica
+            run_study(preset_path(system, preset), out, ex, console)
     finally:
         if ex is not None:
             ex.close()
