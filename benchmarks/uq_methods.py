@@ -9,9 +9,15 @@ validation = 20% of the low-energy structures), e.g. ammonia below 5 kcal/mol:
 
     python benchmarks/uq_methods.py --data AMMONIA.extxyz --ood 5.0 --out runs/uq_ammonia
 
-Options: --methods ensemble,mve,evidential,gmm  --seeds 0,1,2  --epochs 300  --lr 5e-4  --batch 16
---members 5  --executor none|local.  Finished jobs are skipped on a rerun.  Prints a table (mean ± std over
-seeds) and one JSON line per method.
+Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble]  --seeds 0,1,2  --epochs 300
+--lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
+--executor none|local.  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of an
+earlier grid with the same data, split and settings instead of training them again.  ``--cost`` times,
+in this process and interleaved, a training step (forward, loss, backward; batches of --batch) and the
+test-set inference (energy, forces, U) of every method's first-seed model against one plain PaiNN of the
+same size, and the post-hoc fits (GMM, LLPR) in plain-epoch equivalents.  Jobs whose summaries predate
+the coverage metrics are re-assessed (model files are only read).  Prints a table (mean ± std over seeds),
+the gap of every single-model method to the ensemble, and one JSON line per method.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from uqpot.data.io import read_structures
-from uqpot.workflow.benchmark import PAPER_TABLE_S2, Job, format_table, run_grid, table
+from uqpot.workflow.benchmark import PAPER_TABLE_S2, TABLE_KEYS, Job, format_table, run_grid, table
+
+KEYS = TABLE_KEYS + ("coverage_68", "conformal_coverage_68", "coverage_95", "conformal_coverage_95")
+COVERAGE_KEYS = KEYS[len(TABLE_KEYS):]
 
 
 def splits(args, n, energies, seed):
@@ -52,6 +61,13 @@ def main():
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--members", type=int, default=5)
+    ap.add_argument("--heads", type=int, default=8, help="shallow-ensemble heads")
+    ap.add_argument("--llpr-samples", type=int, default=0, help="LLPR: 0 = exact force variance, K = posterior samples")
+    ap.add_argument("--reuse", default=None, help="an earlier grid's output directory: its finished jobs with "
+                                                  "the same settings are read instead of trained")
+    ap.add_argument("--cost", action="store_true", help="time training steps and inference against one PaiNN")
+    ap.add_argument("--llpr-variants", default="", help="K,...: also assess every LLPR job with U from K "
+                                                        "posterior samples (row llpr_kK; same network and fit)")
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--executor", default="none")
@@ -64,30 +80,181 @@ def main():
     jobs = []
     for method in a.methods.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
-            uq = {"members": a.members} if method == "ensemble" else {}
+            uq = ({"members": a.members} if method == "ensemble" else {"heads": a.heads} if method == "shallow_ensemble"
+                  else {"samples": a.llpr_samples} if method == "llpr" and a.llpr_samples else {})
             train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience,
                      "val_batch_size": 100, "max_hours": a.max_hours}
             jobs.append(Job(name=f"{method}-s{seed}", data=str(a.data), indices={k: v.tolist() for k, v in idx.items()},
                             method=method, seed=seed, out=str(Path(a.out) / f"{method}_s{seed}"), uq=uq, train=train))
+            if a.reuse and not jobs[-1].done and same_job(Path(a.reuse) / f"{method}_s{seed}", jobs[-1]):
+                jobs[-1].out = str(Path(a.reuse) / f"{method}_s{seed}")
     executor = None
     if a.executor != "none":
         from uqpot.executor import get_executor
 
         executor = get_executor(a.executor)
     results = run_grid(jobs, executor, progress=lambda k, n, j: print(f"[{k}/{n}] {j.name} done", flush=True))
-    rows = table(results)
+    for job, r in zip(jobs, results):
+        if "spearman" in r.get("test", {}) and any(k not in r["test"] for k in COVERAGE_KEYS):
+            r["test"] = {**r["test"], **reassess_coverage(job, data)}
+    variants = [int(k) for k in a.llpr_variants.split(",") if k]
+    for K in variants:
+        for job, r in zip(jobs, results):
+            if job.method == "llpr":
+                results.append({**r, "job": {**r["job"], "method": f"llpr_k{K}"}, "test": assess_llpr_samples(job, data, K)})
+    rows = table(results, keys=KEYS)
     # training cost per epoch relative to one plain PaiNN (the GMM's network is trained with the plain loss)
     per_epoch = {r["method"]: r["wall_seconds"] / max(r["epochs"], 1) for r in rows}
     for r in rows:
         r["cost_per_epoch_vs_one_model"] = per_epoch[r["method"]] / per_epoch["gmm"] if "gmm" in per_epoch else None
     print(f"\n{len(idx['train'])} train / {len(idx['val'])} val / {len(idx['test'])} test; epochs ≤ {a.epochs}, "
           f"lr {a.lr}, batch {a.batch}")
-    print(format_table(rows))
+    print(format_table(rows, keys=KEYS))
+    by = {r["method"]: r for r in rows}
+    if "ensemble" in by:
+        print("\ngap to the ensemble (method − ensemble, mean over seeds):")
+        for r in rows:
+            if r["method"] != "ensemble":
+                print(f"  {r['method']:>16s}: " + ", ".join(
+                    f"Δ{k} {r[k] - by['ensemble'][k]:+.3f}" for k in ("spearman", "roc_auc_p20", "roc_auc_p50")
+                    if r.get(k) is not None and by["ensemble"].get(k) is not None))
+    if a.cost:
+        costs = cost_table(jobs, data, idx, a, llpr_variants=variants)
+        print("\ncost relative to one plain PaiNN (same process, interleaved, min over rounds):")
+        print(f"{'method':>16s} | {'train step ×':>12s} | {'inference ×':>11s} | {'post-hoc (plain epochs)':>23s}")
+        for m, c in costs.items():
+            ph = f"{c['posthoc_plain_epochs']:23.1f}" if c.get("posthoc_plain_epochs") is not None else f"{'—':>23s}"
+            print(f"{m:>16s} | {c['train_step']:12.2f} | {c['inference']:11.2f} | {ph}")
+            if m in by:
+                by[m]["cost"] = c
     if a.molecule in PAPER_TABLE_S2:
         print("paper Table S2 ROC-AUC (20th percentile): " +
               ", ".join(f"{m} {v[0]}" for m, v in PAPER_TABLE_S2[a.molecule].items()))
     for r in rows:
         print(json.dumps(r))
+
+
+def same_job(old: Path, job: Job) -> bool:
+    """Whether ``old`` holds a finished job with the same data, method, seed, split sizes and settings."""
+    f = old / "summary.json"
+    if not f.is_file():
+        return False
+    prev = json.loads(f.read_text()).get("job", {})
+    if Path(prev.get("data", "")).resolve() != Path(job.data).resolve():
+        return False
+    return all(prev.get(k) == v for k, v in (("method", job.method), ("seed", job.seed), ("model", job.model),
+                                             ("uq", job.uq), ("train", job.train), ("read", job.read),
+                                             ("indices", {k: len(v) for k, v in job.indices.items()})))
+
+
+def _sets(job: Job, data):
+    return {k: data.subset(np.asarray(v, dtype=int)) for k, v in job.indices.items()}
+
+
+def reassess_coverage(job: Job, data) -> dict:
+    """Coverage metrics of a finished job whose summary predates them: the calibration and the conformal
+    quantiles refitted on its validation set, the test set assessed (the model file is only read)."""
+    import uqpot
+    from uqpot.evaluate import assess, fit_calibration
+
+    sets = _sets(job, data)
+    model = uqpot.load(Path(job.out) / "model.pt")
+    cal = fit_calibration(model, sets["val"], 100)
+    metrics, _ = assess(model, sets["test"], 100, cal)
+    return {k: metrics[k] for k in COVERAGE_KEYS}
+
+
+def assess_llpr_samples(job: Job, data, samples: int) -> dict:
+    """Test metrics of an LLPR job's model with U from ``samples`` posterior samples (calibration and
+    conformal quantiles refitted on its validation set)."""
+    import uqpot
+    from uqpot.evaluate import assess, fit_calibration
+
+    sets = _sets(job, data)
+    model = uqpot.load(Path(job.out) / "model.pt").with_samples(samples)
+    metrics, _ = assess(model, sets["test"], 100, fit_calibration(model, sets["val"], 100))
+    return metrics
+
+
+def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_variants=()) -> dict:
+    """Per method (its first finished job): time of ``steps`` training steps and of the test-set inference
+    relative to one plain PaiNN with the same hyper-parameters, interleaved over ``rounds`` (min of each);
+    the post-hoc fit (GMM, LLPR) in units of one plain training epoch."""
+    import copy
+    import time
+
+    import torch
+
+    import uqpot
+    from uqpot.config import TrainConfig
+    from uqpot.data.batch import iterate_batches
+    from uqpot.evaluate import predictions
+    from uqpot.nn.potential import Potential
+    from uqpot.predict import predict
+
+    first = {}
+    for job in jobs:
+        if job.done and job.method not in first:
+            first[job.method] = job
+    if not first:
+        return {}
+    sets = _sets(next(iter(first.values())), data)
+    models = {m: uqpot.load(Path(j.out) / "model.pt") for m, j in first.items()}
+    for K in llpr_variants if "llpr" in models else ():
+        models[f"llpr_k{K}"] = models["llpr"].with_samples(K)
+    hp = dict(next(iter(models.values())).potential.hparams, members=1, seeds=[0])
+    plain = Potential(**hp)
+    plain.fit_reference(sets["train"])
+    cfg = TrainConfig(lr=a.lr, batch_size=a.batch, progress=False)
+    batches = [b for _, b in iterate_batches(sets["train"], a.batch, plain.cutoff)][:steps]
+    n_epoch_batches = -(-len(sets["train"]) // a.batch)
+
+    def train_time(model):
+        model.train()
+        loss_fn = model.make_loss(cfg) if hasattr(model, "make_loss") else None
+        from uqpot.train.losses import EnergyForceLoss
+
+        loss_fn = loss_fn or EnergyForceLoss(cfg.energy_weight, cfg.forces_weight)
+        t0 = time.perf_counter()
+        for b in batches:
+            loss, _ = loss_fn(model.forward_members(b), b)
+            loss.sum().backward()
+            model.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        model.eval()
+        return dt
+
+    def infer_time(model):
+        t0 = time.perf_counter()
+        if model is plain:
+            predict(plain, sets["test"], batch_size=100)
+        else:
+            predictions(model, sets["test"], 100)
+        return time.perf_counter() - t0
+
+    t_train = {m: [] for m in ["plain", *models]}
+    t_inf = {m: [] for m in ["plain", *models]}
+    for r in range(rounds + 1):  # round 0 warms up (allocator, lazy initialisation) and is not counted
+        for m, model in [("plain", plain), *models.items()]:
+            tt, ti = train_time(model), infer_time(model)
+            if r:
+                t_train[m].append(tt)
+                t_inf[m].append(ti)
+    plain_epoch = min(t_train["plain"]) / len(batches) * n_epoch_batches
+    out = {}
+    for m, model in models.items():
+        out[m] = {"train_step": min(t_train[m]) / min(t_train["plain"]),
+                  "inference": min(t_inf[m]) / min(t_inf["plain"])}
+        if m in ("gmm", "llpr"):
+            fresh = copy.deepcopy(model)
+            t0 = time.perf_counter()
+            if m == "llpr":
+                fresh.fit_posthoc(sets["train"], 100, val=sets["val"])
+            else:
+                fresh.fit_posthoc(sets["train"], 100)
+            out[m]["posthoc_seconds"] = time.perf_counter() - t0
+            out[m]["posthoc_plain_epochs"] = out[m]["posthoc_seconds"] / plain_epoch
+    return out
 
 
 if __name__ == "__main__":

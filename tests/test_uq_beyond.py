@@ -130,11 +130,16 @@ def test_llpr_samples_are_an_unbiased_last_layer_ensemble(data, llpr):
     exact = llpr(b, create_graph=False)[F.UNCERTAINTY]
     sampled = m(b, create_graph=False)[F.UNCERTAINTY]
     np.testing.assert_allclose(sampled.numpy(), exact.numpy(), rtol=0.1)
-    # the fitted K-sample variant has K directions
+    # the fitted K-sample variant has K directions; the same one is derived from the exact LLPR without data
     k8 = LLPR(potential=small(), samples=8).double()
     k8.fit_reference(data[:20])
     k8.fit_posthoc(data[:20], 8, val=data[20:30])
     assert k8.llpr_directions.shape == (9, 8) and k8(b, create_graph=False)[F.UNCERTAINTY].shape == (2,)
+    derived = llpr.with_samples(8)
+    torch.testing.assert_close(derived.llpr_directions, k8.llpr_directions, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(derived(b, create_graph=False)[F.UNCERTAINTY], k8(b, create_graph=False)[F.UNCERTAINTY],
+                               rtol=1e-6, atol=1e-9)
+    assert llpr.with_samples(0).llpr_directions.shape == (9, 9)
 
 
 def test_llpr_save_load_round_trip(tmp_path, llpr, data):
@@ -204,8 +209,10 @@ def test_shallow_ensemble_head_forces_equal_per_head_autograd(data):
     m = ShallowEnsemble(potential=small(), heads=4).double()
     m.fit_reference(data[:20])
     b = collate([data[i] for i in range(3)], cutoff=5.0, dtype="float64")
-    out = m.forward_members(b, create_graph=False)
+    out = m.forward_members(b, create_graph=False, head_forces=True)
     assert out["forces_heads"].shape == (1, 4, 27, 3) and out["energy_heads"].shape == (1, 4, 3)
+    # training forces (one backward of the mean energy) are the mean of the heads' forces
+    torch.testing.assert_close(m.forward_members(b, create_graph=False)[F.FORCES], out["forces_heads"].mean(1))
     heads = torch.unique(out["energy_heads"][0, :, 0])
     assert len(heads) == 4  # the heads differ
     for k in range(4):  # one head at a time, by plain autograd
@@ -225,13 +232,24 @@ def test_shallow_ensemble_loss_matches_formula(data):
     m = ShallowEnsemble(potential=small(), heads=3).double()
     m.fit_reference(data[:20])
     b = collate([data[0], data[1]], cutoff=5.0, dtype="float64")
-    pred = m.forward_members(b, create_graph=False)
+    pred = m.forward_members(b, create_graph=False, head_forces=True)
     loss, _ = ShallowEnsembleLoss(0.1, 1.0, 1e-4)(pred, b)
     fk = pred["forces_heads"][0].detach().numpy()
     mu, var = fk.mean(0), fk.var(0, ddof=1) + 1e-4
     nll = np.mean(0.5 * np.log(2 * np.pi * var) + (b.forces.numpy() - mu) ** 2 / (2 * var))
     e = np.mean(np.abs(pred[F.ENERGY][0].detach().numpy() - b.energy.numpy()))
-    assert loss.item() == pytest.approx(0.1 * e + nll, rel=1e-10)
+    mae = np.mean(np.abs(mu - b.forces.numpy()))
+    assert loss.item() == pytest.approx(0.1 * e + mae + nll, rel=1e-10)
+    # the NLL moves only the spread, the MAE only the mean: gradients w.r.t. the per-head forces
+    fk_t = pred["forces_heads"].detach().clone().requires_grad_(True)
+    parts = ShallowEnsembleLoss(0.0, 1.0, 1e-4)
+    l, _ = parts({**pred, "forces_heads": fk_t, F.FORCES: fk_t.mean(1)}, b)
+    (g,) = torch.autograd.grad(l.sum(), fk_t)
+    r = b.forces.numpy() - mu
+    s2 = fk.var(0, ddof=1) + 1e-4
+    dvar = 2 * (fk - mu) / (fk.shape[0] - 1)  # ∂Var/∂F_k
+    expect = (0.5 / s2 - r ** 2 / (2 * s2 ** 2)) * dvar / r.size - np.sign(r) / (fk.shape[0] * r.size)
+    np.testing.assert_allclose(g[0].numpy(), expect, rtol=1e-8, atol=1e-14)
 
 
 def test_shallow_ensemble_save_load_round_trip(tmp_path, data):
@@ -319,7 +337,8 @@ def test_uq_config_for_the_new_methods(ethanol_path):
     cfg = parse(RunConfig, {**base, "uq": {"method": "llpr", "gram": "energy", "samples": 8}})
     assert cfg.uq.method_options() == {"gram": "energy", "fit_target": "forces", "samples": 8, "output": "forces"}
     cfg = parse(RunConfig, {**base, "uq": {"method": "shallow_ensemble", "heads": 4}})
-    assert cfg.uq.method_options() == {"min_variance": 1e-4, "heads": 4}
+    assert cfg.uq.method_options() == {"min_variance": 1e-4, "heads": 4, "nll_epochs": 10, "nll_lr": 1e-4,
+                                       "nll_batch_size": 16}
     with pytest.raises(ConfigError, match="uq.heads applies to shallow_ensemble"):
         parse(RunConfig, {**base, "uq": {"method": "llpr", "heads": 4}})
     with pytest.raises(ConfigError, match="uq.gram applies to llpr"):
@@ -335,7 +354,7 @@ def test_fit_model_trains_calibrates_and_reports_coverage(tmp_path, method, etha
     from uqpot.train.run import fit_model
 
     train, val, test = ethanol[:32], ethanol[32:44], ethanol[44:56]
-    uq = UQConfig(method=method, **({"heads": 3} if method == "shallow_ensemble" else {}))
+    uq = UQConfig(method=method, **({"heads": 3, "nll_epochs": 2, "nll_lr": 1e-3} if method == "shallow_ensemble" else {}))
     cfg = TrainConfig(epochs=3, batch_size=8, lr=2e-3, progress=False)
     summary = fit_model(ModelConfig(**SMALL), uq, cfg, 0, train, val, test, tmp_path)
     t = summary["test"]
@@ -349,6 +368,10 @@ def test_fit_model_trains_calibrates_and_reports_coverage(tmp_path, method, etha
     assert conformal["quantiles"]["95"] > conformal["quantiles"]["68"] > 0
     model = uqpot.load(tmp_path / "model.pt")
     assert model.method == method
+    if method == "shallow_ensemble":  # stage 2: force-NLL fine-tuning, best validation epoch kept
+        ph = summary["posthoc"]
+        assert ph["fitted_on"] == "validation" and len(ph["val_loss"]) == 3
+        assert ph["val_loss"][ph["best_epoch"]] == min(ph["val_loss"])
     if method == "llpr":
         assert summary["posthoc"]["fitted_on"] == "validation" and model.fitted
         # the network is the plain potential (SI Eq. 1): same weights as a plain training with that seed

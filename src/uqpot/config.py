@@ -106,6 +106,9 @@ UQ_OPTIONS = {
     "samples": ("llpr",),
     "output": ("llpr",),
     "heads": ("shallow_ensemble",),
+    "nll_epochs": ("shallow_ensemble",),
+    "nll_lr": ("shallow_ensemble",),
+    "nll_batch_size": ("shallow_ensemble",),
 }
 
 
@@ -136,6 +139,9 @@ class UQConfig(Strict):
     output: Literal["forces", "atomic_energy"] = Field(
         "forces", description="llpr: U from the force variance or the atomic-energy variance (no derivatives)")
     heads: int = Field(8, ge=2, description="shallow_ensemble: readout heads on the shared backbone")
+    nll_epochs: int = Field(10, ge=0, description="shallow_ensemble: epochs of force-NLL fine-tuning after training")
+    nll_lr: float = Field(1e-4, gt=0.0, description="shallow_ensemble: learning rate of the NLL fine-tuning")
+    nll_batch_size: int = Field(16, ge=1, description="shallow_ensemble: batch size of the NLL fine-tuning")
 
     @model_validator(mode="after")
     def _options_match_method(self):

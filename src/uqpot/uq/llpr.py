@@ -234,13 +234,7 @@ class LLPR(UQMethod):
 
         # directions of the force variance: Σ = V S² Vᵀ with S = (Λ + ς²)^{-1/2}: D = V S (exact), or
         # D = V S Z/√K with Z ~ N(0, I) of shape (d, K) (K posterior samples w_k − ŵ = αDz_k)
-        Sw = 1.0 / np.sqrt(lam_np + sigma2)
-        D = V.cpu().numpy() * Sw
-        if self.samples:
-            gen = torch.Generator().manual_seed(int(self.potential.hparams["seeds"][0]) + SAMPLE_SEED_OFFSET)
-            Z = torch.randn(d, self.samples, generator=gen, dtype=torch.float64).numpy()
-            D = D @ Z / math.sqrt(self.samples)
-        self.set_posterior(lam, V, alpha2, sigma2, directions=D)
+        self.set_posterior(lam, V, alpha2, sigma2, directions=self._directions(lam, V, sigma2))
         info = {"gram": self.gram, "fit_target": self.fit_target, "fitted_on": "validation" if fit_set is val else "train",
                 "n_train_structures": n_train, "n_fit_structures": len(fit_set), "alpha2": alpha2,
                 "sigma2": sigma2, "sigma2_over_max_eigenvalue": sigma2 / lam_max,
@@ -253,6 +247,28 @@ class LLPR(UQMethod):
             info["nll_forces"] = _nll_fixed(Pf, r2f, lam_np, sigma2, alpha2)
         self.fit_info = info
         return info
+
+    def _directions(self, lam, V, sigma2: float) -> torch.Tensor:
+        """V(Λ + ς²)^{-1/2} (exact), or times Z/√K with Z ~ N(0, I) (d, K) seeded from the potential's seed."""
+        lam = torch.as_tensor(lam, dtype=torch.float64).cpu().clamp(min=0.0)
+        D = torch.as_tensor(V, dtype=torch.float64).cpu() / (lam + sigma2).sqrt()
+        if self.samples:
+            gen = torch.Generator().manual_seed(int(self.potential.hparams["seeds"][0]) + SAMPLE_SEED_OFFSET)
+            D = D @ torch.randn(self.dim, self.samples, generator=gen, dtype=torch.float64) / math.sqrt(self.samples)
+        return D
+
+    def with_samples(self, samples: int) -> "LLPR":
+        """The same fitted LLPR with U from ``samples`` posterior samples (0: exact); no data needed (the
+        sampled variance is an unbiased estimate of the exact one, so α and ς carry over)."""
+        if not self.fitted:
+            raise RuntimeError("the LLPR is not fitted yet (fit_posthoc after training)")
+        new = LLPR.from_hparams({**self.hparams, "samples": int(samples)}).to(device=self.device, dtype=self.dtype)
+        new.load_state_dict({k: v for k, v in self.state_dict().items() if k != "llpr_directions"}, strict=False)
+        new.fit_info = {**self.fit_info, "samples": int(samples)}
+        a2, s2 = self.fit_info["alpha2"], self.fit_info["sigma2"]
+        new.set_posterior(self.llpr_eigvals, self.llpr_eigvecs, a2, s2,
+                          directions=new._directions(self.llpr_eigvals, self.llpr_eigvecs, s2))
+        return new.train(self.training)
 
     @torch.no_grad()
     def set_posterior(self, eigvals, eigvecs, alpha2: float, sigma2: float, directions=None) -> None:

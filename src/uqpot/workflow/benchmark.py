@@ -90,8 +90,9 @@ def run_grid(jobs: list[Job], executor=None, progress=None) -> list[dict]:
 TABLE_KEYS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll")
 
 
-def table(results: list[dict], group=("method",)) -> list[dict]:
-    """Mean and standard deviation of the test metrics per group (e.g. per method over seeds/splits)."""
+def table(results: list[dict], group=("method",), keys=TABLE_KEYS) -> list[dict]:
+    """Mean and standard deviation of the test metrics (``keys``) per group (e.g. per method over
+    seeds/splits)."""
     rows: dict[tuple, list[dict]] = {}
     for r in results:
         key = tuple(r["job"][g] for g in group)
@@ -100,7 +101,7 @@ def table(results: list[dict], group=("method",)) -> list[dict]:
     for key, rs in rows.items():
         row = dict(zip(group, key))
         row["n"] = len(rs)
-        for k in TABLE_KEYS:
+        for k in keys:
             vals = np.array([r["test"].get(k, np.nan) for r in rs], dtype=float)
             row[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
             row[k + "_std"] = float(np.nanstd(vals)) if np.isfinite(vals).sum() > 1 else None
