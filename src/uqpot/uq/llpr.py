@@ -44,10 +44,16 @@ minimise the Gaussian NLL of the *validation* force residuals r_ia = F̂_ia − 
 
     NLL(α, ς) = mean_ia [½ log(2π α² g_ia(ς)) + r_ia² / (2α² g_ia(ς))],  g_ia(ς) = Σ_k (v_kᵀJ_ia)² / (λ_k + ς²)
 
-For fixed ς the minimiser is α²(ς) = mean_ia r_ia² / g_ia(ς) (closed form); log ς² is then found by a grid
-over 16 decades around the largest eigenvalue and a bounded 1-D refinement.  Without a validation set the
-training set is used (flagged in ``fit_info``).  Eigenvalues, eigenvectors, Σ, the directions and α², ς²
+For fixed ς the minimiser is α²(ς) = mean_ia r_ia² / g_ia(ς) (closed form); log ς² is then found on a grid
+from 1e-16·λ_max to 1e4·λ_max and refined by a bounded 1-D search (``fit_info["sigma2_at_grid_end"]`` flags
+an optimum at the grid's end: at the low end the prior is negligible, Σ ≈ G⁻¹).  Without a validation set
+the training set is used (flagged in ``fit_info``).  Eigenvalues, eigenvectors, Σ, the directions and α², ς²
 are float64 buffers saved with the model.
+
+Measured on rMD17 ethanol (a PaiNN trained on 640 frames, G from 400, α and ς from 80, test on 80 others):
+Spearman(U, ε) 0.74 / ROC-AUC(20th pct.) 0.84 with gram "energy_forces" (there ς → 0: G is well
+conditioned, λ_min ≈ 1.6e4), 0.69 / 0.80 with "energy"; U from the per-structure energy variance 0.50,
+from the atomic-energy variance (output "atomic_energy") 0.23; K = 8 posterior samples 0.70 / 0.80–0.84.
 """
 
 from __future__ import annotations
