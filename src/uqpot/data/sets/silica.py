@@ -508,15 +508,20 @@ def _test_set(cfg, train, hot, labeller, e_ref, progress):
                 n_new = min(n_new, 1)
             for _ in range(n_new):
                 rng = np.random.default_rng([cfg.seed, 3, b, made[b]])
-                base = train[int(rng.integers(len(train)))]
+                target = (b + float(rng.uniform(0.15, 0.85))) * width
+                # a training frame well below the target (the displacement adds the energy)
+                below = [s for s in train if s.energy - e_ref <= 0.5 * target] or [min(train, key=lambda s: s.energy)]
+                base = below[int(rng.integers(len(below)))]
                 direction = rng.normal(size=(n_at, 3))
                 direction /= np.sqrt((direction**2).sum(1).mean())  # RMS displacement 1 Å at s = 1
-                target = (b + float(rng.uniform(0.15, 0.85))) * width
                 slot = Slot(index=len(slots), stage="test", kind="displacement", target=target,
                             base=base.positions.copy(), direction=direction, e0=base.energy - e_ref, bin=b,
                             info={"base_condition": base.info.get("condition"), "cell": base.cell.copy()})
                 slots.append(slot)
                 made[b] += 1
+        for slot in slots:
+            if not slot.done and slot.e0 >= slot.target:
+                slot.done = True  # its base already lies above the bin
         open_ = [s for s in slots if not s.done]
         if not open_:
             break
