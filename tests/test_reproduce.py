@@ -92,3 +92,16 @@ def test_report_in_headless_chromium(ammonia_run, tmp_path):
     assert errors == []
     assert len(widths) >= 8 and min(widths) > 100  # every figure decoded
     assert shot.stat().st_size > 50_000
+
+
+def test_loop_accepts_a_study_file(ammonia_run, tmp_path):
+    """`uqpot loop configs/ammonia.yaml` runs the study's loop (data built first if needed); here everything
+    is already done, so it only reads the results back."""
+    from uqpot.data.store import Store
+
+    n = Store(ammonia_run / "labels.db").count()
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_AMMONIA))
+    r = CliRunner().invoke(cli, ["loop", str(tmp_path / "toy.yaml"), "--out", str(ammonia_run), "--executor",
+                                 "none", "--no-progress"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "gen 2 gmm" in r.output and Store(ammonia_run / "labels.db").count() == n

@@ -132,26 +132,39 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
               help="where oracle labels run: in-process, or a local Dask cluster.")
 @click.option("--no-progress", is_flag=True)
 def loop(config, out, generations, executor, no_progress):
-    """Active learning: train → evaluate → MD → attack → label → retrain, for every UQ method; resumable."""
+    """Active learning: train → evaluate → MD → attack → label → retrain, for every UQ method; resumable.
+
+    CONFIG is a loop config (data files, oracle, methods, ...) or a study file such as configs/ammonia.yaml
+    (whose data set is built first if needed, into OUT/data)."""
     from .workflow.active_learning import ActiveLearning, load_loop_config
+    from .workflow.studies import is_study_file, run_study_loop
 
     overrides = {}
-    if out is not None:
-        overrides["out"] = str(out)
     if generations is not None:
         overrides["generations"] = generations
     if no_progress:
         overrides["train.progress"] = False
+    ex = None
     try:
-        cfg = load_loop_config(config, overrides)
-        ex = None
         if executor != "none":
             from .executor import get_executor
 
             ex = get_executor(executor)
-        summary = ActiveLearning(cfg, console=_console(), executor=ex).run()
+        if is_study_file(config):
+            study_out = out or Path("runs") / Path(config).stem
+            summary, cfg = run_study_loop(config, study_out, ex, _console(), overrides)
+        else:
+            if out is not None:
+                overrides["out"] = str(out)
+            cfg = load_loop_config(config, overrides)
+            summary = ActiveLearning(cfg, console=_console(), executor=ex).run()
+    except ConfigError as exc:
+        _fail(exc if exc.path is not None else ConfigError(config, str(exc)))
     except UqpotError as exc:
         _fail(exc)
+    finally:
+        if ex is not None:
+            ex.close()
     for g, gsum in summary["generations"].items():
         for method, rec in gsum.items():
             t = rec["test"]

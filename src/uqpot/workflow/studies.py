@@ -24,53 +24,66 @@ class Study(Strict):
     executor: dict[str, dict] = {}
 
 
-def _loop_config(study: Study, out: Path) -> LoopConfig:
+def _loop_config(study: Study, out: Path, overrides: dict | None = None) -> LoopConfig:
     raw = dict(study.loop)
     raw.update(out=str(out), system=study.system, oracle=study.oracle.model_dump(),
                data={**raw.get("data", {}), "train": str(out / "data" / "train.extxyz"),
                      "test": str(out / "data" / "test.extxyz")})
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = value
     return LoopConfig.model_validate(raw)
 
 
-def _run(study: Study, out: Path, executor, console, build) -> Path:
+def _build(study: Study, d: Path, store: Path, oracle, executor, console) -> None:
+    """The study's data set (skipped when already built; a partial build resumes from the store)."""
+    if (d / "summary.json").is_file():
+        return
+    if study.system == "ammonia":
+        from ..data.sets.ammonia import AmmoniaConfig, build_ammonia
+
+        build_ammonia(d, store=store, oracle=oracle, config=AmmoniaConfig(**study.data), executor=executor,
+                      console=console)
+    else:
+        from ..data.sets.silica import SilicaConfig, build_silica
+
+        build_silica(d, store=store, config=SilicaConfig(**study.data), oracle=oracle, console=console)
+
+
+def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None):
+    """Builds the study's data (if needed) and runs its active-learning loop; returns (summary, config).
+    This is what ``uqpot loop STUDY.yaml`` does."""
     from ..oracle import get_oracle
 
+    study = load_config(preset, Study)
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = _loop_config(study, out)  # validated before anything is computed
+    cfg = _loop_config(study, out, overrides)  # validated before anything is computed
     oracle = get_oracle(study.oracle.name, **study.oracle.options)
     if console is not None:
-        console.print(f"[bold]{study.system}[/bold]: building the data set with {oracle.method}")
-    build(out / "data", oracle, executor)
+        console.print(f"[bold]{study.system}[/bold]: data set with {oracle.method}")
+    _build(study, out / "data", out / "labels.db", oracle, executor, console)
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: active learning, {cfg.generations} generations, "
                       f"{', '.join(cfg.methods)}")
-    ActiveLearning(cfg, console=console, executor=executor).run()
+    return ActiveLearning(cfg, console=console, executor=executor).run(), cfg
+
+
+def is_study_file(path) -> bool:
+    from ..config import load_yaml
+
+    data = load_yaml(path)
+    return "loop" in data and "system" in data
+
+
+def reproduce_study(preset: Path, out: Path, executor=None, console=None) -> Path:
     from .report import build_loop_report
 
-    return build_loop_report(out, title=f"uqpot: the {study.system} study")
+    _, cfg = run_study_loop(preset, out, executor, console)
+    return build_loop_report(out, title=f"uqpot: the {cfg.system} study")
 
 
-def reproduce_ammonia(preset: Path, out: Path, executor=None, console=None) -> Path:
-    from ..data.sets.ammonia import AmmoniaConfig, build_ammonia
-
-    study = load_config(preset, Study)
-
-    def build(d, oracle, ex):
-        if not (d / "summary.json").is_file():
-            build_ammonia(d, store=out / "labels.db", oracle=oracle, config=AmmoniaConfig(**study.data),
-                          executor=ex, console=console)
-
-    return _run(study, Path(out), executor, console, build)
-
-
-def reproduce_silica(preset: Path, out: Path, executor=None, console=None) -> Path:
-    from ..data.sets.silica import SilicaConfig, build_silica
-
-    study = load_config(preset, Study)
-
-    def build(d, oracle, ex):
-        if not (d / "summary.json").is_file():
-            build_silica(d, store=out / "labels.db", config=SilicaConfig(**study.data), oracle=oracle,
-                         console=console)
-
-    return _run(study, Path(out), executor, console, build)
+reproduce_ammonia = reproduce_silica = reproduce_study
