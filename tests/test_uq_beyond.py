@@ -366,6 +366,9 @@ def test_fit_model_trains_calibrates_and_reports_coverage(tmp_path, method, etha
     conformal = payload["extra"]["calibration"]["conformal"]
     assert set(conformal["quantiles"]) == {"68", "95"} and conformal["group_size"] == 27
     assert conformal["quantiles"]["95"] > conformal["quantiles"]["68"] > 0
+    # per-structure correction with 12 validation structures: k = ⌈(324 + 27)·0.95⌉ = 334 > 324 → +∞
+    assert conformal["quantiles_structure"]["95"] == math.inf
+    assert conformal["quantiles_structure"]["68"] >= conformal["quantiles"]["68"]
     model = uqpot.load(tmp_path / "model.pt")
     assert model.method == method
     if method == "shallow_ensemble":  # stage 2: force-NLL fine-tuning, best validation epoch kept

@@ -53,9 +53,9 @@ def residuals(pred: dict, data: StructureDataset) -> list[np.ndarray]:
 
 def fit_calibration(model, val: StructureDataset, batch_size: int = 64) -> dict:
     """σ² = a·U + b fitted on a validation set (Eq. 13), with the floor below which it is not extrapolated,
-    and the split-conformal quantiles of |r|/σ for 68% and 95% coverage (``conformal``; components pooled
-    with the per-structure correction when all structures have the same size, see
-    :func:`uqpot.metrics.uq.conformal_quantile`)."""
+    and the split-conformal quantiles of |r|/σ for 68% and 95% coverage (``conformal``: components pooled,
+    per-component finite-sample correction, and the per-structure one when all structures have the same
+    size; see :func:`uqpot.metrics.uq.fit_conformal`)."""
     pred = predictions(model, val, batch_size)
     res = residuals(pred, val)
     a, b, floor = uqm.fit_calibration_with_floor(pred[F.UNCERTAINTY], res)

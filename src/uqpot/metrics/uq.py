@@ -570,9 +570,13 @@ def conformal_quantile(scores, coverage: float, group_size: int = 1) -> float:
 
 def fit_conformal(residuals_val, sigma_val, coverages=_COVERAGES, group_size: int = 1) -> dict:
     """Conformal quantiles q_p of |r|/σ on validation data for every coverage p: a JSON-able dict
-    ``{"quantiles": {"68": q, "95": q}, "n_components": n, "group_size": g}``."""
+    ``{"quantiles": {"68": q, "95": q}, "quantiles_structure": {...}, "n_components": n, "group_size": g}``
+    with ``quantiles`` from the per-component correction ⌈(n+1)p⌉ (used for ``conformal_coverage_*``) and
+    ``quantiles_structure`` from the per-structure one ⌈(n+g)p⌉ (exact guarantee for exchangeable
+    structures of g components; +∞ with fewer than p/(1−p) validation structures, e.g. 19 for 95%)."""
     s = conformal_scores(residuals_val, sigma_val)
-    return {"quantiles": {_coverage_key(p): conformal_quantile(s, p, group_size) for p in coverages},
+    return {"quantiles": {_coverage_key(p): conformal_quantile(s, p) for p in coverages},
+            "quantiles_structure": {_coverage_key(p): conformal_quantile(s, p, group_size) for p in coverages},
             "n_components": int(s.size), "group_size": int(group_size)}
 
 
