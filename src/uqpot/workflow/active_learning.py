@@ -356,16 +356,37 @@ class ActiveLearning:
             self.oracle_neb()  # once, before the methods need it
         summary = {"alignment": align, "generations": {}}
         parallel = self.executor is not None and not getattr(self.executor, "in_process", True)
+        eta = _ETA(cfg.generations * len(cfg.methods), self.log)
         for g in range(1, cfg.generations + 1):
             if parallel:
                 futures = {m: self.executor.submit(run_method_generation, cfg.model_dump(mode="json"), g, m)
                            for m in cfg.methods}
-                gsum = {m: f.result() for m, f in futures.items()}
+                gsum = {}
+                for m, f in futures.items():
+                    gsum[m] = f.result()
+                    eta.step(f"generation {g}, {m}")
             else:
-                gsum = {m: self.method_generation(g, m) for m in cfg.methods}
+                gsum = {}
+                for m in cfg.methods:
+                    gsum[m] = self.method_generation(g, m)
+                    eta.step(f"generation {g}, {m}")
             summary["generations"][g] = gsum
             write_json(self.out / "summary.json", summary)
         return summary
+
+
+class _ETA:
+    """Overall progress of a loop: steps done, elapsed time and the estimated time left."""
+
+    def __init__(self, total: int, log):
+        self.total, self.done, self.log, self.t0 = total, 0, log, time.perf_counter()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        self.log(f"[{self.done}/{self.total}] {what} done; elapsed {elapsed / 60:.1f} min, "
+                 f"about {left / 60:.1f} min left")
 
 
 def run_method_generation(cfg: dict, g: int, method: str) -> dict:
