@@ -212,7 +212,8 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     plain = Potential(**hp)
     plain.fit_reference(sets["train"])
     cfg = TrainConfig(lr=a.lr, batch_size=a.batch, progress=False)
-    batches = [b for _, b in iterate_batches(sets["train"], a.batch, plain.cutoff)][:steps]
+    batches = [b for _, b in iterate_batches(sets["train"], a.batch, plain.cutoff)]
+    batches = [batches[k % len(batches)] for k in range(steps)]  # cycled: small training sets have few
     n_epoch_batches = -(-len(sets["train"]) // a.batch)
 
     def train_time(model):
