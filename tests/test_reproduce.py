@@ -105,3 +105,35 @@ def test_loop_accepts_a_study_file(ammonia_run, tmp_path):
                                  "none", "--no-progress"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "gen 2 gmm" in r.output and Store(ammonia_run / "labels.db").count() == n
+
+
+def test_methods_option_replaces_the_presets(ammonia_run, tmp_path):
+    """`--methods` runs the study with other UQ methods (here the single-model ones beyond the paper),
+    reusing the data set and its labels; nothing already labelled is labelled again."""
+    from uqpot.data.store import Store
+
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_AMMONIA))
+    out = tmp_path / "beyond"
+    out.mkdir()
+    shutil.copytree(ammonia_run / "data", out / "data")
+    shutil.copy(ammonia_run / "labels.db", out / "labels.db")
+    n_before = Store(out / "labels.db").count()
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp_path / "toy.yaml"), "--executor",
+                                 "none", "--out", str(out), "--methods", "llpr,shallow_ensemble"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert yaml.safe_load((out / "config.yaml").read_text())["methods"] == ["llpr", "shallow_ensemble"]
+    assert set(summary["generations"]["2"]) == {"llpr", "shallow_ensemble"}
+    assert (out / "gen2" / "llpr").is_dir() and (out / "gen2" / "shallow_ensemble").is_dir()
+    assert not (out / "gen1" / "ensemble").exists()
+    assert Store(out / "labels.db").count() >= n_before
+
+
+def test_unknown_method_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_AMMONIA))
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp_path / "toy.yaml"), "--executor",
+                                 "none", "--out", str(tmp_path / "run"), "--methods", "ensemble,bayes"])
+    assert r.exit_code != 0
+    assert "bayes" in r.output and "llpr" in r.output
+    assert not (tmp_path / "run").exists()

@@ -187,7 +187,10 @@ def loop(config, out, generations, executor, no_progress):
 @click.option("--data", "local_data", type=click.Path(path_type=Path), default=None,
               help="rmd17: a local structure file of one molecule instead of the fetched archive "
                    "(random splits, seeded by the split number).")
-def reproduce(system, preset, executor, out, molecules, splits, local_data):
+@click.option("--methods", default=None,
+              help="comma-separated UQ methods instead of the preset's (ensemble, mve, evidential, gmm, "
+                   "llpr, shallow_ensemble).")
+def reproduce(system, preset, executor, out, molecules, splits, local_data, methods):
     """Run one of the paper's studies end to end and write report.html."""
     from .workflow.reproduce import reproduce as run
 
@@ -195,7 +198,8 @@ def reproduce(system, preset, executor, out, molecules, splits, local_data):
         path = run(system, preset, executor, out,
                    molecules=molecules.split(",") if molecules else None,
                    splits=[int(s) for s in splits.split(",")] if splits else None,
-                   local_data=local_data, console=_console())
+                   local_data=local_data, methods=methods.split(",") if methods else None,
+                   console=_console())
     except UqpotError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -87,9 +87,25 @@ def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
     return jobs
 
 
+def check_methods(methods) -> list[str] | None:
+    """The ``--methods`` list, each a registered UQ method (or None: the preset's own)."""
+    if not methods:
+        return None
+    from ..uq import METHODS
+
+    methods = [m.strip() for m in methods if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(None, f"unknown UQ method(s) {', '.join(unknown) or '(none given)'}; "
+                                f"known: {', '.join(sorted(METHODS))}")
+    return list(dict.fromkeys(methods))
+
+
 def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, splits=None, local_data=None,
-                    console=None) -> Path:
+                    console=None, methods=None) -> Path:
     study = load_config(preset_path("rmd17", preset), RMD17Study)
+    if methods:
+        study.methods = list(methods)
     if molecules:
         study.molecules = list(molecules)
     if splits:
@@ -119,10 +135,12 @@ def _say(console, msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ entry
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
-              splits=None, local_data=None, console=None, executor_options: dict | None = None) -> Path:
-    """Runs one study and returns the path of its report."""
+              splits=None, local_data=None, console=None, executor_options: dict | None = None,
+              methods=None) -> Path:
+    """Runs one study and returns the path of its report.  ``methods`` replaces the preset's UQ methods."""
     if system not in SYSTEMS:
         raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
+    methods = check_methods(methods)  # before anything is written
     out = Path(out or f"runs/{system}_{Path(preset).stem}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -140,12 +158,13 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
                            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
     try:
         if system == "rmd17":
-            reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console)
+            reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods)
         else:
             from . import studies
 
             run_study = studies.reproduce_ammonia if system == "ammonia" else studies.reproduce_silica
-            run_study(preset_path(system, preset), out, ex, console)
+            run_study(preset_path(system, preset), out, ex, console,
+                      overrides={"methods": methods} if methods else None)
     finally:
         if ex is not None:
             ex.close()

@@ -79,10 +79,10 @@ def is_study_file(path) -> bool:
     return "loop" in data and "system" in data
 
 
-def reproduce_study(preset: Path, out: Path, executor=None, console=None) -> Path:
+def reproduce_study(preset: Path, out: Path, executor=None, console=None, overrides: dict | None = None) -> Path:
     from .report import build_loop_report
 
-    _, cfg = run_study_loop(preset, out, executor, console)
+    _, cfg = run_study_loop(preset, out, executor, console, overrides)
     return build_loop_report(out, title=f"uqpot: the {cfg.system} study")
 
 
