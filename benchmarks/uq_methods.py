@@ -189,7 +189,6 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     import copy
     import time
 
-    import torch
 
     import uqpot
     from uqpot.config import TrainConfig

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from uqpot.data.store import Store
 from uqpot.data.structures import Structure

@@ -335,7 +335,7 @@ def _run_ase(config, model, structures, plans, criteria):
         rec = ReplicaRecord(replica=p.replica, temperature_K=p.temperature_K, seed=p.seed, n_atoms=s.n_atoms)
         ndof = 3 * s.n_atoms
 
-        def observe(rec=rec, atoms=atoms, dyn=dyn):
+        def observe(rec=rec, atoms=atoms, dyn=dyn, ndof=ndof):
             k = dyn.nsteps
             e = atoms.get_potential_energy() * EV_TO_KCAL_PER_MOL
             ke = atoms.get_kinetic_energy() * EV_TO_KCAL_PER_MOL

@@ -47,7 +47,6 @@ converted to kcal/mol.  In a training config set ``data.path: vasprun.xml`` and 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
