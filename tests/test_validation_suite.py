@@ -218,9 +218,33 @@ if __name__ == "__main__":  # print every case with its message (for the record)
     import tempfile
 
     runner = CliRunner()
+
+    def first_line(args, d):
+        out = runner.invoke(cli, [str(a) for a in args]).output.strip().splitlines()
+        return (out[0] if out else "(no output)").replace(d, "…")
+
     for name, content, *_ in STRUCTURE_CASES:
         with tempfile.TemporaryDirectory() as d:
             p = _write(Path(d), content)
-            out = runner.invoke(cli, ["data", "check", str(p)]).output.strip().splitlines()[0]
-            print(f"{name:34s} | {out.replace(d, '…')}")
+            print(f"{name:34s} | data check | {first_line(['data', 'check', p], d)}")
+    with tempfile.TemporaryDirectory() as d:
+        print(f"{'a directory':34s} | data check | {first_line(['data', 'check', d], d)}")
+        print(f"{'a missing file':34s} | data check | {first_line(['data', 'check', Path(d) / 'none.extxyz'], d)}")
+    for name, text, _ in CONFIG_CASES:
+        with tempfile.TemporaryDirectory() as d:
+            data, cfg = _write(Path(d), GOOD), Path(d) / "c.yaml"
+            head = "" if text.startswith("- ") else f"out: {Path(d) / 'run'}\ndata:\n  path: {data}\n"
+            cfg.write_text(head + text)
+            print(f"{name:34s} | train      | {first_line(['train', cfg], d)}")
+    with tempfile.TemporaryDirectory() as d:
+        from uqpot.data.io import read_structures
+        from uqpot.nn.potential import Potential
+        import uqpot
+
+        m = Potential(features=8, interactions=1, rbf=4, readout_hidden=4, seeds=[0])
+        m.fit_reference(read_structures(_write(Path(d), GOOD)))
+        good_model = uqpot.save(m, Path(d) / "model.pt")
+        for name, make, _ in MODEL_CASES:
+            bad = make(good_model, Path(d))
+            print(f"{name:34s} | evaluate   | {first_line(['evaluate', bad, Path(d) / 'bad.extxyz'], d)}")
     sys.exit(0)
