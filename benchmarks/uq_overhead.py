@@ -133,32 +133,14 @@ def _peak(a) -> None:
     from uqpot.data.batch import collate_dataset
     from uqpot.data.io import read_structures
     from uqpot.train.losses import EnergyForceLoss
+    from uqpot.train.memory import training_step_peak_mb
 
     data = read_structures(a.data)
     b = collate_dataset(data, range(a.batch), 5.0, device=a.device)
     model = build(a.peak_only, data, a.members).to(a.device).train()
     loss_fn = EnergyForceLoss() if a.peak_only == "plain" else model.make_loss(TrainConfig())
-    cuda = str(a.device).startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        loss, _ = loss_fn(model.forward_members(b), b)
-        loss.sum().backward()
-        print((torch.cuda.max_memory_allocated() - base) / 2**20)
-        return
-    # CPU: the allocator's own record of every allocation and free during the step, in time order
-    from torch.profiler import ProfilerActivity, profile
+    print(training_step_peak_mb(model, loss_fn, b))
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        loss, _ = loss_fn(model.forward_members(b), b)
-        loss.sum().backward()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    level = peak = 0
-    for e in events:
-        level += e.self_cpu_memory_usage
-        peak = max(peak, level)
-    print(peak / 2**20)
 
 if __name__ == "__main__":
     sys.exit(main())

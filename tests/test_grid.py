@@ -72,3 +72,21 @@ def test_finished_jobs_are_skipped(tmp_path, ethanol_path):
     again = run_grid(js)
     assert [(tmp_path / f"j{k}" / "summary.json").stat().st_mtime_ns for k in range(2)] == stamp
     assert json.dumps(first, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
+
+
+def test_grid_report_draws_the_supporting_figures(tmp_path, ethanol_path):
+    """The rMD17 report: Fig. 2 / S2 / Table S2 analogues plus parity plots, the GMM's BIC/silhouette and
+    latent PCA, and training wall time and peak memory per method; every job keeps its split beside it."""
+    from uqpot.data.splits import load_split
+    from uqpot.workflow.report import build_grid_report
+
+    js = jobs(tmp_path, ethanol_path, n=2)
+    results = run_grid(js)
+    assert load_split(tmp_path / "j0" / "split.json")["train"].tolist() == js[0].indices["train"]
+    assert all(r["training"]["step_peak_mb"] > 0 for r in results)
+    html = build_grid_report(tmp_path).read_text()
+    for caption in ("parity of energies and forces", "BIC and silhouette", "PCA of the training set",
+                    "peak memory of a training step", "Table S2 analogue", "Fig. S2 analogue"):
+        assert caption in html, caption
+    cost = json.loads((tmp_path / "results.json").read_text())["tables"]["cost"]
+    assert {r["method"] for r in cost} == {"gmm"} and cost[0]["step_peak_mb"] > 0

@@ -51,6 +51,8 @@ def test_ammonia_study_outputs(ammonia_run):
     assert all(r["neb_barrier_oracle"] > 0 for r in rows)
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 8 and "<script" not in html and "http" not in html.split("<body>")[1]
+    assert "peak memory of a training step" in html and "parity of energies and forces" in html
+    assert all(r["step_peak_mb"] > 0 for r in res["tables"]["cost"])
 
 
 def test_report_rebuilds_identically(ammonia_run):

@@ -153,3 +153,28 @@ def test_sigkill_during_training_resumes(tmp_path, ethanol_path):
     uninterrupted = run_training(run_cfg(tmp_path / "ref", ethanol_path, epochs=30))
     resumed = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert resumed["val"] == pytest.approx(uninterrupted["val"], rel=1e-9)
+
+
+def test_training_step_peak_memory_leaves_the_model_alone(ethanol_path):
+    """The Fig. 2b memory figure: positive, larger for a 5-member ensemble than for one model, and the
+    measurement changes no parameter and leaves no gradient behind."""
+    import torch
+
+    from uqpot.data.batch import collate_dataset
+    from uqpot.data.io import read_structures
+    from uqpot.nn.potential import Potential
+    from uqpot.train.losses import EnergyForceLoss
+    from uqpot.train.memory import training_step_peak_mb
+
+    data = read_structures(ethanol_path)
+    batch = collate_dataset(data, range(8), 5.0)
+    peaks = {}
+    for members in (1, 5):
+        model = Potential(features=32, interactions=2, rbf=8, readout_hidden=16, members=members,
+                          seeds=list(range(members)))
+        model.fit_reference(data)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        peaks[members] = training_step_peak_mb(model, EnergyForceLoss(), batch)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert all(p.grad is None for p in model.parameters())
+    assert 0 < peaks[1] < peaks[5]

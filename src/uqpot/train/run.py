@@ -109,6 +109,17 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
     return finish_run(train_cfg, out, trainer, result, train, val, test)
 
 
+def _step_memory(trainer, train, batch_size: int) -> dict:
+    """Peak memory of one training step on the first training batch (Fig. 2b's memory figure)."""
+    from .memory import training_step_peak_mb
+
+    if not len(train):
+        return {}
+    _, batch = next(iter(trainer._batches(train, batch_size, shuffle=False)))
+    return {"step_peak_mb": round(training_step_peak_mb(trainer.model, trainer.loss_fn, batch), 2),
+            "step_peak_batch": int(batch.num_structures)}
+
+
 def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
     """Post-hoc fits (GMM) and the validation calibration go into the model file; then val/test metrics."""
     from .. import load, modelfile
@@ -127,6 +138,7 @@ def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
                                                         "calibration": calibration})
         payload_extra = modelfile.read(trainer.model_path)["extra"]
     summary = {"training": result.as_dict(), "model": str(trainer.model_path)}
+    summary["training"].update(_step_memory(trainer, train, train_cfg.batch_size))
     if "posthoc" in payload_extra:
         summary["posthoc"] = payload_extra["posthoc"]
     for name, ds in (("val", val), ("test", test)):

@@ -334,6 +334,7 @@ class ActiveLearning:
         tr = self.step_train(g, method, train, val, test)
         rec["train_seconds"] = tr["training"]["wall_seconds"]
         rec["epochs"] = tr["training"]["epochs_run"]
+        rec["step_peak_mb"] = tr["training"].get("step_peak_mb")
         rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
                                                      "roc_auc_p50", "miscalibration_area", "cnll")}
         rec["md"] = self.step_md(g, method)

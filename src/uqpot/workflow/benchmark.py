@@ -52,6 +52,7 @@ def run_job(job: Job) -> dict:
 
     from ..config import ModelConfig, TrainConfig, UQConfig
     from ..data.io import ReadOptions, read_structures
+    from ..data.splits import save_split
     from ..train.run import fit_model
 
     out = Path(job.out)
@@ -59,6 +60,8 @@ def run_job(job: Job) -> dict:
         return json.loads((out / "summary.json").read_text())
     data = read_structures(job.data, ReadOptions(**job.read))
     sets = {k: data.subset(np.asarray(v, dtype=int)) for k, v in job.indices.items()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(job.indices, out / "split.json")  # beside the results, like every run
     uq = UQConfig.model_validate({"method": job.method, **job.uq})
     train_cfg = TrainConfig.model_validate({"progress": False, **job.train})
     t0 = time.perf_counter()

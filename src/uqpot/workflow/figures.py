@@ -186,6 +186,27 @@ def grouped_bars(values: dict, ylabel: str, title: str):
     return fig
 
 
+def cost_bars(wall: dict, memory: dict, title: str = "training cost per method (Fig. 2b)"):
+    """{group: {method: training wall time (s)}} and {group: {method: peak MB of a training step}}."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
+    for ax, values, ylabel in ((axes[0], wall, "training wall time (s)"),
+                               (axes[1], memory, "peak memory of a training step (MB)")):
+        groups = list(values)
+        methods = sorted({m for g in values.values() for m in g})
+        w = 0.8 / max(len(methods), 1)
+        for k, m in enumerate(methods):
+            ys = [values[g].get(m, np.nan) for g in groups]
+            ax.bar(np.arange(len(groups)) + k * w, [np.nan if y is None else y for y in ys], w, label=m,
+                   color=METHOD_COLORS.get(m))
+        ax.set_xticks(np.arange(len(groups)) + w * (len(methods) - 1) / 2, [str(g) for g in groups])
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def neb_profiles(profiles: dict, title: str = "NH3 inversion (NEB)"):
     """{label: (reaction coordinate, energy kcal/mol)}."""
     plt = _plt()

@@ -232,7 +232,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
         rep.figure(fg.neb_profiles(profiles), "NH3 inversion energy profile by NEB, first and last generation")
 
     _gmm_section(rep, run, gens, methods)
-    _cost_section(rep, [(f"{m} gen {g}", gens[g][m]) for g in sorted(gens) for m in methods if m in gens[g]], run)
+    _cost_section(rep, [(f"gen {g}", m, gens[g][m]) for g in sorted(gens) for m in methods if m in gens[g]], run)
     _provenance_section(rep, run)
     return rep.write(run, {"summary": res["summary"], "built": time.strftime("%Y-%m-%d %H:%M:%S")})
 
@@ -241,21 +241,31 @@ def _gmm_section(rep: Report, run: Path, gens: dict, methods: list[str]) -> None
     if "gmm" not in methods:
         return
     g = min(gens)
-    summ = run / f"gen{g}" / "gmm" / "train" / "summary.json"
-    if not summ.is_file():
+    d = run / f"gen{g}" / "gmm" / "train"
+    if not (d / "summary.json").is_file():
         return
-    info = json.loads(summ.read_text()).get("posthoc", {})
+
+    def train_set():
+        from ..data.io import ReadOptions, read_structures
+
+        return read_structures(d / "train.extxyz", ReadOptions(min_distance=0.0))
+
+    _gmm_figures(rep, d, train_set, f"gen {g}")
+
+
+def _gmm_figures(rep: Report, model_dir: Path, train_set, label: str) -> None:
+    """BIC and silhouette against the number of components (Fig. S5) and the PCA of the training set's latent
+    features coloured by component (Fig. S4), for the GMM model in ``model_dir``."""
+    info = json.loads((model_dir / "summary.json").read_text()).get("posthoc", {})
     if info.get("curve"):
-        rep.figure(fg.gmm_selection(info["curve"]), f"GMM: BIC and silhouette score against components (gen {g})")
+        rep.figure(fg.gmm_selection(info["curve"]), f"GMM: BIC and silhouette score against components ({label})")
     try:
         import torch
 
         from .. import load
-        from ..data.io import ReadOptions, read_structures
 
-        model = load(run / f"gen{g}" / "gmm" / "train" / "model.pt")
-        train = read_structures(run / f"gen{g}" / "gmm" / "train" / "train.extxyz", ReadOptions(min_distance=0.0))
-        X = model.features_of(train)
+        model = load(model_dir / "model.pt")
+        X = model.features_of(train_set())
         with torch.no_grad():
             y = torch.as_tensor(X, dtype=torch.float64)
             yk = torch.einsum("nd,kde->nke", y, model.gmm_prec_chol) - torch.einsum(
@@ -263,15 +273,25 @@ def _gmm_section(rep: Report, run: Path, gens: dict, methods: list[str]) -> None
             logp = -0.5 * yk.pow(2).sum(-1) + model.gmm_log_det + model.gmm_log_weights
             labels = logp.argmax(1).numpy()
         rep.figure(fg.gmm_pca(X, labels, model.gmm_means.numpy()),
-                   "PCA of the training set's latent features, coloured by GMM component (crosses: means)")
+                   f"PCA of the training set's latent features, coloured by GMM component (crosses: means; {label})")
     except Exception as exc:  # a figure is never worth failing the report
         rep.paragraph(f"(GMM feature figure skipped: {exc})")
 
 
-def _cost_section(rep: Report, entries: list[tuple[str, dict]], run: Path) -> None:
-    rows = [{"model": name, "train_seconds": r.get("train_seconds"), "epochs": r.get("epochs")} for name, r in entries]
-    if any(x["train_seconds"] for x in rows):
-        rep.table("cost", rows, caption="training wall time per model (Fig. 2b analogue)")
+def _cost_section(rep: Report, entries: list[tuple[str, str, dict]], run: Path) -> None:
+    """``entries``: (group, method, record with train_seconds, epochs and step_peak_mb)."""
+    rows = [{"group": g, "method": m, "train_seconds": r.get("train_seconds"), "epochs": r.get("epochs"),
+             "step_peak_mb": r.get("step_peak_mb")} for g, m, r in entries]
+    if not any(x["train_seconds"] for x in rows):
+        return
+    rep.table("cost", rows, caption="training wall time and peak memory of one training step per model "
+                                    "(Fig. 2b analogue)")
+    wall, memory = {}, {}
+    for x in rows:
+        wall.setdefault(x["group"], {})[x["method"]] = x["train_seconds"]
+        memory.setdefault(x["group"], {})[x["method"]] = x["step_peak_mb"]
+    rep.figure(fg.cost_bars(wall, memory), "training wall time and peak memory of a training step per method "
+                                           "(Fig. 2b analogue)")
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -322,11 +342,44 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
         mat = np.array([[next((r[key] for r in rows if r["molecule"] == mol and r["method"] == m and r[key] is not None),
                               np.nan) for m in methods] for mol in molecules], dtype=float)
         rep.figure(fg.heatmap(mat, molecules, methods, key), f"{key} per molecule and method (Fig. S2 analogue)")
-    cost = [{"method": r["method"], "molecule": r["molecule"], "train_seconds": r["wall_seconds"],
-             "epochs": r["epochs"]} for r in rows]
-    rep.table("cost", cost, caption="training wall time per method (Fig. 2b analogue)")
+    _grid_supporting_figures(rep, results, molecules)
+    _cost_section(rep, [(r["job"]["molecule"], r["job"]["method"],
+                         {"train_seconds": r.get("wall_seconds"), "epochs": r["training"].get("epochs_run"),
+                          "step_peak_mb": r["training"].get("step_peak_mb")})
+                        for r in results if r["job"].get("split") == min(x["job"].get("split", 0) for x in results)],
+                  run)
     _provenance_section(rep, run)
     return rep.write(run, {"rows": rows})
+
+
+def _grid_supporting_figures(rep: Report, results: list[dict], molecules: list[str]) -> None:
+    """Parity plots (SI Figs. S12-S13) and the GMM's component selection and latent-space PCA (Figs. S4-S5)
+    of each molecule's first split."""
+    for mol in molecules:
+        jobs = [r for r in results if r["job"]["molecule"] == mol]
+        first = min(r["job"].get("split", 0) for r in jobs)
+        jobs = sorted((r for r in jobs if r["job"].get("split", 0) == first), key=lambda r: r["job"]["method"])
+        entries = []
+        for r in jobs:
+            p = _load_npz(Path(r["job"]["out"]) / "test_predictions.npz")
+            if p is not None:
+                entries.append({"name": r["job"]["method"], "method": r["job"]["method"],
+                                **{k: p[k] for k in ("energy_true", "energy_pred", "forces_true", "forces_pred")}})
+        if entries:
+            rep.figure(fg.parity(entries, mol), f"{mol}: parity of energies and forces on the test set (split {first})")
+        for r in jobs:
+            d = Path(r["job"]["out"])
+            if r["job"]["method"] != "gmm" or not (d / "split.json").is_file():
+                continue
+
+            def train_set(r=r, d=d):
+                from ..data.io import ReadOptions, read_structures
+                from ..data.splits import load_split
+
+                data = read_structures(r["job"]["data"], ReadOptions(**r["job"].get("read", {})))
+                return data.subset(load_split(d / "split.json")["train"])
+
+            _gmm_figures(rep, d, train_set, f"{mol}, split {first}")
 
 
 def build_report(run) -> Path:
