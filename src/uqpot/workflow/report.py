@@ -369,13 +369,15 @@ def _grid_supporting_figures(rep: Report, results: list[dict], molecules: list[s
             rep.figure(fg.parity(entries, mol), f"{mol}: parity of energies and forces on the test set (split {first})")
         for r in jobs:
             d = Path(r["job"]["out"])
-            if r["job"]["method"] != "gmm" or not (d / "split.json").is_file():
+            if r["job"]["method"] != "gmm":
                 continue
 
             def train_set(r=r, d=d):
                 from ..data.io import ReadOptions, read_structures
                 from ..data.splits import load_split
 
+                if not (d / "split.json").is_file():
+                    raise FileNotFoundError(f"{d / 'split.json'} not found (the job's training indices)")
                 data = read_structures(r["job"]["data"], ReadOptions(**r["job"].get("read", {})))
                 return data.subset(load_split(d / "split.json")["train"])
 
