@@ -2,7 +2,6 @@
 neighbour-list skin/replay and periodic wrapping.  Real ASE and torch, analytic (Morse) or small random
 PaiNN potentials."""
 
-import time
 import warnings
 
 import numpy as np
@@ -159,7 +158,6 @@ def test_nve_energy_conservation_10000_steps():
     Measured: drift (slope of a linear fit of E_total(t)) −3e-4 kcal/mol/ps, fluctuation (std) 0.020
     kcal/mol out of a mean kinetic energy of 3.0 kcal/mol (range 0.09); bounds 5e-3 kcal/mol/ps and 0.05.
     (The fluctuation is velocity Verlet's and scales as dt²; ASE's VelocityVerlet shows the same.)"""
-    t0 = time.perf_counter()
     md = BatchedMD(MorsePotential(), [nh3(7)], timestep_fs=0.5, thermostat="nve", temperatures_K=300.0, seeds=9,
                    check_every=1000, record_every=10, skin=2.0)
     rec = md.run(10_000).replicas[0]
@@ -170,7 +168,6 @@ def test_nve_energy_conservation_10000_steps():
     assert abs(slope) < 5e-3
     assert e.std() < 0.05 and e.max() - e.min() < 0.2
     assert np.mean(rec.temperature) > 100.0  # it really moved
-    assert time.perf_counter() - t0 < 60
 
 
 # ------------------------------------------------------------------------------------------ batching
