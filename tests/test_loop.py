@@ -49,6 +49,7 @@ def test_two_generations_and_resume(tmp_path, ammonia_files):
     for method in ("ensemble", "gmm"):
         lab = summary["generations"][1][method]["label"]
         assert lab["n_candidates"] >= 1 and lab["n_added"] >= 1
+        assert lab["n_failed"] == 0 and lab["n_added"] + len(lab["dropped"]) == lab["n_candidates"]
         added = read_structures(tmp_path / "loop" / "gen1" / method / "attack" / "labelled.extxyz")
         assert len(added) == lab["n_added"]
         # generation 2 trains on the initial pool plus the new samples

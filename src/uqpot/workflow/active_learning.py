@@ -275,13 +275,14 @@ class ActiveLearning:
             accepted.append(s)
         write_extxyz(StructureDataset(accepted), d / "labelled.extxyz")
         energies = [s.info["energy_rel"] for s in accepted]
-        rec = {"n_candidates": len(cand), "n_added": len(accepted), "dropped": dropped,
+        failed = sum(s is None for s in res.structures)
+        rec = {"n_candidates": len(cand), "n_added": len(accepted), "n_failed": failed, "dropped": dropped,
                "oracle_calls": self.oracle.calls - calls0, "from_store": res.n_from_store,
                "energy_rel_min": min(energies) if energies else None,
                "energy_rel_max": max(energies) if energies else None}
         write_json(marker, rec)
         self.log(f"gen {g} {method}: labelled {len(cand)} candidates ({rec['oracle_calls']} oracle calls), "
-                 f"added {len(accepted)}")
+                 f"added {len(accepted)}" + (f", {failed} failed (see {marker})" if failed else ""))
         return rec
 
     def step_md(self, g, method) -> dict | None:

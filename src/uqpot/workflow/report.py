@@ -156,6 +156,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
                          "energy_mae": t.get("energy_mae"), "spearman": t.get("spearman"),
                          "roc_auc_p20": t.get("roc_auc_p20"), "miscalibration_area": t.get("miscalibration_area"),
                          "cnll": t.get("cnll"), "samples_added": lab.get("n_added"),
+                         "oracle_failures": lab.get("n_failed"),
                          "added_E_min": lab.get("energy_rel_min"), "added_E_max": lab.get("energy_rel_max"),
                          "stable_md_fraction": md.get("fraction_stable"),
                          "neb_barrier": neb.get("barrier"), "neb_barrier_oracle": neb.get("oracle_barrier")})
