@@ -168,18 +168,25 @@ def attack_energy_rmsd(samples: dict, title: str = "adversarial samples: energy 
     return fig
 
 
-def grouped_bars(values: dict, ylabel: str, title: str):
-    """{group (e.g. generation): {method: value}} as grouped bars."""
-    plt = _plt()
+def _bars(ax, values: dict, ylabel: str) -> None:
+    """{group: {method: value}} as grouped bars on ``ax`` (None or missing values leave a gap)."""
     groups = list(values)
     methods = sorted({m for g in values.values() for m in g})
     w = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(groups) * max(1, len(methods) / 3), 3.3))
     for k, m in enumerate(methods):
-        ys = [values[g].get(m, np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + k * w, ys, w, label=m, color=METHOD_COLORS.get(m))
+        ys = [values[g].get(m) for g in groups]
+        ax.bar(np.arange(len(groups)) + k * w, [np.nan if y is None else y for y in ys], w, label=m,
+               color=METHOD_COLORS.get(m))
     ax.set_xticks(np.arange(len(groups)) + w * (len(methods) - 1) / 2, [str(g) for g in groups])
     ax.set_ylabel(ylabel)
+
+
+def grouped_bars(values: dict, ylabel: str, title: str):
+    """{group (e.g. generation): {method: value}} as grouped bars."""
+    plt = _plt()
+    n_methods = len({m for g in values.values() for m in g})
+    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(values) * max(1, n_methods / 3), 3.3))
+    _bars(ax, values, ylabel)
     ax.legend(fontsize=8)
     ax.set_title(title)
     fig.tight_layout()
@@ -190,17 +197,8 @@ def cost_bars(wall: dict, memory: dict, title: str = "training cost per method (
     """{group: {method: training wall time (s)}} and {group: {method: peak MB of a training step}}."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.4))
-    for ax, values, ylabel in ((axes[0], wall, "training wall time (s)"),
-                               (axes[1], memory, "peak memory of a training step (MB)")):
-        groups = list(values)
-        methods = sorted({m for g in values.values() for m in g})
-        w = 0.8 / max(len(methods), 1)
-        for k, m in enumerate(methods):
-            ys = [values[g].get(m, np.nan) for g in groups]
-            ax.bar(np.arange(len(groups)) + k * w, [np.nan if y is None else y for y in ys], w, label=m,
-                   color=METHOD_COLORS.get(m))
-        ax.set_xticks(np.arange(len(groups)) + w * (len(methods) - 1) / 2, [str(g) for g in groups])
-        ax.set_ylabel(ylabel)
+    _bars(axes[0], wall, "training wall time (s)")
+    _bars(axes[1], memory, "peak memory of a training step (MB)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

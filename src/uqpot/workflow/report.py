@@ -344,11 +344,11 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
                               np.nan) for m in methods] for mol in molecules], dtype=float)
         rep.figure(fg.heatmap(mat, molecules, methods, key), f"{key} per molecule and method (Fig. S2 analogue)")
     _grid_supporting_figures(rep, results, molecules)
+    first = min(r["job"].get("split", 0) for r in results)
     _cost_section(rep, [(r["job"]["molecule"], r["job"]["method"],
                          {"train_seconds": r.get("wall_seconds"), "epochs": r["training"].get("epochs_run"),
                           "step_peak_mb": r["training"].get("step_peak_mb")})
-                        for r in results if r["job"].get("split") == min(x["job"].get("split", 0) for x in results)],
-                  run)
+                        for r in results if r["job"].get("split", 0) == first], run)
     _provenance_section(rep, run)
     return rep.write(run, {"rows": rows})
 
