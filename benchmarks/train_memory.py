@@ -27,24 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def peak_mb(step, device: str) -> float:
-    """MB that ``step()`` allocates at its peak beyond what existed before it."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    from torch.profiler import ProfilerActivity, profile
+    """uqpot's own measuring code (``uqpot/train/memory.py`` needs only torch), loaded from the source tree
+    so that schnetpack's environment, which has no uqpot, measures with it too."""
+    import importlib.util
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
-    level = peak = 0
-    for e in events:
-        level += e.self_cpu_memory_usage
-        peak = max(peak, level)
-    return peak / 2**20
+    spec = importlib.util.spec_from_file_location("_uqpot_memory", REPO / "src" / "uqpot" / "train" / "memory.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.peak_mb(step, device.startswith("cuda"))
 
 
 def uqpot_side(a) -> float:
