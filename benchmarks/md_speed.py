@@ -59,11 +59,11 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_batched(model, structures, steps, device):
+def time_batched(model, structures, steps, device, layout="auto", compiled=False):
     from uqpot.md.batched import BatchedMD
 
     md = BatchedMD(model, structures, timestep_fs=0.5, temperatures_K=300.0, seeds=list(range(len(structures))),
-                   tdamp_fs=50.0, skin=2.0, check_every=20, record_every=20)
+                   tdamp_fs=50.0, skin=2.0, check_every=20, record_every=20, layout=layout, compile=compiled)
     md.run(20)  # warm-up (allocator, first syncs)
     sync(device)
     done0 = sum(r.steps_run for r in md.result().replicas)
@@ -76,14 +76,14 @@ def time_batched(model, structures, steps, device):
                          "neighbor_builds": md.neighbor_builds}
 
 
-def time_ase(model, structures, steps):
+def time_ase(model, structures, steps, layout="sparse"):
     from ase import units
     from ase.md.nose_hoover_chain import NoseHooverChainNVT
     from ase.md.velocitydistribution import thermalize_momenta
 
     from uqpot.md.calculator import UQPotCalculator
 
-    calc = UQPotCalculator(model)
+    calc = UQPotCalculator(model, layout=layout)
     wall = 0.0
     for k, s in enumerate(structures):
         a = s.copy()
@@ -108,6 +108,11 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--data", default=None, help="NH3 geometries (extxyz) to start from")
+    p.add_argument("--layout", default="auto", choices=["auto", "sparse", "dense"],
+                   help="pair layout of the batched engine (BatchedMD's layout); the ASE path uses the "
+                        "calculator's edge list")
+    p.add_argument("--compile", action="store_true", help="the batched engine with compile=True (the "
+                   "compilation is part of the warm-up, not timed)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,7 +123,8 @@ def main(argv=None):
     rates = {"batched": [], "ase": []}
     details = {}
     for _ in range(args.rounds):
-        r, details["batched"] = time_batched(model, batch_starts, args.steps, args.device)
+        r, details["batched"] = time_batched(model, batch_starts, args.steps, args.device, args.layout,
+                                             args.compile)
         rates["batched"].append(r)
         r, details["ase"] = time_ase(model, ase_starts, args.ase_steps)
         rates["ase"].append(r)
@@ -126,6 +132,7 @@ def main(argv=None):
     out = {
         "benchmark": "md_speed", "system": "NH3", "model": "PaiNN 3x128, 20 rbf, 5 A (random weights)",
         "thermostat": "nose-hoover chain 3, dt 0.5 fs, 300 K", "device": args.device, "dtype": args.dtype,
+        "layout": args.layout, "compile": args.compile,
         "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "cpu_count": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
         "replicas": args.replicas, "steps": args.steps,
@@ -138,7 +145,7 @@ def main(argv=None):
     print(f"{'engine':<28}{'replica-steps/s':>18}{'speed-up':>10}")
     print(f"{'ASE NoseHooverChainNVT x1':<28}{med['ase']:>18.1f}{1.0:>10.1f}")
     print(f"{f'batched ({args.replicas} replicas)':<28}{med['batched']:>18.1f}{med['batched'] / med['ase']:>10.1f}")
-    print(f"device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()}, "
+    print(f"layout {args.layout}, compile {args.compile}, device {args.device}, {args.dtype}, torch threads {torch.get_num_threads()}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return out
 

@@ -2,14 +2,17 @@
 
     python benchmarks/train_speed.py --data PATH/rmd17_ethanol_800.extxyz \
         [--reference-python VENV/bin/python] [--reference-script PATH/schnetpack_painn.py] \
-        [--device cpu|cuda] [--batch 64] [--rounds 3]
+        [--device cpu|cuda] [--batch 64] [--rounds 3] [--variants sparse,dense,dense+compile]
 
 Both sides time the model step on pre-collated batches of ethanol (64 structures, 576 atoms): training =
 forward, force graph, backward, Adam step; inference = forward and forces.  The paper's hyper-parameters
 on both sides (3 interactions, 128 features, 20 Gaussians, 5 Å cosine cutoff; loss 0.1 MAE(E) + MAE(F);
 Adam 1e-4; float32).  The two are run alternately, ``--rounds`` times (uqpot in this process, the
 reference in its own interpreter, since schnetpack lives in its own environment), and the medians are
-compared.  Prints one JSON line and a table.  Speed is reported, never asserted.
+compared.  uqpot is measured in the variants the trainer offers: the sparse edge list, the dense all-pairs
+layout (``train.layout``), each eager or compiled with ``torch.compile`` (``train.compile``; its warm-up,
+which includes the compilation, is printed and not counted).  Prints one JSON line and a table.  Speed is
+reported, never asserted.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def uqpot_batches(path, batch, n_batches, device):
+def uqpot_batches(path, batch, n_batches, device, layout="sparse"):
     from uqpot.data.batch import collate_dataset
     from uqpot.data.io import read_structures
 
@@ -38,7 +41,7 @@ def uqpot_batches(path, batch, n_batches, device):
     out = []
     for k in range(n_batches):
         idx = [order[(k * batch + i) % len(ds)] for i in range(batch)]
-        out.append(collate_dataset(ds, idx, 5.0, dtype="float32", device=device))
+        out.append(collate_dataset(ds, idx, 5.0, dtype="float32", device=device, layout=layout))
     return ds, out
 
 
@@ -47,48 +50,66 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure_uqpot(path, batch, steps, repeats, device):
-    from uqpot.nn.potential import Potential
-    from uqpot.train.losses import EnergyForceLoss
+class UqpotBench:
+    """uqpot's model step on one layout, eager or compiled; built (and compiled) once, timed each round."""
 
-    ds, batches = uqpot_batches(path, batch, steps, device)
-    torch.manual_seed(0)
-    model = Potential()
-    model.fit_reference(ds)
-    model = model.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = EnergyForceLoss(0.1, 1.0)
+    def __init__(self, path, batch, steps, device, layout="sparse", compiled=False):
+        from uqpot.nn.potential import Potential
+        from uqpot.train.losses import EnergyForceLoss
 
-    def train_step(b):
-        model.train()
-        loss, _ = loss_fn(model(b), b)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        self.batch, self.device = batch, device
+        ds, self.batches = uqpot_batches(path, batch, steps, device, layout)
+        torch.manual_seed(0)
+        model = Potential()
+        model.fit_reference(ds)
+        self.model = model = model.to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        loss_fn = EnergyForceLoss(0.1, 1.0)
 
-    def infer_step(b):
-        model.eval()
-        out = model(b, create_graph=False)
-        out["forces"].sum().item()
+        def train_loss(b):
+            return loss_fn(model(b), b)[0]
 
-    res = {}
-    for name, fn in (("train", train_step), ("infer", infer_step)):
-        for b in batches[:3]:
-            fn(b)
-        sync(device)
-        rates = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            for b in batches:
+        def infer(b):
+            return model(b, create_graph=False)["forces"]
+
+        if compiled:  # what the trainer does with train.compile: true
+            train_loss, infer = torch.compile(train_loss), torch.compile(infer)
+
+        def train_step(b):
+            model.train()
+            loss = train_loss(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def infer_step(b):
+            model.eval()
+            infer(b).sum().item()
+
+        self.steps = {"train": train_step, "infer": infer_step}
+        t = time.perf_counter()
+        for fn in self.steps.values():
+            for b in self.batches[:3]:
                 fn(b)
-            sync(device)
-            rates.append(batch * len(batches) / (time.perf_counter() - t))
-        res[f"{name}_structures_per_s"] = statistics.median(rates)
-    if str(device).startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-        train_step(batches[0])
-        res["train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return res
+        sync(device)
+        self.warmup_s = time.perf_counter() - t
+
+    def measure(self, repeats):
+        res = {}
+        for name, fn in self.steps.items():
+            rates = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                for b in self.batches:
+                    fn(b)
+                sync(self.device)
+                rates.append(self.batch * len(self.batches) / (time.perf_counter() - t))
+            res[f"{name}_structures_per_s"] = statistics.median(rates)
+        if str(self.device).startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self.steps["train"](self.batches[0])
+            res["train_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        return res
 
 
 def measure_reference(python, script, data, batch, steps, repeats, device):
@@ -108,35 +129,54 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--variants", default="sparse,dense,dense+compile",
+                    help="uqpot variants, comma-separated: LAYOUT[+compile] with LAYOUT sparse or dense "
+                         "(the trainer's train.layout and train.compile)")
     ap.add_argument("--reference-python", default=os.environ.get("SCHNETPACK_PYTHON"),
                     help="python of an environment with schnetpack 2.2 (see ../shared/bench/setup_schnetpack.sh)")
     ap.add_argument("--reference-script", default=str(REPO.parent / "shared" / "bench" / "schnetpack_painn.py"))
     a = ap.parse_args()
 
-    ours, ref = [], []
-    for _ in range(a.rounds):
-        ours.append(measure_uqpot(a.data, a.batch, a.steps, a.repeats, a.device))
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
+    benches = {}
+    for v in variants:
+        layout, _, comp = v.partition("+")
+        if layout not in ("sparse", "dense") or comp not in ("", "compile"):
+            ap.error(f"unknown variant {v!r}; use sparse, dense, sparse+compile or dense+compile")
+        benches[v] = UqpotBench(a.data, a.batch, a.steps, a.device, layout, comp == "compile")
+    ours = {v: [] for v in variants}
+    ref = []
+    for _ in range(a.rounds):  # alternate: every variant, then the reference, per round
+        for v, bench in benches.items():
+            ours[v].append(bench.measure(a.repeats))
         if a.reference_python:
             ref.append(measure_reference(a.reference_python, a.reference_script, a.data, a.batch, a.steps,
                                          a.repeats, a.device))
     med = lambda rows, k: statistics.median(r[k] for r in rows)  # noqa: E731
     out = {"device": a.device, "batch": a.batch, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "rounds": a.rounds,
-           "uqpot_train_structures_per_s": round(med(ours, "train_structures_per_s"), 1),
-           "uqpot_infer_structures_per_s": round(med(ours, "infer_structures_per_s"), 1)}
+           "rounds": a.rounds, "uqpot": {}}
+    for v in variants:
+        out["uqpot"][v] = {"train_structures_per_s": round(med(ours[v], "train_structures_per_s"), 1),
+                           "infer_structures_per_s": round(med(ours[v], "infer_structures_per_s"), 1),
+                           "warmup_s": round(benches[v].warmup_s, 1)}
     if ref:
-        out["schnetpack_train_structures_per_s"] = round(med(ref, "train_structures_per_s"), 1)
-        out["schnetpack_infer_structures_per_s"] = round(med(ref, "infer_structures_per_s"), 1)
-        out["train_ratio"] = round(out["uqpot_train_structures_per_s"] / out["schnetpack_train_structures_per_s"], 2)
-        out["infer_ratio"] = round(out["uqpot_infer_structures_per_s"] / out["schnetpack_infer_structures_per_s"], 2)
+        out["schnetpack"] = {"train_structures_per_s": round(med(ref, "train_structures_per_s"), 1),
+                             "infer_structures_per_s": round(med(ref, "infer_structures_per_s"), 1)}
+        for v in variants:
+            for k in ("train", "infer"):
+                out["uqpot"][v][f"{k}_ratio"] = round(out["uqpot"][v][f"{k}_structures_per_s"]
+                                                      / out["schnetpack"][f"{k}_structures_per_s"], 2)
     print(json.dumps(out))
-    print(f"\n{'':12s}{'train struct/s':>16s}{'infer struct/s':>16s}")
-    print(f"{'uqpot':12s}{out['uqpot_train_structures_per_s']:16.1f}{out['uqpot_infer_structures_per_s']:16.1f}")
+    print(f"\n{'':18s}{'train struct/s':>16s}{'infer struct/s':>16s}{'train ratio':>13s}{'infer ratio':>13s}"
+          f"{'warm-up s':>11s}")
+    for v in variants:
+        r = out["uqpot"][v]
+        print(f"{'uqpot ' + v:18s}{r['train_structures_per_s']:16.1f}{r['infer_structures_per_s']:16.1f}"
+              f"{r.get('train_ratio', float('nan')):13.2f}{r.get('infer_ratio', float('nan')):13.2f}"
+              f"{r['warmup_s']:11.1f}")
     if ref:
-        print(f"{'schnetpack':12s}{out['schnetpack_train_structures_per_s']:16.1f}"
-              f"{out['schnetpack_infer_structures_per_s']:16.1f}")
-        print(f"{'ratio':12s}{out['train_ratio']:16.2f}{out['infer_ratio']:16.2f}")
-
+        print(f"{'schnetpack':18s}{out['schnetpack']['train_structures_per_s']:16.1f}"
+              f"{out['schnetpack']['infer_structures_per_s']:16.1f}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -177,6 +177,12 @@ class TrainConfig(Strict):
     max_nonfinite: int = Field(5, ge=0, description="non-finite losses tolerated per epoch before rollback")
     max_hours: Optional[float] = Field(None, gt=0.0)
     progress: bool = True
+    layout: Literal["auto", "sparse", "dense"] = Field(
+        "auto", description="pair layout: 'dense' (all pairs of a molecule on a padded grid, no gathers or "
+        "scatters), 'sparse' (edge list) or 'auto' (dense for molecules of at most 32 atoms); same results")
+    compile: bool = Field(
+        False, description="compile the training step with torch.compile (forces by torch.func.grad); "
+        "the first steps pay the compilation, later ones run faster; same results to float tolerance")
 
 
 class RunConfig(Strict):

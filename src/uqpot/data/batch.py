@@ -43,6 +43,13 @@ class AtomsBatch:
     energy: torch.Tensor | None = None  # (B,) kcal/mol, always float64
     forces: torch.Tensor | None = None  # (N, 3) kcal/mol/Å
     periodic: bool = False
+    # dense layout (molecules only): every pair of atoms within a structure, on a padded (B, n, n) grid
+    dense_index: torch.Tensor | None = None  # (N,) int64: slot b * n + k of each atom in the padded grid
+    pair_mask: torch.Tensor | None = None  # (B, n, n) bool: True for the pairs (i, j) of two real atoms, i != j
+
+    @property
+    def dense(self) -> bool:
+        return self.dense_index is not None
 
     def to(self, device=None, dtype=None) -> "AtomsBatch":
         """A copy on ``device``; floating tensors cast to ``dtype``."""
@@ -77,17 +84,54 @@ class AtomsBatch:
         return torch.einsum("ek,ekc->ec", self.cell_shifts, cell_of_edge)
 
 
+#: the layouts of the pair list: "sparse" (edge list within the cutoff), "dense" (all pairs of a structure
+#: on a padded grid, molecules only) or "auto" (dense where it is allowed and cheap, see ``choose_layout``)
+LAYOUTS = ("auto", "sparse", "dense")
+#: "auto" picks the dense layout for molecules of at most this many atoms
+DENSE_MAX_ATOMS = 32
+
+
+def choose_layout(layout: str, periodic: bool, max_atoms: int) -> str:
+    """The layout to use for structures with these properties.
+
+    The dense layout evaluates every pair of a structure (masked beyond the cutoff by the cutoff function),
+    so it costs n² pairs per structure against the edge count of the sparse list; it replaces gathers and
+    scatters by broadcasts and sums and gives the same results to float tolerance.  It exists for molecules
+    only: periodic images need the sparse list."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    if layout == "dense" and periodic:
+        raise ValueError("the dense layout is for molecules; periodic structures need layout 'sparse'")
+    if layout == "auto":
+        return "dense" if not periodic and max_atoms <= DENSE_MAX_ATOMS else "sparse"
+    return layout
+
+
+def dense_layout(n_atoms: np.ndarray, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``dense_index`` (N,) and ``pair_mask`` (B, n, n) for structures of ``n_atoms`` atoms; the grid size
+    n defaults to the largest structure."""
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    n = (int(n_atoms.max()) if len(n_atoms) else 0) if n is None else int(n)
+    slot = np.concatenate([np.arange(k) for k in n_atoms]) if len(n_atoms) else np.zeros(0, np.int64)
+    index = np.repeat(np.arange(len(n_atoms)), n_atoms) * n + slot
+    real = np.arange(n)[None, :] < n_atoms[:, None]  # (B, n)
+    mask = real[:, :, None] & real[:, None, :] & ~np.eye(n, dtype=bool)[None]
+    return index.astype(np.int64), mask
+
+
 def collate(
     structures: list[Structure],
     neighbors: list[tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
     cutoff: float | None = None,
     dtype="float32",
     device=None,
+    layout: str = "sparse",
 ) -> AtomsBatch:
     """Concatenates structures into an :class:`AtomsBatch`.
 
     ``neighbors`` are precomputed lists (i, j, shifts) per structure; without them they are computed with
-    ``cutoff``.
+    ``cutoff``.  ``layout`` "dense" (or "auto", see :func:`choose_layout`) adds the padded all-pairs grid
+    that the model then uses instead of the edge list.
     """
     if neighbors is None:
         if cutoff is None:
@@ -107,6 +151,10 @@ def collate(
     has_f = all(s.forces is not None for s in structures)
     dt = as_dtype(dtype)
     t = lambda a, d=dt: torch.as_tensor(a, dtype=d, device=device)  # noqa: E731
+    dense = {}
+    if choose_layout(layout, bool(pbc.any()), int(n_atoms.max()) if len(n_atoms) else 0) == "dense":
+        index, mask = dense_layout(n_atoms)
+        dense = dict(dense_index=t(index, torch.int64), pair_mask=t(mask, torch.bool))
     return AtomsBatch(
         numbers=t(numbers, torch.int64),
         positions=t(positions),
@@ -120,21 +168,33 @@ def collate(
         energy=t(np.array([s.energy for s in structures]), torch.float64) if has_e else None,
         forces=t(np.concatenate([s.forces for s in structures])) if has_f else None,
         periodic=bool(pbc.any()),
+        **dense,
     )
 
 
-def collate_dataset(dataset: StructureDataset, indices, cutoff: float, dtype="float32", device=None) -> AtomsBatch:
+def collate_dataset(dataset: StructureDataset, indices, cutoff: float, dtype="float32", device=None,
+                    layout: str = "sparse") -> AtomsBatch:
     """Batch of ``dataset[indices]`` using the dataset's cached neighbour lists."""
     nbrs = dataset.neighbors(cutoff)
     idx = [int(i) for i in indices]
-    return collate([dataset.structures[i] for i in idx], [nbrs[i] for i in idx], dtype=dtype, device=device)
+    return collate([dataset.structures[i] for i in idx], [nbrs[i] for i in idx], dtype=dtype, device=device,
+                   layout=layout)
+
+
+def dataset_layout(dataset: StructureDataset, layout: str) -> str:
+    """``layout`` resolved for a whole data set ("auto": dense for small molecules, else sparse), so that
+    every batch of one run has the same layout."""
+    periodic = any(bool(np.any(s.pbc)) for s in dataset.structures)
+    max_atoms = max((s.n_atoms for s in dataset.structures), default=0)
+    return choose_layout(layout, periodic, max_atoms)
 
 
 def iterate_batches(dataset: StructureDataset, batch_size: int, cutoff: float, dtype="float32", device=None,
-                    shuffle: bool = False, generator: np.random.Generator | None = None):
+                    shuffle: bool = False, generator: np.random.Generator | None = None, layout: str = "sparse"):
     """Yields ``(indices, AtomsBatch)`` over the dataset."""
     n = len(dataset)
     order = generator.permutation(n) if shuffle else np.arange(n)
+    layout = dataset_layout(dataset, layout)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size]
-        yield idx, collate_dataset(dataset, idx, cutoff, dtype=dtype, device=device)
+        yield idx, collate_dataset(dataset, idx, cutoff, dtype=dtype, device=device, layout=layout)

@@ -59,7 +59,7 @@ import torch
 from ase.data import atomic_masses
 
 from .. import fields as F
-from ..data.batch import AtomsBatch, as_dtype
+from ..data.batch import AtomsBatch, as_dtype, choose_layout, dense_layout
 from ..data.neighbors import neighbor_list
 from ..data.structures import Structure
 from ..units import FORCE_TO_ACCELERATION, KB_KCAL_PER_MOL_K, MV2_TO_KCAL_PER_MOL
@@ -203,6 +203,14 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+def _supports_dense(model) -> bool:
+    """uqpot's potentials and UQ methods evaluate the dense layout; other models (analytic references)
+    read the edge list."""
+    from ..nn.potential import Potential
+
+    return isinstance(model, Potential) or isinstance(getattr(model, "potential", None), Potential)
+
+
 def _as_structure(s) -> Structure:
     return s if isinstance(s, Structure) else Structure.from_atoms(s)
 
@@ -250,6 +258,14 @@ class BatchedMD:
     criteria: :class:`~uqpot.md.stability.StabilityCriteria` (default: finiteness only).
     dtype: dtype of the integrator state (default the model's); the model is called in its own dtype.
     replica_ids: labels of the replicas in the records (default 0..R-1).
+    layout: pair layout of the model call (see :func:`uqpot.data.batch.choose_layout`): "sparse" (the
+        Verlet list) or "dense" (molecules only: every pair of a replica on a padded grid, so the list never
+        goes stale: no skin, no rebuilds, and the stability checks see every distance).  "auto" (default) is
+        dense for molecules of up to 32 atoms when ``compile`` is on, else sparse (eager, the edge list is
+        the faster one).  Same forces to float tolerance.
+    compile: evaluate the model through ``torch.compile`` (forces by ``torch.func.grad``).  It pays a
+        compilation (tens of seconds on a CPU) at the start.  On the dense layout every call is padded to
+        the starting shape, so removing failed replicas never recompiles.
     """
 
     def __init__(self, model, structures: Sequence, *, timestep_fs: float, temperatures_K=300.0, seeds=0,
@@ -258,7 +274,7 @@ class BatchedMD:
                  remove_com_momentum: bool = True, skin: float = 1.0, check_every: int = 20,
                  record_every: int | None = None, frame_every: int | None = None,
                  criteria: StabilityCriteria | None = None, dtype=None, replica_ids=None,
-                 adapt_skin: bool = True):
+                 adapt_skin: bool = True, layout: str = "auto", compile: bool = False):
         if thermostat not in THERMOSTATS:
             raise ValueError(f"unknown thermostat {thermostat!r}; use one of {', '.join(THERMOSTATS)}")
         if timestep_fs <= 0 or skin <= 0 or check_every < 1 or chain_length < 1 or chain_steps < 1:
@@ -275,6 +291,22 @@ class BatchedMD:
         self.skin = float(skin)
         self.adapt_skin = bool(adapt_skin)
         self.criteria = criteria if criteria is not None else StabilityCriteria()
+        periodic = any(bool(np.any(x.pbc)) for x in structures)
+        if layout == "auto" and (not compile or not _supports_dense(model)):
+            layout = "sparse"  # eager, the edge list is the faster one for small molecules
+        if layout == "dense" and not _supports_dense(model):
+            raise ValueError("layout 'dense' needs a uqpot potential or UQ method; this model reads edge lists")
+        self.layout = choose_layout(layout, periodic, max(x.n_atoms for x in structures))
+        self._call = self._call_model
+        self._capacity = None
+        if compile and self.layout == "dense":
+            # static shapes: every call is padded to the starting size (removed replicas become isolated
+            # padding atoms), so one compiled graph serves the whole campaign
+            self._capacity = (sum(x.n_atoms for x in structures), len(structures),
+                              max(x.n_atoms for x in structures))
+            self._call = torch.compile(self._call_model, dynamic=False)
+        elif compile:  # edge lists change size at every rebuild
+            self._call = torch.compile(self._call_model, dynamic=True)
         if self.criteria.required_cutoff > self.cutoff + self.skin:
             raise ValueError(f"min_distance {self.criteria.min_distance} Å exceeds the list cutoff")
         self.dt = float(timestep_fs)
@@ -392,7 +424,7 @@ class BatchedMD:
         rc = self.cutoff + self.skin
         ei, ej, sh = [], [], []
         start = 0
-        for r in range(len(n)):
+        for r in range(len(n) if self.layout == "sparse" else 0):
             sl = slice(start, start + int(n[r]))
             if np.all(np.isfinite(x[sl])):
                 i, j, s = neighbor_list(x[sl], cells[r], pbc[r], rc)
@@ -403,24 +435,75 @@ class BatchedMD:
             ej.append(j + start)
             sh.append(s)
             start += int(n[r])
-        edge_index = torch.as_tensor(np.stack([np.concatenate(ei), np.concatenate(ej)]), device=self.device)
+        if self.layout == "dense":
+            # molecules on the dense layout: the list holds every pair of a replica, so it never goes stale
+            # (no skin, no rebuilds) and the stability checks see every distance
+            b, i, j = np.nonzero(dense_layout(n)[1])
+            start = (np.cumsum(n) - n)[b]
+            ei, ej, sh = [i + start], [j + start], [np.zeros((len(b), 3), dtype=np.int64)]
+        edge_index = torch.as_tensor(np.stack([np.concatenate(ei), np.concatenate(ej)]).astype(np.int64),
+                                     device=self.device)
         shifts = torch.as_tensor(np.concatenate(sh).reshape(-1, 3), dtype=self.model_dtype, device=self.device)
+        dense = {}
+        if self.layout == "dense":
+            index, mask = dense_layout(n)
+            dense = dict(dense_index=torch.as_tensor(index, device=self.device),
+                         pair_mask=torch.as_tensor(mask, device=self.device))
         self._abatch = AtomsBatch(numbers=self.numbers, positions=self.x, cell=self.cell.to(self.model_dtype),
                                   pbc=self.pbc, batch=self.batch, n_atoms=self.n_atoms, edge_index=edge_index,
-                                  cell_shifts=shifts, num_structures=len(n), periodic=bool(pbc.any()))
+                                  cell_shifts=shifts, num_structures=len(n), periodic=bool(pbc.any()), **dense)
         self._edge_offsets = self._abatch.edge_offsets().to(self.dtype) if self._abatch.periodic else None
+        self._model_batch = self._padded(self._abatch) if self._capacity is not None else self._abatch
         self.x_ref = self.x.clone()
         self.neighbor_builds += 1
+
+    def _padded(self, b: AtomsBatch) -> AtomsBatch:
+        """``b`` on the dense layout padded to the starting numbers of atoms and replicas (static shapes for
+        the compiled model).  Padding atoms sit in padding structures of at least one atom each, with no
+        pairs: they interact with nothing, and their outputs are dropped."""
+        n_cap, b_cap, n_max = self._capacity
+        N, B = len(b.numbers), b.num_structures
+        n_pad, b_pad = n_cap - N, b_cap - B  # every removed replica had 1..n_max atoms
+        sizes = np.ones(b_pad, dtype=np.int64)
+        extra = n_pad - b_pad
+        for k in range(b_pad):
+            take = min(extra, n_max - 1)
+            sizes[k] += take
+            extra -= take
+        n_atoms = np.concatenate([b.n_atoms.cpu().numpy(), sizes])
+        index, mask = dense_layout(n_atoms, n_max)
+        mask[B:] = False
+        dev = self.device
+        pad_z = b.numbers[:1].expand(n_pad)
+        return AtomsBatch(
+            numbers=torch.cat([b.numbers, pad_z]), positions=b.positions,
+            cell=torch.cat([b.cell, torch.eye(3, dtype=b.cell.dtype, device=dev).expand(b_pad, 3, 3)]),
+            pbc=torch.cat([b.pbc, torch.zeros(b_pad, 3, dtype=torch.bool, device=dev)]),
+            batch=torch.as_tensor(np.repeat(np.arange(b_cap), n_atoms), device=dev),
+            n_atoms=torch.as_tensor(n_atoms, device=dev),
+            edge_index=torch.zeros(2, 0, dtype=torch.int64, device=dev),
+            cell_shifts=torch.zeros(0, 3, dtype=b.cell_shifts.dtype, device=dev), num_structures=b_cap,
+            periodic=False, dense_index=torch.as_tensor(index, device=dev),
+            pair_mask=torch.as_tensor(mask, device=dev))
 
     # ------------------------------------------------------------------ forces
     def _compute(self) -> None:
         xm = self.x if self.dtype == self.model_dtype else self.x.to(self.model_dtype)
-        out = self.model(self._abatch.with_positions(xm), compute_forces=True, create_graph=False)
+        if self._capacity is not None:
+            N, B = len(self.numbers), len(self._slots)
+            xm = torch.cat([xm, xm.new_zeros(self._capacity[0] - N, 3)])
+            f, e, u = self._call(self._model_batch.with_positions(xm))
+            f, e, u = f[:N], e[:B], (None if u is None else u[:B])
+        else:
+            f, e, u = self._call(self._abatch.with_positions(xm))
         self.model_calls += 1
-        self.f = out[F.FORCES].detach().to(self.dtype)
-        self.e = out[F.ENERGY].detach().to(torch.float64)
-        u = out.get(F.UNCERTAINTY)
+        self.f = f.detach().to(self.dtype)
+        self.e = e.detach().to(torch.float64)
         self.u = None if u is None else u.detach()
+
+    def _call_model(self, batch: AtomsBatch):
+        out = self.model(batch, compute_forces=True, create_graph=False)
+        return out[F.FORCES], out[F.ENERGY], out.get(F.UNCERTAINTY)
 
     # ------------------------------------------------------------------ thermostat pieces
     def _ke2(self) -> torch.Tensor:
@@ -641,7 +724,7 @@ class BatchedMD:
                 self._record(buf)
             half2 = (0.5 * self.skin) ** 2
             info = self._block_stats(snap["x"])  # the one host transfer of the block, with _sync's
-            if info[0] > half2:
+            if info[0] > half2 and self.layout == "sparse":
                 # the list went stale somewhere in the block: replay it exactly with per-step checks
                 self.replays += 1
                 move = math.sqrt(max(info[2], 0.0))
@@ -691,6 +774,8 @@ class BatchedMD:
             self._remove(~failed)
             if self._slots:
                 self._build()
+            return
+        if self.layout == "dense":  # all pairs: the list never goes stale
             return
         if info is None:
             if self.step_count > 0:

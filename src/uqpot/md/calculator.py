@@ -20,8 +20,10 @@ from ..units import ENERGY_UNIT, LENGTH_UNIT, energy_factor, length_factor
 class UQPotCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "energies", F.UNCERTAINTY, F.UNCERTAINTY_ATOM]
 
-    def __init__(self, model, energy_unit: str = "eV", length_unit: str = "Å", device=None, **kwargs):
+    def __init__(self, model, energy_unit: str = "eV", length_unit: str = "Å", device=None,
+                 layout: str = "sparse", **kwargs):
         super().__init__(**kwargs)
+        self.layout = layout  # pair layout of the model call (see uqpot.data.batch.choose_layout)
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             from .. import load
 
@@ -42,7 +44,8 @@ class UQPotCalculator(Calculator):
         from ..data.structures import StructureDataset
 
         check_elements(self.model, StructureDataset([s]))
-        batch = collate([s], cutoff=self.model.cutoff, dtype=self.model.dtype, device=self.model.device)
+        batch = collate([s], cutoff=self.model.cutoff, dtype=self.model.dtype, device=self.model.device,
+                        layout=self.layout)
         out = self.model(batch, compute_forces=True, create_graph=False)
         energy = float(out[F.ENERGY].detach().cpu()[0]) * self.energy_to_out
         forces = out[F.FORCES].detach().cpu().double().numpy() * self.energy_to_out * self.length_in

@@ -61,6 +61,16 @@ class Message(nn.Module):
         dv = x[1].unsqueeze(1) * v.index_select(2, edge_j) + x[2].unsqueeze(1) * unit_t  # (M, 3, E, F)
         return s.index_add(1, edge_i, x[0]), v.index_add(2, edge_i, dv)
 
+    def forward_dense(self, s, v, filters, unit):
+        """The same message on the padded all-pairs grid: s (M, B, n, F), v (M, 3, B, n, F), ``filters``
+        W(r_ij) (M, B, n, n, 3F) (zero for masked pairs), ``unit`` (M, 3, B, n, n, 1).  The neighbour j is
+        the fourth axis: gathers become broadcasts and the scatter a sum over j."""
+        F = self.n_features
+        phi = self.phi(s).unsqueeze(2)  # (M, B, 1, n_j, 3F)
+        x = [phi[..., k * F:(k + 1) * F] * filters[..., k * F:(k + 1) * F] for k in range(3)]  # (M, B, i, j, F)
+        dv = (x[1].unsqueeze(1) * v.unsqueeze(3) + x[2].unsqueeze(1) * unit).sum(4)  # (M, 3, B, n, F)
+        return s + x[0].sum(3), v + dv
+
 
 class Update(nn.Module):
     def __init__(self, members: int, n_features: int, act: str, eps: float = 1e-8):
@@ -112,5 +122,30 @@ class PaiNN(nn.Module):
         v = s.new_zeros((self.members, 3, s.shape[1], self.n_features))
         for k in range(self.n_interactions):
             s, v = self.messages[k](s, v, radial, weight[..., k * n:(k + 1) * n], unit_t, edge_i, edge_j)
+            s, v = self.updates[k](s, v)
+        return s, v
+
+    def forward_dense(self, numbers: torch.Tensor, vectors: torch.Tensor, pair_mask: torch.Tensor):
+        """The same network on the dense layout of the data layer (molecules): every pair (i, j) of a
+        structure on a padded grid.  ``numbers`` (B, n) (0 for padding), ``vectors`` (M, B, n, n, 3) with
+        r_ij = r_j - r_i, ``pair_mask`` (B, n, n).  Masked pairs and pairs beyond the cutoff get zero filters,
+        so the result equals :meth:`forward` on the edge list within the cutoff.  Returns s (M, B, n, F) and
+        v (M, 3, B, n, F)."""
+        M = self.members
+        mask = pair_mask.unsqueeze(0)
+        r2 = vectors.pow(2).sum(-1)
+        # distance 1 on masked pairs (i = i, padding): finite values and derivatives, multiplied by zero
+        r = torch.sqrt(torch.where(mask, r2, torch.ones_like(r2)))  # (M, B, n, n)
+        unit = (vectors / r.unsqueeze(-1)).movedim(-1, 1).unsqueeze(-1)  # (M, 3, B, n, n, 1)
+        rbf = self.rbf(r.reshape(M, -1))  # (M, B·n·n, K)
+        cut = (self.fcut(r) * mask).reshape(M, -1, 1)
+        radial = torch.cat([rbf, torch.ones_like(rbf[..., :1])], dim=-1) * cut
+        weight = torch.cat([self.filter_net.weight, self.filter_net.bias], dim=1)  # (M, K+1, I*3F)
+        n = 3 * self.n_features
+        s = self.embedding(numbers.reshape(-1)).reshape(M, *numbers.shape, self.n_features)
+        v = s.new_zeros((M, 3) + tuple(numbers.shape) + (self.n_features,))
+        for k in range(self.n_interactions):
+            filters = torch.bmm(radial, weight[..., k * n:(k + 1) * n]).reshape(*r.shape, n)  # (M, B, n, n, 3F)
+            s, v = self.messages[k].forward_dense(s, v, filters, unit)
             s, v = self.updates[k](s, v)
         return s, v

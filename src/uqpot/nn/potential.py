@@ -107,6 +107,24 @@ class Potential(nn.Module):
         e = self.atomref.index_select(0, batch.numbers)
         return torch.zeros(batch.num_structures, dtype=torch.float64, device=e.device).index_add(0, batch.batch, e)
 
+    def _features(self, batch: AtomsBatch, pos_m: torch.Tensor) -> torch.Tensor:
+        """Per-atom features ξ (M, N, F) from member positions (M, N, 3), on the batch's layout."""
+        M = self.members
+        if batch.dense:
+            B, n = batch.pair_mask.shape[0], batch.pair_mask.shape[1]
+            idx = batch.dense_index
+            pos = pos_m.new_zeros(M, B * n, 3).index_copy(1, idx, pos_m).reshape(M, B, n, 3)
+            vectors = pos.unsqueeze(2) - pos.unsqueeze(3)  # (M, B, i, j, 3): r_j - r_i
+            numbers = batch.numbers.new_zeros(B * n).index_copy(0, idx, batch.numbers).reshape(B, n)
+            s, _ = self.representation.forward_dense(numbers, vectors, batch.pair_mask)
+            return s.reshape(M, B * n, -1).index_select(1, idx)
+        i, j = batch.edge_index[0], batch.edge_index[1]
+        vectors = pos_m.index_select(1, j) - pos_m.index_select(1, i)
+        if batch.periodic:
+            vectors = vectors + batch.edge_offsets()
+        s, _ = self.representation(batch.numbers, vectors, batch.edge_index)
+        return s
+
     def forward_members(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
                         retain_graph: bool | None = None) -> dict[str, torch.Tensor]:
         """Outputs with a leading member axis: energy (M, B) float64, forces (M, N, 3), features ξ (M, N, F),
@@ -117,27 +135,46 @@ class Potential(nn.Module):
         create_graph = self.training if create_graph is None else create_graph
         M = self.members
         positions = batch.positions
+        if compute_forces and torch.compiler.is_compiling():
+            return self._forward_functional(batch)
         # a graph is needed for forces, or when the caller differentiates w.r.t. the positions
         with torch.enable_grad() if compute_forces or positions.requires_grad else torch.no_grad():
             if compute_forces and not positions.requires_grad:
                 positions = positions.detach().requires_grad_(True)
             # every member gets its own view of the positions so that autograd separates their forces
             pos_m = positions.unsqueeze(0).expand(M, -1, -1)
-            i, j = batch.edge_index[0], batch.edge_index[1]
-            vectors = pos_m.index_select(1, j) - pos_m.index_select(1, i)
-            if batch.periodic:
-                vectors = vectors + batch.edge_offsets()
-            s, _ = self.representation(batch.numbers, vectors, batch.edge_index)
-            e_atom = self.readout(s).squeeze(-1) * self.energy_scale  # (M, N)
-            e_res = e_atom.new_zeros(M, batch.num_structures).index_add(1, batch.batch, e_atom)
-            out = {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, "energy_residual": e_res,
-                   F.ENERGY: e_res.to(torch.float64) + self.reference_energy(batch)}
+            out = self._energy_outputs(batch, pos_m)
             if compute_forces:
                 (grad,) = torch.autograd.grad(
-                    e_res.sum(), pos_m, create_graph=create_graph,
+                    out["energy_residual"].sum(), pos_m, create_graph=create_graph,
                     retain_graph=create_graph if retain_graph is None else retain_graph)
                 out[F.FORCES] = -grad
+        return self._with_reference(out, batch)
+
+    def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor) -> dict[str, torch.Tensor]:
+        s = self._features(batch, pos_m)
+        e_atom = self.readout(s).squeeze(-1) * self.energy_scale  # (M, N)
+        e_res = e_atom.new_zeros(self.members, batch.num_structures).index_add(1, batch.batch, e_atom)
+        return {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, "energy_residual": e_res}
+
+    def _with_reference(self, out: dict, batch: AtomsBatch) -> dict:
+        out[F.ENERGY] = out["energy_residual"].to(torch.float64) + self.reference_energy(batch)
         return out
+
+    def _forward_functional(self, batch: AtomsBatch) -> dict[str, torch.Tensor]:
+        """Forces as an explicit function of the positions (``torch.func.grad``), the form that
+        ``torch.compile`` can trace and differentiate once more for a loss on forces (it does not support
+        the double backward of ``torch.autograd.grad(create_graph=True)``).  Same values as the autograd
+        path; used inside a compiled training step (``train.compile``)."""
+        pos_m = batch.positions.unsqueeze(0).expand(self.members, -1, -1).contiguous()
+
+        def energy_sum(p):
+            o = self._energy_outputs(batch, p)
+            return o["energy_residual"].sum(), o
+
+        grad, out = torch.func.grad(energy_sum, has_aux=True)(pos_m)
+        out[F.FORCES] = -grad
+        return self._with_reference(out, batch)
 
     def forward(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
                 retain_graph: bool | None = None) -> dict[str, torch.Tensor]:

@@ -105,6 +105,10 @@ class Trainer:
         self.elapsed = 0.0
         self.finished: str | None = None
         self._val_batches = None
+        self._step_loss = self._loss
+        if cfg.compile:
+            # one compiled function for forward, forces and loss; its backward is compiled too
+            self._step_loss = torch.compile(self._loss)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -178,7 +182,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _batches(self, dataset, batch_size, shuffle):
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
-                               shuffle=shuffle, generator=self.rng)
+                               shuffle=shuffle, generator=self.rng, layout=self.cfg.layout)
+
+    def _loss(self, b):
+        return self.loss_fn(self.model.forward_members(b), b)
 
     def validate(self) -> dict[str, torch.Tensor]:
         """Per-member validation loss and MAEs (M,) (forces by autograd, no graph kept)."""
@@ -234,8 +241,7 @@ class Trainer:
         n = 0
         bad = 0
         for batch_no, (_, b) in enumerate(self._batches(self.train_set, self.cfg.batch_size, shuffle=True)):
-            pred = self.model.forward_members(b)
-            loss, _ = self.loss_fn(pred, b)
+            loss, _ = self._step_loss(b)
             if not bool(torch.isfinite(loss).all()):
                 self.nonfinite_steps += 1
                 bad += 1

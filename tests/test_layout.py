@@ -1,0 +1,160 @@
+"""The dense all-pairs layout and the compiled paths give what the sparse edge list and eager autograd give:
+energies, forces, features, second derivatives, UQ outputs, a training run and an MD campaign (float64)."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from uqpot import fields as F
+from uqpot.config import TrainConfig
+from uqpot.data.batch import DENSE_MAX_ATOMS, choose_layout, collate, collate_dataset, dense_layout
+from uqpot.data.structures import Structure, StructureDataset
+from uqpot.md.analytic import MorsePotential
+from uqpot.md.batched import BatchedMD
+from uqpot.md.neb import nh3_pyramid
+from uqpot.md.stability import StabilityCriteria
+from uqpot.nn.potential import Potential
+from uqpot.train.trainer import Trainer
+from uqpot.uq import GMM, MVE, Ensemble, Evidential
+from conftest import silica_like
+
+
+def mixed(ethanol, ammonia):
+    """Ethanol (9 atoms) and NH3 (4 atoms) frames in one batch, and two NH3 8 Å apart (pairs beyond the
+    cutoff), so the padded grid has padding and masked distant pairs."""
+    a = nh3_pyramid()
+    b = nh3_pyramid()
+    b.translate([8.0, 0.0, 0.0])
+    far = Structure.from_atoms(a + b)
+    return [ethanol[0], ammonia[0], ethanol[1], far, ammonia[3]]
+
+
+def small(members=1, dtype=torch.float64, ds=None):
+    torch.manual_seed(0)
+    m = Potential(features=16, interactions=2, rbf=8, readout_hidden=16, members=members,
+                  seeds=list(range(members)))
+    if ds is not None:
+        m.fit_reference(ds)
+    return m.to(dtype)
+
+
+def test_choose_layout_rules():
+    assert choose_layout("auto", periodic=False, max_atoms=9) == "dense"
+    assert choose_layout("auto", periodic=False, max_atoms=DENSE_MAX_ATOMS + 1) == "sparse"
+    assert choose_layout("auto", periodic=True, max_atoms=3) == "sparse"
+    assert choose_layout("sparse", periodic=False, max_atoms=3) == "sparse"
+    with pytest.raises(ValueError, match="periodic"):
+        choose_layout("dense", periodic=True, max_atoms=9)
+    with pytest.raises(ValueError, match="unknown layout"):
+        choose_layout("diagonal", periodic=False, max_atoms=9)
+    with pytest.raises(ValueError, match="periodic"):
+        collate([Structure.from_atoms(silica_like())], cutoff=5.0, layout="dense")
+    index, mask = dense_layout(np.array([2, 3]))
+    assert index.tolist() == [0, 1, 3, 4, 5]
+    assert mask.shape == (2, 3, 3) and mask.sum() == 2 + 6 and not mask[:, range(3), range(3)].any()
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_dense_equals_sparse(members, ethanol, ammonia):
+    structs = mixed(ethanol, ammonia)
+    m = small(members, ds=StructureDataset(structs)).eval()
+    bs = collate(structs, cutoff=5.0, dtype="float64")
+    bd = collate(structs, cutoff=5.0, dtype="float64", layout="dense")
+    assert bd.dense and not bs.dense and bd.pair_mask.shape == (5, 9, 9)
+    a, b = m.forward_members(bs), m.forward_members(bd)
+    for key in (F.ENERGY, F.FORCES, F.FEATURES, F.ATOMIC_ENERGY):
+        assert a[key].shape == b[key].shape
+        assert (a[key] - b[key]).abs().max() < 1e-10, key
+    # the two NH3 8 Å apart do not feel each other: the forces on the first are those of it alone
+    far = structs[3]
+    one = Structure.from_atoms(Atoms(numbers=far.numbers[:4], positions=far.positions[:4]))
+    alone = m.forward_members(collate([one], cutoff=5.0, dtype="float64", layout="dense"))
+    start = sum(s.n_atoms for s in structs[:3])
+    assert (b[F.FORCES][:, start:start + 4] - alone[F.FORCES]).abs().max() < 1e-10
+
+
+def test_dense_second_derivatives_equal_sparse(ethanol, ammonia):
+    """The adversarial attack differentiates force-based uncertainties w.r.t. positions: d(Σ F²)/dx."""
+    structs = mixed(ethanol, ammonia)
+    m = small(ds=StructureDataset(structs)).eval()
+    grads = []
+    for layout in ("sparse", "dense"):
+        b = collate(structs, cutoff=5.0, dtype="float64", layout=layout)
+        x = b.positions.clone().requires_grad_(True)
+        out = m(b.with_positions(x), create_graph=True)
+        (g,) = torch.autograd.grad(out[F.FORCES].pow(2).sum(), x)
+        grads.append(g)
+    assert (grads[0] - grads[1]).abs().max() < 1e-9
+
+
+@pytest.mark.parametrize("method", ["ensemble", "mve", "evidential", "gmm"])
+def test_uq_methods_on_the_dense_layout(method, ethanol, ammonia):
+    structs = mixed(ethanol, ammonia)
+    ds = StructureDataset(structs)
+    hp = dict(features=16, interactions=2, rbf=8, readout_hidden=16)
+    cls = {"ensemble": Ensemble, "mve": MVE, "evidential": Evidential, "gmm": GMM}[method]
+    torch.manual_seed(0)
+    m = cls(potential=dict(hp, members=3 if method == "ensemble" else 1,
+                           seeds=[0, 1, 2] if method == "ensemble" else [0]))
+    m.fit_reference(ds)
+    m = m.double().eval()
+    if method == "gmm":
+        m.fit_posthoc(ds, batch_size=5)
+    a = m(collate(structs, cutoff=5.0, dtype="float64"))
+    b = m(collate(structs, cutoff=5.0, dtype="float64", layout="dense"))
+    for key in (F.ENERGY, F.FORCES, F.UNCERTAINTY, F.UNCERTAINTY_ATOM):
+        assert (a[key] - b[key]).abs().max() <= 1e-9 * (1 + a[key].abs().max()), key
+
+
+def test_training_dense_and_compiled_equal_sparse(tmp_path, ethanol):
+    """Two epochs of an ensemble of two on the edge list, on the dense layout, and on the dense layout with
+    the compiled training step (forces by torch.func.grad): the same weights (float64)."""
+    tr, va = ethanol.subset(list(range(24))), ethanol.subset(list(range(24, 32)))
+    weights = {}
+    for layout, comp in (("sparse", False), ("dense", False), ("dense", True)):
+        m = small(members=2, ds=tr)
+        cfg = TrainConfig(epochs=2, batch_size=8, layout=layout, compile=comp, progress=False, device="cpu",
+                          dtype="float64")
+        res = Trainer(m, tr, va, cfg, tmp_path / f"{layout}{comp}").fit()
+        assert res.epochs_run == 2
+        weights[(layout, comp)] = torch.cat([p.detach().flatten() for p in m.parameters()])
+    ref = weights[("sparse", False)]
+    assert (weights[("dense", False)] - ref).abs().max() < 1e-10
+    assert (weights[("dense", True)] - ref).abs().max() < 1e-10
+    assert (ref - torch.cat([p.detach().flatten() for p in small(members=2, ds=tr).parameters()])).abs().max() > 1e-4
+
+
+def test_md_dense_compiled_equals_sparse_with_removals():
+    """A campaign on the padded dense layout through the compiled model follows the sparse eager one, also
+    after a replica failed and was removed (the padding keeps the compiled shapes)."""
+    starts = []
+    for k in range(3):
+        a = nh3_pyramid()
+        a.rattle(0.05, seed=k)
+        starts.append(a)
+    model = small().eval()
+    crit = StabilityCriteria(max_kinetic_energy=200.0)  # kcal/mol: the replica at 1e5 K fails at once
+    kw = dict(timestep_fs=0.25, temperatures_K=[300.0, 1e5, 500.0], seeds=[1, 2, 3], criteria=crit,
+              check_every=10)
+    ref = BatchedMD(model, starts, layout="sparse", **kw).run(60)
+    md = BatchedMD(model, starts, layout="dense", compile=True, **kw)
+    res = md.run(60)
+    assert md.layout == "dense" and md.neighbor_builds == 2  # start, and after the removal: never stale
+    assert not res.replicas[1].stable and res.replicas[1].failure_step == ref.replicas[1].failure_step
+    for k in (0, 2):
+        assert res.replicas[k].stable and ref.replicas[k].stable
+        assert np.abs(res.replicas[k].final_positions - ref.replicas[k].final_positions).max() < 1e-9
+
+
+def test_md_layout_choice():
+    a = Atoms("NH3", positions=nh3_pyramid().positions)
+    assert BatchedMD(small().eval(), [a], timestep_fs=0.5).layout == "sparse"  # eager: the edge list
+    assert BatchedMD(MorsePotential(), [a], timestep_fs=0.5, compile=True).layout == "sparse"
+    with pytest.raises(ValueError, match="dense"):
+        BatchedMD(MorsePotential(), [a], timestep_fs=0.5, layout="dense")
+
+
+def test_collate_dataset_dense(ethanol):
+    b = collate_dataset(ethanol, [0, 1, 2], 5.0, layout="auto")
+    assert b.dense and b.pair_mask.shape == (3, 9, 9) and int(b.pair_mask.sum()) == 3 * 72
