@@ -78,6 +78,11 @@ class CampaignConfig(BaseModel):
                                  "energy of the start structures (the training minimum, as in the paper)")
     max_replicas_per_batch: Optional[int] = Field(None, ge=1)
     dtype: Optional[Literal["float32", "float64"]] = None
+    layout: Literal["auto", "sparse", "dense"] = Field(
+        "auto", description="pair layout of the model calls (BatchedMD): 'auto' = dense for molecules when "
+                            "compiled, else the Verlet edge list")
+    compile: bool = Field(False, description="evaluate the model through torch.compile (pays a compilation "
+                                             "at the start of each batch of replicas)")
 
     @classmethod
     def preset(cls, system: str, length_scale: float = 1.0, **overrides) -> "CampaignConfig":
@@ -285,7 +290,7 @@ def _run_batched(config, model, structures, plans, criteria):
                        friction_per_fs=config.friction_per_fs, remove_com_momentum=config.remove_com_momentum,
                        skin=config.skin, check_every=config.check_every, record_every=config.record_every,
                        frame_every=config.frame_every, criteria=criteria, dtype=config.dtype,
-                       replica_ids=[p.replica for p in part])
+                       replica_ids=[p.replica for p in part], layout=config.layout, compile=config.compile)
         res = md.run(config.n_steps)
         records.extend(res.replicas)
         calls += res.model_calls
