@@ -1,7 +1,8 @@
 """Cost of uncertainty: every UQ method's training step and inference (energy, forces and U) relative to
 one plain PaiNN, measured in one run, alternating the models; plus peak memory of a training step.
 
-    python benchmarks/uq_overhead.py --data PATH/rmd17_ethanol_800.extxyz [--device cpu|cuda] [--batch 64]
+    python benchmarks/uq_overhead.py --data PATH/rmd17_ethanol_800.extxyz [--device cpu|cuda] [--batch 64] \
+        [--layout sparse|dense] [--compile]
 
 The paper's PaiNN on rMD17 ethanol batches of 64 structures.  Reported: structures per second and the ratio
 to the plain PaiNN for
@@ -62,14 +63,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--methods", default="plain,ensemble,mve,evidential,gmm")
+    ap.add_argument("--layout", default="sparse", choices=["sparse", "dense"],
+                    help="pair layout of the batches (the trainer's train.layout)")
+    ap.add_argument("--compile", action="store_true",
+                    help="compile every model's training loss and inference (the trainer's train.compile); the "
+                         "compilation is part of the warm-up")
     ap.add_argument("--peak-only", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.peak_only:  # one training step in a fresh process: its peak memory
         return _peak(a)
 
     data = read_structures(a.data)
-    batches = [collate_dataset(data, range(k * a.batch, (k + 1) * a.batch), 5.0, device=a.device)
-               for k in range(a.steps)]
+    batches = [collate_dataset(data, range(k * a.batch, (k + 1) * a.batch), 5.0, device=a.device,
+                               layout=a.layout) for k in range(a.steps)]
     methods = a.methods.split(",")
     models = {m: build(m, data, a.members).to(a.device) for m in methods}
     cfg = TrainConfig()
@@ -78,20 +84,29 @@ def main():
     for m, model in models.items():
         loss_fn = EnergyForceLoss() if m == "plain" else model.make_loss(cfg)
         opt = MemberAdam(model.parameters(), getattr(model, "members", 1), 1e-4)
-        model._bench = (loss_fn, opt)
+
+        def step_loss(b, model=model, loss_fn=loss_fn):
+            return loss_fn(model.forward_members(b), b)[0]
+
+        def infer(b, model=model):
+            out = model(b, create_graph=False)
+            return out[F.UNCERTAINTY] if F.UNCERTAINTY in out else out[F.FORCES]
+
+        if a.compile:
+            step_loss, infer = torch.compile(step_loss), torch.compile(infer)
+        model._bench = (step_loss, infer, opt)
 
     def train_step(model, b):
-        loss_fn, opt = model._bench
+        step_loss, _, opt = model._bench
         model.train()
-        loss, _ = loss_fn(model.forward_members(b), b)
+        loss = step_loss(b)
         opt.zero_grad()
         loss.sum().backward()
         opt.step()
 
     def infer_step(model, b):
         model.eval()
-        out = model(b, create_graph=False)
-        (out[F.UNCERTAINTY] if F.UNCERTAINTY in out else out[F.FORCES]).sum().item()
+        model._bench[1](b).sum().item()
 
     for m, model in models.items():  # warm-up; peak memory of a training step in a fresh process each
         for b in batches[:2]:
@@ -101,7 +116,7 @@ def main():
         import subprocess
 
         r = subprocess.run([sys.executable, __file__, "--data", a.data, "--device", a.device, "--batch",
-                            str(a.batch), "--members", str(a.members), "--peak-only", m],
+                            str(a.batch), "--members", str(a.members), "--layout", a.layout, "--peak-only", m],
                            capture_output=True, text=True)
         peak[m] = float(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else float("nan")
     for _ in range(a.rounds):  # alternate the models, round after round
@@ -113,7 +128,8 @@ def main():
                     fn(model, b)
                 sync(a.device)
                 rates[m][kind].append(a.batch * len(batches) / (time.perf_counter() - t))
-    out = {"device": a.device, "batch": a.batch, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out = {"device": a.device, "batch": a.batch, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "layout": a.layout, "compile": a.compile}
     base = {k: statistics.median(rates["plain"][k]) for k in ("train", "infer")} if "plain" in rates else None
     print(f"{'method':12s}{'train s/s':>12s}{'x plain':>9s}{'infer s/s':>12s}{'x plain':>9s}{'peak MB':>10s}")
     for m in methods:
@@ -136,7 +152,7 @@ def _peak(a) -> None:
     from uqpot.train.memory import training_step_peak_mb
 
     data = read_structures(a.data)
-    b = collate_dataset(data, range(a.batch), 5.0, device=a.device)
+    b = collate_dataset(data, range(a.batch), 5.0, device=a.device, layout=a.layout)
     model = build(a.peak_only, data, a.members).to(a.device).train()
     loss_fn = EnergyForceLoss() if a.peak_only == "plain" else model.make_loss(TrainConfig())
     print(training_step_peak_mb(model, loss_fn, b))
