@@ -2,7 +2,7 @@
 
     python benchmarks/train_memory.py --data PATH/rmd17_ethanol_800.extxyz \
         [--reference-python VENV/bin/python] [--reference-script PATH/schnetpack_painn.py] \
-        [--device cpu|cuda] [--batch 64]
+        [--device cpu|cuda] [--batch 64] [--layout sparse|dense] [--compile]
 
 One training step (forward, force graph, loss, backward) on a pre-collated batch of ethanol, the paper's
 hyper-parameters on both sides, each in a fresh process, measured by the same code: on CUDA the caching
@@ -47,15 +47,20 @@ def uqpot_side(a) -> float:
     torch.manual_seed(0)
     model = Potential().to(a.device)  # the paper's hyper-parameters
     model.fit_reference(data)
-    b = collate_dataset(data, range(a.batch), 5.0, device=a.device)
+    b = collate_dataset(data, range(a.batch), 5.0, device=a.device, layout=a.layout)
     loss_fn = EnergyForceLoss(0.1, 1.0)
     model.train()
 
-    def step():
-        loss, _ = loss_fn(model(b), b)
-        loss.backward()
+    def step_loss(b):
+        return loss_fn(model(b), b)[0]
 
-    step()  # warm-up
+    if a.compile:  # the trainer's train.compile
+        step_loss = torch.compile(step_loss)
+
+    def step():
+        step_loss(b).backward()
+
+    step()  # warm-up (and compilation)
     model.zero_grad(set_to_none=True)
     return peak_mb(step, a.device)
 
@@ -85,6 +90,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reference-python", default=os.environ.get("SCHNETPACK_PYTHON"))
     ap.add_argument("--reference-script", default=str(REPO.parent / "shared" / "bench" / "schnetpack_painn.py"))
+    ap.add_argument("--layout", default="sparse", choices=["sparse", "dense"], help="uqpot's pair layout")
+    ap.add_argument("--compile", action="store_true", help="uqpot's training step compiled")
     ap.add_argument("--side", choices=["uqpot", "schnetpack"], default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:  # one measurement in this fresh process
@@ -93,10 +100,12 @@ def main():
     sides = {"uqpot": sys.executable}
     if a.reference_python:
         sides["schnetpack"] = a.reference_python
-    out = {"device": a.device, "batch": a.batch}
+    out = {"device": a.device, "batch": a.batch, "uqpot_layout": a.layout, "uqpot_compile": a.compile}
     for side, python in sides.items():
         cmd = [python, __file__, "--data", a.data, "--batch", str(a.batch), "--device", a.device,
-               "--reference-script", a.reference_script, "--side", side]
+               "--reference-script", a.reference_script, "--side", side, "--layout", a.layout]
+        if a.compile:
+            cmd.append("--compile")
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"{side} measurement failed:\n{r.stderr[-2000:]}")
