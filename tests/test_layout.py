@@ -158,3 +158,18 @@ def test_md_layout_choice():
 def test_collate_dataset_dense(ethanol):
     b = collate_dataset(ethanol, [0, 1, 2], 5.0, layout="auto")
     assert b.dense and b.pair_mask.shape == (3, 9, 9) and int(b.pair_mask.sum()) == 3 * 72
+
+
+def test_trainer_auto_layout(tmp_path, ethanol):
+    """'auto' trains molecules on the dense grid only under the compiled step (eager, the edge list is as
+    fast); an explicit layout is kept."""
+    tr, va = ethanol.subset(list(range(8))), ethanol.subset(list(range(8, 12)))
+
+    def first_batch(**kw):
+        t = Trainer(small(ds=tr), tr, va, TrainConfig(progress=False, device="cpu", **kw), tmp_path / str(kw))
+        return next(iter(t._batches(tr, 4, shuffle=False)))[1]
+
+    assert not first_batch().dense
+    assert first_batch(compile=True).dense
+    assert first_batch(layout="dense").dense
+    assert not first_batch(layout="sparse", compile=True).dense

@@ -179,7 +179,8 @@ class TrainConfig(Strict):
     progress: bool = True
     layout: Literal["auto", "sparse", "dense"] = Field(
         "auto", description="pair layout: 'dense' (all pairs of a molecule on a padded grid, no gathers or "
-        "scatters), 'sparse' (edge list) or 'auto' (dense for molecules of at most 32 atoms); same results")
+        "scatters), 'sparse' (edge list) or 'auto' (dense for molecules of at most 32 atoms when the step is "
+        "compiled, else sparse); same results to float tolerance")
     compile: bool = Field(
         False, description="compile the training step with torch.compile (forces by torch.func.grad); "
         "the first steps pay the compilation, later ones run faster; same results to float tolerance")

@@ -105,6 +105,9 @@ class Trainer:
         self.elapsed = 0.0
         self.finished: str | None = None
         self._val_batches = None
+        # "auto": the dense layout where it pays, i.e. for molecules under the compiled step; eager, the
+        # edge list is as fast or faster
+        self.layout = cfg.layout if cfg.layout != "auto" or cfg.compile else "sparse"
         self._step_loss = self._loss
         if cfg.compile:
             # one compiled function for forward, forces and loss; its backward is compiled too
@@ -182,7 +185,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _batches(self, dataset, batch_size, shuffle):
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
-                               shuffle=shuffle, generator=self.rng, layout=self.cfg.layout)
+                               shuffle=shuffle, generator=self.rng, layout=self.layout)
 
     def _loss(self, b):
         return self.loss_fn(self.model.forward_members(b), b)
