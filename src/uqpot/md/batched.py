@@ -421,10 +421,35 @@ class BatchedMD:
         cells = self.cell.to(torch.float64).cpu().numpy()
         pbc = self.pbc.cpu().numpy()
         n = self.n_atoms.cpu().numpy()
+        dense = {}
+        if self.layout == "dense":
+            # molecules on the dense layout: the list holds every pair of a replica, so it never goes stale
+            # (no skin, no rebuilds) and the stability checks see every distance
+            index, mask = dense_layout(n)
+            dense = dict(dense_index=torch.as_tensor(index, device=self.device),
+                         pair_mask=torch.as_tensor(mask, device=self.device))
+            r, i, j = np.nonzero(mask)
+            start = (np.cumsum(n) - n)[r]
+            ei, ej, sh = [i + start], [j + start], [np.zeros((len(r), 3), dtype=np.int64)]
+        else:
+            ei, ej, sh = self._verlet_lists(x, cells, pbc, n)
+        edge_index = torch.as_tensor(np.stack([np.concatenate(ei), np.concatenate(ej)]).astype(np.int64),
+                                     device=self.device)
+        shifts = torch.as_tensor(np.concatenate(sh).reshape(-1, 3), dtype=self.model_dtype, device=self.device)
+        self._abatch = AtomsBatch(numbers=self.numbers, positions=self.x, cell=self.cell.to(self.model_dtype),
+                                  pbc=self.pbc, batch=self.batch, n_atoms=self.n_atoms, edge_index=edge_index,
+                                  cell_shifts=shifts, num_structures=len(n), periodic=bool(pbc.any()), **dense)
+        self._edge_offsets = self._abatch.edge_offsets().to(self.dtype) if self._abatch.periodic else None
+        self._model_batch = self._padded(self._abatch) if self._capacity is not None else self._abatch
+        self.x_ref = self.x.clone()
+        self.neighbor_builds += 1
+
+    def _verlet_lists(self, x, cells, pbc, n):
+        """Per-replica lists (i, j, shifts) with cutoff + skin, atom indices offset into the batch."""
         rc = self.cutoff + self.skin
         ei, ej, sh = [], [], []
         start = 0
-        for r in range(len(n) if self.layout == "sparse" else 0):
+        for r in range(len(n)):
             sl = slice(start, start + int(n[r]))
             if np.all(np.isfinite(x[sl])):
                 i, j, s = neighbor_list(x[sl], cells[r], pbc[r], rc)
@@ -435,27 +460,7 @@ class BatchedMD:
             ej.append(j + start)
             sh.append(s)
             start += int(n[r])
-        if self.layout == "dense":
-            # molecules on the dense layout: the list holds every pair of a replica, so it never goes stale
-            # (no skin, no rebuilds) and the stability checks see every distance
-            b, i, j = np.nonzero(dense_layout(n)[1])
-            start = (np.cumsum(n) - n)[b]
-            ei, ej, sh = [i + start], [j + start], [np.zeros((len(b), 3), dtype=np.int64)]
-        edge_index = torch.as_tensor(np.stack([np.concatenate(ei), np.concatenate(ej)]).astype(np.int64),
-                                     device=self.device)
-        shifts = torch.as_tensor(np.concatenate(sh).reshape(-1, 3), dtype=self.model_dtype, device=self.device)
-        dense = {}
-        if self.layout == "dense":
-            index, mask = dense_layout(n)
-            dense = dict(dense_index=torch.as_tensor(index, device=self.device),
-                         pair_mask=torch.as_tensor(mask, device=self.device))
-        self._abatch = AtomsBatch(numbers=self.numbers, positions=self.x, cell=self.cell.to(self.model_dtype),
-                                  pbc=self.pbc, batch=self.batch, n_atoms=self.n_atoms, edge_index=edge_index,
-                                  cell_shifts=shifts, num_structures=len(n), periodic=bool(pbc.any()), **dense)
-        self._edge_offsets = self._abatch.edge_offsets().to(self.dtype) if self._abatch.periodic else None
-        self._model_batch = self._padded(self._abatch) if self._capacity is not None else self._abatch
-        self.x_ref = self.x.clone()
-        self.neighbor_builds += 1
+        return ei, ej, sh
 
     def _padded(self, b: AtomsBatch) -> AtomsBatch:
         """``b`` on the dense layout padded to the starting numbers of atoms and replicas (static shapes for
