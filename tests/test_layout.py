@@ -8,6 +8,7 @@ from ase import Atoms
 
 from uqpot import fields as F
 from uqpot.config import TrainConfig
+from uqpot.errors import ConfigError
 from uqpot.data.batch import DENSE_MAX_ATOMS, choose_layout, collate, collate_dataset, dense_layout
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.md.analytic import MorsePotential
@@ -150,9 +151,14 @@ def test_md_dense_compiled_equals_sparse_with_removals():
 def test_md_layout_choice():
     a = Atoms("NH3", positions=nh3_pyramid().positions)
     assert BatchedMD(small().eval(), [a], timestep_fs=0.5).layout == "sparse"  # eager: the edge list
-    assert BatchedMD(MorsePotential(), [a], timestep_fs=0.5, compile=True).layout == "sparse"
     with pytest.raises(ValueError, match="dense"):
         BatchedMD(MorsePotential(), [a], timestep_fs=0.5, layout="dense")
+    # the compiled model call exists on the dense layout only: edge lists, periodic cells and models that
+    # read edge lists are refused with a message, before anything runs
+    for model, start, kw in ((MorsePotential(), a, {}), (small().eval(), a, {"layout": "sparse"}),
+                             (small().eval(), silica_like(), {})):
+        with pytest.raises(ValueError, match="dense layout only"):
+            BatchedMD(model, [start], timestep_fs=0.5, compile=True, **kw)
 
 
 def test_collate_dataset_dense(ethanol):
@@ -172,4 +178,10 @@ def test_trainer_auto_layout(tmp_path, ethanol):
     assert not first_batch().dense
     assert first_batch(compile=True).dense
     assert first_batch(layout="dense").dense
-    assert not first_batch(layout="sparse", compile=True).dense
+    with pytest.raises(ConfigError, match="dense layout only"):
+        first_batch(layout="sparse", compile=True)
+    periodic = StructureDataset([Structure.from_atoms(silica_like(seed=k)) for k in range(3)])
+    for s in periodic:
+        s.energy, s.forces = 0.0, np.zeros_like(s.positions)
+    with pytest.raises(ConfigError, match="dense layout only"):
+        Trainer(small(ds=periodic), periodic, periodic, TrainConfig(progress=False, compile=True), tmp_path / "p")

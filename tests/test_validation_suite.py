@@ -136,6 +136,8 @@ CONFIG_CASES = [
     ("unknown UQ method", "uq:\n  method: dropout\n", "'uq.method'"),
     ("option of another method", "uq:\n  method: gmm\n  lam: 0.1\n", "uq.lam applies to evidential"),
     ("split larger than the data", "split:\n  train: 10\n  val: 5\n", "split asks for 10 train + 5 val"),
+    ("compile on the edge list", "train:\n  compile: true\n  layout: sparse\n",
+     "train.compile runs on the dense layout only"),
     ("invalid YAML", "train: [1, 2\n", "invalid YAML"),
     ("not a mapping", "- 1\n- 2\n", "a config must be a mapping"),
 ]

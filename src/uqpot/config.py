@@ -182,8 +182,9 @@ class TrainConfig(Strict):
         "scatters), 'sparse' (edge list) or 'auto' (dense for molecules of at most 32 atoms when the step is "
         "compiled, else sparse); same results to float tolerance")
     compile: bool = Field(
-        False, description="compile the training step with torch.compile (forces by torch.func.grad); "
-        "the first steps pay the compilation, later ones run faster; same results to float tolerance")
+        False, description="compile the training step with torch.compile (forces by torch.func.grad), on "
+        "the dense layout (molecules of at most 32 atoms); the first steps pay the compilation, later ones "
+        "run faster; same results to float tolerance")
 
 
 class RunConfig(Strict):

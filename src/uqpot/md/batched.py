@@ -59,7 +59,7 @@ import torch
 from ase.data import atomic_masses
 
 from .. import fields as F
-from ..data.batch import AtomsBatch, as_dtype, choose_layout, dense_layout
+from ..data.batch import DENSE_MAX_ATOMS, AtomsBatch, as_dtype, choose_layout, dense_layout
 from ..data.neighbors import neighbor_list
 from ..data.structures import Structure
 from ..units import FORCE_TO_ACCELERATION, KB_KCAL_PER_MOL_K, MV2_TO_KCAL_PER_MOL
@@ -263,9 +263,10 @@ class BatchedMD:
         goes stale: no skin, no rebuilds, and the stability checks see every distance).  "auto" (default) is
         dense for molecules of up to 32 atoms when ``compile`` is on, else sparse (eager, the edge list is
         the faster one).  Same forces to float tolerance.
-    compile: evaluate the model through ``torch.compile`` (forces by ``torch.func.grad``).  It pays a
-        compilation (tens of seconds on a CPU) at the start.  On the dense layout every call is padded to
-        the starting shape, so removing failed replicas never recompiles.
+    compile: evaluate the model through ``torch.compile`` (forces by ``torch.func.grad``), on the dense
+        layout only (molecules; a ``ValueError`` otherwise).  It pays a compilation (tens of seconds on a
+        CPU) at the start.  Every call is padded to the starting shape, so removing failed replicas never
+        recompiles.
     """
 
     def __init__(self, model, structures: Sequence, *, timestep_fs: float, temperatures_K=300.0, seeds=0,
@@ -299,14 +300,15 @@ class BatchedMD:
         self.layout = choose_layout(layout, periodic, max(x.n_atoms for x in structures))
         self._call = self._call_model
         self._capacity = None
-        if compile and self.layout == "dense":
+        if compile:
+            if self.layout != "dense":
+                raise ValueError("compile runs on the dense layout only: molecules of at most "
+                                 f"{DENSE_MAX_ATOMS} atoms with a uqpot potential or UQ method")
             # static shapes: every call is padded to the starting size (removed replicas become isolated
             # padding atoms), so one compiled graph serves the whole campaign
             self._capacity = (sum(x.n_atoms for x in structures), len(structures),
                               max(x.n_atoms for x in structures))
             self._call = torch.compile(self._call_model, dynamic=False)
-        elif compile:  # edge lists change size at every rebuild
-            self._call = torch.compile(self._call_model, dynamic=True)
         if self.criteria.required_cutoff > self.cutoff + self.skin:
             raise ValueError(f"min_distance {self.criteria.min_distance} Å exceeds the list cutoff")
         self.dt = float(timestep_fs)

@@ -18,7 +18,7 @@ from ..data.io import read_structures
 from ..data.splits import check_disjoint, load_split, random_split, read_index_file, save_split
 from ..errors import ConfigError
 from ..provenance import versions, write_json
-from .trainer import Trainer
+from .trainer import Trainer, check_layout
 
 
 def make_split(cfg: RunConfig, n: int) -> dict[str, np.ndarray]:
@@ -80,6 +80,7 @@ def build_model(model_cfg, uq_cfg, seed: int):
 def run_training(cfg: RunConfig, console=None) -> dict:
     data = read_structures(cfg.data.path, cfg.data.read_options())  # validates every frame first
     split = make_split(cfg, len(data))
+    check_layout(data.subset(split["train"]), cfg.train)  # before anything is written
     out = Path(cfg.out)
     _same_run(out, cfg)
     out.mkdir(parents=True, exist_ok=True)

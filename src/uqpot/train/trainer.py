@@ -29,9 +29,9 @@ import torch
 from .. import fields as F
 from .. import modelfile
 from ..config import TrainConfig
-from ..data.batch import iterate_batches
+from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from .losses import EnergyForceLoss
 from .optim import MemberAdam, MemberPlateau
 
@@ -66,6 +66,24 @@ class TrainResult:
 
 def _finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+def check_layout(train: StructureDataset, cfg: TrainConfig) -> str:
+    """The pair layout a training on ``train`` asks for (``ConfigError`` if the data cannot have it).
+
+    "auto" is the dense layout where it pays, i.e. for molecules under the compiled step (eager, the edge
+    list is as fast or faster).  The compiled step runs on the dense layout only."""
+    layout = cfg.layout if cfg.layout != "auto" or cfg.compile else "sparse"
+    try:
+        resolved = dataset_layout(train, layout)
+    except ValueError as exc:
+        raise ConfigError(None, f"train.layout: {exc}") from None
+    if cfg.compile and resolved != "dense":
+        raise ConfigError(
+            None, "train.compile runs on the dense layout only (molecules of at most "
+            f"{DENSE_MAX_ATOMS} atoms, train.layout 'auto' or 'dense'); this training set needs the edge list "
+            "(periodic cells, larger structures, or train.layout 'sparse'): set train.compile: false")
+    return layout
 
 
 class Trainer:
@@ -105,12 +123,9 @@ class Trainer:
         self.elapsed = 0.0
         self.finished: str | None = None
         self._val_batches = None
-        # "auto": the dense layout where it pays, i.e. for molecules under the compiled step; eager, the
-        # edge list is as fast or faster
-        self.layout = cfg.layout if cfg.layout != "auto" or cfg.compile else "sparse"
+        self.layout = check_layout(train, cfg)
         self._step_loss = self._loss
-        if cfg.compile:
-            # one compiled function for forward, forces and loss; its backward is compiled too
+        if cfg.compile:  # one compiled function for forward, forces and loss; its backward is compiled too
             self._step_loss = torch.compile(self._loss)
 
     # ------------------------------------------------------------------ checkpoints
