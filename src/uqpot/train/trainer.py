@@ -126,7 +126,9 @@ class Trainer:
         self.layout = check_layout(train, cfg)
         self._step_loss = self._loss
         if cfg.compile:  # one compiled function for forward, forces and loss; its backward is compiled too
-            self._step_loss = torch.compile(self._loss)
+            # static shapes: each batch shape compiles once (a last, smaller batch once more); past dynamo's
+            # recompile limit further shapes run eager, with the same results
+            self._step_loss = torch.compile(self._loss, dynamic=False)
 
     # ------------------------------------------------------------------ checkpoints
     @property
