@@ -76,14 +76,14 @@ def time_batched(model, structures, steps, device, layout="auto", compiled=False
                          "neighbor_builds": md.neighbor_builds}
 
 
-def time_ase(model, structures, steps, layout="sparse"):
+def time_ase(model, structures, steps):
     from ase import units
     from ase.md.nose_hoover_chain import NoseHooverChainNVT
     from ase.md.velocitydistribution import thermalize_momenta
 
     from uqpot.md.calculator import UQPotCalculator
 
-    calc = UQPotCalculator(model, layout=layout)
+    calc = UQPotCalculator(model)
     wall = 0.0
     for k, s in enumerate(structures):
         a = s.copy()

@@ -184,6 +184,8 @@ def collate_dataset(dataset: StructureDataset, indices, cutoff: float, dtype="fl
 def dataset_layout(dataset: StructureDataset, layout: str) -> str:
     """``layout`` resolved for a whole data set ("auto": dense for small molecules, else sparse), so that
     every batch of one run has the same layout."""
+    if layout == "sparse":
+        return layout
     periodic = any(bool(np.any(s.pbc)) for s in dataset.structures)
     max_atoms = max((s.n_atoms for s in dataset.structures), default=0)
     return choose_layout(layout, periodic, max_atoms)

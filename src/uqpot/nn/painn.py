@@ -105,6 +105,13 @@ class PaiNN(nn.Module):
         self.messages = nn.ModuleList(Message(members, n_features, activation) for _ in range(n_interactions))
         self.updates = nn.ModuleList(Update(members, n_features, activation) for _ in range(n_interactions))
 
+    def _radial(self, r: torch.Tensor, cut: torch.Tensor):
+        """[rbf(r), 1]·cut (M, P, K+1) for distances r (M, P), and the filter layer (M, K+1, I*3F) with its
+        bias folded in as the weight row of the constant basis function."""
+        rbf = self.rbf(r)
+        radial = torch.cat([rbf, torch.ones_like(rbf[..., :1])], dim=-1) * cut.unsqueeze(-1)
+        return radial, torch.cat([self.filter_net.weight, self.filter_net.bias], dim=1)
+
     def forward(self, numbers: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor):
         """Scalar features s (M, N, F) and vector features v (M, 3, N, F).
 
@@ -113,10 +120,7 @@ class PaiNN(nn.Module):
         r = torch.sqrt(vectors.pow(2).sum(-1))  # (M, E)
         # (M, 3, E, 1), contiguous so that products with it keep the (M, 3, E, F) memory layout
         unit_t = (vectors / r.unsqueeze(-1)).transpose(1, 2).contiguous().unsqueeze(-1)
-        rbf = self.rbf(r)
-        radial = torch.cat([rbf, torch.ones_like(rbf[..., :1])], dim=-1) * self.fcut(r).unsqueeze(-1)
-        # filter layer with the bias folded in as the weight row of the constant basis function
-        weight = torch.cat([self.filter_net.weight, self.filter_net.bias], dim=1)  # (M, K+1, I*3F)
+        radial, weight = self._radial(r, self.fcut(r))
         n = 3 * self.n_features
         s = self.embedding(numbers)
         v = s.new_zeros((self.members, 3, s.shape[1], self.n_features))
@@ -137,10 +141,7 @@ class PaiNN(nn.Module):
         # distance 1 on masked pairs (i = i, padding): finite values and derivatives, multiplied by zero
         r = torch.sqrt(torch.where(mask, r2, torch.ones_like(r2)))  # (M, B, n, n)
         unit = (vectors / r.unsqueeze(-1)).movedim(-1, 1).unsqueeze(-1)  # (M, 3, B, n, n, 1)
-        rbf = self.rbf(r.reshape(M, -1))  # (M, B·n·n, K)
-        cut = (self.fcut(r) * mask).reshape(M, -1, 1)
-        radial = torch.cat([rbf, torch.ones_like(rbf[..., :1])], dim=-1) * cut
-        weight = torch.cat([self.filter_net.weight, self.filter_net.bias], dim=1)  # (M, K+1, I*3F)
+        radial, weight = self._radial(r.reshape(M, -1), (self.fcut(r) * mask).reshape(M, -1))
         n = 3 * self.n_features
         s = self.embedding(numbers.reshape(-1)).reshape(M, *numbers.shape, self.n_features)
         v = s.new_zeros((M, 3) + tuple(numbers.shape) + (self.n_features,))
