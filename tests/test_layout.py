@@ -146,6 +146,16 @@ def test_md_dense_compiled_equals_sparse_with_removals():
     for k in (0, 2):
         assert res.replicas[k].stable and ref.replicas[k].stable
         assert np.abs(res.replicas[k].final_positions - ref.replicas[k].final_positions).max() < 1e-9
+    # the compiled call reads the weights as detached views: the model keeps its trainable parameters, and
+    # an in-place change of a weight reaches the compiled call
+    assert all(p.requires_grad for p in model.parameters())
+    batch = md._model_batch.with_positions(torch.cat([md.x, md.x.new_zeros(md._capacity[0] - len(md.x), 3)]))
+    f_before = md._call(batch)[0]
+    with torch.no_grad():
+        model.readout.lin1.weight.mul_(2.0)
+    f_after, f_eager = md._call(batch)[0], md._call_model(batch)[0]
+    assert (f_after - f_before).abs().max() > 1e-6
+    assert (f_after - f_eager).abs().max() < 1e-9
 
 
 def test_md_layout_choice():
