@@ -109,6 +109,27 @@ def test_loop_accepts_a_study_file(ammonia_run, tmp_path):
     assert "gen 2 gmm" in r.output and Store(ammonia_run / "labels.db").count() == n
 
 
+def test_loop_quick_preset(ammonia_run, tmp_path):
+    """`uqpot loop configs/ammonia.yaml --preset quick` runs configs/ammonia_quick.yaml (the file of the same
+    system beside it): here the main file has an invalid key, the quick one is the finished toy study."""
+    import copy
+
+    broken = copy.deepcopy(TOY_AMMONIA)
+    broken["loop"]["train"]["no_such_key"] = 1
+    (tmp_path / "ammonia.yaml").write_text(yaml.safe_dump(broken))
+    (tmp_path / "ammonia_quick.yaml").write_text(yaml.safe_dump(TOY_AMMONIA))
+    args = ["loop", str(tmp_path / "ammonia.yaml"), "--out", str(ammonia_run), "--no-progress"]
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and "unknown key 'loop.train.no_such_key'" in r.output and "ammonia.yaml" in r.output
+    r = CliRunner().invoke(cli, args + ["--preset", "quick"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "gen 2 gmm" in r.output
+    # a loop config that is no study file has no quick preset
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"methods": ["gmm"]}))
+    r = CliRunner().invoke(cli, ["loop", str(tmp_path / "plain.yaml"), "--preset", "quick"])
+    assert r.exit_code == 2 and "plain.yaml" in r.output and "study file" in r.output
+
+
 def test_methods_option_replaces_the_presets(ammonia_run, tmp_path):
     """`--methods` runs the study with other UQ methods (here the single-model ones beyond the paper),
     reusing the data set and its labels; nothing already labelled is labelled again."""

@@ -168,6 +168,21 @@ def test_unknown_oracle_in_loop(tmp_path, run):
     assert not (tmp_path / "loop").exists()
 
 
+@pytest.mark.parametrize("section, message", [
+    ("data:\n  n_train: 10\n  train_emax: 5.0\n", "unknown key 'data.train_emax'"),
+    ("loop:\n  train:\n    epoch: 3\n", "unknown key 'loop.train.epoch'"),
+    ("loop:\n  attack:\n    kT: -1\n", "'loop.attack.kT'"),
+], ids=["data section", "loop section", "bad value"])
+def test_study_file_sections(tmp_path, run, section, message):
+    """A study file (``uqpot loop configs/ammonia.yaml``): every section is checked before the data set is
+    built or the output directory made."""
+    cfg = tmp_path / "ammonia.yaml"
+    cfg.write_text("system: ammonia\noracle:\n  name: tblite\n" + section + ("" if "loop:" in section else "loop: {}\n"))
+    r = run("loop", cfg, "--out", tmp_path / "study")
+    assert r.exit_code == 2 and message in r.output and str(cfg) in r.output, r.output
+    assert not (tmp_path / "study").exists()
+
+
 # ---------------------------------------------------------------------------------------------- model files
 @pytest.fixture
 def model_file(tmp_path):

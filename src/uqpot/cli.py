@@ -130,13 +130,18 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
 @click.option("--generations", type=int, help="overrides 'generations' (a longer loop continues a shorter one).")
 @click.option("--executor", type=click.Choice(["none", "local"]), default="none", show_default=True,
               help="where oracle labels run: in-process, or a local Dask cluster.")
+@click.option("--preset", type=click.Choice(["paper", "quick"]), default="paper", show_default=True,
+              help="for a study file: 'paper' runs the file as it is; 'quick' runs its system's quick preset "
+                   "(configs/<system>_quick.yaml: a smaller PaiNN, shorter training and MD).")
 @click.option("--no-progress", is_flag=True)
-def loop(config, out, generations, executor, no_progress):
+def loop(config, out, generations, executor, preset, no_progress):
     """Active learning: train → evaluate → MD → attack → label → retrain, for every UQ method; resumable.
 
     CONFIG is a loop config (data files, oracle, methods, ...) or a study file such as configs/ammonia.yaml
     (whose data set is built first if needed, into OUT/data)."""
+    from .config import load_yaml
     from .workflow.active_learning import ActiveLearning, load_loop_config
+    from .workflow.reproduce import preset_path
     from .workflow.studies import is_study_file, run_study_loop
 
     overrides = {}
@@ -150,6 +155,12 @@ def loop(config, out, generations, executor, no_progress):
             from .executor import get_executor
 
             ex = get_executor(executor)
+        if preset == "quick":
+            if not is_study_file(config):
+                raise ConfigError(config, "--preset quick needs a study file (with 'system' and 'loop')")
+            system = str(load_yaml(config)["system"])
+            beside = Path(config).with_name(f"{system}_quick.yaml")
+            config = beside if beside.is_file() else preset_path(system, "quick")
         if is_study_file(config):
             study_out = out or Path("runs") / Path(config).stem
             summary, cfg = run_study_loop(config, study_out, ex, _console(), overrides)

@@ -199,10 +199,10 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
 
 
-def _format_validation_error(exc: ValidationError) -> str:
+def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        loc = ".".join([prefix] * bool(prefix) + [str(x) for x in err["loc"]]) or "(top level)"
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
         elif err["type"] == "missing":
@@ -227,11 +227,13 @@ def load_yaml(path) -> dict:
     return data
 
 
-def parse(model: type[BaseModel], data: dict, path=None):
+def parse(model: type[BaseModel], data: dict, path=None, prefix: str = ""):
+    """``model`` from ``data``; errors name the keys (under ``prefix``, the section of a larger file) and
+    the file ``path``."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, _format_validation_error(exc)) from None
+        raise ConfigError(path, _format_validation_error(exc, prefix)) from None
 
 
 def load_config(path, model: type[BaseModel] = RunConfig, overrides: dict | None = None):

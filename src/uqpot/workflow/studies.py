@@ -9,10 +9,12 @@ without its data paths, oracle and output directory) and ``executor`` (options p
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from ..config import Strict, load_config
+from ..config import Strict, load_config, parse
+from ..errors import ConfigError
 from .active_learning import ActiveLearning, LoopConfig, OracleSettings
 
 
@@ -24,7 +26,7 @@ class Study(Strict):
     executor: dict[str, dict] = {}
 
 
-def _loop_config(study: Study, out: Path, overrides: dict | None = None) -> LoopConfig:
+def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=None) -> LoopConfig:
     raw = dict(study.loop)
     raw.update(out=str(out), system=study.system, oracle=study.oracle.model_dump(),
                data={**raw.get("data", {}), "train": str(out / "data" / "train.extxyz"),
@@ -35,22 +37,36 @@ def _loop_config(study: Study, out: Path, overrides: dict | None = None) -> Loop
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    return LoopConfig.model_validate(raw)
+    return parse(LoopConfig, raw, path, prefix="loop")
 
 
-def _build(study: Study, d: Path, store: Path, oracle, executor, console) -> None:
+def _data_config(study: Study, path=None):
+    """The options of the study's data-set build (``data`` section), validated."""
+    if study.system == "ammonia":
+        from ..data.sets.ammonia import AmmoniaConfig as model
+    else:
+        from ..data.sets.silica import SilicaConfig as model
+    unknown = sorted(set(study.data) - {f.name for f in dataclasses.fields(model)})
+    if unknown:
+        raise ConfigError(path, "; ".join(f"unknown key 'data.{k}'" for k in unknown))
+    try:
+        return model(**study.data)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, f"data: {exc}") from None
+
+
+def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, console) -> None:
     """The study's data set (skipped when already built; a partial build resumes from the store)."""
     if (d / "summary.json").is_file():
         return
     if study.system == "ammonia":
-        from ..data.sets.ammonia import AmmoniaConfig, build_ammonia
+        from ..data.sets.ammonia import build_ammonia
 
-        build_ammonia(d, store=store, oracle=oracle, config=AmmoniaConfig(**study.data), executor=executor,
-                      console=console)
+        build_ammonia(d, store=store, oracle=oracle, config=data_cfg, executor=executor, console=console)
     else:
-        from ..data.sets.silica import SilicaConfig, build_silica
+        from ..data.sets.silica import build_silica
 
-        build_silica(d, store=store, config=SilicaConfig(**study.data), oracle=oracle, console=console)
+        build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console)
 
 
 def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None):
@@ -60,12 +76,14 @@ def run_study_loop(preset, out: Path, executor=None, console=None, overrides: di
 
     study = load_config(preset, Study)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg = _loop_config(study, out, overrides)  # validated before anything is computed
+    # every section validated before anything is written or computed
+    cfg = _loop_config(study, out, overrides, preset)
+    data_cfg = _data_config(study, preset)
     oracle = get_oracle(study.oracle.name, **study.oracle.options)
+    out.mkdir(parents=True, exist_ok=True)
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: data set with {oracle.method}")
-    _build(study, out / "data", out / "labels.db", oracle, executor, console)
+    _build(study, data_cfg, out / "data", out / "labels.db", oracle, executor, console)
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: active learning, {cfg.generations} generations, "
                       f"{', '.join(cfg.methods)}")
