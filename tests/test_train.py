@@ -178,3 +178,23 @@ def test_training_step_peak_memory_leaves_the_model_alone(ethanol_path):
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
         assert all(p.grad is None for p in model.parameters())
     assert 0 < peaks[1] < peaks[5]
+
+
+def test_memory_measurement_writes_nothing_to_stderr(tmp_path):
+    """The CPU peak comes from the profiler, whose native start/stop log lines must not reach the console
+    (they would break a progress display); an error inside the step still does."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "m.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from uqpot.train.memory import peak_mb\n"
+        "mb = peak_mb(lambda: torch.ones(1_000_000).sum(), False)\n"
+        "print(mb)\n"
+        "def bad():\n"
+        "    print('inside the step', file=sys.stderr, flush=True)\n"
+        "peak_mb(bad, False)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True)
+    assert float(r.stdout.strip()) > 3.0  # 4 MB of float32 ones
+    assert r.stderr.strip() == "inside the step"

@@ -8,7 +8,26 @@ This module needs nothing but torch, so that benchmarks can measure other codes'
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 import torch
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Drops what native code writes to file descriptor 2 (the profiler of torch 2.13 logs a line on every
+    start and stop, which would land in the middle of a progress display)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def peak_mb(step, cuda: bool) -> float:
@@ -22,8 +41,14 @@ def peak_mb(step, cuda: bool) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():  # only around the start and the stop: the step's own errors show
+        prof.start()
+    try:
         step()
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
     events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     level = peak = 0
     for e in events:
