@@ -236,15 +236,19 @@ def parse(model: type[BaseModel], data: dict, path=None, prefix: str = ""):
         raise ConfigError(path, _format_validation_error(exc, prefix)) from None
 
 
-def load_config(path, model: type[BaseModel] = RunConfig, overrides: dict | None = None):
-    data = load_yaml(path)
+def apply_overrides(data: dict, overrides: dict | None) -> dict:
+    """Sets ``{"train.epochs": 3, ...}`` (dotted keys) in the nested mapping ``data``, in place."""
     for dotted, value in (overrides or {}).items():
         node = data
         keys = dotted.split(".")
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    return parse(model, data, path)
+    return data
+
+
+def load_config(path, model: type[BaseModel] = RunConfig, overrides: dict | None = None):
+    return parse(model, apply_overrides(load_yaml(path), overrides), path)
 
 
 def dump_config(cfg: BaseModel, path) -> None:

@@ -9,11 +9,12 @@ without its data paths, oracle and output directory) and ``executor`` (options p
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from ..config import Strict, load_config, parse
+from ..config import Strict, apply_overrides, load_config, parse
 from ..errors import ConfigError
 from .active_learning import ActiveLearning, LoopConfig, OracleSettings
 
@@ -27,17 +28,11 @@ class Study(Strict):
 
 
 def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=None) -> LoopConfig:
-    raw = dict(study.loop)
+    raw = copy.deepcopy(study.loop)
     raw.update(out=str(out), system=study.system, oracle=study.oracle.model_dump(),
                data={**raw.get("data", {}), "train": str(out / "data" / "train.extxyz"),
                      "test": str(out / "data" / "test.extxyz")})
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        keys = dotted.split(".")
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-        node[keys[-1]] = value
-    return parse(LoopConfig, raw, path, prefix="loop")
+    return parse(LoopConfig, apply_overrides(raw, overrides), path, prefix="loop")
 
 
 def _data_config(study: Study, path=None):
