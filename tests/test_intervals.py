@@ -1,0 +1,90 @@
+"""The interval functions against the reference implementations in scipy and statsmodels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from uqpot.metrics import intervals as iv
+
+sm_proportion = pytest.importorskip("statsmodels.stats.proportion")
+
+
+@pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (20, 40), (39, 40), (40, 40), (7, 120), (1, 1)])
+@pytest.mark.parametrize("level", [0.95, 0.9])
+def test_wilson_matches_statsmodels(k, n, level):
+    p, lo, hi = iv.wilson(k, n, level)
+    ref_lo, ref_hi = sm_proportion.proportion_confint(k, n, alpha=1 - level, method="wilson")
+    assert p == pytest.approx(k / n)
+    assert lo == pytest.approx(ref_lo, abs=1e-12)
+    assert hi == pytest.approx(ref_hi, abs=1e-12)
+
+
+def test_wilson_half_width_of_120_trajectories_is_below_0_10():
+    """The quick presets' design: 3 seeds x 40 trajectories keep every stable fraction within ±0.10."""
+    worst = max((iv.wilson(k, 120)[2] - iv.wilson(k, 120)[1]) / 2 for k in range(121))
+    assert worst < 0.10
+    assert max((iv.wilson(k, 40)[2] - iv.wilson(k, 40)[1]) / 2 for k in range(41)) > 0.10
+
+
+@pytest.mark.parametrize("k1,n1,k2,n2", [(20, 40, 10, 40), (0, 40, 3, 40), (40, 40, 35, 40), (55, 120, 80, 120)])
+def test_newcombe_matches_statsmodels(k1, n1, k2, n2):
+    d, lo, hi = iv.newcombe_difference(k1, n1, k2, n2)
+    ref_lo, ref_hi = sm_proportion.confint_proportions_2indep(k1, n1, k2, n2, method="newcomb", compare="diff")
+    assert d == pytest.approx(k1 / n1 - k2 / n2)
+    assert lo == pytest.approx(ref_lo, abs=1e-10)
+    assert hi == pytest.approx(ref_hi, abs=1e-10)
+
+
+def test_mean_interval_is_students_t():
+    x = np.array([0.81, 0.76, 0.79, 0.84, 0.72])
+    m, lo, hi = iv.mean_interval(x)
+    ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
+    assert m == pytest.approx(x.mean())
+    assert (lo, hi) == pytest.approx(ref, abs=1e-12)
+    # three seeds: t_{0.975,2} = 4.303
+    m3, lo3, hi3 = iv.mean_interval([1.0, 2.0, 3.0])
+    assert (hi3 - m3) == pytest.approx(4.302652729911275 * 1.0 / np.sqrt(3), rel=1e-9)
+
+
+def test_mean_interval_edge_cases():
+    assert np.isnan(iv.mean_interval([])[0])
+    m, lo, hi = iv.mean_interval([0.5, None, float("nan")])
+    assert m == 0.5 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_paired_difference_matches_scipy_ttest():
+    a = np.array([0.80, 0.75, 0.83])
+    b = np.array([0.70, 0.72, 0.71])
+    d, lo, hi = iv.paired_difference(a, b)
+    res = stats.ttest_rel(a, b)
+    ci = res.confidence_interval(0.95)
+    assert d == pytest.approx((a - b).mean())
+    assert (lo, hi) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    with pytest.raises(ValueError):
+        iv.paired_difference([1.0, 2.0], [1.0])
+
+
+def test_bootstrap_percentile_matches_scipy_and_is_seeded():
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=300)
+    e = u + rng.normal(scale=1.5, size=300)
+
+    def rho(x, y):
+        return stats.spearmanr(x, y).statistic
+
+    est, lo, hi = iv.bootstrap(rho, u, e, n_resamples=4000, seed=1)
+    ref = stats.bootstrap((u, e), rho, paired=True, vectorized=False, n_resamples=4000, method="percentile",
+                          random_state=np.random.default_rng(2)).confidence_interval
+    assert est == pytest.approx(rho(u, e))
+    assert lo < est < hi
+    assert lo == pytest.approx(ref.low, abs=0.02)
+    assert hi == pytest.approx(ref.high, abs=0.02)
+    assert iv.bootstrap(rho, u, e, n_resamples=500, seed=7) == iv.bootstrap(rho, u, e, n_resamples=500, seed=7)
+
+
+def test_fmt():
+    assert iv.fmt((0.5, 0.4, 0.6)) == "0.500 [0.400, 0.600]"
+    assert iv.fmt((0.5, float("nan"), float("nan"))) == "0.500"
+    assert iv.fmt((float("nan"), 0, 0)) == "—"
