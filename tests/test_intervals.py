@@ -88,3 +88,4 @@ def test_fmt():
     assert iv.fmt((0.5, 0.4, 0.6)) == "0.500 [0.400, 0.600]"
     assert iv.fmt((0.5, float("nan"), float("nan"))) == "0.500"
     assert iv.fmt((float("nan"), 0, 0)) == "—"
+

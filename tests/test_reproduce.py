@@ -16,6 +16,7 @@ TOY_AMMONIA = {
     "system": "ammonia",
     "data": {"n_train": 16, "test_e_max": 20.0, "test_bin_width": 2.0, "test_per_bin": 1},
     "oracle": {"name": "tblite", "options": {"threads": 1}},
+    "seeds": [0, 1],
     "loop": {
         "methods": ["ensemble", "gmm"], "generations": 2,
         "model": {"features": 16, "interactions": 2, "rbf": 8, "readout_hidden": 8},
@@ -39,17 +40,36 @@ def ammonia_run(tmp_path_factory):
 
 def test_ammonia_study_outputs(ammonia_run):
     run = ammonia_run
-    for name in ("report.html", "results.json", "table_summary.csv", "reproduce.json", "labels.db",
-                 "data/train.extxyz", "data/test.extxyz", "neb_oracle.json"):
+    for name in ("report.html", "results.json", "table_summary.csv", "table_claims.csv", "claims.json",
+                 "table_seeds.csv", "reproduce.json", "labels.db", "study.json", "data/train.extxyz",
+                 "data/test.extxyz", "seed0/neb_oracle.json", "seed1/gen2/gmm/train/model.pt"):
         assert (run / name).exists(), name
+    assert not (run / "seed0" / "labels.db").exists()  # one store for every seed
     meta = json.loads((run / "reproduce.json").read_text())
     assert meta["system"] == "ammonia" and meta["wall_seconds"] > 0
     res = json.loads((run / "results.json").read_text())
     rows = res["tables"]["summary"]
     assert {(r["generation"], r["method"]) for r in rows} == {(g, m) for g in (1, 2) for m in ("ensemble", "gmm")}
-    assert all(0.0 <= r["stable_md_fraction"] <= 1.0 for r in rows)
+    assert all(r["n_seeds"] == 2 for r in rows)
+    for r in rows:  # every number with its interval
+        assert 0.0 <= r["stable_md_fraction_lo"] <= r["stable_md_fraction"] <= r["stable_md_fraction_hi"] <= 1.0
+        assert r["stable_md_runs"] == 2 * 2 * 4  # seeds x runs x temperatures
+        assert r["forces_mae_lo"] <= r["forces_mae"] <= r["forces_mae_hi"]
+        assert r["spearman_lo"] <= r["spearman"] <= r["spearman_hi"]
+    seeds = res["tables"]["seeds"]
+    assert {r["seed"] for r in seeds} == {0, 1} and all("spearman_lo" in r for r in seeds)
     assert all(r["neb_barrier_oracle"] > 0 for r in rows)
+    claims = json.loads((run / "claims.json").read_text())["claims"]
+    ids = {c["id"]: c for c in claims}
+    assert set(ids) >= {"fig3d_gen1_stability_order", "fig3g_stability_rises", "fig3e_neb_only_ensemble_improves"}
+    assert all(c["verdict"] in ("reproduced", "contradicted", "inconclusive", "not measured") for c in claims)
+    # the toy study has no MVE: the ordering compares only what it has, the OOD claim is not measured
+    assert ids["ood_ranking_ensemble_gmm_over_mve"]["verdict"] == "not measured"
+    rises = ids["fig3g_stability_rises"]["comparisons"]
+    assert [c["comparison"] for c in rises] == ["ensemble: generation 2 above 1", "gmm: generation 2 above 1"]
+    assert all(c["interval"] == "t over 2 paired seeds" for c in rises)
     html = (run / "report.html").read_text()
+    assert html.index("The paper&#x27;s claims, checked") < html.index("Summary per generation")
     assert html.count("data:image/png;base64,") >= 8 and "<script" not in html and "http" not in html.split("<body>")[1]
     assert "peak memory of a training step" in html and "parity of energies and forces" in html
     assert all(r["step_peak_mb"] > 0 for r in res["tables"]["cost"])
@@ -142,14 +162,15 @@ def test_methods_option_replaces_the_presets(ammonia_run, tmp_path):
     shutil.copy(ammonia_run / "labels.db", out / "labels.db")
     n_before = Store(out / "labels.db").count()
     r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp_path / "toy.yaml"), "--executor",
-                                 "none", "--out", str(out), "--methods", "llpr,shallow_ensemble"],
+                                 "none", "--out", str(out), "--methods", "llpr,shallow_ensemble", "--seeds", "0"],
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    summary = json.loads((out / "summary.json").read_text())
-    assert yaml.safe_load((out / "config.yaml").read_text())["methods"] == ["llpr", "shallow_ensemble"]
+    summary = json.loads((out / "seed0" / "summary.json").read_text())
+    assert yaml.safe_load((out / "seed0" / "config.yaml").read_text())["methods"] == ["llpr", "shallow_ensemble"]
     assert set(summary["generations"]["2"]) == {"llpr", "shallow_ensemble"}
-    assert (out / "gen2" / "llpr").is_dir() and (out / "gen2" / "shallow_ensemble").is_dir()
-    assert not (out / "gen1" / "ensemble").exists()
+    assert (out / "seed0" / "gen2" / "llpr").is_dir() and (out / "seed0" / "gen2" / "shallow_ensemble").is_dir()
+    assert not (out / "seed1").exists()  # --seeds replaces the preset's replicates
+    assert not (out / "seed0" / "gen1" / "ensemble").exists()
     assert Store(out / "labels.db").count() >= n_before
 
 

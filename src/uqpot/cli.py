@@ -133,15 +133,18 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
 @click.option("--preset", type=click.Choice(["paper", "quick"]), default="paper", show_default=True,
               help="for a study file: 'paper' runs the file as it is; 'quick' runs its system's quick preset "
                    "(configs/<system>_quick.yaml: a smaller PaiNN, shorter training and MD).")
+@click.option("--seeds", default=None,
+              help="comma-separated replicate seeds (e.g. 0,1,2): the whole loop runs once per seed, in "
+                   "OUT/seed<s>, with one shared label store; default: the study file's seeds (or the loop's seed).")
 @click.option("--no-progress", is_flag=True)
-def loop(config, out, generations, executor, preset, no_progress):
+def loop(config, out, generations, executor, preset, seeds, no_progress):
     """Active learning: train → evaluate → MD → attack → label → retrain, for every UQ method; resumable.
 
     CONFIG is a loop config (data files, oracle, methods, ...) or a study file such as configs/ammonia.yaml
     (whose data set is built first if needed, into OUT/data)."""
     from .config import load_yaml
-    from .workflow.active_learning import ActiveLearning, load_loop_config
-    from .workflow.reproduce import preset_path
+    from .workflow.active_learning import ActiveLearning, load_loop_config, replicates, run_loops
+    from .workflow.reproduce import check_seeds, preset_path
     from .workflow.studies import is_study_file, run_study_loop
 
     overrides = {}
@@ -151,6 +154,7 @@ def loop(config, out, generations, executor, preset, no_progress):
         overrides["train.progress"] = False
     ex = None
     try:
+        seed_list = check_seeds(seeds.split(",")) if seeds else None
         if executor != "none":
             from .executor import get_executor
 
@@ -163,12 +167,15 @@ def loop(config, out, generations, executor, preset, no_progress):
             config = beside if beside.is_file() else preset_path(system, "quick")
         if is_study_file(config):
             study_out = out or Path("runs") / Path(config).stem
-            summary, cfg = run_study_loop(config, study_out, ex, _console(), overrides)
+            study, cfg = run_study_loop(config, study_out, ex, _console(), overrides, seed_list)
+            per_seed = study["per_seed"]
         else:
             if out is not None:
                 overrides["out"] = str(out)
             cfg = load_loop_config(config, overrides)
-            summary = ActiveLearning(cfg, console=_console(), executor=ex).run()
+            cfgs = replicates(cfg, seed_list) if seed_list else [cfg]
+            loops = [ActiveLearning(c, console=_console(), executor=ex) for c in cfgs]
+            per_seed = {str(c.seed): s for c, s in zip(cfgs, run_loops(loops, ex))}
     except ConfigError as exc:
         _fail(exc if exc.path is not None else ConfigError(config, str(exc)))
     except UqpotError as exc:
@@ -176,14 +183,16 @@ def loop(config, out, generations, executor, preset, no_progress):
     finally:
         if ex is not None:
             ex.close()
-    for g, gsum in summary["generations"].items():
-        for method, rec in gsum.items():
-            t = rec["test"]
-            added = rec.get("label", {}).get("n_added") if rec.get("label") else None
-            click.echo(f"gen {g} {method:10s} train {rec['n_train']:4d}  test F MAE {t['forces_mae']:.3f}  "
-                       f"Spearman {t['spearman']:.3f}  AUC {t['roc_auc_p20']:.3f}"
-                       + (f"  added {added}" if added is not None else ""))
-    click.echo(f"summary: {Path(cfg.out) / 'summary.json'}")
+    for seed, summary in per_seed.items():
+        for g, gsum in summary["generations"].items():
+            for method, rec in gsum.items():
+                t = rec["test"]
+                added = rec.get("label", {}).get("n_added") if rec.get("label") else None
+                click.echo(f"seed {seed} gen {g} {method:10s} train {rec['n_train']:4d}  test F MAE "
+                           f"{t['forces_mae']:.3f}  Spearman {t['spearman']:.3f}  AUC {t['roc_auc_p20']:.3f}"
+                           + (f"  added {added}" if added is not None else ""))
+    where = Path(cfg.out).parent if len(per_seed) > 1 or is_study_file(config) else Path(cfg.out)
+    click.echo(f"summary: {where / 'summary.json'}")
 
 
 @cli.command()
@@ -201,7 +210,11 @@ def loop(config, out, generations, executor, preset, no_progress):
 @click.option("--methods", default=None,
               help="comma-separated UQ methods instead of the preset's (ensemble, mve, evidential, gmm, "
                    "llpr, shallow_ensemble).")
-def reproduce(system, preset, executor, out, molecules, splits, local_data, methods):
+@click.option("--seeds", default=None,
+              help="comma-separated replicate seeds (e.g. 0,1,2): the data is built once, and training, attacks "
+                   "and MD run once per seed; every number is reported as a mean with its 95% interval. "
+                   "Default: the preset's seeds.")
+def reproduce(system, preset, executor, out, molecules, splits, local_data, methods, seeds):
     """Run one of the paper's studies end to end and write report.html."""
     from .workflow.reproduce import reproduce as run
 
@@ -210,7 +223,7 @@ def reproduce(system, preset, executor, out, molecules, splits, local_data, meth
                    molecules=molecules.split(",") if molecules else None,
                    splits=[int(s) for s in splits.split(",")] if splits else None,
                    local_data=local_data, methods=methods.split(",") if methods else None,
-                   console=_console())
+                   seeds=seeds.split(",") if seeds else None, console=_console())
     except UqpotError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -88,6 +88,10 @@ class LoopConfig(Strict):
     md: Optional[dict] = None  # stability campaign settings (uqpot.md.campaign), or none
     neb: Union[bool, Literal["full"]] = False  # NH3 inversion barrier, model (NEB) vs oracle (see loop_md)
     batch_size: int = Field(64, ge=1)
+    # PyTorch threads of every step (training, MD, attack, NEB): fixed, so that results do not depend on the
+    # executor (see uqpot.determinism); part of the run's identity
+    threads: int = Field(1, ge=1)
+    store: Optional[Path] = None  # the label store; default OUT/labels.db (replicates of a study share one)
 
     def uq_config(self, method: str) -> UQConfig:
         return UQConfig.model_validate({"method": method, **self.uq.get(method, {})})
@@ -134,7 +138,7 @@ class ActiveLearning:
         if self._store is None:
             from ..data.store import Store
 
-            self._store = Store(self.out / "labels.db")
+            self._store = Store(self.cfg.store or self.out / "labels.db")
         return self._store
 
     def gen_dir(self, g: int, method: str) -> Path:
@@ -327,7 +331,16 @@ class ActiveLearning:
 
     # ----------------------------------------------------------------- the loop
     def method_generation(self, g: int, method: str) -> dict:
-        """Every step of generation ``g`` for one UQ method (each step skipped if already done)."""
+        """Every step of generation ``g`` for one UQ method (each step skipped if already done), with the
+        loop's fixed number of PyTorch threads."""
+        from ..determinism import fixed_threads
+
+        import torch
+
+        with fixed_threads(self.cfg.threads):
+            return {**self._method_generation(g, method), "threads": torch.get_num_threads()}
+
+    def _method_generation(self, g: int, method: str) -> dict:
         train0, val0, test, _ = self.initial_data()
         self._initial_train = train0
         train, val = self.data_for(g, method, (train0, val0))
@@ -345,36 +358,64 @@ class ActiveLearning:
             rec["label"] = self.step_label(g, method, train)
         return rec
 
-    def run(self) -> dict:
-        """All generations; within a generation the methods are independent and run in parallel on the
-        executor when one is given (labels of a method then run on its worker)."""
+    def prepare(self) -> dict:
+        """What every generation needs, done once in the calling process before any worker starts: the
+        config check and record, the energy alignment and the oracle's NEB barrier."""
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
         _check_same_config(self.out, cfg)
         dump_config(cfg, self.out / "config.yaml")
-        write_json(self.out / "run.json", {"seed": cfg.seed, "versions": versions()})
+        write_json(self.out / "run.json", {"seed": cfg.seed, "threads": cfg.threads, "versions": versions()})
         *_, align = self.initial_data()  # aligns energies once, before any worker needs it
         if cfg.neb:
             self.oracle_neb()  # once, before the methods need it
-        summary = {"alignment": align, "generations": {}}
-        parallel = self.executor is not None and not getattr(self.executor, "in_process", True)
-        eta = _ETA(cfg.generations * len(cfg.methods), self.log)
-        for g in range(1, cfg.generations + 1):
-            if parallel:
-                futures = {m: self.executor.submit(run_method_generation, cfg.model_dump(mode="json"), g, m)
-                           for m in cfg.methods}
-                gsum = {}
-                for m, f in futures.items():
-                    gsum[m] = f.result()
-                    eta.step(f"generation {g}, {m}")
-            else:
-                gsum = {}
-                for m in cfg.methods:
-                    gsum[m] = self.method_generation(g, m)
-                    eta.step(f"generation {g}, {m}")
-            summary["generations"][g] = gsum
-            write_json(self.out / "summary.json", summary)
-        return summary
+        return align
+
+    def run(self) -> dict:
+        """All generations; within a generation the methods are independent and run in parallel on the
+        executor when one is given (labels of a method then run on its worker)."""
+        return run_loops([self], self.executor, self.log)[0]
+
+
+def replicates(cfg: LoopConfig, seeds: list[int]) -> list[LoopConfig]:
+    """One loop config per seed: ``OUT/seed{s}``, all with one label store (``OUT/labels.db``)."""
+    out = Path(cfg.out)
+    store = cfg.store or out / "labels.db"
+    return [cfg.model_copy(update={"seed": int(s), "out": out / f"seed{s}", "store": store}) for s in seeds]
+
+
+def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[dict]:
+    """Runs several loops (replicates of one study: one per seed) generation by generation; within a
+    generation every (loop, method) pair is independent and runs on the executor when one is given.
+    Results are collected by (loop, method), never in the order workers finish; returns each loop's
+    summary (also written to its ``summary.json`` after every generation)."""
+    aligns = [al.prepare() for al in loops]
+    summaries = [{"alignment": a, "generations": {}} for a in aligns]
+    generations = max(al.cfg.generations for al in loops)
+    parallel = executor is not None and not getattr(executor, "in_process", True)
+    pairs = [(k, m) for k, al in enumerate(loops) for m in al.cfg.methods]
+    # the longest steps first (an ensemble's MD costs M model calls), so that workers finish together
+    pairs.sort(key=lambda p: (p[1] != "ensemble", p[0]))
+    eta = _ETA(sum(al.cfg.generations * len(al.cfg.methods) for al in loops), log or loops[0].log)
+    seeds = len(loops) > 1
+    for g in range(1, generations + 1):
+        todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations]
+        results: dict = {}
+        if parallel:
+            futures = {(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m)
+                       for k, m in todo}
+            for (k, m), f in futures.items():
+                results[k, m] = f.result()
+                eta.step(f"generation {g}, {m}" + (f", seed {loops[k].cfg.seed}" if seeds else ""))
+        else:
+            for k, m in todo:
+                results[k, m] = loops[k].method_generation(g, m)
+                eta.step(f"generation {g}, {m}" + (f", seed {loops[k].cfg.seed}" if seeds else ""))
+        for k, al in enumerate(loops):
+            if g <= al.cfg.generations:
+                summaries[k]["generations"][g] = {m: results[k, m] for m in al.cfg.methods}
+                write_json(al.out / "summary.json", summaries[k])
+    return summaries
 
 
 class _ETA:

@@ -69,14 +69,17 @@ def parity(entries: list[dict], title: str = ""):
 
 def metric_bars(rows: list[dict], keys=("spearman", "roc_auc_p20", "miscalibration_area", "cnll"),
                 title: str = ""):
-    """Bars of metrics per method, error bars = standard deviation over splits/seeds."""
+    """Bars of metrics per method; error bars: the 95% interval (``<key>_lo``/``<key>_hi``) where the rows have
+    one, else the standard deviation over splits/seeds (``<key>_std``)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):
         names = [r["method"] for r in rows]
-        vals = [r.get(k) if r.get(k) is not None else np.nan for r in rows]
-        errs = [r.get(k + "_std") or 0.0 for r in rows]
-        ax.bar(names, vals, yerr=errs, color=[METHOD_COLORS.get(m, "grey") for m in names], capsize=3)
+        parts = np.array([_split((r.get(k), r.get(k + "_lo"), r.get(k + "_hi")) if k + "_lo" in r
+                                 else (r.get(k), (r.get(k) or 0) - (r.get(k + "_std") or 0),
+                                       (r.get(k) or 0) + (r.get(k + "_std") or 0))) for r in rows]).reshape(-1, 3)
+        ax.bar(names, parts[:, 0], yerr=parts[:, 1:].T, color=[METHOD_COLORS.get(m, "grey") for m in names],
+               capsize=3)
         ax.set_title(k)
         ax.tick_params(axis="x", rotation=45)
     if title:
@@ -168,21 +171,35 @@ def attack_energy_rmsd(samples: dict, title: str = "adversarial samples: energy 
     return fig
 
 
+def _split(v):
+    """A bar's value: a number, or (estimate, low, high) of a 95% interval (drawn as an error bar)."""
+    if v is None:
+        return np.nan, 0.0, 0.0
+    if isinstance(v, (tuple, list)):
+        est, lo, hi = (np.nan if x is None else float(x) for x in v)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            return est, 0.0, 0.0
+        return est, max(est - lo, 0.0), max(hi - est, 0.0)
+    return float(v), 0.0, 0.0
+
+
 def _bars(ax, values: dict, ylabel: str) -> None:
-    """{group: {method: value}} as grouped bars on ``ax`` (None or missing values leave a gap)."""
+    """{group: {method: value or (estimate, low, high)}} as grouped bars on ``ax``, intervals as error bars
+    (None or missing values leave a gap)."""
     groups = list(values)
     methods = sorted({m for g in values.values() for m in g})
     w = 0.8 / max(len(methods), 1)
     for k, m in enumerate(methods):
-        ys = [values[g].get(m) for g in groups]
-        ax.bar(np.arange(len(groups)) + k * w, [np.nan if y is None else y for y in ys], w, label=m,
+        parts = np.array([_split(values[g].get(m)) for g in groups]).reshape(-1, 3)
+        err = parts[:, 1:].T if parts[:, 1:].any() else None
+        ax.bar(np.arange(len(groups)) + k * w, parts[:, 0], w, yerr=err, capsize=2, label=m,
                color=METHOD_COLORS.get(m))
     ax.set_xticks(np.arange(len(groups)) + w * (len(methods) - 1) / 2, [str(g) for g in groups])
     ax.set_ylabel(ylabel)
 
 
 def grouped_bars(values: dict, ylabel: str, title: str):
-    """{group (e.g. generation): {method: value}} as grouped bars."""
+    """{group (e.g. generation): {method: value or (estimate, low, high)}} as grouped bars with error bars."""
     plt = _plt()
     n_methods = len({m for g in values.values() for m in g})
     fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(values) * max(1, n_methods / 3), 3.3))

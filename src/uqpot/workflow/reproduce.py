@@ -45,7 +45,9 @@ class RMD17Study(Strict):
     molecules: list[str] = ["ethanol"]
     splits: list[int] = [1]
     methods: list[str] = ["ensemble", "mve", "evidential", "gmm"]
-    seed: int = 0
+    seed: int = 0  # the data seed: validation part of each split (a local file: its random splits)
+    seeds: list[int] = [0]  # replicates: every (split, method) is trained once per seed (init, batch order)
+    threads: int = Field(1, ge=1)  # PyTorch threads of every training (fixed: see uqpot.determinism)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of each official training split (800 / 200)
     # random split of a local file without official splits: fractions of its frames (train, val, test)
     local_split: tuple[float, float, float] = (0.6, 0.15, 0.25)
@@ -77,13 +79,14 @@ def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
 
                 idx = rmd17_split_indices(study.data_dir, mol, split, study.val_fraction, study.seed)
                 data = str(_npz_path(Path(study.data_dir), canonical_molecule(mol)))
-            for method in study.methods:
-                jobs.append(Job(name=f"{mol}-split{split}-{method}", data=data,
-                                indices={k: v.tolist() for k, v in idx.items()}, method=method, seed=study.seed,
-                                out=str(out / mol / f"split{split}" / method), model=study.model.model_dump(),
-                                uq=study.uq.get(method, {}),
-                                train=study.train.model_dump(mode="json") | {"progress": False},
-                                molecule=mol, split=split))
+            for seed in study.seeds:
+                for method in study.methods:
+                    jobs.append(Job(name=f"{mol}-split{split}-seed{seed}-{method}", data=data,
+                                    indices={k: v.tolist() for k, v in idx.items()}, method=method, seed=seed,
+                                    out=str(out / mol / f"split{split}" / f"seed{seed}" / method),
+                                    model=study.model.model_dump(), uq=study.uq.get(method, {}),
+                                    train=study.train.model_dump(mode="json") | {"progress": False},
+                                    molecule=mol, split=split, threads=study.threads))
     return jobs
 
 
@@ -102,8 +105,10 @@ def check_methods(methods) -> list[str] | None:
 
 
 def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, splits=None, local_data=None,
-                    console=None, methods=None) -> Path:
+                    console=None, methods=None, seeds=None) -> Path:
     study = load_config(preset_path("rmd17", preset), RMD17Study)
+    if seeds:
+        study.seeds = list(seeds)
     if methods:
         study.methods = list(methods)
     if molecules:
@@ -121,7 +126,7 @@ def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, split
 
     jobs = rmd17_jobs(study, out, local_data)
     _say(console, f"rMD17: {len(jobs)} trainings ({', '.join(study.molecules)}; splits {study.splits}; "
-                  f"{', '.join(study.methods)}); {sum(j.done for j in jobs)} already done")
+                  f"seeds {study.seeds}; {', '.join(study.methods)}); {sum(j.done for j in jobs)} already done")
     run_grid(jobs, executor, progress=lambda k, n, j: _say(console, f"[{k}/{n}] {j.name}"))
     from .report import build_grid_report
 
@@ -134,13 +139,28 @@ def _say(console, msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ entry
+def check_seeds(seeds) -> list[int] | None:
+    """The ``--seeds`` list (distinct integers), or None: the preset's own."""
+    if not seeds:
+        return None
+    try:
+        out = [int(s) for s in seeds if str(s).strip() != ""]
+    except ValueError:
+        raise ConfigError(None, f"--seeds takes comma-separated integers, got {','.join(map(str, seeds))!r}") from None
+    if not out or len(set(out)) != len(out):
+        raise ConfigError(None, f"--seeds must list distinct integers, got {','.join(map(str, seeds))!r}")
+    return out
+
+
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
               splits=None, local_data=None, console=None, executor_options: dict | None = None,
-              methods=None) -> Path:
-    """Runs one study and returns the path of its report.  ``methods`` replaces the preset's UQ methods."""
+              methods=None, seeds=None) -> Path:
+    """Runs one study and returns the path of its report.  ``methods`` replaces the preset's UQ methods,
+    ``seeds`` its replicates."""
     if system not in SYSTEMS:
         raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
     methods = check_methods(methods)  # before anything is written
+    seeds = check_seeds(seeds)
     out = Path(out or f"runs/{system}_{Path(preset).stem}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -158,13 +178,13 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
                            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
     try:
         if system == "rmd17":
-            reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods)
+            reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods, seeds)
         else:
             from . import studies
 
             run_study = studies.reproduce_ammonia if system == "ammonia" else studies.reproduce_silica
             run_study(preset_path(system, preset), out, ex, console,
-                      overrides={"methods": methods} if methods else None)
+                      overrides={"methods": methods} if methods else None, seeds=seeds)
     finally:
         if ex is not None:
             ex.close()

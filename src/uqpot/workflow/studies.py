@@ -2,20 +2,29 @@
 then run the active-learning loop (every UQ method, adversarial generations, MD stability, NEB), then the
 report.  Both share one store of labels (``OUT/labels.db``), so nothing is ever labelled twice.
 
-A study file (``configs/ammonia.yaml``, ``configs/ammonia_quick.yaml``, ...) has four sections: ``data``
-(options of the data-set build), ``oracle`` (the reference method), ``loop`` (the active-learning config
-without its data paths, oracle and output directory) and ``executor`` (options per executor kind).
+A study file (``configs/ammonia.yaml``, ``configs/ammonia_quick.yaml``, ...) has five sections: ``data``
+(options of the data-set build), ``oracle`` (the reference method), ``seeds`` (the replicates), ``loop`` (the
+active-learning config without its seed, data paths, oracle and output directory) and ``executor`` (options
+per executor kind).
+
+Replicates: the data set is built once (``OUT/data``, with its own seed in the ``data`` section) and every
+seed runs the whole loop (training, attacks, MD, NEB) in ``OUT/seed{s}``; all seeds share one label store
+(``OUT/labels.db``), so a structure two seeds both sample is labelled once.  ``OUT/study.json`` lists the
+seeds; the report gives every number as a mean over seeds with its interval.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 from ..config import Strict, apply_overrides, load_config, parse
 from ..errors import ConfigError
+from ..provenance import write_json
 from .active_learning import ActiveLearning, LoopConfig, OracleSettings
 
 
@@ -23,13 +32,25 @@ class Study(Strict):
     system: Literal["ammonia", "silica"]
     data: dict = {}
     oracle: OracleSettings
+    seeds: Optional[list[int]] = None  # replicates; default [loop.seed] (or [0])
     loop: dict = {}
     executor: dict[str, dict] = {}
 
 
-def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=None) -> LoopConfig:
+def study_seeds(study: Study, seeds=None, path=None) -> list[int]:
+    """The replicates to run: ``seeds`` (the command line's ``--seeds``), else the study's own."""
+    if study.seeds is not None and "seed" in study.loop:
+        raise ConfigError(path, "give the replicates as 'seeds' or one 'loop.seed', not both")
+    chosen = list(seeds) if seeds else (study.seeds or [int(study.loop.get("seed", 0))])
+    if len(set(chosen)) != len(chosen) or not chosen:
+        raise ConfigError(path, f"seeds must be distinct integers, got {chosen}")
+    return chosen
+
+
+def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=None, seed: int = 0) -> LoopConfig:
     raw = copy.deepcopy(study.loop)
-    raw.update(out=str(out), system=study.system, oracle=study.oracle.model_dump(),
+    raw.update(out=str(out / f"seed{seed}"), seed=seed, store=str(out / "labels.db"), system=study.system,
+               oracle=study.oracle.model_dump(),
                data={**raw.get("data", {}), "train": str(out / "data" / "train.extxyz"),
                      "test": str(out / "data" / "test.extxyz")})
     return parse(LoopConfig, apply_overrides(raw, overrides), path, prefix="loop")
@@ -64,25 +85,54 @@ def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, conso
         build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console)
 
 
-def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None):
-    """Builds the study's data (if needed) and runs its active-learning loop; returns (summary, config).
-    This is what ``uqpot loop STUDY.yaml`` does."""
+def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None):
+    """Builds the study's data (if needed) and runs its active-learning loop once per seed; returns
+    (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does."""
     from ..oracle import get_oracle
+    from .active_learning import run_loops
 
     study = load_config(preset, Study)
     out = Path(out)
     # every section validated before anything is written or computed
-    cfg = _loop_config(study, out, overrides, preset)
+    seeds = study_seeds(study, seeds, preset)
+    cfgs = [_loop_config(study, out, overrides, preset, seed=s) for s in seeds]
     data_cfg = _data_config(study, preset)
     oracle = get_oracle(study.oracle.name, **study.oracle.options)
     out.mkdir(parents=True, exist_ok=True)
+    _check_study(out, study.system, seeds)
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: data set with {oracle.method}")
     _build(study, data_cfg, out / "data", out / "labels.db", oracle, executor, console)
+    cfg = cfgs[0]
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: active learning, {cfg.generations} generations, "
-                      f"{', '.join(cfg.methods)}")
-    return ActiveLearning(cfg, console=console, executor=executor).run(), cfg
+                      f"{', '.join(cfg.methods)}, seeds {', '.join(map(str, seeds))}")
+    loops = [ActiveLearning(c, console=console, executor=executor) for c in cfgs]
+    summaries = run_loops(loops, executor, _study_log(out, console))
+    summary = {"system": study.system, "seeds": seeds, "per_seed": dict(zip(map(str, seeds), summaries))}
+    write_json(out / "summary.json", summary)
+    return summary, cfg
+
+
+def _check_study(out: Path, system: str, seeds: list[int]) -> None:
+    """``OUT/study.json``: the study's system and every seed run in it (a rerun may add seeds)."""
+    path = out / "study.json"
+    rec = json.loads(path.read_text()) if path.is_file() else {"system": system, "seeds": []}
+    if rec.get("system") != system:
+        raise ConfigError(path, f"{out} holds a {rec.get('system')} study; choose another output directory")
+    rec["seeds"] = sorted(set(rec["seeds"]) | set(seeds))
+    rec["seeds_last_run"] = list(seeds)
+    write_json(path, rec)
+
+
+def _study_log(out: Path, console):
+    def log(msg: str) -> None:
+        with open(out / "study.log", "a") as fh:
+            fh.write(time.strftime("%Y-%m-%d %H:%M:%S ") + msg + "\n")
+        if console is not None:
+            console.print(msg)
+
+    return log
 
 
 def is_study_file(path) -> bool:
@@ -92,10 +142,11 @@ def is_study_file(path) -> bool:
     return "loop" in data and "system" in data
 
 
-def reproduce_study(preset: Path, out: Path, executor=None, console=None, overrides: dict | None = None) -> Path:
-    from .report import build_loop_report
+def reproduce_study(preset: Path, out: Path, executor=None, console=None, overrides: dict | None = None,
+                    seeds=None) -> Path:
+    from .report_loop import build_loop_report
 
-    _, cfg = run_study_loop(preset, out, executor, console, overrides)
+    _, cfg = run_study_loop(preset, out, executor, console, overrides, seeds)
     return build_loop_report(out, title=f"uqpot: the {cfg.system} study")
 
 

@@ -1,0 +1,194 @@
+"""The paper's claims, checked against a study's own results (``claims.yaml`` beside this module).
+
+Every claim is split into pairwise comparisons (an ordering A > B > C into A > B and B > C; "A is best"
+into A > B, A > C, ...; "better" in the quantity's own direction, e.g. a lower force MAE).  Each comparison has an *effect*, signed so that a positive effect is what the paper
+says, with a 95% interval:
+
+* over seeds (two or more): the mean of the per-seed differences with its t-interval (paired: both sides of
+  a comparison share the seed, its data and, in a loop, its initial training set).  For a stable-MD fraction
+  the per-seed fraction is used, so the interval holds the trajectories' noise and the training's both;
+* one seed: a stable-MD fraction by Newcombe's interval over trajectories, Spearman and ROC-AUC by the
+  bootstrap over test structures (paired: both methods are scored on the same structures); other
+  quantities then have no interval.
+
+Verdict of a comparison: *reproduced* if the interval lies above 0, *contradicted* if below, else
+*inconclusive* (the interval holds "no effect", or there is none).  A claim is reproduced if every
+comparison is, contradicted if one is, else inconclusive.  "Only X improves": X's improvement is one
+comparison; every other method's improvement can contradict the claim (if significantly positive) but
+cannot prove it (absence of an effect is not shown by an interval), so those enter as "not contradicted".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import yaml
+
+from .metrics import intervals as iv
+
+#: which way is better for every quantity a claim can name
+QUANTITIES = {"stable_md_fraction": True, "spearman": True, "roc_auc_p20": True, "roc_auc_p50": True,
+              "forces_mae": False, "energy_mae": False, "neb_barrier_error": False, "md_mean_stable_time_fs": True,
+              "miscalibration_area": False, "cnll": False}
+VERDICTS = ("reproduced", "contradicted", "inconclusive")
+
+
+def load_claims(system: str | None = None, path=None) -> list[dict]:
+    """The claims (of one system, or all) from ``claims.yaml``."""
+    claims = yaml.safe_load(Path(path or Path(__file__).with_name("claims.yaml")).read_text())
+    for c in claims:
+        if c["quantity"] not in QUANTITIES:
+            raise ValueError(f"claim {c['id']}: unknown quantity {c['quantity']!r}")
+    return [c for c in claims if system is None or c["system"] == system]
+
+
+@dataclass
+class Observations:
+    """A study's results for the claims: per (method, generation), each replicate unit's value of a quantity.
+
+    ``values[(method, generation, quantity)] = {unit: value}``; ``counts[(method, generation)] = {unit: (k, n)}``
+    (stable trajectories of all); ``predictions(method, generation, unit) -> (U, ε)`` of the test set, for
+    the bootstrap of a single seed.  Units are seeds for a loop, (molecule, split, seed) for a grid."""
+
+    values: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    predictions: Callable | None = None
+    last_generation: int = 1
+
+    def get(self, method: str, gen: int, q: str) -> dict:
+        return self.values.get((method, gen, q), {})
+
+    def has(self, method: str, gen: int, q: str) -> bool:
+        return bool(self.get(method, gen, q))
+
+
+def _generation(spec, obs: Observations) -> int:
+    return obs.last_generation if spec == "last" else int(spec)
+
+
+def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, int]) -> tuple[float, float, float, str]:
+    """Effect "a is better than b" on q (positive = a better), its interval and how it was computed."""
+    sign = 1.0 if QUANTITIES[q] else -1.0
+    va, vb = obs.get(*a, q), obs.get(*b, q)
+    units = sorted(set(va) & set(vb), key=str)
+    if not units:
+        return np.nan, np.nan, np.nan, "no data"
+    if len(units) >= 2:
+        d, lo, hi = iv.paired_difference([va[u] for u in units], [vb[u] for u in units])
+        how = f"t over {len(units)} paired seeds"
+    else:
+        u = units[0]
+        d, lo, hi = va[u] - vb[u], np.nan, np.nan
+        how = "one seed: no interval"
+        if q == "stable_md_fraction" and u in obs.counts.get(a, {}) and u in obs.counts.get(b, {}):
+            (k1, n1), (k2, n2) = obs.counts[a][u], obs.counts[b][u]
+            d, lo, hi = iv.newcombe_difference(k1, n1, k2, n2)
+            how = f"one seed: Newcombe over {n1} and {n2} trajectories"
+        elif q in ("spearman", "roc_auc_p20", "roc_auc_p50") and obs.predictions is not None and a[1] == b[1]:
+            pa, pb = obs.predictions(a[0], a[1], u), obs.predictions(b[0], b[1], u)
+            if pa is not None and pb is not None and len(pa[1]) == len(pb[1]):
+                d, lo, hi = iv.bootstrap(_metric_difference(q), pa[0], pb[0], pa[1], seed=0)
+                how = f"one seed: bootstrap over {len(pa[1])} test structures"
+    if sign < 0:
+        d, lo, hi = -d, -hi, -lo
+    return float(d), float(lo), float(hi), how
+
+
+def _metric_difference(q: str):
+    from .metrics.uq import roc_auc, spearman
+
+    def f(ua, ub, err):
+        if q == "spearman":
+            return spearman(ua, err) - spearman(ub, err)
+        p = 20 if q == "roc_auc_p20" else 50
+        return roc_auc(ua, err, p) - roc_auc(ub, err, p)
+
+    return f
+
+
+def _verdict(lo: float, hi: float) -> str:
+    if np.isfinite(lo) and lo > 0:
+        return "reproduced"
+    if np.isfinite(hi) and hi < 0:
+        return "contradicted"
+    return "inconclusive"
+
+
+def _comparison(label: str, effect, required: bool = True) -> dict:
+    d, lo, hi, how = effect
+    v = _verdict(lo, hi)
+    if not required and v != "contradicted":
+        v = "not contradicted"
+    return {"comparison": label, "effect": d, "low": lo, "high": hi, "interval": how, "verdict": v}
+
+
+def evaluate(claim: dict, obs: Observations) -> dict:
+    """One claim's comparisons and verdict (see the module docstring)."""
+    q, kind = claim["quantity"], claim["kind"]
+    comps: list[dict] = []
+    if kind in ("order", "best", "better_than"):
+        g = _generation(claim.get("generation", 1), obs)
+        if kind == "order":
+            pairs = list(zip(claim["methods"][:-1], claim["methods"][1:]))
+        elif kind == "best":
+            others = sorted({m for (m, gg, qq) in obs.values if gg == g and qq == q} - {claim["method"]})
+            pairs = [(claim["method"], o) for o in others]
+        else:
+            pairs = [(b, w) for b in claim["better"] for w in claim["worse"]]
+        for a, b in pairs:
+            comps.append(_comparison(f"{a} better than {b}", _better_than(obs, q, (a, g), (b, g))))
+    elif kind in ("rises", "only_improves"):
+        g0, g1 = _generation(claim["from"], obs), _generation(claim["to"], obs)
+        if kind == "rises":
+            for m in claim["methods"]:
+                comps.append(_comparison(f"{m}: generation {g1} above {g0}", _better_than(obs, q, (m, g1), (m, g0))))
+        else:
+            main = claim["method"]
+            comps.append(_comparison(f"{main} improves from generation {g0} to {g1}",
+                                     _better_than(obs, q, (main, g1), (main, g0))))
+            others = sorted({m for (m, gg, qq) in obs.values if gg == g0 and qq == q} - {main})
+            for m in others:
+                comps.append(_comparison(f"{m} improves from generation {g0} to {g1}",
+                                         _better_than(obs, q, (m, g1), (m, g0)), required=False))
+    else:
+        raise ValueError(f"claim {claim['id']}: unknown kind {kind!r}")
+    comps = [c for c in comps if c["interval"] != "no data"] if comps else comps
+    return {"id": claim["id"], "source": claim["source"], "statement": claim["statement"], "quantity": q,
+            "comparisons": comps, "verdict": _claim_verdict(comps)}
+
+
+def _claim_verdict(comps: list[dict]) -> str:
+    if not comps:
+        return "not measured"
+    vs = [c["verdict"] for c in comps]
+    required = [v for v in vs if v != "not contradicted"]
+    if "contradicted" in vs:
+        return "contradicted"
+    if required and all(v == "reproduced" for v in required):
+        return "reproduced"
+    return "inconclusive"
+
+
+def check(system: str, obs: Observations) -> list[dict]:
+    """Every claim of ``system`` evaluated on ``obs``; a claim whose data the study lacks is 'not measured'."""
+    return [evaluate(c, obs) for c in load_claims(system)]
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per comparison (the claims table of a report)."""
+    rows = []
+    for r in results:
+        if not r["comparisons"]:
+            rows.append({"claim": r["id"], "source": r["source"], "statement": r["statement"],
+                         "verdict": r["verdict"], "comparison": "—", "effect": None, "interval_95": "",
+                         "how": "the study has no data for it"})
+        for k, c in enumerate(r["comparisons"]):
+            rows.append({"claim": r["id"] if k == 0 else "", "source": r["source"] if k == 0 else "",
+                         "statement": r["statement"] if k == 0 else "", "verdict": r["verdict"] if k == 0 else "",
+                         "comparison": c["comparison"], "effect": c["effect"],
+                         "interval_95": iv.fmt((c["effect"], c["low"], c["high"])), "comparison_verdict": c["verdict"],
+                         "how": c["interval"]})
+    return rows

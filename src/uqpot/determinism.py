@@ -1,0 +1,44 @@
+"""What makes a study's numbers a function of (config, seed, data) alone, whatever the executor.
+
+Sources of divergence found and how each is removed:
+
+* **The number of PyTorch threads.**  CPU kernels split reductions (sums, matrix products) into one chunk
+  per thread once a tensor passes PyTorch's grain size (32768 elements), so the rounding of a float32 step
+  depends on the thread count; over a hundred epochs the difference grows into a different model (measured:
+  PaiNN with 32 features on batches of 16 ethanol, 1 and 2 threads give different weights after three
+  epochs, the same count identical weights; NH3 batches of 16 stay below the grain size and are unaffected).  In-process, PyTorch uses every core; on a Dask
+  worker, one thread (``distributed`` sets ``OMP_NUM_THREADS=1``).  Every job of a study therefore runs
+  under :func:`fixed_threads` with the study's ``threads`` setting (default 1), recorded in ``run.json``.
+  A different ``threads`` is a different (equally valid) run, not a different result of the same run.
+* **Completion order.**  Labels, grids and loop steps are collected by index (never in the order workers
+  finish), and every random draw comes from a generator seeded from the config's seed and the step
+  (generation, replica, split) it belongs to.
+* **Time budgets.**  A study's steps stop on counts (epochs, MD steps, iterations), never on wall time;
+  ``train.max_hours`` pauses a run (resumable) and is not used by the presets.
+
+What is not removed: GPUs run some kernels (scatter-add, index-add) with atomics, in nondeterministic
+order; ``torch.use_deterministic_algorithms`` would make them slower or raise.  Results on a GPU are then
+reproducible only to float tolerance, and the report's provenance says which device ran the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+DEFAULT_THREADS = 1
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int | None = DEFAULT_THREADS):
+    """Runs the block with ``torch.set_num_threads(n)`` (``None``: leaves it as it is), then restores."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
