@@ -120,8 +120,8 @@ def _verdict(lo: float, hi: float) -> str:
 def _comparison(label: str, effect, required: bool = True) -> dict:
     d, lo, hi, how = effect
     v = _verdict(lo, hi)
-    if not required and v != "contradicted":
-        v = "not contradicted"
+    if not required:  # "no other method improves": a significant improvement contradicts, nothing proves it
+        v = "contradicted" if v == "reproduced" else "not contradicted"
     return {"comparison": label, "effect": d, "low": lo, "high": hi, "interval": how, "verdict": v}
 
 
