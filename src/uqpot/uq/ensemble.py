@@ -8,8 +8,13 @@ are one stacked module evaluated in one batched call.
 
 from __future__ import annotations
 
+import torch
+
 from .. import fields as F
 from .base import UQMethod, register_method
+
+#: buffers of a potential that every member of one ensemble shares (fitted on the training set)
+SHARED_BUFFERS = ("atomref", "energy_scale", "known_elements")
 
 
 @register_method("ensemble")
@@ -33,3 +38,30 @@ class Ensemble(UQMethod):
         else:  # without forces, fall back on the spread of the atomic energies
             res[F.UNCERTAINTY_ATOM] = out[F.ATOMIC_ENERGY].var(0, correction=1)
         return res
+
+    @classmethod
+    def from_members(cls, potentials, reduction: str = "mean") -> "Ensemble":
+        """An ensemble of M separately trained single potentials (same architecture, same training set):
+        member m is potential m's weights, so that the ensemble equals evaluating each model alone."""
+        potentials = list(potentials)
+        if len(potentials) < 2:
+            raise ValueError("an ensemble needs at least 2 member models")
+        hp0 = {k: v for k, v in potentials[0].hparams.items() if k not in ("members", "seeds")}
+        for p in potentials:
+            if p.members != 1:
+                raise ValueError("every member model must be a single network (members = 1)")
+            if {k: v for k, v in p.hparams.items() if k not in ("members", "seeds")} != hp0:
+                raise ValueError("member models differ in their hyper-parameters")
+        seeds = [int(p.hparams["seeds"][0]) for p in potentials]
+        ens = cls({**hp0, "members": len(potentials), "seeds": seeds}, reduction)
+        state = ens.potential.state_dict()
+        with torch.no_grad():
+            for name, value in state.items():
+                parts = [p.state_dict()[name] for p in potentials]
+                if name in SHARED_BUFFERS:
+                    if any(not torch.equal(parts[0], x) for x in parts[1:]):
+                        raise ValueError(f"member models differ in {name}: trained on different data?")
+                    value.copy_(parts[0])
+                else:
+                    value.copy_(torch.cat(parts, 0))
+        return ens

@@ -260,7 +260,7 @@ class ActiveLearning:
         cand = read_structures(d / "candidates.extxyz", ReadOptions(require_energy=False, require_forces=False,
                                                                     min_distance=0.0)) \
             if (d / "candidates.extxyz").stat().st_size else StructureDataset([])
-        calls0 = self.oracle.calls
+        calls0, t0 = self.oracle.calls, time.perf_counter()
         res = self.oracle.label(list(cand), store=self.store,
                                 provenance={"generation": g, "uq_method": method, "source": "adversarial"},
                                 executor=self.executor)
@@ -283,7 +283,8 @@ class ActiveLearning:
         rec = {"n_candidates": len(cand), "n_added": len(accepted), "n_failed": failed, "dropped": dropped,
                "oracle_calls": self.oracle.calls - calls0, "from_store": res.n_from_store,
                "energy_rel_min": min(energies) if energies else None,
-               "energy_rel_max": max(energies) if energies else None}
+               "energy_rel_max": max(energies) if energies else None,
+               "seconds": round(time.perf_counter() - t0, 2)}
         write_json(marker, rec)
         self.log(f"gen {g} {method}: labelled {len(cand)} candidates ({rec['oracle_calls']} oracle calls), "
                  f"added {len(accepted)}" + (f", {failed} failed (see {marker})" if failed else ""))
@@ -313,7 +314,9 @@ class ActiveLearning:
         marker = d / "neb.json"
         if _done(marker):
             return json.loads(marker.read_text())
+        t0 = time.perf_counter()
         rec = neb_for_loop(self.model(g, method), self.oracle_neb(), d)
+        rec["seconds"] = round(time.perf_counter() - t0, 2)
         write_json(marker, rec)
         return rec
 
