@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from uqpot.data.io import read_structures, write_extxyz
+from uqpot.data.io import ReadOptions, read_structures, write_extxyz
 from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
 
 pytest.importorskip("tblite")
@@ -101,3 +101,34 @@ def test_sigkill_and_resume(tmp_path, ammonia_files, kill_after):
         b = uqpot.load(tmp_path / "ref" / "gen2" / method / "train" / "model.pt")
         for k, v in a.state_dict().items():
             torch.testing.assert_close(v, b.state_dict()[k], rtol=1e-5, atol=1e-6)
+
+
+def test_replicate_seeds_share_one_store(tmp_path, ammonia_files):
+    """`uqpot loop CONFIG --seeds 0,1`: one loop per seed in OUT/seed<s>, one label store; the report gives
+    means over both seeds."""
+    from click.testing import CliRunner
+
+    from uqpot.cli import cli
+    from uqpot.data.store import Store
+
+    raw = loop_cfg(tmp_path, ammonia_files, methods=("gmm",), generations=2, epochs=2)
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(cli, ["loop", str(tmp_path / "loop.yaml"), "--seeds", "0,1", "--no-progress"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "loop"
+    assert "seed 1 gen 2 gmm" in r.output and f"summary: {out / 'summary.json'}" in r.output
+    for s in (0, 1):
+        assert yaml.safe_load((out / f"seed{s}" / "config.yaml").read_text())["seed"] == s
+        assert not (out / f"seed{s}" / "labels.db").exists()
+    assert Store(out / "labels.db").count(status="ok") > 0
+    a, b = (read_structures(out / f"seed{s}" / "gen1" / "gmm" / "attack" / "candidates.extxyz",
+                            ReadOptions(require_energy=False, require_forces=False, min_distance=0.0))
+            for s in (0, 1))
+    assert not np.allclose(a[0].positions, b[0].positions)  # the seeds attack differently
+    r = CliRunner().invoke(cli, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads((out / "results.json").read_text())["tables"]["summary"]
+    assert all(row["n_seeds"] == 2 for row in rows)
+    r = CliRunner().invoke(cli, ["loop", str(tmp_path / "loop.yaml"), "--seeds", "0,0"])
+    assert r.exit_code == 2 and "distinct" in r.output

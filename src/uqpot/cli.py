@@ -143,7 +143,7 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
     CONFIG is a loop config (data files, oracle, methods, ...) or a study file such as configs/ammonia.yaml
     (whose data set is built first if needed, into OUT/data)."""
     from .config import load_yaml
-    from .workflow.active_learning import ActiveLearning, load_loop_config, replicates, run_loops
+    from .workflow.active_learning import ActiveLearning, load_loop_config, replicates, run_replicates
     from .workflow.reproduce import check_seeds, preset_path
     from .workflow.studies import is_study_file, run_study_loop
 
@@ -168,14 +168,16 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
         if is_study_file(config):
             study_out = out or Path("runs") / Path(config).stem
             study, cfg = run_study_loop(config, study_out, ex, _console(), overrides, seed_list)
-            per_seed = study["per_seed"]
+            per_seed, where = study["per_seed"], Path(study_out)
         else:
             if out is not None:
                 overrides["out"] = str(out)
             cfg = load_loop_config(config, overrides)
-            cfgs = replicates(cfg, seed_list) if seed_list else [cfg]
-            loops = [ActiveLearning(c, console=_console(), executor=ex) for c in cfgs]
-            per_seed = {str(c.seed): s for c, s in zip(cfgs, run_loops(loops, ex))}
+            if seed_list:
+                per_seed = run_replicates(replicates(cfg, seed_list), cfg.out, ex, _console())["per_seed"]
+            else:
+                per_seed = {str(cfg.seed): ActiveLearning(cfg, console=_console(), executor=ex).run()}
+            where = Path(cfg.out)
     except ConfigError as exc:
         _fail(exc if exc.path is not None else ConfigError(config, str(exc)))
     except UqpotError as exc:
@@ -191,7 +193,6 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
                 click.echo(f"seed {seed} gen {g} {method:10s} train {rec['n_train']:4d}  test F MAE "
                            f"{t['forces_mae']:.3f}  Spearman {t['spearman']:.3f}  AUC {t['roc_auc_p20']:.3f}"
                            + (f"  added {added}" if added is not None else ""))
-    where = Path(cfg.out).parent if len(per_seed) > 1 or is_study_file(config) else Path(cfg.out)
     click.echo(f"summary: {where / 'summary.json'}")
 
 

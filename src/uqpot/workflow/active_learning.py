@@ -387,6 +387,18 @@ def replicates(cfg: LoopConfig, seeds: list[int]) -> list[LoopConfig]:
     return [cfg.model_copy(update={"seed": int(s), "out": out / f"seed{s}", "store": store}) for s in seeds]
 
 
+def run_replicates(cfgs: list[LoopConfig], out: Path, executor=None, console=None, log=None,
+                   extra: dict | None = None) -> dict:
+    """Runs one loop per config (the replicates of a study, one per seed) and writes ``OUT/summary.json``
+    with every seed's summary (what the report reads)."""
+    loops = [ActiveLearning(c, console=console, executor=executor) for c in cfgs]
+    summaries = run_loops(loops, executor, log)
+    summary = {**(extra or {}), "seeds": [c.seed for c in cfgs],
+               "per_seed": {str(c.seed): s for c, s in zip(cfgs, summaries)}}
+    write_json(Path(out) / "summary.json", summary)
+    return summary
+
+
 def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[dict]:
     """Runs several loops (replicates of one study: one per seed) generation by generation; within a
     generation every (loop, method) pair is independent and runs on the executor when one is given.

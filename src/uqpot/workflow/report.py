@@ -175,7 +175,8 @@ def build_report(run) -> Path:
     run = Path(run)
     meta = json.loads((run / "reproduce.json").read_text()) if (run / "reproduce.json").is_file() else {}
     cfg = run / "config.yaml"
-    if meta.get("kind") != "grid" and ((run / "study.json").is_file() or (
+    replicates = (run / "summary.json").is_file() and "per_seed" in json.loads((run / "summary.json").read_text())
+    if meta.get("kind") != "grid" and ((run / "study.json").is_file() or replicates or (
             cfg.is_file() and "generations" in (yaml.safe_load(cfg.read_text()) or {}))):
         from .report_loop import build_loop_report
 

@@ -25,7 +25,7 @@ from typing import Literal, Optional
 from ..config import Strict, apply_overrides, load_config, parse
 from ..errors import ConfigError
 from ..provenance import write_json
-from .active_learning import ActiveLearning, LoopConfig, OracleSettings
+from .active_learning import LoopConfig, OracleSettings
 
 
 class Study(Strict):
@@ -89,7 +89,7 @@ def run_study_loop(preset, out: Path, executor=None, console=None, overrides: di
     """Builds the study's data (if needed) and runs its active-learning loop once per seed; returns
     (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does."""
     from ..oracle import get_oracle
-    from .active_learning import run_loops
+    from .active_learning import run_replicates
 
     study = load_config(preset, Study)
     out = Path(out)
@@ -107,10 +107,7 @@ def run_study_loop(preset, out: Path, executor=None, console=None, overrides: di
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: active learning, {cfg.generations} generations, "
                       f"{', '.join(cfg.methods)}, seeds {', '.join(map(str, seeds))}")
-    loops = [ActiveLearning(c, console=console, executor=executor) for c in cfgs]
-    summaries = run_loops(loops, executor, _study_log(out, console))
-    summary = {"system": study.system, "seeds": seeds, "per_seed": dict(zip(map(str, seeds), summaries))}
-    write_json(out / "summary.json", summary)
+    summary = run_replicates(cfgs, out, executor, console, _study_log(out, console), {"system": study.system})
     return summary, cfg
 
 
