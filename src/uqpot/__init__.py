@@ -1,16 +1,21 @@
-"""uqpot: uncertainty quantification and adversarial active learning for neural-network potentials."""
+"""uqpot: uncertainty quantification and adversarial active learning for neural-network potentials.
 
-__version__ = "0.1.0"
+Importing the package imports nothing heavy; ``uqpot.load`` and ``uqpot.save`` import the models on first
+use (:mod:`uqpot.models`).
+"""
+
+from ._version import __version__  # noqa: F401
 
 
 def load(path, device=None):
     """Loads any uqpot model file (potential or UQ method) written by ``uqpot.save``."""
-    from . import modelfile, models  # noqa: F401  (models registers every model kind)
+    from .models import load as _load
 
-    return modelfile.load(path, device=device)
+    return _load(path, device=device)
 
 
 def save(model, path, extra=None):
-    from . import modelfile
+    """Writes a potential or UQ method to ``path`` (see :func:`uqpot.models.save`)."""
+    from .models import save as _save
 
-    return modelfile.save(model, path, extra)
+    return _save(model, path, extra)

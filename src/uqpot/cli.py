@@ -234,7 +234,7 @@ def reproduce(system, preset, executor, out, molecules, splits, local_data, meth
 @click.argument("run_dir", type=click.Path(path_type=Path))
 def report(run_dir):
     """(Re)build report.html, results.json and the tables' CSV files of a run directory."""
-    from .workflow.report import build_report
+    from .workflow.report_dispatch import build_report
 
     try:
         path = build_report(run_dir)

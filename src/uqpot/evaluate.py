@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fields as F
-from . import load
+from .models import load
 from .data.io import ReadOptions, read_structures
 from .data.structures import StructureDataset
 from .metrics import uq as uqm

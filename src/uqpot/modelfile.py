@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .errors import ModelFileError
 
 FORMAT = "uqpot-model"
@@ -119,7 +119,6 @@ def load(path, device=None):
         first = str(exc).splitlines()
         raise ModelFileError(path, "weights do not match the architecture in the file: "
                                    + " ".join(x.strip() for x in first[:3])[:400]) from None
-    model.load_extra(payload.get("extra", {})) if hasattr(model, "load_extra") else None
     if device is not None:
         model.to(device)
     model.eval()

@@ -1,4 +1,20 @@
-"""Imports every model class so that each registers its kind with :mod:`uqpot.modelfile`."""
+"""Every model kind registered with :mod:`uqpot.modelfile`, and ``load``/``save`` for any of them.
 
+Importing this module imports :mod:`uqpot.uq` (every UQ method) and :mod:`uqpot.nn.potential`, so that
+each class has registered its kind before a file is read.  Modules of uqpot load model files through
+:func:`load` here (the package's ``uqpot.load`` is the same function), never through the package root.
+"""
+
+from . import modelfile
 from . import uq  # noqa: F401  (ensemble, mve, evidential, gmm, ...)
 from .nn.potential import Potential  # noqa: F401
+
+
+def load(path, device=None):
+    """Loads any uqpot model file (potential or UQ method) written by :func:`save`, in eval mode."""
+    return modelfile.load(path, device=device)
+
+
+def save(model, path, extra=None):
+    """Writes ``model`` (a potential or a UQ method) with ``extra`` JSON-able metadata, atomically."""
+    return modelfile.save(model, path, extra)

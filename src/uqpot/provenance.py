@@ -14,7 +14,7 @@ def versions() -> dict:
     import numpy
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     out = {"uqpot": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "numpy": numpy.__version__, "ase": ase.__version__, "platform": platform.platform(),

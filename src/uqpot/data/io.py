@@ -1,7 +1,8 @@
 """Reading and validating structure files.
 
-Any file that ``ase.io`` reads (extended XYZ, ASE databases, VASP outputs, ...) is accepted, and rMD17's
-``.npz`` files (keys nuclear_charges, coords, energies, forces).  Energies and
+Any file that ``ase.io`` reads (extended XYZ, ASE databases, VASP outputs, ...) is accepted, and the formats
+that data-set modules register with :func:`register_reader` (rMD17's ``.npz`` files, NFF ``.pth.tar``
+files; registered when :mod:`uqpot.data` is imported).  Energies and
 forces come from the calculator results that ASE attaches when it reads a file, or from named
 ``info``/``arrays`` keys (``energy_key``/``forces_key``).  Inputs are converted to uqpot's units
 (kcal/mol, Å) from the declared ``energy_unit`` and ``length_unit``.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -90,33 +92,23 @@ def _iter_atoms(path: Path, options: ReadOptions):
         raise DataError(path, f"cannot read ({type(exc).__name__}: {msg})", frame=frame) from None
 
 
-def _iter_npz(path: Path, options: ReadOptions):
-    """Frames of an rMD17 ``.npz`` file (keys nuclear_charges, coords, energies, forces; kcal/mol, Å) as
-    ASE atoms with their labels, so they go through the same conversion and validation as any file."""
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from .sets.rmd17 import read_npz
-
-    data = read_npz(path)
-    for frame in range(len(data["energies"])):
-        atoms = Atoms(numbers=data["nuclear_charges"], positions=data["coords"][frame])
-        atoms.calc = SinglePointCalculator(atoms, energy=float(data["energies"][frame]),
-                                           forces=data["forces"][frame])
-        yield frame, atoms
+#: readers of files that ``ase.io`` does not read, registered by the modules that know the format
+#: (:mod:`uqpot.data.sets.rmd17`: ``.npz``, :mod:`uqpot.data.sets.nff`: NFF ``.pth.tar``): name -> (does the
+#: path match, frames of the file as (frame, ase.Atoms with labels))
+READERS: dict[str, tuple[Callable[[Path], bool], Callable]] = {}
 
 
-#: file names read as NFF/torch files (the published NFF archives), by the allow-list unpickler
-NFF_SUFFIXES = (".pth.tar", ".pth", ".pt")
+def register_reader(name: str, matches: Callable[[Path], bool], frames: Callable) -> None:
+    """Registers a file format: ``frames(path, options)`` yields (frame, ``ase.Atoms`` with a calculator
+    holding energy and forces), which then go through the same unit conversion and validation as any file."""
+    READERS[name] = (matches, frames)
 
 
-def _iter_nff(path: Path, options: ReadOptions):
-    """Frames of an NFF ``.pth.tar`` file (nxyz, energy, energy_grad; kcal/mol, Å) as ASE atoms with their
-    labels, read without executing code (:mod:`uqpot.data.sets.nff`)."""
-    from .sets.nff import read_nff
-
-    for s in read_nff(path):
-        yield s.frame, s.to_atoms()
+def _frames(path: Path, options: ReadOptions):
+    for matches, frames in READERS.values():
+        if matches(path):
+            return frames(path, options)
+    return _iter_atoms(path, options)
 
 
 def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> list[DataError]:
@@ -220,13 +212,7 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
     structures: list[Structure] = []
     try:
         _check_path(path)
-        if path.suffix == ".npz":
-            frames = _iter_npz(path, options)
-        elif path.name.endswith(NFF_SUFFIXES):
-            frames = _iter_nff(path, options)
-        else:
-            frames = _iter_atoms(path, options)
-        for frame, atoms in frames:
+        for frame, atoms in _frames(path, options):
             try:
                 s = _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor)
             except DataError as exc:

@@ -25,7 +25,7 @@ class UQPotCalculator(Calculator):
         super().__init__(**kwargs)
         self.layout = layout  # pair layout of the model call (see uqpot.data.batch.choose_layout)
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from .. import load
+            from ..models import load
 
             model = load(model, device=device)
         self.model = model.eval()

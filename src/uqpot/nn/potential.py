@@ -97,11 +97,6 @@ class Potential(nn.Module):
         self.known_elements.zero_()
         self.known_elements[elements] = True
 
-    def copy_reference_from(self, other: "Potential") -> None:
-        self.atomref.copy_(other.atomref)
-        self.energy_scale.copy_(other.energy_scale)
-        self.known_elements.copy_(other.known_elements)
-
     def reference_energy(self, batch: AtomsBatch) -> torch.Tensor:
         """Σ e_ref(Z_i) per structure (float64)."""
         e = self.atomref.index_select(0, batch.numbers)

@@ -123,7 +123,8 @@ def _step_memory(trainer, train, batch_size: int) -> dict:
 
 def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
     """Post-hoc fits (GMM) and the validation calibration go into the model file; then val/test metrics."""
-    from .. import load, modelfile
+    from .. import modelfile
+    from ..models import load
     from ..evaluate import assess, fit_calibration, is_uq, write_predictions, write_table
 
     out = Path(out)

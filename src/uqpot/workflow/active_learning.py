@@ -219,7 +219,7 @@ class ActiveLearning:
                          test, d, console=self.console, extra={"generation": g, "method": method})
 
     def model(self, g, method):
-        from .. import load
+        from ..models import load
 
         return load(self.gen_dir(g, method) / "train" / "model.pt")
 

@@ -17,7 +17,6 @@ import platform
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from ..provenance import versions, write_json, write_text
 from . import figures as fg
@@ -138,7 +137,7 @@ def _gmm_figures(rep: Report, model_dir: Path, train_set, label: str) -> None:
     try:
         import torch
 
-        from .. import load
+        from ..models import load
 
         model = load(model_dir / "model.pt")
         X = model.features_of(train_set())
@@ -168,23 +167,3 @@ def _cost_section(rep: Report, entries: list[tuple[str, str, dict]], run: Path) 
         memory.setdefault(x["group"], {})[x["method"]] = x["step_peak_mb"]
     rep.figure(fg.cost_bars(wall, memory), "training wall time and peak memory of a training step per method "
                                            "(Fig. 2b analogue)")
-
-
-def build_report(run) -> Path:
-    """The report that fits the run directory (an active-learning loop or a grid of trainings)."""
-    run = Path(run)
-    meta = json.loads((run / "reproduce.json").read_text()) if (run / "reproduce.json").is_file() else {}
-    cfg = run / "config.yaml"
-    replicates = (run / "summary.json").is_file() and "per_seed" in json.loads((run / "summary.json").read_text())
-    if meta.get("kind") != "grid" and ((run / "study.json").is_file() or replicates or (
-            cfg.is_file() and "generations" in (yaml.safe_load(cfg.read_text()) or {}))):
-        from .report_loop import build_loop_report
-
-        return build_loop_report(run)
-    if meta.get("kind") == "grid" or list(run.glob("**/summary.json")):
-        from .report_grid import build_grid_report
-
-        return build_grid_report(run)
-    from ..errors import UqpotError
-
-    raise UqpotError(f"{run}: not a uqpot run directory (no loop summary or grid results found)")

@@ -193,6 +193,6 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     meta = json.loads(meta_path.read_text())
     meta.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"), wall_seconds=round(time.time() - started, 1))
     write_json(meta_path, meta)
-    from .report import build_report
+    from .report_dispatch import build_report
 
     return build_report(out)  # again, now with the wall time

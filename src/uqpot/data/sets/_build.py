@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import BuildError
+from ._common import BuildError
 
 
 class StageProgress:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ...units import convert_energy
-from . import BuildError, energy_histogram
+from ._common import BuildError, energy_histogram
 from ._build import CurvaturePrior, Labeller, Slot, StageProgress, dirichlet_direction, elapsed
 
 SOURCE = "uqpot data build ammonia"

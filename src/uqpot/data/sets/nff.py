@@ -439,3 +439,23 @@ def read_nff(path, energy_key: str = "energy", grad_key: str | None = None):
 
 
 __all__ = ["read_nff", "load_nff", "SafeUnpickler", "NFFDatasetRecord", "ALLOWED"]
+
+
+#: file names read as NFF/torch files (the published NFF archives), by the allow-list unpickler
+NFF_SUFFIXES = (".pth.tar", ".pth", ".pt")
+
+
+def _nff_frames(path, options):
+    """Frames of an NFF ``.pth.tar`` file (nxyz, energy, energy_grad; kcal/mol, Å) as ASE atoms with their
+    labels, read without executing code."""
+    for s in read_nff(path):
+        yield s.frame, s.to_atoms()
+
+
+def _register() -> None:
+    from ..io import register_reader
+
+    register_reader("nff", lambda p: Path(p).name.endswith(NFF_SUFFIXES), _nff_frames)
+
+
+_register()

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DataError
-from . import FetchError
+from ._common import FetchError
 
 #: the figshare download link of ``rmd17.tar.bz2`` (article 12672038, file 23950376)
 RMD17_URL = "https://figshare.com/ndownloader/files/23950376"
@@ -116,7 +116,7 @@ def download(url: str, part: Path, *, timeout: float = 60.0, progress: bool = Tr
     import urllib.error
     import urllib.request
 
-    from ... import __version__
+    from ..._version import __version__
 
     existing = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": f"uqpot/{__version__}"}
@@ -465,3 +465,26 @@ def convert_rmd17(root, molecule: str, split: int = 1, out_dir=None, val_fractio
 __all__ = ["RMD17_URL", "RMD17_DOI", "RMD17_SHA256", "RMD17_MOLECULES", "FetchResult", "fetch_rmd17",
            "load_rmd17", "rmd17_split_indices", "convert_rmd17", "extract_archive", "read_npz", "download",
            "split_file_names", "manual_instructions"]
+
+
+def _npz_frames(path: Path, options):
+    """Frames of an rMD17 ``.npz`` file (keys nuclear_charges, coords, energies, forces; kcal/mol, Å) as
+    ASE atoms with their labels, so they go through the same conversion and validation as any file."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    data = read_npz(path)
+    for frame in range(len(data["energies"])):
+        atoms = Atoms(numbers=data["nuclear_charges"], positions=data["coords"][frame])
+        atoms.calc = SinglePointCalculator(atoms, energy=float(data["energies"][frame]),
+                                           forces=data["forces"][frame])
+        yield frame, atoms
+
+
+def _register() -> None:
+    from ..io import register_reader
+
+    register_reader("rmd17-npz", lambda p: Path(p).suffix == ".npz", _npz_frames)
+
+
+_register()

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BuildError, energy_histogram
+from ._common import BuildError, energy_histogram
 from ._build import CurvaturePrior, Labeller, Slot, StageProgress, elapsed
 
 SOURCE = "uqpot data build silica"
