@@ -195,6 +195,7 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     from uqpot.data.batch import iterate_batches
     from uqpot.evaluate import predictions
     from uqpot.nn.potential import Potential
+    from uqpot.train.stages import run_stage
     from uqpot.predict import predict
 
     first = {}
@@ -254,10 +255,9 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
         if m in ("gmm", "llpr", "shallow_ensemble"):  # timed on a copy; the fitted model is not changed
             fresh = copy.deepcopy(model)
             t0 = time.perf_counter()
-            if getattr(fresh, "posthoc_uses_validation", False):
-                fresh.fit_posthoc(sets["train"], 100, val=sets["val"])
-            else:
-                fresh.fit_posthoc(sets["train"], 100)
+            for stage in fresh.stages(TrainConfig()):  # the shallow ensemble's NLL fine-tuning
+                run_stage(fresh, stage, sets["train"], sets["val"], 100)
+            fresh.fit_posthoc(sets["train"], sets["val"], 100)
             out[m]["posthoc_seconds"] = time.perf_counter() - t0
             out[m]["posthoc_plain_epochs"] = out[m]["posthoc_seconds"] / plain_epoch
     return out

@@ -100,7 +100,7 @@ def test_mve_loss_matches_formula(data):
     m.double()
     pred = m.forward_members(b, create_graph=False)
     loss, _ = MVELoss(0.1, 1.0)(pred, b)
-    var = pred["force_variance"][0].detach().numpy()[:, None]
+    var = pred["forces_variance"][0].detach().numpy()[:, None]
     r = (pred[F.FORCES][0] - b.forces).detach().numpy()
     nll = np.mean(0.5 * np.log(2 * np.pi * var) + r ** 2 / (2 * var))
     e = np.mean(np.abs(pred[F.ENERGY][0].detach().numpy() - b.energy.numpy()))

@@ -8,13 +8,13 @@ import torch
 
 import uqpot
 from uqpot import fields as F
-from uqpot.config import ModelConfig, RunConfig, TrainConfig, UQConfig
+from uqpot.config import ModelConfig, RunConfig, TrainConfig, uq_config
 from uqpot.data.batch import collate, iterate_batches
 from uqpot.errors import ConfigError
 from uqpot.metrics import uq as uqm
 from uqpot.uq import LLPR, ShallowEnsemble
 from uqpot.uq.shallow import ShallowEnsembleLoss
-from uqpot.uq.vjp import position_grads
+from uqpot.nn.response import position_grads
 
 SMALL = dict(features=16, interactions=2, rbf=8, readout_hidden=8)
 
@@ -33,7 +33,7 @@ def llpr(data):
     """A small LLPR (random network, float64) fitted on 20 frames, α and ς on 10 others."""
     m = LLPR(potential=small()).double()
     m.fit_reference(data[:20])
-    m.fit_posthoc(data[:20], 8, val=data[20:30])
+    m.fit_posthoc(data[:20], data[20:30], 8)
     return m.eval()
 
 
@@ -65,7 +65,7 @@ def test_llpr_variances_equal_a_direct_numpy_computation(data):
     for gram in ("energy", "energy_forces"):
         m = LLPR(potential=small(), gram=gram).double()
         m.fit_reference(data[:20])
-        m.fit_posthoc(data[:20], 8, val=data[20:30])
+        m.fit_posthoc(data[:20], data[20:30], 8)
         G = np.zeros((9, 9))
         for _, b in iterate_batches(data[:20], 8, 5.0, dtype="float64"):
             _, f = _features_numpy(m, b)
@@ -133,7 +133,7 @@ def test_llpr_samples_are_an_unbiased_last_layer_ensemble(data, llpr):
     # the fitted K-sample variant has K directions; the same one is derived from the exact LLPR without data
     k8 = LLPR(potential=small(), samples=8).double()
     k8.fit_reference(data[:20])
-    k8.fit_posthoc(data[:20], 8, val=data[20:30])
+    k8.fit_posthoc(data[:20], data[20:30], 8)
     assert k8.llpr_directions.shape == (9, 8) and k8(b, create_graph=False)[F.UNCERTAINTY].shape == (2,)
     derived = llpr.with_samples(8)
     torch.testing.assert_close(derived.llpr_directions, k8.llpr_directions, rtol=1e-6, atol=1e-9)
@@ -173,7 +173,7 @@ def test_uncertainty_differentiable_wrt_positions(method, data, llpr):
     elif method == "llpr_atomic":
         m = LLPR(potential=small(), output="atomic_energy").double()
         m.fit_reference(data[:20])
-        m.fit_posthoc(data[:20], 8, val=data[20:30])
+        m.fit_posthoc(data[:20], data[20:30], 8)
     else:
         m = ShallowEnsemble(potential=small(), heads=4).double()
         m.fit_reference(data[:20])
@@ -199,7 +199,7 @@ def test_position_grads_batched_equals_loop(data):
     b = collate([data[i] for i in range(3)], cutoff=5.0, dtype="float64")
     pos = b.positions.clone().requires_grad_(True)
     out = m.forward_members(b.with_positions(pos), compute_forces=False)
-    e = out["energy_heads"][0]  # (K, B)
+    e = out["energy_members"][0]  # (K, B)
     loop = position_grads(e, pos, chunk=1)
     for chunk in (2, 5):
         torch.testing.assert_close(position_grads(e, pos, chunk=chunk), loop, rtol=1e-12, atol=1e-12)
@@ -210,20 +210,20 @@ def test_shallow_ensemble_head_forces_equal_per_head_autograd(data):
     m.fit_reference(data[:20])
     b = collate([data[i] for i in range(3)], cutoff=5.0, dtype="float64")
     out = m.forward_members(b, create_graph=False, head_forces=True)
-    assert out["forces_heads"].shape == (1, 4, 27, 3) and out["energy_heads"].shape == (1, 4, 3)
+    assert out["forces_members"].shape == (1, 4, 27, 3) and out["energy_members"].shape == (1, 4, 3)
     # training forces (one backward of the mean energy) are the mean of the heads' forces
-    torch.testing.assert_close(m.forward_members(b, create_graph=False)[F.FORCES], out["forces_heads"].mean(1))
-    heads = torch.unique(out["energy_heads"][0, :, 0])
+    torch.testing.assert_close(m.forward_members(b, create_graph=False)[F.FORCES], out["forces_members"].mean(1))
+    heads = torch.unique(out["energy_members"][0, :, 0])
     assert len(heads) == 4  # the heads differ
     for k in range(4):  # one head at a time, by plain autograd
         pos = b.positions.clone().requires_grad_(True)
         o = m.forward_members(b.with_positions(pos), compute_forces=False)
-        (g,) = torch.autograd.grad(o["energy_heads"][0, k].sum(), pos)
-        torch.testing.assert_close(out["forces_heads"][0, k], -g, rtol=1e-10, atol=1e-10)
+        (g,) = torch.autograd.grad(o["energy_members"][0, k].sum(), pos)
+        torch.testing.assert_close(out["forces_members"][0, k], -g, rtol=1e-10, atol=1e-10)
     # head 0 is the potential's own readout
-    torch.testing.assert_close(out["energy_heads"][0, 0], m.potential(b, compute_forces=False)[F.ENERGY])
+    torch.testing.assert_close(out["energy_members"][0, 0], m.potential(b, compute_forces=False)[F.ENERGY])
     res = m(b, create_graph=False)
-    fk = out["forces_heads"][0]
+    fk = out["forces_members"][0]
     torch.testing.assert_close(res[F.FORCES], fk.mean(0))
     torch.testing.assert_close(res[F.UNCERTAINTY_ATOM], fk.var(0, correction=1).mean(-1))
 
@@ -234,16 +234,16 @@ def test_shallow_ensemble_loss_matches_formula(data):
     b = collate([data[0], data[1]], cutoff=5.0, dtype="float64")
     pred = m.forward_members(b, create_graph=False, head_forces=True)
     loss, _ = ShallowEnsembleLoss(0.1, 1.0, 1e-4)(pred, b)
-    fk = pred["forces_heads"][0].detach().numpy()
+    fk = pred["forces_members"][0].detach().numpy()
     mu, var = fk.mean(0), fk.var(0, ddof=1) + 1e-4
     nll = np.mean(0.5 * np.log(2 * np.pi * var) + (b.forces.numpy() - mu) ** 2 / (2 * var))
     e = np.mean(np.abs(pred[F.ENERGY][0].detach().numpy() - b.energy.numpy()))
     mae = np.mean(np.abs(mu - b.forces.numpy()))
     assert loss.item() == pytest.approx(0.1 * e + mae + nll, rel=1e-10)
     # the NLL moves only the spread, the MAE only the mean: gradients w.r.t. the per-head forces
-    fk_t = pred["forces_heads"].detach().clone().requires_grad_(True)
+    fk_t = pred["forces_members"].detach().clone().requires_grad_(True)
     parts = ShallowEnsembleLoss(0.0, 1.0, 1e-4)
-    l, _ = parts({**pred, "forces_heads": fk_t, F.FORCES: fk_t.mean(1)}, b)
+    l, _ = parts({**pred, "forces_members": fk_t, F.FORCES: fk_t.mean(1)}, b)
     (g,) = torch.autograd.grad(l.sum(), fk_t)
     r = b.forces.numpy() - mu
     s2 = fk.var(0, ddof=1) + 1e-4
@@ -354,7 +354,7 @@ def test_fit_model_trains_calibrates_and_reports_coverage(tmp_path, method, etha
     from uqpot.train.run import fit_model
 
     train, val, test = ethanol[:32], ethanol[32:44], ethanol[44:56]
-    uq = UQConfig(method=method, **({"heads": 3, "nll_epochs": 2, "nll_lr": 1e-3} if method == "shallow_ensemble" else {}))
+    uq = uq_config(method=method, **({"heads": 3, "nll_epochs": 2, "nll_lr": 1e-3} if method == "shallow_ensemble" else {}))
     cfg = TrainConfig(epochs=3, batch_size=8, lr=2e-3, progress=False)
     summary = fit_model(ModelConfig(**SMALL), uq, cfg, 0, train, val, test, tmp_path)
     t = summary["test"]

@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from .schema import Strict  # noqa: F401  (re-exported: every config section derives from it)
+from .uq.options import NoneOptions, UQSection
 
 
 class DataConfig(Strict):
@@ -88,74 +86,12 @@ class ModelConfig(Strict):
     trainable_rbf: bool = True
 
 
-#: method-specific options of the ``uq`` section, and the methods they apply to
-UQ_OPTIONS = {
-    "members": ("ensemble",),
-    "head_hidden": ("mve", "evidential"),
-    "min_variance": ("mve", "shallow_ensemble"),
-    "lam": ("evidential",),
-    "min_nu": ("evidential",),
-    "min_alpha": ("evidential",),
-    "min_beta": ("evidential",),
-    "components": ("gmm",),
-    "candidates": ("gmm",),
-    "reg_covar": ("gmm",),
-    "max_fit_atoms": ("gmm",),
-    "gram": ("llpr",),
-    "fit_target": ("llpr",),
-    "samples": ("llpr",),
-    "output": ("llpr",),
-    "heads": ("shallow_ensemble",),
-    "nll_epochs": ("shallow_ensemble",),
-    "nll_lr": ("shallow_ensemble",),
-    "nll_batch_size": ("shallow_ensemble",),
-}
+def uq_config(method: str = "none", **options):
+    """The typed options of the ``uq`` section for ``method`` (each method declares its own model beside
+    its code; see :mod:`uqpot.uq.options`).  pydantic's ValidationError when an option is wrong."""
+    from .uq.options import uq_options
 
-
-class UQConfig(Strict):
-    """``uq: {method: ensemble|mve|evidential|gmm|llpr|shallow_ensemble, ...}``; ``none`` trains a plain
-    potential."""
-
-    method: Literal["none", "ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble"] = "none"
-    reduction: Literal["mean", "max", "sum"] = "mean"
-    members: int = Field(5, ge=2, description="ensemble size (SI: 5 for rMD17 and ammonia, 3 for silica)")
-    head_hidden: int = Field(64, ge=1)
-    min_variance: float = Field(1e-4, gt=0.0)
-    lam: float = Field(0.2, ge=0.0, description="evidential regulariser weight λ")
-    min_nu: float = Field(1e-4, gt=0.0)
-    min_alpha: float = Field(1e-4, gt=0.0)
-    min_beta: float = Field(1e-4, gt=0.0)
-    components: Union[Literal["bic"], int] = "bic"
-    candidates: list[int] = [1, 2, 3, 4, 6, 8, 12, 16]
-    reg_covar: float = Field(1e-6, gt=0.0)
-    max_fit_atoms: int = Field(50_000, ge=10)
-    gram: Literal["energy", "energy_forces"] = Field(
-        "energy_forces", description="llpr: training rows of the last-layer Gram matrix (energies, or energies "
-                                     "and force components)")
-    fit_target: Literal["forces", "energy"] = Field(
-        "forces", description="llpr: validation NLL minimised over α and ς")
-    samples: int = Field(0, ge=0, description="llpr: 0 = exact force variance (one VJP per last-layer "
-                                                "feature); K >= 2 = variance over K posterior samples (K VJPs)")
-    output: Literal["forces", "atomic_energy"] = Field(
-        "forces", description="llpr: U from the force variance or the atomic-energy variance (no derivatives)")
-    heads: int = Field(8, ge=2, description="shallow_ensemble: readout heads on the shared backbone")
-    nll_epochs: int = Field(10, ge=0, description="shallow_ensemble: epochs of force-NLL fine-tuning after training")
-    nll_lr: float = Field(1e-4, gt=0.0, description="shallow_ensemble: learning rate of the NLL fine-tuning")
-    nll_batch_size: int = Field(16, ge=1, description="shallow_ensemble: batch size of the NLL fine-tuning")
-
-    @model_validator(mode="after")
-    def _options_match_method(self):
-        for key in self.model_fields_set:
-            if key in UQ_OPTIONS and self.method not in UQ_OPTIONS[key]:
-                raise ValueError(f"uq.{key} applies to {'/'.join(UQ_OPTIONS[key])}, not to '{self.method}'")
-        if isinstance(self.components, int) and self.components < 1:
-            raise ValueError("uq.components must be 'bic' or >= 1")
-        return self
-
-    def method_options(self) -> dict:
-        opts = {k: getattr(self, k) for k, methods in UQ_OPTIONS.items() if self.method in methods}
-        opts.pop("members", None)  # the ensemble's size is the potential's member count
-        return opts
+    return uq_options(method, **options)
 
 
 class TrainConfig(Strict):
@@ -195,7 +131,9 @@ class RunConfig(Strict):
     data: DataConfig
     split: SplitConfig = SplitConfig()
     model: ModelConfig = ModelConfig()
-    uq: UQConfig = UQConfig()
+    #: ``uq: {method: none|ensemble|mve|evidential|gmm|llpr|shallow_ensemble|<registered>, ...}``: the options
+    #: model of the method (its own keys only; see :mod:`uqpot.uq.options`)
+    uq: UQSection = Field(default_factory=NoneOptions)
     train: TrainConfig = TrainConfig()
 
 
@@ -205,6 +143,8 @@ def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
         loc = ".".join([prefix] * bool(prefix) + [str(x) for x in err["loc"]]) or "(top level)"
         if err["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
+        elif err["type"] == "foreign_option":  # an option of another UQ method
+            parts.append(f"{loc} {err['msg']}")
         elif err["type"] == "missing":
             parts.append(f"missing key '{loc}'")
         else:

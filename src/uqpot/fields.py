@@ -1,13 +1,25 @@
 """The one registry of field names used across uqpot.
 
 Every module refers to data by these names (data layer, model outputs, losses, metrics, reports), so a
-field is renamed or added in exactly one place.  Units are those used *inside* uqpot: energies in
-kcal/mol, lengths in Å, forces in kcal/mol/Å (the paper's units).
+field is renamed or added in exactly one place.  Each field has a *kind*: per atom (its first axis runs over
+the atoms of a batch) or per structure (over its structures), and a unit.  Units are those used *inside*
+uqpot: energies in kcal/mol, lengths in Å, forces in kcal/mol/Å (the paper's units).
+
+Model outputs follow two conventions, so that no consumer guesses from a tensor's shape:
+
+* ``<prop>_members``: the values of every member (ensemble members, shallow-ensemble heads) with a leading
+  member axis (K, ...) before the atom or structure axis; registered by :func:`members_of`;
+* ``<prop>_variance``: a variance of ``<prop>`` (same kind, squared unit); registered by :func:`variance_of`.
+
+A module that produces a new output key registers it (:func:`register`) where it is computed; consumers
+(:mod:`uqpot.predict`, evaluation, reports) read its kind with :func:`get`, which refuses unregistered keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+ATOM, STRUCTURE = "atom", "structure"
 
 
 @dataclass(frozen=True)
@@ -16,36 +28,76 @@ class Field:
     per_atom: bool
     unit: str
     doc: str
+    #: a leading member axis (K, ...) before the atom/structure axis (``<prop>_members``)
+    members: bool = False
+
+    @property
+    def kind(self) -> str:
+        return ATOM if self.per_atom else STRUCTURE
+
+    @property
+    def axis(self) -> int:
+        """The axis that runs over atoms (per-atom fields) or structures (per-structure fields)."""
+        return 1 if self.members else 0
 
 
-ENERGY = "energy"
-FORCES = "forces"
-POSITIONS = "positions"
-NUMBERS = "numbers"
-CELL = "cell"
-PBC = "pbc"
-FEATURES = "features"  # per-atom latent features xi before the readout
-ATOMIC_ENERGY = "atomic_energy"
-UNCERTAINTY = "uncertainty"  # per structure
-UNCERTAINTY_ATOM = "uncertainty_atom"  # per atom
-ENERGY_VARIANCE = "energy_variance"
+FIELDS: dict[str, Field] = {}
 
-FIELDS: dict[str, Field] = {
-    f.name: f
-    for f in (
-        Field(ENERGY, False, "kcal/mol", "total potential energy of a structure"),
-        Field(FORCES, True, "kcal/mol/Å", "forces on atoms, F = -dE/dr"),
-        Field(POSITIONS, True, "Å", "Cartesian coordinates"),
-        Field(NUMBERS, True, "", "atomic numbers"),
-        Field(CELL, False, "Å", "cell vectors as rows (3x3)"),
-        Field(PBC, False, "", "periodicity along each cell vector"),
-        Field(FEATURES, True, "", "per-atom invariant features before the readout"),
-        Field(ATOMIC_ENERGY, True, "kcal/mol", "per-atom energy contribution"),
-        Field(UNCERTAINTY, False, "method-specific", "uncertainty U(x) of a structure (reduced from atoms)"),
-        Field(UNCERTAINTY_ATOM, True, "method-specific", "uncertainty of each atom"),
-        Field(ENERGY_VARIANCE, False, "(kcal/mol)^2", "variance of the energy over ensemble members"),
-    )
-}
+
+def register(name: str, per_atom: bool, unit: str, doc: str, members: bool = False) -> str:
+    """Adds a field (idempotent for the same definition; a different definition of a registered name is an
+    error) and returns its name."""
+    new = Field(name, bool(per_atom), unit, doc, bool(members))
+    old = FIELDS.get(name)
+    if old is not None and (old.per_atom, old.unit, old.members) != (new.per_atom, new.unit, new.members):
+        raise ValueError(f"field {name!r} is already registered as {old}; cannot redefine it as {new}")
+    FIELDS.setdefault(name, new)
+    return name
+
+
+def get(name: str) -> Field:
+    try:
+        return FIELDS[name]
+    except KeyError:
+        raise KeyError(f"output key {name!r} is not registered in uqpot.fields (the module that computes it "
+                       "registers it with uqpot.fields.register)") from None
+
+
+def members_of(prop: str, doc: str = "") -> str:
+    """``<prop>_members``: ``prop`` of every member, with a leading member axis."""
+    base = get(prop)
+    return register(f"{prop}_members", base.per_atom, base.unit, doc or f"{prop} of every member (K, ...)",
+                    members=True)
+
+
+def _squared(unit: str) -> str:
+    return f"({unit})^2" if unit and unit != "method-specific" else unit
+
+
+def variance_of(prop: str, doc: str = "") -> str:
+    """``<prop>_variance``: a variance of ``prop`` (same kind, squared unit)."""
+    base = get(prop)
+    return register(f"{prop}_variance", base.per_atom, _squared(base.unit), doc or f"variance of {prop}")
+
+
+ENERGY = register("energy", False, "kcal/mol", "total potential energy of a structure")
+FORCES = register("forces", True, "kcal/mol/Å", "forces on atoms, F = -dE/dr")
+POSITIONS = register("positions", True, "Å", "Cartesian coordinates")
+NUMBERS = register("numbers", True, "", "atomic numbers")
+CELL = register("cell", False, "Å", "cell vectors as rows (3x3)")
+PBC = register("pbc", False, "", "periodicity along each cell vector")
+FEATURES = register("features", True, "", "per-atom invariant features before the readout")
+ATOMIC_ENERGY = register("atomic_energy", True, "kcal/mol", "per-atom energy contribution (without references)")
+ENERGY_RESIDUAL = register("energy_residual", False, "kcal/mol",
+                           "energy without the per-element reference energies (what the network predicts)")
+UNCERTAINTY = register("uncertainty", False, "method-specific", "uncertainty U(x) of a structure (reduced from atoms)")
+UNCERTAINTY_ATOM = register("uncertainty_atom", True, "method-specific", "uncertainty of each atom")
+ENERGY_VARIANCE = variance_of(ENERGY, "variance of the energy (over members, or a posterior's)")
+FORCES_VARIANCE = variance_of(FORCES, "variance of the forces: per component (N, 3) or isotropic per atom (N,)")
+ENERGY_MEMBERS = members_of(ENERGY)
+FORCES_MEMBERS = members_of(FORCES)
+ATOMIC_ENERGY_MEMBERS = members_of(ATOMIC_ENERGY)
+FEATURES_MEMBERS = members_of(FEATURES)
 
 #: fields that a labelled structure carries as training targets
 TARGETS = (ENERGY, FORCES)

@@ -28,30 +28,27 @@ def check_elements(model, dataset: StructureDataset) -> None:
                             frame=s.frame, field=F.NUMBERS)
 
 
-def _is_per_atom(key: str, value: torch.Tensor, batch) -> bool:
-    if key in F.FIELDS:
-        return F.FIELDS[key].per_atom
-    return value.shape[0] == batch.numbers.shape[0] and value.shape[0] != batch.num_structures
-
-
 def predict(model, dataset: StructureDataset, batch_size: int = 64, device=None, keys=(F.ENERGY, F.FORCES),
             dtype=None) -> dict[str, list | np.ndarray]:
-    """Model outputs for every structure: per-structure fields as arrays with the structures along the
-    first axis, per-atom fields as a list of arrays (one per structure)."""
+    """Model outputs for every structure, by the kind each key has in :mod:`uqpot.fields`: per-structure
+    fields as arrays with the structures along the first axis, per-atom fields as a list of arrays (one per
+    structure, atoms along the first axis).  A ``<prop>_members`` field's member axis comes after the
+    structure (or atom) axis.  Unregistered keys are refused (KeyError)."""
     check_elements(model, dataset)
+    fields = {k: F.get(k) for k in keys}
     device = device or model.device
     dtype = dtype or model.dtype
     model.eval()
     chunks: dict[str, list] = {k: [] for k in keys}
-    per_atom: dict[str, bool] = {}
     for _, batch in iterate_batches(dataset, batch_size, model.cutoff, dtype=dtype, device=device):
         out = model(batch, compute_forces=F.FORCES in keys, create_graph=False)
         counts = batch.n_atoms.tolist()
-        for k in keys:
+        for k, field in fields.items():
             v = out[k].detach().cpu().double()
-            per_atom[k] = _is_per_atom(k, v, batch)
-            if per_atom[k]:
+            if field.members:  # (K, N|B, ...) -> (N|B, K, ...)
+                v = v.movedim(0, 1)
+            if field.per_atom:
                 chunks[k].extend(x.numpy() for x in torch.split(v, counts))
             else:
                 chunks[k].append(v.numpy())
-    return {k: (v if per_atom.get(k) else np.concatenate(v)) for k, v in chunks.items()}
+    return {k: (v if fields[k].per_atom else np.concatenate(v)) for k, v in chunks.items()}

@@ -1,4 +1,5 @@
-"""The potential: PaiNN representation → atomwise energy readout → total energy → forces by autograd.
+"""The potential: PaiNN representation → atomwise energy readout → total energy → forces by autograd
+(:mod:`uqpot.nn.response`).
 
 E(x) = Σ_i [ scale · ε(ξ_i) + e_ref(Z_i) ],   F = -∂E/∂r
 
@@ -21,6 +22,7 @@ from .. import fields as F
 from .. import modelfile
 from ..data.batch import AtomsBatch
 from ..data.structures import StructureDataset
+from . import response
 from .painn import PaiNN
 from .stacked import StackedMLP, init_members
 
@@ -128,32 +130,26 @@ class Potential(nn.Module):
         ``create_graph`` (default: ``self.training``) keeps the force graph for losses on forces (and for
         derivatives of force-based uncertainties)."""
         create_graph = self.training if create_graph is None else create_graph
-        M = self.members
-        positions = batch.positions
         if compute_forces and torch.compiler.is_compiling():
             return self._forward_functional(batch)
         # a graph is needed for forces, or when the caller differentiates w.r.t. the positions
-        with torch.enable_grad() if compute_forces or positions.requires_grad else torch.no_grad():
-            if compute_forces and not positions.requires_grad:
-                positions = positions.detach().requires_grad_(True)
+        with response.tracking(batch.positions, compute_forces):
+            positions = response.leaf(batch.positions, compute_forces)
             # every member gets its own view of the positions so that autograd separates their forces
-            pos_m = positions.unsqueeze(0).expand(M, -1, -1)
+            pos_m = positions.unsqueeze(0).expand(self.members, -1, -1)
             out = self._energy_outputs(batch, pos_m)
             if compute_forces:
-                (grad,) = torch.autograd.grad(
-                    out["energy_residual"].sum(), pos_m, create_graph=create_graph,
-                    retain_graph=create_graph if retain_graph is None else retain_graph)
-                out[F.FORCES] = -grad
+                out[F.FORCES] = response.forces(out[F.ENERGY_RESIDUAL], pos_m, create_graph, retain_graph)
         return self._with_reference(out, batch)
 
     def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self._features(batch, pos_m)
         e_atom = self.readout(s).squeeze(-1) * self.energy_scale  # (M, N)
         e_res = e_atom.new_zeros(self.members, batch.num_structures).index_add(1, batch.batch, e_atom)
-        return {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, "energy_residual": e_res}
+        return {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, F.ENERGY_RESIDUAL: e_res}
 
     def _with_reference(self, out: dict, batch: AtomsBatch) -> dict:
-        out[F.ENERGY] = out["energy_residual"].to(torch.float64) + self.reference_energy(batch)
+        out[F.ENERGY] = out[F.ENERGY_RESIDUAL].to(torch.float64) + self.reference_energy(batch)
         return out
 
     def _forward_functional(self, batch: AtomsBatch) -> dict[str, torch.Tensor]:
@@ -165,10 +161,10 @@ class Potential(nn.Module):
 
         def energy_sum(p):
             o = self._energy_outputs(batch, p)
-            return o["energy_residual"].sum(), o
+            return o[F.ENERGY_RESIDUAL].sum(), o
 
-        grad, out = torch.func.grad(energy_sum, has_aux=True)(pos_m)
-        out[F.FORCES] = -grad
+        out_forces, out = response.functional_forces(energy_sum, pos_m)
+        out[F.FORCES] = out_forces
         return self._with_reference(out, batch)
 
     def forward(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,

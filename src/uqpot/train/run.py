@@ -18,6 +18,7 @@ from ..data.io import read_structures
 from ..data.splits import check_disjoint, load_split, random_split, read_index_file, save_split
 from ..errors import ConfigError
 from ..provenance import versions, write_json
+from ..uq.options import upgrade_uq_section
 from .trainer import Trainer, check_layout
 
 
@@ -46,7 +47,9 @@ def _same_run(out: Path, cfg: RunConfig) -> None:
     if not old.is_file():
         return
     try:  # through the current schema, so that sections added since with their defaults compare equal
-        previous = RunConfig.model_validate(yaml.safe_load(old.read_text())).model_dump(mode="json")
+        raw = yaml.safe_load(old.read_text())
+        raw["uq"] = upgrade_uq_section(raw.get("uq", {}))  # written before methods declared their options
+        previous = RunConfig.model_validate(raw).model_dump(mode="json")
     except Exception:
         previous = yaml.safe_load(old.read_text())
     current = cfg.model_dump(mode="json")
@@ -61,20 +64,33 @@ def _same_run(out: Path, cfg: RunConfig) -> None:
 
 
 def potential_hparams(model_cfg, uq_cfg, seed: int) -> dict:
+    """The network's hyper-parameters: the model section, and the number of stacked members the method
+    trains (``members_for``), member k seeded with ``seed + k``."""
+    from ..uq import method_class
+
     m = model_cfg
-    members = uq_cfg.members if uq_cfg.method == "ensemble" else 1
+    members = 1 if uq_cfg.method == "none" else method_class(uq_cfg.method).members_for(uq_cfg)
     return dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
                 activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
                 members=members, seeds=[seed + k for k in range(members)])
 
 
+def trains_plain_potential(uq_cfg) -> bool:
+    """Whether the network is trained as a plain potential (``none`` and the post-hoc methods, which then
+    wrap it): such runs with the same model, training settings, data and seed train the same network."""
+    from ..uq import method_class
+
+    return uq_cfg.method == "none" or method_class(uq_cfg.method).posthoc
+
+
 def build_model(model_cfg, uq_cfg, seed: int):
-    """A plain potential (``uq.method: none``) or the configured UQ method around one."""
+    """What the trainer trains: a plain potential (``uq.method: none`` and the post-hoc methods, wrapped
+    after training) or the configured UQ method around one."""
     from ..nn.potential import Potential
     from ..uq import build_method
 
     hp = potential_hparams(model_cfg, uq_cfg, seed)
-    return Potential(**hp) if uq_cfg.method == "none" else build_method(uq_cfg, hp)
+    return Potential(**hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
 
 
 def run_training(cfg: RunConfig, console=None) -> dict:
@@ -100,14 +116,15 @@ def run_training(cfg: RunConfig, console=None) -> dict:
 def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, console=None,
               extra: dict | None = None) -> dict:
     """Builds the model, fits reference energies on ``train``, trains (resuming from ``out`` if
-    interrupted), fits post-hoc parts and the calibration, and writes ``summary.json`` (last)."""
+    interrupted), runs the method's further stages, wraps a post-hoc method around the trained potential,
+    fits post-hoc parts and the calibration, and writes ``summary.json`` (last)."""
     model = build_model(model_cfg, uq_cfg, seed)
     model.fit_reference(train)
     loss_fn = model.make_loss(train_cfg) if hasattr(model, "make_loss") else None
     trainer = Trainer(model, train, val, train_cfg, out, seed=seed, console=console, loss_fn=loss_fn,
                       extra=extra)
     result = trainer.fit()
-    return finish_run(train_cfg, out, trainer, result, train, val, test)
+    return finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg)
 
 
 def _step_memory(trainer, train, batch_size: int) -> dict:
@@ -121,23 +138,38 @@ def _step_memory(trainer, train, batch_size: int) -> dict:
             "step_peak_batch": int(batch.num_structures)}
 
 
-def finish_run(train_cfg, out, trainer, result, train, val, test) -> dict:
-    """Post-hoc fits (GMM) and the validation calibration go into the model file; then val/test metrics."""
+def finish_posthoc(model, uq_cfg, train_cfg, train, val, batch_size: int) -> tuple:
+    """After training: a post-hoc method wraps the trained potential; then the method's stages, its
+    post-hoc fit and the validation calibration.  Returns (the model, the model file's new ``extra``)."""
+    from ..uq import method_class
+    from ..wrap import fit_and_calibrate
+    from .stages import run_stage
+
+    if uq_cfg is not None and uq_cfg.method != "none" and getattr(model, "kind", "") == "potential":
+        model = method_class(uq_cfg.method).wrap(model, uq_cfg)
+    posthoc = {}
+    for stage in model.stages(train_cfg):
+        posthoc.update(run_stage(model, stage, train, val, batch_size))
+    fitted = fit_and_calibrate(model, train, val, batch_size)
+    fitted["posthoc"] = {**posthoc, **fitted["posthoc"]}
+    return model, fitted
+
+
+def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -> dict:
+    """Post-hoc parts (a wrapped method, stages, the GMM, LLPR) and the validation calibration go into the
+    model file; then val/test metrics."""
     from .. import modelfile
+    from ..evaluate import assess, is_uq, write_predictions, write_table
     from ..models import load
-    from ..evaluate import assess, fit_calibration, is_uq, write_predictions, write_table
 
     out = Path(out)
     bs = train_cfg.val_batch_size or train_cfg.batch_size
     best = load(trainer.model_path, device=trainer.device)
     payload_extra = modelfile.read(trainer.model_path).get("extra", {})
-    if is_uq(best) and "calibration" not in payload_extra:
-        # methods that fit constants on held-out data (LLPR's α, ς) get the validation set
-        posthoc = (best.fit_posthoc(train, bs, val=val) if getattr(best, "posthoc_uses_validation", False)
-                   else best.fit_posthoc(train, bs))
-        calibration = fit_calibration(best, val, bs)
-        modelfile.save(best, trainer.model_path, extra={**payload_extra, "posthoc": posthoc,
-                                                        "calibration": calibration})
+    wants_uq = is_uq(best) or (uq_cfg is not None and uq_cfg.method != "none")
+    if wants_uq and "calibration" not in payload_extra:
+        best, fitted = finish_posthoc(best, uq_cfg, train_cfg, train, val, bs)
+        modelfile.save(best, trainer.model_path, extra={**payload_extra, **fitted})
         payload_extra = modelfile.read(trainer.model_path)["extra"]
     summary = {"training": result.as_dict(), "model": str(trainer.model_path)}
     summary["training"].update(_step_memory(trainer, train, train_cfg.batch_size))

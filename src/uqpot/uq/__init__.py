@@ -1,4 +1,8 @@
-"""Uncertainty quantification methods: one interface (:class:`UQMethod`), one registry line each."""
+"""Uncertainty quantification methods: one interface (:class:`UQMethod`), one file each.
+
+Importing this package registers the built-in methods (their options, output fields and model-file kinds);
+a method defined elsewhere registers itself when its module is imported (``@register_method``).
+"""
 
 from .base import METHODS, REDUCTIONS, Uncertainty, UQMethod, reduce_atoms, register_method  # noqa: F401
 from .ensemble import Ensemble  # noqa: F401
@@ -6,15 +10,16 @@ from .evidential import Evidential  # noqa: F401
 from .gmm import GMM  # noqa: F401
 from .llpr import LLPR  # noqa: F401
 from .mve import MVE  # noqa: F401
+from .options import OPTIONS, UQOptions, parse_uq, uq_options  # noqa: F401
 from .shallow import ShallowEnsemble  # noqa: F401
 
 
-def build_method(uq_cfg, potential_hparams: dict) -> UQMethod:
-    """A UQ method from the ``uq`` section of a config and the potential's hyper-parameters."""
-    name = uq_cfg.method
+def method_class(name: str) -> type[UQMethod]:
     if name not in METHODS:
         raise ValueError(f"unknown UQ method {name!r}; known: {', '.join(sorted(METHODS))}")
-    opts = uq_cfg.method_options()
-    if name == "gmm":
-        opts["seed"] = int(potential_hparams["seeds"][0])
-    return METHODS[name](potential=potential_hparams, reduction=uq_cfg.reduction, **opts)
+    return METHODS[name]
+
+
+def build_method(uq_cfg: UQOptions, potential_hparams: dict) -> UQMethod:
+    """A UQ method from the ``uq`` section of a config and the potential's hyper-parameters."""
+    return method_class(uq_cfg.method).from_options(uq_cfg, potential_hparams)

@@ -1,16 +1,25 @@
-"""The interface every uncertainty method implements, and the uncertainty object it returns.
+"""The interface every uncertainty method implements, its registry, and the uncertainty object it returns.
 
 A UQ method wraps a :class:`~uqpot.nn.potential.Potential` (M stacked networks for an ensemble, one
-otherwise) plus whatever it adds (variance heads, a mixture model).  It is trained by the same trainer as a
-plain potential (``forward_members`` + ``make_loss``), may fit something after training (``fit_posthoc``),
-and predicts energies, forces and an uncertainty U per atom and per structure.
+otherwise) plus whatever it adds (variance heads, a mixture model, a last-layer posterior).  Two kinds:
+
+* *trained with* its network (ensemble, MVE, evidential, shallow ensemble): the trainer trains the method
+  itself (``forward_members`` + ``make_loss``), then runs its further ``stages`` (e.g. a fine-tuning);
+* *post-hoc* (``posthoc = True``: GMM, LLPR): the network is a plain potential trained with SI Eq. 1, and the
+  method wraps any such trained potential (:meth:`UQMethod.wrap`, ``uqpot wrap MODEL --method NAME``).
+
+Both may fit something after training, with one signature: ``fit_posthoc(train, val, batch_size)``.  Every
+method predicts energies, forces and an uncertainty U per atom and per structure.
 
 Per-atom → per-structure reduction is explicit: ``reduction`` is ``mean`` (default), ``max`` or ``sum``
 over the atoms of each structure.  ``uncertainty(batch)`` is differentiable with respect to
 ``batch.positions`` (adversarial attacks climb it).
 
-Adding a method: subclass :class:`UQMethod`, decorate it with ``@register_method("name")``, and import the
-module in :mod:`uqpot.uq` (one file and one registry line).
+Adding a method is one file: a subclass of :class:`UQMethod` with its typed options (a
+:class:`~uqpot.uq.options.UQOptions` subclass with ``method: Literal["name"]``, set as ``options``), the
+output keys it produces registered in :mod:`uqpot.fields`, decorated with ``@register_method("name")``; a
+built-in method's module is imported in :mod:`uqpot.uq`.  The config (``uq: {method: name, ...}``), the
+model files, the CLI and the studies then know it.
 """
 
 from __future__ import annotations
@@ -25,15 +34,20 @@ from .. import modelfile
 from ..data.batch import AtomsBatch
 from ..nn.potential import Potential
 from ..train.losses import EnergyForceLoss
-
-REDUCTIONS = ("mean", "max", "sum")
+from .options import REDUCTIONS, UQOptions, register_options
 
 #: method name -> class
 METHODS: dict[str, type["UQMethod"]] = {}
 
 
 def register_method(name: str):
+    """Class decorator: registers a method, its options (``cls.options``) and its model-file kind."""
+
     def deco(cls):
+        options = cls.__dict__.get("options")
+        if options is None or not issubclass(options, UQOptions):
+            raise TypeError(f"UQ method {name!r} must declare its options: options = <a UQOptions subclass>")
+        register_options(name, options)
         cls.method = name
         cls.kind = f"uq.{name}"
         METHODS[name] = cls
@@ -72,10 +86,21 @@ class Uncertainty:
 class UQMethod(nn.Module):
     method = "base"
     kind = "uq.base"
+    #: the method's typed options (a UQOptions subclass with ``method: Literal[name]``)
+    options: type[UQOptions] | None = None
     #: what U is, in words (reports, plots)
     uncertainty_description = ""
     #: whether U can be negative (e.g. a negative log-likelihood)
     signed_uncertainty = False
+    #: post-hoc: the network is a plain potential (SI Eq. 1, M = 1) that :meth:`wrap` takes as it is
+    posthoc = False
+    #: whether ``fit_posthoc`` fits on the validation set (e.g. LLPR's α, ς)
+    posthoc_uses_validation = False
+    #: the key of the attack settings (``uqpot.workflow.active_learning.AttackSettings``) that gives this
+    #: method's number of attack iterations
+    attack_iterations = "iterations"
+    #: whether U depends on the forces (ensembles): then U's gradient needs the force graph
+    needs_forces_for_uncertainty = False
 
     def __init__(self, potential: dict, reduction: str = "mean"):
         super().__init__()
@@ -85,6 +110,30 @@ class UQMethod(nn.Module):
         self.reduction = reduction
 
     # ----------------------------------------------------------------- construction and persistence
+    @classmethod
+    def members_for(cls, options: UQOptions) -> int:
+        """How many stacked networks the method trains (an ensemble's ``members``; 1 otherwise)."""
+        return 1
+
+    @classmethod
+    def from_options(cls, options: UQOptions, potential_hparams: dict) -> "UQMethod":
+        """The method from its typed options around a new potential with ``potential_hparams``."""
+        return cls(potential=potential_hparams, reduction=options.reduction, **options.method_options())
+
+    @classmethod
+    def wrap(cls, potential: Potential, options: UQOptions | None = None) -> "UQMethod":
+        """This (post-hoc) method around a trained potential: the potential's weights and buffers, its dtype
+        and device; the post-hoc part is still to be fitted (:meth:`fit_posthoc`)."""
+        if not cls.posthoc:
+            raise ValueError(f"{cls.method} is trained with its network; only post-hoc methods wrap a trained "
+                             "potential")
+        if not isinstance(potential, Potential):
+            raise ValueError(f"{cls.method} wraps a plain potential, not a {getattr(potential, 'kind', type(potential))}")
+        options = options or cls.options()
+        model = cls.from_options(options, dict(potential.hparams)).to(device=potential.device, dtype=potential.dtype)
+        model.potential.load_state_dict(potential.state_dict(), strict=True)
+        return model.train(potential.training)
+
     @classmethod
     def from_hparams(cls, hparams: dict) -> "UQMethod":
         return cls(**hparams)
@@ -129,8 +178,14 @@ class UQMethod(nn.Module):
         """The training objective (per member); SI Eq. 1 unless the method defines its own."""
         return EnergyForceLoss(train_cfg.energy_weight, train_cfg.forces_weight)
 
-    def fit_posthoc(self, train, batch_size: int = 64) -> dict:
-        """Anything fitted after training (e.g. the GMM); returns a JSON-able summary."""
+    def stages(self, train_cfg) -> list:
+        """Training stages after the main training (:class:`uqpot.train.stages.Stage`), e.g. a fine-tuning
+        on another loss; run by :func:`uqpot.train.stages.run_stage` before :meth:`fit_posthoc`."""
+        return []
+
+    def fit_posthoc(self, train, val=None, batch_size: int = 64) -> dict:
+        """Anything fitted after training (the GMM, LLPR's posterior) on the training set ``train`` (and the
+        validation set ``val`` where ``posthoc_uses_validation``); returns a JSON-able summary."""
         return {}
 
     # ----------------------------------------------------------------- prediction
@@ -151,6 +206,3 @@ class UQMethod(nn.Module):
         out = self.forward(batch, compute_forces=self.needs_forces_for_uncertainty, create_graph=True)
         return Uncertainty(out[F.UNCERTAINTY_ATOM], out[F.UNCERTAINTY], self.reduction,
                            self.uncertainty_description)
-
-    #: whether U depends on the forces (ensembles) — then U's gradient needs the force graph
-    needs_forces_for_uncertainty = False

@@ -8,19 +8,37 @@ are one stacked module evaluated in one batched call.
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
+
+from pydantic import Field
 
 from .. import fields as F
 from .base import UQMethod, register_method
+from .options import UQOptions
 
 #: buffers of a potential that every member of one ensemble shares (fitted on the training set)
 SHARED_BUFFERS = ("atomref", "energy_scale", "known_elements")
 
 
+class EnsembleOptions(UQOptions):
+    """``uq: {method: ensemble, members: M}``."""
+
+    method: Literal["ensemble"] = "ensemble"
+    members: int = Field(5, ge=2, description="ensemble size (SI: 5 for rMD17 and ammonia, 3 for silica)")
+    potential_keys: ClassVar[frozenset] = frozenset({"members"})
+
+
 @register_method("ensemble")
 class Ensemble(UQMethod):
+    options = EnsembleOptions
     uncertainty_description = "force variance over ensemble members σ²_F, (kcal/mol/Å)² (Eq. 5)"
     needs_forces_for_uncertainty = True
+
+    @classmethod
+    def members_for(cls, options: EnsembleOptions) -> int:
+        return int(options.members)
 
     def __init__(self, potential: dict, reduction: str = "mean"):
         super().__init__(potential, reduction)
@@ -29,11 +47,12 @@ class Ensemble(UQMethod):
 
     def combine(self, out: dict, batch) -> dict:
         res = {F.ENERGY: out[F.ENERGY].mean(0), F.ENERGY_VARIANCE: out[F.ENERGY].var(0, correction=1),
-               F.FEATURES: out[F.FEATURES], "energy_members": out[F.ENERGY]}
+               F.FEATURES_MEMBERS: out[F.FEATURES], F.ENERGY_MEMBERS: out[F.ENERGY],
+               F.ATOMIC_ENERGY_MEMBERS: out[F.ATOMIC_ENERGY]}
         if F.FORCES in out:
             forces = out[F.FORCES]
             res[F.FORCES] = forces.mean(0)
-            res["forces_members"] = forces
+            res[F.FORCES_MEMBERS] = forces
             res[F.UNCERTAINTY_ATOM] = forces.var(0, correction=1).mean(-1)
         else:  # without forces, fall back on the spread of the atomic energies
             res[F.UNCERTAINTY_ATOM] = out[F.ATOMIC_ENERGY].var(0, correction=1)

@@ -18,19 +18,42 @@ cuts the learning rate (or fails with the epoch and batch), so a NaN never reach
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from .. import fields as F
 from ..nn.stacked import StackedMLP, init_members
 from ..train.losses import energy_mae
 from .base import UQMethod, register_method
+from .options import UQOptions
 
 HEAD_SEED_OFFSET = 2_000_003
+
+NU = F.register("nu", True, "", "evidential: ν of the normal-inverse-gamma distribution of an atom's forces")
+ALPHA = F.register("alpha", True, "", "evidential: α (> 1) of the normal-inverse-gamma distribution")
+BETA = F.register("beta", True, "(kcal/mol/Å)^2", "evidential: β of the normal-inverse-gamma distribution")
+ALEATORIC = F.register("aleatoric", True, "(kcal/mol/Å)^2", "evidential: aleatoric variance β/(α−1) (Eq. 8)")
+EPISTEMIC = F.register("epistemic", True, "(kcal/mol/Å)^2", "evidential: epistemic variance β/(ν(α−1)) (Eq. 9)")
+
+
+class EvidentialOptions(UQOptions):
+    """``uq: {method: evidential, head_hidden, lam, min_nu, min_alpha, min_beta}``."""
+
+    method: Literal["evidential"] = "evidential"
+    head_hidden: int = Field(64, ge=1, description="hidden units of the evidential head")
+    lam: float = Field(0.2, ge=0.0, description="evidential regulariser weight λ")
+    min_nu: float = Field(1e-4, gt=0.0)
+    min_alpha: float = Field(1e-4, gt=0.0)
+    min_beta: float = Field(1e-4, gt=0.0)
 
 
 @register_method("evidential")
 class Evidential(UQMethod):
+    options = EvidentialOptions
+    #: the SI attacks evidential models for fewer iterations (AttackSettings.iterations_evidential)
+    attack_iterations = "iterations_evidential"
     uncertainty_description = "epistemic variance β/(ν(α−1)), (kcal/mol/Å)² (evidential, Eq. 9)"
 
     def __init__(self, potential: dict, reduction: str = "mean", head_hidden: int = 64, lam: float = 0.2,
@@ -50,9 +73,9 @@ class Evidential(UQMethod):
         out = self.potential.forward_members(batch, compute_forces, create_graph, retain_graph)
         h = self.head(out[F.FEATURES])  # (M, N, 3)
         sp = torch.nn.functional.softplus
-        out["nu"] = sp(h[..., 0]) + self.min_nu
-        out["alpha"] = sp(h[..., 1]) + 1.0 + self.min_alpha
-        out["beta"] = sp(h[..., 2]) * self.potential.energy_scale ** 2 + self.min_beta
+        out[NU] = sp(h[..., 0]) + self.min_nu
+        out[ALPHA] = sp(h[..., 1]) + 1.0 + self.min_alpha
+        out[BETA] = sp(h[..., 2]) * self.potential.energy_scale ** 2 + self.min_beta
         return out
 
     def make_loss(self, train_cfg):
@@ -60,10 +83,10 @@ class Evidential(UQMethod):
 
     def combine(self, out: dict, batch) -> dict:
         res = {k: v.squeeze(0) for k, v in out.items()}
-        nu, alpha, beta = res["nu"], res["alpha"], res["beta"]
-        res["aleatoric"] = beta / (alpha - 1)
-        res["epistemic"] = beta / (nu * (alpha - 1))
-        res[F.UNCERTAINTY_ATOM] = res["epistemic"]
+        nu, alpha, beta = res[NU], res[ALPHA], res[BETA]
+        res[ALEATORIC] = beta / (alpha - 1)
+        res[EPISTEMIC] = beta / (nu * (alpha - 1))
+        res[F.UNCERTAINTY_ATOM] = res[EPISTEMIC]
         return res
 
 
@@ -74,7 +97,7 @@ class EvidentialLoss:
         self.energy_weight, self.forces_weight, self.lam = float(energy_weight), float(forces_weight), float(lam)
 
     def __call__(self, pred: dict, batch) -> tuple[torch.Tensor, dict]:
-        nu, alpha, beta = (pred[k].unsqueeze(-1) for k in ("nu", "alpha", "beta"))  # (M, N, 1)
+        nu, alpha, beta = (pred[k].unsqueeze(-1) for k in (NU, ALPHA, BETA))  # (M, N, 1)
         err = pred[F.FORCES] - batch.forces
         omega = 2 * beta * (1 + nu)
         nll = (0.5 * torch.log(math.pi / nu) - alpha * torch.log(omega)

@@ -1,6 +1,7 @@
 """Gaussian mixture model on the latent per-atom features (paper Eq. 10-11).
 
-After the potential is trained (SI Eq. 1, M = 1), a GMM with full covariances and k-means initialisation
+After the potential is trained (SI Eq. 1, M = 1; any trained potential: ``uqpot wrap MODEL --method gmm``),
+a GMM with full covariances and k-means initialisation
 (scikit-learn, seeded) is fitted to the features ξ (before the readout) of every training atom.  The number
 of components is chosen by the Bayesian information criterion over a list of candidates, with the
 silhouette score of the k-means-like hard assignment reported beside it (the SI's Figs. S4-S5), or fixed by
@@ -15,30 +16,55 @@ is computed in torch, so U is differentiable w.r.t. positions.  U is in nats and
 from __future__ import annotations
 
 import math
+from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
 from .. import fields as F
 from ..data.batch import iterate_batches
 from .base import UQMethod, register_method
+from .options import UQOptions
 
 DEFAULT_CANDIDATES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
+class GMMOptions(UQOptions):
+    """``uq: {method: gmm, components, candidates, reg_covar, max_fit_atoms}``."""
+
+    method: Literal["gmm"] = "gmm"
+    components: Union[Literal["bic"], int] = Field(
+        "bic", description="'bic' (chosen among the candidates by the BIC) or a fixed number of components")
+    candidates: list[int] = list(DEFAULT_CANDIDATES)
+    reg_covar: float = Field(1e-6, gt=0.0)
+    max_fit_atoms: int = Field(50_000, ge=10)
+
+    @field_validator("components")
+    @classmethod
+    def _components(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be 'bic' or >= 1")
+        return v
+
+
 @register_method("gmm")
 class GMM(UQMethod):
+    options = GMMOptions
+    posthoc = True
     uncertainty_description = "negative log-likelihood of the latent features under the GMM, nats (Eq. 11)"
     signed_uncertainty = True
 
     def __init__(self, potential: dict, reduction: str = "mean", components="bic",
-                 candidates=DEFAULT_CANDIDATES, seed: int = 0, reg_covar: float = 1e-6, max_iter: int = 200,
-                 max_fit_atoms: int = 50_000, silhouette_atoms: int = 3000, n_components: int = 0,
-                 fit_info: dict | None = None):
+                 candidates=DEFAULT_CANDIDATES, seed: Optional[int] = None, reg_covar: float = 1e-6,
+                 max_iter: int = 200, max_fit_atoms: int = 50_000, silhouette_atoms: int = 3000,
+                 n_components: int = 0, fit_info: dict | None = None):
         super().__init__(potential, reduction)
         if components != "bic" and not (isinstance(components, int) and components >= 1):
             raise ValueError("gmm components: 'bic' or a number of components >= 1")
         self.components, self.candidates = components, [int(c) for c in candidates]
+        # the k-means initialisation and the subsampling are seeded by the potential's seed unless given
+        seed = self.potential.hparams["seeds"][0] if seed is None else seed
         self.seed, self.reg_covar, self.max_iter = int(seed), float(reg_covar), int(max_iter)
         self.max_fit_atoms, self.silhouette_atoms = int(max_fit_atoms), int(silhouette_atoms)
         self.fit_info = dict(fit_info or {})
@@ -79,7 +105,8 @@ class GMM(UQMethod):
             feats.append(out[F.FEATURES][0].double().cpu().numpy())
         return np.concatenate(feats)
 
-    def fit_posthoc(self, train, batch_size: int = 64) -> dict:
+    def fit_posthoc(self, train, val=None, batch_size: int = 64) -> dict:
+        """The mixture on the features of every training atom (``val`` is not used)."""
         from sklearn.metrics import silhouette_score
         from sklearn.mixture import GaussianMixture
 

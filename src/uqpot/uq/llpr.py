@@ -31,7 +31,7 @@ Force uncertainty route.  With G = VΛVᵀ, Σ = DDᵀ for the directions D = V(
 g_k(x) = αD_kᵀ f(x) are K scalar outputs of the network and σ²_F,ia = Σ_k (∂g_k/∂r_ia)², i.e. the exact
 variance of the forces of the last-layer posterior (what a last-layer ensemble drawn from N(ŵ, α²Σ)
 estimates with sampling noise).  The K derivatives are K vector-Jacobian products through the backbone,
-one per direction for the whole batch (:func:`uqpot.uq.vjp.position_grads`); with ``create_graph=True``
+one per direction for the whole batch (:func:`uqpot.nn.response.position_grads`); with ``create_graph=True``
 U is differentiable w.r.t. the positions (adversarial attacks).  ``samples = K > 0`` replaces the d exact
 directions by K posterior samples, D = V(Λ + ς²)^{-1/2} Z/√K with Z ~ N(0, I) (seeded, fixed): U is then
 the variance of the forces of a K-member last-layer ensemble drawn from N(ŵ, α²Σ) around the mean
@@ -59,14 +59,18 @@ from the atomic-energy variance (output "atomic_energy") 0.23; K = 8 posterior s
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from .. import fields as F
 from ..data.batch import iterate_batches
-from .base import UQMethod, register_method
-from .vjp import position_grads
+from ..nn import response
+from ..nn.response import position_grads
+from .base import UQMethod, reduce_atoms, register_method
+from .options import UQOptions
 
 GRAMS = ("energy", "energy_forces")
 FIT_TARGETS = ("forces", "energy")
@@ -75,11 +79,27 @@ _TINY = 1e-300
 SAMPLE_SEED_OFFSET = 4_000_037
 
 
+class LLPROptions(UQOptions):
+    """``uq: {method: llpr, gram, fit_target, samples, output}``."""
+
+    method: Literal["llpr"] = "llpr"
+    gram: Literal["energy", "energy_forces"] = Field(
+        "energy_forces", description="training rows of the last-layer Gram matrix (energies, or energies and "
+                                     "force components)")
+    fit_target: Literal["forces", "energy"] = Field("forces", description="validation NLL minimised over α and ς")
+    samples: int = Field(0, ge=0, description="0 = exact force variance (one VJP per last-layer feature); K >= 2 = "
+                                              "variance over K posterior samples (K VJPs)")
+    output: Literal["forces", "atomic_energy"] = Field(
+        "forces", description="U from the force variance or the atomic-energy variance (no derivatives)")
+
+
 @register_method("llpr")
 class LLPR(UQMethod):
+    options = LLPROptions
+    posthoc = True
+    posthoc_uses_validation = True
     uncertainty_description = ("LLPR force variance α²·J ᵀ(FᵀF + ς²I)⁻¹J of the last-layer posterior, mean over "
                                "components, (kcal/mol/Å)²")
-    posthoc_uses_validation = True
 
     def __init__(self, potential: dict, reduction: str = "mean", gram: str = "energy_forces",
                  fit_target: str = "forces", samples: int = 0, output: str = "forces", fit_info: dict | None = None):
@@ -138,11 +158,9 @@ class LLPR(UQMethod):
     def _graph(self, batch, compute_forces: bool, create_graph: bool):
         """Potential outputs (member axis squeezed), per-atom h̃ (N, d), per-structure f (B, d) and the
         positions leaf, with the forward graph kept for derivatives w.r.t. the positions."""
-        pos = batch.positions
-        if not pos.requires_grad:
-            pos = pos.detach().requires_grad_(True)
-            batch = batch.with_positions(pos)
-        with torch.enable_grad():
+        pos = response.leaf(batch.positions)
+        batch = batch.with_positions(pos)
+        with response.tracking(pos, True):
             out = self.potential.forward_members(batch, compute_forces, create_graph=create_graph, retain_graph=True)
             out = {k: v.squeeze(0) for k, v in out.items()}
             ht = self.last_layer_features(out[F.FEATURES].unsqueeze(0))
@@ -168,12 +186,10 @@ class LLPR(UQMethod):
                 g = f @ self.llpr_directions.to(f.dtype)  # (B, K), α included
                 grads = position_grads(g.T, pos, create_graph=create_graph)  # (K, N, 3)
             var = grads.pow(2).sum(0)  # σ²_F per component (N, 3)
-            out["forces_variance"] = var
+            out[F.FORCES_VARIANCE] = var
             out[F.UNCERTAINTY_ATOM] = var.mean(-1)
         if not create_graph:
             out = {k: v.detach() for k, v in out.items()}
-        from .base import reduce_atoms
-
         out[F.UNCERTAINTY] = reduce_atoms(out[F.UNCERTAINTY_ATOM], batch, self.reduction)
         return out
 
@@ -194,7 +210,7 @@ class LLPR(UQMethod):
                     item["Yf"] = (basis.T @ J.reshape(J.shape[0], -1)).T  # (3N, d): VᵀJ_ia
             yield item
 
-    def fit_posthoc(self, train, batch_size: int = 64, val=None) -> dict:
+    def fit_posthoc(self, train, val=None, batch_size: int = 64) -> dict:
         """G from ``train``; α, ς from ``val`` (or ``train`` when no validation set is given)."""
         from scipy import optimize
 

@@ -7,25 +7,38 @@ forces), so the head works with O(1) numbers.  Loss per member:
     L = w_E · MAE(E) + w_F · NLL_F,   NLL_F = mean over atoms and components of
         ½ log(2π σ²_i) + (F_ic − μ_F,ic)² / (2 σ²_i)
 
-with μ_F = −∂E/∂r from the energy.  Uncertainty U_i = σ²_i in (kcal/mol/Å)².
+with μ_F = −∂E/∂r from the energy.  Uncertainty U_i = σ²_i in (kcal/mol/Å)² (output ``forces_variance``,
+isotropic: one value per atom).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from .. import fields as F
 from ..nn.stacked import StackedMLP, init_members
 from ..train.losses import energy_mae
 from .base import UQMethod, register_method
+from .options import UQOptions
 
 HEAD_SEED_OFFSET = 1_000_003
 
 
+class MVEOptions(UQOptions):
+    """``uq: {method: mve, head_hidden, min_variance}``."""
+
+    method: Literal["mve"] = "mve"
+    head_hidden: int = Field(64, ge=1, description="hidden units of the variance head")
+    min_variance: float = Field(1e-4, gt=0.0, description="floor σ²_min of the predicted variance, (kcal/mol/Å)²")
+
+
 @register_method("mve")
 class MVE(UQMethod):
+    options = MVEOptions
     uncertainty_description = "predicted force variance σ²_F, (kcal/mol/Å)² (MVE)"
 
     def __init__(self, potential: dict, reduction: str = "mean", head_hidden: int = 64,
@@ -42,7 +55,7 @@ class MVE(UQMethod):
     def forward_members(self, batch, compute_forces=True, create_graph=None, retain_graph=None) -> dict:
         out = self.potential.forward_members(batch, compute_forces, create_graph, retain_graph)
         raw = self.head(out[F.FEATURES]).squeeze(-1)  # (M, N)
-        out["force_variance"] = torch.nn.functional.softplus(raw) * self.potential.energy_scale ** 2 + self.min_variance
+        out[F.FORCES_VARIANCE] = torch.nn.functional.softplus(raw) * self.potential.energy_scale ** 2 + self.min_variance
         return out
 
     def make_loss(self, train_cfg):
@@ -50,7 +63,7 @@ class MVE(UQMethod):
 
     def combine(self, out: dict, batch) -> dict:
         res = {k: v.squeeze(0) for k, v in out.items()}
-        res[F.UNCERTAINTY_ATOM] = res["force_variance"]
+        res[F.UNCERTAINTY_ATOM] = res[F.FORCES_VARIANCE]
         return res
 
 
@@ -61,7 +74,7 @@ class MVELoss:
         self.energy_weight, self.forces_weight = float(energy_weight), float(forces_weight)
 
     def __call__(self, pred: dict, batch) -> tuple[torch.Tensor, dict]:
-        var = pred["force_variance"].unsqueeze(-1)  # (M, N, 1)
+        var = pred[F.FORCES_VARIANCE].unsqueeze(-1)  # (M, N, 1)
         r2 = (pred[F.FORCES] - batch.forces).pow(2)
         nll = (0.5 * torch.log(2 * math.pi * var) + r2 / (2 * var)).mean((-1, -2))
         e_err = energy_mae(pred[F.ENERGY], batch.energy)

@@ -5,7 +5,7 @@ Architecture.  Head 0 is the potential's own readout; heads 1..K−1 are readout
 energies e_k,i = s·MLP_k(ξ_i) from the same features ξ (s: the potential's force scale), energies
 E_k = Σ_i e_k,i + e_ref and forces F_k = −∂E_k/∂r.  The heads are a head axis on the readout only (the
 backbone runs once); their K force fields come from K vector-Jacobian products through the backbone, one
-per head for the whole batch (:func:`uqpot.uq.vjp.position_grads`).
+per head for the whole batch (:func:`uqpot.nn.response.stacked_forces`).
 
 Prediction: Ē = mean_k E_k, F̄ = mean_k F_k.  Uncertainty: the variance of the forces over heads with the
 1/(K−1) estimator, averaged over the Cartesian components per atom,
@@ -17,17 +17,17 @@ train a shallow ensemble": fine-tune a model trained with a cheaper objective on
 
 1. The trainer (``make_loss``): SI Eq. 1 on the heads' mean, w_E · MAE(Ē) + w_F · MAE(F̄), with
    F̄ = −∂Ē/∂r from one backward pass — a training step costs what one PaiNN's does (plus K − 1 small heads).
-2. ``fit_posthoc`` (run after training, before the calibration): ``nll_epochs`` epochs of full-model
-   fine-tuning (Adam, ``nll_lr``, batches of ``nll_batch_size``) on a Gaussian NLL of every force component
-   under the heads' mean and spread, keeping the epoch with the lowest validation loss (or the trained
-   model, epoch 0, if none improves on it):
+2. A trainer stage (``stages``, run by :func:`uqpot.train.stages.run_stage` after training, before the
+   calibration): ``nll_epochs`` epochs of full-model fine-tuning (Adam, ``nll_lr``, batches of
+   ``nll_batch_size``) on a Gaussian NLL of every force component under the heads' mean and spread, keeping
+   the epoch with the lowest validation loss (or the trained model, epoch 0, if none improves on it):
 
        σ²_ia = Var_k(F_k,ia) + σ²_min                      (1/(K−1) estimator),
        NLL_F = mean_ia [½ log(2π σ²_ia) + (F_ia − sg(F̄_ia))² / (2σ²_ia)],
        L     = w_E · MAE(Ē) + w_F · [MAE(F̄) + NLL_F],
 
-   with w_E = 0.1, w_F = 1 (the SI's weights), σ²_min = ``min_variance`` (kcal/mol/Å)² and sg a
-   stop-gradient.  Each step needs the K per-head forces (K VJPs), hence the short fine-tuning.  The two
+   with w_E, w_F the run's configured loss weights (``train.energy_weight``, ``train.forces_weight``; the
+   SI's 0.1 and 1 by default), σ²_min = ``min_variance`` (kcal/mol/Å)² and sg a stop-gradient.  Each step needs the K per-head forces (K VJPs), hence the short fine-tuning.  The two
    parts act on different things: ∂Var_k/∂F_k ∝ F_k − F̄ sums to zero over the heads, so the NLL moves the
    spread of the heads (they disagree where the mean force is poorly predicted — the force-aware NLL; an
    energy-only NLL leaves the force spread uncalibrated), while the MAE, whose gradient is the same for every
@@ -47,18 +47,33 @@ backbone (no K-fold forward, no K-fold parameters); the measured ratios are repo
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from .. import fields as F
+from ..nn import response
 from ..nn.layers import activation
 from ..nn.stacked import StackedLinear, init_members
 from ..train.losses import energy_mae, forces_mae
+from ..train.stages import Stage
 from .base import UQMethod, reduce_atoms, register_method
-from .vjp import position_grads
+from .options import UQOptions
 
 HEAD_SEED_OFFSET = 3_000_017
+
+
+class ShallowEnsembleOptions(UQOptions):
+    """``uq: {method: shallow_ensemble, heads, min_variance, nll_epochs, nll_lr, nll_batch_size}``."""
+
+    method: Literal["shallow_ensemble"] = "shallow_ensemble"
+    heads: int = Field(8, ge=2, description="readout heads on the shared backbone")
+    min_variance: float = Field(1e-4, gt=0.0, description="floor σ²_min of the heads' force variance, (kcal/mol/Å)²")
+    nll_epochs: int = Field(10, ge=0, description="epochs of force-NLL fine-tuning after training")
+    nll_lr: float = Field(1e-4, gt=0.0, description="learning rate of the NLL fine-tuning")
+    nll_batch_size: int = Field(16, ge=1, description="batch size of the NLL fine-tuning")
 
 
 class ExtraHeads(nn.Module):
@@ -92,10 +107,9 @@ class ExtraHeads(nn.Module):
 
 @register_method("shallow_ensemble")
 class ShallowEnsemble(UQMethod):
+    options = ShallowEnsembleOptions
     uncertainty_description = "force variance over the heads of a shallow ensemble, (kcal/mol/Å)²"
     needs_forces_for_uncertainty = True
-
-    posthoc_uses_validation = True
 
     def __init__(self, potential: dict, reduction: str = "mean", heads: int = 8, min_variance: float = 1e-4,
                  nll_epochs: int = 10, nll_lr: float = 1e-4, nll_batch_size: int = 16):
@@ -126,97 +140,44 @@ class ShallowEnsemble(UQMethod):
     def forward_members(self, batch, compute_forces=True, create_graph=None, retain_graph=None,
                         head_forces: bool = False) -> dict:
         """Outputs with the member axis (M = 1): mean energy (1, B) and forces (1, N, 3), and per head
-        ``energy_heads`` (1, K, B), ``atomic_energy_heads`` (1, K, N) and, with ``head_forces``,
-        ``forces_heads`` (1, K, N, 3) (K VJPs; without, F̄ = −∂Ē/∂r takes one)."""
+        ``energy_members`` (1, K, B), ``atomic_energy_members`` (1, K, N) and, with ``head_forces``,
+        ``forces_members`` (1, K, N, 3) (K VJPs; without, F̄ = −∂Ē/∂r takes one)."""
         create_graph = self.training if create_graph is None else create_graph
-        pos = batch.positions
-        with torch.enable_grad() if compute_forces or pos.requires_grad else torch.no_grad():
-            if compute_forces and not pos.requires_grad:
-                pos = pos.detach().requires_grad_(True)
-                batch = batch.with_positions(pos)
+        with response.tracking(batch.positions, compute_forces):
+            pos = response.leaf(batch.positions, compute_forces)
+            batch = batch.with_positions(pos)
             out = self.potential.forward_members(batch, compute_forces=False)
             s = out[F.FEATURES]  # (1, N, F)
             e_extra = self.extra_heads(s) * self.potential.energy_scale  # (1, N, K-1)
             e_atom = torch.cat([out[F.ATOMIC_ENERGY].unsqueeze(-1), e_extra], dim=-1).transpose(1, 2)  # (1, K, N)
             e_res = e_atom.new_zeros(1, self.heads, batch.num_structures).index_add(2, batch.batch, e_atom)
             ref = self.potential.reference_energy(batch)
-            res = {F.FEATURES: s, "atomic_energy_heads": e_atom, F.ATOMIC_ENERGY: e_atom.mean(1),
-                   "energy_heads": e_res.to(torch.float64) + ref, "energy_residual": e_res.mean(1)}
-            res[F.ENERGY] = res["energy_heads"].mean(1)
+            res = {F.FEATURES: s, F.ATOMIC_ENERGY_MEMBERS: e_atom, F.ATOMIC_ENERGY: e_atom.mean(1),
+                   F.ENERGY_MEMBERS: e_res.to(torch.float64) + ref, F.ENERGY_RESIDUAL: e_res.mean(1)}
+            res[F.ENERGY] = res[F.ENERGY_MEMBERS].mean(1)
             if compute_forces and head_forces:
-                forces = -position_grads(e_res[0], pos, create_graph=create_graph)  # (K, N, 3)
-                res["forces_heads"] = forces.unsqueeze(0)
-                res[F.FORCES] = res["forces_heads"].mean(1)
+                res[F.FORCES_MEMBERS] = response.stacked_forces(e_res[0], pos, create_graph=create_graph).unsqueeze(0)
+                res[F.FORCES] = res[F.FORCES_MEMBERS].mean(1)
             elif compute_forces:
-                (grad,) = torch.autograd.grad(
-                    e_res.mean(1).sum(), pos, create_graph=create_graph,
-                    retain_graph=create_graph if retain_graph is None else retain_graph)
-                res[F.FORCES] = -grad.unsqueeze(0)
+                res[F.FORCES] = response.forces(e_res.mean(1), pos, create_graph, retain_graph).unsqueeze(0)
         return res
 
     # the trainer uses the base class's loss: SI Eq. 1 on the heads' mean (stage 1)
 
-    def fit_posthoc(self, train, batch_size: int = 64, val=None) -> dict:
-        """Stage 2: ``nll_epochs`` epochs of force-NLL fine-tuning; keeps the epoch with the lowest
-        validation loss (``val``, or ``train`` when none is given)."""
-        import time
-
-        import numpy as np
-
-        from ..data.batch import iterate_batches
-        from ..train.optim import MemberAdam
-
-        t0 = time.perf_counter()
-        loss_fn = ShallowEnsembleLoss(0.1, 1.0, self.min_variance)
-        check = val if val is not None and len(val) else train
-        rng = np.random.default_rng(int(self.potential.hparams["seeds"][0]))
-        kw = dict(dtype=self.dtype, device=self.device)
-
-        def val_loss() -> float:
-            self.eval()
-            tot = n = 0.0
-            for _, b in iterate_batches(check, batch_size, self.cutoff, **kw):
-                loss, _ = loss_fn(self.forward_members(b, create_graph=False, head_forces=True), b)
-                tot, n = tot + float(loss.detach().sum()) * b.num_structures, n + b.num_structures
-            return tot / n
-
-        def snapshot() -> dict:
-            return {k: v.detach().clone() for k, v in self.state_dict().items()}
-
-        history = [val_loss()]
-        best = (history[0], 0, snapshot())
-        opt = MemberAdam(self.parameters(), 1, self.nll_lr)
-        skipped = 0
-        for epoch in range(1, self.nll_epochs + 1):
-            self.train()
-            for _, b in iterate_batches(train, self.nll_batch_size, self.cutoff, shuffle=True, generator=rng, **kw):
-                loss, _ = loss_fn(self.forward_members(b, head_forces=True), b)
-                opt.zero_grad()
-                if not bool(torch.isfinite(loss).all()):
-                    skipped += 1
-                    continue
-                loss.sum().backward()
-                opt.step()
-            history.append(val_loss())
-            finite = all(bool(torch.isfinite(p).all()) for p in self.parameters())
-            if finite and history[-1] < best[0]:
-                best = (history[-1], epoch, snapshot())
-            if not finite:
-                break
-        self.load_state_dict(best[2])
-        self.eval()
-        return {"stage": "force-NLL fine-tuning", "epochs": self.nll_epochs, "lr": self.nll_lr,
-                "batch_size": self.nll_batch_size, "best_epoch": best[1], "val_loss": history,
-                "fitted_on": "validation" if check is val else "train", "skipped_nonfinite": skipped,
-                "seconds": round(time.perf_counter() - t0, 2)}
+    def stages(self, train_cfg) -> list:
+        """Stage 2: ``nll_epochs`` epochs of force-NLL fine-tuning with the run's loss weights; keeps the
+        epoch with the lowest validation loss."""
+        loss = ShallowEnsembleLoss(train_cfg.energy_weight, train_cfg.forces_weight, self.min_variance)
+        return [Stage("force-NLL fine-tuning", loss, self.nll_epochs, self.nll_lr, self.nll_batch_size,
+                      seed=int(self.potential.hparams["seeds"][0]), forward_kwargs={"head_forces": True})]
 
     def combine(self, out: dict, batch) -> dict:
         res = {k: v.squeeze(0) for k, v in out.items()}
-        res[F.ENERGY_VARIANCE] = res["energy_heads"].var(0, correction=1)
-        if "forces_heads" in res:
-            res[F.UNCERTAINTY_ATOM] = res["forces_heads"].var(0, correction=1).mean(-1)
+        res[F.ENERGY_VARIANCE] = res[F.ENERGY_MEMBERS].var(0, correction=1)
+        if F.FORCES_MEMBERS in res:
+            res[F.UNCERTAINTY_ATOM] = res[F.FORCES_MEMBERS].var(0, correction=1).mean(-1)
         else:  # without forces, the spread of the atomic energies
-            res[F.UNCERTAINTY_ATOM] = res["atomic_energy_heads"].var(0, correction=1)
+            res[F.UNCERTAINTY_ATOM] = res[F.ATOMIC_ENERGY_MEMBERS].var(0, correction=1)
         return res
 
 
@@ -229,7 +190,7 @@ class ShallowEnsembleLoss:
         self.min_variance = float(min_variance)
 
     def __call__(self, pred: dict, batch) -> tuple[torch.Tensor, dict]:
-        fk = pred["forces_heads"]  # (M, K, N, 3)
+        fk = pred[F.FORCES_MEMBERS]  # (M, K, N, 3)
         mu = fk.mean(1)
         var = fk.var(1, correction=1) + self.min_variance
         nll = (0.5 * torch.log(2 * math.pi * var) + (batch.forces - mu.detach()).pow(2) / (2 * var)).mean((-1, -2))

@@ -28,13 +28,15 @@ from typing import Literal, Optional, Union
 import numpy as np
 from pydantic import Field, field_validator
 
-from ..config import ModelConfig, Strict, TrainConfig, UQConfig, dump_config, load_config
+from ..config import ModelConfig, Strict, TrainConfig, dump_config, load_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..errors import ConfigError
 from ..provenance import versions, write_json
+from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
 
-METHODS = ("ensemble", "mve", "evidential", "gmm")
+#: the default methods: the paper's four
+DEFAULT_METHODS = ("ensemble", "mve", "evidential", "gmm")
 
 
 class LoopData(Strict):
@@ -77,11 +79,11 @@ class LoopConfig(Strict):
     seed: int = 0
     out: Path = Path("runs/loop")
     system: Literal["ammonia", "silica", "molecule", "generic"] = "generic"
-    methods: list[Literal["ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble"]] = list(METHODS)
+    methods: list[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
     model: ModelConfig = ModelConfig()
-    uq: dict[str, dict] = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
+    uq: MethodOptions = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
     train: TrainConfig = TrainConfig()
     attack: AttackSettings = AttackSettings()
     oracle: OracleSettings
@@ -93,8 +95,8 @@ class LoopConfig(Strict):
     threads: int = Field(1, ge=1)
     store: Optional[Path] = None  # the label store; default OUT/labels.db (replicates of a study share one)
 
-    def uq_config(self, method: str) -> UQConfig:
-        return UQConfig.model_validate({"method": method, **self.uq.get(method, {})})
+    def uq_config(self, method: str) -> UQOptions:
+        return parse_uq({"method": method, **self.uq.get(method, {})})
 
     def cutoff_for(self, generation: int) -> float | None:
         c = self.attack.energy_cutoff
@@ -231,7 +233,9 @@ class ActiveLearning:
         if _done(marker):
             return json.loads(marker.read_text())
         a = self.cfg.attack
-        cfg = AttackConfig(kT=a.kT, iterations=a.iterations_evidential if method == "evidential" else a.iterations,
+        from ..uq import method_class
+
+        cfg = AttackConfig(kT=a.kT, iterations=getattr(a, method_class(method).attack_iterations),
                            lr=a.lr, n_seeds=a.n_seeds, energy_cutoff=self.cfg.cutoff_for(g),
                            dedup_rmsd=a.dedup_rmsd, min_displacement=a.min_displacement,
                            seed=self.cfg.seed + g)

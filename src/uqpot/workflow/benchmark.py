@@ -71,7 +71,8 @@ def _run_job(job: Job, out: Path) -> dict:
 
     import torch
 
-    from ..config import ModelConfig, TrainConfig, UQConfig
+    from ..config import ModelConfig, TrainConfig
+    from ..uq.options import parse_uq
     from ..data.io import ReadOptions, read_structures
     from ..data.splits import save_split
     from ..train.run import fit_model
@@ -80,7 +81,7 @@ def _run_job(job: Job, out: Path) -> dict:
     sets = {k: data.subset(np.asarray(v, dtype=int)) for k, v in job.indices.items()}
     out.mkdir(parents=True, exist_ok=True)
     save_split(job.indices, out / "split.json")  # beside the results, like every run
-    uq = UQConfig.model_validate({"method": job.method, **job.uq})
+    uq = parse_uq({"method": job.method, **job.uq})
     train_cfg = TrainConfig.model_validate({"progress": False, **job.train})
     t0 = time.perf_counter()
     if torch.cuda.is_available():

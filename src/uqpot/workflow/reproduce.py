@@ -20,6 +20,7 @@ from pydantic import Field
 from ..config import ModelConfig, Strict, TrainConfig, load_config
 from ..errors import ConfigError
 from ..provenance import versions, write_json
+from ..uq.options import MethodName, MethodOptions
 
 SYSTEMS = ("ammonia", "rmd17", "silica")
 PRESETS = ("quick", "paper")
@@ -44,7 +45,7 @@ class RMD17Study(Strict):
     system: Literal["rmd17"] = "rmd17"
     molecules: list[str] = ["ethanol"]
     splits: list[int] = [1]
-    methods: list[str] = ["ensemble", "mve", "evidential", "gmm"]
+    methods: list[MethodName] = ["ensemble", "mve", "evidential", "gmm"]  # registered methods, or none
     seed: int = 0  # the data seed: validation part of each split (a local file: its random splits)
     seeds: list[int] = [0]  # replicates: every (split, method) is trained once per seed (init, batch order)
     threads: int = Field(1, ge=1)  # PyTorch threads of every training (fixed: see uqpot.determinism)
@@ -54,7 +55,7 @@ class RMD17Study(Strict):
     data_dir: Path = Path("data/rmd17")  # where the fetched archive is extracted (shared by runs)
     executor: dict[str, dict] = {}  # options per executor kind, e.g. {slurm: {queue: gpu, cores: 8, ...}}
     model: ModelConfig = ModelConfig()
-    uq: dict[str, dict] = {"ensemble": {"members": 5}}
+    uq: MethodOptions = {"ensemble": {"members": 5}}
     train: TrainConfig = TrainConfig()
 
 
@@ -94,13 +95,13 @@ def check_methods(methods) -> list[str] | None:
     """The ``--methods`` list, each a registered UQ method (or None: the preset's own)."""
     if not methods:
         return None
-    from ..uq import METHODS
+    from ..uq.options import OPTIONS
 
     methods = [m.strip() for m in methods if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in OPTIONS]
     if unknown or not methods:
         raise ConfigError(None, f"unknown UQ method(s) {', '.join(unknown) or '(none given)'}; "
-                                f"known: {', '.join(sorted(METHODS))}")
+                                f"known: {', '.join(sorted(OPTIONS))}")
     return list(dict.fromkeys(methods))
 
 

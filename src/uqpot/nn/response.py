@@ -1,0 +1,92 @@
+"""The response layer: derivatives of energies (or any per-structure output) with respect to the positions,
+in one place for the potential and every UQ method.
+
+    F = −∂E/∂r                                   (:func:`forces`; autograd, one backward pass)
+    G[k] = ∂(Σ_b y[k, b])/∂r,  k = 1..K           (:func:`position_grads`; K outputs of one forward graph)
+    F = −∂E/∂r as an explicit function of r       (:func:`functional_forces`; ``torch.func.grad``, the form
+                                                   ``torch.compile`` traces and differentiates once more)
+
+Structures in a batch are independent, so the gradient of the batch's summed energy gives every atom the
+derivative of its own structure's energy.  :func:`tracking` is the context every caller uses: autograd on
+when forces are needed or when the caller differentiates further (the positions already require grad),
+off otherwise; :func:`leaf` makes the positions a tensor that autograd tracks.
+
+Several outputs of one graph (LLPR's last-layer directions, a shallow ensemble's heads) need K force-like
+vectors ∂y_k/∂r.  Reverse mode gives them as K vector-Jacobian products (VJPs) with one-hot cotangents; one
+VJP per output k serves every structure of the batch at once.  They run as batched VJPs
+(``torch.autograd.grad(..., is_grads_batched=True)``, vmapped over the cotangents) in chunks of ``chunk``
+outputs, or as a plain loop of single VJPs when ``chunk == 1``.  The forward graph is retained, so the caller
+may differentiate further (``create_graph=True``: the result is differentiable w.r.t. the positions and the
+parameters).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: outputs per batched VJP (bounds the memory of the vmapped backward; 1 = a loop of single VJPs)
+DEFAULT_CHUNK = 1
+
+
+def tracking(positions: torch.Tensor, compute_forces: bool):
+    """Autograd on where derivatives w.r.t. ``positions`` are needed (forces, or a caller that
+    differentiates: the positions require grad), off otherwise."""
+    return torch.enable_grad() if compute_forces or positions.requires_grad else torch.no_grad()
+
+
+def leaf(positions: torch.Tensor, needed: bool = True) -> torch.Tensor:
+    """``positions``, made a tensor autograd tracks when ``needed`` (unchanged if it already is)."""
+    if needed and not positions.requires_grad:
+        return positions.detach().requires_grad_(True)
+    return positions
+
+
+def forces(energy: torch.Tensor, positions: torch.Tensor, create_graph: bool = False,
+           retain_graph: bool | None = None) -> torch.Tensor:
+    """F = −∂(Σ energy)/∂positions (the summed energy of independent structures; members stacked along a
+    leading axis of ``positions`` keep their own forces).  ``create_graph`` keeps the graph of the forces
+    (losses on forces, derivatives of force-based uncertainties); ``retain_graph`` defaults to it."""
+    (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=create_graph,
+                                  retain_graph=create_graph if retain_graph is None else retain_graph)
+    return -grad
+
+
+def functional_forces(energy_fn, positions: torch.Tensor):
+    """(F, aux) with F = −∂E/∂r by ``torch.func.grad`` of ``energy_fn(positions) -> (Σ E, aux)``: the form that
+    ``torch.compile`` can trace and differentiate once more for a loss on forces (it does not support the
+    double backward of ``torch.autograd.grad(create_graph=True)``).  Same values as :func:`forces`."""
+    grad, aux = torch.func.grad(energy_fn, has_aux=True)(positions)
+    return -grad, aux
+
+
+def position_grads(outputs: torch.Tensor, positions: torch.Tensor, create_graph: bool = False,
+                   chunk: int | None = None) -> torch.Tensor:
+    """∂(Σ outputs[k]) / ∂positions for every k: outputs (K, ...) → (K, *positions.shape).
+
+    Outputs that do not depend on the positions give zeros."""
+    K = outputs.shape[0]
+    if K == 0:
+        return positions.new_zeros((0, *positions.shape))
+    chunk = max(1, int(DEFAULT_CHUNK if chunk is None else chunk))
+    if chunk == 1:
+        grads = []
+        for k in range(K):
+            (g,) = torch.autograd.grad(outputs[k].sum(), positions, create_graph=create_graph, retain_graph=True,
+                                       allow_unused=True)
+            grads.append(torch.zeros_like(positions) if g is None else g)
+        return torch.stack(grads)
+    eye = torch.eye(K, dtype=outputs.dtype, device=outputs.device)
+    eye = eye.view(K, K, *([1] * (outputs.dim() - 1))).expand(K, *outputs.shape)
+    parts = []
+    for start in range(0, K, chunk):
+        (g,) = torch.autograd.grad(outputs, positions, grad_outputs=eye[start:start + chunk],
+                                   is_grads_batched=True, create_graph=create_graph, retain_graph=True,
+                                   allow_unused=True)
+        parts.append(positions.new_zeros((min(chunk, K - start), *positions.shape)) if g is None else g)
+    return torch.cat(parts)
+
+
+def stacked_forces(energies: torch.Tensor, positions: torch.Tensor, create_graph: bool = False,
+                   chunk: int | None = None) -> torch.Tensor:
+    """Forces of K energies (K, B) of one forward graph: −∂E_k/∂r for every k, (K, N, 3)."""
+    return -position_grads(energies, positions, create_graph=create_graph, chunk=chunk)

@@ -1,0 +1,207 @@
+"""Uncertainty for any trained potential: wrap a model file with a post-hoc method, assemble an ensemble
+from model files, or re-calibrate a UQ model (``uqpot wrap``).
+
+    uqpot wrap MODEL --method gmm|llpr [--data TRAIN] [--val VAL] [--out FILE] [--option KEY=VALUE ...]
+    uqpot wrap MODEL1 MODEL2 ... --method ensemble [--val VAL] [--out FILE]
+    uqpot wrap MODEL --method calibrate [--val VAL] [--out FILE]
+
+* A post-hoc method (``posthoc = True``: GMM, LLPR) wraps a plain potential as it was trained: its
+  post-hoc part is fitted on the training structures (GMM: the features of every training atom, Eq. 10-11;
+  LLPR: the Gram matrix from the training set, α and ς from the validation set).
+* ``ensemble`` stacks M separately trained single potentials (same architecture, same training set) into
+  one batched ensemble (:meth:`uqpot.uq.ensemble.Ensemble.from_members`; Eq. 2-5).
+* ``calibrate`` re-fits only the calibration of any UQ model.
+
+Every result is calibrated on the validation structures: σ²(x) = a·U(x) + b with its floor (Eq. 13) and the
+split-conformal quantiles of |r|/σ (:func:`uqpot.evaluate.fit_calibration`), stored in the model file that
+``uqpot evaluate``, the ASE calculator, the MD engine and the attack take.
+
+Structures: when MODEL was written by ``uqpot train`` (``config.yaml`` and ``split.json`` beside it), the
+training and validation structures are read from the run's data with the run's reading options and split,
+and batches have the run's validation batch size — then ``uqpot wrap`` gives what training with
+``uq.method`` in the config gives.  ``--data`` / ``--val`` replace them (or give them where there is no run
+directory).  Every input is validated before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, DataError, ModelFileError
+
+#: what ``--method`` takes besides the post-hoc methods
+SPECIAL = ("ensemble", "calibrate")
+
+
+def wrap_methods() -> list[str]:
+    from .uq import METHODS
+
+    return sorted(m for m, cls in METHODS.items() if cls.posthoc) + list(SPECIAL)
+
+
+@dataclass
+class RunSets:
+    """Training and validation structures, where they came from, and the batch size to use."""
+
+    train: object
+    val: object
+    batch_size: int
+    source: dict
+
+
+def run_directory_sets(model_path) -> RunSets | None:
+    """The training and validation sets of the ``uqpot train`` run that wrote ``model_path`` (None when
+    there is no ``config.yaml`` and ``split.json`` beside it)."""
+    import yaml
+
+    from .config import RunConfig, parse
+    from .data.io import read_structures
+    from .data.splits import load_split
+    from .uq.options import upgrade_uq_section
+
+    run = Path(model_path).parent
+    cfg_path, split_path = run / "config.yaml", run / "split.json"
+    if not (cfg_path.is_file() and split_path.is_file()):
+        return None
+    try:
+        raw = yaml.safe_load(cfg_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(cfg_path, f"invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(cfg_path, "a run config must be a mapping")
+    raw["uq"] = upgrade_uq_section(raw.get("uq", {}))
+    cfg = parse(RunConfig, raw, cfg_path)
+    try:
+        split = load_split(split_path)
+    except (OSError, ValueError) as exc:
+        raise DataError(split_path, f"cannot read the split: {exc}") from None
+    data = read_structures(cfg.data.path, cfg.data.read_options())
+    for name in ("train", "val"):
+        if name not in split:
+            raise DataError(split_path, f"no '{name}' split")
+        if len(split[name]) and int(split[name].max()) >= len(data):
+            raise DataError(split_path, f"split '{name}' refers to structure {int(split[name].max())} but "
+                                        f"{cfg.data.path} has {len(data)}")
+    return RunSets(data.subset(split["train"]), data.subset(split["val"]),
+                   cfg.train.val_batch_size or cfg.train.batch_size,
+                   {"run": str(run), "data": str(cfg.data.path)})
+
+
+def fit_and_calibrate(model, train, val, batch_size: int = 64) -> dict:
+    """``fit_posthoc(train, val)`` and the validation calibration; the ``extra`` entries of the model file."""
+    from .evaluate import fit_calibration
+
+    posthoc = model.fit_posthoc(train, val, batch_size) if train is not None else {}
+    return {"posthoc": posthoc, "calibration": fit_calibration(model, val, batch_size)}
+
+
+def _load(path, device=None):
+    from .models import load
+
+    return load(path, device=device)
+
+
+def _parse_options(method: str, options: dict | None):
+    from pydantic import ValidationError
+
+    from .config import _format_validation_error
+    from .uq.options import parse_uq
+
+    try:
+        return parse_uq({"method": method, **(options or {})})
+    except ValidationError as exc:
+        raise ConfigError(None, "--option: " + _format_validation_error(exc, "uq")) from None
+
+
+def _sets(models, need_train: bool, data, val, read_options, batch_size) -> RunSets:
+    """The structures the method needs: ``--data`` / ``--val`` if given, else the run directory's."""
+    from .data.io import ReadOptions, read_structures
+
+    run = run_directory_sets(models[0]) if (need_train and data is None) or val is None else None
+    opts = read_options or ReadOptions()
+    where = "no run directory beside it (config.yaml and split.json)"
+    if need_train and data is None and run is None:
+        raise ConfigError(models[0], f"--data is needed (the training structures): {where}")
+    if val is None and run is None:
+        raise ConfigError(models[0], f"--val is needed (the validation structures to calibrate on): {where}")
+    train_set = (read_structures(data, opts) if data is not None else run.train) if need_train else None
+    val_set = read_structures(val, opts) if val is not None else run.val
+    if not len(val_set):
+        raise DataError(val if val is not None else Path(models[0]).parent / "split.json",
+                        "no validation structures to calibrate on")
+    if need_train and not len(train_set):
+        raise DataError(data if data is not None else Path(models[0]).parent / "split.json", "no training structures")
+    source = {"train": str(data) if data is not None else (run.source if need_train else None),
+              "val": str(val) if val is not None else run.source}
+    bs = batch_size or (run.batch_size if run is not None else 64)
+    return RunSets(train_set, val_set, bs, source)
+
+
+def default_out(model_path, method: str) -> Path:
+    p = Path(model_path)
+    return p.with_name(f"{p.stem}_{method}.pt")
+
+
+def wrap(models, method: str, data=None, val=None, out=None, options: dict | None = None, read_options=None,
+         batch_size: int | None = None, device=None) -> tuple[Path, dict]:
+    """``uqpot wrap``: validates every input, builds and fits the model, writes it to ``out`` (default
+    ``<model>_<method>.pt`` beside the first model); returns (the path, a summary)."""
+    from . import modelfile
+    from .predict import check_elements
+    from .uq import METHODS
+
+    models = [Path(m) for m in models]
+    if method not in wrap_methods():
+        hint = (f"{method} is trained with its network (uqpot train with uq.method: {method})" if method in METHODS
+                else f"unknown method {method!r}")
+        raise ConfigError(None, f"--method {method}: {hint}; wrap takes {', '.join(wrap_methods())}")
+    if not models:
+        raise ConfigError(None, "no model file given")
+    if method == "ensemble" and len(models) < 2:
+        raise ConfigError(models[0], "--method ensemble needs at least 2 model files")
+    if method != "ensemble" and len(models) != 1:
+        raise ConfigError(models[1], f"--method {method} takes one model file ({len(models)} given)")
+    if method in SPECIAL and options:
+        raise ConfigError(None, f"--option: --method {method} takes no options")
+    out = Path(out) if out is not None else default_out(models[0], method)
+    if any(out.resolve() == m.resolve() for m in models):
+        raise ConfigError(out, "--out would overwrite an input model; choose another file")
+    loaded = [_load(m, device=device) for m in models]
+    payload_extra = modelfile.read(models[0]).get("extra", {})
+    kinds = [getattr(m, "kind", "") for m in loaded]
+    if method == "calibrate":
+        if not kinds[0].startswith("uq."):
+            raise ModelFileError(models[0], f"a {kinds[0]} model has no uncertainty to calibrate; wrap it with a "
+                                            f"UQ method first ({', '.join(wrap_methods()[:-2])})")
+        model = loaded[0]
+    else:
+        for path, m, kind in zip(models, loaded, kinds):
+            if kind != "potential" or m.members != 1:
+                what = kind if kind != "potential" else f"potential of {m.members} members"
+                raise ModelFileError(path, f"--method {method} takes a single trained potential, not a {what}")
+        if method == "ensemble":
+            from .uq.ensemble import Ensemble
+
+            try:
+                model = Ensemble.from_members(loaded)
+            except ValueError as exc:
+                raise ModelFileError(models[0], f"cannot assemble an ensemble of {len(models)} models: {exc}") from None
+        else:
+            model = METHODS[method].wrap(loaded[0], _parse_options(method, options))
+    sets = _sets(models, method not in SPECIAL, data, val, read_options, batch_size)
+    for ds in (sets.train, sets.val):
+        if ds is not None:
+            check_elements(model, ds)
+    extra = {k: v for k, v in payload_extra.items() if k not in ("posthoc", "calibration", "wrapped")}
+    fitted = fit_and_calibrate(model, sets.train, sets.val, sets.batch_size)
+    if method == "calibrate":
+        fitted["posthoc"] = payload_extra.get("posthoc", {})
+    extra.update(fitted, wrapped={"method": method, "from": [str(m) for m in models], **sets.source,
+                                  "batch_size": sets.batch_size})
+    modelfile.save(model, out, extra=extra)
+    cal = fitted["calibration"]
+    summary = {"method": model.method if method != "calibrate" else f"{model.method} (re-calibrated)",
+               "posthoc": fitted["posthoc"], "calibration": cal,
+               "n_train": len(sets.train) if sets.train is not None else 0, "n_val": len(sets.val)}
+    return out, summary
