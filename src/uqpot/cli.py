@@ -84,7 +84,7 @@ def train(config, out, data_path, epochs, device, no_progress):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="output directory (default: eval/ beside the model).")
+              help="output directory (default: eval/ beside model.pt, eval_<name>/ beside <name>.pt).")
 @click.option("--energy-key", default=None, help="info key holding the energy (default: calculator results).")
 @click.option("--forces-key", default=None, help="arrays key holding the forces (default: calculator results).")
 @click.option("--energy-unit", default="kcal/mol", show_default=True, help="energy unit of DATA.")
@@ -103,7 +103,7 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
     from .evaluate import evaluate as run_eval
     from .units import UnitError
 
-    out = out or Path(model).parent / "eval"
+    out = out or Path(model).parent / ("eval" if Path(model).stem == "model" else f"eval_{Path(model).stem}")
     try:
         opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
                            length_unit=length_unit)
@@ -122,6 +122,53 @@ def evaluate(model, data, out, energy_key, forces_key, energy_unit, length_unit,
                    f"{metrics['miscalibration_area']:.3f}, cNLL {metrics['cnll']:.3f} "
                    f"(calibration fitted on {metrics['calibration_fitted_on']})")
     click.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_structure.csv'}")
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--method", required=True,
+              help="a post-hoc UQ method (gmm, llpr, or any registered one), 'ensemble' (of several MODELS) or "
+                   "'calibrate' (re-fit the calibration of a UQ model).")
+@click.option("--data", "train_data", type=click.Path(path_type=Path), default=None,
+              help="training structures for the post-hoc fit (default: the run directory's, when MODEL was "
+                   "written by uqpot train).")
+@click.option("--val", "val_data", type=click.Path(path_type=Path), default=None,
+              help="validation structures to calibrate on (default: the run directory's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="the UQ model file to write (default: <model>_<method>.pt beside MODEL).")
+@click.option("--option", "options", multiple=True, help="KEY=VALUE option of the method (as in the config's uq "
+                                                         "section); repeatable.")
+@click.option("--energy-key", default=None, help="info key holding the energy of --data/--val.")
+@click.option("--forces-key", default=None, help="arrays key holding the forces of --data/--val.")
+@click.option("--energy-unit", default="kcal/mol", show_default=True, help="energy unit of --data/--val.")
+@click.option("--length-unit", default="Å", show_default=True, help="length unit of --data/--val.")
+@click.option("--batch-size", type=int, default=None, help="default: the run's validation batch size, else 64.")
+@click.option("--device", default=None)
+def wrap(models, method, train_data, val_data, out, options, energy_key, forces_key, energy_unit, length_unit,
+         batch_size, device):
+    """Put an uncertainty on trained potentials: wrap MODEL with a post-hoc method (fitted on the training
+    structures), stack MODEL1 MODEL2 ... into an ensemble, or re-calibrate a UQ model; σ² = aU + b and the
+    conformal quantiles are fitted on the validation structures.  The result is a UQ model file for
+    evaluate, the ASE calculator, MD and the attack."""
+    from .data.io import ReadOptions
+    from .units import UnitError
+    from .wrap import wrap as run_wrap
+
+    try:
+        opts = ReadOptions(energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                           length_unit=length_unit)
+        path, summary = run_wrap(models, method, data=train_data, val=val_data, out=out,
+                                 options=_oracle_options(options, "--option"), read_options=opts, batch_size=batch_size,
+                                 device=device)
+    except UnitError as exc:
+        _fail(UqpotError(str(exc)))
+    except UqpotError as exc:
+        _fail(exc)
+    cal = summary["calibration"]
+    fit = f"fitted on {summary['n_train']} training structures; " if summary["n_train"] else ""
+    click.echo(f"{summary['method']}: {fit}calibration σ² = a·U + b with a = {cal['a']:.4g}, b = {cal['b']:.4g} on "
+               f"{summary['n_val']} validation structures")
+    click.echo(f"wrote {path}")
 
 
 @cli.command()
@@ -313,14 +360,14 @@ def fetch_rmd17_cmd(dest, url, archive, sha256, molecules, splits, val_fraction,
             click.echo(f"wrote {p.parent}/ (data.extxyz, train.idx, val.idx, test.idx, split.json)")
 
 
-def _oracle_options(pairs) -> dict:
+def _oracle_options(pairs, flag: str = "--oracle-option") -> dict:
     import yaml
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UqpotError(f"--oracle-option {pair!r}: expected KEY=VALUE")
+            raise UqpotError(f"{flag} {pair!r}: expected KEY=VALUE")
         out[key.strip()] = yaml.safe_load(value)
     return out
 
