@@ -78,7 +78,7 @@ def test_grid_report_draws_the_supporting_figures(tmp_path, ethanol_path):
     """The rMD17 report: Fig. 2 / S2 / Table S2 analogues plus parity plots, the GMM's BIC/silhouette and
     latent PCA, and training wall time and peak memory per method; every job keeps its split beside it."""
     from uqpot.data.splits import load_split
-    from uqpot.workflow.report import build_grid_report
+    from uqpot.workflow.report_grid import build_grid_report
 
     js = jobs(tmp_path, ethanol_path, n=2)
     results = run_grid(js)
@@ -90,3 +90,41 @@ def test_grid_report_draws_the_supporting_figures(tmp_path, ethanol_path):
         assert caption in html, caption
     cost = json.loads((tmp_path / "results.json").read_text())["tables"]["cost"]
     assert {r["method"] for r in cost} == {"gmm"} and cost[0]["step_peak_mb"] > 0
+
+
+def test_none_gmm_llpr_share_one_backbone_per_seed(tmp_path, ethanol_path):
+    """Jobs of none, gmm and llpr with one backbone train one network and wrap it: each gives the numbers of
+    training it alone, and the grid trains the network once (in-process and on a Dask cluster)."""
+    from uqpot.data.splits import load_split
+
+    rng = np.random.default_rng(3)
+    perm = rng.permutation(800)
+    idx = {"train": perm[:24].tolist(), "val": perm[24:32].tolist(), "test": perm[32:44].tolist()}
+
+    def grid(root, shared):
+        return [Job(name=f"s0-{m}", data=str(ethanol_path), indices=idx, method=m, seed=5, out=str(root / m),
+                    model=SMALL, uq={"candidates": [1, 2]} if m == "gmm" else {},
+                    train={"epochs": 3, "batch_size": 8, "lr": 2e-3}, molecule="ethanol",
+                    backbone=str(root / "backbone") if shared else None) for m in ("none", "gmm", "llpr")]
+
+    alone = run_grid(grid(tmp_path / "alone", False))
+    shared = run_grid(grid(tmp_path / "shared", True))
+    with get_executor("local", n_workers=2) as ex:
+        on_dask = run_grid(grid(tmp_path / "dask", True), ex)
+    for a, b, c in zip(alone, shared, on_dask):
+        assert a["job"]["method"] == b["job"]["method"] == c["job"]["method"]
+        for k in ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "cnll", "calibration_a"):
+            if a["test"].get(k) is not None:
+                assert b["test"][k] == pytest.approx(a["test"][k], rel=1e-9, abs=1e-12), (a["job"]["method"], k)
+                assert c["test"][k] == pytest.approx(a["test"][k], rel=1e-6, abs=1e-9), (a["job"]["method"], k)
+        assert b["backbone"] == str(tmp_path / "shared" / "backbone") and b["own_seconds"] <= b["wall_seconds"]
+        assert load_split(tmp_path / "shared" / b["job"]["method"] / "split.json")["train"].tolist() == idx["train"]
+    # one training: one history, in the backbone; the method directories hold no checkpoint
+    assert (tmp_path / "shared" / "backbone" / "history.csv").is_file()
+    assert not any((tmp_path / "shared" / m / "checkpoint.pt").exists() for m in ("none", "gmm", "llpr"))
+    assert [r["training"]["epochs_run"] for r in shared] == [3, 3, 3]
+    # jobs of one backbone must agree on what it depends on
+    bad = grid(tmp_path / "bad", True)
+    bad[1].seed = 6
+    with pytest.raises(ValueError, match="differ in data, split, seed"):
+        run_grid(bad)

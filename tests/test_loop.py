@@ -132,3 +132,39 @@ def test_replicate_seeds_share_one_store(tmp_path, ammonia_files):
     assert all(row["n_seeds"] == 2 for row in rows)
     r = CliRunner().invoke(cli, ["loop", str(tmp_path / "loop.yaml"), "--seeds", "0,0"])
     assert r.exit_code == 2 and "distinct" in r.output
+
+
+def test_posthoc_methods_share_one_backbone_in_generation_one(tmp_path, ammonia_files):
+    """gmm and llpr have the same data in generation 1: one network is trained (gen1/backbone) and each wraps
+    it, with the numbers of training it alone; from generation 2 on each trains its own."""
+    both = loop_cfg(tmp_path / "both", ammonia_files, methods=("gmm", "llpr"), generations=2)
+    summary = ActiveLearning(LoopConfig.model_validate(both)).run()
+    root = tmp_path / "both" / "loop"
+    assert (root / "gen1" / "backbone" / "train" / "model.pt").is_file()
+    for m in ("gmm", "llpr"):
+        tr = json.loads((root / "gen1" / m / "train" / "summary.json").read_text())
+        assert tr["backbone"] == str(root / "gen1" / "backbone" / "train")
+        assert not (root / "gen1" / m / "train" / "checkpoint.pt").exists()
+        assert (root / "gen2" / m / "train" / "checkpoint.pt").is_file()  # generation 2: its own network
+        assert "backbone" not in json.loads((root / "gen2" / m / "train" / "summary.json").read_text())
+    alone = loop_cfg(tmp_path / "alone", ammonia_files, methods=("gmm",), generations=1)
+    ref = ActiveLearning(LoopConfig.model_validate(alone)).run()
+    a, b = summary["generations"][1]["gmm"]["test"], ref["generations"][1]["gmm"]["test"]
+    for k in ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "cnll"):
+        assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
+
+
+def test_shared_backbone_on_dask_workers_equals_in_process(tmp_path, ammonia_files):
+    """On an executor the backbone is trained once before the methods that wrap it start; the same numbers
+    as in-process."""
+    from uqpot.executor import get_executor
+
+    cfgs = {name: LoopConfig.model_validate(loop_cfg(tmp_path / name, ammonia_files, methods=("gmm", "llpr"),
+                                                     generations=1)) for name in ("inproc", "dask")}
+    a = ActiveLearning(cfgs["inproc"]).run()
+    with get_executor("local", n_workers=2) as ex:
+        b = ActiveLearning(cfgs["dask"], executor=ex).run()
+    for m in ("gmm", "llpr"):
+        for k in ("forces_mae", "spearman", "roc_auc_p20", "cnll"):
+            assert b["generations"][1][m]["test"][k] == pytest.approx(a["generations"][1][m]["test"][k], rel=1e-6), k
+    assert (tmp_path / "dask" / "loop" / "gen1" / "backbone" / "train" / "summary.json").is_file()

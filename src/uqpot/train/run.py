@@ -19,7 +19,7 @@ from ..data.splits import check_disjoint, load_split, random_split, read_index_f
 from ..errors import ConfigError
 from ..provenance import versions, write_json
 from ..uq.options import upgrade_uq_section
-from .trainer import Trainer, check_layout
+from .trainer import Trainer, check_layout, resolve_device
 
 
 def make_split(cfg: RunConfig, n: int) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -
     """Post-hoc parts (a wrapped method, stages, the GMM, LLPR) and the validation calibration go into the
     model file; then val/test metrics."""
     from .. import modelfile
-    from ..evaluate import assess, is_uq, write_predictions, write_table
+    from ..evaluate import is_uq
     from ..models import load
 
     out = Path(out)
@@ -171,15 +171,57 @@ def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -
         best, fitted = finish_posthoc(best, uq_cfg, train_cfg, train, val, bs)
         modelfile.save(best, trainer.model_path, extra={**payload_extra, **fitted})
         payload_extra = modelfile.read(trainer.model_path)["extra"]
-    summary = {"training": result.as_dict(), "model": str(trainer.model_path)}
-    summary["training"].update(_step_memory(trainer, train, train_cfg.batch_size))
-    if "posthoc" in payload_extra:
-        summary["posthoc"] = payload_extra["posthoc"]
+    training = {**result.as_dict(), **_step_memory(trainer, train, train_cfg.batch_size)}
+    summary = {"training": training, "model": str(trainer.model_path)}
+    return _assess(summary, best, payload_extra, val, test, out, bs)
+
+
+def _assess(summary: dict, model, extra: dict, val, test, out: Path, batch_size: int) -> dict:
+    """Val/test metrics, tables and predictions of ``model`` into ``out``; ``summary.json`` last."""
+    from ..evaluate import assess, write_predictions, write_table
+
+    if "posthoc" in extra:
+        summary["posthoc"] = extra["posthoc"]
     for name, ds in (("val", val), ("test", test)):
         if len(ds):
-            metrics, table = assess(best, ds, bs, payload_extra.get("calibration"))
+            metrics, table = assess(model, ds, batch_size, extra.get("calibration"))
             summary[name] = metrics
             write_table(table, out / f"{name}_per_structure.csv")
             write_predictions(table, out / f"{name}_predictions.npz")
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def fit_from_backbone(backbone, uq_cfg, train_cfg, train, val, test, out, extra: dict | None = None) -> dict:
+    """``none`` or a post-hoc method on the potential that :func:`fit_model` trained in ``backbone`` with the
+    same model, training settings, data and seed: the numbers of training the method through ``uq.method``
+    (:func:`trains_plain_potential`), without training the network again.  Results in ``out`` as
+    :func:`fit_model` writes them (``summary.json`` last; its ``training`` is the backbone's, ``backbone``
+    names it, ``posthoc_seconds`` is this step's own time)."""
+    import json
+    import time
+
+    from .. import modelfile
+    from ..models import load
+
+    out, backbone = Path(out), Path(backbone)
+    if (out / "summary.json").is_file():
+        return json.loads((out / "summary.json").read_text())
+    if not trains_plain_potential(uq_cfg):
+        raise ValueError(f"{uq_cfg.method} is trained with its network: it cannot share a plain backbone")
+    t0 = time.perf_counter()
+    trained = json.loads((backbone / "summary.json").read_text())
+    model = load(backbone / "model.pt", device=resolve_device(train_cfg.device))
+    payload_extra = {**modelfile.read(backbone / "model.pt").get("extra", {}), **(extra or {}),
+                     "backbone": str(backbone)}
+    bs = train_cfg.val_batch_size or train_cfg.batch_size
+    if uq_cfg.method != "none":
+        model, fitted = finish_posthoc(model, uq_cfg, train_cfg, train, val, bs)
+        payload_extra.update(fitted)
+    out.mkdir(parents=True, exist_ok=True)
+    modelfile.save(model, out / "model.pt", extra=payload_extra)
+    summary = {"training": trained["training"], "model": str(out / "model.pt"), "backbone": str(backbone)}
+    summary = _assess(summary, model, payload_extra, val, test, out, bs)
+    summary["posthoc_seconds"] = round(time.perf_counter() - t0, 2)
     write_json(out / "summary.json", summary)
     return summary

@@ -16,6 +16,11 @@ a large spread means the data's level of theory differs from the oracle's).
 
 New samples are split 80/20 into the training and validation pools (seeded), so the validation set, which
 steers the learning-rate schedule and the best-model choice, also covers the new regions.
+
+One backbone in generation 1: the post-hoc methods (GMM, LLPR) train a plain potential, and in generation 1
+every method has the same data, so when the loop has two or more of them they share one network trained in
+``OUT/gen1/backbone/train/`` and each wraps it (the numbers of training it alone).  From generation 2 on
+each method's data holds its own adversarial samples, and each trains its own network.
 """
 
 from __future__ import annotations
@@ -206,19 +211,56 @@ class ActiveLearning:
         return train, val
 
     # ----------------------------------------------------------------- steps
-    def step_train(self, g, method, train, val, test) -> dict:
+    def shared_methods(self) -> list[str]:
+        """The methods that wrap one plain-trained backbone in generation 1 (when two or more would train the
+        same network; see the module docstring)."""
+        from ..train.run import trains_plain_potential
+
+        plain = [m for m in self.cfg.methods if trains_plain_potential(self.cfg.uq_config(m))]
+        return plain if len(plain) > 1 else []
+
+    @property
+    def backbone_dir(self) -> Path:
+        return self.out / "gen1" / "backbone" / "train"
+
+    def step_backbone(self) -> dict:
+        """Generation 1's shared plain potential (trained once, resumed or skipped when done)."""
         from ..train.run import fit_model
+        from ..uq.options import parse_uq
+
+        d = self.backbone_dir
+        if _done(d / "summary.json"):
+            return json.loads((d / "summary.json").read_text())
+        train, val, test, _ = self.initial_data()
+        self.log(f"gen 1 backbone of {', '.join(self.shared_methods())}: training on {len(train)} structures "
+                 f"({len(val)} validation)")
+        d.mkdir(parents=True, exist_ok=True)
+        write_extxyz(train, d / "train.extxyz")
+        write_extxyz(val, d / "val.extxyz")
+        return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.cfg.train, self.cfg.seed, train, val,
+                         test, d, console=self.console, extra={"generation": 1, "method": "backbone"})
+
+    def step_train(self, g, method, train, val, test) -> dict:
+        from ..train.run import fit_from_backbone, fit_model
 
         d = self.gen_dir(g, method) / "train"
         marker = d / "summary.json"
         if _done(marker):
             return json.loads(marker.read_text())
-        self.log(f"gen {g} {method}: training on {len(train)} structures ({len(val)} validation)")
+        shared = g == 1 and method in self.shared_methods()
+        if shared:
+            self.step_backbone()
+        self.log(f"gen {g} {method}: " + (f"wrapping the shared backbone {self.backbone_dir}" if shared else
+                                          f"training on {len(train)} structures ({len(val)} validation)"))
         d.mkdir(parents=True, exist_ok=True)
         write_extxyz(train, d / "train.extxyz")
         write_extxyz(val, d / "val.extxyz")
+        extra = {"generation": g, "method": method}
+        if shared:
+            return fit_from_backbone(self.backbone_dir, self.cfg.uq_config(method), self.cfg.train, train, val,
+                                     test, d, extra=extra)
         return fit_model(self.cfg.model, self.cfg.uq_config(method), self.cfg.train, self.cfg.seed, train, val,
-                         test, d, console=self.console, extra={"generation": g, "method": method})
+                         test, d, console=self.console, extra=extra)
 
     def model(self, g, method):
         from ..models import load
@@ -421,8 +463,17 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
         todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations]
         results: dict = {}
         if parallel:
+            # generation 1: the shared backbones first (one per loop), beside the methods that train their own
+            shared = {(k, m) for k, m in todo if g == 1 and m in loops[k].shared_methods()}
+            backbones = [executor.submit(run_backbone, loops[k].cfg.model_dump(mode="json"))
+                         for k in sorted({k for k, _ in shared})]
             futures = {(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m)
-                       for k, m in todo}
+                       for k, m in todo if (k, m) not in shared}
+            for f in backbones:
+                f.result()
+            futures.update({(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m)
+                            for k, m in todo if (k, m) in shared})
+            futures = {p: futures[p] for p in todo}
             for (k, m), f in futures.items():
                 results[k, m] = f.result()
                 eta.step(f"generation {g}, {m}" + (f", seed {loops[k].cfg.seed}" if seeds else ""))
@@ -449,6 +500,15 @@ class _ETA:
         left = elapsed / self.done * (self.total - self.done)
         self.log(f"[{self.done}/{self.total}] {what} done; elapsed {elapsed / 60:.1f} min, "
                  f"about {left / 60:.1f} min left")
+
+
+def run_backbone(cfg: dict) -> dict:
+    """Generation 1's shared backbone on a worker process (picklable entry point for Dask)."""
+    from ..determinism import fixed_threads
+
+    loop = ActiveLearning(LoopConfig.model_validate(cfg))
+    with fixed_threads(loop.cfg.threads):
+        return loop.step_backbone()
 
 
 def run_method_generation(cfg: dict, g: int, method: str) -> dict:

@@ -5,6 +5,12 @@ validation / test sets, which method and seed, the model and training settings, 
 Jobs write their results to their own directory (``summary.json`` last), so a grid that crashed or was
 cancelled resumes by skipping finished jobs, and jobs can run in-process or on a Dask cluster (any executor
 of :mod:`uqpot.executor`).
+
+One backbone per seed: ``none`` and the post-hoc methods (GMM, LLPR) train the same plain potential (same
+data, settings and seed), so jobs that name the same ``backbone`` directory share one training there and
+each wraps it (:func:`uqpot.train.run.fit_from_backbone`; the numbers of training each alone).  Such jobs run
+together as one unit of work, so no two workers train the same backbone.  A shared job's ``wall_seconds``
+is the backbone's training time plus its own (``own_seconds``): what the model would cost alone.
 """
 
 from __future__ import annotations
@@ -49,10 +55,25 @@ class Job:
     molecule: str = ""  # labels for tables and reports
     split: int = 0
     threads: int | None = 1  # PyTorch threads (fixed, so that results do not depend on the executor)
+    # directory of a plain-trained network shared with other jobs (none and post-hoc methods; see module)
+    backbone: str | None = None
 
     @property
     def done(self) -> bool:
         return (Path(self.out) / "summary.json").is_file()
+
+    def backbone_signature(self) -> tuple:
+        """What the shared network depends on: jobs with one backbone must agree on all of it."""
+        return (self.data, json.dumps(self.indices, sort_keys=True), self.seed, json.dumps(self.model, sort_keys=True),
+                json.dumps(self.train, sort_keys=True), json.dumps(self.read, sort_keys=True), self.threads)
+
+
+def shares_backbone(method: str, uq: dict | None = None) -> bool:
+    """Whether a job of ``method`` trains a plain potential (``none`` and the post-hoc methods)."""
+    from ..train.run import trains_plain_potential
+    from ..uq.options import parse_uq
+
+    return trains_plain_potential(parse_uq({"method": method, **(uq or {})}))
 
 
 def run_job(job: Job) -> dict:
@@ -66,30 +87,78 @@ def run_job(job: Job) -> dict:
         return _run_job(job, out)
 
 
+def run_jobs(jobs: list[Job]) -> list[dict]:
+    """Several jobs one after the other (one unit of work: the jobs of one shared backbone)."""
+    return [run_job(job) for job in jobs]
+
+
+def _sets(job: Job):
+    from ..data.io import ReadOptions, read_structures
+
+    data = read_structures(job.data, ReadOptions(**job.read))
+    sets = {k: data.subset(np.asarray(v, dtype=int)) for k, v in job.indices.items()}
+    sets.setdefault("test", data.subset([]))
+    return sets
+
+
+def _configs(job: Job):
+    from ..config import ModelConfig, TrainConfig
+    from ..uq.options import parse_uq
+
+    return (ModelConfig.model_validate(job.model), parse_uq({"method": job.method, **job.uq}),
+            TrainConfig.model_validate({"progress": False, **job.train}))
+
+
+def _train_backbone(job: Job, sets) -> dict:
+    """The shared plain potential of ``job`` in ``job.backbone`` (resumed or skipped when done)."""
+    from ..data.splits import save_split
+    from ..train.run import fit_model
+    from ..uq.options import parse_uq
+
+    d = Path(job.backbone)
+    if (d / "summary.json").is_file():
+        return json.loads((d / "summary.json").read_text())
+    d.mkdir(parents=True, exist_ok=True)
+    save_split(job.indices, d / "split.json")
+    model_cfg, _, train_cfg = _configs(job)
+    t0 = time.perf_counter()
+    summary = fit_model(model_cfg, parse_uq({"method": "none"}), train_cfg, job.seed, sets["train"], sets["val"],
+                        sets["test"], d, extra={"backbone_of": job.name.rsplit("-", 1)[0]})
+    summary["wall_seconds"] = time.perf_counter() - t0
+    write_json(d / "summary.json", summary)
+    return summary
+
+
 def _run_job(job: Job, out: Path) -> dict:
     import resource
 
     import torch
 
-    from ..config import ModelConfig, TrainConfig
-    from ..uq.options import parse_uq
-    from ..data.io import ReadOptions, read_structures
     from ..data.splits import save_split
-    from ..train.run import fit_model
+    from ..train.run import fit_from_backbone, fit_model
 
-    data = read_structures(job.data, ReadOptions(**job.read))
-    sets = {k: data.subset(np.asarray(v, dtype=int)) for k, v in job.indices.items()}
-    out.mkdir(parents=True, exist_ok=True)
-    save_split(job.indices, out / "split.json")  # beside the results, like every run
-    uq = parse_uq({"method": job.method, **job.uq})
-    train_cfg = TrainConfig.model_validate({"progress": False, **job.train})
+    sets = _sets(job)
+    model_cfg, uq, train_cfg = _configs(job)
     t0 = time.perf_counter()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    summary = fit_model(ModelConfig.model_validate(job.model), uq, train_cfg, job.seed, sets["train"],
-                        sets["val"], sets.get("test", data.subset([])), out, extra={"job": job.name})
+    out.mkdir(parents=True, exist_ok=True)
+    save_split(job.indices, out / "split.json")  # beside the results, like every run
+    shared = {}
+    if job.backbone:
+        trained = _train_backbone(job, sets)
+        t0 = time.perf_counter()
+        summary = fit_from_backbone(job.backbone, uq, train_cfg, sets["train"], sets["val"], sets["test"], out,
+                                    extra={"job": job.name})
+        shared = {"backbone_seconds": trained["wall_seconds"]}
+    else:
+        summary = fit_model(model_cfg, uq, train_cfg, job.seed, sets["train"], sets["val"], sets["test"], out,
+                            extra={"job": job.name})
     summary["job"] = asdict(job) | {"indices": {k: len(v) for k, v in job.indices.items()}}
-    summary["wall_seconds"] = time.perf_counter() - t0
+    own = time.perf_counter() - t0
+    summary["wall_seconds"] = own + shared.get("backbone_seconds", 0.0)
+    if shared:
+        summary.update(shared, own_seconds=own)
     summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if torch.cuda.is_available():
         summary["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -97,16 +166,42 @@ def _run_job(job: Job, out: Path) -> dict:
     return summary
 
 
+def work_units(jobs: list[Job]) -> list[list[int]]:
+    """Job indices grouped into units of work: the jobs of one backbone together (checked to agree on
+    what the backbone depends on), every other job alone; in job order of each unit's first job."""
+    units: dict = {}
+    for k, job in enumerate(jobs):
+        key = ("backbone", str(Path(job.backbone).resolve())) if job.backbone else ("job", k)
+        units.setdefault(key, []).append(k)
+    for key, idx in units.items():
+        if key[0] == "backbone":
+            if len({jobs[k].backbone_signature() for k in idx}) != 1:
+                raise ValueError(f"jobs {', '.join(jobs[k].name for k in idx)} share the backbone {key[1]} but "
+                                 "differ in data, split, seed, model or training settings")
+            bad = [jobs[k].name for k in idx if not shares_backbone(jobs[k].method, jobs[k].uq)]
+            if bad:
+                raise ValueError(f"jobs {', '.join(bad)} train their own network: they cannot share a backbone")
+    return list(units.values())
+
+
 def run_grid(jobs: list[Job], executor=None, progress=None) -> list[dict]:
-    """Runs every unfinished job (in-process, or on ``executor``); results in job order."""
+    """Runs every unfinished job (in-process, or on ``executor``: one task per unit of work, see
+    :func:`work_units`); results in job order."""
+    units = work_units(jobs)
+    results: list = [None] * len(jobs)
     if executor is None or getattr(executor, "in_process", False):
-        results = []
-        for k, job in enumerate(jobs):
-            results.append(run_job(job))
-            if progress:
-                progress(k + 1, len(jobs), job)
+        done = 0
+        for unit in units:
+            for k in unit:
+                results[k] = run_job(jobs[k])
+                done += 1
+                if progress:
+                    progress(done, len(jobs), jobs[k])
         return results
-    return list(executor.map(run_job, jobs))
+    for unit, res in zip(units, executor.map(run_jobs, [[jobs[k] for k in unit] for unit in units])):
+        for k, r in zip(unit, res):
+            results[k] = r
+    return results
 
 
 TABLE_KEYS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll")

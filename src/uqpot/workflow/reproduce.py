@@ -60,7 +60,7 @@ class RMD17Study(Strict):
 
 
 def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
-    from .benchmark import Job
+    from .benchmark import Job, shares_backbone
 
     jobs = []
     for mol in study.molecules:
@@ -81,8 +81,11 @@ def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
                 idx = rmd17_split_indices(study.data_dir, mol, split, study.val_fraction, study.seed)
                 data = str(_npz_path(Path(study.data_dir), canonical_molecule(mol)))
             for seed in study.seeds:
+                seed_dir = out / mol / f"split{split}" / f"seed{seed}"
                 for method in study.methods:
-                    jobs.append(Job(name=f"{mol}-split{split}-seed{seed}-{method}", data=data,
+                    # none and the post-hoc methods wrap one plain-trained network per seed
+                    backbone = str(seed_dir / "backbone") if shares_backbone(method, study.uq.get(method)) else None
+                    jobs.append(Job(name=f"{mol}-split{split}-seed{seed}-{method}", data=data, backbone=backbone,
                                     indices={k: v.tolist() for k, v in idx.items()}, method=method, seed=seed,
                                     out=str(out / mol / f"split{split}" / f"seed{seed}" / method),
                                     model=study.model.model_dump(), uq=study.uq.get(method, {}),
@@ -129,7 +132,7 @@ def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, split
     _say(console, f"rMD17: {len(jobs)} trainings ({', '.join(study.molecules)}; splits {study.splits}; "
                   f"seeds {study.seeds}; {', '.join(study.methods)}); {sum(j.done for j in jobs)} already done")
     run_grid(jobs, executor, progress=lambda k, n, j: _say(console, f"[{k}/{n}] {j.name}"))
-    from .report import build_grid_report
+    from .report_grid import build_grid_report
 
     return build_grid_report(out)
 
