@@ -1,0 +1,139 @@
+"""The package's import structure: no import cycle, no upward import between layers, every module imports in
+a fresh interpreter, and ``import uqpot`` stays light.
+
+Imports are read from the source (every ``import`` statement, also those inside functions: a lazy import
+still ties two modules together).  Layers, lowest first; a module may import its own layer and those below:
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "uqpot"
+
+LAYERS = [
+    # plain definitions: errors, fields, units, config schema base, versions, threads, executors
+    ["uqpot._version", "uqpot.errors", "uqpot.fields", "uqpot.units", "uqpot.schema", "uqpot.determinism",
+     "uqpot.provenance", "uqpot.executor"],
+    # structures, batches, neighbour lists, files, splits, the label store, the file readers of data sets
+    ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.io", "uqpot.data.splits",
+     "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data"],
+    ["uqpot.metrics", "uqpot.modelfile", "uqpot.plots"],
+    ["uqpot.nn", "uqpot.train.losses", "uqpot.train.optim", "uqpot.train.stages", "uqpot.train.memory"],
+    ["uqpot.uq"],
+    ["uqpot.models", "uqpot.predict"],
+    ["uqpot.config", "uqpot.evaluate", "uqpot.oracle", "uqpot.md", "uqpot.sample", "uqpot.claims"],
+    ["uqpot.train.trainer", "uqpot.data.sets", "uqpot.wrap"],
+    ["uqpot.train.run", "uqpot.train"],
+    ["uqpot.workflow"],
+    ["uqpot.cli", "uqpot"],
+]
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(SRC).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        base = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                target = ".".join(base[:len(base) - node.level + 1] + [node.module] if node.level and node.module
+                                  else base[:len(base) - node.level + 1] if node.level else [node.module or ""])
+                names = [f"{target}.{a.name}" for a in node.names] + [target]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:  # the most specific module the statement names
+                if name in mods and name != m:
+                    graph[m].add(name)
+                    break
+    return graph
+
+
+def layer(module: str) -> int:
+    best = None
+    for k, prefixes in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[1]):
+                best = (k, len(p))
+    assert best is not None, f"{module} is in no layer of tests/test_imports.py: add it"
+    return best[0]
+
+
+def test_no_import_cycle():
+    graph = import_graph()
+    index, low, stack, on, cycles, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_upward_import():
+    graph = import_graph()
+    upward = sorted(f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+                    for a, targets in graph.items() for b in targets if layer(b) > layer(a))
+    assert not upward, "\n".join(upward)
+
+
+def test_the_checks_see_imports():
+    graph = import_graph()
+    assert "uqpot.nn.response" in graph["uqpot.nn.potential"] and "uqpot.uq.options" in graph["uqpot.config"]
+    assert layer("uqpot.uq.gmm") == layer("uqpot.uq") > layer("uqpot.nn.potential")
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    names = sorted(modules())
+    code = ("import importlib, sys\nbad = []\nfor name in sys.argv[1:]:\n    try:\n        importlib.import_module(name)\n"
+            "    except Exception as exc:\n        bad.append(f'{name}: {type(exc).__name__}: {exc}')\nprint('\\n'.join(bad))\n"
+            "sys.exit(1 if bad else 0)\n")
+    res = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "PYTHONPATH": str(SRC)})
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("module", ["uqpot", "uqpot.fields", "uqpot.errors", "uqpot.schema"])
+def test_light_modules_import_nothing_heavy(module):
+    code = f"import sys, {module}; heavy = [m for m in ('torch', 'uqpot.uq', 'uqpot.models') if m in sys.modules]; print(heavy)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(SRC)})
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
