@@ -137,3 +137,23 @@ def test_light_modules_import_nothing_heavy(module):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": str(SRC)})
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_readme_layout_matches_the_tree():
+    """Every module of the package is named in the README's Layout section, under its folder, and every
+    module named there exists."""
+    import re
+
+    text = (SRC.parent / "README.md").read_text()
+    block = text[text.index("## Layout"):].split("```")[1]
+    named, folder = set(), ""
+    for line in block.splitlines()[2:]:  # after the fence's language line and "src/uqpot/"
+        if not line.startswith(" "):
+            break  # configs/, benchmarks/, tests/: outside the package
+        if not line.startswith("   "):  # a line of its own: a folder ("nn/  ..."), or top-level modules
+            head = line.split()[0]
+            folder = head if head.endswith("/") else ""
+        named |= {folder + name for name in re.findall(r"\b\w+\.py\b", line)}
+    actual = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+    assert actual - named == set(), f"modules missing from the README's Layout: {sorted(actual - named)}"
+    assert named - actual == set(), f"the README's Layout names modules that do not exist: {sorted(named - actual)}"
