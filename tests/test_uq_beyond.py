@@ -400,3 +400,20 @@ def test_attack_runs_on_llpr(llpr, data):
                                                  min_displacement=0.0, kT=20.0))
     u = res.history["uncertainty"]
     assert u.shape == (6, 2) and np.all(u[-1] > u[0])
+
+
+def test_shallow_fine_tuning_is_a_trainer_stage_with_the_configured_loss_weights(data):
+    from uqpot.train.stages import run_stage
+
+    m = ShallowEnsemble(potential=small(), heads=3, nll_epochs=2, nll_lr=1e-3, nll_batch_size=5).double()
+    m.fit_reference(data[:20])
+    (stage,) = m.stages(TrainConfig(energy_weight=0.3, forces_weight=2.0))
+    assert (stage.loss.energy_weight, stage.loss.forces_weight, stage.loss.min_variance) == (0.3, 2.0, 1e-4)
+    assert (stage.epochs, stage.lr, stage.batch_size, stage.forward_kwargs) == (2, 1e-3, 5, {"head_forces": True})
+    assert m.fit_posthoc(data[:20], data[20:30]) == {}  # the fine-tuning is not a post-hoc fit any more
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    rec = run_stage(m, stage, data[:20], data[20:30], 8)
+    assert rec["fitted_on"] == "validation" and len(rec["val_loss"]) == 3
+    assert rec["val_loss"][rec["best_epoch"]] == min(rec["val_loss"])
+    changed = any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert changed == (rec["best_epoch"] > 0)

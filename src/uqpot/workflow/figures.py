@@ -14,7 +14,13 @@ from ..plots import _plt, hexbin
 
 METHOD_COLORS = {"ensemble": "#1f77b4", "mve": "#ff7f0e", "evidential": "#2ca02c", "gmm": "#d62728",
                  "llpr": "#9467bd", "shallow_ensemble": "#8c564b", "none": "#7f7f7f"}
-SIGNED = {"gmm"}
+
+
+def _signed(method: str) -> bool:
+    """Whether the method's U can be negative (its class says so: ``signed_uncertainty``)."""
+    from ..uq import METHODS
+
+    return bool(getattr(METHODS.get(method), "signed_uncertainty", False))
 
 
 def png(fig) -> bytes:
@@ -33,7 +39,7 @@ def hexbins(entries: list[dict], title: str = ""):
     rows = (n + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.3 * rows), squeeze=False)
     for ax, e in zip(axes.flat, entries):
-        hexbin(ax, e["uncertainty"], e["error"], e["method"] in SIGNED, e["name"], e.get("metrics"))
+        hexbin(ax, e["uncertainty"], e["error"], _signed(e["method"]), e["name"], e.get("metrics"))
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if title:
