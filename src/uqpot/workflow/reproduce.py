@@ -128,7 +128,7 @@ def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, split
     _say(console, f"rMD17: {len(jobs)} trainings ({', '.join(study.molecules)}; splits {study.splits}; "
                   f"seeds {study.seeds}; {', '.join(study.methods)}); {sum(j.done for j in jobs)} already done")
     run_grid(jobs, executor, progress=lambda k, n, j: _say(console, f"[{k}/{n}] {j.name}"))
-    from .report import build_grid_report
+    from .report_grid import build_grid_report
 
     return build_grid_report(out)
 
