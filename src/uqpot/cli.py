@@ -62,7 +62,7 @@ def train(config, out, data_path, epochs, device, restart, no_progress):
         cfg = load_config(config, RunConfig, overrides, sources)
         summary = run_training(cfg, console=_console(), config_path=config, restart=restart)
     except ConfigError as exc:
-        fail(exc if exc.path is not None or _names_option(exc, sources) else ConfigError(config, str(exc)))
+        fail(_blame(exc, config, sources))
     t = summary["training"]
     if t.get("nonfinite_steps"):
         _warn(f"{t['nonfinite_steps']} training step(s) had a non-finite loss and were skipped "
@@ -79,8 +79,18 @@ def train(config, out, data_path, epochs, device, restart, no_progress):
         click.echo("test: none (the split has no test structures)")
 
 
-def _names_option(exc: ConfigError, sources: dict) -> bool:
-    return any(str(exc).startswith(opt) or f"{opt} (" in str(exc) for opt in sources.values())
+def _blame(exc: ConfigError, config, sources: dict) -> ConfigError:
+    """A config error with its source: the command-line option that set the key (``--device``), else the
+    config file when the error names no file of its own."""
+    if exc.path is not None:
+        return exc
+    text = str(exc)
+    for key, option in sources.items():
+        if text.startswith(f"{key}:"):
+            return ConfigError(None, f"{option} ({key}):{text[len(key) + 1:]}")
+        if f"{option} (" in text:
+            return exc
+    return ConfigError(config, text)
 
 
 @cli.command()

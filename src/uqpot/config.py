@@ -39,7 +39,7 @@ class Strict(BaseModel):
     def _no_bool_for_numbers(cls, v, info: ValidationInfo):
         if isinstance(v, bool) and info.field_name in cls.model_fields:
             if not _accepts_bool(cls.model_fields[info.field_name].annotation):
-                raise ValueError(f"expected a number or a name, not the boolean {str(v).lower()}")
+                raise ValueError(f"expected a number, got the boolean {str(v).lower()}")
         return v
 
 

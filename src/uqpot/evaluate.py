@@ -36,7 +36,7 @@ from .metrics import uq as uqm
 from .metrics.errors import error_summary, per_structure_force_error
 from .predict import predict
 from .errors import ConfigError, DataError, PredictionError
-from .provenance import atomic_write, write_json, write_text
+from .provenance import atomic_write, remove_stale_temps, write_json, write_text
 
 #: the UQ metrics (Spearman, ROC-AUC, calibration) rank and compare structures: at least two
 MIN_UQ_STRUCTURES = 2
@@ -191,8 +191,9 @@ def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None,
     if indices:
         data = data.subset(select_indices(indices, len(data)))
     if is_uq(model) and len(data) < MIN_UQ_STRUCTURES:
-        raise DataError(data_path, f"{len(data)} structure(s) to evaluate, and the UQ metrics of a {model.method} "
-                                   f"model (Spearman, ROC-AUC, calibration) need at least {MIN_UQ_STRUCTURES}")
+        raise DataError(data_path, f"{len(data)} structure(s) to evaluate, and the UQ metrics of the "
+                                   f"'{model.method}' model (Spearman, ROC-AUC, calibration) need at least "
+                                   f"{MIN_UQ_STRUCTURES}")
     calibration = stored
     if is_uq(model) and calibration_data is not None:
         cal_data = read_structures(calibration_data, options)
@@ -213,6 +214,7 @@ def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None,
     metrics.update(model=str(model_path), data=str(data_path), units={"energy": "kcal/mol", "forces": "kcal/mol/Å"})
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # written last: until then the folder holds no result
+    remove_stale_temps(out)
     write_table(table, out / "per_structure.csv")
     write_predictions(table, out / "predictions.npz")
     if is_uq(model):

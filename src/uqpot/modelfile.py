@@ -84,8 +84,8 @@ def describe_load_error(exc: Exception) -> str:
 
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
-        return ("it holds pickled Python objects, which uqpot never loads (they could run code); uqpot model files "
-                "hold only tensors and plain values")
+        return ("it holds pickled Python objects, which uqpot never loads since they could run code; uqpot model "
+                "files hold only tensors and plain values")
     first = text.strip().splitlines()[0][:200] if text.strip() else ""
     return f"{type(exc).__name__}{': ' + first if first else ''}"
 

@@ -77,17 +77,17 @@ def file_hashes(files: dict) -> dict:
             for k, p in files.items() if p is not None}
 
 
-def changed_files(recorded: dict, current: dict) -> list[str]:
-    """Lines describing files whose content differs between two :func:`file_hashes` records."""
-    lines = []
+def changed_files(recorded: dict, current: dict) -> list[tuple[str, str]]:
+    """(path, description) of every file whose content differs between two :func:`file_hashes` records."""
+    found = []
     for key, now in current.items():
         then = recorded.get(key)
         if then is None:
             continue
         if then.get("sha256") != now["sha256"]:
-            lines.append(f"{now['path']} ({key}): its content changed since this run started (sha256 "
-                         f"{then.get('sha256', '?')[:12]}… then, {now['sha256'][:12]}… now)")
-    return lines
+            found.append((now["path"], f"{key}: the file's content changed since this run started (sha256 "
+                                       f"{then.get('sha256', '?')[:12]}… then, {now['sha256'][:12]}… now)"))
+    return found
 
 
 def clear_run(out) -> list[str]:

@@ -51,9 +51,7 @@ def energy_unit_hint(e_pred, e_true, f_pred, f_true, declared: str, option: str 
     if best is None:
         return None
     unit, _, r, gain_f = best
-    forces = ("; the forces agree" if gain_f >= GAIN else
-              "; the forces fit the declared unit better, so energies and forces may be in different units"
-              if gain_f < 1 else "")
+    forces = "; the forces agree" if gain_f >= GAIN else ""  # a poorly trained model's forces tell little
     return (f"the reference energies look like {unit}, not the declared {declared}: rescaled by {r:.4g} their MAE "
             f"against the model would fall from {base_e:.4g} to {_mae(e_pred, e_true * r):.4g} kcal/mol{forces}; if "
             f"they are in {unit}, declare it ({option} {unit})")

@@ -59,8 +59,8 @@ def read_index_file(path, n: int, key: str = "split.train_file") -> np.ndarray:
         if looks != "indices":
             if key.startswith("split."):
                 other = key.replace("split.", "data.").replace("_file", "_path")
-                instead = (f"give separate structure files per split as {other} (with data.train_path instead of "
-                           "data.path)")
+                instead = (f"give structure files per split as data.train_path / val_path / test_path (here "
+                           f"{other}) instead of data.path with index files")
             else:
                 instead = "give a structure file as the DATA argument instead"
             raise DataError(path, f"{key} expects an index file (integer indices into the structure file, one per "

@@ -104,10 +104,11 @@ def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = F
             recorded = {}
     changed = changed_files(recorded, prep.hashes)
     if changed:
-        raise ConfigError(None, f"{changed[0]}{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; "
-                                f"resuming the run in {out} would mix a model trained on the old data with "
-                                "metrics on the new: restore the file, choose another 'out', or use --restart to "
-                                "train afresh there")
+        path, what = changed[0]
+        more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
+        raise ConfigError(path, f"{what}{more}; resuming the run in {out} would mix a model trained on the old data "
+                                "with metrics on the new: restore the file, choose another 'out', or use --restart "
+                                "to train afresh there")
     if (out / "split.json").is_file():
         old_split = load_split(out / "split.json")
         if any(k not in old_split or not np.array_equal(old_split[k], prep.split[k]) for k in prep.split):

@@ -244,8 +244,8 @@ class Trainer:
         lr = self.optimizer.lr * self.cfg.lr_factor
         active = lr > 0
         if bool((lr[active] < self.cfg.min_lr).any()) or self.rollbacks > 10:
-            where = f"batch {batch_no}" if batch_no >= 0 else "after the epoch's last batch"
-            raise TrainingError(f"{self.out}: training diverged: non-finite {what} at epoch {epoch}, {where}: "
+            where = f", batch {batch_no}" if batch_no >= 0 else " (validation)" if "validation" in what else ""
+            raise TrainingError(f"{self.out}: training diverged: non-finite {what} at epoch {epoch}{where}: "
                                 f"rolled back {self.rollbacks - 1} time(s) and cut the learning rate from "
                                 f"{self.cfg.lr:.3g} to {lr.max().item():.3g} without recovering; no model with "
                                 f"non-finite weights was saved and the run is not marked finished: lower "
@@ -260,12 +260,12 @@ class Trainer:
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
         self.optimizer.lr = lr
         self._log(f"epoch {epoch} batch {batch_no}: non-finite {what}; rolled back to the last checkpoint, "
-                  f"learning rate cut to {lr.max().item():.3g}")
+                  f"learning rate cut to {lr.max().item():.3g}", echo=self.rollbacks == 1)
 
-    def _log(self, msg: str) -> None:
+    def _log(self, msg: str, echo: bool = True) -> None:
         with open(self.out / "train.log", "a") as fh:
             fh.write(msg + "\n")
-        if self.console is not None:
+        if self.console is not None and echo:
             self.console.print(msg)
 
     def train_epoch(self, epoch: int) -> float:
