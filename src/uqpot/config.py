@@ -80,14 +80,14 @@ class DataConfig(Strict):
     @model_validator(mode="after")
     def _one_source(self):
         per_split = [k for k in ("train_path", "val_path", "test_path") if getattr(self, k) is not None]
+        if per_split and self.train_path is None:
+            raise ValueError(f"data.{per_split[0]} needs data.train_path")
         if self.path is None and self.train_path is None:
             raise ValueError("give data.path (one structure file, split by the 'split' section) or "
                              "data.train_path (with optional val_path / test_path: one structure file per split)")
         if self.path is not None and per_split:
             raise ValueError(f"data.path and data.{per_split[0]} cannot be used together: give one structure "
                              "file with a split, or separate train/val/test structure files")
-        if per_split and self.train_path is None:
-            raise ValueError(f"data.{per_split[0]} needs data.train_path")
         return self
 
     def files(self) -> dict[str, Path]:

@@ -24,7 +24,7 @@ from .. import fields as F
 from ..errors import DataError, DataErrors
 from ..units import UnitError, energy_factor, length_factor
 from .neighbors import neighbor_list
-from .readers import is_xyz, iter_ase, iter_xyz
+from .readers import is_xyz, iter_ase, iter_xyz, read_failure
 from .structures import Structure, StructureDataset
 
 MAX_Z = 118
@@ -240,7 +240,7 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
     except DataError as exc:
         problems.append(exc)
     if not structures and not problems:
-        problems.append(DataError(path, "file contains no frames"))
+        problems.append(DataError(path, read_failure(path, options.format, None)))
     if options.check_units and not problems and len(structures) >= 10:
         problem = check_unit_consistency(structures, path)
         if problem is not None:

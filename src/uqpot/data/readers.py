@@ -62,12 +62,15 @@ def guessed_format(path: Path, fmt: str | None) -> str:
         return path.suffix.lstrip(".") or "unknown"
 
 
-def read_failure(path: Path, fmt: str | None, exc: Exception) -> str:
-    """A reader exception as one sentence: the format tried, the reader's own words (or that it gave
-    none), and a hint from the file's content."""
+def read_failure(path: Path, fmt: str | None, exc: Exception | None) -> str:
+    """A reader exception (None: the reader found no frame) as one sentence: the format tried, the
+    reader's own words (or that it gave none), and a hint from the file's content."""
     name = guessed_format(path, fmt)
-    detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "the reader failed without a message"
-    how = f"cannot read as {name} ({type(exc).__name__}: {detail})"
+    if exc is None:
+        how = f"cannot read as {name}: no frame found"
+    else:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "the reader failed without a message"
+        how = f"cannot read as {name} ({type(exc).__name__}: {detail})"
     if not fmt:
         how += f"; the format was guessed from the file name '{path.name}'"
     kind = sniff(path)
