@@ -38,7 +38,7 @@ def cli():
 
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="output directory (overrides 'out').")
+@click.option("--out", help="output directory (overrides 'out').")
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="structure file (overrides data.path).")
 @click.option("--epochs", type=click.IntRange(min=1), help="overrides train.epochs (>= 1).")
 @click.option("--device", help="cpu, cuda, cuda:1, or auto (overrides train.device).")
@@ -96,8 +96,7 @@ def _blame(exc: ConfigError, config, sources: dict) -> ConfigError:
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="output directory (default: eval/ beside the model).")
+@click.option("--out", default=None, help="output directory (default: eval/ beside the model).")
 @click.option("--format", "fmt", default=None,
               help="format of DATA as ase.io names it (extxyz, db, vasp-xml, ...; default: guessed from the name).")
 @click.option("--energy-key", default=None, help="info key holding the energy (default: calculator results).")
@@ -119,6 +118,9 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
     from .evaluate import evaluate as run_eval
     from .units import UnitError
 
+    if out is not None and not str(out).strip():
+        raise ConfigError(None, "--out: an output directory is needed (an empty one would write into the working "
+                                "directory)")
     out = out or Path(model).parent / "eval"
     try:
         opts = ReadOptions(format=fmt, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
@@ -142,7 +144,7 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
 
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="output directory (overrides 'out').")
+@click.option("--out", help="output directory (overrides 'out').")
 @click.option("--generations", type=int, help="overrides 'generations' (a longer loop continues a shorter one).")
 @click.option("--executor", type=click.Choice(["none", "local"]), default="none", show_default=True,
               help="where oracle labels run: in-process, or a local Dask cluster.")
@@ -161,6 +163,9 @@ def loop(config, out, generations, executor, preset, no_progress):
     from .workflow.reproduce import preset_path
     from .workflow.studies import is_study_file, run_study_loop
 
+    if out is not None and not out.strip():
+        raise ConfigError(None, "--out: an output directory is needed (an empty one would write into the working "
+                                "directory)")
     overrides = {}
     if generations is not None:
         overrides["generations"] = generations
@@ -179,7 +184,8 @@ def loop(config, out, generations, executor, preset, no_progress):
             beside = Path(config).with_name(f"{system}_quick.yaml")
             config = beside if beside.is_file() else preset_path(system, "quick")
         if is_study_file(config):
-            study_out = check_out_dir(out or Path("runs") / Path(config).stem, "--out", {"config": config})
+            study_out = check_out_dir(Path(out) if out else Path("runs") / Path(config).stem, "--out",
+                                      {"config": config})
             with RunLock(study_out, "uqpot loop"):  # one loop per directory
                 summary, cfg = run_study_loop(config, study_out, ex, _console(), overrides)
         else:

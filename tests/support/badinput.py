@@ -49,7 +49,7 @@ def tiny_config(tmp: Path, data_path: Path | None = None, out: Path | None = Non
                 **sections) -> Path:
     """A training config of a tiny PaiNN (2 epochs) on ``data_path``; ``sections`` update it
     (``train={...}``; a key set to None is removed)."""
-    cfg = {"out": str(out or tmp / "run"), "data": {"path": str(data_path or tmp / "data.extxyz")},
+    cfg = {"out": str(out if out is not None else tmp / "run"), "data": {"path": str(data_path or tmp / "data.extxyz")},
            "split": {"train": 16, "val": 4, "test": 4}, "model": dict(TINY_MODEL),
            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "device": "cpu"}}
     for key, value in sections.items():
