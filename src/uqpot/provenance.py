@@ -66,14 +66,14 @@ def atomic_write(path, suffix: str = ""):
         raise
 
 
-def remove_stale_temps(folder) -> list[Path]:
-    """Removes temporary files of interrupted writes in ``folder`` whose writer is no longer running
-    (call it while holding the folder's run lock, so that no live writer of this run is affected)."""
+def remove_stale_temps(folder, recursive: bool = False) -> list[Path]:
+    """Removes temporary files of interrupted writes in ``folder`` (and below it, if ``recursive``) whose
+    writer is no longer running (call it while holding the folder's run lock)."""
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
-    for p in folder.iterdir():
+    for p in folder.rglob("*") if recursive else folder.iterdir():
         m = TEMP_PATTERN.match(p.name)
         if m is None or not p.is_file():
             continue

@@ -143,7 +143,7 @@ class RunLock:
             break
         else:
             raise RunLockedError(f"{self.path}: the lock file keeps changing; is another process restarting here?")
-        remove_stale_temps(self.out)
+        remove_stale_temps(self.out, recursive=True)  # a loop's runs lie in subfolders
         return self
 
     def _refusal(self, holder: dict) -> str:

@@ -160,7 +160,7 @@ def _note(out: Path, console, msg: str) -> None:
     with open(out / "train.log", "a") as fh:
         fh.write(msg + "\n")
     if console is not None:
-        console.print(f"note: {msg}")
+        console.print(f"note: {msg}", markup=False, highlight=False, soft_wrap=True)
 
 
 def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, console=None,
