@@ -88,9 +88,10 @@ def test_binary_file_as_config(tmp_path, data):
     (("--device", "cuda:7"), "--device (train.device): 'cuda:7' asked for"),
     (("--out", ""), "--out (out)"),
 ], ids=["--epochs 0", "--device bananas", "--device cuda:7", "--out ''"])
-def test_option_errors_name_the_option(tmp_path, data, args, message):
+def test_option_errors_name_the_option(tmp_path, data, args, message, monkeypatch):
     import torch
 
+    monkeypatch.chdir(tmp_path)  # were '--out ""' accepted, the run would land here, not in the checkout
     if args[1] == "cuda:7" and torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
     cfg = tiny_config(tmp_path, data)

@@ -83,7 +83,8 @@ def test_ensemble_on_one_structure(tmp_path, trained):
     (("--out", ""), "--out: an output directory is needed"),
 ], ids=["--batch-size 0", "--device bananas", "empty --indices", "structures as --indices", "--calibration plain",
         "unknown unit", "--out ''"])
-def test_bad_evaluate_options(tmp_path, trained, args, message):
+def test_bad_evaluate_options(tmp_path, trained, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were '--out ""' accepted, the files would land here, not in the checkout
     (tmp_path / "empty.idx").write_text("")
     args = [{"EMPTY": tmp_path / "empty.idx", "DATA": trained["data"]}.get(a, a) for a in args]
     r = cli("evaluate", trained["plain"], trained["data"], "--out", tmp_path / "eval", *args)

@@ -11,9 +11,8 @@ Files in the output directory:
 - ``history.csv``    one line per epoch (mean over members), and ``history_members.csv`` when M > 1;
 - ``train.log``      events (resume, rollback, stop).
 Both ``.pt`` files are written to a temporary name and renamed, so a kill never leaves a broken file, and
-a model with non-finite weights is never written.  ``history.csv`` is rewritten from the checkpoint's
-history when a run (re)starts, so a kill between a history line and its checkpoint, or a restart from
-scratch, never repeats epochs.
+a model with non-finite weights is never written; the history files never repeat an epoch
+(:mod:`uqpot.train.history`).
 
 A non-finite training loss (past ``max_nonfinite`` steps of an epoch), non-finite weights or a non-finite
 validation loss roll the epoch back to the last checkpoint at a lower learning rate; when that does not
@@ -40,11 +39,10 @@ from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import ConfigError, TrainingError
 from ..provenance import atomic_write
+from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
-from .optim import MemberAdam, MemberPlateau
+from .optim import MemberAdam, MemberPlateau, clip_per_member
 
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "seconds")
-MEMBER_COLUMNS = ("epoch", "member", "lr", "val_loss", "val_energy_mae", "val_forces_mae")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -286,7 +284,7 @@ class Trainer:
             self.optimizer.zero_grad()
             loss.sum().backward()  # members are independent: each gets the gradient of its own loss
             if self.cfg.grad_clip:
-                _clip_per_member(self.optimizer.params, self.cfg.grad_clip, self.M)
+                clip_per_member(self.optimizer.params, self.cfg.grad_clip, self.M)
             self.optimizer.step()
             total += loss.detach().double() * b.num_structures
             n += b.num_structures
@@ -357,8 +355,7 @@ class Trainer:
                        "train_loss": train_loss, **{k: float(v.mean()) for k, v in val.items()},
                        "seconds": round(self.elapsed, 3)}
                 self.history.append(row)
-                hist.write(",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
-                                    for c in HISTORY_COLUMNS) + "\n")
+                hist.write(format_row(row) + "\n")
                 hist.flush()
                 for m in range(self.M if self.M > 1 else 0):
                     mh.write(f"{epoch},{m},{lr_before[m]:.6g},{val['val_loss'][m]:.6g},"
@@ -384,24 +381,7 @@ class Trainer:
                     break
 
     def _rewrite_history(self, hist_path: Path, mem_path: Path) -> None:
-        """history.csv from the checkpoint's history (the epochs that count), history_members.csv cut to
-        them: lines of epochs after the last checkpoint (a kill in between) or of a run restarted from
-        scratch must not be repeated."""
-        from ..provenance import write_text
-
-        lines = [",".join(HISTORY_COLUMNS)]
-        for row in self.history:
-            lines.append(",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
-                                  for c in HISTORY_COLUMNS))
-        write_text(hist_path, "\n".join(lines) + "\n")
-        if self.M > 1:
-            kept = [",".join(MEMBER_COLUMNS)]
-            if mem_path.is_file():
-                for line in mem_path.read_text().splitlines()[1:]:
-                    head = line.split(",", 1)[0]
-                    if head.isdigit() and int(head) <= self.epoch:
-                        kept.append(line)
-            write_text(mem_path, "\n".join(kept) + "\n")
+        rewrite_history(hist_path, mem_path if self.M > 1 else None, self.history, self.epoch)
 
     def _member_stops(self, epoch: int) -> None:
         cfg = self.cfg
@@ -426,14 +406,3 @@ class Trainer:
             val_energy_mae=self.best_mae[:, 0].tolist(), val_forces_mae=self.best_mae[:, 1].tolist(),
             epochs_run=self.epoch, wall_seconds=round(self.elapsed, 2), stopped=self.finished or "epochs",
             nonfinite_steps=self.nonfinite_steps, rollbacks=self.rollbacks, history=self.history)
-
-
-def _clip_per_member(params, max_norm: float, members: int) -> None:
-    """Clips the gradient norm of every member separately (as if each were trained alone)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    sq = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0)
-    scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
