@@ -119,7 +119,11 @@ class RunLock:
         import fcntl
 
         self.created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(None, f"out: cannot create the run directory {self.out}: {exc.strerror}; choose a "
+                                    "folder you can write to") from None
         for _ in range(20):  # the file may be replaced between open and flock: retry on a fresh one
             fh = open(self.path, "a+")
             try:
