@@ -29,6 +29,15 @@ def _accepts_bool(annotation) -> bool:
     return any(_accepts_bool(a) for a in typing.get_args(annotation))
 
 
+def _wants_number(annotation) -> bool:
+    """Whether a field annotation takes an int or a float (where pydantic would turn true into 1)."""
+    import typing
+
+    if annotation in (int, float):
+        return True
+    return any(_wants_number(a) for a in typing.get_args(annotation))
+
+
 class Strict(BaseModel):
     """Base of every config section: unknown keys, NaN/inf and booleans for numbers are errors."""
 
@@ -38,7 +47,8 @@ class Strict(BaseModel):
     @classmethod
     def _no_bool_for_numbers(cls, v, info: ValidationInfo):
         if isinstance(v, bool) and info.field_name in cls.model_fields:
-            if not _accepts_bool(cls.model_fields[info.field_name].annotation):
+            annotation = cls.model_fields[info.field_name].annotation
+            if _wants_number(annotation) and not _accepts_bool(annotation):
                 raise ValueError(f"expected a number, got the boolean {str(v).lower()}")
         return v
 
