@@ -43,7 +43,7 @@ CASES = [
     ("unknown device", "train: {{device: bananas}}\n", "'train.device': unknown device 'bananas'"),
     ("cuda on a CPU machine", "train: {{device: 'cuda:7'}}\n", "train.device: 'cuda:7' asked for"),
     # kind 15: suspicious values
-    ("epochs: true", "train: {{epochs: true}}\n", "'train.epochs': expected a number, got the boolean true"),
+    ("epochs: true", "train: {{epochs: true}}\n", "'train.epochs': expected a number, got the boolean True"),
     ("batch_size: false", "train: {{batch_size: false}}\n", "'train.batch_size': expected a number"),
     ("both loss weights 0", "train: {{energy_weight: 0, forces_weight: 0}}\n", "both 0: the loss would be 0"),
 ]

@@ -49,7 +49,7 @@ class Strict(BaseModel):
         if isinstance(v, bool) and info.field_name in cls.model_fields:
             annotation = cls.model_fields[info.field_name].annotation
             if _wants_number(annotation) and not _accepts_bool(annotation):
-                raise ValueError(f"expected a number, got the boolean {str(v).lower()}")
+                raise ValueError(f"expected a number, got the boolean {v!r}")
         return v
 
 
@@ -346,19 +346,20 @@ def _format_validation_error(exc: ValidationError, prefix: str = "", sources: di
         loc = ".".join([prefix] * bool(prefix) + [dotted]) or "(top level)"
         option = (sources or {}).get(dotted)
         in_file |= option is None
-        name = f"{option} ({loc})" if option else loc
+        name = f"{option} ({loc})" if option else f"'{loc}'"
+        got = f" (got {err.get('input')!r})"
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{name}'")
+            parts.append(f"unknown key {name}")
         elif err["type"] == "missing":
-            parts.append(f"missing key '{name}'")
+            parts.append(f"missing key {name}")
         elif err["type"] == "value_error":
             msg = err["msg"].removeprefix("Value error, ")
             if isinstance(err.get("input"), dict):  # a section-level check: its message names the keys
                 parts.append(msg)
-            else:
-                parts.append(f"'{name}': {msg} (got {err.get('input')!r})")
+            else:  # the value once: the message may quote it already
+                parts.append(f"{name}: {msg}{'' if repr(err.get('input')) in msg else got}")
         else:
-            parts.append(f"'{name}': {err['msg']} (got {err.get('input')!r})")
+            parts.append(f"{name}: {err['msg']}{got}")
     return "; ".join(parts), in_file
 
 

@@ -257,14 +257,15 @@ class Trainer:
             self.model.load_state_dict(self._initial_state["model"])
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
         self.optimizer.lr = lr
-        self._log(f"epoch {epoch} batch {batch_no}: non-finite {what}; rolled back to the last checkpoint, "
+        where = f"batch {batch_no}" if batch_no >= 0 else "end"
+        self._log(f"epoch {epoch} ({where}): non-finite {what}; rolled back to the last checkpoint, "
                   f"learning rate cut to {lr.max().item():.3g}", echo=self.rollbacks == 1)
 
     def _log(self, msg: str, echo: bool = True) -> None:
         with open(self.out / "train.log", "a") as fh:
             fh.write(msg + "\n")
         if self.console is not None and echo:
-            self.console.print(msg)
+            self.console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
