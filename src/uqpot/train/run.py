@@ -50,7 +50,11 @@ def _normalised(d: dict) -> dict:
 
 
 def _stored_config(path: Path) -> dict:
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(path, f"cannot read the stored config of this run ({type(exc).__name__}); choose another "
+                                "'out', or use --restart to train afresh there") from None
     try:  # through the current schema, so that sections added since with their defaults compare equal
         return RunConfig.model_validate(_normalised(raw) | {"train": raw.get("train", {})}).model_dump(mode="json")
     except Exception:
