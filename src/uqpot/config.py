@@ -284,6 +284,10 @@ class TrainConfig(Strict):
         "auto", description="pair layout: 'dense' (all pairs of a molecule on a padded grid, no gathers or "
         "scatters), 'sparse' (edge list) or 'auto' (dense for molecules of at most 32 atoms when the step is "
         "compiled, else sparse); same results to float tolerance")
+    member_order: Literal["auto", "shared", "independent"] = Field(
+        "auto", description="ensembles: 'independent' gives every member its own batch order (its own seed), "
+        "as separately trained networks see, in one stacked step (one molecule on the dense layout); 'shared' "
+        "one order for all; 'auto' independent where the data allows (uqpot.train.member_order)")
     compile: bool = Field(
         False, description="compile the training step with torch.compile (forces by torch.func.grad), on "
         "the dense layout (molecules of at most 32 atoms); the first steps pay the compilation, later ones "

@@ -41,6 +41,7 @@ from ..errors import ConfigError, TrainingError
 from ..provenance import atomic_write
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
+from .member_order import member_batches, member_seeds, resolve_member_order
 from .optim import MemberAdam, MemberPlateau, clip_per_member
 
 
@@ -63,6 +64,7 @@ class TrainResult:
     stopped: str  # why training ended: "epochs" | "early_stopping" | "min_lr" | "time_limit"
     nonfinite_steps: int = 0
     rollbacks: int = 0
+    member_order: str = "shared"  # batch orders of an ensemble's members (uqpot.train.member_order)
     history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -131,6 +133,10 @@ class Trainer:
         self.finished: str | None = None
         self._val_batches = None
         self.layout = check_layout(train, cfg)
+        self.member_order = resolve_member_order(train, cfg.member_order, self.M, cfg.layout)
+        # member m shuffles with its own seed, as a single network with that seed would
+        self.member_rngs = ([np.random.default_rng(int(s)) for s in member_seeds(model)]
+                            if self.member_order == "independent" else [])
         self._step_loss = self._loss
         if cfg.compile:  # one compiled function for forward, forces and loss; its backward is compiled too
             # static shapes: each batch shape compiles once (a last, smaller batch once more); past dynamo's
@@ -153,6 +159,7 @@ class Trainer:
             "best_epoch": self.best_epoch, "best_mae": self.best_mae, "best_state": self.best_state,
             "stopped": ["" if s is None else s for s in self.stopped], "history": list(self.history),
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "member_rngs": [r.bit_generator.state for r in self.member_rngs],
             "nonfinite_steps": self.nonfinite_steps, "rollbacks": self.rollbacks, "elapsed": self.elapsed,
             "finished": self.finished or "",
         }
@@ -191,6 +198,8 @@ class Trainer:
         self.stopped = [s or None for s in state["stopped"]]
         self.history = list(state["history"])
         self.rng.bit_generator.state = state["rng"]
+        for r, st in zip(self.member_rngs, state.get("member_rngs", [])):
+            r.bit_generator.state = st
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.rollbacks = int(state["rollbacks"])
@@ -208,6 +217,13 @@ class Trainer:
                              dtype=self.dtype)
 
     # ------------------------------------------------------------------ loop
+    def _train_batches(self):
+        """This epoch's training batches: one shared order, or every member its own (stacked)."""
+        if self.member_rngs:
+            return member_batches(self.train_set, self.cfg.batch_size, self.cutoff, self.member_rngs,
+                                  self.dtype, self.device)
+        return self._batches(self.train_set, self.cfg.batch_size, shuffle=True)
+
     def _batches(self, dataset, batch_size, shuffle):
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
                                shuffle=shuffle, generator=self.rng, layout=self.layout)
@@ -272,7 +288,7 @@ class Trainer:
         total = torch.zeros(self.M, dtype=torch.float64, device=self.device)
         n = 0
         bad = 0
-        for batch_no, (_, b) in enumerate(self._batches(self.train_set, self.cfg.batch_size, shuffle=True)):
+        for batch_no, (_, b) in enumerate(self._train_batches()):
             loss, _ = self._step_loss(b)
             if not bool(torch.isfinite(loss).all()):
                 self.nonfinite_steps += 1
@@ -406,4 +422,5 @@ class Trainer:
             best_epoch=self.best_epoch.tolist(), best_val_loss=self.best_val.tolist(),
             val_energy_mae=self.best_mae[:, 0].tolist(), val_forces_mae=self.best_mae[:, 1].tolist(),
             epochs_run=self.epoch, wall_seconds=round(self.elapsed, 2), stopped=self.finished or "epochs",
+            member_order=self.member_order,
             nonfinite_steps=self.nonfinite_steps, rollbacks=self.rollbacks, history=self.history)
