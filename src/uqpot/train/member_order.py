@@ -12,9 +12,12 @@ trained on one batch per step shares one order, which correlates the members.  `
 * ``shared``: one permutation for all members (what the trainer did before);
 * ``auto`` (default): ``independent`` where the data allows it, else ``shared``.
 
-Measured (``benchmarks/ensemble_diversity.py``, 5 members, ammonia out of domain, 70 geometries below
-5 kcal/mol, 500 epochs): see the README's ensemble-diversity table; the independent orders rank the
-out-of-domain errors better, so they are the default.
+Measured (``benchmarks/ensemble_diversity.py --ood 5.0``, 5 members, NH3: 70 geometries below 5 kcal/mol
+for training, 17 for validation, 51 above for testing, 500 epochs, lr 5e-4, seeds 0, 10, 20): one shared
+order gives Spearman 0.666 [0.347, 0.985], separately trained members 0.830 [0.726, 0.935] (per seed +0.16,
++0.00, +0.33; paired difference +0.165 [-0.241, 0.570]), ROC-AUC (20th percentile) 0.805 against 0.873,
+force MAE 7.47 against 7.48 kcal/mol/Å.  Three seeds do not make the gain significant, but it never goes the
+other way in Spearman and costs nothing, so independent orders are the default.
 """
 
 from __future__ import annotations
