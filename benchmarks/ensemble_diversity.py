@@ -1,21 +1,23 @@
-"""Stacked ensemble members (one shared batch order) against independently trained members (each its own).
+"""Ensemble members with one shared batch order against members with their own orders.
 
-uqpot trains an ensemble's M members as one stacked module; the trainer draws one permutation per epoch for
-the whole stack, while M separately trained networks each shuffle with their own generator.  This script
-trains both for every replicate seed s on the same split:
+uqpot trains an ensemble's M members as one stacked module.  With ``train.member_order: shared`` the stack
+sees one permutation per epoch; M separately trained networks each shuffle with their own generator, and
+``member_order: independent`` (the default for one molecule) gives the stacked members exactly those orders.
+For every replicate seed s, on the same split, the variants (``--variants``):
 
-* ``stacked``: ``uq.method: ensemble`` with member seeds s, s+1, ..., s+M-1 (one batch order, seeded by s);
-* ``independent``: M single networks with seeds s, ..., s+M-1 (member k shuffles with seed s+k), assembled
-  into one ensemble (:meth:`uqpot.uq.ensemble.Ensemble.from_members`), calibrated on the same validation set.
+* ``shared``: ``uq.method: ensemble``, member seeds s, ..., s+M-1, one batch order (seeded by s);
+* ``stacked_independent``: the same with ``member_order: independent`` (member k shuffles with seed s+k);
+* ``separate``: M single networks with seeds s, ..., s+M-1 trained one by one, assembled into one ensemble
+  (:meth:`uqpot.uq.ensemble.Ensemble.from_members`), calibrated on the same validation set.
 
-Member k is initialised identically in both (same seed), and member 0 sees the same batch order in both,
-so the two differ only in the batch orders of members 1..M-1.  Prints Spearman and ROC-AUC (20th percentile)
-per variant with 95% t-intervals over seeds, and the paired difference (independent − stacked).
+Member k is initialised identically in every variant, so they differ only in the batch orders (and, between
+the stacked and separate ones, in float rounding).  Prints Spearman and ROC-AUC per variant with 95%
+t-intervals over seeds, and each variant's paired difference to ``shared``.
 
     python benchmarks/ensemble_diversity.py --data ../shared/data/ammonia_public.extxyz --ood 5.0 \\
-        --seeds 0,10,20 --epochs 500 --out runs/div_ammonia --executor local
-    python benchmarks/ensemble_diversity.py --data ../shared/data/rmd17_ethanol_800.extxyz --split 400,100,300 \\
-        --seeds 0,10,20 --epochs 150 --out runs/div_ethanol --executor local
+        --seeds 0,10,20 --epochs 500 --variants shared,separate --out runs/div_ammonia
+    python benchmarks/ensemble_diversity.py --data ../shared/data/rmd17_ethanol_800.extxyz --split 200,100,300 \\
+        --features 64 --seeds 0,10,20 --epochs 100 --variants shared,stacked_independent --out runs/div_ethanol
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--features", type=int, default=128)
+    ap.add_argument("--variants", default="shared,stacked_independent,separate")
     ap.add_argument("--executor", default="none")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -77,14 +80,21 @@ def main():
     model = {"features": a.features}
     train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience, "val_batch_size": 100}
     out = Path(a.out)
-    jobs, groups = [], {}
+    variants = a.variants.split(",")
+    jobs, groups, variant_of = [], {}, {}
     for s in seeds:
-        jobs.append(Job(name=f"stacked-s{s}", data=a.data, indices=idx, method="ensemble", seed=s,
-                        out=str(out / f"stacked_s{s}"), model=model, uq={"members": a.members}, train=train))
-        groups[s] = [Job(name=f"single-s{s + k}", data=a.data, indices=idx, method="none", seed=s + k,
-                         out=str(out / f"independent_s{s}" / f"member{k}"), model=model, train=train)
-                     for k in range(a.members)]
-        jobs += groups[s]
+        for v, order in (("shared", "shared"), ("stacked_independent", "independent")):
+            if v in variants:  # the shared variant keeps its old directory name
+                name = "stacked" if v == "shared" else v
+                jobs.append(Job(name=f"{v}-s{s}", data=a.data, indices=idx, method="ensemble", seed=s,
+                                out=str(out / f"{name}_s{s}"), model=model, uq={"members": a.members},
+                                train={**train, "member_order": order}))
+                variant_of[jobs[-1].name] = v
+        if "separate" in variants:
+            groups[s] = [Job(name=f"single-s{s + k}", data=a.data, indices=idx, method="none", seed=s + k,
+                             out=str(out / f"independent_s{s}" / f"member{k}"), model=model, train=train)
+                         for k in range(a.members)]
+            jobs += groups[s]
     executor = None
     if a.executor != "none":
         from uqpot.executor import get_executor
@@ -95,20 +105,25 @@ def main():
     finally:
         if executor is not None:
             executor.close()
-    stacked = {j.seed: r["test"] for j, r in zip(jobs, results) if j.method == "ensemble"}
-    indep = {s: independent_metrics(groups[s], data, out / f"independent_s{s}") for s in seeds}
+    res = {v: {} for v in variants}
+    for j, r in zip(jobs, results):
+        if j.name in variant_of:
+            res[variant_of[j.name]][j.seed] = r["test"]
+    for s in groups:
+        res["separate"][s] = independent_metrics(groups[s], data, out / f"independent_s{s}")
     print(f"\n{len(idx['train'])} train / {len(idx['val'])} val / {len(idx['test'])} test; {a.members} members, "
           f"{a.features} features, epochs ≤ {a.epochs}, lr {a.lr}, batch {a.batch}; seeds {seeds}")
     rows = []
     for k in KEYS:
-        st = [stacked[s].get(k) for s in seeds]
-        ind = [indep[s].get(k) for s in seeds]
-        row = {"metric": k, "stacked": mean_interval(st), "independent": mean_interval(ind),
-               "independent_minus_stacked": paired_difference(ind, st),
-               "per_seed": {str(s): {"stacked": a_, "independent": b_} for s, a_, b_ in zip(seeds, st, ind)}}
+        vals = {v: [res[v][s].get(k) for s in seeds] for v in variants}
+        row = {"metric": k, **{v: mean_interval(vals[v]) for v in variants},
+               "per_seed": {v: dict(zip(map(str, seeds), vals[v])) for v in variants}}
+        if "shared" in variants:
+            row.update({f"{v}_minus_shared": paired_difference(vals[v], vals["shared"]) for v in variants
+                        if v != "shared"})
         rows.append(row)
-        print(f"{k:>20s} | stacked {fmt(row['stacked'])} | independent {fmt(row['independent'])} | "
-              f"independent − stacked {fmt(row['independent_minus_stacked'])}")
+        print(f"{k:>20s} | " + " | ".join(f"{v} {fmt(row[v])}" for v in variants) + "".join(
+            f" | {v} − shared {fmt(row[f'{v}_minus_shared'])}" for v in variants if f"{v}_minus_shared" in row))
     for r in rows:
         print(json.dumps(r, default=float))
 

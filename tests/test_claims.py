@@ -36,7 +36,7 @@ def test_order_reproduced_contradicted_and_inconclusive():
     clear = _obs({("ensemble", 1, q): [0.9, 0.92, 0.88], ("evidential", 1, q): [0.7, 0.72, 0.69],
                   ("gmm", 1, q): [0.5, 0.52, 0.49], ("mve", 1, q): [0.2, 0.22, 0.19]})
     r = C.evaluate(claim, clear)
-    assert r["verdict"] == "reproduced" and len(r["comparisons"]) == 3
+    assert r["verdict"] == "reproduced" and len(r["comparisons"]) == 6
     c0 = r["comparisons"][0]
     assert c0["comparison"] == "ensemble better than evidential"
     assert c0["effect"] == pytest.approx(np.mean([0.2, 0.2, 0.19])) and c0["low"] > 0

@@ -18,19 +18,21 @@ PACKAGE = SRC / "uqpot"
 LAYERS = [
     # plain definitions: errors, fields, units, config schema base, versions, threads, executors
     ["uqpot._version", "uqpot.errors", "uqpot.fields", "uqpot.units", "uqpot.schema", "uqpot.determinism",
-     "uqpot.provenance", "uqpot.executor"],
+     "uqpot.provenance", "uqpot.executor", "uqpot.devices", "uqpot.strict_yaml", "uqpot.rundir",
+     "uqpot.unit_hints"],
     # structures, batches, neighbour lists, files, splits, the label store, the file readers of data sets
-    ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.io", "uqpot.data.splits",
+    ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.readers", "uqpot.data.io", "uqpot.data.splits",
      "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data"],
     ["uqpot.metrics", "uqpot.modelfile", "uqpot.plots"],
-    ["uqpot.nn", "uqpot.train.losses", "uqpot.train.optim", "uqpot.train.stages", "uqpot.train.memory"],
+    ["uqpot.nn", "uqpot.train.losses", "uqpot.train.optim", "uqpot.train.stages", "uqpot.train.memory",
+     "uqpot.train.history", "uqpot.train.member_order"],
     ["uqpot.uq"],
     ["uqpot.models", "uqpot.predict"],
     ["uqpot.config", "uqpot.evaluate", "uqpot.oracle", "uqpot.md", "uqpot.sample", "uqpot.claims"],
     ["uqpot.train.trainer", "uqpot.data.sets", "uqpot.wrap"],
-    ["uqpot.train.run", "uqpot.train"],
+    ["uqpot.train.prepare", "uqpot.train.run", "uqpot.train"],
     ["uqpot.workflow"],
-    ["uqpot.cli", "uqpot"],
+    ["uqpot.cli_errors", "uqpot.cli_data", "uqpot.cli", "uqpot"],
 ]
 
 

@@ -171,8 +171,8 @@ def test_cli_data_check(tmp_path):
     r = uqpot("data", "check", good)
     assert r.returncode == 0 and "valid" in r.stdout
     r = uqpot("data", "check", good, bad)
-    assert r.returncode == 1
-    assert f"{bad}: frame 1: field 'cell': periodic frame" in r.stdout
+    assert r.returncode == 2  # a problem in an input file is a user error, as in `uqpot train`
+    assert f"error: {bad}: frame 1: field 'cell': periodic frame" in r.stderr
 
 
 def test_cli_unknown_config_key(tmp_path):

@@ -13,6 +13,7 @@ import yaml
 
 from uqpot.data.io import ReadOptions, read_structures, write_extxyz
 from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
+from uqpot.workflow.replicates import run_loop
 
 pytest.importorskip("tblite")
 
@@ -43,7 +44,7 @@ def loop_cfg(tmp_path, files, methods=("ensemble", "gmm"), generations=2, epochs
 def test_two_generations_and_resume(tmp_path, ammonia_files):
     cfg = LoopConfig.model_validate(loop_cfg(tmp_path, ammonia_files))
     al = ActiveLearning(cfg)
-    summary = al.run()
+    summary = run_loop(al)
     calls = al.oracle.calls
     assert set(summary["generations"][1]) == {"ensemble", "gmm"}
     for method in ("ensemble", "gmm"):
@@ -66,7 +67,7 @@ def test_two_generations_and_resume(tmp_path, ammonia_files):
     assert n_labels == calls
     # a rerun repeats nothing
     al2 = ActiveLearning(LoopConfig.model_validate(loop_cfg(tmp_path, ammonia_files)))
-    again = al2.run()
+    again = run_loop(al2)
     assert al2.oracle.calls == 0 if al2._oracle is not None else True
     assert again["generations"][2] == json.loads(json.dumps(summary["generations"][2]))
 
@@ -93,7 +94,7 @@ def test_sigkill_and_resume(tmp_path, ammonia_files, kill_after):
     assert len(hashes) == len(set(hashes))  # every label once
     # same final models as an uninterrupted run
     ref_raw = dict(raw, out=str(tmp_path / "ref"))
-    ActiveLearning(LoopConfig.model_validate(ref_raw)).run()
+    run_loop(ActiveLearning(LoopConfig.model_validate(ref_raw)))
     import uqpot, torch
 
     for method in ("ensemble", "gmm"):
@@ -138,7 +139,7 @@ def test_posthoc_methods_share_one_backbone_in_generation_one(tmp_path, ammonia_
     """gmm and llpr have the same data in generation 1: one network is trained (gen1/backbone) and each wraps
     it, with the numbers of training it alone; from generation 2 on each trains its own."""
     both = loop_cfg(tmp_path / "both", ammonia_files, methods=("gmm", "llpr"), generations=2)
-    summary = ActiveLearning(LoopConfig.model_validate(both)).run()
+    summary = run_loop(ActiveLearning(LoopConfig.model_validate(both)))
     root = tmp_path / "both" / "loop"
     assert (root / "gen1" / "backbone" / "train" / "model.pt").is_file()
     for m in ("gmm", "llpr"):
@@ -148,7 +149,7 @@ def test_posthoc_methods_share_one_backbone_in_generation_one(tmp_path, ammonia_
         assert (root / "gen2" / m / "train" / "checkpoint.pt").is_file()  # generation 2: its own network
         assert "backbone" not in json.loads((root / "gen2" / m / "train" / "summary.json").read_text())
     alone = loop_cfg(tmp_path / "alone", ammonia_files, methods=("gmm",), generations=1)
-    ref = ActiveLearning(LoopConfig.model_validate(alone)).run()
+    ref = run_loop(ActiveLearning(LoopConfig.model_validate(alone)))
     a, b = summary["generations"][1]["gmm"]["test"], ref["generations"][1]["gmm"]["test"]
     for k in ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "cnll"):
         assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
@@ -161,9 +162,9 @@ def test_shared_backbone_on_dask_workers_equals_in_process(tmp_path, ammonia_fil
 
     cfgs = {name: LoopConfig.model_validate(loop_cfg(tmp_path / name, ammonia_files, methods=("gmm", "llpr"),
                                                      generations=1)) for name in ("inproc", "dask")}
-    a = ActiveLearning(cfgs["inproc"]).run()
+    a = run_loop(ActiveLearning(cfgs["inproc"]))
     with get_executor("local", n_workers=2) as ex:
-        b = ActiveLearning(cfgs["dask"], executor=ex).run()
+        b = run_loop(ActiveLearning(cfgs["dask"], executor=ex))
     for m in ("gmm", "llpr"):
         for k in ("forces_mae", "spearman", "roc_auc_p20", "cnll"):
             assert b["generations"][1][m]["test"][k] == pytest.approx(a["generations"][1][m]["test"][k], rel=1e-6), k

@@ -174,4 +174,4 @@ def test_read_structures_and_data_check_read_nff_files(public, tmp_path):
     evil = tmp_path / "evil.pth.tar"
     torch.save({"nxyz": [np.zeros((1, 4))], "x": _Payload(tmp_path / "pwned")}, evil)
     r = CliRunner().invoke(cli, ["data", "check", str(evil)])
-    assert r.exit_code == 1 and "refused to load the global" in r.output and not (tmp_path / "pwned").exists()
+    assert r.exit_code == 2 and "refused to load the global" in r.output and not (tmp_path / "pwned").exists()

@@ -101,7 +101,7 @@ def test_train_and_evaluate(run, ethanol_path):
     from uqpot.config import RunConfig, parse
     from uqpot.errors import ConfigError
 
-    for uq, message in (({"method": "toy", "lam": 0.2}, "uq.lam applies to evidential, not to 'toy'"),
+    for uq, message in (({"method": "toy", "lam": 0.2}, "'uq.lam' applies to evidential, not to 'toy'"),
                         ({"method": "toy", "scale": -1}, "'uq.scale'")):
         with pytest.raises(ConfigError, match=message):
             parse(RunConfig, {**bad, "uq": uq})

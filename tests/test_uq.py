@@ -53,8 +53,10 @@ def test_stacked_ensemble_equals_separate_models(data):
 
 
 def test_ensemble_trained_together_equals_each_alone(tmp_path, data):
+    """One shared batch order (``member_order: shared``): member m equals a single network with member m's
+    seed trained on the same order (independent orders: tests/test_member_order.py)."""
     train, val = data[:16], data[16:24]
-    cfg = TrainConfig(epochs=3, batch_size=4, lr=2e-3, progress=False)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=2e-3, progress=False, member_order="shared")
     ens = Potential(**small(3, [10, 11, 12]))
     ens.fit_reference(train)
     Trainer(ens, train, val, cfg, tmp_path / "ens", seed=7).fit()
@@ -180,7 +182,7 @@ def test_uq_config_rejects_foreign_options(ethanol_path):
     from uqpot.config import parse
 
     base = {"data": {"path": str(ethanol_path)}}
-    with pytest.raises(ConfigError, match="uq.lam applies to evidential, not to 'ensemble'"):
+    with pytest.raises(ConfigError, match="'uq.lam' applies to evidential, not to 'ensemble'"):
         parse(RunConfig, {**base, "uq": {"method": "ensemble", "lam": 0.3}})
     with pytest.raises(ConfigError, match="uq.members"):
         parse(RunConfig, {**base, "uq": {"method": "ensemble", "members": 1}})

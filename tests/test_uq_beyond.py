@@ -339,9 +339,9 @@ def test_uq_config_for_the_new_methods(ethanol_path):
     cfg = parse(RunConfig, {**base, "uq": {"method": "shallow_ensemble", "heads": 4}})
     assert cfg.uq.method_options() == {"min_variance": 1e-4, "heads": 4, "nll_epochs": 10, "nll_lr": 1e-4,
                                        "nll_batch_size": 16}
-    with pytest.raises(ConfigError, match="uq.heads applies to shallow_ensemble"):
+    with pytest.raises(ConfigError, match="'uq.heads' applies to shallow_ensemble"):
         parse(RunConfig, {**base, "uq": {"method": "llpr", "heads": 4}})
-    with pytest.raises(ConfigError, match="uq.gram applies to llpr"):
+    with pytest.raises(ConfigError, match="'uq.gram' applies to llpr"):
         parse(RunConfig, {**base, "uq": {"method": "gmm", "gram": "energy"}})
     with pytest.raises(ConfigError, match="uq.heads"):
         parse(RunConfig, {**base, "uq": {"method": "shallow_ensemble", "heads": 1}})

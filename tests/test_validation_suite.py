@@ -1,6 +1,9 @@
 """Malformed inputs across the entry points (``uqpot data check``, ``train``, ``evaluate``, ``loop``): each
 gives one clear message naming the file (and frame/field where relevant), a non-zero exit, no traceback,
-and no output that could be mistaken for a result.
+and no output that could be mistaken for a result.  More of the bad-input suite, one file per area:
+``test_bad_data.py`` (structure files), ``test_bad_config.py`` (configs and options), ``test_bad_runs.py``
+(run directories: data hashes, the lock, divergence, interrupted writes), ``test_bad_models.py`` (model
+files and evaluate options).
 
 Run ``python tests/test_validation_suite.py`` to print every case with its message.
 """
@@ -95,7 +98,7 @@ def _write(tmp: Path, content) -> Path:
 def test_structure_files(tmp_path, run, name, content, message, frame_no):
     path = _write(tmp_path, content)
     r = run("data", "check", path)
-    assert r.exit_code != 0 and message in r.output and str(path) in r.output, r.output
+    assert r.exit_code == 2 and message in r.stderr and str(path) in r.stderr, r.output
     if frame_no is not None:
         assert f"frame {frame_no}" in r.output
     cfg = tmp_path / "c.yaml"
@@ -108,15 +111,15 @@ def test_structure_files(tmp_path, run, name, content, message, frame_no):
 
 def test_directory_and_missing_file(tmp_path, run):
     r = run("data", "check", tmp_path)
-    assert r.exit_code != 0 and f"{tmp_path}: is a directory" in r.output
+    assert r.exit_code == 2 and f"{tmp_path}: is a directory" in r.stderr
     r = run("data", "check", tmp_path / "none.extxyz")
-    assert r.exit_code != 0 and "none.extxyz: no such file" in r.output
+    assert r.exit_code == 2 and "none.extxyz: no such file" in r.stderr
 
 
 def test_rmd17_npz_missing_key(tmp_path, run):
     np.savez(tmp_path / "rmd17_x.npz", nuclear_charges=np.array([8, 1, 1]), coords=np.zeros((2, 3, 3)))
     r = run("data", "check", tmp_path / "rmd17_x.npz")
-    assert r.exit_code != 0 and "rmd17_x.npz" in r.output and "missing key" in r.output
+    assert r.exit_code == 2 and "rmd17_x.npz" in r.stderr and "missing key" in r.stderr
 
 
 def test_unknown_unit_option(tmp_path, run):
@@ -124,7 +127,7 @@ def test_unknown_unit_option(tmp_path, run):
     r = run("evaluate", tmp_path / "m.pt", p, "--energy-unit", "kcal")
     assert r.exit_code == 2 and "unknown energy unit 'kcal'" in r.output
     r = run("data", "check", p, "--length-unit", "furlong")
-    assert r.exit_code != 0 and "unknown length unit 'furlong'" in r.output
+    assert r.exit_code == 2 and "unknown length unit 'furlong'" in r.stderr
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -134,7 +137,7 @@ CONFIG_CASES = [
     ("negative epochs", "train:\n  epochs: -5\n", "'train.epochs': Input should be greater than or equal to 1"),
     ("ensemble of size 1", "uq:\n  method: ensemble\n  members: 1\n", "'uq.members'"),
     ("unknown UQ method", "uq:\n  method: dropout\n", "'uq.method'"),
-    ("option of another method", "uq:\n  method: gmm\n  lam: 0.1\n", "uq.lam applies to evidential"),
+    ("option of another method", "uq:\n  method: gmm\n  lam: 0.1\n", "'uq.lam' applies to evidential"),
     ("split larger than the data", "split:\n  train: 10\n  val: 5\n", "split asks for 10 train + 5 val"),
     ("compile on the edge list", "train:\n  compile: true\n  layout: sparse\n",
      "train.compile runs on the dense layout only"),

@@ -109,7 +109,7 @@ def _cli(args):
 @pytest.mark.parametrize("args,message", [
     (["--method", "mve"], "--method mve: mve is trained with its network"),
     (["--method", "dropout"], "unknown method 'dropout'"),
-    (["--method", "gmm", "--option", "lam=0.2"], "--option: uq.lam applies to evidential, not to 'gmm'"),
+    (["--method", "gmm", "--option", "lam=0.2"], "--option: 'uq.lam' applies to evidential, not to 'gmm'"),
     (["--method", "gmm", "--option", "components=0"], "'uq.components'"),
     (["--method", "gmm", "--option", "oops"], "--option 'oops': expected KEY=VALUE"),
     (["--method", "calibrate"], "has no uncertainty to calibrate"),

@@ -1,6 +1,6 @@
 """The paper's claims, checked against a study's own results (``claims.yaml`` beside this module).
 
-Every claim is split into pairwise comparisons (an ordering A > B > C into A > B and B > C; "A is best"
+Every claim is split into pairwise comparisons (an ordering A > B > C into A > B, A > C and B > C; "A is best"
 into A > B, A > C, ...; "better" in the quantity's own direction, e.g. a lower force MAE).  Each comparison has an *effect*, signed so that a positive effect is what the paper
 says, with a 95% interval:
 
@@ -131,8 +131,9 @@ def evaluate(claim: dict, obs: Observations) -> dict:
     comps: list[dict] = []
     if kind in ("order", "best", "better_than"):
         g = _generation(claim.get("generation", 1), obs)
-        if kind == "order":
-            pairs = list(zip(claim["methods"][:-1], claim["methods"][1:]))
+        if kind == "order":  # every pair (i < j) of the claimed order: a partial set of methods still counts
+            ms = claim["methods"]
+            pairs = [(ms[i], ms[j]) for i in range(len(ms)) for j in range(i + 1, len(ms))]
         elif kind == "best":
             others = sorted({m for (m, gg, qq) in obs.values if gg == g and qq == q} - {claim["method"]})
             pairs = [(claim["method"], o) for o in others]

@@ -1,6 +1,12 @@
 """Typed configuration.  Unknown keys are errors; every run writes its resolved config beside its outputs.
 
 Relative paths in a config are taken relative to the current working directory (where ``uqpot`` runs).
+
+Strict where YAML and pydantic are lenient, because each leniency once let a wrong run through: a key given
+twice is an error (YAML keeps the last silently), a boolean is not a number (``epochs: true`` would be 1
+epoch), NaN and infinity are not numbers either (``lr: .inf`` passed ``lr > 0``), and options that cannot
+be used together (index files and split sizes, one structure file and separate train/val/test files) are
+refused instead of one silently winning.
 """
 
 from __future__ import annotations
@@ -9,17 +15,24 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import ConfigError
 from .schema import Strict  # noqa: F401  (re-exported: every config section derives from it)
+from .strict_yaml import read_yaml_mapping
 from .uq.options import NoneOptions, UQSection
 
 
 class DataConfig(Strict):
-    """Where the structures are and how to read them."""
+    """Where the structures are and how to read them: one file (``path``, split by the ``split`` section)
+    or separate structure files per split (``train_path``, ``val_path``, ``test_path``: the convention of
+    MACE and of most published data sets; without ``val_path`` a random ``split.val`` fraction of the
+    training file is held out for validation)."""
 
-    path: Path
+    path: Optional[Path] = None
+    train_path: Optional[Path] = None
+    val_path: Optional[Path] = None
+    test_path: Optional[Path] = None
     format: Optional[str] = None
     energy_key: Optional[str] = None
     forces_key: Optional[str] = None
@@ -44,6 +57,24 @@ class DataConfig(Strict):
         length_factor(v)
         return v
 
+    @model_validator(mode="after")
+    def _one_source(self):
+        per_split = [k for k in ("train_path", "val_path", "test_path") if getattr(self, k) is not None]
+        if per_split and self.train_path is None:
+            raise ValueError(f"data.{per_split[0]} needs data.train_path")
+        if self.path is None and self.train_path is None:
+            raise ValueError("give data.path (one structure file, split by the 'split' section) or "
+                             "data.train_path (with optional val_path / test_path: one structure file per split)")
+        if self.path is not None and per_split:
+            raise ValueError(f"data.path and data.{per_split[0]} cannot be used together: give one structure "
+                             "file with a split, or separate train/val/test structure files")
+        return self
+
+    def files(self) -> dict[str, Path]:
+        """The structure files of this section by key (``path``, or ``train_path``/``val_path``/...)."""
+        return {k: getattr(self, k) for k in ("path", "train_path", "val_path", "test_path")
+                if getattr(self, k) is not None}
+
     def read_options(self, require_energy=True, require_forces=True):
         from .data.io import ReadOptions
 
@@ -56,22 +87,66 @@ class DataConfig(Strict):
 Size = Union[int, float]
 
 
-class SplitConfig(Strict):
-    """Random split (counts or fractions, with a seed) or index files (one index per line)."""
+#: the random split's sizes when none are given
+DEFAULT_TRAIN, DEFAULT_VAL = 0.8, 0.1
+#: share of the training structures held out for validation when index files give no val_file
+DEFAULT_HOLDOUT = 0.2
 
-    train: Optional[Size] = 0.8
-    val: Optional[Size] = 0.1
+
+class SplitConfig(Strict):
+    """Random split (counts or fractions, with a seed) or index files (integer indices into ``data.path``,
+    one per line).  Sizes and index files exclude each other (except ``val``, the share of ``train_file``
+    held out for validation when there is no ``val_file``); unset sizes mean train 0.8, val 0.1, test the
+    rest."""
+
+    train: Optional[Size] = None
+    val: Optional[Size] = None
     test: Optional[Size] = None
     seed: int = 0
     train_file: Optional[Path] = None
     val_file: Optional[Path] = None
     test_file: Optional[Path] = None
 
+    @field_validator("train")
+    @classmethod
+    def _train_positive(cls, v):
+        if v is not None and v <= 0:
+            raise ValueError("the training split must hold at least one structure (a count >= 1 or a fraction > 0)")
+        return v
+
+    @field_validator("val", "test")
+    @classmethod
+    def _size(cls, v, info: ValidationInfo):
+        if v is not None and v < 0:
+            raise ValueError("must be >= 0")
+        if info.field_name == "val" and v is not None and v == 0:
+            raise ValueError("the validation split must hold at least one structure (the learning-rate schedule, "
+                             "early stopping and the best-model checkpoint use it)")
+        return v
+
     @model_validator(mode="after")
     def _files(self):
         if (self.val_file or self.test_file) and not self.train_file:
             raise ValueError("index files need at least train_file")
+        if self.train_file:
+            clash = [k for k in ("train", "test") if getattr(self, k) is not None]
+            if self.val_file and self.val is not None:
+                clash.append("val")
+            if clash:
+                raise ValueError(f"split.train_file and split.{clash[0]} cannot be used together: the index "
+                                 "files are the split (split.val only sets the share of train_file held out "
+                                 "for validation when there is no val_file)")
         return self
+
+    def sizes(self) -> tuple:
+        """(train, val, test) of a random split, defaults filled in."""
+        return (DEFAULT_TRAIN if self.train is None else self.train,
+                DEFAULT_VAL if self.val is None else self.val, self.test)
+
+    def holdout(self):
+        """Part of ``train_file`` (or ``data.train_path``) held out for validation without a val file: a
+        fraction < 1 or a count."""
+        return DEFAULT_HOLDOUT if self.val is None else self.val
 
 
 class ModelConfig(Strict):
@@ -117,10 +192,28 @@ class TrainConfig(Strict):
         "auto", description="pair layout: 'dense' (all pairs of a molecule on a padded grid, no gathers or "
         "scatters), 'sparse' (edge list) or 'auto' (dense for molecules of at most 32 atoms when the step is "
         "compiled, else sparse); same results to float tolerance")
+    member_order: Literal["auto", "shared", "independent"] = Field(
+        "auto", description="ensembles: 'independent' gives every member its own batch order (its own seed), "
+        "as separately trained networks see, in one stacked step (one molecule on the dense layout); 'shared' "
+        "one order for all; 'auto' independent where the data allows (uqpot.train.member_order)")
     compile: bool = Field(
         False, description="compile the training step with torch.compile (forces by torch.func.grad), on "
         "the dense layout (molecules of at most 32 atoms); the first steps pay the compilation, later ones "
         "run faster; same results to float tolerance")
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v):
+        from .devices import check_device_name
+
+        return check_device_name(v)
+
+    @model_validator(mode="after")
+    def _weights(self):
+        if self.energy_weight == 0 and self.forces_weight == 0:
+            raise ValueError("train.energy_weight and train.forces_weight are both 0: the loss would be 0 whatever "
+                             "the model predicts; give at least one a positive weight (defaults 0.1 and 1.0)")
+        return self
 
 
 class RunConfig(Strict):
@@ -136,44 +229,69 @@ class RunConfig(Strict):
     uq: UQSection = Field(default_factory=NoneOptions)
     train: TrainConfig = TrainConfig()
 
+    @field_validator("out", mode="before")
+    @classmethod
+    def _out_not_empty(cls, v):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise ValueError("an output directory is needed (an empty 'out' would write the run into the working "
+                             "directory)")
+        return v
 
-def _format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    parts = []
+    @model_validator(mode="after")
+    def _per_split_files(self):
+        if self.data.train_path is not None:
+            sp = self.split
+            used = [k for k in ("train", "test", "train_file", "val_file", "test_file") if getattr(sp, k) is not None]
+            if self.data.val_path is not None and sp.val is not None:
+                used.append("val")
+            if used:
+                raise ValueError(f"data.train_path and split.{used[0]} cannot be used together: with one structure "
+                                 "file per split, the split section only takes 'seed' and 'val' (the share of "
+                                 "train_path held out for validation when there is no val_path)")
+        return self
+
+
+def _format_validation_error(exc: ValidationError, prefix: str = "", sources: dict | None = None) -> tuple[str, bool]:
+    """(message, whether any problem is in the file rather than in a command-line option); ``sources``
+    maps dotted keys set on the command line to their option (``{"train.epochs": "--epochs"}``)."""
+    parts, in_file = [], False
     for err in exc.errors():
-        loc = ".".join([prefix] * bool(prefix) + [str(x) for x in err["loc"]]) or "(top level)"
+        dotted = ".".join(str(x) for x in err["loc"])
+        loc = ".".join([prefix] * bool(prefix) + [dotted]) or "(top level)"
+        option = (sources or {}).get(dotted)
+        in_file |= option is None
+        name = f"{option} ({loc})" if option else f"'{loc}'"
+        got = f" (got {err.get('input')!r})"
         if err["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{loc}'")
+            parts.append(f"unknown key {name}")
         elif err["type"] == "foreign_option":  # an option of another UQ method
-            parts.append(f"{loc} {err['msg']}")
+            parts.append(f"{name} {err['msg']}")
         elif err["type"] == "missing":
-            parts.append(f"missing key '{loc}'")
+            parts.append(f"missing key {name}")
+        elif err["type"] == "value_error":
+            msg = err["msg"].removeprefix("Value error, ")
+            if isinstance(err.get("input"), dict):  # a section-level check: its message names the keys
+                parts.append(msg)
+            else:  # the value once: the message may quote it already
+                parts.append(f"{name}: {msg}{'' if repr(err.get('input')) in msg else got}")
         else:
-            parts.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
+            parts.append(f"{name}: {err['msg']}{got}")
+    return "; ".join(parts), in_file
 
 
 def load_yaml(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(path, "config file not found" if not path.exists() else "not a file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(path, f"invalid YAML: {exc}") from None
-    if data is None:
-        raise ConfigError(path, "config file is empty")
-    if not isinstance(data, dict):
-        raise ConfigError(path, "a config must be a mapping of keys to values")
-    return data
+    """A config file as a mapping; duplicated keys, binary content and non-mappings are ConfigErrors."""
+    return read_yaml_mapping(path)
 
 
-def parse(model: type[BaseModel], data: dict, path=None, prefix: str = ""):
+def parse(model: type[BaseModel], data: dict, path=None, prefix: str = "", sources: dict | None = None):
     """``model`` from ``data``; errors name the keys (under ``prefix``, the section of a larger file) and
-    the file ``path``."""
+    the file ``path`` (or the command-line options in ``sources`` that set them)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, _format_validation_error(exc, prefix)) from None
+        message, in_file = _format_validation_error(exc, prefix, sources)
+        raise ConfigError(path if in_file else None, message) from None
 
 
 def apply_overrides(data: dict, overrides: dict | None) -> dict:
@@ -183,16 +301,20 @@ def apply_overrides(data: dict, overrides: dict | None) -> dict:
         keys = dotted.split(".")
         for k in keys[:-1]:
             node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(None, f"cannot set '{dotted}': '{k}' is not a section")
         node[keys[-1]] = value
     return data
 
 
-def load_config(path, model: type[BaseModel] = RunConfig, overrides: dict | None = None):
-    return parse(model, apply_overrides(load_yaml(path), overrides), path)
+def load_config(path, model: type[BaseModel] = RunConfig, overrides: dict | None = None,
+                sources: dict | None = None):
+    """``model`` from the YAML file ``path`` with dotted ``overrides``; ``sources`` names the command-line
+    option of each override, so that an error in one is blamed on the option and not on the file."""
+    return parse(model, apply_overrides(load_yaml(path), overrides), path, sources=sources)
 
 
 def dump_config(cfg: BaseModel, path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
-    tmp.replace(path)
+    from .provenance import write_text
+
+    write_text(path, yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))

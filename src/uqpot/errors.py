@@ -53,4 +53,8 @@ class ModelFileError(UqpotError):
 
 
 class TrainingError(UqpotError):
-    pass
+    """Training cannot go on (diverged, a checkpoint that does not fit); says what to change."""
+
+
+class PredictionError(UqpotError):
+    """A model's predictions are unusable (non-finite): nothing is reported or written as a result."""

@@ -12,6 +12,13 @@ Outputs (``metrics.json`` is written last: its presence marks a complete evaluat
   does), ``calibration.png`` and ``roc.png``;
 - ``metrics.json``: energy/force MAE and RMSE and, for a UQ model, Spearman ρ, ROC-AUC at the 20th and 50th
   error percentiles, miscalibration area and cNLL.
+
+Everything is checked before the first file is written (model file, data, indices, device, output folder,
+at least :data:`MIN_UQ_STRUCTURES` structures for a UQ model's metrics, ``calibration_data`` only for a UQ
+model) and the predictions must be finite: a NaN is never reported as a result (:class:`PredictionError`).
+A ``metrics.json`` of an earlier evaluation in the same folder is removed first, so the folder never pairs
+old metrics with new tables.  When the data look like another energy unit than declared, ``warnings``
+says so (:mod:`uqpot.unit_hints`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,16 @@ from .data.structures import StructureDataset
 from .metrics import uq as uqm
 from .metrics.errors import error_summary, per_structure_force_error
 from .predict import predict
-from .provenance import write_json, write_text
+from .errors import ConfigError, DataError, PredictionError
+from .provenance import atomic_write, remove_stale_temps, write_json, write_text
+
+#: the UQ metrics (Spearman, ROC-AUC, calibration) rank and compare structures: at least two
+MIN_UQ_STRUCTURES = 2
+#: metrics printed and reported: each must be finite
+HEADLINE = ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "spearman", "roc_auc_p20", "roc_auc_p50",
+            "miscalibration_area", "cnll")
+#: what ``evaluate`` writes into its output folder
+EVAL_FILES = ("metrics.json", "per_structure.csv", "predictions.npz", "hexbin.png", "calibration.png", "roc.png")
 
 CSV_COLUMNS = ("index", "frame", "n_atoms", "energy_true", "energy_pred", "energy_error", "forces_mae",
                "forces_sq_error", "uncertainty")
@@ -51,12 +67,26 @@ def residuals(pred: dict, data: StructureDataset) -> list[np.ndarray]:
     return [p - s.forces for p, s in zip(pred[F.FORCES], data)]
 
 
+def check_finite(pred: dict, data: StructureDataset, what: str = "the data") -> None:
+    """PredictionError when any prediction is NaN/inf: such numbers must never become metrics."""
+    bad = [k for k in range(len(data))
+           if not (np.isfinite(pred[F.ENERGY][k]) and np.all(np.isfinite(pred[F.FORCES][k]))
+                   and (F.UNCERTAINTY not in pred or np.all(np.isfinite(pred[F.UNCERTAINTY][k]))))]
+    if bad:
+        s = data[bad[0]]
+        frames = [data[k].frame for k in bad[:10]]
+        raise PredictionError(f"{s.source or what}: the model's predictions are non-finite (NaN/inf) for {len(bad)} of "
+                              f"{len(data)} structure(s) (frames {frames}); no metrics were computed: the model file "
+                              "may be broken, or these structures lie far outside what it was trained on")
+
+
 def fit_calibration(model, val: StructureDataset, batch_size: int = 64) -> dict:
     """σ² = a·U + b fitted on a validation set (Eq. 13), with the floor below which it is not extrapolated,
     and the split-conformal quantiles of |r|/σ for 68% and 95% coverage (``conformal``: components pooled,
     per-component finite-sample correction, and the per-structure one when all structures have the same
     size; see :func:`uqpot.metrics.uq.fit_conformal`)."""
     pred = predictions(model, val, batch_size)
+    check_finite(pred, val, "the calibration data")
     res = residuals(pred, val)
     a, b, floor = uqm.fit_calibration_with_floor(pred[F.UNCERTAINTY], res)
     sigma = np.sqrt(uqm.calibrated_variance(pred[F.UNCERTAINTY], a, b, floor=floor))
@@ -69,6 +99,7 @@ def assess(model, data: StructureDataset, batch_size: int = 64, calibration: dic
            percentiles=(20, 50)) -> tuple[dict, dict]:
     """(metrics, per-structure arrays) of ``model`` on ``data``."""
     pred = predictions(model, data, batch_size)
+    check_finite(pred, data)
     e_true = data.energies()
     f_true = [s.forces for s in data]
     metrics = error_summary(pred[F.ENERGY], e_true, pred[F.FORCES], f_true)
@@ -111,22 +142,18 @@ def write_table(table: dict, path) -> None:
 def write_predictions(table: dict, path) -> None:
     """Every prediction of an assessment as arrays (parity plots, reports): energies and per-structure
     values per structure, forces concatenated over structures (n_atoms gives the boundaries)."""
-    import os
-
     path = Path(path)
     arrays = {k: np.asarray(v) for k, v in table.items()
               if k not in ("forces_true", "forces_pred", "residuals")}
     arrays["forces_true"] = np.concatenate([np.asarray(f).reshape(-1, 3) for f in table["forces_true"]])
     arrays["forces_pred"] = np.concatenate([np.asarray(f).reshape(-1, 3) for f in table["forces_pred"]])
-    tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".npz") as tmp:  # np.savez appends .npz to a name without it
+        np.savez_compressed(tmp, **arrays)
 
 
 def select_indices(spec: str, n: int):
     """Indices from ``FILE`` (one per line) or ``split.json:NAME`` (a split saved by ``uqpot train``)."""
     from .data.splits import load_split, read_index_file
-    from .errors import DataError
 
     path, _, name = spec.rpartition(":") if spec.endswith((":train", ":val", ":test")) else (spec, "", "")
     if name:
@@ -134,28 +161,60 @@ def select_indices(spec: str, n: int):
             idx = load_split(path)[name]
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(path, f"cannot read split '{name}': {exc}") from None
-        if len(idx) and idx.max() >= n:
+        if len(idx) == 0:
+            raise DataError(path, f"split '{name}' is empty: no structure to evaluate")
+        if idx.max() >= n:
             raise DataError(path, f"split '{name}' refers to structure {idx.max()} but the data has {n}")
         return idx
-    return read_index_file(path, n)
+    return read_index_file(path, n, "--indices")
 
 
 def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None, batch_size: int = 64,
              device=None, indices: str | None = None, calibration_data=None) -> dict:
+    """Metrics of ``model_path`` on ``data_path``, written to ``out_dir`` (see the module docstring);
+    every input is checked before anything is written.  Returns the metrics (with ``warnings``)."""
     from . import modelfile
+    from .devices import resolve_device
+    from .rundir import check_out_dir
 
-    model = load(model_path, device=device)
+    options = options or ReadOptions()
+    if int(batch_size) < 1:
+        raise ConfigError(None, f"--batch-size: must be >= 1, got {batch_size}")
+    out = check_out_dir(out_dir, "--out", {"model file": model_path, "data file": data_path}, writes=EVAL_FILES)
+    dev = resolve_device(device, "--device") if device is not None else None
+    model = load(model_path, device=dev)
     stored = modelfile.read(model_path).get("extra", {}).get("calibration")
-    data = read_structures(data_path, options or ReadOptions())
+    if calibration_data is not None and not is_uq(model):
+        raise ConfigError(None, f"--calibration: {model_path} is a plain potential (kind '{model.kind}'), without an "
+                                "uncertainty to calibrate; leave --calibration out, or evaluate a UQ model")
+    data = read_structures(data_path, options)
     if indices:
         data = data.subset(select_indices(indices, len(data)))
+    if is_uq(model) and len(data) < MIN_UQ_STRUCTURES:
+        raise DataError(data_path, f"{len(data)} structure(s) to evaluate, and the UQ metrics of the "
+                                   f"'{model.method}' model (Spearman, ROC-AUC, calibration) need at least "
+                                   f"{MIN_UQ_STRUCTURES}")
     calibration = stored
     if is_uq(model) and calibration_data is not None:
-        calibration = fit_calibration(model, read_structures(calibration_data, options or ReadOptions()), batch_size)
+        cal_data = read_structures(calibration_data, options)
+        if len(cal_data) < MIN_UQ_STRUCTURES:
+            raise DataError(calibration_data, f"{len(cal_data)} structure(s): a calibration needs at least "
+                                              f"{MIN_UQ_STRUCTURES}")
+        calibration = fit_calibration(model, cal_data, batch_size)
     metrics, table = assess(model, data, batch_size, calibration)
+    bad = [k for k in HEADLINE if k in metrics and not np.isfinite(metrics[k])]
+    if bad:
+        raise PredictionError(f"{data_path}: the metrics {', '.join(bad)} are not finite (e.g. a constant uncertainty "
+                              f"over all {len(data)} structures leaves Spearman undefined); nothing was written")
+    from .unit_hints import energy_unit_hint
+
+    hint = energy_unit_hint(table["energy_pred"], table["energy_true"], table["forces_pred"], table["forces_true"],
+                            options.energy_unit)
+    metrics["warnings"] = [f"{data_path}: {hint}"] if hint else []
     metrics.update(model=str(model_path), data=str(data_path), units={"energy": "kcal/mol", "forces": "kcal/mol/Å"})
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # written last: until then the folder holds no result
+    remove_stale_temps(out)
     write_table(table, out / "per_structure.csv")
     write_predictions(table, out / "predictions.npz")
     if is_uq(model):

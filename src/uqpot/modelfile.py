@@ -1,14 +1,16 @@
 """Model files: ``state_dict`` + hyper-parameters + uqpot version, nothing pickled.
 
 Files are loaded with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers,
-so a model file cannot execute code.  Each model class registers a *kind*; ``load`` rebuilds the class from
+so a model file cannot execute code (a file that holds other objects is refused as not a uqpot model file;
+PyTorch's advice to load it with ``weights_only=False`` is not passed on, since that would run its code).
+Hyper-parameters are checked before the model is built and the weights after they are read: a file with a
+negative size or NaN weights is refused with the key that is wrong, not evaluated.  Each model class registers a *kind*; ``load`` rebuilds the class from
 its hyper-parameters and loads the state dict strictly.  Files are written to a temporary name and renamed,
 so a crash never leaves a truncated model behind.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +18,7 @@ import torch
 
 from ._version import __version__
 from .errors import ModelFileError
+from .provenance import atomic_write
 
 FORMAT = "uqpot-model"
 FORMAT_VERSION = 1
@@ -65,10 +68,50 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": dict(extra or {}),
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk raises OSError
+        torch.save(payload, fh)
     return path
+
+
+#: hyper-parameters that count something (sizes, members): integers >= 1
+_COUNTS = ("features", "interactions", "rbf", "readout_hidden", "members", "heads", "head_hidden")
+
+
+def describe_load_error(exc: Exception) -> str:
+    """``torch.load``'s failure in words a user can act on; never PyTorch's advice to load the file with
+    ``weights_only=False``, which would execute whatever the file contains."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
+        return ("it holds pickled Python objects, which uqpot never loads since they could run code; uqpot model "
+                "files hold only tensors and plain values")
+    first = text.strip().splitlines()[0][:200] if text.strip() else ""
+    return f"{type(exc).__name__}{': ' + first if first else ''}"
+
+
+def _check_hparams(path, kind: str, hparams: dict, prefix: str = "hparams") -> None:
+    import math
+
+    if not isinstance(hparams, dict):
+        raise ModelFileError(path, f"{prefix}: the hyper-parameters of {kind} are not a mapping")
+    for key in _COUNTS:
+        v = hparams.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ModelFileError(path, f"{prefix}.{key}: {v!r} is not a valid {kind} hyper-parameter (an integer >= 1)")
+    cutoff = hparams.get("cutoff")
+    if cutoff is not None and (not isinstance(cutoff, (int, float)) or not math.isfinite(cutoff) or cutoff <= 0):
+        raise ModelFileError(path, f"{prefix}.cutoff: {cutoff!r} is not a valid cutoff (a finite distance > 0 Å)")
+    if isinstance(hparams.get("potential"), dict):  # a UQ method around a potential
+        _check_hparams(path, kind, hparams["potential"], f"{prefix}.potential")
+
+
+def _check_finite(path, state: dict) -> None:
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            n = int((~torch.isfinite(v)).sum())
+            raise ModelFileError(path, f"state_dict.{k}: {n} non-finite weight(s) (NaN/inf): this model cannot give "
+                                       "finite predictions; retrain it, or use the model file of an earlier epoch")
 
 
 def read(path) -> dict:
@@ -79,8 +122,7 @@ def read(path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or containing non-tensor objects
-        raise ModelFileError(path, f"not a readable uqpot model file ({type(exc).__name__}: "
-                                   f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+        raise ModelFileError(path, f"not a readable uqpot model file ({describe_load_error(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(path, "not a uqpot model file (no 'format: uqpot-model' header)")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
@@ -104,11 +146,16 @@ def load(path, device=None):
     if kind not in _REGISTRY:
         raise ModelFileError(path, f"unknown model kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")
     cls = _REGISTRY[kind]
+    _check_hparams(path, kind, payload["hparams"])
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelFileError(path, "state_dict is not a mapping of names to tensors")
+    _check_finite(path, state)
     try:
         model = cls.from_hparams(payload["hparams"])
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(path, f"hyper-parameters do not describe a valid {kind}: {exc}") from None
-    state = payload["state_dict"]
+    except Exception as exc:  # noqa: BLE001 - any failure to build from the file's numbers is the file's fault
+        raise ModelFileError(path, f"hyper-parameters do not describe a valid {kind}: {type(exc).__name__}: "
+                                   f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}") from None
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(payload.get("dtype", "float32"))
     if dtype is None:
         raise ModelFileError(path, f"unknown dtype {payload.get('dtype')!r}")

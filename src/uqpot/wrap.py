@@ -111,7 +111,7 @@ def _parse_options(method: str, options: dict | None):
     try:
         return parse_uq({"method": method, **(options or {})})
     except ValidationError as exc:
-        raise ConfigError(None, "--option: " + _format_validation_error(exc, "uq")) from None
+        raise ConfigError(None, "--option: " + _format_validation_error(exc, "uq")[0]) from None
 
 
 def _sets(models, need_train: bool, data, val, read_options, batch_size) -> RunSets:

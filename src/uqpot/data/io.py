@@ -8,7 +8,8 @@ forces come from the calculator results that ASE attaches when it reads a file, 
 (kcal/mol, Å) from the declared ``energy_unit`` and ``length_unit``.
 
 Every frame is validated by :func:`validate_structure`; all problems are collected and reported together,
-each naming the file, the frame and the field.  The same rules are used by every entry point
+each naming the file, the frame and the field.  An unreadable frame of an extended XYZ file is reported and
+reading goes on with the next frame (:mod:`uqpot.data.readers`).  The same rules are used by every entry point
 (``uqpot train``, ``uqpot evaluate``, ``uqpot data check``).
 """
 
@@ -25,9 +26,14 @@ from .. import fields as F
 from ..errors import DataError, DataErrors
 from ..units import UnitError, energy_factor, length_factor
 from .neighbors import neighbor_list
+from .readers import is_xyz, iter_ase, iter_xyz, read_failure
 from .structures import Structure, StructureDataset
 
 MAX_Z = 118
+#: largest accepted |coordinate| (Å).  Models run in float32, whose resolution at 1e4 Å is 1e-3 Å; far
+#: beyond it pair distances lose every digit (a molecule translated by 1e10 Å gives NaN energies) and a
+#: neighbour list's bounding box spans more cells than it can count.
+MAX_COORDINATE = 1.0e4
 
 
 @dataclass
@@ -48,6 +54,8 @@ class ReadOptions:
     def __post_init__(self):
         energy_factor(self.energy_unit)  # unknown units fail at once (UnitError)
         length_factor(self.length_unit)
+        if not np.isfinite(self.min_distance) or self.min_distance < 0:
+            raise UnitError(f"min_distance must be a finite distance >= 0 Å, got {self.min_distance}")
 
 
 def _check_path(path: Path) -> None:
@@ -72,26 +80,6 @@ def _lookup(atoms, key: str, per_atom: bool):
     return None
 
 
-def _iter_atoms(path: Path, options: ReadOptions):
-    """Yields (frame, atoms); a reader failure raises DataError naming the frame where it happened."""
-    import ase.io
-
-    frame = 0  # the frame being read when a reader error occurs
-    try:
-        for atoms in ase.io.iread(str(path), index=options.index, format=options.format):
-            yield frame, atoms
-            frame += 1
-    except DataError:
-        raise
-    except KeyError as exc:  # ASE raises KeyError for unknown element symbols
-        raise DataError(path, f"cannot read: unknown element symbol {exc}", frame=frame, field=F.NUMBERS) from None
-    except PermissionError:
-        raise DataError(path, "file is not readable (permission denied)") from None
-    except Exception as exc:  # truncated or malformed file: ASE's own message, with the frame
-        msg = str(exc).strip() or type(exc).__name__
-        raise DataError(path, f"cannot read ({type(exc).__name__}: {msg})", frame=frame) from None
-
-
 #: readers of files that ``ase.io`` does not read, registered by the modules that know the format
 #: (:mod:`uqpot.data.sets.rmd17`: ``.npz``, :mod:`uqpot.data.sets.nff`: NFF ``.pth.tar``): name -> (does the
 #: path match, frames of the file as (frame, ase.Atoms with labels))
@@ -108,7 +96,9 @@ def _frames(path: Path, options: ReadOptions):
     for matches, frames in READERS.values():
         if matches(path):
             return frames(path, options)
-    return _iter_atoms(path, options)
+    if is_xyz(path, options.format) and options.index == ":":
+        return iter_xyz(path, options.format)
+    return iter_ase(path, options.format, options.index)
 
 
 def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> list[DataError]:
@@ -131,6 +121,12 @@ def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> 
     elif not np.all(np.isfinite(s.positions)):
         rows = np.unique(np.nonzero(~np.isfinite(s.positions))[0])
         bad(F.POSITIONS, f"non-finite coordinates (NaN/inf) on atom(s) {rows[:10].tolist()}")
+    elif np.abs(s.positions).max() > MAX_COORDINATE:
+        rows = np.unique(np.nonzero(np.abs(s.positions) > MAX_COORDINATE)[0])
+        bad(F.POSITIONS, f"coordinates up to {np.abs(s.positions).max():.3g} Å on atom(s) {rows[:10].tolist()}; "
+                         f"uqpot accepts |x| <= {MAX_COORDINATE:.0e} Å (beyond, the network's float32 positions lose "
+                         "the precision of pair distances): translate the structure towards the origin, or wrap it "
+                         "into its cell")
     cell_ok = True
     if s.periodic:
         if not np.all(np.isfinite(s.cell)):
@@ -164,6 +160,7 @@ def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> 
         and cell_ok
         and s.positions.shape == (n, 3)
         and np.all(np.isfinite(s.positions))
+        and np.abs(s.positions).max() <= MAX_COORDINATE
     ):
         i, j, shifts = neighbor_list(s.positions, s.cell, s.pbc, options.min_distance)
         if len(i):
@@ -213,6 +210,9 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
     try:
         _check_path(path)
         for frame, atoms in _frames(path, options):
+            if isinstance(atoms, DataError):  # an unreadable frame; the reader goes on with the next
+                problems.append(atoms)
+                continue
             try:
                 s = _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor)
             except DataError as exc:
@@ -226,7 +226,7 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
     except DataError as exc:
         problems.append(exc)
     if not structures and not problems:
-        problems.append(DataError(path, "file contains no frames"))
+        problems.append(DataError(path, read_failure(path, options.format, None)))
     if options.check_units and not problems and len(structures) >= 10:
         problem = check_unit_consistency(structures, path)
         if problem is not None:
@@ -296,10 +296,10 @@ def write_extxyz(dataset: StructureDataset, path) -> None:
     """Writes structures as extended XYZ in uqpot's units (kcal/mol, Å), atomically."""
     import ase.io
 
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    if len(dataset):
-        ase.io.write(str(tmp), [s.to_atoms() for s in dataset], format="extxyz")
-    else:
-        tmp.write_text("")  # an empty set is an empty file
-    os.replace(tmp, path)
+    from ..provenance import atomic_write
+
+    with atomic_write(path) as tmp:
+        if len(dataset):
+            ase.io.write(str(tmp), [s.to_atoms() for s in dataset], format="extxyz")
+        else:
+            tmp.write_text("")  # an empty set is an empty file

@@ -42,25 +42,59 @@ def random_split(n: int, train, val, test=None, seed: int = 0) -> dict[str, np.n
     }
 
 
-def read_index_file(path, n: int) -> np.ndarray:
-    """Integer indices, one per line (or comma/space separated; .npy accepted); validated against ``n``."""
+STRUCTURE_SUFFIXES = (".xyz", ".extxyz", ".db", ".traj", ".npz", ".cif", ".pdb", ".xml", ".pth", ".tar", ".h5")
+
+
+def read_index_file(path, n: int, key: str = "split.train_file") -> np.ndarray:
+    """Integer indices into the structure file, one per line (or comma/space separated; .npy accepted);
+    validated against ``n``.  A structure file given here (the usual mix-up, since many data sets ship one
+    file per split) is named as such, with the key that takes it."""
+    from .readers import sniff
+
     path = Path(path)
     if not path.is_file():
-        raise DataError(path, "index file not found")
+        raise DataError(path, "index file not found" if not path.exists() else "is a directory, not an index file")
+    looks = sniff(path)
+    if path.suffix != ".npy" and (path.suffix.lower() in STRUCTURE_SUFFIXES or looks in ("extxyz", "binary")):
+        if looks != "indices":
+            if key.startswith("split."):
+                other = key.replace("split.", "data.").replace("_file", "_path")
+                instead = (f"give structure files per split as data.train_path / val_path / test_path (here "
+                           f"{other}) instead of data.path with index files")
+            else:
+                instead = "give a structure file as the DATA argument instead"
+            raise DataError(path, f"{key} expects an index file (integer indices into the structure file, one per "
+                                  f"line), and this looks like a structure file; {instead}")
     try:
         if path.suffix == ".npy":
             idx = np.load(path, allow_pickle=False)
         else:
-            text = path.read_text().replace(",", " ").split()
-            idx = np.array([int(float(t)) for t in text], dtype=np.int64)
-    except (ValueError, OSError) as exc:
-        raise DataError(path, f"cannot read indices: {exc}") from None
+            idx = np.array([_index(t) for t in path.read_text().replace(",", " ").split()], dtype=np.int64)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read indices ({key}): {exc}") from None
     idx = np.asarray(idx, dtype=np.int64).ravel()
+    if len(idx) == 0:
+        raise DataError(path, f"index file is empty ({key}): no structure selected")
     if len(idx) and (idx.min() < 0 or idx.max() >= n):
         raise DataError(path, f"indices must lie in [0, {n - 1}], found {idx.min()}..{idx.max()}")
     if len(np.unique(idx)) != len(idx):
         raise DataError(path, "duplicate indices")
     return idx
+
+
+def _index(token: str) -> int:
+    """One index; ``3`` and ``3.0`` (``np.savetxt`` writes floats) are accepted, ``3.5`` and ``x`` are not."""
+    try:
+        return int(token)
+    except ValueError:
+        pass
+    try:
+        value = float(token)
+    except ValueError:
+        raise ValueError(f"'{token[:40]}' is not an integer index") from None
+    if not value.is_integer():
+        raise ValueError(f"'{token[:40]}' is not an integer index")
+    return int(value)
 
 
 def check_disjoint(split: dict[str, np.ndarray]) -> None:
@@ -73,10 +107,9 @@ def check_disjoint(split: dict[str, np.ndarray]) -> None:
 
 
 def save_split(split: dict[str, np.ndarray], path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({k: [int(i) for i in v] for k, v in split.items()}, indent=0))
-    tmp.replace(path)
+    from ..provenance import write_text
+
+    write_text(path, json.dumps({k: [int(i) for i in v] for k, v in split.items()}, indent=0))
 
 
 def load_split(path) -> dict[str, np.ndarray]:

@@ -135,8 +135,9 @@ class Potential(nn.Module):
         # a graph is needed for forces, or when the caller differentiates w.r.t. the positions
         with response.tracking(batch.positions, compute_forces):
             positions = response.leaf(batch.positions, compute_forces)
-            # every member gets its own view of the positions so that autograd separates their forces
-            pos_m = positions.unsqueeze(0).expand(self.members, -1, -1)
+            # every member gets its own view of the positions so that autograd separates their forces;
+            # positions (M, N, 3) give every member its own structures (same molecule: see train.member_order)
+            pos_m = positions if positions.dim() == 3 else positions.unsqueeze(0).expand(self.members, -1, -1)
             out = self._energy_outputs(batch, pos_m)
             if compute_forces:
                 out[F.FORCES] = response.forces(out[F.ENERGY_RESIDUAL], pos_m, create_graph, retain_graph)
@@ -157,7 +158,8 @@ class Potential(nn.Module):
         ``torch.compile`` can trace and differentiate once more for a loss on forces (it does not support
         the double backward of ``torch.autograd.grad(create_graph=True)``).  Same values as the autograd
         path; used inside a compiled training step (``train.compile``)."""
-        pos_m = batch.positions.unsqueeze(0).expand(self.members, -1, -1).contiguous()
+        pos = batch.positions
+        pos_m = (pos if pos.dim() == 3 else pos.unsqueeze(0).expand(self.members, -1, -1)).contiguous()
 
         def energy_sum(p):
             o = self._energy_outputs(batch, p)

@@ -89,3 +89,14 @@ class MemberPlateau:
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.bad, self.stall = state["best"].clone(), state["bad"].clone(), state["stall"].clone()
+
+
+def clip_per_member(params, max_norm: float, members: int) -> None:
+    """Clips the gradient norm of every member separately (as if each were trained alone)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    sq = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0)
+    scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))

@@ -1,66 +1,127 @@
-"""``uqpot train CONFIG.yaml``: read and validate data, split, train, evaluate the best model.
+"""``uqpot train CONFIG.yaml``: validate everything, lock the run directory, train, evaluate the best model.
 
-The output directory receives, before training starts: ``config.yaml`` (the resolved config), ``split.json``
-(the indices of every split), ``run.json`` (seed, versions, hardware, data file); during training the
-trainer's files; at the end ``summary.json`` (written last: its presence marks a finished run).
-Rerunning the same command resumes an interrupted run; a different config in the same directory is refused.
+Nothing is written before :func:`uqpot.train.prepare.prepare_run` has checked the data, the split, the
+device and the output directory.  The output directory then receives, before training starts:
+``config.yaml`` (the resolved config), ``split.json`` (the indices of every split), ``run.json`` (seed,
+versions, hardware, data files with their SHA-256); during training the trainer's files; at the end
+``summary.json`` (written last: its presence marks a finished run).  ``run.lock`` exists while a process
+trains there (:class:`uqpot.rundir.RunLock`).
+
+Rerunning the same command resumes an interrupted run.  A different config (the device, the number of
+epochs, the time budget and the progress display aside) or changed data files in the same directory are
+refused, unless ``restart`` is asked for (``uqpot train --restart``), which removes the run's files and
+trains afresh; a directory that holds no trained model yet (an earlier start that failed) is simply reused.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from ..config import RunConfig, dump_config
-from ..data.io import read_structures
-from ..data.splits import check_disjoint, load_split, random_split, read_index_file, save_split
-from ..errors import ConfigError
+from ..data.splits import load_split, save_split
+from ..errors import ConfigError, TrainingError
 from ..provenance import versions, write_json
+from ..devices import resolve_device
+from ..rundir import RunLock, changed_files, clear_run
 from ..uq.options import upgrade_uq_section
-from .trainer import Trainer, check_layout, resolve_device
+from .prepare import PreparedRun, make_split, prepare_run  # noqa: F401  (make_split: public here before)
+from .trainer import Trainer
+
+#: train settings that may change between an interrupted run and its resumption
+RESUMABLE = ("epochs", "max_hours", "progress", "device")
 
 
-def make_split(cfg: RunConfig, n: int) -> dict[str, np.ndarray]:
-    sp = cfg.split
-    if sp.train_file:
-        split = {"train": read_index_file(sp.train_file, n)}
-        split["val"] = read_index_file(sp.val_file, n) if sp.val_file else np.array([], dtype=np.int64)
-        split["test"] = read_index_file(sp.test_file, n) if sp.test_file else np.array([], dtype=np.int64)
-        if not sp.val_file:  # hold out a random part of the training indices for validation
-            rng = np.random.default_rng(sp.seed)
-            tr = rng.permutation(split["train"])
-            n_val = int(round((sp.val if isinstance(sp.val, float) and sp.val < 1 else 0.2) * len(tr)))
-            split["val"], split["train"] = np.sort(tr[:n_val]), np.sort(tr[n_val:])
+def _normalised(d: dict) -> dict:
+    """A config mapping reduced to what defines the run (what :data:`RESUMABLE` lists taken out, split
+    defaults filled in), so that configs written by earlier versions compare equal to the same run now."""
+    d = json.loads(json.dumps(d, default=str))
+    for key in RESUMABLE:
+        d.get("train", {}).pop(key, None)
+    sp, data = d.setdefault("split", {}), d.get("data", {})
+    if sp.get("train_file") or data.get("train_path"):
+        for k in ("train", "test") + (("val",) if sp.get("val_file") or data.get("val_path") else ()):
+            sp.pop(k, None)
     else:
-        try:
-            split = random_split(n, sp.train, sp.val, sp.test, sp.seed)
-        except ConfigError as exc:
-            raise ConfigError(None, f"{exc} ({cfg.data.path})") from None
-    check_disjoint(split)
-    return split
+        sp["train"] = 0.8 if sp.get("train") is None else sp["train"]
+        sp["val"] = 0.1 if sp.get("val") is None else sp["val"]
+    return d
 
 
-def _same_run(out: Path, cfg: RunConfig) -> None:
+def _stored_config(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(path, f"cannot read the stored config of this run ({type(exc).__name__}); choose another "
+                                "'out', or use --restart to train afresh there") from None
+    try:  # through the current schema, so that sections added since with their defaults compare equal
+        raw["uq"] = upgrade_uq_section(raw.get("uq", {}))  # written before methods declared their options
+        return RunConfig.model_validate(_normalised(raw) | {"train": raw.get("train", {})}).model_dump(mode="json")
+    except Exception:
+        return raw
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(previous: dict, current: dict) -> list[str]:
+    """``key (old then, new now)`` for every setting that differs between two configs."""
+    a, b = _flat(_normalised(previous)), _flat(_normalised(current))
+    return [f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = False) -> str:
+    """What to do with ``out`` (the run lock held): 'new', 'resume', or 'fresh' (earlier files removed).
+
+    Refused (ConfigError): a different config, or data files whose content changed since the run
+    started, unless ``restart``; files of a run without its config.yaml."""
+    had = [n for n in ("model.pt", "checkpoint.pt", "history.csv", "summary.json") if (out / n).exists()]
+    if restart:
+        return "fresh" if clear_run(out) else "new"
     old = out / "config.yaml"
     if not old.is_file():
-        return
-    try:  # through the current schema, so that sections added since with their defaults compare equal
-        raw = yaml.safe_load(old.read_text())
-        raw["uq"] = upgrade_uq_section(raw.get("uq", {}))  # written before methods declared their options
-        previous = RunConfig.model_validate(raw).model_dump(mode="json")
-    except Exception:
-        previous = yaml.safe_load(old.read_text())
-    current = cfg.model_dump(mode="json")
-    # only the training length, the time budget and the progress display may change on resume
-    for d in (previous, current):
-        for key in ("epochs", "max_hours", "progress"):
-            d.get("train", {}).pop(key, None)
-    if previous != current:
-        diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if had:
+            raise ConfigError(None, f"out: {out} holds the files of a run ({', '.join(had)}) but no config.yaml, so "
+                                    "it cannot be resumed safely; choose another 'out', or use --restart to train "
+                                    "afresh there")
+        return "new"
+    diff = config_differences(_stored_config(old), cfg.model_dump(mode="json"))
+    if diff and not (out / "model.pt").exists():  # nothing trained there yet: nothing to keep
+        clear_run(out)
+        return "fresh"
+    if diff:
         raise ConfigError(old, f"the output directory {out} holds a run with a different config (differs in: "
-                               f"{', '.join(diff)}); choose another 'out' or delete it")
+                               f"{'; '.join(diff)}); choose another 'out', or use --restart to train afresh there")
+    recorded = {}
+    if (out / "run.json").is_file():
+        try:
+            recorded = json.loads((out / "run.json").read_text()).get("data_files", {})
+        except ValueError:
+            recorded = {}
+    changed = changed_files(recorded, prep.hashes)
+    if changed:
+        path, what = changed[0]
+        more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
+        raise ConfigError(path, f"{what}{more}; resuming the run in {out} would mix a model trained on the old data "
+                                "with metrics on the new: restore the file, choose another 'out', or use --restart "
+                                "to train afresh there")
+    if (out / "split.json").is_file():
+        old_split = load_split(out / "split.json")
+        if any(k not in old_split or not np.array_equal(old_split[k], prep.split[k]) for k in prep.split):
+            raise ConfigError(out / "split.json", "the stored split differs from the one this config makes; choose "
+                                                  "another 'out', or use --restart to train afresh there")
+    return "resume" if had else "new"
 
 
 def potential_hparams(model_cfg, uq_cfg, seed: int) -> dict:
@@ -93,24 +154,33 @@ def build_model(model_cfg, uq_cfg, seed: int):
     return Potential(**hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
 
 
-def run_training(cfg: RunConfig, console=None) -> dict:
-    data = read_structures(cfg.data.path, cfg.data.read_options())  # validates every frame first
-    split = make_split(cfg, len(data))
-    check_layout(data.subset(split["train"]), cfg.train)  # before anything is written
-    out = Path(cfg.out)
-    _same_run(out, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "split.json").is_file():
-        old = load_split(out / "split.json")
-        if any(not np.array_equal(old[k], split[k]) for k in split):
-            raise ConfigError(out / "split.json", "the stored split differs from the one this config makes")
-    dump_config(cfg, out / "config.yaml")
-    save_split(split, out / "split.json")
-    write_json(out / "run.json", {"seed": cfg.seed, "data": str(cfg.data.path), "n_structures": len(data),
-                                  "split_sizes": {k: len(v) for k, v in split.items()}, "versions": versions()})
-    train, val, test = (data.subset(split[k]) for k in ("train", "val", "test"))
-    return fit_model(cfg.model, cfg.uq, cfg.train, cfg.seed, train, val, test, out, console,
-                     extra={"seed": cfg.seed, "data": str(cfg.data.path)})
+def run_training(cfg: RunConfig, console=None, config_path=None, restart: bool = False) -> dict:
+    """Trains the run ``cfg`` (resuming it when interrupted); ``config_path`` is the user's config file
+    (never overwritten), ``restart`` removes an earlier run's files in ``cfg.out`` first."""
+    prep = prepare_run(cfg, config_path)  # validates everything; writes nothing
+    out = prep.out
+    with RunLock(out, "uqpot train") as lock:
+        note = lock.stale_note()
+        state = check_resume(out, cfg, prep, restart)
+        for msg in [note] * bool(note) + prep.warnings:
+            _note(out, console, msg)
+        if state == "fresh":
+            _note(out, console, f"started afresh in {out} (the files of the earlier run were removed)")
+        dump_config(cfg, out / "config.yaml")
+        save_split(prep.split, out / "split.json")
+        write_json(out / "run.json", {
+            "seed": cfg.seed, "data": str(cfg.data.path or cfg.data.train_path), "data_files": prep.hashes,
+            "n_structures": prep.n_structures, "split_sizes": {k: len(v) for k, v in prep.split.items()},
+            "device": str(prep.device), "versions": versions()})
+        return fit_model(cfg.model, cfg.uq, cfg.train, cfg.seed, prep.train, prep.val, prep.test, out, console,
+                         extra={"seed": cfg.seed, "data": str(cfg.data.path or cfg.data.train_path)})
+
+
+def _note(out: Path, console, msg: str) -> None:
+    with open(out / "train.log", "a") as fh:
+        fh.write(msg + "\n")
+    if console is not None:
+        console.print(f"note: {msg}", markup=False, highlight=False, soft_wrap=True)
 
 
 def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, console=None,
@@ -164,6 +234,11 @@ def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -
 
     out = Path(out)
     bs = train_cfg.val_batch_size or train_cfg.batch_size
+    if not trainer.model_path.is_file():  # the validation loss was never finite: nothing was worth saving
+        raise TrainingError(f"{out}: training diverged: the validation loss was never finite in "
+                            f"{result.epochs_run} epoch(s), so no model was saved; lower train.lr (now "
+                            f"{train_cfg.lr:g}) and rerun (this directory holds no model, so the corrected config "
+                            "starts afresh)")
     best = load(trainer.model_path, device=trainer.device)
     payload_extra = modelfile.read(trainer.model_path).get("extra", {})
     wants_uq = is_uq(best) or (uq_cfg is not None and uq_cfg.method != "none")

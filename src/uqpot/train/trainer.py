@@ -11,7 +11,13 @@ Files in the output directory:
 - ``history.csv``    one line per epoch (mean over members), and ``history_members.csv`` when M > 1;
 - ``train.log``      events (resume, rollback, stop).
 Both ``.pt`` files are written to a temporary name and renamed, so a kill never leaves a broken file, and
-a model with non-finite weights is never written.
+a model with non-finite weights is never written; the history files never repeat an epoch
+(:mod:`uqpot.train.history`).
+
+A non-finite training loss (past ``max_nonfinite`` steps of an epoch), non-finite weights or a non-finite
+validation loss roll the epoch back to the last checkpoint at a lower learning rate; when that does not
+recover, training stops with a :class:`TrainingError` that says it diverged, and the run is not marked
+finished (a corrected config can start afresh).
 """
 
 from __future__ import annotations
@@ -32,17 +38,19 @@ from ..config import TrainConfig
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import ConfigError, TrainingError
+from ..provenance import atomic_write
+from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
-from .optim import MemberAdam, MemberPlateau
+from .member_order import member_batches, member_seeds, resolve_member_order
+from .optim import MemberAdam, MemberPlateau, clip_per_member
 
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "seconds")
-MEMBER_COLUMNS = ("epoch", "member", "lr", "val_loss", "val_energy_mae", "val_forces_mae")
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The device ``train.device`` names, checked against this machine (ConfigError if unavailable)."""
+    from ..devices import resolve_device as resolve
+
+    return resolve(name, "train.device")
 
 
 @dataclass
@@ -56,6 +64,7 @@ class TrainResult:
     stopped: str  # why training ended: "epochs" | "early_stopping" | "min_lr" | "time_limit"
     nonfinite_steps: int = 0
     rollbacks: int = 0
+    member_order: str = "shared"  # batch orders of an ensemble's members (uqpot.train.member_order)
     history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -124,6 +133,10 @@ class Trainer:
         self.finished: str | None = None
         self._val_batches = None
         self.layout = check_layout(train, cfg)
+        self.member_order = resolve_member_order(train, cfg.member_order, self.M, cfg.layout)
+        # member m shuffles with its own seed, as a single network with that seed would
+        self.member_rngs = ([np.random.default_rng(int(s)) for s in member_seeds(model)]
+                            if self.member_order == "independent" else [])
         self._step_loss = self._loss
         if cfg.compile:  # one compiled function for forward, forces and loss; its backward is compiled too
             # static shapes: each batch shape compiles once (a last, smaller batch once more); past dynamo's
@@ -146,6 +159,7 @@ class Trainer:
             "best_epoch": self.best_epoch, "best_mae": self.best_mae, "best_state": self.best_state,
             "stopped": ["" if s is None else s for s in self.stopped], "history": list(self.history),
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "member_rngs": [r.bit_generator.state for r in self.member_rngs],
             "nonfinite_steps": self.nonfinite_steps, "rollbacks": self.rollbacks, "elapsed": self.elapsed,
             "finished": self.finished or "",
         }
@@ -153,9 +167,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not _finite(self.model.state_dict().values()):
             raise TrainingError(f"refusing to checkpoint non-finite weights at epoch {self.epoch}")
-        tmp = self.checkpoint_path.with_name(f"checkpoint.pt.tmp{os.getpid()}")
-        torch.save(self._state(), tmp)
-        os.replace(tmp, self.checkpoint_path)
+        with atomic_write(self.checkpoint_path) as tmp, open(tmp, "wb") as fh:  # a full disk raises OSError
+            torch.save(self._state(), fh)
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -163,8 +176,10 @@ class Trainer:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint ({exc}); delete it "
-                                "to start afresh") from None
+            from ..modelfile import describe_load_error
+
+            raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint "
+                                f"({describe_load_error(exc)}); rerun with --restart to train afresh") from None
         try:
             self._restore(state)
         except (KeyError, RuntimeError, TypeError) as exc:
@@ -183,6 +198,8 @@ class Trainer:
         self.stopped = [s or None for s in state["stopped"]]
         self.history = list(state["history"])
         self.rng.bit_generator.state = state["rng"]
+        for r, st in zip(self.member_rngs, state.get("member_rngs", [])):
+            r.bit_generator.state = st
         torch.set_rng_state(state["torch_rng"])
         self.nonfinite_steps = int(state["nonfinite_steps"])
         self.rollbacks = int(state["rollbacks"])
@@ -200,6 +217,13 @@ class Trainer:
                              dtype=self.dtype)
 
     # ------------------------------------------------------------------ loop
+    def _train_batches(self):
+        """This epoch's training batches: one shared order, or every member its own (stacked)."""
+        if self.member_rngs:
+            return member_batches(self.train_set, self.cfg.batch_size, self.cutoff, self.member_rngs,
+                                  self.dtype, self.device)
+        return self._batches(self.train_set, self.cfg.batch_size, shuffle=True)
+
     def _batches(self, dataset, batch_size, shuffle):
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
                                shuffle=shuffle, generator=self.rng, layout=self.layout)
@@ -228,16 +252,19 @@ class Trainer:
         return {"val_loss": total[0] / n_struct, "val_energy_mae": total[1] / n_struct,
                 "val_forces_mae": total[2] / n_comp}
 
-    def _rollback(self, epoch: int, batch_no: int) -> None:
+    def _rollback(self, epoch: int, batch_no: int, what: str = "loss") -> None:
         """Back to the last checkpoint (or the initial state) with a lower learning rate."""
         self.rollbacks += 1
         lr = self.optimizer.lr * self.cfg.lr_factor
         active = lr > 0
         if bool((lr[active] < self.cfg.min_lr).any()) or self.rollbacks > 10:
-            raise TrainingError(f"non-finite loss at epoch {epoch}, batch {batch_no}: rolled back "
-                                f"{self.rollbacks - 1} time(s) and cut the learning rate to "
-                                f"{lr.max().item():.3g} without recovering; no model with non-finite weights "
-                                "was saved")
+            where = f", batch {batch_no}" if batch_no >= 0 else " (validation)" if "validation" in what else ""
+            raise TrainingError(f"{self.out}: training diverged: non-finite {what} at epoch {epoch}{where}: "
+                                f"rolled back {self.rollbacks - 1} time(s) and cut the learning rate from "
+                                f"{self.cfg.lr:.3g} to {lr.max().item():.3g} without recovering; no model with "
+                                f"non-finite weights was saved and the run is not marked finished: lower "
+                                f"train.lr (now {self.cfg.lr:g}) and rerun (with --restart where a model from "
+                                "earlier epochs exists)")
         if self.checkpoint_path.is_file():
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(state["model"])
@@ -246,21 +273,22 @@ class Trainer:
             self.model.load_state_dict(self._initial_state["model"])
             self.optimizer.load_state_dict(self._initial_state["optimizer"])
         self.optimizer.lr = lr
-        self._log(f"epoch {epoch} batch {batch_no}: non-finite loss; rolled back to the last checkpoint, "
-                  f"learning rate cut to {lr.max().item():.3g}")
+        where = f"batch {batch_no}" if batch_no >= 0 else "end"
+        self._log(f"epoch {epoch} ({where}): non-finite {what}; rolled back to the last checkpoint, "
+                  f"learning rate cut to {lr.max().item():.3g}", echo=self.rollbacks == 1)
 
-    def _log(self, msg: str) -> None:
+    def _log(self, msg: str, echo: bool = True) -> None:
         with open(self.out / "train.log", "a") as fh:
             fh.write(msg + "\n")
-        if self.console is not None:
-            self.console.print(msg)
+        if self.console is not None and echo:
+            self.console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
     def train_epoch(self, epoch: int) -> float:
         self.model.train()
         total = torch.zeros(self.M, dtype=torch.float64, device=self.device)
         n = 0
         bad = 0
-        for batch_no, (_, b) in enumerate(self._batches(self.train_set, self.cfg.batch_size, shuffle=True)):
+        for batch_no, (_, b) in enumerate(self._train_batches()):
             loss, _ = self._step_loss(b)
             if not bool(torch.isfinite(loss).all()):
                 self.nonfinite_steps += 1
@@ -273,7 +301,7 @@ class Trainer:
             self.optimizer.zero_grad()
             loss.sum().backward()  # members are independent: each gets the gradient of its own loss
             if self.cfg.grad_clip:
-                _clip_per_member(self.optimizer.params, self.cfg.grad_clip, self.M)
+                clip_per_member(self.optimizer.params, self.cfg.grad_clip, self.M)
             self.optimizer.step()
             total += loss.detach().double() * b.num_structures
             n += b.num_structures
@@ -291,6 +319,9 @@ class Trainer:
                                "optimizer": copy.deepcopy(self.optimizer.state_dict())}
         if self.finished is None:
             self._loop()
+        elif not self.model_path.is_file():
+            raise TrainingError(f"{self.out}: this run finished without a model (its validation loss was never "
+                                "finite); rerun with a corrected config and --restart")
         return self._result()
 
     def _improve(self, epoch: int, val: dict) -> None:
@@ -317,11 +348,8 @@ class Trainer:
         progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                             TextColumn("{task.fields[stats]}"), disable=not cfg.progress, console=self.console)
         hist_path, mem_path = self.out / "history.csv", self.out / "history_members.csv"
-        new = not hist_path.is_file()
+        self._rewrite_history(hist_path, mem_path)
         with progress, open(hist_path, "a") as hist, open(mem_path, "a") if self.M > 1 else open(os.devnull, "w") as mh:
-            if new:
-                hist.write(",".join(HISTORY_COLUMNS) + "\n")
-                mh.write(",".join(MEMBER_COLUMNS) + "\n")
             task = progress.add_task("train", total=cfg.epochs, completed=self.epoch, stats="")
             while self.epoch < cfg.epochs:
                 t0 = time.perf_counter()
@@ -330,6 +358,9 @@ class Trainer:
                 if math.isnan(train_loss):  # rolled back: repeat this epoch at the lower lr
                     continue
                 val = self.validate()
+                if not bool(torch.isfinite(val["val_loss"]).all()):  # diverged: back, at a lower lr
+                    self._rollback(epoch, -1, "validation loss")
+                    continue
                 lr_before = self.optimizer.lr.clone()
                 active = torch.tensor([s is None for s in self.stopped])
                 new_lr = self.plateau.step(val["val_loss"], self.optimizer.lr)
@@ -341,8 +372,7 @@ class Trainer:
                        "train_loss": train_loss, **{k: float(v.mean()) for k, v in val.items()},
                        "seconds": round(self.elapsed, 3)}
                 self.history.append(row)
-                hist.write(",".join(f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
-                                    for c in HISTORY_COLUMNS) + "\n")
+                hist.write(format_row(row) + "\n")
                 hist.flush()
                 for m in range(self.M if self.M > 1 else 0):
                     mh.write(f"{epoch},{m},{lr_before[m]:.6g},{val['val_loss'][m]:.6g},"
@@ -367,6 +397,9 @@ class Trainer:
                     self._log(f"stopped after epoch {epoch}: {stop}")
                     break
 
+    def _rewrite_history(self, hist_path: Path, mem_path: Path) -> None:
+        rewrite_history(hist_path, mem_path if self.M > 1 else None, self.history, self.epoch)
+
     def _member_stops(self, epoch: int) -> None:
         cfg = self.cfg
         for m in range(self.M):
@@ -389,15 +422,5 @@ class Trainer:
             best_epoch=self.best_epoch.tolist(), best_val_loss=self.best_val.tolist(),
             val_energy_mae=self.best_mae[:, 0].tolist(), val_forces_mae=self.best_mae[:, 1].tolist(),
             epochs_run=self.epoch, wall_seconds=round(self.elapsed, 2), stopped=self.finished or "epochs",
+            member_order=self.member_order,
             nonfinite_steps=self.nonfinite_steps, rollbacks=self.rollbacks, history=self.history)
-
-
-def _clip_per_member(params, max_norm: float, members: int) -> None:
-    """Clips the gradient norm of every member separately (as if each were trained alone)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    sq = torch.stack([g.reshape(members, -1).pow(2).sum(1) for g in grads]).sum(0)
-    scale = torch.clamp(max_norm / (sq.sqrt() + 1e-6), max=1.0)
-    for g in grads:
-        g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))

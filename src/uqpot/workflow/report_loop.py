@@ -11,6 +11,9 @@ seed in ``OUT``.  Tables (``table_<name>.csv``, and ``results.json``):
   with its Wilson interval (``stable_md_fraction_lo/_hi``; ``stable_md_runs`` trajectories), beside the
   t-interval over the seeds' fractions (``stable_md_fraction_seeds_lo/_hi``: it includes the training's
   variation, which the trajectories' Wilson interval does not);
+  ``md_failed_<reason>`` counts the failed trajectories by their first failure (collision, dissociation,
+  below_ground_state, ...): for NH3 most failures of an inaccurate model are ``below_ground_state`` (the
+  model's energy falls below the training minimum near the minimum), not a broken molecule;
 * ``seeds``: one row per seed, generation and method, with bootstrap intervals over the test structures
   for Spearman and ROC-AUC (1000 resamples, seeded) and the Wilson interval of its stable-MD fraction.
 """
@@ -67,6 +70,15 @@ def _md_counts(md: dict | None) -> tuple[int, int] | None:
     return int(round(md["fraction_stable"] * n)), n
 
 
+def _md_failures(md: dict) -> dict:
+    """Failed trajectories per reason (collision, dissociation, below_ground_state, ...), all temperatures."""
+    out: dict = {}
+    for v in (md.get("per_temperature") or {}).values():
+        for reason, n in (v.get("failure_reasons") or {}).items():
+            out[reason] = out.get(reason, 0) + int(n)
+    return out
+
+
 def records(run: Path) -> tuple[list[dict], dict]:
     """One record per (seed, generation, method), and the first seed's loop config."""
     out, cfg0 = [], None
@@ -92,6 +104,7 @@ def records(run: Path) -> tuple[list[dict], dict]:
                 counts = _md_counts(md)
                 if counts:
                     rec["md_stable"], rec["md_runs"] = counts
+                    rec["md_failures"] = _md_failures(md)
                     rec["stable_md_fraction"] = counts[0] / counts[1] if counts[1] else None
                     rec["md_mean_stable_time_fs"] = md.get("mean_stable_time_fs")
                 out.append(rec)
@@ -146,6 +159,9 @@ def summary_rows(recs: list[dict]) -> list[dict]:
             k, n = sum(r["md_stable"] for r in md), sum(r["md_runs"] for r in md)
             row["stable_md_fraction"], row["stable_md_fraction_lo"], row["stable_md_fraction_hi"] = iv.wilson(k, n)
             row["stable_md_runs"] = n
+            for r in md:
+                for reason, c in r.get("md_failures", {}).items():
+                    row[f"md_failed_{reason}"] = row.get(f"md_failed_{reason}", 0) + c
             _, row["stable_md_fraction_seeds_lo"], row["stable_md_fraction_seeds_hi"] = iv.mean_interval(
                 [r["stable_md_fraction"] for r in md])
         oracle = [r["neb_barrier_oracle"] for r in rs if r.get("neb_barrier_oracle") is not None]
@@ -308,6 +324,7 @@ def _summary_columns(rows: list[dict]) -> list[str]:
             cols += [c for c in (k, f"{k}_lo", f"{k}_hi") if any(c in r for r in rows)]
     if any("stable_md_runs" in r for r in rows):
         cols.append("stable_md_runs")
+        cols += sorted({k for r in rows for k in r if k.startswith("md_failed_")})
     if any("neb_barrier_oracle" in r for r in rows):
         cols.append("neb_barrier_oracle")
     return cols

@@ -89,7 +89,7 @@ def run_study_loop(preset, out: Path, executor=None, console=None, overrides: di
     """Builds the study's data (if needed) and runs its active-learning loop once per seed; returns
     (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does."""
     from ..oracle import get_oracle
-    from .active_learning import run_replicates
+    from .replicates import run_replicates
 
     study = load_config(preset, Study)
     out = Path(out)

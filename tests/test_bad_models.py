@@ -1,0 +1,144 @@
+"""Bad model files and evaluate options (issue kinds 6, 12, 14, 15): NaN weights, negative
+hyper-parameters, pickled payloads, an ensemble on one structure, options that do not apply, data in
+another unit than declared.  Every error case: exit 2, one line naming the file or option, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from support.badinput import assert_user_error, cli, results, tiny_config, write_water
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny plain potential and a 2-member ensemble, 2 epochs on EMT water, and an evaluation file."""
+    tmp = tmp_path_factory.mktemp("models")
+    data = write_water(tmp / "data.extxyz")
+    for name, uq in (("plain", None), ("ens", {"method": "ensemble", "members": 2})):
+        cfg = tiny_config(tmp, data, out=tmp / name, name=f"{name}.yaml", **({"uq": uq} if uq else {}))
+        r = cli("train", cfg)
+        assert r.exit_code == 0, r.output
+    return {"plain": tmp / "plain" / "model.pt", "ens": tmp / "ens" / "model.pt",
+            "data": write_water(tmp / "eval.extxyz", n=6, seed=9)}
+
+
+def _edit(src, dst, fn):
+    payload = torch.load(src, weights_only=True)
+    fn(payload)
+    torch.save(payload, dst)
+    return dst
+
+
+def _nan_weight(payload):
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point() and v.dim() >= 2)
+    payload["state_dict"][key][0, 0] = float("nan")
+
+
+MODEL_CASES = [
+    # kind 12: NaN weights are refused at load
+    ("NaN weight", lambda p: _nan_weight(p), "non-finite weight(s) (NaN/inf)"),
+    # kind 6: a negative hyper-parameter was a traceback
+    ("negative features", lambda p: p["hparams"].update(features=-8), "hparams.features: -8 is not a valid"),
+    ("zero cutoff", lambda p: p["hparams"].update(cutoff=0.0), "hparams.cutoff: 0.0 is not a valid cutoff"),
+    ("boolean members", lambda p: p["hparams"].update(members=True), "hparams.members: True"),
+]
+
+
+@pytest.mark.parametrize("name, edit, message", MODEL_CASES, ids=[c[0] for c in MODEL_CASES])
+def test_bad_model_file(tmp_path, trained, name, edit, message):
+    bad = _edit(trained["plain"], tmp_path / "bad.pt", edit)
+    r = cli("evaluate", bad, trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, str(bad), message)
+    assert not (tmp_path / "eval").exists()
+
+
+def test_pickled_model_file_is_refused_without_torch_advice(tmp_path, trained):
+    import argparse
+
+    torch.save({"format": "uqpot-model", "payload": argparse.Namespace(run="code")}, tmp_path / "pickled.pt")
+    r = cli("evaluate", tmp_path / "pickled.pt", trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, str(tmp_path / "pickled.pt"), "pickled Python objects, which uqpot never loads")
+    assert "weights_only" not in r.output and not (tmp_path / "eval").exists()
+
+
+# ------------------------------------------------------------------ kind 6: ordinary evaluate errors
+def test_ensemble_on_one_structure(tmp_path, trained):
+    one = write_water(tmp_path / "one.extxyz", n=1)
+    r = cli("evaluate", trained["ens"], one, "--out", tmp_path / "eval")
+    assert_user_error(r, f"{one}: 1 structure(s) to evaluate", "need at least 2")
+    assert not (tmp_path / "eval").exists()
+    r = cli("evaluate", trained["ens"], write_water(tmp_path / "two.extxyz", n=2), "--out", tmp_path / "eval2")
+    assert r.exit_code == 0 and "Spearman" in r.stdout, r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--batch-size", "0"), "Invalid value for '--batch-size': 0 is not in the range x>=1"),
+    (("--device", "bananas"), "--device: unknown device 'bananas'"),
+    (("--indices", "EMPTY"), "index file is empty (--indices)"),
+    (("--indices", "DATA"), "--indices expects an index file"),
+    (("--calibration", "DATA"), "--calibration: "),  # kind 15: a plain potential has nothing to calibrate
+    (("--energy-unit", "kcal"), "unknown energy unit 'kcal'"),
+    (("--out", ""), "--out: an output directory is needed"),
+], ids=["--batch-size 0", "--device bananas", "empty --indices", "structures as --indices", "--calibration plain",
+        "unknown unit", "--out ''"])
+def test_bad_evaluate_options(tmp_path, trained, args, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # were '--out ""' accepted, the files would land here, not in the checkout
+    (tmp_path / "empty.idx").write_text("")
+    args = [{"EMPTY": tmp_path / "empty.idx", "DATA": trained["data"]}.get(a, a) for a in args]
+    r = cli("evaluate", trained["plain"], trained["data"], "--out", tmp_path / "eval", *args)
+    assert_user_error(r, message)
+    assert results(tmp_path) == []
+
+
+def test_out_is_an_existing_file(tmp_path, trained):
+    (tmp_path / "eval").write_text("mine")
+    r = cli("evaluate", trained["plain"], trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, "--out: ", "is an existing file, not a directory")
+    assert (tmp_path / "eval").read_text() == "mine"
+
+
+def test_failed_evaluation_leaves_the_earlier_result_alone(tmp_path, trained):
+    out = tmp_path / "eval"
+    assert cli("evaluate", trained["plain"], trained["data"], "--out", out).exit_code == 0
+    far = tmp_path / "far.extxyz"
+    far.write_text(trained["data"].read_text().replace("\nO ", "\nO 99999", 1))
+    assert cli("evaluate", trained["plain"], far, "--out", out).exit_code == 2  # checked before anything is touched
+    assert json.loads((out / "metrics.json").read_text())["data"] == str(trained["data"])
+
+
+# ------------------------------------------------------------------ kind 15: suspicious values
+def test_min_distance_must_not_be_negative(trained):
+    r = cli("data", "check", trained["data"], "--min-distance", "-1")
+    assert_user_error(r, "Invalid value for '--min-distance': -1.0 is not in the range x>=0.0")
+
+
+def test_energies_in_ev_declared_as_kcal_mol_get_a_hint(tmp_path, ethanol_path):
+    """A small file whose energies and forces are in eV, read as kcal/mol: the metrics come with a warning
+    naming eV and the option (the consistency check of the reader needs pairs of nearby frames; this one
+    compares with the model)."""
+    from uqpot.data.io import read_structures, write_extxyz
+
+    eth = read_structures(ethanol_path)
+    write_extxyz(eth[:40], tmp_path / "train.extxyz")
+    r = cli("train", tiny_config(tmp_path, tmp_path / "train.extxyz", split={"train": 30, "val": 10, "test": 0}))
+    assert r.exit_code == 0, r.output
+    small = eth[100:104]
+    for s in small:
+        s.energy, s.forces = s.energy / 23.060548, s.forces / 23.060548
+    write_extxyz(small, tmp_path / "ev.extxyz")
+    r = cli("evaluate", tmp_path / "run" / "model.pt", tmp_path / "ev.extxyz", "--out", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    assert "warning: " in r.stderr and "look like eV, not the declared kcal/mol" in r.stderr
+    assert "--energy-unit eV" in r.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["warnings"] and "eV" in metrics["warnings"][0]
+    r = cli("evaluate", tmp_path / "run" / "model.pt", tmp_path / "ev.extxyz", "--energy-unit", "eV",
+            "--out", tmp_path / "eval_ev")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+
+
+def test_no_unit_hint_for_data_in_the_declared_unit(tmp_path, trained):
+    r = cli("evaluate", trained["plain"], trained["data"], "--out", tmp_path / "eval")
+    assert r.exit_code == 0 and "warning" not in r.stderr, r.output
