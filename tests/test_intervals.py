@@ -48,6 +48,17 @@ def test_mean_interval_is_students_t():
     assert (hi3 - m3) == pytest.approx(4.302652729911275 * 1.0 / np.sqrt(3), rel=1e-9)
 
 
+def test_mean_interval_is_cut_at_the_range_of_the_quantity():
+    """Three AUCs near 1: the t-interval reaches past 1 and is cut there; the low side is untouched."""
+    x = [0.99, 0.93, 0.995]
+    m, lo, hi = iv.mean_interval(x)
+    assert hi > 1.0
+    mc, loc, hic = iv.mean_interval(x, bounds=iv.RANGES["roc_auc_p20"])
+    assert (mc, loc, hic) == (m, lo, 1.0)
+    _, lo_e, _ = iv.mean_interval([0.1, 2.0, 0.2], bounds=iv.RANGES["forces_mae"])
+    assert lo_e == 0.0
+
+
 def test_mean_interval_edge_cases():
     assert np.isnan(iv.mean_interval([])[0])
     m, lo, hi = iv.mean_interval([0.5, None, float("nan")])

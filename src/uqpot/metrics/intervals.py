@@ -15,6 +15,10 @@ Small pure functions of arrays; each returns ``(estimate, low, high)`` for a two
 * :func:`bootstrap`: the percentile bootstrap of a statistic of paired samples (resampled together), with a
   seeded generator so that a report is reproducible; Spearman and ROC-AUC over test structures.
 
+A t-interval knows nothing of the range of the quantity: with few seeds it can reach past it (an AUC above
+1, a negative error).  ``mean_interval(values, bounds=RANGES[key])`` cuts it at the range, which keeps its
+coverage (the true value lies in the range); :data:`RANGES` lists the reported metrics' ranges.
+
 Intervals from a few seeds are wide by design (t_{0.975, 2} = 4.30 for three seeds): they say how much a
 ranking of methods can be trusted at that number of replicates.
 """
@@ -30,6 +34,14 @@ from scipy import stats
 Interval = tuple[float, float, float]
 NAN = float("nan")
 
+#: the range of each reported quantity (None: unbounded on that side), where intervals are cut
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "forces_mae": (0.0, None), "energy_mae": (0.0, None), "forces_rmse": (0.0, None), "energy_rmse": (0.0, None),
+    "spearman": (-1.0, 1.0), "roc_auc_p20": (0.0, 1.0), "roc_auc_p50": (0.0, 1.0),
+    "miscalibration_area": (0.0, 0.5), "samples_added": (0.0, None), "neb_barrier_error": (0.0, None),
+    "md_mean_stable_time_fs": (0.0, None), "stable_md_fraction": (0.0, 1.0),
+}
+
 
 def _z(level: float) -> float:
     if not 0.0 < level < 1.0:
@@ -37,8 +49,10 @@ def _z(level: float) -> float:
     return float(stats.norm.ppf(0.5 + level / 2))
 
 
-def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
-    """Mean of the finite ``values`` and its t-interval; bounds are nan for fewer than two values."""
+def mean_interval(values: Sequence[float], level: float = 0.95,
+                  bounds: tuple[float | None, float | None] = (None, None)) -> Interval:
+    """Mean of the finite ``values`` and its t-interval, cut at ``bounds`` (the quantity's range, see
+    :data:`RANGES`); bounds are nan for fewer than two values."""
     x = np.asarray([v for v in values if v is not None], dtype=float)
     x = x[np.isfinite(x)]
     if x.size == 0:
@@ -47,7 +61,8 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> Interval:
     if x.size < 2:
         return m, NAN, NAN
     half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return m, m - half, m + half
+    lo, hi = bounds
+    return m, m - half if lo is None else max(lo, m - half), m + half if hi is None else min(hi, m + half)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Interval:

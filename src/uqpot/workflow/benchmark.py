@@ -210,7 +210,7 @@ TABLE_KEYS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p5
 def table(results: list[dict], group=("method",), keys=TABLE_KEYS) -> list[dict]:
     """Mean, standard deviation and 95% t-interval (``<key>_lo``, ``<key>_hi``) of the test metrics (``keys``)
     per group (e.g. per method over seeds/splits)."""
-    from ..metrics.intervals import mean_interval
+    from ..metrics.intervals import RANGES, mean_interval
 
     rows: dict[tuple, list[dict]] = {}
     for r in results:
@@ -224,7 +224,7 @@ def table(results: list[dict], group=("method",), keys=TABLE_KEYS) -> list[dict]
             vals = np.array([r["test"].get(k, np.nan) for r in rs], dtype=float)
             row[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else None
             row[k + "_std"] = float(np.nanstd(vals)) if np.isfinite(vals).sum() > 1 else None
-            _, lo, hi = mean_interval(vals)
+            _, lo, hi = mean_interval(vals, bounds=RANGES.get(k, (None, None)))
             row[k + "_lo"], row[k + "_hi"] = (lo, hi) if np.isfinite(lo) else (None, None)
         row["epochs"] = float(np.mean([r["training"]["epochs_run"] for r in rs]))
         row["wall_seconds"] = float(np.mean([r.get("wall_seconds", r["training"]["wall_seconds"]) for r in rs]))

@@ -37,7 +37,8 @@ METRICS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50",
 SEED_KEYS = METRICS + ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
 BOOTSTRAP_RESAMPLES = 1000
 INTERVAL_NOTE = (
-    "Intervals are 95%. Metrics and errors: mean over seeds with Student's t-interval (none for one seed). "
+    "Intervals are 95%. Metrics and errors: mean over seeds with Student's t-interval (none for one seed), "
+    "cut at the quantity's range (an AUC at 1, an error at 0). "
     "Stable-MD fraction: pooled over every trajectory of every seed, Wilson interval; the t-interval over the "
     "seeds' fractions (…_seeds) also holds the variation between trainings. Per seed: Spearman and ROC-AUC with "
     "the percentile bootstrap over test structures. A claim's effect is paired by seed (t over seeds); with one "
@@ -153,7 +154,7 @@ def summary_rows(recs: list[dict]) -> list[dict]:
             vals = [r.get(k) for r in rs]
             if all(v is None for v in vals):
                 continue
-            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean_interval(vals)
+            row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean_interval(vals, bounds=iv.RANGES.get(k, (None, None)))
         md = [r for r in rs if r.get("md_runs")]
         if md:
             k, n = sum(r["md_stable"] for r in md), sum(r["md_runs"] for r in md)
@@ -163,7 +164,7 @@ def summary_rows(recs: list[dict]) -> list[dict]:
                 for reason, c in r.get("md_failures", {}).items():
                     row[f"md_failed_{reason}"] = row.get(f"md_failed_{reason}", 0) + c
             _, row["stable_md_fraction_seeds_lo"], row["stable_md_fraction_seeds_hi"] = iv.mean_interval(
-                [r["stable_md_fraction"] for r in md])
+                [r["stable_md_fraction"] for r in md], bounds=(0.0, 1.0))
         oracle = [r["neb_barrier_oracle"] for r in rs if r.get("neb_barrier_oracle") is not None]
         if oracle:
             row["neb_barrier_oracle"] = oracle[0]
