@@ -78,6 +78,9 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
         return np.nan, np.nan, np.nan, "no data"
     if len(units) >= 2:
         d, lo, hi = iv.paired_difference([va[u] for u in units], [vb[u] for u in units])
+        low, high = iv.RANGES.get(q, (None, None))
+        if low is not None and high is not None:  # a difference of two values in [low, high]
+            lo, hi = max(lo, low - high), min(hi, high - low)
         how = f"t over {len(units)} paired seeds"
     else:
         u = units[0]
