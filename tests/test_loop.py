@@ -70,6 +70,9 @@ def test_two_generations_and_resume(tmp_path, ammonia_files):
     again = run_loop(al2)
     assert al2.oracle.calls == 0 if al2._oracle is not None else True
     assert again["generations"][2] == json.loads(json.dumps(summary["generations"][2]))
+    # the progress line says those steps were an earlier run's, and estimates no time from them
+    rerun = (tmp_path / "loop" / "loop.log").read_text().split("generation 1")[-1]
+    assert "done (finished by an earlier run)" in rerun and "resuming" in rerun
 
 
 @pytest.mark.slow
