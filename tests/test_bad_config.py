@@ -37,7 +37,8 @@ CASES = [
     ("lr .nan", "train: {{lr: .nan}}\n", "'train.lr': Input should be a finite number"),
     ("grad_clip .inf", "train: {{grad_clip: .inf}}\n", "'train.grad_clip': Input should be a finite number"),
     # kind 6: ordinary errors that were tracebacks
-    ("split.train 0", "split: {{train: 0}}\n", "'split.train': the training split must hold at least one structure"),
+    ("split.train 0", "split: {{train: 0}}\n",
+     "'split.train': the training split must hold at least one structure (a count >= 1 or a fraction > 0) (got 0)"),
     ("split.val 0", "split: {{val: 0}}\n", "'split.val': the validation split must hold at least one structure"),
     ("empty index file", "split: {{train_file: {empty}}}\n", "index file is empty (split.train_file)"),
     ("unknown device", "train: {{device: bananas}}\n", "'train.device': unknown device 'bananas'"),

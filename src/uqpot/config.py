@@ -272,8 +272,10 @@ def _format_validation_error(exc: ValidationError, prefix: str = "", sources: di
             msg = err["msg"].removeprefix("Value error, ")
             if isinstance(err.get("input"), dict):  # a section-level check: its message names the keys
                 parts.append(msg)
-            else:  # the value once: the message may quote it already
-                parts.append(f"{name}: {msg}{'' if repr(err.get('input')) in msg else got}")
+            else:  # the value once: the message may quote it already (a string, or "got ...")
+                value = err.get("input")
+                quoted = repr(value) in msg and (isinstance(value, str) or "got" in msg)
+                parts.append(f"{name}: {msg}{'' if quoted else got}")
         else:
             parts.append(f"{name}: {err['msg']}{got}")
     return "; ".join(parts), in_file
