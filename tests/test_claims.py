@@ -72,6 +72,26 @@ def test_one_seed_stable_fraction_uses_newcombe():
     assert all(c["interval"].startswith("one seed: Newcombe") for c in r["comparisons"])
 
 
+def test_one_seed_ranking_bootstrap_scores_each_model_on_its_own_errors():
+    """Two models on the same 200 structures with different errors: A's U follows A's errors, B's U is noise.
+    The effect is metric(U_A, ε_A) − metric(U_B, ε_B), what the table reports for each, not both on A's ε."""
+    from uqpot.metrics.uq import roc_auc
+
+    rng = np.random.default_rng(0)
+    ea, eb = rng.exponential(size=200), rng.exponential(size=200)
+    ua, ub = ea * np.exp(0.3 * rng.normal(size=200)), rng.exponential(size=200)
+    q = "roc_auc_p20"
+    claim = {"id": "t", "kind": "better_than", "quantity": q, "source": "test", "statement": "A beats B",
+             "better": ["ensemble"], "worse": ["gmm"], "generation": 1}
+    obs = _obs({("ensemble", 1, q): [roc_auc(ua, ea, 20)], ("gmm", 1, q): [roc_auc(ub, eb, 20)]}, last=1)
+    obs.predictions = lambda m, g, u: (ua, ea) if m == "ensemble" else (ub, eb)
+    r = C.evaluate(claim, obs)
+    c = r["comparisons"][0]
+    assert c["interval"].startswith("one seed: bootstrap")
+    assert c["effect"] == pytest.approx(roc_auc(ua, ea, 20) - roc_auc(ub, eb, 20), abs=1e-12)
+    assert c["effect"] > 0.2 and r["verdict"] == "reproduced"
+
+
 def test_only_improves_can_be_contradicted_by_another_method():
     claim = _claim("fig3e_neb_only_ensemble_improves")
     q = "neb_barrier_error"

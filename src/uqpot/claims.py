@@ -93,7 +93,7 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
         elif q in ("spearman", "roc_auc_p20", "roc_auc_p50") and obs.predictions is not None and a[1] == b[1]:
             pa, pb = obs.predictions(a[0], a[1], u), obs.predictions(b[0], b[1], u)
             if pa is not None and pb is not None and len(pa[1]) == len(pb[1]):
-                d, lo, hi = iv.bootstrap(_metric_difference(q), pa[0], pb[0], pa[1], seed=0)
+                d, lo, hi = iv.bootstrap(_metric_difference(q), pa[0], pa[1], pb[0], pb[1], seed=0)
                 how = f"one seed: bootstrap over {len(pa[1])} test structures"
     if sign < 0:
         d, lo, hi = -d, -hi, -lo
@@ -103,11 +103,11 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
 def _metric_difference(q: str):
     from .metrics.uq import roc_auc, spearman
 
-    def f(ua, ub, err):
+    def f(ua, ea, ub, eb):  # each model's uncertainty against its own errors, on the same structures
         if q == "spearman":
-            return spearman(ua, err) - spearman(ub, err)
+            return spearman(ua, ea) - spearman(ub, eb)
         p = 20 if q == "roc_auc_p20" else 50
-        return roc_auc(ua, err, p) - roc_auc(ub, err, p)
+        return roc_auc(ua, ea, p) - roc_auc(ub, eb, p)
 
     return f
 
