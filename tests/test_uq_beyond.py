@@ -53,7 +53,7 @@ def _jacobian(m, batch) -> np.ndarray:
     """J[d, n, a] = ∂f_d(structure of n)/∂r_na, by torch's dense Jacobian (one structure per atom)."""
     def fn(p):
         o = m.potential.forward_members(batch.with_positions(p), compute_forces=False)
-        ht = m.last_layer_features(o[F.FEATURES])
+        ht = m.last_layer_features({k: v.squeeze(0) for k, v in o.items()})
         return torch.zeros(batch.num_structures, ht.shape[1], dtype=ht.dtype).index_add(0, batch.batch, ht)
 
     J = torch.autograd.functional.jacobian(fn, batch.positions.clone()).numpy()  # (B, d, N, 3)

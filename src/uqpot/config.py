@@ -12,10 +12,11 @@ refused instead of one silently winning.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, Field, SerializeAsAny, ValidationError, ValidationInfo, WrapValidator, field_validator,
+                      model_validator)
 
 from .errors import ConfigError
 from .schema import Strict  # noqa: F401  (re-exported: every config section derives from it)
@@ -150,8 +151,11 @@ class SplitConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """PaiNN with the SI's hyper-parameters by default."""
+    """``model.kind: painn`` (the default): PaiNN with the SI's hyper-parameters by default."""
 
+    #: not written into resolved configs (a PaiNN config reads as it did before MACE existed, so earlier runs
+    #: keep their identity)
+    kind: Literal["painn"] = Field("painn", exclude=True)
     features: int = Field(128, ge=1)
     interactions: int = Field(3, ge=1)
     rbf: int = Field(20, ge=2)
@@ -159,6 +163,55 @@ class ModelConfig(Strict):
     activation: Literal["ssp", "silu"] = "ssp"
     readout_hidden: int = Field(64, ge=1)
     trainable_rbf: bool = True
+
+
+class MACEModelConfig(Strict):
+    """``model.kind: mace``: a MACE network (``pip install 'uqpot[mace]'``; :mod:`uqpot.nn.mace`).  Defaults:
+    a small MACE (MACE's own defaults are 128 channels, max_L 1, correlation 3, 2 interactions, 5 Å)."""
+
+    kind: Literal["mace"]
+    channels: int = Field(32, ge=1, description="features per irrep order (MACE's num_channels)")
+    max_L: int = Field(1, ge=0, le=3, description="highest order l of the hidden features")
+    correlation: int = Field(3, ge=1, le=4, description="body order of the product basis minus one")
+    interactions: int = Field(2, ge=1)
+    cutoff: float = Field(5.0, gt=0.0)
+    num_bessel: int = Field(8, ge=1)
+    num_polynomial_cutoff: int = Field(5, ge=1)
+    max_ell: int = Field(3, ge=0, le=4, description="order of the edges' spherical harmonics")
+    radial_mlp: list[int] = Field([64, 64, 64], min_length=1)
+    readout_hidden: int = Field(16, ge=1, description="width of MACE's non-linear readout")
+
+    @field_validator("radial_mlp")
+    @classmethod
+    def _positive(cls, v):
+        if any(x < 1 for x in v):
+            raise ValueError("radial_mlp widths must be >= 1")
+        return v
+
+
+MODEL_KINDS = {"painn": ModelConfig, "mace": MACEModelConfig}
+
+
+def _validate_model(value, handler):
+    if isinstance(value, (ModelConfig, MACEModelConfig)):
+        return value
+    kind = value.get("kind", "painn") if isinstance(value, dict) else "painn"
+    if kind not in MODEL_KINDS:
+        from pydantic_core import PydanticCustomError
+
+        raise PydanticCustomError("model_kind", f"model.kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
+    return MODEL_KINDS[kind].model_validate(value)
+
+
+#: the ``model`` section: PaiNN or MACE, chosen by ``kind``
+ModelSection = Annotated[SerializeAsAny[Union[ModelConfig, MACEModelConfig]], WrapValidator(_validate_model)]
+
+
+def parse_model(data) -> Union[ModelConfig, MACEModelConfig]:
+    """The typed ``model`` section (PaiNN unless ``kind: mace``)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(ModelSection).validate_python(data)
 
 
 def uq_config(method: str = "none", **options):
@@ -223,7 +276,7 @@ class RunConfig(Strict):
     out: Path = Path("runs/run")
     data: DataConfig
     split: SplitConfig = SplitConfig()
-    model: ModelConfig = ModelConfig()
+    model: ModelSection = Field(default_factory=ModelConfig)
     #: ``uq: {method: none|ensemble|mve|evidential|gmm|llpr|shallow_ensemble|<registered>, ...}``: the options
     #: model of the method (its own keys only; see :mod:`uqpot.uq.options`)
     uq: UQSection = Field(default_factory=NoneOptions)

@@ -208,7 +208,8 @@ def _supports_dense(model) -> bool:
     read the edge list."""
     from ..nn.potential import Potential
 
-    return isinstance(model, Potential) or isinstance(getattr(model, "potential", None), Potential)
+    net = model if isinstance(model, Potential) else getattr(model, "potential", None)
+    return isinstance(net, Potential) and bool(net.supports_dense)
 
 
 def _as_structure(s) -> Structure:

@@ -31,11 +31,20 @@ MAX_Z = 118
 
 @modelfile.register("potential")
 class Potential(nn.Module):
+    """The PaiNN backbone with uqpot's readout; the base of every backbone (:mod:`uqpot.nn.backbone`):
+    reference energies, force scale, known elements, the member axis and the force response live here."""
+
     kind = "potential"
+    #: the backbone's name in ``model.kind`` and in the model file's hyper-parameters
+    backbone = "painn"
+    #: whether the network evaluates the dense pair layout of the data layer (else: edge lists only)
+    supports_dense = True
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "Potential":
-        return cls(**hparams)
+        from .backbone import build_potential
+
+        return build_potential(hparams)
 
     def __init__(self, features: int = 128, interactions: int = 3, rbf: int = 20, cutoff: float = 5.0,
                  activation: str = "ssp", readout_hidden: int = 64, trainable_rbf: bool = True,
@@ -52,9 +61,13 @@ class Potential(nn.Module):
         self.representation = PaiNN(features, interactions, rbf, cutoff, activation, trainable_rbf, MAX_Z, members)
         self.readout = StackedMLP(members, features, readout_hidden, 1, activation)
         init_members(self, seeds)
+        self._register_reference_buffers()
+
+    def _register_reference_buffers(self) -> None:
+        """Buffers every backbone shares: per-element reference energies (float64), the energy scale and
+        the elements seen in training (inputs with other elements are refused in the data path)."""
         self.register_buffer("atomref", torch.zeros(MAX_Z + 1, dtype=torch.float64))
         self.register_buffer("energy_scale", torch.ones(()))
-        # elements seen in training: inputs with other elements are refused in the data path
         self.register_buffer("known_elements", torch.zeros(MAX_Z + 1, dtype=torch.bool))
 
     # keep the reference energies in float64 whatever dtype the network uses
@@ -73,6 +86,18 @@ class Potential(nn.Module):
 
     def elements(self) -> list[int]:
         return torch.nonzero(self.known_elements).flatten().tolist()
+
+    @property
+    def last_layer_dim(self) -> int:
+        """Size d of the last-layer features h̃ (:meth:`last_layer_features`)."""
+        return int(self.hparams["readout_hidden"]) + 1
+
+    def last_layer_features(self, out: dict) -> torch.Tensor:
+        """h̃_i (N, d) of one network, such that its atomic energy is linear in h̃_i (the last layer of LLPR):
+        s·[act(W₁ξ_i + b₁), 1] from the features ξ of ``out`` (outputs without the member axis)."""
+        ro = self.readout
+        h = ro.act(ro.lin1(out[F.FEATURES].unsqueeze(0)))[0]
+        return torch.cat([h, torch.ones_like(h[:, :1])], dim=-1) * self.energy_scale
 
     def fit_reference(self, dataset: StructureDataset) -> None:
         """Per-element reference energies (least squares of E on composition, minimum-norm where the

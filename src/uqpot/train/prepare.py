@@ -148,6 +148,25 @@ def data_files(cfg: RunConfig) -> dict[str, Path]:
     return files
 
 
+def check_model(model_cfg, train_cfg, train) -> None:
+    """What the chosen backbone cannot do, said before anything is written: MACE needs mace-torch, reads
+    edge lists only (no ``train.layout: dense``, no ``train.compile``) and knows the elements it is built
+    for (those of the training set)."""
+    if getattr(model_cfg, "kind", "painn") != "mace":
+        return
+    from ..nn.mace import import_mace
+
+    try:
+        import_mace()
+    except ImportError as exc:
+        raise ConfigError(None, f"model.kind: mace: {exc}") from None
+    if train_cfg.layout == "dense":
+        raise ConfigError(None, "train.layout: 'dense' is not available for MACE networks (they read edge lists); "
+                                "use 'auto' or 'sparse'")
+    if train_cfg.compile:
+        raise ConfigError(None, "train.compile: not available for MACE networks; set it to false")
+
+
 def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
     """Validates everything a training run needs (see the module docstring); writes nothing."""
     out = Path(cfg.out)
@@ -185,6 +204,7 @@ def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
         raise ConfigError(None, f"split: the training set is empty ({cfg.data.train_path or cfg.data.path}); give "
                                 "split.train or more structures")
     check_layout(train, cfg.train)
+    check_model(cfg.model, cfg.train, train)
     _check_sizes(cfg, train, val, test)
     note = check_cutoff(train, cfg.model.cutoff)
     if note:

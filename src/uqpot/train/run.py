@@ -124,13 +124,18 @@ def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = F
     return "resume" if had else "new"
 
 
-def potential_hparams(model_cfg, uq_cfg, seed: int) -> dict:
+def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
     """The network's hyper-parameters: the model section, and the number of stacked members the method
-    trains (``members_for``), member k seeded with ``seed + k``."""
+    trains (``members_for``), member k seeded with ``seed + k``.  A MACE network (``model.kind: mace``) is
+    also sized from the training set ``train``."""
     from ..uq import method_class
 
     m = model_cfg
     members = 1 if uq_cfg.method == "none" else method_class(uq_cfg.method).members_for(uq_cfg)
+    if getattr(m, "kind", "painn") == "mace":
+        from ..nn import mace
+
+        return mace.potential_hparams(m, members, [seed + k for k in range(members)], train)
     return dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
                 activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
                 members=members, seeds=[seed + k for k in range(members)])
@@ -144,14 +149,14 @@ def trains_plain_potential(uq_cfg) -> bool:
     return uq_cfg.method == "none" or method_class(uq_cfg.method).posthoc
 
 
-def build_model(model_cfg, uq_cfg, seed: int):
+def build_model(model_cfg, uq_cfg, seed: int, train=None):
     """What the trainer trains: a plain potential (``uq.method: none`` and the post-hoc methods, wrapped
     after training) or the configured UQ method around one."""
-    from ..nn.potential import Potential
+    from ..nn.backbone import build_potential
     from ..uq import build_method
 
-    hp = potential_hparams(model_cfg, uq_cfg, seed)
-    return Potential(**hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
+    hp = potential_hparams(model_cfg, uq_cfg, seed, train)
+    return build_potential(hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
 
 
 def run_training(cfg: RunConfig, console=None, config_path=None, restart: bool = False) -> dict:
@@ -188,7 +193,7 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
     """Builds the model, fits reference energies on ``train``, trains (resuming from ``out`` if
     interrupted), runs the method's further stages, wraps a post-hoc method around the trained potential,
     fits post-hoc parts and the calibration, and writes ``summary.json`` (last)."""
-    model = build_model(model_cfg, uq_cfg, seed)
+    model = build_model(model_cfg, uq_cfg, seed, train)
     model.fit_reference(train)
     loss_fn = model.make_loss(train_cfg) if hasattr(model, "make_loss") else None
     trainer = Trainer(model, train, val, train_cfg, out, seed=seed, console=console, loss_fn=loss_fn,

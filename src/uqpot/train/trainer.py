@@ -133,7 +133,10 @@ class Trainer:
         self.finished: str | None = None
         self._val_batches = None
         self.layout = check_layout(train, cfg)
-        self.member_order = resolve_member_order(train, cfg.member_order, self.M, cfg.layout)
+        net = getattr(model, "potential", model)
+        # a backbone without the dense layout (MACE) shares one batch order among its members
+        self.member_order = resolve_member_order(train, cfg.member_order, self.M,
+                                                 cfg.layout if getattr(net, "supports_dense", True) else "sparse")
         # member m shuffles with its own seed, as a single network with that seed would
         self.member_rngs = ([np.random.default_rng(int(s)) for s in member_seeds(model)]
                             if self.member_order == "independent" else [])

@@ -32,6 +32,7 @@ from torch import nn
 from .. import fields as F
 from .. import modelfile
 from ..data.batch import AtomsBatch
+from ..nn.backbone import build_potential
 from ..nn.potential import Potential
 from ..train.losses import EnergyForceLoss
 from .options import REDUCTIONS, UQOptions, register_options
@@ -106,7 +107,7 @@ class UQMethod(nn.Module):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; use one of {', '.join(REDUCTIONS)}")
-        self.potential = Potential(**potential)
+        self.potential = build_potential(potential)
         self.reduction = reduction
 
     # ----------------------------------------------------------------- construction and persistence

@@ -110,7 +110,7 @@ class LLPR(UQMethod):
                                      ("output", output, OUTPUTS)):
             if value not in allowed:
                 raise ValueError(f"llpr {name} {value!r}; use one of {', '.join(allowed)}")
-        d = int(self.potential.hparams["readout_hidden"]) + 1
+        d = self.potential.last_layer_dim
         if int(samples) < 0 or int(samples) == 1:
             raise ValueError(f"llpr samples must be 0 (exact variance) or >= 2, got {samples}")
         self.gram, self.fit_target, self.output = gram, fit_target, output
@@ -149,11 +149,10 @@ class LLPR(UQMethod):
         return "alpha2" in self.fit_info
 
     # ----------------------------------------------------------------- features
-    def last_layer_features(self, features: torch.Tensor) -> torch.Tensor:
-        """h̃_i = s·[act(W₁ξ_i + b₁), 1], (N, d), from the features ξ (1, N, F) of the potential."""
-        ro = self.potential.readout
-        h = ro.act(ro.lin1(features))[0]
-        return torch.cat([h, torch.ones_like(h[:, :1])], dim=-1) * self.potential.energy_scale
+    def last_layer_features(self, out: dict) -> torch.Tensor:
+        """h̃_i (N, d) from the potential's outputs ``out`` (no member axis): the inputs of its last linear
+        layer (PaiNN: s·[act(W₁ξ_i + b₁), 1]; other backbones: :meth:`Potential.last_layer_features`)."""
+        return self.potential.last_layer_features(out)
 
     def _graph(self, batch, compute_forces: bool, create_graph: bool):
         """Potential outputs (member axis squeezed), per-atom h̃ (N, d), per-structure f (B, d) and the
@@ -163,7 +162,7 @@ class LLPR(UQMethod):
         with response.tracking(pos, True):
             out = self.potential.forward_members(batch, compute_forces, create_graph=create_graph, retain_graph=True)
             out = {k: v.squeeze(0) for k, v in out.items()}
-            ht = self.last_layer_features(out[F.FEATURES].unsqueeze(0))
+            ht = self.last_layer_features(out)
             f = ht.new_zeros(batch.num_structures, ht.shape[-1]).index_add(0, batch.batch, ht)
         return out, ht, f, pos
 

@@ -33,7 +33,7 @@ from typing import Literal, Optional, Union
 import numpy as np
 from pydantic import Field, field_validator
 
-from ..config import ModelConfig, Strict, TrainConfig, dump_config, load_config
+from ..config import ModelConfig, ModelSection, Strict, TrainConfig, dump_config, load_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..errors import ConfigError
@@ -87,7 +87,7 @@ class LoopConfig(Strict):
     methods: list[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
-    model: ModelConfig = ModelConfig()
+    model: ModelSection = Field(default_factory=ModelConfig)
     uq: MethodOptions = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
     train: TrainConfig = TrainConfig()
     attack: AttackSettings = AttackSettings()

@@ -102,10 +102,10 @@ def _sets(job: Job):
 
 
 def _configs(job: Job):
-    from ..config import ModelConfig, TrainConfig
+    from ..config import TrainConfig, parse_model
     from ..uq.options import parse_uq
 
-    return (ModelConfig.model_validate(job.model), parse_uq({"method": job.method, **job.uq}),
+    return (parse_model(job.model), parse_uq({"method": job.method, **job.uq}),
             TrainConfig.model_validate({"progress": False, **job.train}))
 
 

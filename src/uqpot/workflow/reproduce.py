@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ModelConfig, Strict, TrainConfig, load_config
+from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config
 from ..errors import ConfigError
 from ..provenance import versions, write_json
 from ..uq.options import MethodName, MethodOptions
@@ -54,7 +54,7 @@ class RMD17Study(Strict):
     local_split: tuple[float, float, float] = (0.6, 0.15, 0.25)
     data_dir: Path = Path("data/rmd17")  # where the fetched archive is extracted (shared by runs)
     executor: dict[str, dict] = {}  # options per executor kind, e.g. {slurm: {queue: gpu, cores: 8, ...}}
-    model: ModelConfig = ModelConfig()
+    model: ModelSection = Field(default_factory=ModelConfig)
     uq: MethodOptions = {"ensemble": {"members": 5}}
     train: TrainConfig = TrainConfig()
 
