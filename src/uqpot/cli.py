@@ -191,6 +191,25 @@ def wrap(models, method, train_data, val_data, out, options, energy_key, forces_
 
 
 @cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--trusted", is_flag=True,
+              help="you trust the file's source: MACE model files are pickles, and loading one runs its code.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="the uqpot model file to write (default: MODEL with suffix .uqpot.pt).")
+@click.option("--head", default=None, help="the head of a multi-head MACE model.")
+def convert(model, trusted, out, head):
+    """Convert a MACE model file (MACE's own training script's output, or a foundation model you downloaded)
+    into a uqpot model file, once: then train, wrap, evaluate, MD and the loop take it like any uqpot model."""
+    from .nn.mace_file import convert as run_convert
+
+    path, summary = run_convert(model, trusted, out, head)
+    click.echo(f"MACE model: elements {summary['elements']}, cutoff {summary['cutoff']:g} Å, {summary['dtype']}, head "
+               f"{summary['head']}; probe check: energy differs by {summary['probe_energy_diff']:.2g} kcal/mol, forces "
+               f"by {summary['probe_forces_diff']:.2g} kcal/mol/Å")
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", help="output directory (overrides 'out').")
 @click.option("--generations", type=int, help="overrides 'generations' (a longer loop continues a shorter one).")

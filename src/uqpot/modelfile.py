@@ -85,7 +85,8 @@ def describe_load_error(exc: Exception) -> str:
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
         return ("it holds pickled Python objects, which uqpot never loads since they could run code; uqpot model "
-                "files hold only tensors and plain values")
+                "files hold only tensors and plain values (a MACE model file: convert it once with `uqpot convert "
+                "FILE --trusted` if you trust its source)")
     first = text.strip().splitlines()[0][:200] if text.strip() else ""
     return f"{type(exc).__name__}{': ' + first if first else ''}"
 
@@ -120,7 +121,11 @@ def read(path) -> dict:
     if not path.is_file():
         raise ModelFileError(path, "model file not found" if not path.exists() else "not a file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        import warnings
+
+        with warnings.catch_warnings():  # e.g. on the pickle protocol of a foreign file: the error below says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or containing non-tensor objects
         raise ModelFileError(path, f"not a readable uqpot model file ({describe_load_error(exc)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -1,0 +1,189 @@
+"""Converting a user's MACE model file (as written by MACE's own training script, or a foundation model
+downloaded by the user) into a uqpot model file, once.
+
+MACE writes its models as pickled ``torch.nn.Module`` objects: loading one runs whatever code the file
+holds.  uqpot loads such a file only when the user says it trusts it (``uqpot convert FILE --trusted``);
+without the flag the file is refused before anything in it is unpickled.  The converted file holds the
+state dict and plain hyper-parameters (:mod:`uqpot.nn.mace`) and loads with ``weights_only=True`` like
+every uqpot model.
+
+Units: MACE works in eV and Å.  uqpot's energy scale of the converted potential is 1 eV in kcal/mol
+(:data:`uqpot.units.EV_TO_KCAL_PER_MOL`), and MACE's isolated-atom energies E0 (eV) become uqpot's float64
+reference energies e_ref(Z) (kcal/mol); MACE's own scale and shift stay inside the network.  The conversion
+is checked before the file is written: the converted potential and the original give the same energy and
+forces on a probe cluster of the model's elements (relative 1e-5 in the model's dtype).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import modelfile
+from ..errors import ModelFileError
+from ..units import EV_TO_KCAL_PER_MOL
+from .mace import _ENV, _MACE_KEYS, MACEPotential, _key, import_mace
+
+TRUST_FLAG = "--trusted"
+
+
+def refuse_untrusted(path) -> None:
+    """The error for a pickled file the user has not said they trust (nothing in it is unpickled)."""
+    raise ModelFileError(path, "a MACE model file is a pickle, and loading a pickle runs the code it holds; uqpot "
+                               f"loads it only if you trust its source: rerun with {TRUST_FLAG} (it is converted once "
+                               "into a uqpot model file, which holds no code)")
+
+
+def _load_trusted(path: Path):
+    modules = import_mace()
+    prior = os.environ.get(_ENV)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+        raise ModelFileError(path, f"not a readable MACE model file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    finally:
+        if prior is None:
+            os.environ.pop(_ENV, None)
+    return modules, obj
+
+
+def _plain_config(path, model, modules) -> dict:
+    """MACE's constructor arguments of ``model`` as plain values (names for classes, strings for irreps)."""
+    from mace.tools.scripts_utils import extract_config_mace_model
+
+    raw = extract_config_mace_model(model)
+    if "error" in raw:
+        raise ModelFileError(path, f"{raw['error']} (uqpot converts ScaleShiftMACE models, MACE's default)")
+    for key in ("embedding_specs", "cueq_config"):
+        if raw.get(key) is not None:
+            raise ModelFileError(path, f"MACE option {key} is not supported by uqpot's converter")
+
+    def name_of(fn, table):
+        for k, v in table.items():
+            if v is fn:
+                return k
+        raise ModelFileError(path, f"MACE component {fn!r} is not one uqpot knows")
+
+    def plain(v):
+        if isinstance(v, torch.Tensor):
+            v = v.detach().cpu().numpy()
+        if isinstance(v, np.ndarray):
+            return v.tolist() if v.ndim else float(v)
+        return v
+
+    cfg = {}
+    for key in _MACE_KEYS:
+        if key not in raw:
+            continue
+        v = raw[key]
+        if key in ("interaction_cls", "interaction_cls_first"):
+            v = name_of(v, modules.interaction_classes)
+        elif key == "readout_cls":
+            v = name_of(v, modules.readout_classes)
+        elif key == "gate":
+            v = name_of(v, modules.gate_dict)
+        elif key in ("hidden_irreps", "MLP_irreps", "edge_irreps"):
+            v = None if v is None else str(v)
+        elif key == "distance_transform":
+            v = "None" if v is None else str(v)
+        elif key == "atomic_numbers":
+            v = [int(z) for z in plain(v)]
+        else:
+            v = plain(v)
+        cfg[key] = v
+    return cfg
+
+
+def _probe(elements: list[int], dtype) -> "object":
+    """A small cluster with every element of the model, atoms 1.6 Å apart with a fixed jitter."""
+    from ..data.structures import Structure
+
+    zs = (list(elements) * 2)[: max(4, len(elements))]
+    rng = np.random.default_rng(0)
+    pos = np.array([[1.6 * k, 0.3 * (k % 2), 0.2 * (k % 3)] for k in range(len(zs))]) + rng.normal(0, 0.05, (len(zs), 3))
+    return Structure(numbers=np.asarray(zs, dtype=np.int64), positions=pos, cell=np.zeros((3, 3)), pbc=np.zeros(3, bool))
+
+
+def convert(path, trusted: bool, out=None, head: str | None = None) -> tuple[Path, dict]:
+    """Converts the MACE file ``path`` into a uqpot model file (default: ``path`` with suffix ``.uqpot.pt``);
+    ``trusted`` must be true (see module).  Returns (the written file, a summary)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(path, "model file not found" if not path.exists() else "not a file")
+    try:  # a uqpot file needs no conversion (read with weights_only: nothing in a pickle runs)
+        modelfile.read(path)
+        raise ModelFileError(path, "already a uqpot model file: use it as it is")
+    except ModelFileError as exc:
+        if "already a uqpot" in str(exc):
+            raise
+    if not trusted:
+        refuse_untrusted(path)
+    modules, obj = _load_trusted(path)
+    if not isinstance(obj, torch.nn.Module):
+        raise ModelFileError(path, f"holds a {type(obj).__name__}, not a MACE model (MACE's checkpoints hold weights "
+                                   "without the architecture: convert the .model file that MACE writes at the end)")
+    obj = obj.eval()
+    cfg = _plain_config(path, obj, modules)
+    heads = list(cfg.get("heads", ["Default"]))
+    if head is None and len(heads) > 1:
+        raise ModelFileError(path, f"the model has heads {heads}: choose one with --head")
+    if head is not None and head not in heads:
+        raise ModelFileError(path, f"--head {head!r}: the model's heads are {heads}")
+    h = heads.index(head) if head is not None else 0
+    dtype = next(obj.parameters()).dtype
+    pot = MACEPotential(mace=cfg, cutoff=float(cfg["r_max"]), members=1, seeds=[0], head=h).to(dtype)
+    theirs = dict(obj.state_dict())
+    ours = set(pot._names) | set(pot._bnames)
+    if set(theirs) != ours:
+        diff = sorted(set(theirs) ^ ours)[:4]
+        raise ModelFileError(path, f"the model's weights do not match the MACE architecture uqpot rebuilt from it "
+                                   f"(first differing names: {', '.join(diff)})")
+    e0 = theirs["atomic_energies_fn.atomic_energies"].detach().to(torch.float64)
+    e0 = e0[h] if e0.dim() == 2 else e0
+    with torch.no_grad():
+        for n in ours:
+            t = theirs[n].detach()
+            if n == "atomic_energies_fn.atomic_energies":
+                t = torch.zeros_like(t)
+            getattr(pot.stack, _key(n)).copy_(t.unsqueeze(0))
+        zs = [int(z) for z in cfg["atomic_numbers"]]
+        pot.atomref[zs] = e0 * EV_TO_KCAL_PER_MOL
+        pot.energy_scale.fill_(EV_TO_KCAL_PER_MOL)
+    pot.eval()
+    check = _check_same(obj, pot, zs, dtype, h)
+    out = Path(out) if out is not None else path.with_suffix(".uqpot.pt")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    from importlib.metadata import version
+
+    extra = {"converted_from": {"file": path.name, "sha256": digest, "mace_torch": version("mace-torch"),
+                                "head": heads[h], "units": "eV -> kcal/mol", "check": check}}
+    modelfile.save(pot, out, extra=extra)
+    return out, {"elements": zs, "cutoff": float(cfg["r_max"]), "dtype": str(dtype).replace("torch.", ""),
+                 "head": heads[h], **check}
+
+
+def _check_same(original, pot, zs, dtype, head: int) -> dict:
+    """Energy and forces of the original (eV, eV/Å, times the conversion) and of the converted potential on
+    a probe cluster; refuses the conversion when they differ."""
+    from ..data.batch import collate
+
+    batch = collate([_probe(zs, dtype)], cutoff=pot.cutoff, dtype=dtype)
+    ours = pot(batch)
+    data = pot._graph_inputs(batch)
+    data["positions"] = batch.positions.detach().clone()
+    theirs = original(data, compute_force=True, training=False)
+    e_ref = float(theirs["energy"][0].detach()) * EV_TO_KCAL_PER_MOL
+    f_ref = theirs["forces"].detach().to(torch.float64) * EV_TO_KCAL_PER_MOL
+    de = abs(float(ours["energy"][0]) - e_ref)
+    df = float((ours["forces"].detach().to(torch.float64) - f_ref).abs().max())
+    tol = 1e-5 if dtype == torch.float32 else 1e-9
+    scale_e = max(abs(e_ref), 1.0)
+    scale_f = max(float(f_ref.abs().max()), 1.0)
+    if de > tol * scale_e * 10 or df > tol * scale_f * 10:
+        raise ModelFileError("conversion", f"the converted potential differs from the MACE model (energy by {de:.3g} "
+                                           f"kcal/mol, forces by {df:.3g} kcal/mol/Å); not written")
+    return {"probe_energy_diff": de, "probe_forces_diff": df}

@@ -1,0 +1,180 @@
+"""MACE as a uqpot backbone: forces, members, the graph convention against MACE's own pipeline, model files,
+conversion of a user's MACE file and the refusal of an untrusted pickle."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+if importlib.util.find_spec("mace") is None:  # found, not imported: importing mace changes torch.load (see below)
+    pytest.skip("mace-torch is not installed (pip install 'uqpot[mace]')", allow_module_level=True)
+
+from uqpot import fields as F  # noqa: E402
+from uqpot import modelfile  # noqa: E402
+from uqpot.data.batch import collate  # noqa: E402
+from uqpot.data.structures import Structure  # noqa: E402
+from uqpot.nn.mace import MACEPotential, import_mace, mace_config  # noqa: E402
+from uqpot.units import EV_TO_KCAL_PER_MOL  # noqa: E402
+
+UQPOT = [sys.executable, "-m", "uqpot.cli"]
+
+
+def _net(members=1, seeds=None, cutoff=4.0, dtype=torch.float64):
+    cfg = mace_config(channels=8, max_L=1, correlation=2, interactions=2, cutoff=cutoff, radial_mlp=(16,),
+                      elements=[1, 6, 8, 14], avg_num_neighbors=6.0)
+    m = MACEPotential(mace=cfg, cutoff=cutoff, members=members, seeds=seeds or list(range(members))).to(dtype)
+    with torch.no_grad():  # non-trivial references and scale, as after fit_reference
+        m.atomref[[1, 6, 8, 14]] = torch.tensor([-300.0, -23000.0, -47000.0, -180000.0], dtype=torch.float64)
+        m.energy_scale.fill_(3.7)
+    return m.eval()
+
+
+def _ethanol(rattle=0.05, seed=1):
+    at = molecule("CH3CH2OH")
+    at.rattle(rattle, seed=seed)
+    return Structure.from_atoms(at)
+
+
+def _quartz_triclinic():
+    cell = np.array([[4.9, 0.0, 0.0], [-2.2, 4.3, 0.0], [0.4, 0.3, 5.4]])
+    rng = np.random.default_rng(4)
+    frac = rng.uniform(0, 1, (9, 3))
+    at = Atoms(numbers=[14, 14, 14, 8, 8, 8, 8, 8, 8], scaled_positions=frac, cell=cell, pbc=True)
+    return Structure.from_atoms(at)
+
+
+def _fd_forces(model, s, idx, h=1e-5):
+    out = []
+    for (a, c) in idx:
+        e = []
+        for sign in (1, -1):
+            pos = s.positions.copy()
+            pos[a, c] += sign * h
+            b = collate([Structure(s.numbers, pos, s.cell, s.pbc)], cutoff=model.cutoff, dtype=torch.float64)
+            e.append(float(model(b, compute_forces=False)[F.ENERGY_RESIDUAL][0]))  # no 1e5 references
+        out.append(-(e[0] - e[1]) / (2 * h))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("structure", ["molecule", "triclinic"])
+def test_forces_equal_minus_energy_gradient(structure):
+    m = _net()
+    s = _ethanol() if structure == "molecule" else _quartz_triclinic()
+    b = collate([s], cutoff=m.cutoff, dtype=torch.float64)
+    forces = m(b)[F.FORCES].detach().numpy()
+    idx = [(0, 0), (2, 1), (5, 2), (len(s.numbers) - 1, 0)]
+    fd = _fd_forces(m, s, idx)
+    np.testing.assert_allclose([forces[a, c] for a, c in idx], fd, rtol=1e-6, atol=1e-7)
+    assert np.abs(fd).max() > 1e-3  # the check is not on zero forces
+
+
+def test_member_m_equals_a_single_network_with_seed_m():
+    pair = _net(members=2, seeds=[5, 6])
+    single = _net(members=1, seeds=[6])
+    b = collate([_ethanol(), _ethanol(seed=2)], cutoff=4.0, dtype=torch.float64)
+    op, os_ = pair.forward_members(b), single.forward_members(b)
+    for key in (F.ENERGY, F.FORCES, F.FEATURES):
+        torch.testing.assert_close(op[key][1], os_[key][0], rtol=1e-12, atol=1e-12)
+    assert (op[F.ENERGY_RESIDUAL][0] - op[F.ENERGY_RESIDUAL][1]).abs().min() > 1e-3  # the members differ
+    assert all(p.shape[0] == 2 for p in pair.parameters())  # every parameter has the member axis
+
+
+def test_save_load_round_trip(tmp_path):
+    m = _net(members=2, seeds=[1, 2], dtype=torch.float32)
+    path = modelfile.save(m, tmp_path / "mace.pt")
+    loaded = modelfile.load(path)
+    assert isinstance(loaded, MACEPotential) and loaded.hparams == m.hparams
+    b = collate([_ethanol(), _quartz_triclinic()], cutoff=4.0, dtype=torch.float32)
+    a, c = m.forward_members(b), loaded.forward_members(b)
+    for key in (F.ENERGY, F.FORCES, F.FEATURES):
+        torch.testing.assert_close(a[key], c[key], rtol=0, atol=0)
+    payload = torch.load(path, weights_only=True)  # plain tensors and values only
+    assert payload["hparams"]["backbone"] == "mace" and isinstance(payload["hparams"]["mace"]["hidden_irreps"], str)
+
+
+def _user_mace_file(path, dtype=torch.float64):
+    """A ScaleShiftMACE built and saved the way MACE's training script saves its models (a pickled module)."""
+    modules = import_mace()
+    from e3nn import o3
+
+    torch.manual_seed(3)
+    model = modules.ScaleShiftMACE(
+        r_max=4.5, num_bessel=8, num_polynomial_cutoff=5, max_ell=2,
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"], num_interactions=2,
+        num_elements=3, hidden_irreps=o3.Irreps("8x0e+8x1o"), MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.array([-13.6, -1029.0, -2041.0]), avg_num_neighbors=5.0, atomic_numbers=[1, 6, 8],
+        correlation=2, gate=torch.nn.functional.silu, atomic_inter_scale=1.3, atomic_inter_shift=0.1,
+        radial_MLP=[16]).to(dtype)
+    torch.save(model, path)
+    return model
+
+
+def _mace_own_prediction(model, atoms):
+    """Energy (eV) and forces (eV/Å) from MACE's own data pipeline (its neighbour list and graph)."""
+    from mace import data as mace_data
+    from mace.tools import torch_geometric, torch_tools, utils
+
+    with torch_tools.default_dtype(torch.float64):
+        config = mace_data.config_from_atoms(atoms)
+        graph = mace_data.AtomicData.from_config(config, z_table=utils.AtomicNumberTable([1, 6, 8]), cutoff=4.5)
+    batch = next(iter(torch_geometric.dataloader.DataLoader([graph], batch_size=1)))
+    out = model(batch.to_dict(), compute_force=True)
+    return float(out["energy"][0].detach()), out["forces"].detach().numpy()
+
+
+def test_converted_user_file_matches_mace_in_kcal_per_mol(tmp_path):
+    user = tmp_path / "user.model"
+    original = _user_mace_file(user)
+    r = subprocess.run(UQPOT + ["convert", str(user), "--trusted", "--out", str(tmp_path / "conv.pt")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") is None
+    conv = modelfile.load(tmp_path / "conv.pt")
+    for atoms in (molecule("CH3CH2OH"),
+                  Atoms("C2H2O2", positions=np.random.default_rng(0).uniform(0, 4, (6, 3)), cell=np.diag([4.2, 4.5, 4.8]),
+                        pbc=True)):
+        atoms.rattle(0.03, seed=7)
+        e_ev, f_ev = _mace_own_prediction(original, atoms)
+        out = conv(collate([Structure.from_atoms(atoms)], cutoff=conv.cutoff, dtype=torch.float64))
+        assert float(out[F.ENERGY][0]) == pytest.approx(e_ev * EV_TO_KCAL_PER_MOL, rel=1e-10)
+        np.testing.assert_allclose(out[F.FORCES].detach().numpy(), f_ev * EV_TO_KCAL_PER_MOL, rtol=1e-8, atol=1e-8)
+
+
+class _Evil:
+    """A pickle that, when loaded, writes a marker file (what a malicious model file could do)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_untrusted_pickle_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "ran"
+    evil = tmp_path / "evil.model"
+    with open(evil, "wb") as fh:
+        pickle.dump(_Evil(marker), fh)
+    r = subprocess.run(UQPOT + ["convert", str(evil)], capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and str(evil) in lines[0] and "--trusted" in lines[0]
+    r = subprocess.run(UQPOT + ["evaluate", str(evil), "nothing.xyz"], capture_output=True, text=True)
+    assert r.returncode == 2 and "uqpot convert" in r.stderr
+    assert not marker.exists()
+    # importing MACE leaves torch.load's weights_only default on: the same file is still refused
+    import_mace()
+    assert os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") is None
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(evil)
+    assert not marker.exists()
