@@ -124,14 +124,20 @@ def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = F
     return "resume" if had else "new"
 
 
+def member_count(uq_cfg) -> int:
+    """How many stacked networks the method ``uq_cfg`` trains."""
+    from ..uq import method_class
+
+    return 1 if uq_cfg.method == "none" else method_class(uq_cfg.method).members_for(uq_cfg)
+
+
 def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
     """The network's hyper-parameters: the model section, and the number of stacked members the method
     trains (``members_for``), member k seeded with ``seed + k``.  A MACE network (``model.kind: mace``) is
     also sized from the training set ``train``."""
-    from ..uq import method_class
 
     m = model_cfg
-    members = 1 if uq_cfg.method == "none" else method_class(uq_cfg.method).members_for(uq_cfg)
+    members = member_count(uq_cfg)
     if getattr(m, "kind", "painn") == "mace":
         from ..nn import mace
 
@@ -189,12 +195,27 @@ def _note(out: Path, console, msg: str) -> None:
 
 
 def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, console=None,
-              extra: dict | None = None) -> dict:
+              extra: dict | None = None, init: list | None = None) -> dict:
     """Builds the model, fits reference energies on ``train``, trains (resuming from ``out`` if
     interrupted), runs the method's further stages, wraps a post-hoc method around the trained potential,
-    fits post-hoc parts and the calibration, and writes ``summary.json`` (last)."""
-    model = build_model(model_cfg, uq_cfg, seed, train)
-    model.fit_reference(train)
+    fits post-hoc parts and the calibration, and writes ``summary.json`` (last).
+
+    ``init``: model files to fine-tune instead (:mod:`uqpot.train.finetune`): the network is sized as
+    theirs (``model_cfg`` is not used), starts from their weights, and its reference energies are shifted
+    to ``train``; the files' names and sha256 go into the model file."""
+    if init:
+        from ..models import load
+        from ..rundir import sha256_file
+        from .finetune import build_from, refit_shift
+
+        init = [Path(p) for p in init]
+        model = build_from([load(p) for p in init], uq_cfg, seed, [str(p) for p in init])
+        shift = refit_shift(model, train)
+        extra = {**(extra or {}), "fine_tuned_from": [{"file": str(p), "sha256": sha256_file(p)} for p in init],
+                 "reference_shift": [float(x) for x in shift]}
+    else:
+        model = build_model(model_cfg, uq_cfg, seed, train)
+        model.fit_reference(train)
     loss_fn = model.make_loss(train_cfg) if hasattr(model, "make_loss") else None
     trainer = Trainer(model, train, val, train_cfg, out, seed=seed, console=console, loss_fn=loss_fn,
                       extra=extra)

@@ -66,6 +66,19 @@ class AttackSettings(Strict):
     min_displacement: float = Field(1e-3, ge=0.0)
 
 
+class FinetuneSettings(Strict):
+    """``finetune``: how each generation trains when the loop starts from ``init_model`` (a warm start:
+    :mod:`uqpot.train.finetune`).  A trained network needs a smaller step and fewer epochs than one trained
+    from random weights; unset values are a fifth of ``train.lr`` and half of ``train.epochs`` (the other
+    ``train`` settings apply as they are)."""
+
+    lr: Optional[float] = Field(None, gt=0.0)
+    epochs: Optional[int] = Field(None, ge=1)
+    #: generation g > 1 starts from the same method's model of generation g - 1 ("previous"), or every
+    #: generation from ``init_model`` ("init")
+    start: Literal["previous", "init"] = "previous"
+
+
 class OracleSettings(Strict):
     name: str
     options: dict = {}
@@ -99,6 +112,24 @@ class LoopConfig(Strict):
     # executor (see uqpot.determinism); part of the run's identity
     threads: int = Field(1, ge=1)
     store: Optional[Path] = None  # the label store; default OUT/labels.db (replicates of a study share one)
+    # a trained uqpot model file (or, for an ensemble, one file per member) that every method fine-tunes
+    # instead of training from scratch (``uqpot convert`` makes one from a MACE file); the network is then
+    # the file's, and ``model`` is not used
+    init_model: Optional[Union[Path, list[Path]]] = None
+    finetune: FinetuneSettings = FinetuneSettings()
+
+    def init_files(self) -> list[Path]:
+        if self.init_model is None:
+            return []
+        return [Path(p) for p in (self.init_model if isinstance(self.init_model, list) else [self.init_model])]
+
+    def train_for(self) -> TrainConfig:
+        """The training settings of every generation (the ``finetune`` ones when fine-tuning)."""
+        if self.init_model is None:
+            return self.train
+        ft = self.finetune
+        return self.train.model_copy(update={"lr": ft.lr or self.train.lr / 5,
+                                             "epochs": ft.epochs or max(1, self.train.epochs // 2)})
 
     def uq_config(self, method: str) -> UQOptions:
         return parse_uq({"method": method, **self.uq.get(method, {})})
@@ -237,8 +268,9 @@ class ActiveLearning:
         d.mkdir(parents=True, exist_ok=True)
         write_extxyz(train, d / "train.extxyz")
         write_extxyz(val, d / "val.extxyz")
-        return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.cfg.train, self.cfg.seed, train, val,
-                         test, d, console=self.console, extra={"generation": 1, "method": "backbone"})
+        return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.cfg.train_for(), self.cfg.seed, train,
+                         val, test, d, console=self.console, extra={"generation": 1, "method": "backbone"},
+                         init=self.init_for(1, "none"))
 
     def step_train(self, g, method, train, val, test) -> dict:
         from ..train.run import fit_from_backbone, fit_model
@@ -257,10 +289,22 @@ class ActiveLearning:
         write_extxyz(val, d / "val.extxyz")
         extra = {"generation": g, "method": method}
         if shared:
-            return fit_from_backbone(self.backbone_dir, self.cfg.uq_config(method), self.cfg.train, train, val,
+            return fit_from_backbone(self.backbone_dir, self.cfg.uq_config(method), self.cfg.train_for(), train, val,
                                      test, d, extra=extra)
-        return fit_model(self.cfg.model, self.cfg.uq_config(method), self.cfg.train, self.cfg.seed, train, val,
-                         test, d, console=self.console, extra=extra)
+        return fit_model(self.cfg.model, self.cfg.uq_config(method), self.cfg.train_for(), self.cfg.seed, train, val,
+                         test, d, console=self.console, extra=extra, init=self.init_for(g, method))
+
+    def init_for(self, g: int, method: str) -> list[Path] | None:
+        """The model file(s) generation ``g`` of ``method`` fine-tunes (None: trained from scratch)."""
+        from ..train.run import member_count
+
+        files = self.cfg.init_files()
+        if not files:
+            return None
+        if g > 1 and self.cfg.finetune.start == "previous":
+            return [self.gen_dir(g - 1, method) / "train" / "model.pt"]
+        members = 1 if method == "none" else member_count(self.cfg.uq_config(method))
+        return files if members == len(files) else files[:1]
 
     def model(self, g, method):
         from ..models import load
@@ -411,6 +455,7 @@ class ActiveLearning:
         """What every generation needs, done once in the calling process before any worker starts: the
         config check and record, the energy alignment and the oracle's NEB barrier."""
         cfg = self.cfg
+        _check_init_models(cfg)
         self.out.mkdir(parents=True, exist_ok=True)
         _check_same_config(self.out, cfg)
         dump_config(cfg, self.out / "config.yaml")
@@ -421,6 +466,22 @@ class ActiveLearning:
         return align
 
 
+def _check_init_models(cfg: LoopConfig) -> None:
+    """``init_model``: readable uqpot model files of one network each (or a plain potential per member)."""
+    from .. import modelfile
+
+    files = cfg.init_files()
+    for p in files:
+        modelfile.read(p)  # a missing, foreign or pickled file: one error naming it (nothing unpickled)
+    if len(files) > 1:
+        for m in cfg.methods:
+            from ..train.run import member_count
+
+            k = member_count(cfg.uq_config(m))
+            if k > 1 and k != len(files):
+                raise ConfigError(None, f"init_model: {len(files)} files for the {k} members of {m}; give 1 or {k}")
+
+
 def _check_same_config(out: Path, cfg: LoopConfig) -> None:
     import yaml
 
@@ -429,6 +490,10 @@ def _check_same_config(out: Path, cfg: LoopConfig) -> None:
         return
     prev = yaml.safe_load(old.read_text())
     cur = cfg.model_dump(mode="json")
+    for key in [k for k in cur if k not in prev]:  # options added since: at their defaults they change nothing
+        if cur[key] == LoopConfig.model_fields[key].get_default(call_default_factory=True) or (
+                hasattr(cur[key], "keys") and cur[key] == FinetuneSettings().model_dump(mode="json")):
+            cur.pop(key)
     for d in (prev, cur):  # a longer loop may continue a shorter one
         d.pop("generations", None)
         d.get("train", {}).pop("progress", None)

@@ -1,0 +1,119 @@
+"""Fine-tuning: a training that starts from trained weights (a pretrained or earlier model) instead of a
+random initialisation.
+
+``warm_start(model, sources)`` copies the network weights of trained models into a freshly built model of
+the same backbone and sizes:
+
+* a plain potential or a UQ method of the same kind and sizes: every weight (heads included);
+* a plain potential into a UQ method: the method's potential gets it, the method's own new parts (MVE and
+  evidential heads) keep their seeded initialisation;
+* an ensemble of M members from one file: every member starts from the same weights, and the members then
+  differ by their own batch orders (``train.member_order``) and by nothing else; from M files
+  (``loop.init_model: [a.pt, b.pt, ...]``): member m starts from file m.
+
+The per-element reference energies are kept from the source and shifted by a least-squares fit of the
+new training set's residuals (:func:`refit_shift`): the same level of theory gives a shift of ~0, another
+(a foundation model fine-tuned on other DFT) moves every e_ref(Z) by the offset between them.  The energy
+scale of the source is kept, so the fine-tuned network sees the units it was trained in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..nn.potential import Potential
+
+
+def _potential(model) -> Potential:
+    return model if isinstance(model, Potential) else model.potential
+
+
+def _check_same_network(target: Potential, source: Potential, where: str) -> None:
+    keep = ("members", "seeds")
+    a = {k: v for k, v in target.hparams.items() if k not in keep}
+    b = {k: v for k, v in source.hparams.items() if k not in keep}
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise ValueError(f"{where}: its network differs from the one to fine-tune in {', '.join(diff)}")
+
+
+def _copy_members(target: Potential, sources: list[Potential]) -> None:
+    """Member m of ``target`` from ``sources[m]`` (or every member from ``sources[0]``)."""
+    M = target.members
+    if len(sources) not in (1, M):
+        raise ValueError(f"{len(sources)} initial models for {M} members: give 1 or {M}")
+    src_states = [s.state_dict() for s in sources]
+    with torch.no_grad():
+        for name, t in target.state_dict().items():
+            if name in ("atomref", "energy_scale", "known_elements") or name.endswith("z_index"):
+                t.copy_(src_states[0][name].to(t.dtype))
+                continue
+            for m in range(M):
+                k = 0 if len(sources) == 1 else m
+                src = src_states[k][name]
+                member = 0 if len(sources) > 1 or sources[k].members == 1 else m
+                if t.dim() and t.shape[0] == M and src.dim() and src.shape[0] == sources[k].members:
+                    t[m].copy_(src[member].to(t.dtype))
+                else:
+                    t.copy_(src.to(t.dtype))
+
+
+def warm_start(model, sources: list, names: list[str] | None = None) -> None:
+    """Copies the trained weights of ``sources`` (loaded models) into ``model`` (see module)."""
+    names = names or [f"initial model {k}" for k in range(len(sources))]
+    target = _potential(model)
+    same_kind = [getattr(s, "kind", "") == getattr(model, "kind", None) and getattr(s, "hparams", {}).get("potential", {})
+                 .get("members") == target.members for s in sources]
+    if len(sources) == 1 and same_kind[0] and model.kind != "potential":
+        _check_same_network(target, _potential(sources[0]), names[0])
+        model.load_state_dict(sources[0].state_dict(), strict=True)  # the method's heads too
+        return
+    pots = [_potential(s) for s in sources]
+    for p, n in zip(pots, names):
+        _check_same_network(target, p, n)
+    _copy_members(target, pots)
+
+
+def refit_shift(model, train, batch_size: int = 64) -> np.ndarray:
+    """Shifts the reference energies by the least-squares fit of E_data − E_model on composition over
+    ``train`` (kcal/mol per element); returns the shift of each of the training set's elements."""
+    from ..data.batch import iterate_batches
+
+    pot = _potential(model)
+    elements = train.elements()
+    if not train.has_energy:
+        return np.zeros(len(elements))
+    col = {z: k for k, z in enumerate(elements)}
+    counts = np.zeros((len(train), len(elements)))
+    for n, s in enumerate(train):
+        zs, c = np.unique(s.numbers, return_counts=True)
+        counts[n, [col[int(z)] for z in zs]] = c
+    pred = np.zeros(len(train))
+    was = pot.training
+    pot.eval()
+    with torch.no_grad():
+        for idx, b in iterate_batches(train, batch_size, pot.cutoff, dtype=pot.dtype, device=pot.device):
+            e = pot.forward_members(b, compute_forces=False)["energy"].mean(0)
+            pred[idx] = e.cpu().numpy()
+    pot.train(was)
+    delta, *_ = np.linalg.lstsq(counts, train.energies() - pred, rcond=None)
+    with torch.no_grad():
+        pot.atomref[elements] += torch.as_tensor(delta, dtype=torch.float64, device=pot.atomref.device)
+    return delta
+
+
+def build_from(sources: list, uq_cfg, seed: int, names: list[str] | None = None):
+    """The model to train for ``uq_cfg``, sized as the trained ``sources`` (their backbone and
+    hyper-parameters; members and seeds from ``uq_cfg`` and ``seed``), warm-started from them."""
+    from ..nn.backbone import build_potential
+    from ..uq import build_method
+    from .run import member_count, trains_plain_potential
+
+    members = member_count(uq_cfg)
+    hp = dict(_potential(sources[0]).hparams)
+    hp.update(members=members, seeds=[seed + k for k in range(members)])
+    model = build_potential(hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
+    model = model.to(dtype=_potential(sources[0]).dtype)
+    warm_start(model, sources, names)
+    return model

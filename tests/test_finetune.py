@@ -1,0 +1,107 @@
+"""Fine-tuning: warm starts copy trained weights into the model to train, the reference energies follow
+the new data, and the loop with ``init_model`` fine-tunes every method from the given file."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from uqpot import fields as F
+from uqpot import modelfile
+from uqpot.data.batch import collate
+from uqpot.nn.potential import Potential
+from uqpot.train.finetune import build_from, refit_shift
+from uqpot.uq.options import parse_uq
+
+HP = dict(features=16, interactions=2, rbf=8, cutoff=5.0, readout_hidden=8, members=1, seeds=[3])
+
+
+@pytest.fixture
+def source(ethanol):
+    p = Potential(**HP).to(torch.float64)
+    p.fit_reference(ethanol.subset(range(20)))
+    return p.eval()
+
+
+def _out(model, ds):
+    b = collate([ds[k] for k in range(4)], cutoff=5.0, dtype=torch.float64)
+    return model.eval().forward_members(b)
+
+
+@pytest.mark.parametrize("method", ["none", "ensemble", "mve", "gmm"])
+def test_warm_start_copies_the_trained_network(source, ethanol, method):
+    opts = {"ensemble": {"members": 3}}.get(method, {})
+    model = build_from([source], parse_uq({"method": method, **opts}), seed=11)
+    pot = model if isinstance(model, Potential) else model.potential
+    ref, got = _out(source, ethanol), _out(pot, ethanol)
+    for m in range(pot.members):  # every member starts from the source's weights
+        torch.testing.assert_close(got[F.ENERGY][m], ref[F.ENERGY][0], rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(got[F.FORCES][m], ref[F.FORCES][0], rtol=1e-12, atol=1e-9)
+    assert pot.hparams["seeds"][0] == 11  # new seeds: the members' batch orders and new heads differ
+
+
+def test_ensemble_members_from_one_file_each(source, ethanol):
+    other = Potential(**{**HP, "seeds": [4]}).to(torch.float64)
+    other.fit_reference(ethanol.subset(range(20)))
+    model = build_from([source, other], parse_uq({"method": "ensemble", "members": 2}), seed=0)
+    got = _out(model.potential, ethanol)
+    for m, src in enumerate((source, other)):
+        torch.testing.assert_close(got[F.FORCES][m], _out(src, ethanol)[F.FORCES][0], rtol=1e-12, atol=1e-9)
+    with pytest.raises(ValueError, match="differs .* in features"):
+        build_from([source, Potential(**{**HP, "features": 8})], parse_uq({"method": "ensemble", "members": 2}), seed=0)
+
+
+def test_refit_shift_moves_references_to_the_new_data(source, ethanol):
+    """Energies of the new data offset by +40 kcal/mol (as from another level of theory): after the shift the
+    model's mean residual on them is zero (one composition: least squares matches the mean)."""
+    data = ethanol.subset(range(20, 40))
+    for s in data.structures:
+        s.energy = s.energy + 40.0
+    model = build_from([source], parse_uq({"method": "none"}), seed=0)
+
+    def residual():
+        b = collate(data.structures, cutoff=5.0, dtype=torch.float64)
+        return data.energies() - model.eval()(b, compute_forces=False)[F.ENERGY].detach().numpy()
+
+    assert abs(residual().mean()) > 30.0
+    delta = refit_shift(model, data)
+    assert abs(residual().mean()) < 1e-6
+    assert delta.sum() * 0 == 0 and np.isfinite(delta).all()
+
+
+def test_loop_fine_tunes_every_method_from_init_model(tmp_path, ammonia):
+    pytest.importorskip("tblite")
+    from test_loop import loop_cfg
+
+    from uqpot.data.io import write_extxyz
+    from uqpot.train.run import fit_model
+    from uqpot.config import ModelConfig, TrainConfig
+    from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
+    from uqpot.workflow.replicates import run_loop
+
+    e = ammonia.energies()
+    low, high = np.nonzero(e < 5.0)[0][:24], np.nonzero(e >= 5.0)[0][:12]
+    write_extxyz(ammonia.subset(low), tmp_path / "train.extxyz")
+    write_extxyz(ammonia.subset(high), tmp_path / "test.extxyz")
+    raw = loop_cfg(tmp_path, (tmp_path / "train.extxyz", tmp_path / "test.extxyz"), methods=("ensemble", "gmm"))
+    pre = tmp_path / "pre"
+    fit_model(ModelConfig(**raw["model"]), parse_uq({"method": "none"}), TrainConfig(epochs=2, batch_size=8,
+              progress=False), 0, ammonia.subset(low[:16]), ammonia.subset(low[16:]), ammonia.subset([]), pre)
+    raw["init_model"] = str(pre / "model.pt")
+    raw["finetune"] = {"lr": 1e-4, "epochs": 2}
+    summary = run_loop(ActiveLearning(LoopConfig.model_validate(raw)))
+    root = tmp_path / "loop"
+    for m in ("ensemble", "gmm"):
+        assert summary["generations"][2][m]["test"]["forces_mae"] > 0
+    g1 = modelfile.read(root / "gen1" / "ensemble" / "train" / "model.pt")["extra"]
+    assert g1["fine_tuned_from"][0]["file"] == str(pre / "model.pt")
+    g2 = modelfile.read(root / "gen2" / "gmm" / "train" / "model.pt")["extra"]
+    assert g2["fine_tuned_from"][0]["file"] == str(root / "gen1" / "gmm" / "train" / "model.pt")
+    hist = (root / "gen2" / "gmm" / "train" / "history.csv").read_text().splitlines()
+    assert len(hist) == 1 + 2  # finetune.epochs
+    # a pickled or missing init_model is refused before anything is written
+    raw2 = {**raw, "out": str(tmp_path / "bad"), "init_model": str(tmp_path / "nothing.pt")}
+    with pytest.raises(Exception, match="nothing.pt"):
+        ActiveLearning(LoopConfig.model_validate(raw2)).prepare()
+    assert not (tmp_path / "bad").exists()
