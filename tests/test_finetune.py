@@ -11,8 +11,14 @@ from uqpot import fields as F
 from uqpot import modelfile
 from uqpot.data.batch import collate
 from uqpot.nn.potential import Potential
-from uqpot.train.finetune import build_from, refit_shift
+from uqpot.train import finetune
+from uqpot.train.finetune import refit_shift
+from uqpot.train.run import member_count, trains_plain_potential
 from uqpot.uq.options import parse_uq
+
+def build_from(sources, uq, seed):
+    return finetune.build_from(sources, uq, seed, member_count(uq), trains_plain_potential(uq))
+
 
 HP = dict(features=16, interactions=2, rbf=8, cutoff=5.0, readout_hidden=8, members=1, seeds=[3])
 

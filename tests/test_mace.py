@@ -178,3 +178,45 @@ def test_untrusted_pickle_is_refused_and_nothing_runs(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         torch.load(evil)
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def small_ethanol(ethanol):
+    return ethanol.subset(range(24)), ethanol.subset(range(24, 32))
+
+
+@pytest.mark.parametrize("method", ["ensemble", "gmm", "llpr", "mve"])
+def test_uq_methods_and_consumers_take_a_mace_network(method, small_ethanol):
+    """Every UQ method on a MACE backbone gives a finite uncertainty, and the ASE calculator, the batched MD
+    engine and the adversarial attack take the result unchanged."""
+    from uqpot.md.batched import run_batched
+    from uqpot.md.calculator import UQPotCalculator
+    from uqpot.nn.backbone import build_potential
+    from uqpot.nn.mace import potential_hparams
+    from uqpot.config import parse_model
+    from uqpot.sample.adversarial import AttackConfig, BoltzmannReference, attack
+    from uqpot.train.run import member_count
+    from uqpot.uq import METHODS, build_method
+    from uqpot.uq.options import parse_uq
+    from uqpot.wrap import fit_and_calibrate
+
+    train, val = small_ethanol
+    uq = parse_uq({"method": method, **({"members": 2} if method == "ensemble" else {})})
+    cfg = parse_model({"kind": "mace", "channels": 8, "correlation": 2, "cutoff": 4.0, "radial_mlp": [16]})
+    hp = potential_hparams(cfg, member_count(uq), list(range(member_count(uq))), train)
+    model = (METHODS[method].wrap(build_potential(hp), uq) if METHODS[method].posthoc else build_method(uq, hp))
+    model = model.to(torch.float64)
+    model.fit_reference(train)
+    fit_and_calibrate(model, train, val, batch_size=8)
+    model.eval()
+    b = collate(val.structures[:3], cutoff=model.cutoff, dtype=torch.float64)
+    u = model(b)[F.UNCERTAINTY]
+    assert u.shape == (3,) and torch.isfinite(u).all()
+    atoms = val.structures[0].to_atoms()
+    atoms.calc = UQPotCalculator(model)
+    assert np.isfinite(atoms.get_forces()).all() and np.isfinite(atoms.calc.results["uncertainty"])
+    md = run_batched(model, val.structures[:2], 5, timestep_fs=0.5, temperatures_K=300.0, seeds=0)
+    assert md.model_calls >= 5
+    ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], 0.7)
+    res = attack(model, val.structures[:2], ref, AttackConfig(iterations=3, n_seeds=2, energy_cutoff=None))
+    assert len(res.samples) + len(res.rejected) == 2

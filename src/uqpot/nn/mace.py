@@ -147,6 +147,8 @@ class MACEPotential(Potential):
 
     def __init__(self, mace: dict, cutoff: float, features: int | None = None, readout_hidden: int | None = None,
                  activation: str = "silu", members: int = 1, seeds: list[int] | None = None, head: int = 0):
+        """``features`` and ``readout_hidden`` follow from ``mace`` (they are stored for the heads that read
+        them, and checked when given)."""
         nn.Module.__init__(self)
         seeds = list(seeds) if seeds is not None else [int(torch.initial_seed()) % 2**31 + m for m in range(members)]
         if len(seeds) != members:
@@ -177,10 +179,17 @@ class MACEPotential(Potential):
         self._readout_plan = self._plan_readouts(template)
         xi_dim = len(self._readout_plan[-1][2])
         ll_dim = sum(len(c) if kind == "linear" else width for kind, width, c in self._readout_plan) + 1
+        # features: size of ξ (heads of MVE, evidential, shallow ensembles read it); readout_hidden: the width
+        # of MACE's non-linear readout (the hidden size of heads added on ξ)
+        last_kind, last_width, _ = self._readout_plan[-1]
         self.hparams = dict(backbone="mace", mace=dict(mace), cutoff=float(cutoff), features=xi_dim,
-                            readout_hidden=ll_dim - 1, activation=activation, members=members,
+                            readout_hidden=last_width if last_kind == "nonlinear" else xi_dim,
+                            activation=activation, members=members,
                             seeds=[int(s) for s in seeds], head=int(head))
         self._ll_dim = ll_dim
+        for key, given in (("features", features), ("readout_hidden", readout_hidden)):
+            if given is not None and int(given) != self.hparams[key]:
+                raise ValueError(f"{key} {given} does not match the MACE network's {self.hparams[key]}")
         self._capture: list = []
         self._register_hooks(template)
         self._register_reference_buffers()

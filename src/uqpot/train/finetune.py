@@ -103,17 +103,16 @@ def refit_shift(model, train, batch_size: int = 64) -> np.ndarray:
     return delta
 
 
-def build_from(sources: list, uq_cfg, seed: int, names: list[str] | None = None):
-    """The model to train for ``uq_cfg``, sized as the trained ``sources`` (their backbone and
-    hyper-parameters; members and seeds from ``uq_cfg`` and ``seed``), warm-started from them."""
+def build_from(sources: list, uq_cfg, seed: int, members: int, plain: bool, names: list[str] | None = None):
+    """The model to train for ``uq_cfg`` (``members`` stacked networks; a plain potential when ``plain``),
+    sized as the trained ``sources`` (their backbone and hyper-parameters, seeds from ``seed``) and
+    warm-started from them."""
     from ..nn.backbone import build_potential
     from ..uq import build_method
-    from .run import member_count, trains_plain_potential
 
-    members = member_count(uq_cfg)
     hp = dict(_potential(sources[0]).hparams)
     hp.update(members=members, seeds=[seed + k for k in range(members)])
-    model = build_potential(hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
+    model = build_potential(hp) if plain else build_method(uq_cfg, hp)
     model = model.to(dtype=_potential(sources[0]).dtype)
     warm_start(model, sources, names)
     return model

@@ -209,7 +209,8 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
         from .finetune import build_from, refit_shift
 
         init = [Path(p) for p in init]
-        model = build_from([load(p) for p in init], uq_cfg, seed, [str(p) for p in init])
+        model = build_from([load(p) for p in init], uq_cfg, seed, member_count(uq_cfg), trains_plain_potential(uq_cfg),
+                           [str(p) for p in init])
         shift = refit_shift(model, train)
         extra = {**(extra or {}), "fine_tuned_from": [{"file": str(p), "sha256": sha256_file(p)} for p in init],
                  "reference_shift": [float(x) for x in shift]}
