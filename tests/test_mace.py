@@ -220,3 +220,39 @@ def test_uq_methods_and_consumers_take_a_mace_network(method, small_ethanol):
     ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], 0.7)
     res = attack(model, val.structures[:2], ref, AttackConfig(iterations=3, n_seeds=2, energy_cutoff=None))
     assert len(res.samples) + len(res.rejected) == 2
+
+
+def _train_config(tmp_path, ethanol_path, **train):
+    import yaml
+
+    cfg = {"seed": 0, "out": str(tmp_path / "run"), "data": {"path": str(ethanol_path)},
+           "split": {"train": 16, "val": 8, "test": 8, "seed": 0},
+           "model": {"kind": "mace", "channels": 8, "correlation": 2, "cutoff": 4.0, "radial_mlp": [16]},
+           "uq": {"method": "gmm", "candidates": [1]}, "train": {"epochs": 1, "batch_size": 8, **train}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_uqpot_train_with_model_kind_mace(tmp_path, ethanol_path):
+    r = subprocess.run(UQPOT + ["train", str(_train_config(tmp_path, ethanol_path)), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    from uqpot.models import load
+
+    model = load(tmp_path / "run" / "model.pt")
+    assert model.potential.backbone == "mace" and model.kind == "uq.gmm"
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert np.isfinite(summary["test"]["forces_mae"]) and np.isfinite(summary["test"]["spearman"])
+
+
+@pytest.mark.parametrize("train, key", [({"compile": True}, "train.compile"), ({"layout": "dense"}, "train.layout")])
+def test_mace_refuses_what_it_cannot_do(tmp_path, ethanol_path, train, key):
+    r = subprocess.run(UQPOT + ["train", str(_train_config(tmp_path, ethanol_path, **train))],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and key in lines[0] and "MACE" in lines[0]
+    assert not (tmp_path / "run").exists()
