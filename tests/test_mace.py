@@ -256,3 +256,22 @@ def test_mace_refuses_what_it_cannot_do(tmp_path, ethanol_path, train, key):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and key in lines[0] and "MACE" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("model, message", [
+    ({"kind": "nequip"}, "'model.kind': Input should be 'painn' or 'mace' (got 'nequip')"),
+    ({"kind": "mace", "channels": 0}, "'model.channels': Input should be greater than or equal to 1 (got 0)"),
+    ({"kind": "mace", "features": 8}, "unknown key 'model.features'"),
+    ({"kind": "mace", "radial_mlp": [16, 0]}, "radial_mlp widths must be >= 1"),
+])
+def test_bad_model_sections(tmp_path, ethanol_path, model, message):
+    import yaml
+
+    path = _train_config(tmp_path, ethanol_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"] = model
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run(UQPOT + ["train", str(path)], capture_output=True, text=True)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0] and str(path) in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -197,10 +197,12 @@ def _validate_model(value, handler):
         return value
     kind = value.get("kind", "painn") if isinstance(value, dict) else "painn"
     if kind not in MODEL_KINDS:
-        from pydantic_core import PydanticCustomError
-
-        raise PydanticCustomError("model_kind", f"model.kind {kind!r}; use one of {', '.join(MODEL_KINDS)}")
+        _ModelKind.model_validate({"kind": kind})  # the error names model.kind and the kinds there are
     return MODEL_KINDS[kind].model_validate(value)
+
+
+class _ModelKind(BaseModel):
+    kind: Literal["painn", "mace"]
 
 
 #: the ``model`` section: PaiNN or MACE, chosen by ``kind``
