@@ -275,3 +275,13 @@ def test_bad_model_sections(tmp_path, ethanol_path, model, message):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0] and str(path) in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_mace_stress_equals_ase_finite_differences():
+    from uqpot.md.calculator import UQPotCalculator
+
+    atoms = _quartz_triclinic().to_atoms()
+    atoms.calc = UQPotCalculator(_net())
+    numeric = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    assert np.abs(numeric).max() > 1e-4
+    assert np.abs(atoms.get_stress() - numeric).max() <= 1e-4 * np.abs(numeric).max()

@@ -96,6 +96,10 @@ ENERGY_VARIANCE = variance_of(ENERGY, "variance of the energy (over members, or 
 FORCES_VARIANCE = variance_of(FORCES, "variance of the forces: per component (N, 3) or isotropic per atom (N,)")
 ENERGY_MEMBERS = members_of(ENERGY)
 FORCES_MEMBERS = members_of(FORCES)
+#: σ = (1/V) ∂E/∂ε with ε the symmetric strain (ASE's convention and sign), per structure (B, 3, 3)
+STRESS = register("stress", False, "kcal/mol/Å³", "stress of a periodic structure, σ = (1/V) ∂E/∂ε, 3x3")
+STRESS_VARIANCE = variance_of(STRESS, "variance of the stress components (over members)")
+STRESS_MEMBERS = members_of(STRESS)
 ATOMIC_ENERGY_MEMBERS = members_of(ATOMIC_ENERGY)
 FEATURES_MEMBERS = members_of(FEATURES)
 

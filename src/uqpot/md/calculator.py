@@ -18,7 +18,8 @@ from ..units import ENERGY_UNIT, LENGTH_UNIT, energy_factor, length_factor
 
 
 class UQPotCalculator(Calculator):
-    implemented_properties = ["energy", "free_energy", "forces", "energies", F.UNCERTAINTY, F.UNCERTAINTY_ATOM]
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "stress", F.STRESS_VARIANCE,
+                              F.UNCERTAINTY, F.UNCERTAINTY_ATOM]
 
     def __init__(self, model, energy_unit: str = "eV", length_unit: str = "Å", device=None,
                  layout: str = "sparse", **kwargs):
@@ -36,6 +37,15 @@ class UQPotCalculator(Calculator):
         self.length_in = length_factor(length_unit) / length_factor(LENGTH_UNIT)  # caller length -> Å
         self.energy_unit, self.length_unit = energy_unit, length_unit
 
+    def _check_stress(self, s) -> None:
+        from ase.calculators.calculator import PropertyNotImplementedError
+
+        if not bool(s.pbc.all()):
+            raise PropertyNotImplementedError("stress needs a periodic cell (pbc on all three axes)")
+        if getattr(self.model, "kind", "") != "potential" and not getattr(self.model, "gives_stress", False):
+            raise PropertyNotImplementedError(f"{self.model.method} gives no stress (nor a stress uncertainty); "
+                                              "a plain potential and the ensemble do")
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         s = Structure.from_atoms(self.atoms)
@@ -46,7 +56,11 @@ class UQPotCalculator(Calculator):
         check_elements(self.model, StructureDataset([s]))
         batch = collate([s], cutoff=self.model.cutoff, dtype=self.model.dtype, device=self.model.device,
                         layout=self.layout)
-        out = self.model(batch, compute_forces=True, create_graph=False)
+        want_stress = bool({"stress", F.STRESS_VARIANCE} & set(properties))
+        if want_stress:
+            self._check_stress(s)
+        out = self.model(batch, compute_forces=True, create_graph=False, **({"compute_stress": True} if want_stress
+                                                                          else {}))
         energy = float(out[F.ENERGY].detach().cpu()[0]) * self.energy_to_out
         forces = out[F.FORCES].detach().cpu().double().numpy() * self.energy_to_out * self.length_in
         self.results["energy"] = energy
@@ -58,6 +72,13 @@ class UQPotCalculator(Calculator):
             atomref = self.model.potential.atomref if hasattr(self.model, "potential") else self.model.atomref
             ref = atomref[torch.as_tensor(s.numbers)].cpu().numpy() * self.energy_to_out
             self.results["energies"] = self.results["energies"] + ref
+        if F.STRESS in out:  # σ in energy per volume; ASE's Voigt order xx, yy, zz, yz, xz, xy
+            sigma = out[F.STRESS].detach().cpu().double().numpy()[0] * self.energy_to_out * self.length_in ** 3
+            self.results["stress"] = sigma[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+            if F.STRESS_VARIANCE in out:
+                var = out[F.STRESS_VARIANCE].detach().cpu().double().numpy()[0] * (self.energy_to_out
+                                                                                   * self.length_in ** 3) ** 2
+                self.results[F.STRESS_VARIANCE] = var[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
         if F.UNCERTAINTY in out:  # UQ methods: U in the method's own unit (see its uncertainty_description)
             self.results[F.UNCERTAINTY] = float(out[F.UNCERTAINTY].detach().cpu()[0])
             self.results[F.UNCERTAINTY_ATOM] = out[F.UNCERTAINTY_ATOM].detach().cpu().double().numpy()

@@ -240,7 +240,7 @@ class MACEPotential(Potential):
     def elements_of_network(self) -> list[int]:
         return [int(z) for z in self.hparams["mace"]["atomic_numbers"]]
 
-    def _graph_inputs(self, batch: AtomsBatch) -> dict:
+    def _graph_inputs(self, batch: AtomsBatch, offsets: torch.Tensor | None = None) -> dict:
         if batch.dense:
             raise ValueError("MACE reads edge lists: evaluate it on the sparse layout")
         idx = self.z_index.index_select(0, batch.numbers)
@@ -250,7 +250,8 @@ class MACEPotential(Potential):
         i, j = batch.edge_index[0], batch.edge_index[1]
         # MACE: vectors = r[receiver] - r[sender] + shift; uqpot's edge (i, j) has r_ij = r_j - r_i + S·cell and
         # sends from neighbour j to centre i: receiver i, sender j, shift -S·cell
-        return {"node_attrs": attrs, "edge_index": torch.stack([j, i]), "shifts": -batch.edge_offsets(),
+        return {"node_attrs": attrs, "edge_index": torch.stack([j, i]),
+                "shifts": -(batch.edge_offsets() if offsets is None else offsets),
                 "unit_shifts": -batch.cell_shifts, "cell": batch.cell.reshape(-1, 3), "batch": batch.batch,
                 "ptr": ptr, "head": torch.full((batch.num_structures,), self.head, dtype=torch.int64,
                                                device=idx.device)}
@@ -260,15 +261,19 @@ class MACEPotential(Potential):
         state.update({n: getattr(self.stack, _key(n))[m] for n in self._bnames})
         return state
 
-    def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None
+                        ) -> dict[str, torch.Tensor]:
         data = self._graph_inputs(batch)
         template = self._template[0]
         e_atom, xi, last = [], [], []
         for m in range(self.members):
             p = pos_m[m]
             p = p if p.requires_grad else p.detach()  # MACE sets requires_grad on its positions
+            inputs = dict(data, positions=p)
+            if offsets is not None:  # strained image offsets of this member (stress)
+                inputs["shifts"] = -offsets[m if offsets.shape[0] > 1 else 0]
             self._capture.clear()
-            out = torch.func.functional_call(template, self._member_state(m), (dict(data, positions=p),),
+            out = torch.func.functional_call(template, self._member_state(m), (inputs,),
                                              {"compute_force": False, "training": self.training})
             got = {(tag, k): x for tag, k, x in self._capture}
             self._capture.clear()

@@ -129,8 +129,9 @@ class Potential(nn.Module):
         e = self.atomref.index_select(0, batch.numbers)
         return torch.zeros(batch.num_structures, dtype=torch.float64, device=e.device).index_add(0, batch.batch, e)
 
-    def _features(self, batch: AtomsBatch, pos_m: torch.Tensor) -> torch.Tensor:
-        """Per-atom features ξ (M, N, F) from member positions (M, N, 3), on the batch's layout."""
+    def _features(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-atom features ξ (M, N, F) from member positions (M, N, 3), on the batch's layout; ``offsets``
+        (M, E, 3): image offsets of the edges (default: the batch's, S·cell)."""
         M = self.members
         if batch.dense:
             B, n = batch.pair_mask.shape[0], batch.pair_mask.shape[1]
@@ -142,19 +143,25 @@ class Potential(nn.Module):
             return s.reshape(M, B * n, -1).index_select(1, idx)
         i, j = batch.edge_index[0], batch.edge_index[1]
         vectors = pos_m.index_select(1, j) - pos_m.index_select(1, i)
-        if batch.periodic:
+        if offsets is not None:
+            vectors = vectors + offsets
+        elif batch.periodic:
             vectors = vectors + batch.edge_offsets()
         s, _ = self.representation(batch.numbers, vectors, batch.edge_index)
         return s
 
     def forward_members(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
-                        retain_graph: bool | None = None) -> dict[str, torch.Tensor]:
+                        retain_graph: bool | None = None, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """Outputs with a leading member axis: energy (M, B) float64, forces (M, N, 3), features ξ (M, N, F),
-        atomic energies (M, N) and the energy without references ``energy_residual`` (M, B).
+        atomic energies (M, N) and the energy without references ``energy_residual`` (M, B); with
+        ``compute_stress`` (periodic structures) the stress σ = (1/V) ∂E/∂ε (M, B, 3, 3), from the same
+        backward pass as the forces.
 
         ``create_graph`` (default: ``self.training``) keeps the force graph for losses on forces (and for
         derivatives of force-based uncertainties)."""
         create_graph = self.training if create_graph is None else create_graph
+        if compute_stress:
+            return self._forward_stress(batch, create_graph, retain_graph)
         if compute_forces and torch.compiler.is_compiling():
             return self._forward_functional(batch)
         # a graph is needed for forces, or when the caller differentiates w.r.t. the positions
@@ -168,8 +175,25 @@ class Potential(nn.Module):
                 out[F.FORCES] = response.forces(out[F.ENERGY_RESIDUAL], pos_m, create_graph, retain_graph)
         return self._with_reference(out, batch)
 
-    def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor) -> dict[str, torch.Tensor]:
-        s = self._features(batch, pos_m)
+    def _forward_stress(self, batch: AtomsBatch, create_graph: bool, retain_graph: bool | None) -> dict:
+        """Energy, forces and stress σ = (1/V) ∂E/∂ε: the energy of the positions and image offsets strained
+        by a symmetric ε (:func:`uqpot.nn.response.strain`), differentiated at ε = 0 with the positions in
+        one backward pass, on the edge list (periodic structures only)."""
+        if batch.dense or not batch.periodic:
+            raise ValueError("stress needs periodic structures on the edge list (layout 'sparse')")
+        with torch.enable_grad():
+            positions = response.leaf(batch.positions)
+            pos_m = positions if positions.dim() == 3 else positions.unsqueeze(0).expand(self.members, -1, -1)
+            eps, pos_s, offsets = response.strain(batch, self.members, pos_m)
+            out = self._energy_outputs(batch, pos_s, offsets)
+            forces, stress = response.forces_and_stress(out[F.ENERGY_RESIDUAL], pos_m, eps, batch.cell, create_graph,
+                                                        retain_graph)
+        out[F.FORCES], out[F.STRESS] = forces, stress
+        return self._with_reference(out, batch)
+
+    def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None
+                        ) -> dict[str, torch.Tensor]:
+        s = self._features(batch, pos_m, offsets)
         e_atom = self.readout(s).squeeze(-1) * self.energy_scale  # (M, N)
         e_res = e_atom.new_zeros(self.members, batch.num_structures).index_add(1, batch.batch, e_atom)
         return {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, F.ENERGY_RESIDUAL: e_res}
@@ -195,9 +219,9 @@ class Potential(nn.Module):
         return self._with_reference(out, batch)
 
     def forward(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
-                retain_graph: bool | None = None) -> dict[str, torch.Tensor]:
+                retain_graph: bool | None = None, compute_stress: bool = False) -> dict[str, torch.Tensor]:
         """As :meth:`forward_members`; for a single network (M = 1) without the member axis."""
-        out = self.forward_members(batch, compute_forces, create_graph, retain_graph)
+        out = self.forward_members(batch, compute_forces, create_graph, retain_graph, compute_stress)
         if self.members == 1:
             out = {k: v.squeeze(0) for k, v in out.items()}
         return out

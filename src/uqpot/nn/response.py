@@ -90,3 +90,27 @@ def stacked_forces(energies: torch.Tensor, positions: torch.Tensor, create_graph
                    chunk: int | None = None) -> torch.Tensor:
     """Forces of K energies (K, B) of one forward graph: −∂E_k/∂r for every k, (K, N, 3)."""
     return -position_grads(energies, positions, create_graph=create_graph, chunk=chunk)
+
+
+def strain(batch, members: int, positions: torch.Tensor):
+    """A zero symmetric strain ε (M, B, 3, 3) that autograd tracks, the strained member positions
+    r' = r (I + ε) and the strained image offsets S·cell(I + ε) (M, E, 3): E(ε) for the stress
+    σ = (1/V) ∂E/∂ε (:func:`stress`).  ``positions`` (M, N, 3)."""
+    eps = positions.new_zeros(members, batch.num_structures, 3, 3).requires_grad_(True)
+    sym = 0.5 * (eps + eps.transpose(-1, -2))
+    pos = positions + torch.einsum("mni,mnij->mnj", positions, sym.index_select(1, batch.batch))
+    cell = batch.cell.to(positions.dtype)
+    cell = cell + torch.einsum("bik,mbkj->mbij", cell, sym)
+    cell_of_edge = cell.index_select(1, batch.batch.index_select(0, batch.edge_index[0]))
+    offsets = torch.einsum("ek,mekj->mej", batch.cell_shifts.to(positions.dtype), cell_of_edge)
+    return eps, pos, offsets
+
+
+def forces_and_stress(energy: torch.Tensor, positions: torch.Tensor, eps: torch.Tensor, cell: torch.Tensor,
+                      create_graph: bool = False, retain_graph: bool | None = None):
+    """F = −∂E/∂r and σ = (1/V) ∂E/∂ε in one backward pass (``energy`` (M, B), ``eps`` (M, B, 3, 3), ``cell``
+    (B, 3, 3); V = |det cell|)."""
+    g_pos, g_eps = torch.autograd.grad(energy.sum(), (positions, eps), create_graph=create_graph,
+                                       retain_graph=create_graph if retain_graph is None else retain_graph)
+    volume = torch.linalg.det(cell.to(g_eps.dtype)).abs()
+    return -g_pos, g_eps / volume.view(1, -1, 1, 1)

@@ -170,10 +170,14 @@ class UQMethod(nn.Module):
         self.potential.fit_reference(dataset)
 
     # ----------------------------------------------------------------- training
+    #: whether the method gives the stress (and its variance) of periodic structures
+    gives_stress = False
+
     def forward_members(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
-                        retain_graph: bool | None = None) -> dict:
+                        retain_graph: bool | None = None, compute_stress: bool = False) -> dict:
         """Training outputs with a leading member axis (the potential's, plus any head outputs)."""
-        return self.potential.forward_members(batch, compute_forces, create_graph, retain_graph)
+        return self.potential.forward_members(batch, compute_forces, create_graph, retain_graph,
+                                              compute_stress=compute_stress)
 
     def make_loss(self, train_cfg):
         """The training objective (per member); SI Eq. 1 unless the method defines its own."""
@@ -195,9 +199,13 @@ class UQMethod(nn.Module):
         raise NotImplementedError
 
     def forward(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
-                retain_graph: bool | None = None) -> dict:
-        """Energy, forces, per-atom features ξ and the uncertainty per atom and per structure."""
-        out = self.forward_members(batch, compute_forces, create_graph, retain_graph)
+                retain_graph: bool | None = None, compute_stress: bool = False) -> dict:
+        """Energy, forces, per-atom features ξ and the uncertainty per atom and per structure (and the stress
+        where the method gives it: ``gives_stress``)."""
+        if compute_stress and not self.gives_stress:
+            raise NotImplementedError(f"{self.method} gives no stress (nor a stress uncertainty); the ensemble does")
+        out = (self.forward_members(batch, compute_forces, create_graph, retain_graph, compute_stress=True)
+               if compute_stress else self.forward_members(batch, compute_forces, create_graph, retain_graph))
         res = self.combine(out, batch)
         res[F.UNCERTAINTY] = reduce_atoms(res[F.UNCERTAINTY_ATOM], batch, self.reduction)
         return res

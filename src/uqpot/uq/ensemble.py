@@ -35,6 +35,7 @@ class Ensemble(UQMethod):
     options = EnsembleOptions
     uncertainty_description = "force variance over ensemble members σ²_F, (kcal/mol/Å)² (Eq. 5)"
     needs_forces_for_uncertainty = True
+    gives_stress = True
 
     @classmethod
     def members_for(cls, options: EnsembleOptions) -> int:
@@ -56,6 +57,9 @@ class Ensemble(UQMethod):
             res[F.UNCERTAINTY_ATOM] = forces.var(0, correction=1).mean(-1)
         else:  # without forces, fall back on the spread of the atomic energies
             res[F.UNCERTAINTY_ATOM] = out[F.ATOMIC_ENERGY].var(0, correction=1)
+        if F.STRESS in out:  # committee stress and its variance per component (as Eq. 4-5 for forces)
+            res[F.STRESS], res[F.STRESS_MEMBERS] = out[F.STRESS].mean(0), out[F.STRESS]
+            res[F.STRESS_VARIANCE] = out[F.STRESS].var(0, correction=1)
         return res
 
     @classmethod

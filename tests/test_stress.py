@@ -1,0 +1,100 @@
+"""Stress σ = (1/V) ∂E/∂ε from the strain derivative, against ASE's finite-difference stress, for a trained
+potential in float64 on an orthorhombic and a triclinic cell; the ensemble's committee stress variance; and
+the methods without a stress say so."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.lj import LennardJones
+from conftest import silica_like
+
+from uqpot import fields as F
+from uqpot.config import TrainConfig
+from uqpot.data.batch import collate
+from uqpot.data.structures import Structure, StructureDataset
+from uqpot.md.calculator import UQPotCalculator
+from uqpot.nn.potential import Potential
+from uqpot.train.trainer import Trainer
+from uqpot.uq import build_method
+from uqpot.uq.options import parse_uq
+
+HP = dict(features=16, interactions=2, rbf=8, cutoff=4.0, readout_hidden=8)
+
+
+def _labelled(n=16, seed=0):
+    """Rattled, strained quartz cells labelled by ASE's Lennard-Jones (a real periodic reference)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        at = silica_like(seed=seed + k)
+        at.set_cell(at.cell @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
+        at.calc = LennardJones(sigma=2.0, epsilon=0.3, rc=4.0, smooth=True)
+        s = Structure.from_atoms(at)
+        s.energy, s.forces = float(at.get_potential_energy()), at.get_forces()
+        out.append(s)
+    return StructureDataset(out)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    data = _labelled()
+    model = Potential(**HP, seeds=[0])
+    model.fit_reference(data)
+    cfg = TrainConfig(epochs=3, batch_size=4, lr=5e-3, dtype="float64", progress=False, device="cpu")
+    Trainer(model, data.subset(range(12)), data.subset(range(12, 16)), cfg, tmp_path_factory.mktemp("t")).fit()
+    return model.to(torch.float64).eval()
+
+
+def _cells():
+    rng = np.random.default_rng(3)
+    ortho = Atoms(numbers=[14] * 3 + [8] * 6, scaled_positions=rng.uniform(0, 1, (9, 3)),
+                  cell=np.diag([5.1, 5.4, 5.8]), pbc=True)
+    tri = silica_like(seed=5)
+    tri.set_cell(np.array([[4.9, 0.0, 0.0], [-2.2, 4.3, 0.0], [0.4, 0.3, 5.4]]), scale_atoms=True)
+    return {"orthorhombic": ortho, "triclinic": tri}
+
+
+@pytest.mark.parametrize("cell", ["orthorhombic", "triclinic"])
+def test_stress_equals_ase_finite_differences(trained, cell):
+    atoms = _cells()[cell]
+    atoms.calc = UQPotCalculator(trained)
+    analytic = atoms.get_stress()
+    numeric = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
+    assert np.abs(numeric).max() > 1e-4  # a stress worth checking
+    assert np.abs(analytic - numeric).max() <= 1e-4 * np.abs(numeric).max()
+    # the forces of the stress pass are the forces
+    b = collate([Structure.from_atoms(atoms)], cutoff=trained.cutoff, dtype=torch.float64)
+    torch.testing.assert_close(trained(b, compute_stress=True)[F.FORCES], trained(b)[F.FORCES], rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_ensemble_gives_committee_stress_and_variance(trained):
+    ens = build_method(parse_uq({"method": "ensemble", "members": 3}), {**HP, "members": 3, "seeds": [0, 1, 2]})
+    ens = ens.to(torch.float64).eval()
+    ens.fit_reference(_labelled(4))
+    atoms = _cells()["triclinic"]
+    b = collate([Structure.from_atoms(atoms)], cutoff=4.0, dtype=torch.float64)
+    out = ens(b, compute_stress=True)
+    members = out[F.STRESS_MEMBERS][:, 0]
+    torch.testing.assert_close(out[F.STRESS][0], members.mean(0))
+    torch.testing.assert_close(out[F.STRESS_VARIANCE][0], members.var(0, correction=1))
+    assert float(out[F.STRESS_VARIANCE].max()) > 0
+    atoms.calc = UQPotCalculator(ens)
+    atoms.calc.calculate(atoms, ["energy", "forces", "stress"])
+    assert atoms.calc.results[F.STRESS_VARIANCE].shape == (6,)
+
+
+def test_methods_without_stress_say_so(trained, tmp_path):
+    gmm = build_method(parse_uq({"method": "mve"}), {**HP, "members": 1, "seeds": [0]}).to(torch.float64).eval()
+    atoms = _cells()["orthorhombic"]
+    atoms.calc = UQPotCalculator(gmm)
+    with pytest.raises(PropertyNotImplementedError, match="mve gives no stress"):
+        atoms.get_stress()
+    mol = Atoms("SiO2", positions=[[0, 0, 0], [1.6, 0, 0], [-1.6, 0, 0]])
+    mol.calc = UQPotCalculator(trained)
+    with pytest.raises(PropertyNotImplementedError, match="periodic"):
+        mol.get_stress()
