@@ -98,3 +98,69 @@ def test_methods_without_stress_say_so(trained, tmp_path):
     mol.calc = UQPotCalculator(trained)
     with pytest.raises(PropertyNotImplementedError, match="periodic"):
         mol.get_stress()
+
+
+# ------------------------------------------------------------------ reading stress: units, virials, bad input
+def _frame(stress=None, pbc=True, info=None):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    a = silica_like()
+    if not pbc:
+        a.pbc, a.cell = False, np.zeros((3, 3))
+    kw = {"energy": -10.0, "forces": np.zeros((9, 3))}
+    if stress is not None:
+        kw["stress"] = stress
+    a.calc = SinglePointCalculator(a, **kw)
+    a.info.update(info or {})
+    return a
+
+
+def test_stress_is_read_in_kcal_per_mol_per_cubic_angstrom(tmp_path):
+    from ase.io import write
+
+    from uqpot.data.io import ReadOptions, read_structures
+    from uqpot.units import EV_TO_KCAL_PER_MOL
+
+    voigt = np.array([0.1, 0.2, 0.3, 0.01, 0.02, 0.03])  # eV/Å³, ASE's order xx yy zz yz xz xy
+    virial = _frame()
+    virial.info["virial"] = np.diag([5.0, 6.0, 7.0]).ravel()  # eV: W = −σV
+    write(tmp_path / "s.extxyz", [_frame(voigt), virial])
+    d = read_structures(tmp_path / "s.extxyz", ReadOptions(energy_unit="eV"))
+    expect = np.array([[0.1, 0.03, 0.02], [0.03, 0.2, 0.01], [0.02, 0.01, 0.3]]) * EV_TO_KCAL_PER_MOL
+    np.testing.assert_allclose(d[0].stress, expect, rtol=1e-12)
+    vol = abs(np.linalg.det(virial.cell.array))
+    np.testing.assert_allclose(np.diag(d[1].stress), -np.array([5.0, 6.0, 7.0]) / vol * EV_TO_KCAL_PER_MOL,
+                               rtol=1e-12)
+    back = d[0].to_atoms()  # and written back in ASE's Voigt order
+    np.testing.assert_allclose(back.calc.results["stress"], voigt * EV_TO_KCAL_PER_MOL, rtol=1e-12)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan", "field 'stress': non-finite stress (NaN/inf) in component(s) yy"),
+    ("molecule", "field 'stress': stress on a frame without a periodic cell"),
+    ("shape", "field 'my_stress': stress has shape (4,); expected 3x3, or 6 (Voigt) or 9 values"),
+])
+def test_bad_stress_is_one_line_naming_file_frame_field(tmp_path, case, message):
+    from ase.io import write
+    from support.badinput import assert_user_error, cli
+
+    good = _frame(np.zeros(6))
+    bad = {"nan": lambda: _frame(np.array([0.1, np.nan, 0.3, 0.0, 0.0, 0.0])),
+           "molecule": lambda: _frame(np.zeros(6), pbc=False),
+           "shape": lambda: _frame(info={"my_stress": np.array([1.0, 2.0, 3.0, 4.0])})}[case]()
+    path = tmp_path / "bad.extxyz"
+    write(path, [good, bad] + [good] * 23)
+    if case == "shape":
+        from uqpot.data.io import ReadOptions, read_structures
+        from uqpot.errors import DataError
+
+        with pytest.raises(DataError) as exc:
+            read_structures(path, ReadOptions(energy_unit="eV", stress_key="my_stress"))
+        assert f"{path}: frame 1: {message}" in str(exc.value)
+        return
+    r = cli("data", "check", str(path), "--energy-unit", "eV")
+    assert_user_error(r, f"{path}: frame 1: {message}", lines=2)  # the problem, and the count of problems
+    from support.badinput import tiny_config
+
+    r = cli("train", tiny_config(tmp_path, path))  # training: the one line, nothing written
+    assert_user_error(r, f"{path}: frame 1: {message}", nothing_in=tmp_path / "run")

@@ -43,6 +43,9 @@ class ReadOptions:
     format: str | None = None
     energy_key: str | None = None
     forces_key: str | None = None
+    #: where the stress is (default: the calculator results' ``stress``, else a ``virial`` in the frame's
+    #: info, converted as σ = −W/V); 3×3 or Voigt (xx, yy, zz, yz, xz, xy), in energy_unit/length_unit³
+    stress_key: str | None = None
     energy_unit: str = "kcal/mol"
     length_unit: str = "Å"
     require_energy: bool = True
@@ -154,6 +157,15 @@ def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> 
         elif not np.all(np.isfinite(s.forces)):
             rows = np.unique(np.nonzero(~np.isfinite(s.forces))[0])
             bad(key, f"non-finite forces (NaN/inf) on atom(s) {rows[:10].tolist()}")
+    if s.stress is not None:
+        key = options.stress_key or F.STRESS
+        if not s.periodic:
+            bad(key, "stress on a frame without a periodic cell (stress is defined for periodic frames only)")
+        elif s.stress.shape != (3, 3):
+            bad(key, f"stress has shape {tuple(s.stress.shape)}; expected 3x3, or 6 (Voigt) or 9 values")
+        elif not np.all(np.isfinite(s.stress)):
+            comps = sorted({"xyz"[min(a, b)] + "xyz"[max(a, b)] for a, b in zip(*np.nonzero(~np.isfinite(s.stress)))})
+            bad(key, f"non-finite stress (NaN/inf) in component(s) {', '.join(comps)}")
     if (
         options.min_distance > 0
         and n > 1
@@ -188,8 +200,32 @@ def _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor) -> St
     s = Structure.from_atoms(atoms, None, forces, source=str(path), frame=frame)
     s.positions = s.positions * l_factor
     s.cell = s.cell * l_factor
+    s.stress = _stress(atoms, options, e_factor / l_factor ** 3)
     s.energy = None if energy is None else energy * e_factor
     return s
+
+
+def _stress(atoms, options: ReadOptions, factor: float):
+    """The frame's stress as 3×3 in kcal/mol/Å³ (None if it has none); a shape that is neither 3×3 nor
+    Voigt is kept as read, for the validation to name."""
+    value = _lookup(atoms, options.stress_key or F.STRESS, per_atom=False)
+    sign = 1.0
+    if value is None and options.stress_key is None and "virial" in atoms.info:
+        value, sign = atoms.info["virial"], -1.0  # W = −σV
+        vol = abs(float(np.linalg.det(atoms.cell.array)))
+        factor = factor / vol if vol > 0 else float("nan")
+    if value is None:
+        return None
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.full((1,), np.nan)
+    if v.size == 6:
+        xx, yy, zz, yz, xz, xy = v.reshape(6)
+        v = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    elif v.size == 9:
+        v = v.reshape(3, 3)
+    return v * factor * sign
 
 
 def read_structures(path, options: ReadOptions | None = None, collect: list | None = None) -> StructureDataset:

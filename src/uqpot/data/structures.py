@@ -21,6 +21,7 @@ class Structure:
     source: str | None = None  # file the structure was read from
     frame: int | None = None  # its index in that file
     info: dict = field(default_factory=dict)
+    stress: np.ndarray | None = None  # (3, 3) kcal/mol/Å³, σ = (1/V) ∂E/∂ε (ASE's sign); periodic frames only
 
     @property
     def n_atoms(self) -> int:
@@ -45,7 +46,8 @@ class Structure:
         )
 
     def to_atoms(self):
-        """An ``ase.Atoms``; energy and forces (if any) are attached in kcal/mol and kcal/mol/Å."""
+        """An ``ase.Atoms``; energy, forces and stress (if any) are attached in kcal/mol, kcal/mol/Å and
+        kcal/mol/Å³."""
         from ase import Atoms
         from ase.calculators.singlepoint import SinglePointCalculator
 
@@ -56,6 +58,8 @@ class Structure:
             results[F.ENERGY] = self.energy
         if self.forces is not None:
             results[F.FORCES] = self.forces
+        if self.stress is not None:
+            results[F.STRESS] = self.stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # ASE's Voigt order
         if results:
             atoms.calc = SinglePointCalculator(atoms, **results)
         return atoms
