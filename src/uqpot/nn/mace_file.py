@@ -39,7 +39,10 @@ def refuse_untrusted(path) -> None:
 
 
 def _load_trusted(path: Path):
-    modules = import_mace()
+    try:
+        modules = import_mace()
+    except ImportError as exc:
+        raise ModelFileError(path, str(exc)) from None
     prior = os.environ.get(_ENV)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
