@@ -164,3 +164,20 @@ def test_bad_stress_is_one_line_naming_file_frame_field(tmp_path, case, message)
 
     r = cli("train", tiny_config(tmp_path, path))  # training: the one line, nothing written
     assert_user_error(r, f"{path}: frame 1: {message}", nothing_in=tmp_path / "run")
+
+
+def test_ase_npt_runs_a_uqpot_potential(trained):
+    """ASE's MTK barostat (full cell fluctuations) drives the cell of a uqpot potential through its stress."""
+    from ase import units
+    from ase.md.nose_hoover_chain import MTKNPT
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    atoms = silica_like(n_cells=(1, 1, 1), seed=2)
+    atoms.calc = UQPotCalculator(trained)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    v0 = atoms.get_volume()
+    dyn = MTKNPT(atoms, timestep=0.5 * units.fs, temperature_K=300, pressure_au=1.0 * units.GPa,
+                 tdamp=50 * units.fs, pdamp=500 * units.fs)
+    dyn.run(20)
+    assert np.isfinite(atoms.positions).all() and np.isfinite(atoms.get_stress()).all()
+    assert atoms.get_volume() != pytest.approx(v0, rel=1e-9)  # the barostat moved the cell
