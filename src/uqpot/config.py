@@ -37,6 +37,8 @@ class DataConfig(Strict):
     format: Optional[str] = None
     energy_key: Optional[str] = None
     forces_key: Optional[str] = None
+    #: the stress of periodic frames (default: the calculator results' ``stress``, else an info ``virial``)
+    stress_key: Optional[str] = None
     energy_unit: str = "kcal/mol"
     length_unit: str = "Å"
     min_distance: float = Field(0.5, ge=0.0, description="minimum allowed interatomic distance (Å)")
@@ -80,7 +82,7 @@ class DataConfig(Strict):
         from .data.io import ReadOptions
 
         return ReadOptions(format=self.format, energy_key=self.energy_key, forces_key=self.forces_key,
-                           energy_unit=self.energy_unit, length_unit=self.length_unit,
+                           stress_key=self.stress_key, energy_unit=self.energy_unit, length_unit=self.length_unit,
                            min_distance=self.min_distance, index=self.index,
                            require_energy=require_energy, require_forces=require_forces)
 
