@@ -181,3 +181,28 @@ def test_ase_npt_runs_a_uqpot_potential(trained):
     dyn.run(20)
     assert np.isfinite(atoms.positions).all() and np.isfinite(atoms.get_stress()).all()
     assert atoms.get_volume() != pytest.approx(v0, rel=1e-9)  # the barostat moved the cell
+
+
+def test_training_on_stress_reports_stress_mae(tmp_path):
+    """Stress labels: the default weight trains on them (resolved to 1 and recorded), and the summary has the
+    stress MAE; an explicit weight for data without stress is refused."""
+    from uqpot.config import ModelConfig
+    from uqpot.errors import ConfigError
+    from uqpot.train.losses import resolve_stress_weight
+    from uqpot.train.run import fit_model
+
+    data = _labelled(12)
+    for s in data.structures:  # a stress from the same reference (ASE's LJ gives it)
+        at = s.to_atoms()
+        at.calc = LennardJones(sigma=2.0, epsilon=0.3, rc=4.0, smooth=True)
+        s.stress = at.get_stress(voigt=False)
+    cfg = TrainConfig(epochs=2, batch_size=4, lr=5e-3, progress=False, device="cpu")
+    assert resolve_stress_weight(cfg, data).stress_weight == 1.0
+    summary = fit_model(ModelConfig(**{k: v for k, v in HP.items()}), parse_uq({"method": "none"}), cfg, 0,
+                        data.subset(range(8)), data.subset(range(8, 10)), data.subset(range(10, 12)), tmp_path / "r")
+    assert np.isfinite(summary["test"]["stress_mae"]) and summary["test"]["stress_mae"] > 0
+    for s in data.structures:
+        s.stress = None
+    with pytest.raises(ConfigError, match="train.stress_weight: 2, but the training structures carry no stress"):
+        resolve_stress_weight(cfg.model_copy(update={"stress_weight": 2.0}), data)
+    assert resolve_stress_weight(cfg, data).stress_weight == 0.0

@@ -239,6 +239,9 @@ class TrainConfig(Strict):
     stop_at_min_lr: bool = Field(True, description="stop once the lr has reached min_lr and stalls again")
     energy_weight: float = Field(0.1, ge=0.0)
     forces_weight: float = Field(1.0, ge=0.0)
+    #: weight of the stress term (MAE of V·σ/N, kcal/mol per atom; :mod:`uqpot.train.losses`); unset: 1 where
+    #: every training structure carries a stress and the model gives one, else 0
+    stress_weight: Optional[float] = Field(None, ge=0.0)
     dtype: Literal["float32", "float64"] = "float32"
     device: str = "auto"
     grad_clip: Optional[float] = Field(None, gt=0.0)

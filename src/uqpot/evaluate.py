@@ -58,8 +58,18 @@ def is_uq(model) -> bool:
     return str(getattr(model, "kind", "")).startswith("uq.")
 
 
+def gives_stress(model) -> bool:
+    return getattr(model, "kind", "") == "potential" or bool(getattr(model, "gives_stress", False))
+
+
+def has_stress(data: StructureDataset) -> bool:
+    return len(data) > 0 and all(getattr(s, "stress", None) is not None for s in data.structures)
+
+
 def predictions(model, data: StructureDataset, batch_size: int = 64) -> dict:
     keys = (F.ENERGY, F.FORCES, F.UNCERTAINTY) if is_uq(model) else (F.ENERGY, F.FORCES)
+    if has_stress(data) and gives_stress(model):
+        keys = keys + (F.STRESS,)
     return predict(model, data, batch_size=batch_size, keys=keys)
 
 
@@ -103,6 +113,10 @@ def assess(model, data: StructureDataset, batch_size: int = 64, calibration: dic
     e_true = data.energies()
     f_true = [s.forces for s in data]
     metrics = error_summary(pred[F.ENERGY], e_true, pred[F.FORCES], f_true)
+    if F.STRESS in pred:  # stress MAE over every component, kcal/mol/Å³ (periodic structures with a stress)
+        s_err = np.abs(np.asarray(pred[F.STRESS]) - np.stack([s.stress for s in data]))
+        metrics["stress_mae"] = float(s_err.mean())
+        metrics["stress_rmse"] = float(np.sqrt((s_err ** 2).mean()))
     eps = per_structure_force_error(pred[F.FORCES], f_true)
     table = {"frame": np.array([s.frame if s.frame is not None else -1 for s in data]),
              "n_atoms": np.array([s.n_atoms for s in data]), "energy_true": e_true,

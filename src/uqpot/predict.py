@@ -41,7 +41,8 @@ def predict(model, dataset: StructureDataset, batch_size: int = 64, device=None,
     model.eval()
     chunks: dict[str, list] = {k: [] for k in keys}
     for _, batch in iterate_batches(dataset, batch_size, model.cutoff, dtype=dtype, device=device):
-        out = model(batch, compute_forces=F.FORCES in keys, create_graph=False)
+        stress = {"compute_stress": True} if F.STRESS in keys else {}
+        out = model(batch, compute_forces=F.FORCES in keys, create_graph=False, **stress)
         counts = batch.n_atoms.tolist()
         for k, field in fields.items():
             v = out[k].detach().cpu().double()

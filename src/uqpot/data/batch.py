@@ -42,6 +42,7 @@ class AtomsBatch:
     num_structures: int
     energy: torch.Tensor | None = None  # (B,) kcal/mol, always float64
     forces: torch.Tensor | None = None  # (N, 3) kcal/mol/Å
+    stress: torch.Tensor | None = None  # (B, 3, 3) kcal/mol/Å³, when every structure carries one
     periodic: bool = False
     # dense layout (molecules only): every pair of atoms within a structure, on a padded (B, n, n) grid
     dense_index: torch.Tensor | None = None  # (N,) int64: slot b * n + k of each atom in the padded grid
@@ -149,6 +150,7 @@ def collate(
     shifts = np.concatenate([nb[2] for nb in neighbors]).reshape(-1, 3)
     has_e = all(s.energy is not None for s in structures)
     has_f = all(s.forces is not None for s in structures)
+    has_s = all(getattr(s, "stress", None) is not None for s in structures)
     dt = as_dtype(dtype)
     t = lambda a, d=dt: torch.as_tensor(a, dtype=d, device=device)  # noqa: E731
     dense = {}
@@ -167,6 +169,7 @@ def collate(
         num_structures=len(structures),
         energy=t(np.array([s.energy for s in structures]), torch.float64) if has_e else None,
         forces=t(np.concatenate([s.forces for s in structures])) if has_f else None,
+        stress=t(np.stack([s.stress for s in structures])) if has_s else None,
         periodic=bool(pbc.any()),
         **dense,
     )

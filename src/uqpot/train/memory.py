@@ -64,7 +64,8 @@ def training_step_peak_mb(model, loss_fn, batch) -> float:
     model.train()
 
     def step():
-        loss, _ = loss_fn(model.forward_members(batch), batch)
+        stress = {"compute_stress": True} if getattr(loss_fn, "needs_stress", False) else {}
+        loss, _ = loss_fn(model.forward_members(batch, **stress), batch)
         loss.sum().backward()
 
     try:

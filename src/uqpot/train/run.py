@@ -203,6 +203,11 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
     ``init``: model files to fine-tune instead (:mod:`uqpot.train.finetune`): the network is sized as
     theirs (``model_cfg`` is not used), starts from their weights, and its reference energies are shifted
     to ``train``; the files' names and sha256 go into the model file."""
+    from ..uq import method_class
+    from .losses import resolve_stress_weight
+
+    plain = trains_plain_potential(uq_cfg)
+    train_cfg = resolve_stress_weight(train_cfg, train, plain or method_class(uq_cfg.method).gives_stress)
     if init:
         from ..models import load
         from ..rundir import sha256_file

@@ -112,7 +112,7 @@ class Trainer:
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
         self.seed = seed
-        self.loss_fn = loss_fn or EnergyForceLoss(cfg.energy_weight, cfg.forces_weight)
+        self.loss_fn = loss_fn or EnergyForceLoss(cfg.energy_weight, cfg.forces_weight, cfg.stress_weight or 0.0)
         self.extra = extra or {}
         self.console = console
         self.cutoff = model.cutoff
@@ -231,8 +231,13 @@ class Trainer:
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
                                shuffle=shuffle, generator=self.rng, layout=self.layout)
 
+    @property
+    def _stress(self) -> dict:
+        """``compute_stress`` for the model calls when the loss has a stress term."""
+        return {"compute_stress": True} if getattr(self.loss_fn, "needs_stress", False) else {}
+
     def _loss(self, b):
-        return self.loss_fn(self.model.forward_members(b), b)
+        return self.loss_fn(self.model.forward_members(b, **self._stress), b)
 
     def validate(self) -> dict[str, torch.Tensor]:
         """Per-member validation loss and MAEs (M,) (forces by autograd, no graph kept)."""
@@ -243,7 +248,7 @@ class Trainer:
         sums = []
         n_struct = n_comp = 0
         for b in self._val_batches:
-            pred = self.model.forward_members(b, create_graph=False)
+            pred = self.model.forward_members(b, create_graph=False, **self._stress)
             loss, _ = self.loss_fn(pred, b)
             e_abs = (pred[F.ENERGY] - b.energy).abs().sum(-1)
             f_abs = (pred[F.FORCES] - b.forces).abs().sum((-1, -2))

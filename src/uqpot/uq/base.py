@@ -181,7 +181,8 @@ class UQMethod(nn.Module):
 
     def make_loss(self, train_cfg):
         """The training objective (per member); SI Eq. 1 unless the method defines its own."""
-        return EnergyForceLoss(train_cfg.energy_weight, train_cfg.forces_weight)
+        return EnergyForceLoss(train_cfg.energy_weight, train_cfg.forces_weight,
+                               (train_cfg.stress_weight or 0.0) if self.gives_stress else 0.0)
 
     def stages(self, train_cfg) -> list:
         """Training stages after the main training (:class:`uqpot.train.stages.Stage`), e.g. a fine-tuning
