@@ -206,3 +206,29 @@ def test_training_on_stress_reports_stress_mae(tmp_path):
     with pytest.raises(ConfigError, match="train.stress_weight: 2, but the training structures carry no stress"):
         resolve_stress_weight(cfg.model_copy(update={"stress_weight": 2.0}), data)
     assert resolve_stress_weight(cfg, data).stress_weight == 0.0
+
+
+def test_oracle_stress_is_labelled_stored_and_reloaded(tmp_path):
+    """An ASE oracle whose calculator gives a stress labels periodic structures with it (kcal/mol/Å³); the
+    store keeps it; molecules get none."""
+    from ase.build import molecule
+
+    from uqpot.data.store import Store
+    from uqpot.oracle.ase import ASEOracle
+    from uqpot.units import EV_TO_KCAL_PER_MOL
+
+    oracle = ASEOracle("ase.calculators.lj.LennardJones", {"sigma": 2.0, "epsilon": 0.3, "rc": 4.0},
+                       method="lj-test")
+    cell = silica_like(seed=9)
+    ref = cell.copy()
+    ref.calc = LennardJones(sigma=2.0, epsilon=0.3, rc=4.0)
+    store = Store(tmp_path / "labels.db")
+    res = oracle.label([Structure.from_atoms(cell), Structure.from_atoms(molecule("H2O"))], store=store)
+    periodic, mol = res.structures
+    np.testing.assert_allclose(periodic.stress, ref.get_stress(voigt=False) * EV_TO_KCAL_PER_MOL, rtol=1e-10)
+    assert mol.stress is None
+    again = Store(tmp_path / "labels.db").get(Structure.from_atoms(cell), "lj-test")
+    np.testing.assert_allclose(again.stress, periodic.stress, rtol=1e-12)
+    calls = oracle.calls
+    oracle.label([Structure.from_atoms(cell)], store=store)  # from the store, stress included, no new call
+    assert oracle.calls == calls

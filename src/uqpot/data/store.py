@@ -46,6 +46,13 @@ HASH_DECIMALS = 8
 
 #: units of the values stored in the database (written to its metadata)
 STORE_UNITS = {"energy": "kcal/mol", "forces": "kcal/mol/Å", "positions": "Å", "cell": "Å"}
+#: the stress of periodic labels (where the oracle gives one), ASE's Voigt order in the database
+STRESS_UNIT = "kcal/mol/Å³"
+
+
+def _voigt_to_matrix(v) -> np.ndarray:
+    xx, yy, zz, yz, xz, xy = np.asarray(v, dtype=np.float64).reshape(6)
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 STORE_FORMAT = "uqpot-store"
 STORE_VERSION = 1
 
@@ -213,6 +220,7 @@ class Store:
             forces=np.asarray(row.forces, dtype=np.float64).copy() if ok and row.get("forces") is not None else None,
             source=str(kvp["source"]) if "source" in kvp else None,
             info=info,
+            stress=_voigt_to_matrix(row.stress) if ok and row.get("stress") is not None else None,
         )
         s.info.update({"method": method, "store_id": int(row.id)})
         s.info.update(kvp)
@@ -274,8 +282,12 @@ class Store:
             forces = np.asarray(s.forces, dtype=np.float64)
             if forces.shape != (s.n_atoms, 3):
                 raise StoreError(f"forces have shape {forces.shape}, expected ({s.n_atoms}, 3)")
-            # kcal/mol and kcal/mol/Å, as the store's metadata says (not ASE's eV)
-            atoms.calc = SinglePointCalculator(atoms, energy=float(s.energy), forces=forces)
+            # kcal/mol, kcal/mol/Å and kcal/mol/Å³, as the store's metadata says (not ASE's eV)
+            extra = {}
+            if getattr(s, "stress", None) is not None:
+                st = np.asarray(s.stress, dtype=np.float64)
+                extra["stress"] = st[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]  # ASE's Voigt order
+            atoms.calc = SinglePointCalculator(atoms, energy=float(s.energy), forces=forces, **extra)
         return atoms
 
     @staticmethod

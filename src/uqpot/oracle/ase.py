@@ -111,6 +111,9 @@ class ASEOracle(BaseOracle):
             atoms.calc = self._calculator()
             energy = atoms.get_potential_energy()
             forces = np.array(atoms.get_forces(), dtype=np.float64)
+            stress = None
+            if bool(np.all(atoms.pbc)) and "stress" in getattr(atoms.calc, "implemented_properties", ()):
+                stress = np.array(atoms.get_stress(voigt=False), dtype=np.float64)
         except Exception:
             self._release()
             raise
@@ -118,8 +121,12 @@ class ASEOracle(BaseOracle):
             atoms.calc = None
             if not self.reuse_calculator:
                 self._release()
-        return (float(convert_energy(energy, self.energy_unit, "kcal/mol")),
-                convert_force(forces, self.energy_unit, "Å", "kcal/mol", "Å"))
+        e = float(convert_energy(energy, self.energy_unit, "kcal/mol"))
+        f = convert_force(forces, self.energy_unit, "Å", "kcal/mol", "Å")
+        if stress is None:
+            return e, f
+        # energy per Å³: the energy conversion only (lengths are Å on both sides)
+        return e, f, stress * float(convert_energy(1.0, self.energy_unit, "kcal/mol"))
 
 
 def _bare_atoms(structure):

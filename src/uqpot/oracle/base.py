@@ -129,6 +129,7 @@ class _Outcome:
     forces: np.ndarray | None = None
     error: str | None = None
     wall_time: float = 0.0
+    stress: np.ndarray | None = None
 
 
 def _format_error(e: BaseException) -> str:
@@ -143,18 +144,24 @@ def _run_one(oracle: "BaseOracle", structure: Structure) -> _Outcome:
     """Computes one label; never raises (runs in-process or on an executor worker)."""
     t0 = time.perf_counter()
     try:
-        energy, forces = oracle.compute(structure)
+        result = oracle.compute(structure)  # (energy, forces) or (energy, forces, stress 3x3 or None)
+        energy, forces = result[0], result[1]
+        stress = result[2] if len(result) > 2 else None
         energy = float(energy)
         forces = np.asarray(forces, dtype=np.float64).reshape(structure.n_atoms, 3)
-        if not np.isfinite(energy) or not np.all(np.isfinite(forces)):
-            raise OracleError("non-finite energy or forces")
-        return _Outcome(True, energy, forces, None, time.perf_counter() - t0)
+        if stress is not None:
+            stress = np.asarray(stress, dtype=np.float64).reshape(3, 3)
+        if not np.isfinite(energy) or not np.all(np.isfinite(forces)) or (
+                stress is not None and not np.all(np.isfinite(stress))):
+            raise OracleError("non-finite energy, forces or stress")
+        return _Outcome(True, energy, forces, None, time.perf_counter() - t0, stress)
     except Exception as e:  # noqa: BLE001  (every failure is recorded, never raised through label)
         return _Outcome(False, error=_format_error(e), wall_time=time.perf_counter() - t0)
 
 
 class BaseOracle:
-    """Implements :meth:`label` around :meth:`compute` (one structure → energy kcal/mol, forces kcal/mol/Å).
+    """Implements :meth:`label` around :meth:`compute` (one structure → energy kcal/mol, forces kcal/mol/Å, and
+    optionally the stress of a periodic structure, kcal/mol/Å³).
 
     Subclasses set ``self.method`` (the level-of-theory string that keys the store) and implement
     ``compute``, raising on failure.  They must stay picklable (for Dask workers): keep caches such as
@@ -216,7 +223,8 @@ class BaseOracle:
             rec = store.lookup(s, self.method) if store is not None else None
             if rec is not None and (rec.ok or not self.retry_failures):
                 if rec.ok:
-                    out[i] = self._result_structure(s, rec.structure.energy, rec.structure.forces)
+                    out[i] = self._result_structure(s, rec.structure.energy, rec.structure.forces,
+                                                    rec.structure.stress)
                 records[i] = LabelRecord(i, rec.ok, True, 0.0, rec.error, rec.id)
                 continue
             todo.append(i)
@@ -226,7 +234,7 @@ class BaseOracle:
             s = inputs[i]
             sid = None
             if outcome.ok:
-                labelled = self._result_structure(s, outcome.energy, outcome.forces)
+                labelled = self._result_structure(s, outcome.energy, outcome.forces, outcome.stress)
                 if store is not None:
                     sid = store.put(labelled, self.method, provenance)
                 out[i] = labelled
@@ -255,11 +263,12 @@ class BaseOracle:
 
         for i, j in duplicates.items():
             r = records[j]
-            out[i] = None if out[j] is None else self._result_structure(inputs[i], out[j].energy, out[j].forces)
+            out[i] = None if out[j] is None else self._result_structure(inputs[i], out[j].energy, out[j].forces,
+                                                                        out[j].stress)
             records[i] = LabelRecord(i, r.ok, r.from_store, 0.0, r.error, r.store_id, duplicate_of=j)
         return LabelResult(self.method, out, records)  # type: ignore[arg-type]
 
-    def _result_structure(self, s: Structure, energy, forces) -> Structure:
+    def _result_structure(self, s: Structure, energy, forces, stress=None) -> Structure:
         info = dict(s.info)
         info["method"] = self.method
         return Structure(
@@ -272,4 +281,5 @@ class BaseOracle:
             source=s.source,
             frame=s.frame,
             info=info,
+            stress=None if stress is None else np.asarray(stress, dtype=np.float64).copy(),
         )
