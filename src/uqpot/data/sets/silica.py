@@ -565,7 +565,8 @@ def _relative(structures, e_ref: float, method: str) -> list:
         info = {k: v for k, v in s.info.items() if k != "cell"}
         out.append(s.__class__(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc,
                                energy=float(s.energy - e_ref), forces=s.forces, source=None, frame=None,
-                               info={**info, "reference_energy": float(e_ref), "method": method}))
+                               info={**info, "reference_energy": float(e_ref), "method": method},
+                               stress=s.stress))
     return out
 
 
