@@ -66,6 +66,9 @@ def test_quick_build_reports_table_s1_and_writes_the_sets(quick):
     test = read_structures(out / "test.extxyz")
     assert len(train) == 46 and len(test) == 10 and summary["test"]["missing_bins"] == []
     assert all(s.periodic and s.n_atoms == 24 for s in list(train) + list(test))
+    # the BKS labels carry the stress (kcal/mol/Å³), finite and symmetric
+    assert all(s.stress is not None and np.isfinite(s.stress).all() and np.allclose(s.stress, s.stress.T)
+               for s in list(train) + list(test))
     assert train.energies().min() == 0.0  # relative to the lowest training energy
     width = summary["test"]["bin_width_kcal_per_mol"]
     assert width == pytest.approx(43.0 * 24 / 5)
