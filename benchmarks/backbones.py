@@ -65,6 +65,7 @@ def main(argv=None):
     ap.add_argument("--split", default="400,100,300")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--mace-lr", type=float, default=None, help="MACE's learning rate (default: --lr)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--painn", default="")
@@ -81,7 +82,8 @@ def main(argv=None):
         d = (a.out / name).resolve()
         cfg = {"seed": a.seed, "out": str(d), "data": {"path": str(a.data.resolve())},
                "split": {"train": n_train, "val": n_val, "test": n_test, "seed": a.seed}, "model": model,
-               "train": {"epochs": a.epochs, "batch_size": a.batch, "lr": a.lr, "lr_patience": 10,
+               "train": {"epochs": a.epochs, "batch_size": a.batch,
+                         "lr": a.mace_lr if name == "mace" and a.mace_lr else a.lr, "lr_patience": 10,
                          "progress": False}}
         a.out.mkdir(parents=True, exist_ok=True)
         (a.out / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -104,7 +106,8 @@ def main(argv=None):
             r[m] = {k: met.get(k) for k in ("spearman", "roc_auc_p20", "miscalibration_area", "cnll")}
         res[name] = r
     t = min(r["train_seconds"] for r in res.values())
-    print(f"{a.data.name}: split {a.split}, {a.epochs} epochs, lr {a.lr}, batch {a.batch}, seed {a.seed}")
+    print(f"{a.data.name}: split {a.split}, {a.epochs} epochs, lr {a.lr} (MACE {a.mace_lr or a.lr}), batch {a.batch}, "
+          f"seed {a.seed}")
     print(f"{'backbone':8s} {'test F MAE':>10s} {'test E MAE':>10s} {'train s':>8s} {'val F MAE @' + f'{t:.0f}s':>14s} "
           + " ".join(f"{m + ' rho':>9s} {m + ' AUC20':>10s}" for m in a.methods.split(",")))
     for name, r in res.items():
