@@ -42,7 +42,9 @@ class UQPotCalculator(Calculator):
 
         if not bool(s.pbc.all()):
             raise PropertyNotImplementedError("stress needs a periodic cell (pbc on all three axes)")
-        if getattr(self.model, "kind", "") != "potential" and not getattr(self.model, "gives_stress", False):
+        from ..evaluate import gives_stress
+
+        if not gives_stress(self.model):
             raise PropertyNotImplementedError(f"{self.model.method} gives no stress (nor a stress uncertainty); "
                                               "a plain potential and the ensemble do")
 

@@ -119,10 +119,11 @@ def convert(path, trusted: bool, out=None, head: str | None = None) -> tuple[Pat
         raise ModelFileError(path, "model file not found" if not path.exists() else "not a file")
     try:  # a uqpot file needs no conversion (read with weights_only: nothing in a pickle runs)
         modelfile.read(path)
+        is_uqpot = True
+    except ModelFileError:
+        is_uqpot = False
+    if is_uqpot:
         raise ModelFileError(path, "already a uqpot model file: use it as it is")
-    except ModelFileError as exc:
-        if "already a uqpot" in str(exc):
-            raise
     if not trusted:
         refuse_untrusted(path)
     modules, obj = _load_trusted(path)

@@ -29,6 +29,17 @@ from .stacked import StackedMLP, init_members
 MAX_Z = 118
 
 
+def composition_counts(dataset: StructureDataset, elements: list[int]) -> np.ndarray:
+    """(structures, elements) counts of each element in each structure (the least-squares design of the
+    per-element reference energies)."""
+    counts = np.zeros((len(dataset), len(elements)))
+    col = {z: k for k, z in enumerate(elements)}
+    for n, s in enumerate(dataset):
+        zs, c = np.unique(s.numbers, return_counts=True)
+        counts[n, [col[int(z)] for z in zs]] = c
+    return counts
+
+
 @modelfile.register("potential")
 class Potential(nn.Module):
     """The PaiNN backbone with uqpot's readout; the base of every backbone (:mod:`uqpot.nn.backbone`):
@@ -103,11 +114,7 @@ class Potential(nn.Module):
         """Per-element reference energies (least squares of E on composition, minimum-norm where the
         compositions do not determine them) and the force scale from a training set."""
         elements = dataset.elements()
-        counts = np.zeros((len(dataset), len(elements)))
-        col = {z: k for k, z in enumerate(elements)}
-        for n, s in enumerate(dataset):
-            zs, c = np.unique(s.numbers, return_counts=True)
-            counts[n, [col[int(z)] for z in zs]] = c
+        counts = composition_counts(dataset, elements)
         ref = torch.zeros(MAX_Z + 1, dtype=torch.float64)
         residual = np.zeros(len(dataset))
         if dataset.has_energy:

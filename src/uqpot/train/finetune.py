@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..nn.potential import Potential
+from ..nn.potential import Potential, composition_counts
 
 
 def _potential(model) -> Potential:
@@ -84,11 +84,7 @@ def refit_shift(model, train, batch_size: int = 64) -> np.ndarray:
     elements = train.elements()
     if not train.has_energy:
         return np.zeros(len(elements))
-    col = {z: k for k, z in enumerate(elements)}
-    counts = np.zeros((len(train), len(elements)))
-    for n, s in enumerate(train):
-        zs, c = np.unique(s.numbers, return_counts=True)
-        counts[n, [col[int(z)] for z in zs]] = c
+    counts = composition_counts(train, elements)
     pred = np.zeros(len(train))
     was = pot.training
     pot.eval()
