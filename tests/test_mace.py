@@ -250,11 +250,10 @@ def test_uqpot_train_with_model_kind_mace(tmp_path, ethanol_path):
 
 @pytest.mark.parametrize("train, key", [({"compile": True}, "train.compile"), ({"layout": "dense"}, "train.layout")])
 def test_mace_refuses_what_it_cannot_do(tmp_path, ethanol_path, train, key):
-    r = subprocess.run(UQPOT + ["train", str(_train_config(tmp_path, ethanol_path, **train))],
-                       capture_output=True, text=True)
-    assert r.returncode == 2
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and key in lines[0] and "MACE" in lines[0]
+    from support.badinput import assert_user_error, cli
+
+    r = cli("train", str(_train_config(tmp_path, ethanol_path, **train)))
+    assert_user_error(r, key, "MACE")
     assert not (tmp_path / "run").exists()
 
 
@@ -271,9 +270,10 @@ def test_bad_model_sections(tmp_path, ethanol_path, model, message):
     cfg = yaml.safe_load(path.read_text())
     cfg["model"] = model
     path.write_text(yaml.safe_dump(cfg))
-    r = subprocess.run(UQPOT + ["train", str(path)], capture_output=True, text=True)
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert r.returncode == 2 and len(lines) == 1 and message in lines[0] and str(path) in lines[0]
+    from support.badinput import assert_user_error, cli
+
+    r = cli("train", str(path))
+    assert_user_error(r, message, str(path))
     assert not (tmp_path / "run").exists()
 
 

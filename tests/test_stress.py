@@ -232,3 +232,40 @@ def test_oracle_stress_is_labelled_stored_and_reloaded(tmp_path):
     calls = oracle.calls
     oracle.label([Structure.from_atoms(cell)], store=store)  # from the store, stress included, no new call
     assert oracle.calls == calls
+
+
+def test_llpr_stress_variance_equals_its_formula(trained):
+    """LLPR's σ²_σ,ab = α²·(∂f/∂ε_ab)ᵀ Σ (∂f/∂ε_ab) / V², with ∂f/∂ε by central differences of the summed
+    last-layer features under the symmetric strain (ASE's deformation)."""
+    from uqpot.uq import METHODS
+    from uqpot.wrap import fit_and_calibrate
+
+    data = _labelled(12, seed=3)
+    llpr = METHODS["llpr"].wrap(trained, parse_uq({"method": "llpr"}))
+    fit_and_calibrate(llpr, data.subset(range(8)), data.subset(range(8, 12)), batch_size=4)
+    llpr.eval()
+    atoms = _cells()["triclinic"]
+    s = Structure.from_atoms(atoms)
+    b = collate([s], cutoff=4.0, dtype=torch.float64)
+    out = llpr(b, compute_stress=True)
+    torch.testing.assert_close(out[F.STRESS], trained(b, compute_stress=True)[F.STRESS])
+
+    def f_of(x):
+        st = Structure(s.numbers, s.positions @ x, s.cell @ x, s.pbc)
+        bb = collate([st], cutoff=4.0, dtype=torch.float64)
+        o = {k: v.squeeze(0) for k, v in trained.forward_members(bb, compute_forces=False).items()}
+        return llpr.last_layer_features(o).sum(0).detach().double()
+
+    sigma = llpr.llpr_alpha2 * llpr.llpr_inverse
+    vol = abs(np.linalg.det(s.cell))
+    d = 1e-5
+    expect = np.zeros((3, 3))
+    for a in range(3):
+        for c in range(3):
+            e = np.zeros((3, 3))
+            e[a, c] += d / 2
+            e[c, a] += d / 2
+            df = (f_of(np.eye(3) + e) - f_of(np.eye(3) - e)) / (2 * d)
+            expect[a, c] = float(df @ sigma @ df) / vol ** 2
+    np.testing.assert_allclose(out[F.STRESS_VARIANCE][0].detach().numpy(), expect, rtol=1e-5)
+    assert expect.max() > 0

@@ -100,6 +100,9 @@ FORCES_MEMBERS = members_of(FORCES)
 STRESS = register("stress", False, "kcal/mol/Å³", "stress of a periodic structure, σ = (1/V) ∂E/∂ε, 3x3")
 STRESS_VARIANCE = variance_of(STRESS, "variance of the stress components (over members)")
 STRESS_MEMBERS = members_of(STRESS)
+#: the zero symmetric strain ε that the stress differentiates at (internal: methods differentiate their own
+#: outputs w.r.t. it, e.g. LLPR's stress variance)
+STRAIN = register("strain", False, "", "zero strain of a stress evaluation (internal), (M, B, 3, 3)")
 ATOMIC_ENERGY_MEMBERS = members_of(ATOMIC_ENERGY)
 FEATURES_MEMBERS = members_of(FEATURES)
 

@@ -195,7 +195,7 @@ class Potential(nn.Module):
             out = self._energy_outputs(batch, pos_s, offsets)
             forces, stress = response.forces_and_stress(out[F.ENERGY_RESIDUAL], pos_m, eps, batch.cell, create_graph,
                                                         retain_graph)
-        out[F.FORCES], out[F.STRESS] = forces, stress
+        out[F.FORCES], out[F.STRESS], out[F.STRAIN] = forces, stress, eps
         return self._with_reference(out, batch)
 
     def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None

@@ -98,6 +98,7 @@ class LLPR(UQMethod):
     options = LLPROptions
     posthoc = True
     posthoc_uses_validation = True
+    gives_stress = True
     uncertainty_description = ("LLPR force variance α²·J ᵀ(FᵀF + ς²I)⁻¹J of the last-layer posterior, mean over "
                                "components, (kcal/mol/Å)²")
 
@@ -154,26 +155,40 @@ class LLPR(UQMethod):
         layer (PaiNN: s·[act(W₁ξ_i + b₁), 1]; other backbones: :meth:`Potential.last_layer_features`)."""
         return self.potential.last_layer_features(out)
 
-    def _graph(self, batch, compute_forces: bool, create_graph: bool):
+    def _graph(self, batch, compute_forces: bool, create_graph: bool, compute_stress: bool = False):
         """Potential outputs (member axis squeezed), per-atom h̃ (N, d), per-structure f (B, d) and the
-        positions leaf, with the forward graph kept for derivatives w.r.t. the positions."""
+        positions leaf, with the forward graph kept for derivatives w.r.t. the positions (and, with
+        ``compute_stress``, w.r.t. the strain: ``out[F.STRAIN]`` (1, B, 3, 3))."""
         pos = response.leaf(batch.positions)
         batch = batch.with_positions(pos)
         with response.tracking(pos, True):
-            out = self.potential.forward_members(batch, compute_forces, create_graph=create_graph, retain_graph=True)
+            out = self.potential.forward_members(batch, compute_forces, create_graph=create_graph, retain_graph=True,
+                                                 **({"compute_stress": True} if compute_stress else {}))
+            strain = out.pop(F.STRAIN, None)
             out = {k: v.squeeze(0) for k, v in out.items()}
+            if strain is not None:
+                out[F.STRAIN] = strain
             ht = self.last_layer_features(out)
             f = ht.new_zeros(batch.num_structures, ht.shape[-1]).index_add(0, batch.batch, ht)
         return out, ht, f, pos
 
     # ----------------------------------------------------------------- prediction
     def forward(self, batch, compute_forces: bool = True, create_graph: bool | None = None,
-                retain_graph: bool | None = None) -> dict:
-        """Energy, forces, features, ``energy_variance`` σ²_E and U per atom and structure (see module)."""
+                retain_graph: bool | None = None, compute_stress: bool = False) -> dict:
+        """Energy, forces, features, ``energy_variance`` σ²_E and U per atom and structure (see module); with
+        ``compute_stress`` the stress and its variance σ²_σ,ab = α²·(∂f/∂ε_ab)ᵀ(FᵀF + ς²I)⁻¹(∂f/∂ε_ab)/V², the
+        force variance's form with the strain in place of the positions."""
         if not self.fitted:
             raise RuntimeError("the LLPR is not fitted yet (fit_posthoc after training)")
         create_graph = self.training if create_graph is None else create_graph
-        out, ht, f, pos = self._graph(batch, compute_forces, create_graph)
+        out, ht, f, pos = self._graph(batch, compute_forces, create_graph, compute_stress)
+        strain = out.pop(F.STRAIN, None)
+        if strain is not None:
+            with torch.enable_grad():
+                g = f @ self.llpr_directions.to(f.dtype)  # (B, K), α included
+                de = position_grads(g.T, strain, create_graph=create_graph)[:, 0]  # (K, B, 3, 3)
+            vol = torch.linalg.det(batch.cell.to(de.dtype)).abs().view(-1, 1, 1)
+            out[F.STRESS_VARIANCE] = de.pow(2).sum(0) / vol.pow(2)
         with torch.enable_grad() if create_graph else torch.no_grad():
             sigma = self.llpr_inverse.to(f.dtype)
             out[F.ENERGY_VARIANCE] = self.llpr_alpha2 * ((f.to(torch.float64) @ self.llpr_inverse)
