@@ -111,3 +111,23 @@ def test_loop_fine_tunes_every_method_from_init_model(tmp_path, ammonia):
     with pytest.raises(Exception, match="nothing.pt"):
         ActiveLearning(LoopConfig.model_validate(raw2)).prepare()
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_loop_written_before_new_options_still_resumes(tmp_path):
+    """A loop's config.yaml without the options added since (init_model, finetune, train.stress_weight) is the
+    same loop: resuming it is not refused as a different config."""
+    import yaml
+
+    from test_loop import loop_cfg
+    from uqpot.workflow.active_learning import LoopConfig, _check_same_config
+
+    cfg = LoopConfig.model_validate(loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz")))
+    old = cfg.model_dump(mode="json")
+    for key in ("init_model", "finetune"):
+        old.pop(key)
+    old["train"].pop("stress_weight")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    _check_same_config(tmp_path, cfg)  # no error
+    other = cfg.model_copy(update={"init_model": tmp_path / "x.pt"})
+    with pytest.raises(Exception, match="different config"):
+        _check_same_config(tmp_path, other)

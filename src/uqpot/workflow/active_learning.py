@@ -489,11 +489,11 @@ def _check_same_config(out: Path, cfg: LoopConfig) -> None:
     if not old.is_file():
         return
     prev = yaml.safe_load(old.read_text())
+    try:  # through the current schema, so that options added since (at their defaults) compare equal
+        prev = LoopConfig.model_validate(prev).model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - a config this uqpot cannot read differs from any it writes
+        pass
     cur = cfg.model_dump(mode="json")
-    for key in [k for k in cur if k not in prev]:  # options added since: at their defaults they change nothing
-        if cur[key] == LoopConfig.model_fields[key].get_default(call_default_factory=True) or (
-                hasattr(cur[key], "keys") and cur[key] == FinetuneSettings().model_dump(mode="json")):
-            cur.pop(key)
     for d in (prev, cur):  # a longer loop may continue a shorter one
         d.pop("generations", None)
         d.get("train", {}).pop("progress", None)
