@@ -151,16 +151,21 @@ class DaskExecutor(Executor):
 
 
 def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit, processes: bool):
+    import dask
     from distributed import LocalCluster
 
-    return LocalCluster(
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        processes=processes,
-        memory_limit=memory_limit,
-        host="127.0.0.1",
-        dashboard_address=None,
-    )
+    # worker-saturation 1.0: a worker holds only the tasks it runs (Dask's default 1.1 queues one more on it),
+    # so a worker that dies (an oracle's segfault, the OOM killer) takes down only its own task; a task queued
+    # behind it would be counted as a suspect of every death and could fail without having run
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            memory_limit=memory_limit,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
 
 
 def _slurm_cluster(options: dict, scale: bool = True):
