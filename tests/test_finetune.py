@@ -1,8 +1,6 @@
 """Fine-tuning: warm starts copy trained weights into the model to train, the reference energies follow
 the new data, and the loop with ``init_model`` fine-tunes every method from the given file."""
 
-import json
-
 import numpy as np
 import pytest
 import torch

@@ -27,6 +27,8 @@ from .painn import PaiNN
 from .stacked import StackedMLP, init_members
 
 MAX_Z = 118
+#: buffers that every member of one stacked potential shares (fitted on the training set)
+SHARED_BUFFERS = ("atomref", "energy_scale", "known_elements")
 
 
 def composition_counts(dataset: StructureDataset, elements: list[int]) -> np.ndarray:

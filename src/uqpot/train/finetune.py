@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..nn.potential import Potential, composition_counts
+from ..nn.potential import SHARED_BUFFERS, Potential, composition_counts
 
 
 def _potential(model) -> Potential:
@@ -39,35 +39,31 @@ def _check_same_network(target: Potential, source: Potential, where: str) -> Non
 
 
 def _copy_members(target: Potential, sources: list[Potential]) -> None:
-    """Member m of ``target`` from ``sources[m]`` (or every member from ``sources[0]``)."""
+    """Member m of ``target`` from ``sources[m]`` (or every member from ``sources[0]``); the buffers every
+    member shares (reference energies, scale, elements) from the first source."""
     M = target.members
     if len(sources) not in (1, M):
         raise ValueError(f"{len(sources)} initial models for {M} members: give 1 or {M}")
     src_states = [s.state_dict() for s in sources]
     with torch.no_grad():
         for name, t in target.state_dict().items():
-            if name in ("atomref", "energy_scale", "known_elements") or name.endswith("z_index"):
+            if name in SHARED_BUFFERS or t.dim() == 0 or t.shape[0] != M:
                 t.copy_(src_states[0][name].to(t.dtype))
                 continue
             for m in range(M):
-                k = 0 if len(sources) == 1 else m
-                src = src_states[k][name]
-                member = 0 if len(sources) > 1 or sources[k].members == 1 else m
-                if t.dim() and t.shape[0] == M and src.dim() and src.shape[0] == sources[k].members:
-                    t[m].copy_(src[member].to(t.dtype))
-                else:
-                    t.copy_(src.to(t.dtype))
+                src, s = (src_states[0], sources[0]) if len(sources) == 1 else (src_states[m], sources[m])
+                t[m].copy_(src[name][m if s.members == M else 0].to(t.dtype))
 
 
 def warm_start(model, sources: list, names: list[str] | None = None) -> None:
     """Copies the trained weights of ``sources`` (loaded models) into ``model`` (see module)."""
     names = names or [f"initial model {k}" for k in range(len(sources))]
     target = _potential(model)
-    same_kind = [getattr(s, "kind", "") == getattr(model, "kind", None) and getattr(s, "hparams", {}).get("potential", {})
-                 .get("members") == target.members for s in sources]
-    if len(sources) == 1 and same_kind[0] and model.kind != "potential":
-        _check_same_network(target, _potential(sources[0]), names[0])
-        model.load_state_dict(sources[0].state_dict(), strict=True)  # the method's heads too
+    src = sources[0]
+    if (len(sources) == 1 and model.kind != "potential" and getattr(src, "kind", "") == model.kind
+            and _potential(src).members == target.members):
+        _check_same_network(target, _potential(src), names[0])
+        model.load_state_dict(src.state_dict(), strict=True)  # the method's heads too
         return
     pots = [_potential(s) for s in sources]
     for p, n in zip(pots, names):

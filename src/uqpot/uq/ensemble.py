@@ -15,11 +15,9 @@ import torch
 from pydantic import Field
 
 from .. import fields as F
+from ..nn.potential import SHARED_BUFFERS
 from .base import UQMethod, register_method
 from .options import UQOptions
-
-#: buffers of a potential that every member of one ensemble shares (fitted on the training set)
-SHARED_BUFFERS = ("atomref", "energy_scale", "known_elements")
 
 
 class EnsembleOptions(UQOptions):
