@@ -269,3 +269,32 @@ def test_llpr_stress_variance_equals_its_formula(trained):
             expect[a, c] = float(df @ sigma @ df) / vol ** 2
     np.testing.assert_allclose(out[F.STRESS_VARIANCE][0].detach().numpy(), expect, rtol=1e-5)
     assert expect.max() > 0
+
+
+def test_npt_campaign_moves_the_cell_towards_the_set_pressure(trained):
+    """`ensemble: npt` runs the stability campaign on ASE's MTK barostat (the engine chosen for it); a cell
+    under +5 GPa ends smaller than the same start under -5 GPa, and the pressure/volume traces are recorded
+    in bar and Å³; the batched engine and non-periodic starts are refused."""
+    from uqpot.md.campaign import CampaignConfig, run_campaign
+
+    start = silica_like(n_cells=(1, 1, 1), seed=2)
+    base = dict(system="custom", runs=1, temperatures_K=[300.0], duration_fs=60.0, timestep_fs=0.5,
+                record_every=5, ensemble="npt", tdamp_fs=20.0, pdamp_fs=40.0, dtype="float64")
+    res = {}
+    for p in (5e4, -5e4):
+        res[p] = run_campaign(CampaignConfig(**base, pressure_bar=p), trained, [start])
+        assert res[p].engine == "ase"
+    rec_hi, rec_lo = res[5e4].replicas[0], res[-5e4].replicas[0]
+    assert len(rec_hi.pressure) == len(rec_hi.record_steps) == 25 and len(rec_hi.volume) == 25
+    assert rec_hi.volume[0] == pytest.approx(start.get_volume())
+    assert rec_hi.volume[-1] < rec_hi.volume[0] < rec_lo.volume[-1]
+    npt = res[5e4].summary()["npt"]
+    assert npt["target_bar"] == 5e4 and npt["volume_change_percent"] < 0 and npt["samples"] == 13
+    d = res[5e4].to_dict()["replicas"][0]
+    assert len(d["pressure_bar"]) == 25 and d["volume_A3"][0] == pytest.approx(start.get_volume())
+    with pytest.raises(ValueError, match="runs on the 'ase' engine"):
+        run_campaign(CampaignConfig(**base), trained, [start], engine="batched")
+    molecule = start.copy()
+    molecule.pbc = False
+    with pytest.raises(ValueError, match="periodic in all three"):
+        run_campaign(CampaignConfig(**base), trained, [molecule])

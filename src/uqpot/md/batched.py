@@ -143,8 +143,12 @@ class ReplicaRecord:
     temperature: list = field(default_factory=list)
     conserved: list = field(default_factory=list)
     uncertainty: list = field(default_factory=list)
+    pressure: list = field(default_factory=list)  # bar, with the kinetic term (periodic replicas, ASE engine)
+    volume: list = field(default_factory=list)  # Å³
     frame_steps: list = field(default_factory=list)
     frames: list = field(default_factory=list)  # (n_atoms, 3) arrays, Å
+    frame_cells: list = field(default_factory=list)  # (3, 3) arrays, Å (NPT only: the cell moves)
+    final_cell: np.ndarray | None = None  # Å (NPT only)
     final_positions: np.ndarray | None = None
     final_velocities: np.ndarray | None = None  # Å/fs
     error: str | None = None  # the exception that stopped it, if any (ASE path)
@@ -158,6 +162,8 @@ class ReplicaRecord:
             d.update(time_fs=[s * timestep_fs for s in self.record_steps], energy=list(map(float, self.energy)),
                      temperature=list(map(float, self.temperature)), conserved=list(map(float, self.conserved)),
                      uncertainty=list(map(float, self.uncertainty)) if self.uncertainty else None)
+            if self.pressure:
+                d.update(pressure_bar=list(map(float, self.pressure)), volume_A3=list(map(float, self.volume)))
         return d
 
 

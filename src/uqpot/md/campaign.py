@@ -83,6 +83,15 @@ class CampaignConfig(BaseModel):
                             "compiled, else the Verlet edge list")
     compile: bool = Field(False, description="evaluate the model through torch.compile (pays a compilation "
                                              "at the start of each batch of replicas)")
+    ensemble: Literal["nvt", "npt"] = Field(
+        "nvt", description="'npt': constant pressure with ASE's MTK barostat (Nosé-Hoover chain thermostat and "
+                           "barostat, as the paper's LAMMPS data generation); periodic starts, the ASE engine")
+    pressure_bar: float = Field(0.0, description="NPT target pressure (bar; 1 bar = 1e-4 GPa)")
+    pdamp_fs: Optional[float] = Field(None, gt=0, description="NPT barostat damping time (fs; default 1000 time "
+                                                              "steps, ASE's advice)")
+    cell_dof: Literal["isotropic", "full"] = Field(
+        "isotropic", description="NPT cell degrees of freedom: 'isotropic' (volume only; a glass or liquid) or "
+                                 "'full' (all nine components of the cell, for anisotropic solids)")
 
     @classmethod
     def preset(cls, system: str, length_scale: float = 1.0, **overrides) -> "CampaignConfig":
@@ -182,7 +191,37 @@ class CampaignResult:
                 "per_temperature": per_t, "wall_time_s": self.wall_time_s,
                 "replica_steps": int(steps), "replica_steps_per_s": steps / self.wall_time_s if self.wall_time_s else None,
                 "model_calls": self.model_calls, "uncertainty": self.uncertainty_description,
-                "units": {"time": "fs", "energy": "kcal/mol", "temperature": "K"}}
+                "npt": self.npt_summary() if self.config.ensemble == "npt" else None,
+                "units": {"time": "fs", "energy": "kcal/mol", "temperature": "K", "pressure": "bar",
+                          "volume": "Å^3"}}
+
+    def npt_summary(self) -> dict:
+        """Pressure and volume of the NPT replicas over the second half of each record (the first half is
+        equilibration): mean, spread (std of the instantaneous pressure, which is large in a small cell) and
+        the standard error of the mean from 10 blocks; the volume's drift as the slope of a straight line
+        through the second half (% of the mean volume per ps) and its total change from the start."""
+        ps, drifts, v0, v1, vm = [], [], [], [], []
+        for r in self.replicas:
+            n = len(r.pressure)
+            if n < 4:
+                continue
+            h = n // 2
+            ps.append(np.asarray(r.pressure[h:], dtype=float))
+            t_ps = np.asarray(r.record_steps[h:n], dtype=float) * self.config.timestep_fs * 1e-3
+            vol = np.asarray(r.volume[h:], dtype=float)
+            drifts.append(100.0 * np.polyfit(t_ps, vol, 1)[0] / vol.mean())
+            v0.append(r.volume[0]), v1.append(r.volume[-1]), vm.append(vol.mean())
+        if not ps:
+            return {"target_bar": self.config.pressure_bar, "replicas": 0}
+        allp = np.concatenate(ps)
+        blocks = [b.mean() for p in ps for b in np.array_split(p, min(10, len(p)))]
+        return {"target_bar": self.config.pressure_bar, "replicas": len(ps), "samples": int(allp.size),
+                "pressure_mean_bar": float(allp.mean()), "pressure_std_bar": float(allp.std()),
+                "pressure_sem_bar": float(np.std(blocks, ddof=1) / np.sqrt(len(blocks))) if len(blocks) > 1 else None,
+                "volume_start_A3": float(np.mean(v0)), "volume_end_A3": float(np.mean(v1)),
+                "volume_mean_second_half_A3": float(np.mean(vm)),
+                "volume_change_percent": float(100.0 * (np.mean(v1) - np.mean(v0)) / np.mean(v0)),
+                "volume_drift_percent_per_ps": float(np.mean(drifts))}
 
     def to_dict(self, traces: bool = True) -> dict:
         reps = []
@@ -220,16 +259,19 @@ class CampaignResult:
 
             frames = []
             for rec, plan in zip(self.replicas, self.plans):
-                for k, pos in zip(rec.frame_steps, rec.frames):
-                    frames.append((rec, plan, k, pos))
+                cells = rec.frame_cells or [None] * len(rec.frames)
+                for k, pos, cell in zip(rec.frame_steps, rec.frames, cells):
+                    frames.append((rec, plan, k, pos, cell))
             self._write_frames(out / "frames.extxyz", frames, write)
         return out
 
     def _write_frames(self, path, frames, write) -> None:
         atoms_list = []
-        for rec, plan, k, pos in frames:
+        for rec, plan, k, pos, cell in frames:
             a = self.start_structures[plan.start].copy()
             a.calc = None
+            if cell is not None:
+                a.cell = cell
             a.positions = pos
             a.info.update(replica=rec.replica, temperature_K=rec.temperature_K, time_fs=k * self.config.timestep_fs)
             atoms_list.append(a)
@@ -250,21 +292,30 @@ def _jsonable(x):
     return x
 
 
-def run_campaign(config: CampaignConfig, model, starts: Sequence, *, engine: str = "batched",
+def run_campaign(config: CampaignConfig, model, starts: Sequence, *, engine: Optional[str] = None,
                  out_dir=None) -> CampaignResult:
-    """Runs the campaign with ``engine`` ``"batched"`` (default) or ``"ase"`` (one replica at a time through
-    ASE's NoseHooverChainNVT / Langevin / VelocityVerlet and :class:`UQPotCalculator`, the cross-check).
+    """Runs the campaign with ``engine`` ``"batched"`` (the default for NVT) or ``"ase"`` (one replica at a time
+    through ASE's NoseHooverChainNVT / Langevin / VelocityVerlet and :class:`UQPotCalculator`, the cross-check;
+    the engine of ``ensemble: npt``, which runs ASE's MTK barostat: ``IsotropicMTKNPT`` or ``MTKNPT``).
 
     ``model``: a Potential, a UQ method (then U is recorded) or any module with the Potential interface
     (the ASE engine needs a uqpot model the calculator accepts).  ``starts``: the structures runs start from
     (Structure or ase.Atoms; the training geometries in the paper).  With ``out_dir`` the result is saved.
     """
+    if engine is None:
+        engine = "ase" if config.ensemble == "npt" else "batched"
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if config.ensemble == "npt" and engine != "ase":
+        raise ValueError("ensemble 'npt' runs on the 'ase' engine (ASE's MTK barostat); the batched engine is NVT/NVE")
+    if config.ensemble == "npt" and config.thermostat != "nose-hoover":
+        raise ValueError("ensemble 'npt' uses the MTK Nosé-Hoover chain thermostat; set thermostat: nose-hoover")
     structures = [s if isinstance(s, Structure) else Structure.from_atoms(
         s, energy=s.calc.results.get("energy") if s.calc is not None else None) for s in starts]
     if not structures:
         raise ValueError("no start structures")
+    if config.ensemble == "npt" and not all(bool(np.all(s.pbc)) for s in structures):
+        raise ValueError("ensemble 'npt' needs start structures periodic in all three directions")
     criteria = config.resolved_criteria(structures)
     plans = plan_replicas(config, len(structures))
     t0 = time.perf_counter()
@@ -309,7 +360,7 @@ def _run_ase(config, model, structures, plans, criteria):
     from ase import units
     from ase.data import atomic_masses
     from ase.md.langevin import Langevin
-    from ase.md.nose_hoover_chain import NoseHooverChainNVT
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
     from ase.md.verlet import VelocityVerlet
 
     from .calculator import UQPotCalculator
@@ -325,7 +376,14 @@ def _run_ase(config, model, structures, plans, criteria):
         atoms.set_velocities(maxwell_boltzmann(atomic_masses[s.numbers], p.temperature_K, p.seed,
                                                config.remove_com_momentum) * vel_unit)
         dt = config.timestep_fs * units.fs
-        if config.thermostat == "nose-hoover":
+        npt = config.ensemble == "npt"
+        if npt:
+            tdamp = (config.tdamp_fs if config.tdamp_fs is not None else 100.0 * config.timestep_fs) * units.fs
+            pdamp = (config.pdamp_fs if config.pdamp_fs is not None else 1000.0 * config.timestep_fs) * units.fs
+            cls = IsotropicMTKNPT if config.cell_dof == "isotropic" else MTKNPT
+            dyn = cls(atoms, timestep=dt, temperature_K=p.temperature_K, pressure_au=config.pressure_bar * units.bar,
+                      tdamp=tdamp, pdamp=pdamp, tchain=config.chain_length, pchain=config.chain_length)
+        elif config.thermostat == "nose-hoover":
             tdamp = (config.tdamp_fs if config.tdamp_fs is not None else 100.0 * config.timestep_fs) * units.fs
             dyn = NoseHooverChainNVT(atoms, timestep=dt, temperature_K=p.temperature_K, tdamp=tdamp,
                                      tchain=config.chain_length)
@@ -354,9 +412,16 @@ def _run_ase(config, model, structures, plans, criteria):
                 rec.conserved.append(conserved)
                 if F.UNCERTAINTY in atoms.calc.results:
                     rec.uncertainty.append(atoms.calc.results[F.UNCERTAINTY])
+                if atoms.pbc.all():
+                    # instantaneous pressure with the kinetic term, bar (ASE's stress is eV/Å³, tension positive)
+                    sig = atoms.get_stress(voigt=False, include_ideal_gas=True)
+                    rec.pressure.append(float(-np.trace(sig) / 3.0 / units.bar))
+                    rec.volume.append(float(atoms.get_volume()))
             if config.frame_every and k % config.frame_every == 0:
                 rec.frame_steps.append(k)
                 rec.frames.append(atoms.positions.copy())
+                if npt:
+                    rec.frame_cells.append(atoms.cell.array.copy())
             reason = check_structure(criteria, atoms.positions, atoms.numbers, cell=atoms.cell.array, pbc=atoms.pbc,
                                      energy=e, kinetic_energy=ke, forces=f)
             rec.steps_run = k
@@ -380,6 +445,8 @@ def _run_ase(config, model, structures, plans, criteria):
         calls += dyn.nsteps + 1
         rec.final_positions = atoms.positions.copy()
         rec.final_velocities = atoms.get_velocities() / vel_unit
+        if npt:
+            rec.final_cell = atoms.cell.array.copy()
         records.append(rec)
     udesc = getattr(model, "uncertainty_description", None) or None
     return records, calls, udesc

@@ -3,8 +3,9 @@ barrier (paper Fig. 3b/3e/3d/3g, Fig. 4c), as steps of :mod:`uqpot.workflow.acti
 
 MD: the paper's campaign settings for the system (:meth:`uqpot.md.campaign.CampaignConfig.preset`), with
 the loop config's ``md`` section as overrides (``length_scale`` scales the run length; any other key is a
-campaign option, e.g. ``runs``, ``temperatures_K``); runs start from structures drawn from the initial
-training set (for silica, from the 2500 K equilibration frames when they are marked, as in the paper).
+campaign option, e.g. ``runs``, ``temperatures_K``, or ``ensemble: npt`` with ``pressure_bar`` for
+constant pressure on ASE's MTK barostat, as the paper's silica data generation ran); runs start from
+structures drawn from the initial training set (for silica, from the 2500 K equilibration frames when they are marked, as in the paper).
 
 NEB: the model's climbing-image NEB between the two pyramidal minima (relaxed with the model).  The oracle's
 barrier is computed once per loop by symmetry, which is exact for NH3 and costs tens of labels instead of a
@@ -43,7 +44,7 @@ def run_campaign_for_loop(model, initial_train, md: dict, system: str, out_dir, 
     hot = [s for s in starts if str(s.info.get("condition", "")).startswith("2500")]
     if system == "silica" and hot:
         starts = hot
-    res = run_campaign(cfg, model, starts, engine="batched", out_dir=out_dir)
+    res = run_campaign(cfg, model, starts, out_dir=out_dir)  # NVT: batched; NPT: ASE (MTK)
     return res.summary()
 
 
