@@ -39,6 +39,7 @@ from .. import fields as F
 from ..data.structures import Structure
 from ..units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
 from .batched import BatchedMD, ReplicaRecord, maxwell_boltzmann
+from .integrators import make_integrator
 from .stability import REASONS, StabilityCriteria, check_structure
 
 ENGINES = ("batched", "ase")
@@ -355,15 +356,14 @@ class _Stop(Exception):
 
 def _run_ase(config, model, structures, plans, criteria):
     """One replica at a time through ASE's integrators (eV, ASE time units) and UQPotCalculator."""
-    import warnings
-
     from ase import units
     from ase.data import atomic_masses
-    from ase.md.langevin import Langevin
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT, NoseHooverChainNVT
-    from ase.md.verlet import VelocityVerlet
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
 
     from .calculator import UQPotCalculator
+
+    integrator = make_integrator(config.thermostat, timestep_fs=config.timestep_fs, tdamp_fs=config.tdamp_fs,
+                                 chain_length=config.chain_length, friction_per_fs=config.friction_per_fs)
 
     calc = UQPotCalculator(model, energy_unit="eV")
     records, calls = [], 0
@@ -383,18 +383,8 @@ def _run_ase(config, model, structures, plans, criteria):
             cls = IsotropicMTKNPT if config.cell_dof == "isotropic" else MTKNPT
             dyn = cls(atoms, timestep=dt, temperature_K=p.temperature_K, pressure_au=config.pressure_bar * units.bar,
                       tdamp=tdamp, pdamp=pdamp, tchain=config.chain_length, pchain=config.chain_length)
-        elif config.thermostat == "nose-hoover":
-            tdamp = (config.tdamp_fs if config.tdamp_fs is not None else 100.0 * config.timestep_fs) * units.fs
-            dyn = NoseHooverChainNVT(atoms, timestep=dt, temperature_K=p.temperature_K, tdamp=tdamp,
-                                     tchain=config.chain_length)
-        elif config.thermostat == "langevin":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)
-                dyn = Langevin(atoms, timestep=dt, temperature_K=p.temperature_K,
-                               friction=config.friction_per_fs / units.fs, fixcm=False,
-                               rng=np.random.default_rng(p.seed))
-        else:
-            dyn = VelocityVerlet(atoms, timestep=dt)
+        else:  # the batched engine's scheme, as its ASE twin
+            dyn = integrator.ase_dynamics(atoms, config.timestep_fs, p.temperature_K, p.seed)
         rec = ReplicaRecord(replica=p.replica, temperature_K=p.temperature_K, seed=p.seed, n_atoms=s.n_atoms)
         ndof = 3 * s.n_atoms
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: failure reasons, in order of precedence; code 0 is "stable"
 REASONS = ("stable", "nonfinite", "collision", "dissociation", "below_ground_state", "kinetic_zero",
-           "kinetic_high")
+           "kinetic_high", "uncertain")  # "uncertain": an uncertainty stop (uqpot.md.checks), not a criterion
 REASON_CODE = {name: k for k, name in enumerate(REASONS)}
 
 
