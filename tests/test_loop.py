@@ -172,3 +172,30 @@ def test_shared_backbone_on_dask_workers_equals_in_process(tmp_path, ammonia_fil
         for k in ("forces_mae", "spearman", "roc_auc_p20", "cnll"):
             assert b["generations"][1][m]["test"][k] == pytest.approx(a["generations"][1][m]["test"][k], rel=1e-6), k
     assert (tmp_path / "dask" / "loop" / "gen1" / "backbone" / "train" / "summary.json").is_file()
+
+
+def test_md_samplers_in_the_loop(tmp_path, ammonia_files):
+    """`sampler` per method: the md and biased_md samplers give candidates that are labelled, stored and
+    trained on like the attack's, within the oracle budget, and a rerun repeats nothing."""
+    raw = loop_cfg(tmp_path, ammonia_files)
+    raw["sampler"] = {"ensemble": "md", "gmm": "biased_md"}
+    raw["sampling"] = {"trust_lo": 0.0, "trust_hi": 1.0e6, "replicas": 4, "steps": 40, "frame_every": 10,
+                       "max_candidates": 3, "bias_strength": 5.0, "bias_width": 10.0}
+    al = ActiveLearning(LoopConfig.model_validate(raw))
+    summary = run_loop(al)
+    calls = al.oracle.calls
+    for method, sampler in (("ensemble", "md"), ("gmm", "biased_md")):
+        att, lab = summary["generations"][1][method]["attack"], summary["generations"][1][method]["label"]
+        assert att["sampler"] == sampler and 1 <= att["n_candidates"] <= 3 and 4 <= att["frames"] <= 4 * 5
+        assert lab["n_candidates"] == att["n_candidates"] and lab["oracle_calls"] <= 3
+        cand = read_structures(tmp_path / "loop" / "gen1" / method / "attack" / "candidates.extxyz",
+                               ReadOptions(require_energy=False, require_forces=False, min_distance=0.0))
+        assert {s.info["sampler"] for s in cand} == {sampler}
+        g1, g2 = summary["generations"][1][method], summary["generations"][2][method]
+        assert g2["n_train"] + g2["n_val"] == g1["n_train"] + g1["n_val"] + lab["n_added"]
+    assert calls >= 1
+    al2 = ActiveLearning(LoopConfig.model_validate(raw))
+    run_loop(al2)
+    assert al2._oracle is None or al2.oracle.calls == 0
+    with pytest.raises(ValueError, match="not among the loop's methods"):
+        LoopConfig.model_validate({**raw, "sampler": {"mve": "md"}})

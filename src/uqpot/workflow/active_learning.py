@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import ModelConfig, ModelSection, Strict, TrainConfig, dump_config, load_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
@@ -64,6 +64,30 @@ class AttackSettings(Strict):
     energy_cutoff: Optional[Union[float, list[float]]] = 100.0
     dedup_rmsd: float = Field(0.01, ge=0.0)
     min_displacement: float = Field(1e-3, ge=0.0)
+
+
+class SamplingSettings(Strict):
+    """``sampling``: the MD samplers (``sampler: md | biased_md``; :mod:`uqpot.sample.md`,
+    :mod:`uqpot.sample.biased_md`).  Trust levels are calibrated force errors σ_F (kcal/mol/Å), turned into
+    each method's U through its stored calibration.  Unset: the system's campaign temperatures and time step
+    (:data:`uqpot.md.campaign.PRESETS`), and ``max_candidates`` = ``attack.n_seeds`` (the attack's oracle
+    budget per generation, so that samplers are compared at equal cost)."""
+
+    trust_lo: float = Field(2.0, ge=0.0)
+    trust_hi: float = Field(20.0, gt=0.0)
+    replicas: int = Field(20, ge=1)
+    temperatures_K: Optional[list[float]] = None
+    steps: int = Field(1000, ge=1)
+    timestep_fs: Optional[float] = Field(None, gt=0.0)
+    frame_every: int = Field(10, ge=1)
+    max_candidates: Optional[int] = Field(None, ge=1)
+    min_distance: float = Field(0.05, ge=0.0)  # Å between picked frames
+    stop_above_trust: bool = True
+    bias_strength: float = Field(10.0, ge=0.0)  # kcal/mol: A of the UDD bias (biased_md)
+    bias_width: float = Field(5.0, gt=0.0)  # kcal/mol/Å: B of the UDD bias
+
+
+SamplerName = Literal["adversarial", "md", "biased_md"]
 
 
 class FinetuneSettings(Strict):
@@ -104,6 +128,9 @@ class LoopConfig(Strict):
     uq: MethodOptions = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
     train: TrainConfig = TrainConfig()
     attack: AttackSettings = AttackSettings()
+    # how each generation finds the structures the oracle labels: one sampler, or one per method
+    sampler: Union[SamplerName, dict[str, SamplerName]] = "adversarial"
+    sampling: SamplingSettings = SamplingSettings()
     oracle: OracleSettings
     md: Optional[dict] = None  # stability campaign settings (uqpot.md.campaign), or none
     neb: Union[bool, Literal["full"]] = False  # NH3 inversion barrier, model (NEB) vs oracle (see loop_md)
@@ -133,6 +160,19 @@ class LoopConfig(Strict):
 
     def uq_config(self, method: str) -> UQOptions:
         return parse_uq({"method": method, **self.uq.get(method, {})})
+
+    def sampler_for(self, method: str) -> str:
+        if isinstance(self.sampler, str):
+            return self.sampler
+        return self.sampler.get(method, "adversarial")
+
+    @model_validator(mode="after")
+    def _sampler_methods(self):
+        if isinstance(self.sampler, dict):
+            extra = sorted(set(self.sampler) - set(self.methods))
+            if extra:
+                raise ValueError(f"sampler: {', '.join(extra)} not among the loop's methods")
+        return self
 
     def cutoff_for(self, generation: int) -> float | None:
         c = self.attack.energy_cutoff
@@ -312,6 +352,8 @@ class ActiveLearning:
         return load(self.gen_dir(g, method) / "train" / "model.pt")
 
     def step_attack(self, g, method, train) -> dict:
+        if self.cfg.sampler_for(method) != "adversarial":
+            return self.step_md_sample(g, method, train)
         from ..sample.adversarial import AttackConfig, BoltzmannReference, attack, draw_seeds, signed_shift
 
         d = self.gen_dir(g, method) / "attack"
@@ -342,6 +384,52 @@ class ActiveLearning:
         self.log(f"gen {g} {method}: attack gave {len(res.samples)} candidates from {len(seeds)} seeds")
         return rec
 
+    def step_md_sample(self, g, method, train) -> dict:
+        """The ``md`` / ``biased_md`` samplers: candidates in the same place and format as the attack's."""
+        from ..md.campaign import PRESETS
+        from ..md.stability import StabilityCriteria
+        from ..modelfile import read as read_model_file
+        from ..sample.adversarial import BoltzmannReference
+        from ..sample.biased_md import biased_md_sample
+        from ..sample.md import MDSamplerConfig, md_sample
+        from ..sample.trust import Calibration
+
+        sampler = self.cfg.sampler_for(method)
+        d = self.gen_dir(g, method) / "attack"
+        marker = d / "attack.json"
+        if _done(marker):
+            return json.loads(marker.read_text())
+        sm, preset = self.cfg.sampling, PRESETS.get(self.cfg.system, {})
+        cfg = MDSamplerConfig(
+            trust_lo=sm.trust_lo, trust_hi=sm.trust_hi, replicas=sm.replicas,
+            temperatures_K=sm.temperatures_K or preset.get("temperatures_K", [300.0]),
+            steps=sm.steps, timestep_fs=sm.timestep_fs or preset.get("timestep_fs", 0.5),
+            frame_every=sm.frame_every, max_candidates=sm.max_candidates or self.cfg.attack.n_seeds,
+            min_distance=sm.min_distance, energy_cutoff=self.cfg.cutoff_for(g), stop_above_trust=sm.stop_above_trust,
+            skin=preset.get("skin", 1.0), seed=self.cfg.seed + g)
+        path = self.gen_dir(g, method) / "train" / "model.pt"
+        cal = Calibration.from_extra(read_model_file(path).get("extra", {}), where=str(path))
+        model = self.model(g, method)
+        ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], self.cfg.attack.kT)
+        criteria = {"ammonia": StabilityCriteria.ammonia(ground_state_energy=None),
+                    "silica": StabilityCriteria.silica()}.get(self.cfg.system)
+        t0 = time.perf_counter()
+        if sampler == "biased_md":
+            res = biased_md_sample(model, train, cfg, cal, ref, strength=sm.bias_strength, width=sm.bias_width,
+                                   criteria=criteria)
+        else:
+            res = md_sample(model, train, cfg, cal, ref, criteria=criteria)
+        d.mkdir(parents=True, exist_ok=True)
+        write_extxyz(StructureDataset(res.samples), d / "candidates.extxyz")
+        np.savez(d / "history.npz", **res.history)
+        rec = {**res.summary, "n_seeds": cfg.replicas, "n_candidates": len(res.samples), "rejected": res.rejected,
+               "energy_cutoff": cfg.energy_cutoff, "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor},
+               "seconds": round(time.perf_counter() - t0, 2)}
+        write_json(marker, rec)
+        self.log(f"gen {g} {method}: {sampler} gave {len(res.samples)} candidates from {rec['frames_in_band']} "
+                 f"frames in the trust band ({rec['frames']} frames of {cfg.replicas} replicas)")
+        return rec
+
     def step_label(self, g, method, train) -> dict:
         d = self.gen_dir(g, method) / "attack"
         marker = d / "label.json"
@@ -352,7 +440,8 @@ class ActiveLearning:
             if (d / "candidates.extxyz").stat().st_size else StructureDataset([])
         calls0, t0 = self.oracle.calls, time.perf_counter()
         res = self.oracle.label(list(cand), store=self.store,
-                                provenance={"generation": g, "uq_method": method, "source": "adversarial"},
+                                provenance={"generation": g, "uq_method": method,
+                                            "source": self.cfg.sampler_for(method)},
                                 executor=self.executor)
         e_min = min(s.energy for s in train)  # kcal/mol (oracle scale), the training minimum
         cutoff = self.cfg.cutoff_for(g)

@@ -1,0 +1,137 @@
+"""The ``md`` sampler: candidates for the oracle from uncertainty-selected MD frames (DP-GEN's and FLARE's
+exploration, made method-agnostic through the calibration; see :mod:`uqpot.sample.trust`).
+
+``replicas`` trajectories start from training structures (drawn as the attack draws its seeds) at the
+study's temperatures (cycled over the replicas), with the batched MD engine (:mod:`uqpot.md.batched`) and
+the system's stability criteria.  Every ``frame_every`` steps a frame is kept with its U; a replica whose
+calibrated σ_F passes ``trust_hi`` stops there (frames beyond the upper trust level are likely unphysical:
+DP-GEN discards them, and the trajectory has left the region where it means anything).  Candidates are the
+frames with trust_lo ≤ σ_F < trust_hi and a predicted energy at most ``energy_cutoff`` above the training
+minimum (the attack's rule); the highest-σ_F ones are taken greedily, each at least ``min_distance`` Å
+(:func:`~uqpot.sample.trust.structural_distance`) from those already taken, up to ``max_candidates`` (the
+oracle budget of a generation: by default the attack's number of seeds, so that samplers are compared at
+equal oracle cost).
+
+The same routine runs uncertainty-biased MD (:mod:`uqpot.sample.biased_md`): the model is replaced by the
+biased one, and the frames' energies are the unbiased ones (the bias is a closed-form function of U).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..data.structures import Structure
+from .trust import Calibration, TrustBand, pick_diverse
+
+
+@dataclass
+class MDSamplerConfig:
+    trust_lo: float = 2.0  # kcal/mol/Å, calibrated σ_F
+    trust_hi: float = 20.0
+    replicas: int = 20
+    temperatures_K: list = field(default_factory=lambda: [300.0, 500.0, 750.0, 1000.0])
+    steps: int = 1000
+    timestep_fs: float = 0.5
+    frame_every: int = 10
+    max_candidates: int = 20
+    min_distance: float = 0.05  # Å
+    energy_cutoff: float | None = 100.0  # kcal/mol above the training minimum (predicted)
+    thermostat: str = "nose-hoover"
+    stop_above_trust: bool = True
+    skin: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.trust_lo < self.trust_hi:
+            raise ValueError("need 0 <= trust_lo < trust_hi (kcal/mol/Å)")
+        if min(self.replicas, self.steps, self.frame_every, self.max_candidates) < 1:
+            raise ValueError("replicas, steps, frame_every and max_candidates must be >= 1")
+
+
+@dataclass
+class SampleResult:
+    samples: list[Structure]  # accepted, unlabelled structures (info: sampler, replica, time, U, σ_F, ...)
+    rejected: list[dict]  # why each in-band frame or replica was left out
+    history: dict = field(default_factory=dict)  # per frame: replica, step, U, σ_F, predicted energy
+    summary: dict = field(default_factory=dict)
+
+
+def start_structures(train, n: int, seed: int) -> list[Structure]:
+    """``n`` training structures for the replicas: distinct ones drawn reproducibly (all of them, cycled,
+    when n exceeds the set)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(train))
+    return [train[int(idx[k % len(idx)])] for k in range(n)]
+
+
+def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, reference, *, criteria=None,
+              dynamics_model=None, unbias=None, sampler: str = "md") -> SampleResult:
+    """Runs the replicas and picks the candidates (see the module docstring).  ``reference``: the
+    :class:`~uqpot.sample.adversarial.BoltzmannReference` of the training set (its per-atom minimum is the
+    zero of the energy cut-off).  ``dynamics_model``: the model that drives the MD (default ``model``; the
+    biased one for ``biased_md``), ``unbias(energy, u)``: the model's own energy from the recorded one."""
+    from ..md.batched import BatchedMD
+    from ..md.checks import UncertaintyStop
+
+    band = TrustBand.from_calibration(cfg.trust_lo, cfg.trust_hi, calibration)
+    starts = start_structures(train, cfg.replicas, cfg.seed)
+    temps = [float(cfg.temperatures_K[k % len(cfg.temperatures_K)]) for k in range(cfg.replicas)]
+    seeds = [int(np.random.default_rng([cfg.seed, k]).integers(2 ** 31 - 1)) for k in range(cfg.replicas)]
+    checks = [UncertaintyStop(band.u_hi)] if cfg.stop_above_trust and math.isfinite(band.u_hi) else []
+    md = BatchedMD(dynamics_model if dynamics_model is not None else model, starts, timestep_fs=cfg.timestep_fs,
+                   temperatures_K=temps, seeds=seeds, thermostat=cfg.thermostat, skin=cfg.skin,
+                   check_every=cfg.frame_every * max(1, 20 // cfg.frame_every), frame_every=cfg.frame_every,
+                   record_every=cfg.frame_every, criteria=criteria, checks=checks)
+    res = md.run(cfg.steps)
+    frames, hist = [], {"replica": [], "step": [], "uncertainty": [], "sigma_F": [], "energy_rel": [], "in_band": []}
+    rejected = []
+    for k, rec in enumerate(res.replicas):
+        s0 = starts[k]
+        if not rec.stable:
+            rejected.append({"replica": k, "reason": f"replica stopped at step {rec.failure_step}: {rec.reason}"})
+        for t, (step, x) in enumerate(zip(rec.frame_steps, rec.frames)):
+            u = rec.frame_uncertainty[t]
+            e = rec.frame_energy[t] if unbias is None else unbias(rec.frame_energy[t], u)
+            e_rel = float(e - reference.e_min * s0.n_atoms)
+            # the start (step 0) is a training structure, never a candidate
+            ok = step > 0 and bool(band.inside(u)) and np.isfinite(x).all() and math.isfinite(e_rel)
+            if ok and cfg.energy_cutoff is not None and e_rel > cfg.energy_cutoff:
+                ok = False
+                rejected.append({"replica": k, "step": int(step), "reason": f"predicted energy {e_rel:.1f} "
+                                 f"kcal/mol above the cut-off {cfg.energy_cutoff}"})
+            for key, v in (("replica", k), ("step", int(step)), ("uncertainty", float(u)),
+                           ("sigma_F", float(calibration.sigma(u))), ("energy_rel", e_rel), ("in_band", ok)):
+                hist[key].append(v)
+            if ok:
+                cell = rec.frame_cells[t] if rec.frame_cells else s0.cell
+                frames.append({"positions": x, "numbers": s0.numbers, "cell": cell, "pbc": s0.pbc, "replica": k,
+                               "step": int(step), "u": float(u), "e_rel": e_rel, "start": s0,
+                               "temperature": temps[k]})
+    score = np.array([f["u"] for f in frames])
+    picked, left = pick_diverse(frames, score, cfg.max_candidates, cfg.min_distance)
+    rejected += [{"replica": frames[d["frame"]]["replica"], "step": frames[d["frame"]]["step"], "reason": d["reason"]}
+                 for d in left]
+    samples = []
+    for k in picked:
+        f = frames[k]
+        s = Structure(f["numbers"].copy(), np.asarray(f["positions"], dtype=np.float64).copy(),
+                      np.asarray(f["cell"], dtype=np.float64).copy(), np.asarray(f["pbc"]).copy())
+        s.info = {"sampler": sampler, "md_replica": f["replica"],
+                  "source_frame": f["start"].frame if f["start"].frame is not None else -1,
+                  "time_fs": f["step"] * cfg.timestep_fs, "temperature_K": f["temperature"],
+                  "predicted_energy_rel": f["e_rel"], "uncertainty": f["u"],
+                  "sigma_F": float(calibration.sigma(f["u"]))}
+        samples.append(s)
+    hist = {k: np.asarray(v) for k, v in hist.items()}
+    summary = {"sampler": sampler, "replicas": cfg.replicas, "steps": cfg.steps, "frames": int(len(hist["step"])),
+               "frames_in_band": int(hist["in_band"].sum()) if len(hist["in_band"]) else 0,
+               "picked": len(samples), "stopped": int(sum(not r.stable for r in res.replicas)),
+               "stop_reasons": sorted({r.reason for r in res.replicas if not r.stable}),
+               "trust_lo": band.sigma_lo, "trust_hi": band.sigma_hi,
+               "u_lo": band.u_lo if math.isfinite(band.u_lo) else None,
+               "u_hi": band.u_hi if math.isfinite(band.u_hi) else None,
+               "md_seconds": round(res.wall_time_s, 2), "model_calls": res.model_calls}
+    return SampleResult(samples, rejected, hist, summary)
