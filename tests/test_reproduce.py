@@ -181,3 +181,34 @@ def test_unknown_method_is_refused_before_anything_is_written(tmp_path):
     assert r.exit_code != 0
     assert "bayes" in r.output and "llpr" in r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_samplers_option_compares_samplers_at_equal_budget(ammonia_run, tmp_path):
+    """`--samplers adversarial,md` runs the loop once per sampler on one data set and one store, and the
+    report compares them per method and generation (labels before, test MAE, stable MD with intervals)."""
+    toy = {**TOY_AMMONIA, "loop": {**TOY_AMMONIA["loop"], "sampling": {"trust_lo": 0.0, "trust_hi": 1.0e6,
+                                                                      "replicas": 4, "steps": 60, "frame_every": 10}}}
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy))
+    out = tmp_path / "samplers"
+    out.mkdir()
+    shutil.copytree(ammonia_run / "data", out / "data")
+    shutil.copy(ammonia_run / "labels.db", out / "labels.db")
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp_path / "toy.yaml"), "--executor",
+                                 "none", "--out", str(out), "--methods", "gmm", "--seeds", "0,1",
+                                 "--samplers", "adversarial,md"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    for s in ("adversarial", "md"):
+        assert (out / s / "report.html").is_file() and (out / s / "seed1" / "gen2" / "gmm").is_dir()
+        assert yaml.safe_load((out / s / "seed0" / "config.yaml").read_text())["sampler"] == s
+    rows = json.loads((out / "samplers.json").read_text())["rows"]
+    assert {(r["sampler"], r["generation"]) for r in rows} == {(s, g) for s in ("adversarial", "md") for g in (1, 2)}
+    for row in rows:
+        assert row["n_seeds"] == 2 and row["stable_md_runs"] > 0 and 0 <= row["stable_md_fraction_lo"] <= row["stable_md_fraction_hi"] <= 1
+        assert row["oracle_labels_before"] == 0 if row["generation"] == 1 else 0 < row["oracle_labels_before"] <= 4
+    assert "| gmm | 2 | md | 2 |" in (out / "samplers.md").read_text()
+    assert "samplers compared" in (out / "report.html").read_text()
+    r = CliRunner().invoke(cli, ["report", str(out)])
+    assert r.exit_code == 0 and (out / "samplers.md").is_file()
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", str(tmp_path / "toy.yaml"), "--executor", "none",
+                                 "--out", str(tmp_path / "bad"), "--samplers", "adversarial,langevin"])
+    assert r.exit_code == 2 and "langevin" in r.output and not (tmp_path / "bad").exists()

@@ -308,7 +308,10 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
               help="comma-separated replicate seeds (e.g. 0,1,2): the data is built once, and training, attacks "
                    "and MD run once per seed; every number is reported as a mean with its 95% interval. "
                    "Default: the preset's seeds.")
-def reproduce(system, preset, executor, out, molecules, splits, local_data, methods, seeds):
+@click.option("--samplers", default=None,
+              help="ammonia/silica: comma-separated samplers (adversarial, md, biased_md): the study runs once per "
+                   "sampler at the same oracle budget per generation, and report.html compares them.")
+def reproduce(system, preset, executor, out, molecules, splits, local_data, methods, seeds, samplers):
     """Run one of the paper's studies end to end and write report.html."""
     from .workflow.reproduce import reproduce as run
 
@@ -317,7 +320,8 @@ def reproduce(system, preset, executor, out, molecules, splits, local_data, meth
                    molecules=molecules.split(",") if molecules else None,
                    splits=[int(s) for s in splits.split(",")] if splits else None,
                    local_data=local_data, methods=methods.split(",") if methods else None,
-                   seeds=seeds.split(",") if seeds else None, console=_console())
+                   seeds=seeds.split(",") if seeds else None,
+                   samplers=samplers.split(",") if samplers else None, console=_console())
     except UqpotError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -13,9 +13,9 @@ without limit) and its force
 
     F_b = −∇E_b = F + (A / B²) · exp(−σ²/B²) · ∇σ² = F + (A·a / B²) · exp(−σ²/B²) · ∇U
 
-vanishes both where the model is confident (∇U small) and where σ ≫ B (saturated): the bias pushes hardest
-at σ ≈ B.  ∇U is taken by autograd through the UQ method's own U (second derivatives of the energy for the
-force-variance methods), below the floor the bias is flat.  Frames are then picked exactly as by the ``md``
+follows the gradient of the uncertainty and fades once σ exceeds B (the bias saturates at −A).  ∇U is
+taken by autograd through the UQ method's own U (second derivatives of the energy for the force-variance
+methods); below the calibration's floor the bias is flat.  Frames are then picked exactly as by the ``md``
 sampler (:mod:`uqpot.sample.md`), with U and the energy of the unbiased model.
 """
 

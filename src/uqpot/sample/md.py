@@ -29,8 +29,8 @@ from .trust import Calibration, TrustBand, pick_diverse
 
 @dataclass
 class MDSamplerConfig:
-    trust_lo: float = 2.0  # kcal/mol/Å, calibrated σ_F
-    trust_hi: float = 20.0
+    trust_lo: float = 1.0  # kcal/mol/Å, calibrated σ_F
+    trust_hi: float = 15.0
     replicas: int = 20
     temperatures_K: list = field(default_factory=lambda: [300.0, 500.0, 750.0, 1000.0])
     steps: int = 1000

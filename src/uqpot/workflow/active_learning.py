@@ -73,8 +73,8 @@ class SamplingSettings(Strict):
     (:data:`uqpot.md.campaign.PRESETS`), and ``max_candidates`` = ``attack.n_seeds`` (the attack's oracle
     budget per generation, so that samplers are compared at equal cost)."""
 
-    trust_lo: float = Field(2.0, ge=0.0)
-    trust_hi: float = Field(20.0, gt=0.0)
+    trust_lo: float = Field(1.0, ge=0.0)
+    trust_hi: float = Field(15.0, gt=0.0)
     replicas: int = Field(20, ge=1)
     temperatures_K: Optional[list[float]] = None
     steps: int = Field(1000, ge=1)
@@ -83,8 +83,10 @@ class SamplingSettings(Strict):
     max_candidates: Optional[int] = Field(None, ge=1)
     min_distance: float = Field(0.05, ge=0.0)  # Å between picked frames
     stop_above_trust: bool = True
-    bias_strength: float = Field(10.0, ge=0.0)  # kcal/mol: A of the UDD bias (biased_md)
-    bias_width: float = Field(5.0, gt=0.0)  # kcal/mol/Å: B of the UDD bias
+    # the UDD bias of biased_md: A (kcal/mol) and B (kcal/mol/Å); by default it reaches −A(1 − 1/e) = −12.6
+    # kcal/mol (13 kT at 500 K) where σ_F = B, half the upper trust level, and fades beyond
+    bias_strength: float = Field(20.0, ge=0.0)
+    bias_width: float = Field(7.5, gt=0.0)
 
 
 SamplerName = Literal["adversarial", "md", "biased_md"]

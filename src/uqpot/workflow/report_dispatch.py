@@ -14,6 +14,10 @@ def build_report(run) -> Path:
     """The report that fits the run directory (an active-learning loop or a grid of trainings)."""
     run = Path(run)
     meta = json.loads((run / "reproduce.json").read_text()) if (run / "reproduce.json").is_file() else {}
+    if meta.get("kind") == "samplers":
+        from .samplers_study import build_sampler_report
+
+        return build_sampler_report(run, meta.get("samplers"))
     cfg = run / "config.yaml"
     replicates = (run / "summary.json").is_file() and "per_seed" in json.loads((run / "summary.json").read_text())
     if meta.get("kind") != "grid" and ((run / "study.json").is_file() or replicates or (

@@ -158,13 +158,20 @@ def check_seeds(seeds) -> list[int] | None:
 
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
               splits=None, local_data=None, console=None, executor_options: dict | None = None,
-              methods=None, seeds=None) -> Path:
+              methods=None, seeds=None, samplers=None) -> Path:
     """Runs one study and returns the path of its report.  ``methods`` replaces the preset's UQ methods,
-    ``seeds`` its replicates."""
+    ``seeds`` its replicates; ``samplers`` runs the study once per sampler and compares them
+    (:mod:`uqpot.workflow.samplers_study`)."""
+    from .samplers_study import check_samplers, run_sampler_study
+
     if system not in SYSTEMS:
         raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
     methods = check_methods(methods)  # before anything is written
     seeds = check_seeds(seeds)
+    samplers = check_samplers(samplers)
+    if samplers and system == "rmd17":
+        raise ConfigError(None, "--samplers: the rmd17 study trains on fixed splits and samples nothing; use "
+                                "ammonia or silica")
     out = Path(out or f"runs/{system}_{Path(preset).stem}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -177,12 +184,16 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         options = dict(load_yaml(preset_path(system, preset)).get("executor", {}).get(executor, {}))
         options.update(executor_options or {})
         ex = get_executor(executor, **options)
-    write_json(meta_path, {"kind": "grid" if system == "rmd17" else "loop", "system": system,
+    write_json(meta_path, {"kind": "grid" if system == "rmd17" else "samplers" if samplers else "loop",
+                           "system": system, "samplers": samplers,
                            "preset": str(preset), "executor": executor,
                            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
     try:
         if system == "rmd17":
             reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods, seeds)
+        elif samplers:
+            run_sampler_study(preset_path(system, preset), out, samplers, ex, console,
+                              overrides={"methods": methods} if methods else None, seeds=seeds)
         else:
             from . import studies
 

@@ -47,9 +47,11 @@ def study_seeds(study: Study, seeds=None, path=None) -> list[int]:
     return chosen
 
 
-def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=None, seed: int = 0) -> LoopConfig:
+def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=None, seed: int = 0,
+                 subdir: str | None = None) -> LoopConfig:
     raw = copy.deepcopy(study.loop)
-    raw.update(out=str(out / f"seed{seed}"), seed=seed, store=str(out / "labels.db"), system=study.system,
+    loop_out = out / subdir / f"seed{seed}" if subdir else out / f"seed{seed}"
+    raw.update(out=str(loop_out), seed=seed, store=str(out / "labels.db"), system=study.system,
                oracle=study.oracle.model_dump(),
                data={**raw.get("data", {}), "train": str(out / "data" / "train.extxyz"),
                      "test": str(out / "data" / "test.extxyz")})

@@ -1,0 +1,160 @@
+"""``uqpot reproduce ammonia|silica --samplers adversarial,md,biased_md``: which sampler makes a potential
+robust per oracle call.
+
+The study's data set is built once (``OUT/data``) and every sampler runs the study's whole loop once per
+seed in ``OUT/<sampler>/seed{s}`` (each sampler directory is a study of its own, with its own report), all
+with one label store (``OUT/labels.db``: a structure two samplers both pick is labelled once).  Every
+sampler gets the same oracle budget per generation: the attack's ``n_seeds`` candidates, which the MD
+samplers' ``sampling.max_candidates`` defaults to.  ``OUT/report.html`` compares the samplers: for every
+method and generation, the cumulative oracle calls before the generation's model, the test force MAE (mean
+over seeds, 95% t-interval) and the stable-MD fraction (pooled over trajectories, Wilson interval; and the
+t-interval over the seeds' fractions).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import ConfigError
+from ..metrics import intervals as iv
+from ..provenance import write_json
+from ..sample import SAMPLERS
+
+
+def check_samplers(samplers) -> list[str] | None:
+    if not samplers:
+        return None
+    out = [s.strip() for s in samplers if s.strip()]
+    bad = [s for s in out if s not in SAMPLERS]
+    if bad or len(set(out)) != len(out) or not out:
+        raise ConfigError(None, f"--samplers: {', '.join(bad) or 'repeated or empty'}; choose from "
+                                f"{', '.join(SAMPLERS)}, each once")
+    return out
+
+
+def run_sampler_study(preset, out: Path, samplers: list[str], executor=None, console=None,
+                      overrides: dict | None = None, seeds=None) -> Path:
+    from ..oracle import get_oracle
+    from .replicates import run_loops
+    from .active_learning import ActiveLearning
+    from .report_loop import build_loop_report
+    from .studies import Study, _build, _check_study, _data_config, _loop_config, _study_log, study_seeds
+
+    study = load_config(preset, Study)
+    out = Path(out)
+    seeds = study_seeds(study, seeds, preset)
+    cfgs = {s: [_loop_config(study, out, {**(overrides or {}), "sampler": s}, preset, seed=k, subdir=s)
+                for k in seeds] for s in samplers}
+    data_cfg = _data_config(study, preset)
+    oracle = get_oracle(study.oracle.name, **study.oracle.options)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in samplers:
+        (out / s).mkdir(exist_ok=True)
+        _check_study(out / s, study.system, seeds)
+    log = _study_log(out, console)
+    log(f"{study.system}: data set with {oracle.method}")
+    _build(study, data_cfg, out / "data", out / "labels.db", oracle, executor, console)
+    flat = [(s, c) for s in samplers for c in cfgs[s]]
+    log(f"{study.system}: samplers {', '.join(samplers)} x seeds {', '.join(map(str, seeds))}, "
+        f"methods {', '.join(flat[0][1].methods)}")
+    loops = [ActiveLearning(c, console=console, executor=executor) for _, c in flat]
+    summaries = run_loops(loops, executor, log)
+    for s in samplers:
+        per = {str(c.seed): summ for (t, c), summ in zip(flat, summaries) if t == s}
+        write_json(out / s / "summary.json", {"system": study.system, "sampler": s, "seeds": seeds, "per_seed": per})
+        build_loop_report(out / s, title=f"uqpot: the {study.system} study, sampler {s}")
+    return build_sampler_report(out, samplers)
+
+
+def sampler_rows(out: Path, samplers: list[str]) -> list[dict]:
+    """Per (sampler, method, generation): cumulative oracle calls before the generation (mean over seeds),
+    test force MAE (mean, 95% t), stable-MD fraction (Wilson over all trajectories; t over seeds)."""
+    from .report_loop import _md_counts
+
+    cells: dict = {}
+    for s in samplers:
+        summary_path = out / s / "summary.json"
+        if not summary_path.is_file():
+            continue
+        for seed, summ in json.loads(summary_path.read_text())["per_seed"].items():
+            gens = summ["generations"]
+            methods = list(next(iter(gens.values())))
+            for m in methods:
+                calls = 0
+                for g in sorted(gens, key=int):
+                    r = gens[g].get(m)
+                    if not r:
+                        continue
+                    cell = cells.setdefault((s, m, int(g)), {"calls": [], "mae": [], "md": [], "cand": []})
+                    cell["calls"].append(calls)
+                    cell["mae"].append(r["test"].get("forces_mae"))
+                    counts = _md_counts(r.get("md"))
+                    if counts:
+                        cell["md"].append(counts)
+                    lab = r.get("label") or {}
+                    calls += int(lab.get("oracle_calls") or 0) + int(lab.get("from_store") or 0)
+                    if r.get("attack"):
+                        cell["cand"].append(r["attack"].get("n_candidates"))
+    rows = []
+    for (s, m, g), c in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2], samplers.index(kv[0][0]))):
+        row = {"method": m, "generation": g, "sampler": s, "n_seeds": len(c["mae"]),
+               "oracle_labels_before": iv.mean_interval(c["calls"])[0]}
+        row["forces_mae"], row["forces_mae_lo"], row["forces_mae_hi"] = iv.mean_interval(c["mae"], bounds=(0.0, None))
+        if c["md"]:
+            k, n = sum(a for a, _ in c["md"]), sum(b for _, b in c["md"])
+            row["stable_md_fraction"], row["stable_md_fraction_lo"], row["stable_md_fraction_hi"] = iv.wilson(k, n)
+            row["stable_md_runs"] = n
+            _, row["stable_md_fraction_seeds_lo"], row["stable_md_fraction_seeds_hi"] = iv.mean_interval(
+                [a / b for a, b in c["md"]], bounds=(0.0, 1.0))
+        if c["cand"]:
+            row["candidates_after"] = iv.mean_interval(c["cand"])[0]
+        rows.append(row)
+    return rows
+
+
+def format_markdown(rows: list[dict]) -> str:
+    def iv_(r, k, fmt="{:.3f}"):
+        if r.get(k) is None:
+            return "-"
+        lo, hi = r.get(f"{k}_lo"), r.get(f"{k}_hi")
+        txt = fmt.format(r[k])
+        if lo is not None and hi is not None and lo == lo and hi == hi:
+            txt += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
+        return txt
+
+    lines = ["| method | gen | sampler | seeds | labels before | test F MAE [95%] | stable MD [95% Wilson] | "
+             "stable MD, seeds [95% t] |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        seeds_iv = ("-" if r.get("stable_md_fraction_seeds_lo") is None else
+                    f"[{r['stable_md_fraction_seeds_lo']:.3f}, {r['stable_md_fraction_seeds_hi']:.3f}]")
+        lines.append(f"| {r['method']} | {r['generation']} | {r['sampler']} | {r['n_seeds']} | "
+                     f"{r['oracle_labels_before']:.1f} | {iv_(r, 'forces_mae')} | {iv_(r, 'stable_md_fraction')} | "
+                     f"{seeds_iv} |")
+    return "\n".join(lines) + "\n"
+
+
+def build_sampler_report(out: Path, samplers: list[str] | None = None) -> Path:
+    from .report import Report
+
+    out = Path(out)
+    if samplers is None:
+        samplers = [s for s in SAMPLERS if (out / s / "summary.json").is_file()]
+    rows = sampler_rows(out, samplers)
+    if not rows:
+        raise ConfigError(out, "no sampler has a finished loop to compare yet")
+    rep = Report("uqpot: samplers compared at equal oracle budget")
+    rep.paragraph(f"Samplers: {', '.join(samplers)}; each sampler's own report: "
+                  + ", ".join(f"{s}/report.html" for s in samplers) + ". Labels before: oracle labels (new calls "
+                  "and labels from the shared store) that trained the generation's model, beyond the initial set, "
+                  "mean over seeds. Test force MAE: mean over seeds with the 95% t-interval. Stable MD: pooled over "
+                  "every trajectory of every seed with the 95% Wilson interval; 'seeds': the t-interval over the "
+                  "seeds' fractions, which also holds the variation between trainings.")
+    rep.table("samplers", rows, caption="per method and generation, each sampler (kcal/mol/Å)")
+    rep.pre(format_markdown(rows))
+    (out / "samplers.md").write_text(format_markdown(rows))
+    write_json(out / "samplers.json", {"samplers": samplers, "rows": rows,
+                                       "built": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return rep.write(out, {"samplers": samplers, "built": time.strftime("%Y-%m-%d %H:%M:%S")})
