@@ -186,8 +186,9 @@ def test_unknown_method_is_refused_before_anything_is_written(tmp_path):
 def test_samplers_option_compares_samplers_at_equal_budget(ammonia_run, tmp_path):
     """`--samplers adversarial,md` runs the loop once per sampler on one data set and one store, and the
     report compares them per method and generation (labels before, test MAE, stable MD with intervals)."""
-    toy = {**TOY_AMMONIA, "loop": {**TOY_AMMONIA["loop"], "sampling": {"trust_lo": 0.0, "trust_hi": 1.0e6,
-                                                                      "replicas": 4, "steps": 60, "frame_every": 10}}}
+    toy = {**TOY_AMMONIA, "loop": {**TOY_AMMONIA["loop"], "neb": False,
+                                   "sampling": {"trust_lo": 0.0, "trust_hi": 1.0e6, "replicas": 4, "steps": 60,
+                                                "frame_every": 10}}}
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(toy))
     out = tmp_path / "samplers"
     out.mkdir()
