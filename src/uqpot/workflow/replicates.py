@@ -54,6 +54,7 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
     pairs.sort(key=lambda p: (p[1] != "ensemble", p[0]))
     eta = _ETA(sum(al.cfg.generations * len(al.cfg.methods) for al in loops), log or loops[0].log)
     seeds = len(loops) > 1
+    samplers = len({str(al.cfg.sampler) for al in loops}) > 1
     earlier = {(k, int(g), m) for k, al in enumerate(loops) for g, recs in _finished(al.out).items() for m in recs}
     for g in range(1, generations + 1):
         todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations]
@@ -72,11 +73,11 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
             futures = {p: futures[p] for p in todo}
             for (k, m), f in futures.items():
                 results[k, m] = f.result()
-                eta.step(_what(g, m, loops[k], seeds), (k, g, m) in earlier)
+                eta.step(_what(g, m, loops[k], seeds, samplers), (k, g, m) in earlier)
         else:
             for k, m in todo:
                 results[k, m] = loops[k].method_generation(g, m)
-                eta.step(_what(g, m, loops[k], seeds), (k, g, m) in earlier)
+                eta.step(_what(g, m, loops[k], seeds, samplers), (k, g, m) in earlier)
         for k, al in enumerate(loops):
             if g <= al.cfg.generations:
                 summaries[k]["generations"][g] = {m: results[k, m] for m in al.cfg.methods}
@@ -84,8 +85,9 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
     return summaries
 
 
-def _what(g: int, method: str, loop: ActiveLearning, seeds: bool) -> str:
-    return f"generation {g}, {method}" + (f", seed {loop.cfg.seed}" if seeds else "")
+def _what(g: int, method: str, loop: ActiveLearning, seeds: bool, samplers: bool = False) -> str:
+    return (f"generation {g}, {method}" + (f", sampler {loop.cfg.sampler_for(method)}" if samplers else "")
+            + (f", seed {loop.cfg.seed}" if seeds else ""))
 
 
 class _ETA:

@@ -74,13 +74,15 @@ def sampler_rows(out: Path, samplers: list[str]) -> list[dict]:
     test force MAE (mean, 95% t), stable-MD fraction (Wilson over all trajectories; t over seeds)."""
     from .report_loop import _md_counts
 
+    from .report_loop import loop_dirs
+
     cells: dict = {}
     for s in samplers:
-        summary_path = out / s / "summary.json"
-        if not summary_path.is_file():
-            continue
-        for seed, summ in json.loads(summary_path.read_text())["per_seed"].items():
-            gens = summ["generations"]
+        # every seed's loop summary (written after each generation), so an unfinished study reports too
+        for seed, d in loop_dirs(out / s):
+            gens = json.loads((d / "summary.json").read_text())["generations"]
+            if not gens:
+                continue
             methods = list(next(iter(gens.values())))
             for m in methods:
                 calls = 0
@@ -141,7 +143,7 @@ def build_sampler_report(out: Path, samplers: list[str] | None = None) -> Path:
 
     out = Path(out)
     if samplers is None:
-        samplers = [s for s in SAMPLERS if (out / s / "summary.json").is_file()]
+        samplers = [s for s in SAMPLERS if (out / s / "study.json").is_file()]
     rows = sampler_rows(out, samplers)
     if not rows:
         raise ConfigError(out, "no sampler has a finished loop to compare yet")
