@@ -73,8 +73,9 @@ def train(config, out, data_path, epochs, device, restart, no_progress):
     for name in ("val", "test"):
         if name in summary:
             m = summary[name]
+            stress = f", stress MAE {m['stress_mae']:.4g} kcal/mol/Å³" if m.get("stress_mae") is not None else ""
             click.echo(f"{name}: energy MAE {m['energy_mae']:.4f} kcal/mol, forces MAE {m['forces_mae']:.4f} "
-                       f"kcal/mol/Å ({m['n_structures']} structures)")
+                       f"kcal/mol/Å{stress} ({m['n_structures']} structures)")
     if "test" not in summary:
         click.echo("test: none (the split has no test structures)")
 
@@ -132,7 +133,9 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
                        calibration_data=calibration_data)
     click.echo(f"{metrics['n_structures']} structures: energy MAE {metrics['energy_mae']:.4f} "
                f"RMSE {metrics['energy_rmse']:.4f} kcal/mol; forces MAE {metrics['forces_mae']:.4f} "
-               f"RMSE {metrics['forces_rmse']:.4f} kcal/mol/Å")
+               f"RMSE {metrics['forces_rmse']:.4f} kcal/mol/Å"
+               + (f"; stress MAE {metrics['stress_mae']:.4g} kcal/mol/Å³" if metrics.get("stress_mae") is not None
+                  else ""))
     if "spearman" in metrics:
         click.echo(f"{metrics['method']}: Spearman {metrics['spearman']:.3f}, ROC-AUC {metrics['roc_auc_p20']:.3f} "
                    f"(p20) {metrics['roc_auc_p50']:.3f} (p50), miscalibration area "

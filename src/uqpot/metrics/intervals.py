@@ -36,7 +36,7 @@ NAN = float("nan")
 
 #: the range of each reported quantity (None: unbounded on that side), where intervals are cut
 RANGES: dict[str, tuple[float | None, float | None]] = {
-    "forces_mae": (0.0, None), "energy_mae": (0.0, None), "forces_rmse": (0.0, None), "energy_rmse": (0.0, None),
+    "forces_mae": (0.0, None), "energy_mae": (0.0, None), "stress_mae": (0.0, None), "forces_rmse": (0.0, None), "energy_rmse": (0.0, None),
     "spearman": (-1.0, 1.0), "roc_auc_p20": (0.0, 1.0), "roc_auc_p50": (0.0, 1.0),
     "miscalibration_area": (0.0, 0.5), "samples_added": (0.0, None), "neb_barrier_error": (0.0, None),
     "md_mean_stable_time_fs": (0.0, None), "stable_md_fraction": (0.0, 1.0),

@@ -535,6 +535,8 @@ class ActiveLearning:
         rec["step_peak_mb"] = tr["training"].get("step_peak_mb")
         rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
                                                      "roc_auc_p50", "miscalibration_area", "cnll")}
+        if tr["test"].get("stress_mae") is not None:  # periodic test structures with a stress
+            rec["test"]["stress_mae"] = tr["test"]["stress_mae"]
         rec["md"] = self.step_md(g, method)
         rec["neb"] = self.step_neb(g, method)
         if g < self.cfg.generations:

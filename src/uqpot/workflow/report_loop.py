@@ -33,7 +33,8 @@ from ..provenance import write_json
 from . import figures as fg
 from .report import CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section
 
-METRICS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll")
+METRICS = ("forces_mae", "energy_mae", "stress_mae", "spearman", "roc_auc_p20", "roc_auc_p50",
+           "miscalibration_area", "cnll")
 SEED_KEYS = METRICS + ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
 BOOTSTRAP_RESAMPLES = 1000
 INTERVAL_NOTE = (
@@ -127,6 +128,8 @@ def seed_rows(recs: list[dict]) -> list[dict]:
     for r in recs:
         row = {k: r.get(k) for k in ("seed", "generation", "method", "n_train", *METRICS, "samples_added",
                                      "added_E_min", "added_E_max", "neb_barrier", "neb_barrier_oracle")}
+        if row.get("stress_mae") is None:  # molecules: no stress
+            row.pop("stress_mae", None)
         pred = _predictions(r)
         if pred is not None:
             for key, fn in (("spearman", spearman), ("roc_auc_p20", lambda u, e: roc_auc(u, e, 20))):
@@ -318,7 +321,7 @@ def _summary_entry(loop_dir: Path, g: int, m: str, key: str):
 
 def _summary_columns(rows: list[dict]) -> list[str]:
     cols = ["generation", "method", "n_seeds", "n_train"]
-    for k in ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "miscalibration_area", "cnll",
+    for k in ("forces_mae", "energy_mae", "stress_mae", "spearman", "roc_auc_p20", "miscalibration_area", "cnll",
               "stable_md_fraction", "stable_md_fraction_seeds", "md_mean_stable_time_fs", "samples_added",
               "neb_barrier"):
         if any(k in r or f"{k}_lo" in r for r in rows):
