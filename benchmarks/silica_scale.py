@@ -60,7 +60,7 @@ def phase_train(args) -> dict:
     B, K = args.batch_size, args.train_steps
     data = _frames(args.data, B * (K + 1) + B)
     train, val = data.subset(range(B * (K + 1))), data.subset(range(B * (K + 1), len(data)))
-    model = Potential(features=args.features, **HP, seeds=list(range(args.members)))
+    model = Potential(features=args.features, **HP, members=args.members, seeds=list(range(args.members)))
     model.fit_reference(train)
     cfg = resolve_stress_weight(TrainConfig(epochs=1, batch_size=B, lr=1e-4, progress=False, device="cpu"), train)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +95,7 @@ def phase_md(args) -> dict:
     model = model.to(torch.float32).eval()
     md = BatchedMD(model, [glass] * args.replicas, timestep_fs=0.25, temperatures_K=2500.0,
                    seeds=list(range(args.replicas)), skin=0.5, check_every=20, criteria=StabilityCriteria.silica())
-    md.run(20)  # warm-up block
+    md.run(min(20, args.md_steps))  # warm-up block
     t0 = time.perf_counter()
     md.run(args.md_steps)
     dt = time.perf_counter() - t0

@@ -201,6 +201,13 @@ def test_samplers_option_compares_samplers_at_equal_budget(ammonia_run, tmp_path
     for s in ("adversarial", "md"):
         assert (out / s / "report.html").is_file() and (out / s / "seed1" / "gen2" / "gmm").is_dir()
         assert yaml.safe_load((out / s / "seed0" / "config.yaml").read_text())["sampler"] == s
+    # generation 1 does not depend on the sampler: md's is a copy of adversarial's (same model file)
+    assert json.loads((out / "md" / "seed1" / "gen1" / "gmm" / "shared_from.json").read_text())["generation"] == 1
+    assert ((out / "md" / "seed1" / "gen1" / "gmm" / "train" / "model.pt").read_bytes()
+            == (out / "adversarial" / "seed1" / "gen1" / "gmm" / "train" / "model.pt").read_bytes())
+    assert not (out / "adversarial" / "seed1" / "gen1" / "gmm" / "shared_from.json").exists()
+    assert (out / "md" / "seed1" / "gen2" / "gmm" / "train" / "model.pt").read_bytes() != (
+        out / "adversarial" / "seed1" / "gen2" / "gmm" / "train" / "model.pt").read_bytes()
     rows = json.loads((out / "samplers.json").read_text())["rows"]
     assert {(r["sampler"], r["generation"]) for r in rows} == {(s, g) for s in ("adversarial", "md") for g in (1, 2)}
     for row in rows:

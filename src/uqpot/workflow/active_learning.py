@@ -524,6 +524,19 @@ class ActiveLearning:
         with fixed_threads(self.cfg.threads):
             return {**self._method_generation(g, method), "threads": torch.get_num_threads()}
 
+    def model_steps(self, g: int, method: str) -> None:
+        """Training, test, MD and NEB of generation ``g`` for one method, without its sampling and labelling
+        (what does not depend on the sampler), each step skipped if already done."""
+        from ..determinism import fixed_threads
+
+        with fixed_threads(self.cfg.threads):
+            train0, val0, test, _ = self.initial_data()
+            self._initial_train = train0
+            train, val = self.data_for(g, method, (train0, val0))
+            self.step_train(g, method, train, val, test)
+            self.step_md(g, method)
+            self.step_neb(g, method)
+
     def _method_generation(self, g: int, method: str) -> dict:
         train0, val0, test, _ = self.initial_data()
         self._initial_train = train0

@@ -129,3 +129,8 @@ def run_backbone(cfg: dict) -> dict:
 def run_method_generation(cfg: dict, g: int, method: str) -> dict:
     """One method's generation on a worker process (picklable entry point for Dask)."""
     return ActiveLearning(LoopConfig.model_validate(cfg)).method_generation(g, method)
+
+
+def run_model_steps(cfg: dict, g: int, method: str) -> None:
+    """:meth:`ActiveLearning.model_steps` on a worker process (picklable entry point for Dask)."""
+    ActiveLearning(LoopConfig.model_validate(cfg)).model_steps(g, method)

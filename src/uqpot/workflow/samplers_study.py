@@ -57,6 +57,14 @@ def run_sampler_study(preset, out: Path, samplers: list[str], executor=None, con
     log = _study_log(out, console)
     log(f"{study.system}: data set with {oracle.method}")
     _build(study, data_cfg, out / "data", out / "labels.db", oracle, executor, console)
+    if len(samplers) > 1:
+        log(f"{study.system}: generation 1 (the same for every sampler) with the {samplers[0]} loops; the other "
+            "samplers start from copies")
+        lead = [ActiveLearning(c, console=console, executor=executor) for c in cfgs[samplers[0]]]
+        models_of_generation_one(lead, executor)
+        for s in samplers[1:]:
+            for src, dst in zip(cfgs[samplers[0]], cfgs[s]):
+                share_generation_one(Path(src.out), Path(dst.out), dst.methods)
     flat = [(s, c) for s in samplers for c in cfgs[s]]
     log(f"{study.system}: samplers {', '.join(samplers)} x seeds {', '.join(map(str, seeds))}, "
         f"methods {', '.join(flat[0][1].methods)}")
@@ -67,6 +75,50 @@ def run_sampler_study(preset, out: Path, samplers: list[str], executor=None, con
         write_json(out / s / "summary.json", {"system": study.system, "sampler": s, "seeds": seeds, "per_seed": per})
         build_loop_report(out / s, title=f"uqpot: the {study.system} study, sampler {s}")
     return build_sampler_report(out, samplers)
+
+
+def models_of_generation_one(loops, executor=None) -> None:
+    """Generation 1's training, test, MD and NEB of every (loop, method), on the executor when it has
+    workers (the shared backbones first)."""
+    from .replicates import run_backbone, run_model_steps
+
+    for al in loops:
+        al.prepare()
+    if executor is None or getattr(executor, "in_process", True):
+        for al in loops:
+            for m in al.cfg.methods:
+                al.model_steps(1, m)
+        return
+    backbones = [executor.submit(run_backbone, al.cfg.model_dump(mode="json")) for al in loops if al.shared_methods()]
+    for f in backbones:
+        f.result()
+    futures = [executor.submit(run_model_steps, al.cfg.model_dump(mode="json"), 1, m) for al in loops
+               for m in al.cfg.methods]
+    for f in futures:
+        f.result()
+
+
+def share_generation_one(src: Path, dst: Path, methods) -> None:
+    """Copies generation 1's finished training, MD and NEB of every method (and the shared backbone) from
+    the loop ``src`` to the loop ``dst`` of another sampler: with the same seed, data and settings they
+    are what ``dst`` would compute (results are deterministic for a given seed), and the sampler enters only
+    after them.  Each copy is marked with ``shared_from.json``; what ``dst`` already has is kept."""
+    import shutil
+
+    parts = [("gen1/backbone/train", None)] + [(f"gen1/{m}/{p}", m) for m in methods for p in ("train", "md", "neb.json")]
+    for rel, method in parts:
+        a, b = src / rel, dst / rel
+        if not a.exists() or b.exists():
+            continue
+        b.parent.mkdir(parents=True, exist_ok=True)
+        if a.is_dir():
+            if not (a / "summary.json").is_file():  # an unfinished step: dst computes its own
+                continue
+            shutil.copytree(a, b)
+        else:
+            shutil.copy2(a, b)
+        write_json(b.parent / "shared_from.json" if method else b / "shared_from.json",
+                   {"source": str(src), "generation": 1, "why": "generation 1 does not depend on the sampler"})
 
 
 def sampler_rows(out: Path, samplers: list[str]) -> list[dict]:
