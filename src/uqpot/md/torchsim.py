@@ -26,18 +26,13 @@ from .. import fields as F
 from ..data.batch import collate
 from ..data.structures import Structure
 from ..units import EV_TO_KCAL_PER_MOL
+from .batched import _model_dtype
 
 try:
     from torch_sim.models.interface import ModelInterface
 except ImportError as exc:  # pragma: no cover - the optional dependency is missing
     raise ImportError("uqpot.md.torchsim needs torch-sim: pip install 'uqpot[torchsim]' "
                       "(torch-sim-atomistic 0.3.x on Python 3.11)") from exc
-
-
-def _model_dtype(model) -> torch.dtype:
-    from .batched import _model_dtype as f
-
-    return f(model)
 
 
 class TorchSimModel(ModelInterface):

@@ -1,7 +1,7 @@
 """The ``md`` sampler: candidates for the oracle from uncertainty-selected MD frames (DP-GEN's and FLARE's
 exploration, made method-agnostic through the calibration; see :mod:`uqpot.sample.trust`).
 
-``replicas`` trajectories start from training structures (drawn as the attack draws its seeds) at the
+``replicas`` trajectories start from training structures (a seeded random draw of distinct ones) at the
 study's temperatures (cycled over the replicas), with the batched MD engine (:mod:`uqpot.md.batched`) and
 the system's stability criteria.  Every ``frame_every`` steps a frame is kept with its U; a replica whose
 calibrated σ_F passes ``trust_hi`` stops there (frames beyond the upper trust level are likely unphysical:
@@ -60,8 +60,8 @@ class SampleResult:
 
 
 def start_structures(train, n: int, seed: int) -> list[Structure]:
-    """``n`` training structures for the replicas: distinct ones drawn reproducibly (all of them, cycled,
-    when n exceeds the set)."""
+    """``n`` training structures for the replicas: the first n of a seeded random permutation of the set
+    (distinct ones; the permutation cycled when n exceeds the set)."""
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(train))
     return [train[int(idx[k % len(idx)])] for k in range(n)]
