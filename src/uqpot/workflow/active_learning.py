@@ -39,6 +39,7 @@ from ..data.structures import StructureDataset
 from ..errors import ConfigError
 from ..provenance import versions, write_json
 from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
+from .loop_sampling import SamplerName, SamplingSettings
 
 #: the default methods: the paper's four
 DEFAULT_METHODS = ("ensemble", "mve", "evidential", "gmm")
@@ -64,32 +65,6 @@ class AttackSettings(Strict):
     energy_cutoff: Optional[Union[float, list[float]]] = 100.0
     dedup_rmsd: float = Field(0.01, ge=0.0)
     min_displacement: float = Field(1e-3, ge=0.0)
-
-
-class SamplingSettings(Strict):
-    """``sampling``: the MD samplers (``sampler: md | biased_md``; :mod:`uqpot.sample.md`,
-    :mod:`uqpot.sample.biased_md`).  Trust levels are calibrated force errors σ_F (kcal/mol/Å), turned into
-    each method's U through its stored calibration.  Unset: the system's campaign temperatures and time step
-    (:data:`uqpot.md.campaign.PRESETS`), and ``max_candidates`` = ``attack.n_seeds`` (the attack's oracle
-    budget per generation, so that samplers are compared at equal cost)."""
-
-    trust_lo: float = Field(1.0, ge=0.0)
-    trust_hi: float = Field(15.0, gt=0.0)
-    replicas: int = Field(20, ge=1)
-    temperatures_K: Optional[list[float]] = None
-    steps: int = Field(1000, ge=1)
-    timestep_fs: Optional[float] = Field(None, gt=0.0)
-    frame_every: int = Field(10, ge=1)
-    max_candidates: Optional[int] = Field(None, ge=1)
-    min_distance: float = Field(0.05, ge=0.0)  # Å between picked frames
-    stop_above_trust: bool = True
-    # the UDD bias of biased_md: A (kcal/mol) and B (kcal/mol/Å); by default it reaches −A(1 − 1/e) = −12.6
-    # kcal/mol (13 kT at 500 K) where σ_F = B, half the upper trust level, and fades beyond
-    bias_strength: float = Field(20.0, ge=0.0)
-    bias_width: float = Field(7.5, gt=0.0)
-
-
-SamplerName = Literal["adversarial", "md", "biased_md"]
 
 
 class FinetuneSettings(Strict):
@@ -388,48 +363,17 @@ class ActiveLearning:
 
     def step_md_sample(self, g, method, train) -> dict:
         """The ``md`` / ``biased_md`` samplers: candidates in the same place and format as the attack's."""
-        from ..md.campaign import PRESETS
-        from ..md.stability import StabilityCriteria
-        from ..modelfile import read as read_model_file
-        from ..sample.adversarial import BoltzmannReference
-        from ..sample.biased_md import biased_md_sample
-        from ..sample.md import MDSamplerConfig, md_sample
-        from ..sample.trust import Calibration
+        from .loop_sampling import md_sample_for_loop
 
-        sampler = self.cfg.sampler_for(method)
         d = self.gen_dir(g, method) / "attack"
         marker = d / "attack.json"
         if _done(marker):
             return json.loads(marker.read_text())
-        sm, preset = self.cfg.sampling, PRESETS.get(self.cfg.system, {})
-        cfg = MDSamplerConfig(
-            trust_lo=sm.trust_lo, trust_hi=sm.trust_hi, replicas=sm.replicas,
-            temperatures_K=sm.temperatures_K or preset.get("temperatures_K", [300.0]),
-            steps=sm.steps, timestep_fs=sm.timestep_fs or preset.get("timestep_fs", 0.5),
-            frame_every=sm.frame_every, max_candidates=sm.max_candidates or self.cfg.attack.n_seeds,
-            min_distance=sm.min_distance, energy_cutoff=self.cfg.cutoff_for(g), stop_above_trust=sm.stop_above_trust,
-            skin=preset.get("skin", 1.0), seed=self.cfg.seed + g)
-        path = self.gen_dir(g, method) / "train" / "model.pt"
-        cal = Calibration.from_extra(read_model_file(path).get("extra", {}), where=str(path))
-        model = self.model(g, method)
-        ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], self.cfg.attack.kT)
-        criteria = {"ammonia": StabilityCriteria.ammonia(ground_state_energy=None),
-                    "silica": StabilityCriteria.silica()}.get(self.cfg.system)
-        t0 = time.perf_counter()
-        if sampler == "biased_md":
-            res = biased_md_sample(model, train, cfg, cal, ref, strength=sm.bias_strength, width=sm.bias_width,
-                                   criteria=criteria)
-        else:
-            res = md_sample(model, train, cfg, cal, ref, criteria=criteria)
-        d.mkdir(parents=True, exist_ok=True)
-        write_extxyz(StructureDataset(res.samples), d / "candidates.extxyz")
-        np.savez(d / "history.npz", **res.history)
-        rec = {**res.summary, "n_seeds": cfg.replicas, "n_candidates": len(res.samples), "rejected": res.rejected,
-               "energy_cutoff": cfg.energy_cutoff, "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor},
-               "seconds": round(time.perf_counter() - t0, 2)}
+        rec = md_sample_for_loop(self, g, method, train, d)
         write_json(marker, rec)
-        self.log(f"gen {g} {method}: {sampler} gave {len(res.samples)} candidates from {rec['frames_in_band']} "
-                 f"frames in the trust band ({rec['frames']} frames of {cfg.replicas} replicas)")
+        self.log(f"gen {g} {method}: {rec['sampler']} gave {rec['n_candidates']} candidates from "
+                 f"{rec['frames_in_band']} frames in the trust band ({rec['frames']} frames of {rec['replicas']} "
+                 "replicas)")
         return rec
 
     def step_label(self, g, method, train) -> dict:
