@@ -16,7 +16,7 @@ from typing import Annotated, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, Field, SerializeAsAny, ValidationError, ValidationInfo, WrapValidator, field_validator,
-                      model_validator)
+                      model_serializer, model_validator)
 
 from .errors import ConfigError
 from .schema import Strict  # noqa: F401  (re-exported: every config section derives from it)
@@ -165,6 +165,18 @@ class ModelConfig(Strict):
     activation: Literal["ssp", "silu"] = "ssp"
     readout_hidden: int = Field(64, ge=1)
     trainable_rbf: bool = True
+    spectral_norm: Optional[float] = Field(
+        None, gt=0.0, description="bound on the spectral norm of every message/update linear map (SNGP-style "
+                                  "distance-aware features; e.g. 0.95); unset: plain PaiNN")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler):
+        """Options added after runs were made are written only when set, so earlier runs keep their
+        identity (their resolved configs read as before)."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("spectral_norm") is None:
+            out.pop("spectral_norm", None)
+        return out
 
 
 class MACEModelConfig(Strict):

@@ -8,6 +8,12 @@ message:  (Δs_i, Δv_i) = Σ_j  φ(s_j) ∘ W(r_ij)  split into  (Δs, Δv_v, �
 update:   a = MLP([s_i, ||V v_i||]) split into (a_vv, a_sv, a_ss);
           Δv_i = a_vv ∘ U v_i,  Δs_i = a_sv ∘ <U v_i, V v_i> + a_ss
 
+``spectral_norm`` c (default off): the linear maps of every message and update block are spectrally
+normalised to a norm of at most c (Miyato et al. 2018; SNGP, Liu et al. 2020; DUE, van Amersfoort et al.
+2021): with c < 1 each residual update s ← s + f(s) has a Lipschitz constant below one in the features it
+transforms, so the representation cannot collapse distant inputs onto nearby features (the diagnosis of
+single-model UQ out of domain), and a GMM or LLPR on those features sees the distance.
+
 Every parameter has a leading member axis (see :mod:`uqpot.nn.stacked`): M networks of an ensemble run in
 one call.  Shapes: scalar features s (M, N, F), vector features v (M, 3, N, F) (the Cartesian axis ahead of
 the atoms keeps every broadcast over it a contiguous one).  Pair vectors come from positions in the model
@@ -45,9 +51,9 @@ class StackedGaussianRBF(nn.Module):
 
 
 class Message(nn.Module):
-    def __init__(self, members: int, n_features: int, act: str):
+    def __init__(self, members: int, n_features: int, act: str, spectral_bound: float | None = None):
         super().__init__()
-        self.phi = StackedMLP(members, n_features, n_features, 3 * n_features, act)
+        self.phi = StackedMLP(members, n_features, n_features, 3 * n_features, act, spectral_bound)
         self.n_features = n_features
 
     def forward(self, s, v, radial, filter_weight, unit_t, edge_i, edge_j):
@@ -73,10 +79,11 @@ class Message(nn.Module):
 
 
 class Update(nn.Module):
-    def __init__(self, members: int, n_features: int, act: str, eps: float = 1e-8):
+    def __init__(self, members: int, n_features: int, act: str, eps: float = 1e-8,
+                 spectral_bound: float | None = None):
         super().__init__()
-        self.uv = StackedLinear(members, n_features, 2 * n_features, bias=False)
-        self.mlp = StackedMLP(members, 2 * n_features, n_features, 3 * n_features, act)
+        self.uv = StackedLinear(members, n_features, 2 * n_features, bias=False, spectral_bound=spectral_bound)
+        self.mlp = StackedMLP(members, 2 * n_features, n_features, 3 * n_features, act, spectral_bound)
         self.n_features = n_features
         self.eps = eps
 
@@ -91,7 +98,8 @@ class Update(nn.Module):
 
 class PaiNN(nn.Module):
     def __init__(self, n_features: int = 128, n_interactions: int = 3, n_rbf: int = 20, cutoff: float = 5.0,
-                 activation: str = "ssp", trainable_rbf: bool = True, max_z: int = 118, members: int = 1):
+                 activation: str = "ssp", trainable_rbf: bool = True, max_z: int = 118, members: int = 1,
+                 spectral_norm: float | None = None):
         super().__init__()
         self.members = members
         self.n_features = n_features
@@ -102,8 +110,12 @@ class PaiNN(nn.Module):
         self.fcut = CosineCutoff(cutoff)
         # one layer makes the filters of every interaction at once
         self.filter_net = StackedLinear(members, n_rbf, n_interactions * 3 * n_features)
-        self.messages = nn.ModuleList(Message(members, n_features, activation) for _ in range(n_interactions))
-        self.updates = nn.ModuleList(Update(members, n_features, activation) for _ in range(n_interactions))
+        # spectral_norm c: every linear map of the message and update blocks (the residual branches that act on
+        # the features) spectrally normalised to at most c (distance-aware features, SNGP/DUE-style)
+        self.messages = nn.ModuleList(Message(members, n_features, activation, spectral_norm)
+                                      for _ in range(n_interactions))
+        self.updates = nn.ModuleList(Update(members, n_features, activation, spectral_bound=spectral_norm)
+                                     for _ in range(n_interactions))
 
     def _radial(self, r: torch.Tensor, cut: torch.Tensor):
         """[rbf(r), 1]·cut (M, P, K+1) for distances r (M, P), and the filter layer (M, K+1, I*3F) with its

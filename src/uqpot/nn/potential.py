@@ -61,7 +61,7 @@ class Potential(nn.Module):
 
     def __init__(self, features: int = 128, interactions: int = 3, rbf: int = 20, cutoff: float = 5.0,
                  activation: str = "ssp", readout_hidden: int = 64, trainable_rbf: bool = True,
-                 members: int = 1, seeds: list[int] | None = None):
+                 members: int = 1, seeds: list[int] | None = None, spectral_norm: float | None = None):
         super().__init__()
         seeds = list(seeds) if seeds is not None else [int(torch.initial_seed()) % 2**31 + m for m in range(members)]
         if len(seeds) != members:
@@ -69,9 +69,12 @@ class Potential(nn.Module):
         self.hparams = dict(features=features, interactions=interactions, rbf=rbf, cutoff=float(cutoff),
                             activation=activation, readout_hidden=readout_hidden, trainable_rbf=trainable_rbf,
                             members=members, seeds=[int(s) for s in seeds])
+        if spectral_norm is not None:  # only when set: files and run identities without it stay as they were
+            self.hparams["spectral_norm"] = float(spectral_norm)
         self.members = members
         self.cutoff = float(cutoff)
-        self.representation = PaiNN(features, interactions, rbf, cutoff, activation, trainable_rbf, MAX_Z, members)
+        self.representation = PaiNN(features, interactions, rbf, cutoff, activation, trainable_rbf, MAX_Z, members,
+                                    spectral_norm=spectral_norm)
         self.readout = StackedMLP(members, features, readout_hidden, 1, activation)
         init_members(self, seeds)
         self._register_reference_buffers()

@@ -17,13 +17,42 @@ from .layers import activation
 
 
 class StackedLinear(nn.Module):
-    """y[m] = x[m] @ W[m] + b[m] for every member m; x has shape (M, ..., n_in)."""
+    """y[m] = x[m] @ W[m] + b[m] for every member m; x has shape (M, ..., n_in).
 
-    def __init__(self, members: int, n_in: int, n_out: int, bias: bool = True):
+    ``spectral_bound`` c: spectral normalisation (Miyato et al. 2018) capped at c, as in SNGP (Liu et al.
+    2020): each member's weight is used as W·min(1, c/σ(W)), with σ(W) its largest singular value estimated
+    by one power iteration per training forward (the vectors ``sn_u`` are buffers, saved with the model and
+    not updated in eval mode, so inference is deterministic).  It bounds the layer's Lipschitz constant by c
+    to the accuracy of the estimate, which converges from below as training runs.
+    """
+
+    def __init__(self, members: int, n_in: int, n_out: int, bias: bool = True, spectral_bound: float | None = None):
         super().__init__()
         self.members, self.n_in, self.n_out = members, n_in, n_out
         self.weight = nn.Parameter(torch.empty(members, n_in, n_out))
         self.bias = nn.Parameter(torch.empty(members, 1, n_out)) if bias else None
+        self.spectral_bound = None if spectral_bound is None else float(spectral_bound)
+        if self.spectral_bound is not None:
+            if not self.spectral_bound > 0:
+                raise ValueError("spectral_bound must be > 0")
+            self.register_buffer("sn_u", torch.nn.functional.normalize(torch.ones(members, n_out), dim=-1))
+
+    def sigma(self) -> torch.Tensor:
+        """σ(W[m]) (M,) from the stored power-iteration vector (differentiable in W)."""
+        u = self.sn_u.to(self.weight.dtype)
+        v = torch.nn.functional.normalize(torch.einsum("mio,mo->mi", self.weight, u), dim=-1).detach()
+        return torch.einsum("mi,mio,mo->m", v, self.weight, u)
+
+    def effective_weight(self) -> torch.Tensor:
+        if self.spectral_bound is None:
+            return self.weight
+        if self.training:
+            with torch.no_grad():  # one power iteration: u ← W^T v / |W^T v|, v ← W u / |W u|
+                w = self.weight.detach()
+                v = torch.nn.functional.normalize(torch.einsum("mio,mo->mi", w, self.sn_u.to(w.dtype)), dim=-1)
+                self.sn_u.copy_(torch.nn.functional.normalize(torch.einsum("mi,mio->mo", v, w), dim=-1))
+        factor = torch.clamp(self.sigma() / self.spectral_bound, min=1.0)
+        return self.weight / factor.view(-1, 1, 1)
 
     def init_member(self, m: int, generator: torch.Generator) -> None:
         """PyTorch's default Linear initialisation: U(-1/sqrt(n_in), 1/sqrt(n_in)) for weight and bias."""
@@ -38,21 +67,23 @@ class StackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(self.members, -1, self.n_in)
+        w = self.effective_weight()
         if self.bias is not None:
-            y = torch.baddbmm(self.bias, x2, self.weight)
+            y = torch.baddbmm(self.bias, x2, w)
         else:
-            y = torch.bmm(x2, self.weight)
+            y = torch.bmm(x2, w)
         return y.reshape(*shape[:-1], self.n_out)
 
 
 class StackedMLP(nn.Module):
     """Dense → activation → dense, per member (PaiNN's φ, update MLP and the atomwise readout)."""
 
-    def __init__(self, members: int, n_in: int, hidden: int, n_out: int, act: str):
+    def __init__(self, members: int, n_in: int, hidden: int, n_out: int, act: str,
+                 spectral_bound: float | None = None):
         super().__init__()
-        self.lin1 = StackedLinear(members, n_in, hidden)
+        self.lin1 = StackedLinear(members, n_in, hidden, spectral_bound=spectral_bound)
         self.act = activation(act)
-        self.lin2 = StackedLinear(members, hidden, n_out)
+        self.lin2 = StackedLinear(members, hidden, n_out, spectral_bound=spectral_bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lin2(self.act(self.lin1(x)))

@@ -142,9 +142,12 @@ def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
         from ..nn import mace
 
         return mace.potential_hparams(m, members, [seed + k for k in range(members)], train)
-    return dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
-                activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
-                members=members, seeds=[seed + k for k in range(members)])
+    hp = dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
+              activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
+              members=members, seeds=[seed + k for k in range(members)])
+    if getattr(m, "spectral_norm", None) is not None:
+        hp["spectral_norm"] = m.spectral_norm
+    return hp
 
 
 def trains_plain_potential(uq_cfg) -> bool:
