@@ -9,7 +9,8 @@ validation = 20% of the low-energy structures), e.g. ammonia below 5 kcal/mol:
 
     python benchmarks/uq_methods.py --data AMMONIA.extxyz --ood 5.0 --out runs/uq_ammonia
 
-Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble]  --seeds 0,1,2  --epochs 300
+Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,gmm+sn0.9,llpr+sn0.9]  --seeds 0,1,2
+--epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm: C``)
 --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
 --executor none|local.  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of an
 earlier grid with the same data, split and settings instead of training them again.  ``--cost`` times,
@@ -79,23 +80,30 @@ def main():
 
     data = read_structures(a.data)
     idx = splits(a, len(data), data.energies(), a.split_seed)
-    jobs = []
-    for method in a.methods.split(","):
+    jobs, labels = [], {}
+    for spec in a.methods.split(","):
+        method, _, sn = spec.partition("+sn")
+        model = {"spectral_norm": float(sn)} if sn else {}
         for seed in (int(s) for s in a.seeds.split(",")):
             uq = ({"members": a.members} if method == "ensemble" else {"heads": a.heads} if method == "shallow_ensemble"
                   else {"samples": a.llpr_samples} if method == "llpr" and a.llpr_samples else {})
             train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience,
                      "val_batch_size": 100, "max_hours": a.max_hours}
-            jobs.append(Job(name=f"{method}-s{seed}", data=str(a.data), indices={k: v.tolist() for k, v in idx.items()},
-                            method=method, seed=seed, out=str(Path(a.out) / f"{method}_s{seed}"), uq=uq, train=train))
-            if a.reuse and not jobs[-1].done and same_job(Path(a.reuse) / f"{method}_s{seed}", jobs[-1]):
-                jobs[-1].out = str(Path(a.reuse) / f"{method}_s{seed}")
+            jobs.append(Job(name=f"{spec}-s{seed}", data=str(a.data), indices={k: v.tolist() for k, v in idx.items()},
+                            method=method, seed=seed, out=str(Path(a.out) / f"{spec}_s{seed}"), uq=uq, train=train,
+                            model=model))
+            labels[jobs[-1].out] = spec
+            if a.reuse and not jobs[-1].done and same_job(Path(a.reuse) / f"{spec}_s{seed}", jobs[-1]):
+                jobs[-1].out = str(Path(a.reuse) / f"{spec}_s{seed}")
+                labels[jobs[-1].out] = spec
     executor = None
     if a.executor != "none":
         from uqpot.executor import get_executor
 
         executor = get_executor(a.executor)
     results = run_grid(jobs, executor, progress=lambda k, n, j: print(f"[{k}/{n}] {j.name} done", flush=True))
+    for job, r in zip(jobs, results):  # rows named by the spec (e.g. gmm+sn0.9), not the bare method
+        r["job"] = {**r["job"], "method": labels[job.out]}
     for job, r in zip(jobs, results):
         if "spearman" in r.get("test", {}):  # one conformal definition for every job, old or reused
             r["test"] = {**r["test"], **reassess_coverage(job, data)}
