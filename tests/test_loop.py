@@ -199,3 +199,22 @@ def test_md_samplers_in_the_loop(tmp_path, ammonia_files):
     assert al2._oracle is None or al2.oracle.calls == 0
     with pytest.raises(ValueError, match="not among the loop's methods"):
         LoopConfig.model_validate({**raw, "sampler": {"mve": "md"}})
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"md": {"bogus": 1}}, "md.bogus"),
+    ({"md": {"ensemble": "npt"}}, "periodic system"),
+    ({"sampling": {"trust_lo": 5.0, "trust_hi": 2.0}}, "trust_lo"),
+])
+def test_bad_campaign_and_sampling_settings_refused_before_anything_runs(tmp_path, ammonia_files, section, message):
+    """Unknown campaign keys, NPT of a molecule and an empty trust band are one line, exit 2, before the
+    loop writes or trains anything (not after the first generation)."""
+    from click.testing import CliRunner
+
+    from uqpot.cli import cli
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**loop_cfg(tmp_path, ammonia_files), **section}))
+    r = CliRunner().invoke(cli, ["loop", str(path), "--no-progress"])
+    assert r.exit_code == 2 and message in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "loop").exists()

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import fields as F
 from ..data.structures import Structure
@@ -93,6 +93,15 @@ class CampaignConfig(BaseModel):
     cell_dof: Literal["isotropic", "full"] = Field(
         "isotropic", description="NPT cell degrees of freedom: 'isotropic' (volume only; a glass or liquid) or "
                                  "'full' (all nine components of the cell, for anisotropic solids)")
+
+    @model_validator(mode="after")
+    def _npt(self):
+        if self.ensemble == "npt":
+            if self.system == "ammonia":
+                raise ValueError("ensemble 'npt' needs a periodic system (silica or custom cells), not ammonia")
+            if self.thermostat != "nose-hoover":
+                raise ValueError("ensemble 'npt' uses the MTK Nosé-Hoover chain thermostat; set thermostat: nose-hoover")
+        return self
 
     @classmethod
     def preset(cls, system: str, length_scale: float = 1.0, **overrides) -> "CampaignConfig":
@@ -309,8 +318,6 @@ def run_campaign(config: CampaignConfig, model, starts: Sequence, *, engine: Opt
         raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
     if config.ensemble == "npt" and engine != "ase":
         raise ValueError("ensemble 'npt' runs on the 'ase' engine (ASE's MTK barostat); the batched engine is NVT/NVE")
-    if config.ensemble == "npt" and config.thermostat != "nose-hoover":
-        raise ValueError("ensemble 'npt' uses the MTK Nosé-Hoover chain thermostat; set thermostat: nose-hoover")
     structures = [s if isinstance(s, Structure) else Structure.from_atoms(
         s, energy=s.calc.results.get("energy") if s.calc is not None else None) for s in starts]
     if not structures:

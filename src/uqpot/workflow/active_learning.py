@@ -145,6 +145,17 @@ class LoopConfig(Strict):
 
     @model_validator(mode="after")
     def _sampler_methods(self):
+        if self.md:  # the campaign settings, checked now rather than after the first training
+            from pydantic import ValidationError
+
+            from .loop_md import campaign_config
+
+            try:
+                campaign_config(self.md, self.system, self.seed)
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                where = "".join(f".{x}" for x in e["loc"])
+                raise ValueError(f"md{where}: {e['msg'].removeprefix('Value error, ')}") from None
         if isinstance(self.sampler, dict):
             extra = sorted(set(self.sampler) - set(self.methods))
             if extra:

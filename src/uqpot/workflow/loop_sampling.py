@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config import Strict
 
@@ -38,6 +38,12 @@ class SamplingSettings(Strict):
     # kcal/mol (13 kT at 500 K) where σ_F = B, half the upper trust level, and fades beyond
     bias_strength: float = Field(20.0, ge=0.0)
     bias_width: float = Field(7.5, gt=0.0)
+
+    @model_validator(mode="after")
+    def _band(self):
+        if not self.trust_lo < self.trust_hi:
+            raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi}) kcal/mol/Å")
+        return self
 
 
 SamplerName = Literal["adversarial", "md", "biased_md"]
