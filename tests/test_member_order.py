@@ -75,6 +75,7 @@ def test_resolution(ammonia, ethanol, tmp_path):
         resolve_member_order(mixed, "independent", 5, "auto")
 
 
+@pytest.mark.slow  # about 1 min; CI keeps under 15 min (covered in part by faster tests)
 def test_compiled_step_with_independent_orders_equals_eager(tmp_path, ammonia):
     """The compiled training step (dense layout, forces by torch.func.grad) takes the stacked member batches
     and gives the eager step's weights (float64)."""

@@ -150,6 +150,7 @@ def test_loop_quick_preset(ammonia_run, tmp_path):
     assert r.exit_code == 2 and "plain.yaml" in r.output and "study file" in r.output
 
 
+@pytest.mark.slow  # about 1 min; CI keeps under 15 min (covered in part by faster tests)
 def test_methods_option_replaces_the_presets(ammonia_run, tmp_path):
     """`--methods` runs the study with other UQ methods (here the single-model ones beyond the paper),
     reusing the data set and its labels; nothing already labelled is labelled again."""
