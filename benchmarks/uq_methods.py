@@ -9,8 +9,9 @@ validation = 20% of the low-energy structures), e.g. ammonia below 5 kcal/mol:
 
     python benchmarks/uq_methods.py --data AMMONIA.extxyz --ood 5.0 --out runs/uq_ammonia
 
-Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,gmm+sn0.9,llpr+sn0.9]  --seeds 0,1,2
---epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm: C``)
+Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,gmm+sn0.9,llpr+sn0.9,partial_ensemble:1]
+--seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm:
+C``; ``partial_ensemble:k``: --members members sharing the embedding and the first k interaction blocks)
 --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
 --executor none|local.  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of an
 earlier grid with the same data, split and settings instead of training them again.  ``--cost`` times,
@@ -83,9 +84,11 @@ def main():
     jobs, labels = [], {}
     for spec in a.methods.split(","):
         method, _, sn = spec.partition("+sn")
+        method, _, shared = method.partition(":")  # partial_ensemble:k shares k interaction blocks
         model = {"spectral_norm": float(sn)} if sn else {}
         for seed in (int(s) for s in a.seeds.split(",")):
             uq = ({"members": a.members} if method == "ensemble" else {"heads": a.heads} if method == "shallow_ensemble"
+                  else {"members": a.members, "shared": int(shared or 1)} if method == "partial_ensemble"
                   else {"samples": a.llpr_samples} if method == "llpr" and a.llpr_samples else {})
             train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience,
                      "val_batch_size": 100, "max_hours": a.max_hours}
@@ -129,7 +132,7 @@ def main():
                     f"Δ{k} {r[k] - by['ensemble'][k]:+.3f}" for k in ("spearman", "roc_auc_p20", "roc_auc_p50")
                     if r.get(k) is not None and by["ensemble"].get(k) is not None))
     if a.cost:
-        costs = cost_table(jobs, data, idx, a, llpr_variants=variants)
+        costs = cost_table(jobs, data, idx, a, llpr_variants=variants, labels=labels)
         print("\ncost relative to one plain PaiNN (same process, interleaved, min over rounds):")
         print(f"{'method':>16s} | {'train step ×':>12s} | {'inference ×':>11s} | {'post-hoc (plain epochs)':>23s} | "
               f"{'training total ×':>16s}")
@@ -190,7 +193,7 @@ def assess_llpr_samples(job: Job, data, samples: int) -> dict:
     return metrics
 
 
-def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_variants=()) -> dict:
+def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_variants=(), labels=None) -> dict:
     """Per method (its first finished job): time of ``steps`` training steps and of the test-set inference
     relative to one plain PaiNN with the same hyper-parameters, interleaved over ``rounds`` (min of each);
     the post-hoc fit (GMM, LLPR) in units of one plain training epoch."""
@@ -206,10 +209,11 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     from uqpot.train.stages import run_stage
     from uqpot.predict import predict
 
-    first = {}
+    first = {}  # per row (the spec: gmm+sn0.9 and partial_ensemble:2 are rows of their own)
     for job in jobs:
-        if job.done and job.method not in first:
-            first[job.method] = job
+        name = (labels or {}).get(job.out, job.method)
+        if job.done and name not in first:
+            first[name] = job
     if not first:
         return {}
     sets = _sets(next(iter(first.values())), data)
@@ -260,7 +264,7 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     for m, model in models.items():
         out[m] = {"train_step": min(t_train[m]) / min(t_train["plain"]),
                   "inference": min(t_inf[m]) / min(t_inf["plain"])}
-        if m in ("gmm", "llpr", "shallow_ensemble"):  # timed on a copy; the fitted model is not changed
+        if model.method in ("gmm", "llpr", "shallow_ensemble"):  # timed on a copy; the fitted model is not changed
             fresh = copy.deepcopy(model)
             t0 = time.perf_counter()
             for stage in fresh.stages(TrainConfig()):  # the shallow ensemble's NLL fine-tuning

@@ -12,13 +12,14 @@ from uqpot.uq import METHODS
 
 
 def _options(name):
-    return {"ensemble": {"members": 3}, "gmm": {"candidates": [1, 2]}, "shallow_ensemble": {"heads": 3}}.get(name, {})
+    return {"ensemble": {"members": 3}, "gmm": {"candidates": [1, 2]}, "shallow_ensemble": {"heads": 3},
+            "partial_ensemble": {"members": 3, "shared": 1}}.get(name, {})
 
 
 #: method -> factory(train, val, reduction) of a small fitted instance (float64, eval)
 FACTORIES = {name: (lambda train, val, reduction="mean", name=name:
                     C.generic_factory(name, train, val, reduction=reduction, **_options(name)))
-             for name in ("ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble")}
+             for name in ("ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble", "partial_ensemble")}
 FACTORIES["llpr_atomic"] = lambda train, val, reduction="mean": C.generic_factory(
     "llpr", train, val, reduction=reduction, output="atomic_energy")
 BUILTIN = sorted(METHODS)  # the methods registered when this module is imported

@@ -124,22 +124,48 @@ class PaiNN(nn.Module):
         radial = torch.cat([rbf, torch.ones_like(rbf[..., :1])], dim=-1) * cut.unsqueeze(-1)
         return radial, torch.cat([self.filter_net.weight, self.filter_net.bias], dim=1)
 
-    def forward(self, numbers: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor):
-        """Scalar features s (M, N, F) and vector features v (M, 3, N, F).
-
-        ``vectors`` (M, E, 3) are the pair vectors r_ij = r_j - r_i (+ image offset) of the edges (i, j)."""
-        edge_i, edge_j = edge_index[0], edge_index[1]
+    def context(self, numbers: torch.Tensor, vectors: torch.Tensor, graph: torch.Tensor, dense: bool = False) -> dict:
+        """What every interaction block reads, and the initial features: on the edge list (``graph`` the
+        edge index (2, E), ``vectors`` (M, E, 3) with r_ij = r_j - r_i (+ image offset)) or on the dense
+        layout (``graph`` the pair mask (B, n, n), ``numbers`` (B, n) with 0 for padding, ``vectors``
+        (M, B, n, n, 3)).  Masked pairs and pairs beyond the cutoff get zero filters, so both layouts give
+        the same features within the cutoff."""
+        M = vectors.shape[0]
+        if dense:
+            mask = graph.unsqueeze(0)
+            r2 = vectors.pow(2).sum(-1)
+            # distance 1 on masked pairs (i = i, padding): finite values and derivatives, multiplied by zero
+            r = torch.sqrt(torch.where(mask, r2, torch.ones_like(r2)))  # (M, B, n, n)
+            unit = (vectors / r.unsqueeze(-1)).movedim(-1, 1).unsqueeze(-1)  # (M, 3, B, n, n, 1)
+            radial, weight = self._radial(r.reshape(M, -1), (self.fcut(r) * mask).reshape(M, -1))
+            s = self.embedding(numbers.reshape(-1)).reshape(-1, *numbers.shape, self.n_features)
+            return {"dense": True, "radial": radial, "weight": weight, "unit": unit, "pairs": tuple(r.shape[1:]),
+                    "s": s, "v_shape": (3,) + tuple(numbers.shape) + (self.n_features,)}
         r = torch.sqrt(vectors.pow(2).sum(-1))  # (M, E)
         # (M, 3, E, 1), contiguous so that products with it keep the (M, 3, E, F) memory layout
         unit_t = (vectors / r.unsqueeze(-1)).transpose(1, 2).contiguous().unsqueeze(-1)
         radial, weight = self._radial(r, self.fcut(r))
-        n = 3 * self.n_features
         s = self.embedding(numbers)
-        v = s.new_zeros((self.members, 3, s.shape[1], self.n_features))
-        for k in range(self.n_interactions):
-            s, v = self.messages[k](s, v, radial, weight[..., k * n:(k + 1) * n], unit_t, edge_i, edge_j)
-            s, v = self.updates[k](s, v)
-        return s, v
+        return {"dense": False, "radial": radial, "weight": weight, "unit": unit_t, "edges": graph,
+                "s": s, "v_shape": (3, s.shape[1], self.n_features)}
+
+    def initial(self, ctx: dict):
+        """The features before the first block: s from the embedding, v = 0."""
+        s = ctx["s"]
+        return s, s.new_zeros((s.shape[0],) + ctx["v_shape"])
+
+    def blocks(self, s, v, ctx: dict, start: int = 0, stop: int | None = None):
+        """Interaction blocks ``start``..``stop``-1 on (s, v)."""
+        stop = self.n_interactions if stop is None else stop
+        return run_blocks(self.messages[start:stop], self.updates[start:stop], s, v, ctx,
+                          ctx["weight"][..., start * 3 * self.n_features:stop * 3 * self.n_features])
+
+    def forward(self, numbers: torch.Tensor, vectors: torch.Tensor, edge_index: torch.Tensor):
+        """Scalar features s (M, N, F) and vector features v (M, 3, N, F).
+
+        ``vectors`` (M, E, 3) are the pair vectors r_ij = r_j - r_i (+ image offset) of the edges (i, j)."""
+        ctx = self.context(numbers, vectors, edge_index)
+        return self.blocks(*self.initial(ctx), ctx)
 
     def forward_dense(self, numbers: torch.Tensor, vectors: torch.Tensor, pair_mask: torch.Tensor):
         """The same network on the dense layout of the data layer (molecules): every pair (i, j) of a
@@ -147,18 +173,25 @@ class PaiNN(nn.Module):
         r_ij = r_j - r_i, ``pair_mask`` (B, n, n).  Masked pairs and pairs beyond the cutoff get zero filters,
         so the result equals :meth:`forward` on the edge list within the cutoff.  Returns s (M, B, n, F) and
         v (M, 3, B, n, F)."""
-        M = self.members
-        mask = pair_mask.unsqueeze(0)
-        r2 = vectors.pow(2).sum(-1)
-        # distance 1 on masked pairs (i = i, padding): finite values and derivatives, multiplied by zero
-        r = torch.sqrt(torch.where(mask, r2, torch.ones_like(r2)))  # (M, B, n, n)
-        unit = (vectors / r.unsqueeze(-1)).movedim(-1, 1).unsqueeze(-1)  # (M, 3, B, n, n, 1)
-        radial, weight = self._radial(r.reshape(M, -1), (self.fcut(r) * mask).reshape(M, -1))
-        n = 3 * self.n_features
-        s = self.embedding(numbers.reshape(-1)).reshape(M, *numbers.shape, self.n_features)
-        v = s.new_zeros((M, 3) + tuple(numbers.shape) + (self.n_features,))
-        for k in range(self.n_interactions):
-            filters = torch.bmm(radial, weight[..., k * n:(k + 1) * n]).reshape(*r.shape, n)  # (M, B, n, n, 3F)
-            s, v = self.messages[k].forward_dense(s, v, filters, unit)
-            s, v = self.updates[k](s, v)
-        return s, v
+        ctx = self.context(numbers, vectors, pair_mask, dense=True)
+        return self.blocks(*self.initial(ctx), ctx)
+
+
+def run_blocks(messages, updates, s, v, ctx: dict, weight: torch.Tensor):
+    """Message and update blocks in turn; ``weight`` (M, K+1, n_blocks·3F) their filter layers (block k's in
+    columns k·3F..(k+1)·3F).  The context's radial basis and unit vectors are broadcast to the M of ``s``
+    (branches of a partially shared ensemble read the trunk's)."""
+    M = s.shape[0]
+    radial, unit = ctx["radial"], ctx["unit"]
+    if radial.shape[0] != M:
+        radial, unit = radial.expand(M, -1, -1), unit.expand(M, *unit.shape[1:])
+    for k, (msg, upd) in enumerate(zip(messages, updates)):
+        n = 3 * msg.n_features
+        w = weight[..., k * n:(k + 1) * n]
+        if ctx["dense"]:
+            filters = torch.bmm(radial, w).reshape(M, *ctx["pairs"], n)  # (M, B, n, n, 3F)
+            s, v = msg.forward_dense(s, v, filters, unit)
+        else:
+            s, v = msg(s, v, radial, w, unit, ctx["edges"][0], ctx["edges"][1])
+        s, v = upd(s, v)
+    return s, v

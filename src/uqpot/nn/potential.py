@@ -141,26 +141,42 @@ class Potential(nn.Module):
         e = self.atomref.index_select(0, batch.numbers)
         return torch.zeros(batch.num_structures, dtype=torch.float64, device=e.device).index_add(0, batch.batch, e)
 
-    def _features(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-atom features ξ (M, N, F) from member positions (M, N, 3), on the batch's layout; ``offsets``
-        (M, E, 3): image offsets of the edges (default: the batch's, S·cell)."""
-        M = self.members
+    def representation_inputs(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None):
+        """(numbers, vectors, graph, dense) of the representation (:meth:`PaiNN.context`) for member
+        positions (M, N, 3) on the batch's layout; ``offsets`` (M, E, 3): image offsets of the edges
+        (default: the batch's, S·cell)."""
         if batch.dense:
+            M = pos_m.shape[0]
             B, n = batch.pair_mask.shape[0], batch.pair_mask.shape[1]
             idx = batch.dense_index
             pos = pos_m.new_zeros(M, B * n, 3).index_copy(1, idx, pos_m).reshape(M, B, n, 3)
             vectors = pos.unsqueeze(2) - pos.unsqueeze(3)  # (M, B, i, j, 3): r_j - r_i
             numbers = batch.numbers.new_zeros(B * n).index_copy(0, idx, batch.numbers).reshape(B, n)
-            s, _ = self.representation.forward_dense(numbers, vectors, batch.pair_mask)
-            return s.reshape(M, B * n, -1).index_select(1, idx)
+            return numbers, vectors, batch.pair_mask, True
         i, j = batch.edge_index[0], batch.edge_index[1]
         vectors = pos_m.index_select(1, j) - pos_m.index_select(1, i)
         if offsets is not None:
             vectors = vectors + offsets
         elif batch.periodic:
             vectors = vectors + batch.edge_offsets()
-        s, _ = self.representation(batch.numbers, vectors, batch.edge_index)
+        return batch.numbers, vectors, batch.edge_index, False
+
+    @staticmethod
+    def atom_features(batch: AtomsBatch, s: torch.Tensor) -> torch.Tensor:
+        """Scalar features of the representation's layout → per atom (M, N, F)."""
+        if batch.dense:
+            return s.reshape(s.shape[0], -1, s.shape[-1]).index_select(1, batch.dense_index)
         return s
+
+    def _features(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-atom features ξ (M, N, F) from member positions (M, N, 3), on the batch's layout; ``offsets``
+        (M, E, 3): image offsets of the edges (default: the batch's, S·cell)."""
+        numbers, vectors, graph, dense = self.representation_inputs(batch, pos_m, offsets)
+        if dense:
+            s, _ = self.representation.forward_dense(numbers, vectors, graph)
+        else:
+            s, _ = self.representation(numbers, vectors, graph)
+        return self.atom_features(batch, s)
 
     def forward_members(self, batch: AtomsBatch, compute_forces: bool = True, create_graph: bool | None = None,
                         retain_graph: bool | None = None, compute_stress: bool = False) -> dict[str, torch.Tensor]:

@@ -16,12 +16,13 @@ import torch
 
 class MemberAdam:
     """Adam (Kingma & Ba; as ``torch.optim.Adam`` without weight decay or AMSGrad) with a learning rate
-    per member: ``lr`` is a (M,) tensor; parameter p has shape (M, ...)."""
+    per member: ``lr`` is a (M,) tensor; parameter p has shape (M, ...) (any shape for a single network,
+    M = 1)."""
 
     def __init__(self, params, members: int, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params = [p for p in params if p.requires_grad]
-        for p in self.params:
-            if p.shape[0] != members:
+        for p in self.params:  # one network (M = 1) may stack parts of itself (branches) on its leading axis
+            if p.shape[0] != members and members != 1:
                 raise ValueError(f"parameter of shape {tuple(p.shape)} has no leading member axis of size {members}")
         self.members = members
         self.lr = torch.full((members,), float(lr), dtype=torch.float64)

@@ -119,7 +119,9 @@ class Trainer:
         self.optimizer = MemberAdam(self.model.parameters(), self.M, cfg.lr)
         self.plateau = MemberPlateau(self.M, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
         self.rng = np.random.default_rng(seed)
-        self.member_params = {n for n, _ in self.model.named_parameters()}
+        # parameters with the member axis (kept per member at the best epoch); a single network's internal
+        # stacks (a partially shared ensemble's branches) are kept whole
+        self.member_params = {n for n, p in self.model.named_parameters() if p.shape[0] == self.M}
         self.epoch = 0
         self.best_val = torch.full((self.M,), math.inf, dtype=torch.float64)
         self.best_epoch = torch.full((self.M,), -1, dtype=torch.int64)

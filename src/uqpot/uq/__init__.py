@@ -12,6 +12,7 @@ from .llpr import LLPR  # noqa: F401
 from .mve import MVE  # noqa: F401
 from .options import OPTIONS, UQOptions, parse_uq, uq_options  # noqa: F401
 from .shallow import ShallowEnsemble  # noqa: F401
+from .partial_ensemble import PartialEnsemble  # noqa: F401
 
 
 def method_class(name: str) -> type[UQMethod]:
