@@ -149,9 +149,12 @@ class PaiNN(nn.Module):
         return {"dense": False, "radial": radial, "weight": weight, "unit": unit_t, "edges": graph,
                 "s": s, "v_shape": (3, s.shape[1], self.n_features)}
 
-    def initial(self, ctx: dict):
-        """The features before the first block: s from the embedding, v = 0."""
+    def initial(self, ctx: dict, members: int | None = None):
+        """The features before the first block: s from the embedding, v = 0 (for ``members`` position views
+        when given: one embedding broadcast to all)."""
         s = ctx["s"]
+        if members is not None and s.shape[0] != members:
+            s = s.expand(members, *s.shape[1:])
         return s, s.new_zeros((s.shape[0],) + ctx["v_shape"])
 
     def blocks(self, s, v, ctx: dict, start: int = 0, stop: int | None = None):
@@ -179,12 +182,14 @@ class PaiNN(nn.Module):
 
 def run_blocks(messages, updates, s, v, ctx: dict, weight: torch.Tensor):
     """Message and update blocks in turn; ``weight`` (M, K+1, n_blocks·3F) their filter layers (block k's in
-    columns k·3F..(k+1)·3F).  The context's radial basis and unit vectors are broadcast to the M of ``s``
-    (branches of a partially shared ensemble read the trunk's)."""
+    columns k·3F..(k+1)·3F).  The context's radial basis and unit vectors, and one network's filters, are
+    broadcast to the M of ``s`` (a partially shared ensemble runs its shared blocks on M position views)."""
     M = s.shape[0]
     radial, unit = ctx["radial"], ctx["unit"]
     if radial.shape[0] != M:
         radial, unit = radial.expand(M, -1, -1), unit.expand(M, *unit.shape[1:])
+    if weight.shape[0] != M:  # one set of blocks on M position views (a partially shared ensemble's trunk)
+        weight = weight.expand(M, -1, -1)
     for k, (msg, upd) in enumerate(zip(messages, updates)):
         n = 3 * msg.n_features
         w = weight[..., k * n:(k + 1) * n]
