@@ -268,10 +268,11 @@ class TrainConfig(Strict):
         "auto", description="ensembles: 'independent' gives every member its own batch order (its own seed), "
         "as separately trained networks see, in one stacked step (one molecule on the dense layout); 'shared' "
         "one order for all; 'auto' independent where the data allows (uqpot.train.member_order)")
-    compile: bool = Field(
-        False, description="compile the training step with torch.compile (forces by torch.func.grad), on "
+    compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="compile the training step with torch.compile (forces by torch.func.grad), on "
         "the dense layout (molecules of at most 32 atoms); the first steps pay the compilation, later ones "
-        "run faster; same results to float tolerance")
+        "run faster; same results to float tolerance.  'auto': where the measured break-even says the run's "
+        "steps repay the compilation (uqpot.train.auto)")
 
     @field_validator("device")
     @classmethod

@@ -163,8 +163,8 @@ def check_model(model_cfg, train_cfg, train) -> None:
     if train_cfg.layout == "dense":
         raise ConfigError(None, "train.layout: 'dense' is not available for MACE networks (they read edge lists); "
                                 "use 'auto' or 'sparse'")
-    if train_cfg.compile:
-        raise ConfigError(None, "train.compile: not available for MACE networks; set it to false")
+    if train_cfg.compile is True:
+        raise ConfigError(None, "train.compile: not available for MACE networks; set it to false (or auto)")
 
 
 def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:

@@ -42,6 +42,7 @@ from ..provenance import atomic_write
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
 from .member_order import member_batches, member_seeds, resolve_member_order
+from .auto import choose_compile
 from .optim import MemberAdam, MemberPlateau, clip_per_member
 
 
@@ -65,6 +66,8 @@ class TrainResult:
     nonfinite_steps: int = 0
     rollbacks: int = 0
     member_order: str = "shared"  # batch orders of an ensemble's members (uqpot.train.member_order)
+    compiled: bool = False  # whether the step ran through torch.compile (train.compile, uqpot.train.auto)
+    compile_reason: str = ""
     history: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -103,14 +106,20 @@ class Trainer:
         if len(val) == 0:
             raise TrainingError("the validation set is empty: the schedule, early stopping and the best-model "
                                 "checkpoint need one")
-        self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        # train.compile: auto resolved from the run's size (uqpot.train.auto); the trainer sees a bool
+        self.compiled, self.compile_reason = choose_compile(cfg.compile, model, train, cfg, self.device)
+        cfg = cfg.model_copy(update={"compile": self.compiled})
+        self.cfg = cfg
         self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
         self.model = model.to(device=self.device, dtype=self.dtype)
         self.M = int(getattr(model, "members", 1))
         self.train_set, self.val_set = train, val
         self.out = Path(out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.console = console
+        if self.compile_reason != "set in the config":
+            self._log(f"train.compile: auto: {self.compile_reason}", echo=False)
         self.seed = seed
         self.loss_fn = loss_fn or EnergyForceLoss(cfg.energy_weight, cfg.forces_weight, cfg.stress_weight or 0.0)
         self.extra = extra or {}
@@ -432,5 +441,5 @@ class Trainer:
             best_epoch=self.best_epoch.tolist(), best_val_loss=self.best_val.tolist(),
             val_energy_mae=self.best_mae[:, 0].tolist(), val_forces_mae=self.best_mae[:, 1].tolist(),
             epochs_run=self.epoch, wall_seconds=round(self.elapsed, 2), stopped=self.finished or "epochs",
-            member_order=self.member_order,
+            member_order=self.member_order, compiled=self.compiled, compile_reason=self.compile_reason,
             nonfinite_steps=self.nonfinite_steps, rollbacks=self.rollbacks, history=self.history)

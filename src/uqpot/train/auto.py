@@ -1,0 +1,65 @@
+"""``train.compile: auto`` (the default): compile the training step where the measured break-even says it
+pays, from the work's size alone.
+
+Compiling (``torch.compile`` of forward, forces and loss, on the dense layout) costs a fixed time before the
+first step and then makes every step faster; it pays when the steps of the run save more than the
+compilation costs:
+
+    steps · t_eager · (1 − 1/s)  >  T_compile,
+    steps   = epochs · ⌈n_train / batch_size⌉                  (an upper bound: early stopping ends sooner)
+    t_eager = c · batch_size · n_max² · features · members       (the dense grid's pairs × the model's width)
+
+with the constants of ``benchmarks/compile_breakeven.py`` on the project's 2-core CPU (paper PaiNN, ethanol,
+batch 16, one member): T_compile the *cold*-cache compilation (146 s; 8.5 s with inductor's on-disk cache
+warm), s = 2.35 the compiled step's speed-up, c from the eager step (0.41 s for 16 ethanol, 128 features).
+The cold figure is used whatever the cache holds: the choice must depend on the run, not on what an earlier
+run left on the disk, or the same command could give eager results once and compiled results (equal only
+to float tolerance) the next time.
+
+Eager where compiling is not available or not measured: periodic cells and structures above the dense
+layout's 32 atoms (edge lists), MACE, UQ methods whose training step differentiates twice through autograd
+(MVE, evidential, shallow and partially shared ensembles), and CUDA devices (the constants above are the
+CPU's; ``benchmarks/gpu_check.sh`` measures the GPU's break-even).  ``train.compile: true`` / ``false``
+override the choice; the choice and its reason are written to ``train.log`` and the run's summary.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: the compiled step's fixed cost with a cold inductor cache, seconds (CPU, paper PaiNN)
+COMPILE_COLD_S = 146.0
+#: the compiled step's speed-up over the eager one (CPU, dense layout)
+SPEEDUP = 2.35
+#: eager step seconds per (structure · n_max² · feature · member) on the CPU: 0.41 s / (16 · 81 · 128)
+EAGER_S_PER_UNIT = 0.41 / (16 * 81 * 128)
+#: model kinds whose training step compiles (tested: tests/test_layout.py, tests/test_member_order.py)
+COMPILABLE = ("potential", "uq.ensemble")
+
+
+def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
+    """(compile?, why) for ``train.compile`` = ``setting`` (True, False or "auto")."""
+    if setting is not True and setting is not False and setting != "auto":
+        raise ValueError(f"train.compile must be true, false or auto, not {setting!r}")
+    if setting != "auto":
+        return bool(setting), "set in the config"
+    from ..data.batch import dataset_layout
+
+    kind = getattr(model, "kind", "")
+    if kind not in COMPILABLE:
+        return False, f"{kind or type(model).__name__} trains eager (its step is not compiled)"
+    net = getattr(model, "potential", model)
+    if not getattr(net, "supports_dense", False) or getattr(net, "backbone", "painn") != "painn":
+        return False, "this backbone reads edge lists only"
+    if getattr(device, "type", str(device)) != "cpu":
+        return False, f"no measured break-even on {device}"
+    if cfg.layout == "sparse" or dataset_layout(train, "auto") != "dense":
+        return False, "the training set needs the edge list (periodic cells or more than 32 atoms)"
+    n_max = max(s.n_atoms for s in train.structures)
+    steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    width = int(net.hparams.get("features", 128)) * int(getattr(model, "members", 1))
+    t_eager = EAGER_S_PER_UNIT * min(cfg.batch_size, len(train)) * n_max ** 2 * width
+    saving = steps * t_eager * (1 - 1 / SPEEDUP)
+    verdict = saving > COMPILE_COLD_S
+    return verdict, (f"predicted saving {saving:.0f} s over {steps} steps against {COMPILE_COLD_S:.0f} s of "
+                     f"compilation: {'compiled' if verdict else 'eager'}")
