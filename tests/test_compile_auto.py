@@ -9,7 +9,7 @@ from uqpot.config import RunConfig, TrainConfig, parse
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.errors import ConfigError
 from uqpot.nn.potential import Potential
-from uqpot.train import auto
+from uqpot import autocompile as auto
 from uqpot.train.trainer import Trainer
 from uqpot.uq import MVE, Ensemble
 
@@ -66,3 +66,25 @@ def test_compile_setting_is_typed():
     assert parse(RunConfig, {**base, "train": {"compile": False}}).train.compile is False
     with pytest.raises(ConfigError, match="train.compile"):
         parse(RunConfig, {**base, "train": {"compile": "sometimes"}})
+
+
+def test_md_auto_compiles_long_campaigns_of_many_replicas_only(ammonia):
+    from uqpot.md.campaign import CampaignConfig, run_campaign
+    from uqpot.md.neb import nh3_pyramid
+
+    paper = Potential()
+    nh3 = [nh3_pyramid() for _ in range(400)]
+    on, why = auto.choose_md_compile("auto", paper, nh3, 10_000, CPU)  # the paper's ammonia campaigns
+    assert on and "compiled" in why
+    assert not auto.choose_md_compile("auto", paper, nh3[:30], 1_000, CPU)[0]  # a quick preset's
+    assert not auto.choose_md_compile("auto", paper, nh3, 10_000, torch.device("cuda"))[0]
+    assert not auto.choose_md_compile("auto", paper, [silica_like()], 10_000, CPU)[0]
+    assert auto.choose_md_compile(True, paper, nh3[:1], 1, CPU) == (True, "set in the config")
+    # a campaign records the choice of every batch of replicas in its summary
+    small = Potential(features=8, interactions=1, rbf=4, readout_hidden=4, members=1, seeds=[0])
+    small.fit_reference(ammonia[:8])
+    cfg = CampaignConfig(system="ammonia", temperatures_K=[300.0], runs=2, duration_fs=5.0,
+                         timestep_fs=0.5)
+    res = run_campaign(cfg, small.eval(), list(ammonia)[:2])
+    compiled, why = res.summary()["compiled"][0]
+    assert compiled is False and "eager" in why

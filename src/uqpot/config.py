@@ -272,7 +272,7 @@ class TrainConfig(Strict):
         "auto", description="compile the training step with torch.compile (forces by torch.func.grad), on "
         "the dense layout (molecules of at most 32 atoms); the first steps pay the compilation, later ones "
         "run faster; same results to float tolerance.  'auto': where the measured break-even says the run's "
-        "steps repay the compilation (uqpot.train.auto)")
+        "steps repay the compilation (uqpot.autocompile)")
 
     @field_validator("device")
     @classmethod

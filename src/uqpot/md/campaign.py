@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .. import fields as F
 from ..data.structures import Structure
 from ..units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
+from ..autocompile import choose_md_compile
 from .batched import BatchedMD, ReplicaRecord, maxwell_boltzmann
 from .integrators import make_integrator
 from .stability import REASONS, StabilityCriteria, check_structure
@@ -82,8 +83,9 @@ class CampaignConfig(BaseModel):
     layout: Literal["auto", "sparse", "dense"] = Field(
         "auto", description="pair layout of the model calls (BatchedMD): 'auto' = dense for molecules when "
                             "compiled, else the Verlet edge list")
-    compile: bool = Field(False, description="evaluate the model through torch.compile (pays a compilation "
-                                             "at the start of each batch of replicas)")
+    compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="evaluate the model through torch.compile (pays a compilation at the start of each "
+                            "batch of replicas); 'auto': where the run's steps repay it (uqpot.autocompile)")
     ensemble: Literal["nvt", "npt"] = Field(
         "nvt", description="'npt': constant pressure with ASE's MTK barostat (Nosé-Hoover chain thermostat and "
                            "barostat, as the paper's LAMMPS data generation); periodic starts, the ASE engine")
@@ -166,6 +168,7 @@ class CampaignResult:
     model_calls: int = 0
     uncertainty_description: Optional[str] = None
     start_structures: Optional[list] = None  # ase.Atoms of the starts (for writing frames)
+    compiled: Optional[list] = None  # per batch of replicas: [compiled?, why] (compile: auto, uqpot.autocompile)
 
     @property
     def n_steps(self) -> int:
@@ -201,6 +204,7 @@ class CampaignResult:
                 "per_temperature": per_t, "wall_time_s": self.wall_time_s,
                 "replica_steps": int(steps), "replica_steps_per_s": steps / self.wall_time_s if self.wall_time_s else None,
                 "model_calls": self.model_calls, "uncertainty": self.uncertainty_description,
+                "compiled": self.compiled,
                 "npt": self.npt_summary() if self.config.ensemble == "npt" else None,
                 "units": {"time": "fs", "energy": "kcal/mol", "temperature": "K", "pressure": "bar",
                           "volume": "Å^3"}}
@@ -328,11 +332,12 @@ def run_campaign(config: CampaignConfig, model, starts: Sequence, *, engine: Opt
     plans = plan_replicas(config, len(structures))
     t0 = time.perf_counter()
     if engine == "batched":
-        records, calls, udesc = _run_batched(config, model, structures, plans, criteria)
+        records, calls, udesc, compiled = _run_batched(config, model, structures, plans, criteria)
     else:
         records, calls, udesc = _run_ase(config, model, structures, plans, criteria)
+        compiled = [[False, "the ASE engine"]]
     res = CampaignResult(config, engine, records, plans, time.perf_counter() - t0, calls, udesc,
-                         [s.to_atoms() for s in structures])
+                         [s.to_atoms() for s in structures], compiled)
     if out_dir is not None:
         res.save(out_dir)
     return res
@@ -340,21 +345,24 @@ def run_campaign(config: CampaignConfig, model, starts: Sequence, *, engine: Opt
 
 def _run_batched(config, model, structures, plans, criteria):
     chunk = config.max_replicas_per_batch or len(plans)
-    records, calls, udesc = [], 0, None
+    records, calls, udesc, choices = [], 0, None, []
     for lo in range(0, len(plans), chunk):
         part = plans[lo:lo + chunk]
+        compiled, why = choose_md_compile(config.compile, model, [structures[p.start] for p in part],
+                                          config.n_steps, getattr(model, "device", "cpu"))
+        choices.append([compiled, why])
         md = BatchedMD(model, [structures[p.start] for p in part], timestep_fs=config.timestep_fs,
                        temperatures_K=[p.temperature_K for p in part], seeds=[p.seed for p in part],
                        thermostat=config.thermostat, tdamp_fs=config.tdamp_fs, chain_length=config.chain_length,
                        friction_per_fs=config.friction_per_fs, remove_com_momentum=config.remove_com_momentum,
                        skin=config.skin, check_every=config.check_every, record_every=config.record_every,
                        frame_every=config.frame_every, criteria=criteria, dtype=config.dtype,
-                       replica_ids=[p.replica for p in part], layout=config.layout, compile=config.compile)
+                       replica_ids=[p.replica for p in part], layout=config.layout, compile=compiled)
         res = md.run(config.n_steps)
         records.extend(res.replicas)
         calls += res.model_calls
         udesc = res.uncertainty_description
-    return records, calls, udesc
+    return records, calls, udesc, choices
 
 
 class _Stop(Exception):

@@ -42,7 +42,7 @@ from ..provenance import atomic_write
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
 from .member_order import member_batches, member_seeds, resolve_member_order
-from .auto import choose_compile
+from ..autocompile import choose_compile
 from .optim import MemberAdam, MemberPlateau, clip_per_member
 
 
@@ -66,7 +66,7 @@ class TrainResult:
     nonfinite_steps: int = 0
     rollbacks: int = 0
     member_order: str = "shared"  # batch orders of an ensemble's members (uqpot.train.member_order)
-    compiled: bool = False  # whether the step ran through torch.compile (train.compile, uqpot.train.auto)
+    compiled: bool = False  # whether the step ran through torch.compile (train.compile, uqpot.autocompile)
     compile_reason: str = ""
     history: list = field(default_factory=list)
 
@@ -107,7 +107,7 @@ class Trainer:
             raise TrainingError("the validation set is empty: the schedule, early stopping and the best-model "
                                 "checkpoint need one")
         self.device = resolve_device(cfg.device)
-        # train.compile: auto resolved from the run's size (uqpot.train.auto); the trainer sees a bool
+        # train.compile: auto resolved from the run's size (uqpot.autocompile); the trainer sees a bool
         self.compiled, self.compile_reason = choose_compile(cfg.compile, model, train, cfg, self.device)
         cfg = cfg.model_copy(update={"compile": self.compiled})
         self.cfg = cfg

@@ -1,5 +1,5 @@
-"""``train.compile: auto`` (the default): compile the training step where the measured break-even says it
-pays, from the work's size alone.
+"""``compile: auto`` (the default of ``train.compile`` and of an MD campaign's ``compile``): compile where the
+measured break-even says it pays, from the work's size alone.
 
 Compiling (``torch.compile`` of forward, forces and loss, on the dense layout) costs a fixed time before the
 first step and then makes every step faster; it pays when the steps of the run save more than the
@@ -21,11 +21,22 @@ layout's 32 atoms (edge lists), MACE, UQ methods whose training step differentia
 (MVE, evidential, shallow and partially shared ensembles), and CUDA devices (the constants above are the
 CPU's; ``benchmarks/gpu_check.sh`` measures the GPU's break-even).  ``train.compile: true`` / ``false``
 override the choice; the choice and its reason are written to ``train.log`` and the run's summary.
+
+MD campaigns (:func:`choose_md_compile`), the same balance for the batched engine's model call:
+
+    n_steps · t_eager · (1 − 1/s_MD)  >  T_compile,MD,    t_eager = c_MD · replicas · n_max² · features · members
+
+with 400 NH3 replicas of the paper's PaiNN (one thread, ``compile_breakeven.py --which md``): eager 0.346 s
+per step, compiled 0.186 s (s_MD = 1.86), compilation 93 s cold (13.5 s warm): break-even 580 steps cold.
+The paper's ammonia campaigns (10,000 steps) compile; the quick preset's (1,000 steps of 30 replicas of a
+64-feature ensemble) stay eager.  The MD choice is recorded in the campaign summary (``compiled``).
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 #: the compiled step's fixed cost with a cold inductor cache, seconds (CPU, paper PaiNN)
 COMPILE_COLD_S = 146.0
@@ -35,6 +46,12 @@ SPEEDUP = 2.35
 EAGER_S_PER_UNIT = 0.41 / (16 * 81 * 128)
 #: model kinds whose training step compiles (tested: tests/test_layout.py, tests/test_member_order.py)
 COMPILABLE = ("potential", "uq.ensemble")
+#: the MD model call (compile_breakeven.py --which md, 400 NH3, one thread)
+MD_COMPILE_COLD_S = 93.0
+MD_SPEEDUP = 1.86
+MD_EAGER_S_PER_UNIT = 0.346 / (400 * 4 ** 2 * 128)
+#: model kinds whose compiled MD call is tested equal to the eager one (tests/test_layout.py)
+MD_COMPILABLE = ("potential", "uq.ensemble", "uq.mve", "uq.evidential", "uq.gmm")
 
 
 def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
@@ -43,7 +60,7 @@ def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
         raise ValueError(f"train.compile must be true, false or auto, not {setting!r}")
     if setting != "auto":
         return bool(setting), "set in the config"
-    from ..data.batch import dataset_layout
+    from .data.batch import dataset_layout
 
     kind = getattr(model, "kind", "")
     if kind not in COMPILABLE:
@@ -63,3 +80,31 @@ def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
     verdict = saving > COMPILE_COLD_S
     return verdict, (f"predicted saving {saving:.0f} s over {steps} steps against {COMPILE_COLD_S:.0f} s of "
                      f"compilation: {'compiled' if verdict else 'eager'}")
+
+
+def choose_md_compile(setting, model, structures, n_steps: int, device) -> tuple[bool, str]:
+    """(compile?, why) for a campaign's ``compile`` = ``setting`` on ``structures`` (ASE atoms or uqpot
+    structures, the replicas of one batch) run for ``n_steps``."""
+    if setting is not True and setting is not False and setting != "auto":
+        raise ValueError(f"compile must be true, false or auto, not {setting!r}")
+    if setting != "auto":
+        return bool(setting), "set in the config"
+    from .data.batch import DENSE_MAX_ATOMS
+
+    kind = getattr(model, "kind", "")
+    if kind not in MD_COMPILABLE:
+        return False, f"{kind or type(model).__name__}: the compiled MD call is not available"
+    net = getattr(model, "potential", model)
+    if not getattr(net, "supports_dense", False):
+        return False, "this backbone reads edge lists only"
+    if getattr(device, "type", str(device)) != "cpu":
+        return False, f"no measured break-even on {device}"
+    sizes = [len(s.numbers) for s in structures]
+    if any(bool(np.any(s.pbc)) for s in structures) or max(sizes) > DENSE_MAX_ATOMS:
+        return False, "the replicas need the edge list (periodic cells or more than 32 atoms)"
+    width = int(net.hparams.get("features", 128)) * int(getattr(model, "members", 1))
+    t_eager = MD_EAGER_S_PER_UNIT * len(sizes) * max(sizes) ** 2 * width
+    saving = n_steps * t_eager * (1 - 1 / MD_SPEEDUP)
+    verdict = saving > MD_COMPILE_COLD_S
+    return verdict, (f"predicted saving {saving:.0f} s over {n_steps} steps of {len(sizes)} replicas against "
+                     f"{MD_COMPILE_COLD_S:.0f} s of compilation: {'compiled' if verdict else 'eager'}")
