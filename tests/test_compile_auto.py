@@ -22,8 +22,8 @@ def test_auto_compiles_long_molecular_runs_only(ethanol, ammonia):
     long_run, short_run = TrainConfig(epochs=300, batch_size=16), TrainConfig(epochs=10, batch_size=16)
     on, why = auto.choose_compile("auto", paper, big, long_run, CPU)
     assert on and "compiled" in why
-    # the rule's arithmetic: 7,500 steps of 0.41 s·(16·9²·128)/(16·81·128) eager, 1 − 1/2.35 saved each
-    assert f"{7500 * 0.41 * (1 - 1 / auto.SPEEDUP):.0f} s" in why
+    # the rule's arithmetic: 7,500 steps of c·16·9²·128 s eager, a fraction 1 − 1/s of each saved
+    assert f"{7500 * auto.EAGER_S_PER_UNIT * 16 * 81 * 128 * (1 - 1 / auto.SPEEDUP):.0f} s" in why
     assert not auto.choose_compile("auto", paper, big, short_run, CPU)[0]
     # ammonia's quick preset (78 structures, 100 epochs): too little work to repay a cold compilation
     assert not auto.choose_compile("auto", Potential(features=64), small, TrainConfig(epochs=100), CPU)[0]

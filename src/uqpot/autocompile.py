@@ -10,8 +10,9 @@ compilation costs:
     t_eager = c · batch_size · n_max² · features · members       (the dense grid's pairs × the model's width)
 
 with the constants of ``benchmarks/compile_breakeven.py`` on the project's 2-core CPU (paper PaiNN, ethanol,
-batch 16, one member): T_compile the *cold*-cache compilation (146 s; 8.5 s with inductor's on-disk cache
-warm), s = 2.35 the compiled step's speed-up, c from the eager step (0.41 s for 16 ethanol, 128 features).
+batch 16, one member, one thread): T_compile the *cold*-cache compilation (102 s; 4.6 s with inductor's
+on-disk cache warm), s = 1.96 the compiled step's speed-up (0.153 s eager, 0.078 s compiled), c from the
+eager step: break-even after 1,360 steps cold (55 warm).
 The cold figure is used whatever the cache holds: the choice must depend on the run, not on what an earlier
 run left on the disk, or the same command could give eager results once and compiled results (equal only
 to float tolerance) the next time.
@@ -26,8 +27,9 @@ MD campaigns (:func:`choose_md_compile`), the same balance for the batched engin
 
     n_steps · t_eager · (1 − 1/s_MD)  >  T_compile,MD,    t_eager = c_MD · replicas · n_max² · features · members
 
-with 400 NH3 replicas of the paper's PaiNN (one thread, ``compile_breakeven.py --which md``): eager 0.346 s
-per step, compiled 0.186 s (s_MD = 1.86), compilation 93 s cold (13.5 s warm): break-even 580 steps cold.
+with 400 NH3 replicas of the paper's PaiNN (one thread, ``compile_breakeven.py --which md``, measured beside
+other work: load 2.8 on 2 cores): eager 0.346 s per step, compiled 0.186 s (s_MD = 1.86), compilation 93 s
+cold (13.5 s warm): break-even 580 steps cold (72 warm).
 The paper's ammonia campaigns (10,000 steps) compile; the quick preset's (1,000 steps of 30 replicas of a
 64-feature ensemble) stay eager.  The MD choice is recorded in the campaign summary (``compiled``).
 """
@@ -39,11 +41,11 @@ import math
 import numpy as np
 
 #: the compiled step's fixed cost with a cold inductor cache, seconds (CPU, paper PaiNN)
-COMPILE_COLD_S = 146.0
+COMPILE_COLD_S = 102.0
 #: the compiled step's speed-up over the eager one (CPU, dense layout)
-SPEEDUP = 2.35
-#: eager step seconds per (structure · n_max² · feature · member) on the CPU: 0.41 s / (16 · 81 · 128)
-EAGER_S_PER_UNIT = 0.41 / (16 * 81 * 128)
+SPEEDUP = 1.96
+#: eager step seconds per (structure · n_max² · feature · member) on the CPU: 0.153 s / (16 · 81 · 128)
+EAGER_S_PER_UNIT = 0.153 / (16 * 81 * 128)
 #: model kinds whose training step compiles (tested: tests/test_layout.py, tests/test_member_order.py)
 COMPILABLE = ("potential", "uq.ensemble")
 #: the MD model call (compile_breakeven.py --which md, 400 NH3, one thread)
