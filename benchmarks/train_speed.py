@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py --data PATH/rmd17_ethanol_800.extxyz \
         [--reference-python VENV/bin/python] [--reference-script PATH/schnetpack_painn.py] \
-        [--device cpu|cuda] [--batch 64] [--rounds 3] [--variants sparse,dense,dense+compile]
+        [--device cpu|cuda] [--batch 64] [--rounds 3] [--variants sparse,dense,dense+compile,default]
 
 Both sides time the model step on pre-collated batches of ethanol (64 structures, 576 atoms): training =
 forward, force graph, backward, Adam step; inference = forward and forces.  The paper's hyper-parameters
@@ -11,8 +11,9 @@ Adam 1e-4; float32).  The two are run alternately, ``--rounds`` times (uqpot in 
 reference in its own interpreter, since schnetpack lives in its own environment), and the medians are
 compared.  uqpot is measured in the variants the trainer offers: the sparse edge list, the dense all-pairs
 layout (``train.layout``), each eager or compiled with ``torch.compile`` (``train.compile``; its warm-up,
-which includes the compilation, is printed and not counted).  Prints one JSON line and a table.  Speed is
-reported, never asserted.
+which includes the compilation, is printed and not counted), and ``default``: the variant the trainer's
+defaults (``train.layout: auto``, ``train.compile: auto``) pick for a run of ``--default-run`` structures
+and epochs (``uqpot.autocompile``).  Prints one JSON line and a table.  Speed is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class UqpotBench:
         from uqpot.nn.potential import Potential
         from uqpot.train.losses import EnergyForceLoss
 
-        self.batch, self.device = batch, device
+        self.batch, self.device, self.layout, self.compiled = batch, device, layout, compiled
         ds, self.batches = uqpot_batches(path, batch, steps, device, layout)
         torch.manual_seed(0)
         model = Potential()
@@ -112,6 +113,25 @@ class UqpotBench:
         return res
 
 
+def default_variant(a) -> tuple[str, bool]:
+    """(layout, compiled) that the trainer's defaults (``TrainConfig()``: layout auto, compile auto) pick for
+    a run of ``--default-run`` structures and epochs of ``--data`` at batch ``--batch``."""
+    import numpy as np
+
+    from uqpot.autocompile import choose_compile
+    from uqpot.config import TrainConfig
+    from uqpot.data.io import read_structures
+    from uqpot.nn.potential import Potential
+
+    n, epochs = (int(x) for x in a.default_run.split(","))
+    ds = read_structures(a.data)
+    ds = ds.subset(np.arange(min(n, len(ds))))
+    compiled, why = choose_compile("auto", Potential(), ds, TrainConfig(epochs=epochs, batch_size=a.batch),
+                                   torch.device(a.device))
+    print(f"default: train.compile auto on {len(ds)} structures x {epochs} epochs: {why}", flush=True)
+    return ("dense" if compiled else "sparse"), compiled
+
+
 def measure_reference(python, script, data, batch, steps, repeats, device):
     cmd = [python, script, "--data", str(data), "--batch", str(batch), "--device", device,
            "--steps", str(steps), "--repeats", str(repeats)]
@@ -129,9 +149,13 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--variants", default="sparse,dense,dense+compile",
+    ap.add_argument("--variants", default="sparse,dense,dense+compile,default",
                     help="uqpot variants, comma-separated: LAYOUT[+compile] with LAYOUT sparse or dense "
-                         "(the trainer's train.layout and train.compile)")
+                         "(the trainer's train.layout and train.compile), or 'default': what the trainer's "
+                         "defaults pick for a run of --default-run's size")
+    ap.add_argument("--default-run", default="1000,60",
+                    help="N_TRAIN,EPOCHS of the run whose defaults the 'default' variant takes (train.compile: "
+                         "auto decides from the run's size; 1000,60: the rMD17 quick preset's ethanol)")
     ap.add_argument("--reference-python", default=os.environ.get("SCHNETPACK_PYTHON"),
                     help="python of an environment with schnetpack 2.2 (see ../shared/bench/setup_schnetpack.sh)")
     ap.add_argument("--reference-script", default=str(REPO.parent / "shared" / "bench" / "schnetpack_painn.py"))
@@ -140,15 +164,24 @@ def main():
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     benches = {}
     for v in variants:
-        layout, _, comp = v.partition("+")
-        if layout not in ("sparse", "dense") or comp not in ("", "compile"):
-            ap.error(f"unknown variant {v!r}; use sparse, dense, sparse+compile or dense+compile")
-        benches[v] = UqpotBench(a.data, a.batch, a.steps, a.device, layout, comp == "compile")
+        if v == "default":  # what TrainConfig() trains with on a run of --default-run's size
+            layout, comp = default_variant(a)
+        else:
+            layout, _, c = v.partition("+")
+            if layout not in ("sparse", "dense") or c not in ("", "compile"):
+                ap.error(f"unknown variant {v!r}; use sparse, dense, sparse+compile, dense+compile or default")
+            comp = c == "compile"
+        same = [w for w, bench in benches.items() if (bench.layout, bench.compiled) == (layout, comp)]
+        # the default is one of the others: the same measured object (one compilation), reported twice
+        benches[v] = benches[same[0]] if same else UqpotBench(a.data, a.batch, a.steps, a.device, layout, comp)
     ours = {v: [] for v in variants}
     ref = []
     for _ in range(a.rounds):  # alternate: every variant, then the reference, per round
+        done = {}
         for v, bench in benches.items():
-            ours[v].append(bench.measure(a.repeats))
+            if id(bench) not in done:
+                done[id(bench)] = bench.measure(a.repeats)
+            ours[v].append(done[id(bench)])
         if a.reference_python:
             ref.append(measure_reference(a.reference_python, a.reference_script, a.data, a.batch, a.steps,
                                          a.repeats, a.device))
