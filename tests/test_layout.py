@@ -225,3 +225,29 @@ def test_md_compiled_uq_methods_equal_eager(method, ammonia):
         assert len(u_a) == 4 and np.all(np.isfinite(u_a)) and np.ptp(u_a) > 0  # U moves along the run
         assert np.abs(u_a - u_b).max() <= 1e-9 * (1 + np.abs(u_a).max())
     assert all(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.slow
+def test_reduce_overhead_mode_equals_eager(tmp_path, ethanol):
+    """compile_mode 'reduce-overhead' (CUDA graphs on a GPU; on this CPU the same compiled code without a
+    graph capture): the compiled training step and the compiled MD call give the eager results."""
+    tr, va = ethanol.subset(list(range(16))), ethanol.subset(list(range(16, 24)))
+    weights = []
+    for comp, mode in ((False, "default"), (True, "reduce-overhead")):
+        m = small(ds=tr)
+        cfg = TrainConfig(epochs=1, batch_size=8, layout="dense", compile=comp, compile_mode=mode, progress=False,
+                          device="cpu", dtype="float64")
+        Trainer(m, tr, va, cfg, tmp_path / f"t{comp}").fit()
+        weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
+    assert (weights[1] - weights[0]).abs().max() < 1e-10
+    starts = []
+    for k in range(2):
+        a = nh3_pyramid()
+        a.rattle(0.05, seed=k)
+        starts.append(a)
+    model = small().eval()
+    kw = dict(timestep_fs=0.25, temperatures_K=300.0, seeds=[1, 2], check_every=10)
+    ref = BatchedMD(model, starts, layout="dense", **kw).run(20)
+    res = BatchedMD(model, starts, layout="dense", compile=True, compile_mode="reduce-overhead", **kw).run(20)
+    for a, b in zip(ref.replicas, res.replicas):
+        assert np.abs(a.final_positions - b.final_positions).max() < 1e-9

@@ -273,6 +273,10 @@ class TrainConfig(Strict):
         "the dense layout (molecules of at most 32 atoms); the first steps pay the compilation, later ones "
         "run faster; same results to float tolerance.  'auto': where the measured break-even says the run's "
         "steps repay the compilation (uqpot.autocompile)")
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default", description="torch.compile's mode for the compiled step: 'reduce-overhead' captures it as a "
+        "CUDA graph on a GPU (one launch per step instead of hundreds; inputs copied into static buffers); on "
+        "a CPU it compiles as 'default'")
 
     @field_validator("device")
     @classmethod

@@ -127,6 +127,8 @@ class BatchedMD:
         layout only (molecules; a ``ValueError`` otherwise).  It pays a compilation (tens of seconds on a
         CPU) at the start.  Every call is padded to the starting shape, so removing failed replicas never
         recompiles.
+    compile_mode: torch.compile's mode: "default", or "reduce-overhead" (the compiled call captured as a CUDA
+        graph on a GPU; its outputs are copied out before the next replay; on a CPU it compiles as default).
     """
 
     def __init__(self, model, structures: Sequence, *, timestep_fs: float, temperatures_K=300.0, seeds=0,
@@ -136,6 +138,7 @@ class BatchedMD:
                  record_every: int | None = None, frame_every: int | None = None,
                  criteria: StabilityCriteria | None = None, checks: Sequence[Check] = (), dtype=None,
                  replica_ids=None, adapt_skin: bool = True, layout: str = "auto", compile: bool = False,
+                 compile_mode: str = "default",
                  integrator: Integrator | None = None):
         if integrator is None and thermostat not in THERMOSTATS:
             raise ValueError(f"unknown thermostat {thermostat!r}; use one of {', '.join(THERMOSTATS)}")
@@ -168,8 +171,18 @@ class BatchedMD:
             # the compiled call sees the weights as constants of the force computation: with parameters that
             # require grad, the traced graph would keep what a backward to the weights needs (~40% slower)
             frozen = {k: p.detach() for k, p in model.named_parameters()}
-            compiled = torch.compile(self._call_frozen, dynamic=False)
-            self._call = lambda batch: compiled(batch, frozen)
+            mode = None if compile_mode == "default" else compile_mode
+            compiled = torch.compile(self._call_frozen, dynamic=False, mode=mode)
+            if mode == "reduce-overhead":
+                # CUDA graphs: outputs live in the graph's static buffers until the next replay, so the
+                # integrator gets copies
+                def call(batch):
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return tuple(None if x is None else x.clone() for x in compiled(batch, frozen))
+
+                self._call = call
+            else:
+                self._call = lambda batch: compiled(batch, frozen)
         self.verlet = VerletList(self.cutoff, skin, layout=layout, model_dtype=self.model_dtype,
                                  adapt_skin=adapt_skin, capacity=capacity)
         self.criteria = criteria if criteria is not None else StabilityCriteria()

@@ -86,6 +86,9 @@ class CampaignConfig(BaseModel):
     compile: Union[bool, Literal["auto"]] = Field(
         "auto", description="evaluate the model through torch.compile (pays a compilation at the start of each "
                             "batch of replicas); 'auto': where the run's steps repay it (uqpot.autocompile)")
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default", description="torch.compile's mode of the compiled call: 'reduce-overhead' = CUDA graphs on a "
+                               "GPU (as 'default' on a CPU)")
     ensemble: Literal["nvt", "npt"] = Field(
         "nvt", description="'npt': constant pressure with ASE's MTK barostat (Nosé-Hoover chain thermostat and "
                            "barostat, as the paper's LAMMPS data generation); periodic starts, the ASE engine")
@@ -357,7 +360,8 @@ def _run_batched(config, model, structures, plans, criteria):
                        friction_per_fs=config.friction_per_fs, remove_com_momentum=config.remove_com_momentum,
                        skin=config.skin, check_every=config.check_every, record_every=config.record_every,
                        frame_every=config.frame_every, criteria=criteria, dtype=config.dtype,
-                       replica_ids=[p.replica for p in part], layout=config.layout, compile=compiled)
+                       replica_ids=[p.replica for p in part], layout=config.layout, compile=compiled,
+                       compile_mode=config.compile_mode)
         res = md.run(config.n_steps)
         records.extend(res.replicas)
         calls += res.model_calls

@@ -155,7 +155,16 @@ class Trainer:
         if cfg.compile:  # one compiled function for forward, forces and loss; its backward is compiled too
             # static shapes: each batch shape compiles once (a last, smaller batch once more); past dynamo's
             # recompile limit further shapes run eager, with the same results
-            self._step_loss = torch.compile(self._loss, dynamic=False)
+            mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+            self._step_loss = torch.compile(self._loss, dynamic=False, mode=mode)
+            if mode == "reduce-overhead":  # CUDA graphs: each step is a new replay of the captured graph
+                compiled_loss = self._step_loss
+
+                def step_loss(b):
+                    torch.compiler.cudagraph_mark_step_begin()
+                    return compiled_loss(b)
+
+                self._step_loss = step_loss
 
     # ------------------------------------------------------------------ checkpoints
     @property
