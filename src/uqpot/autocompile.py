@@ -56,57 +56,60 @@ MD_EAGER_S_PER_UNIT = 0.346 / (400 * 4 ** 2 * 128)
 MD_COMPILABLE = ("potential", "uq.ensemble", "uq.mve", "uq.evidential", "uq.gmm")
 
 
-def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
-    """(compile?, why) for ``train.compile`` = ``setting`` (True, False or "auto")."""
+def _unavailable(setting, model, kinds, device) -> tuple[bool, str] | None:
+    """The answer where the run's size does not matter: an explicit setting, a model kind or backbone that
+    cannot compile, a device without a measured break-even; None where the balance decides."""
     if setting is not True and setting is not False and setting != "auto":
-        raise ValueError(f"train.compile must be true, false or auto, not {setting!r}")
+        raise ValueError(f"compile must be true, false or auto, not {setting!r}")
     if setting != "auto":
         return bool(setting), "set in the config"
-    from .data.batch import dataset_layout
-
     kind = getattr(model, "kind", "")
-    if kind not in COMPILABLE:
-        return False, f"{kind or type(model).__name__} trains eager (its step is not compiled)"
+    if kind not in kinds:
+        return False, f"{kind or type(model).__name__} runs eager (its compiled path is not available)"
     net = getattr(model, "potential", model)
     if not getattr(net, "supports_dense", False) or getattr(net, "backbone", "painn") != "painn":
         return False, "this backbone reads edge lists only"
     if getattr(device, "type", str(device)) != "cpu":
         return False, f"no measured break-even on {device}"
+    return None
+
+
+def _balance(model, steps: int, units: float, per_unit: float, speedup: float, cost: float, what: str):
+    """(compile?, why): the predicted saving of ``steps`` steps of ``units`` · width work each against the
+    cold compilation ``cost`` (module docstring)."""
+    net = getattr(model, "potential", model)
+    width = int(net.hparams.get("features", 128)) * int(getattr(model, "members", 1))
+    saving = steps * per_unit * units * width * (1 - 1 / speedup)
+    verdict = saving > cost
+    return verdict, (f"predicted saving {saving:.0f} s over {steps} steps{what} against {cost:.0f} s of "
+                     f"compilation: {'compiled' if verdict else 'eager'}")
+
+
+def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
+    """(compile?, why) for ``train.compile`` = ``setting`` (True, False or "auto")."""
+    from .data.batch import dataset_layout
+
+    fixed = _unavailable(setting, model, COMPILABLE, device)
+    if fixed is not None:
+        return fixed
     if cfg.layout == "sparse" or dataset_layout(train, "auto") != "dense":
         return False, "the training set needs the edge list (periodic cells or more than 32 atoms)"
     n_max = max(s.n_atoms for s in train.structures)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    width = int(net.hparams.get("features", 128)) * int(getattr(model, "members", 1))
-    t_eager = EAGER_S_PER_UNIT * min(cfg.batch_size, len(train)) * n_max ** 2 * width
-    saving = steps * t_eager * (1 - 1 / SPEEDUP)
-    verdict = saving > COMPILE_COLD_S
-    return verdict, (f"predicted saving {saving:.0f} s over {steps} steps against {COMPILE_COLD_S:.0f} s of "
-                     f"compilation: {'compiled' if verdict else 'eager'}")
+    return _balance(model, steps, min(cfg.batch_size, len(train)) * n_max ** 2, EAGER_S_PER_UNIT, SPEEDUP,
+                    COMPILE_COLD_S, "")
 
 
 def choose_md_compile(setting, model, structures, n_steps: int, device) -> tuple[bool, str]:
     """(compile?, why) for a campaign's ``compile`` = ``setting`` on ``structures`` (ASE atoms or uqpot
     structures, the replicas of one batch) run for ``n_steps``."""
-    if setting is not True and setting is not False and setting != "auto":
-        raise ValueError(f"compile must be true, false or auto, not {setting!r}")
-    if setting != "auto":
-        return bool(setting), "set in the config"
     from .data.batch import DENSE_MAX_ATOMS
 
-    kind = getattr(model, "kind", "")
-    if kind not in MD_COMPILABLE:
-        return False, f"{kind or type(model).__name__}: the compiled MD call is not available"
-    net = getattr(model, "potential", model)
-    if not getattr(net, "supports_dense", False):
-        return False, "this backbone reads edge lists only"
-    if getattr(device, "type", str(device)) != "cpu":
-        return False, f"no measured break-even on {device}"
+    fixed = _unavailable(setting, model, MD_COMPILABLE, device)
+    if fixed is not None:
+        return fixed
     sizes = [len(s.numbers) for s in structures]
     if any(bool(np.any(s.pbc)) for s in structures) or max(sizes) > DENSE_MAX_ATOMS:
         return False, "the replicas need the edge list (periodic cells or more than 32 atoms)"
-    width = int(net.hparams.get("features", 128)) * int(getattr(model, "members", 1))
-    t_eager = MD_EAGER_S_PER_UNIT * len(sizes) * max(sizes) ** 2 * width
-    saving = n_steps * t_eager * (1 - 1 / MD_SPEEDUP)
-    verdict = saving > MD_COMPILE_COLD_S
-    return verdict, (f"predicted saving {saving:.0f} s over {n_steps} steps of {len(sizes)} replicas against "
-                     f"{MD_COMPILE_COLD_S:.0f} s of compilation: {'compiled' if verdict else 'eager'}")
+    return _balance(model, n_steps, len(sizes) * max(sizes) ** 2, MD_EAGER_S_PER_UNIT, MD_SPEEDUP,
+                    MD_COMPILE_COLD_S, f" of {len(sizes)} replicas")

@@ -43,6 +43,7 @@ from ..nn.stacked import StackedLinear, StackedMLP, init_members
 from ..train.losses import energy_mae, forces_mae
 from .base import UQMethod, register_method
 from .options import UQOptions
+from .shallow import combine_heads
 
 BRANCH_SEED_OFFSET = 5_000_011
 
@@ -150,13 +151,7 @@ class PartialEnsemble(UQMethod):
         return res
 
     def combine(self, out: dict, batch) -> dict:
-        res = {k: v.squeeze(0) for k, v in out.items()}
-        res[F.ENERGY_VARIANCE] = res[F.ENERGY_MEMBERS].var(0, correction=1)
-        if F.FORCES_MEMBERS in res:
-            res[F.UNCERTAINTY_ATOM] = res[F.FORCES_MEMBERS].var(0, correction=1).mean(-1)
-        else:  # without forces, the spread of the atomic energies
-            res[F.UNCERTAINTY_ATOM] = res[F.ATOMIC_ENERGY_MEMBERS].var(0, correction=1)
-        return res
+        return combine_heads(out)
 
 
 class PartialEnsembleLoss:

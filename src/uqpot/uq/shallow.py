@@ -172,13 +172,20 @@ class ShallowEnsemble(UQMethod):
                       seed=int(self.potential.hparams["seeds"][0]), forward_kwargs={"head_forces": True})]
 
     def combine(self, out: dict, batch) -> dict:
-        res = {k: v.squeeze(0) for k, v in out.items()}
-        res[F.ENERGY_VARIANCE] = res[F.ENERGY_MEMBERS].var(0, correction=1)
-        if F.FORCES_MEMBERS in res:
-            res[F.UNCERTAINTY_ATOM] = res[F.FORCES_MEMBERS].var(0, correction=1).mean(-1)
-        else:  # without forces, the spread of the atomic energies
-            res[F.UNCERTAINTY_ATOM] = res[F.ATOMIC_ENERGY_MEMBERS].var(0, correction=1)
-        return res
+        return combine_heads(out)
+
+
+def combine_heads(out: dict) -> dict:
+    """Outputs of one network with K heads or members on a second axis (``*_members`` (1, K, ...)) → the
+    committee's prediction and U: the force variance over the K (1/(K−1) estimator), averaged over the
+    Cartesian components, or without forces the variance of the atomic energies."""
+    res = {k: v.squeeze(0) for k, v in out.items()}
+    res[F.ENERGY_VARIANCE] = res[F.ENERGY_MEMBERS].var(0, correction=1)
+    if F.FORCES_MEMBERS in res:
+        res[F.UNCERTAINTY_ATOM] = res[F.FORCES_MEMBERS].var(0, correction=1).mean(-1)
+    else:  # without forces, the spread of the atomic energies
+        res[F.UNCERTAINTY_ATOM] = res[F.ATOMIC_ENERGY_MEMBERS].var(0, correction=1)
+    return res
 
 
 class ShallowEnsembleLoss:
