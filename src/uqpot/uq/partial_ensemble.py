@@ -12,20 +12,23 @@ atomwise readout.
 
 Member k gives atomic energies e_k,i from its branch, E_k = Σ_i e_k,i + e_ref, F_k = −∂E_k/∂r.  Every
 member reads its own view of the positions, as the deep ensemble's do, and the shared blocks run on the K
-views at once (one weight, K inputs), so one backward pass gives all K force fields.  (The alternative, the
-shared part once and K vector-Jacobian products through it, measured 15.6x a plain PaiNN's training step
-for K = 5 with shared = 0 against 4.8x for this form: K double-backward graphs cost more than they save.)  Prediction and uncertainty as the deep ensemble's (Eq. 2-5):
-Ē, F̄ the members' means, U_i = ⅓ Σ_a Var_k(F_k,ia) with the 1/(K−1) estimator, in (kcal/mol/Å)².
+views at once (one weight, K inputs), so one backward pass gives all K force fields.  (The alternative,
+the shared part once and K vector-Jacobian products through it, cost 15.6x a plain PaiNN's training step
+for K = 5 with shared = 0, against 3.5x for this form, measured beside other work: K double-backward
+graphs cost more than they save.)  Prediction and uncertainty as the deep ensemble's (Eq. 2-5): Ē, F̄ the
+members' means, U_i = ⅓ Σ_a Var_k(F_k,ia) with the 1/(K−1) estimator, in (kcal/mol/Å)².
 
 Training: every member is trained on its own SI Eq. 1 loss, L = (1/K) Σ_k [w_E · MAE(E_k) + w_F · MAE(F_k)]
 (an ensemble's objective; the shared layers get the mean of the members' gradients), so each branch fits
 the data as a member of a deep ensemble would and the members differ by their initialisation (member k's
 branch from its own seed).  One model to the trainer (member axis 1): one learning rate, one schedule and
-one best checkpoint for all members.  Cost: as a K-member ensemble's, whatever the split point — the exact
-force of every member needs the derivative of every member's energy through the shared blocks, which is
-K backward passes through them however they are arranged; sharing saves parameters and the memory of their
-optimiser state, not time (the forward of the shared blocks could run once, at most ~1/3 of their cost).  ``benchmarks/uq_methods.py --methods partial_ensemble:0,partial_ensemble:1,...`` measures the
-cost/diversity curve over the split points.
+one best checkpoint for all members.
+
+Cost: close to a K-member ensemble's at every split point.  The exact force of every member needs the
+derivative of every member's energy through the shared blocks, which is K backward passes through them
+however they are arranged; sharing saves parameters, their optimiser state and one grouped matmul per
+shared layer (one weight for the K views), not the K-fold work.  ``benchmarks/uq_methods.py --methods
+partial_ensemble:0,partial_ensemble:1,... --cost`` measures the cost/diversity curve over the split points.
 """
 
 from __future__ import annotations
