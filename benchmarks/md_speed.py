@@ -2,7 +2,7 @@
 
     python benchmarks/md_speed.py [--replicas 400] [--steps 40] [--ase-replicas 3] [--ase-steps 40] \
         [--device cpu|cuda] [--dtype float32] [--threads N] [--rounds 2] [--data PATH/ammonia.extxyz]
-        [--thermostat nose-hoover|langevin] [--engine batched|torchsim]
+        [--thermostat nose-hoover|langevin] [--engine batched|torchsim] [--compile [auto|true|false]]
 
 The workload of the paper's ammonia campaign: NH3 replicas at 300 K, Nosé-Hoover chain NVT (length 3,
 τ = 50 fs), time step 0.5 fs, with the paper's PaiNN (3 interactions, 128 features, 20 Gaussians, 5 Å
@@ -162,14 +162,26 @@ def main(argv=None):
                    help="torchsim: also time torch-sim's Nosé-Hoover chain on the same model, replicas and time "
                         "step (uqpot.md.torchsim), alternating with uqpot's engine and ASE in every round")
     p.add_argument("--torchsim-steps", type=int, default=None, help="steps of the torch-sim runs (default --steps)")
-    p.add_argument("--compile", action="store_true", help="the batched engine with compile=True (the "
-                   "compilation is part of the warm-up, not timed)")
+    p.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
+                   help="the batched engine's compile: 'auto' (default) = what a campaign's compile: auto picks "
+                        "for --campaign-steps steps of these replicas (uqpot.autocompile); --compile alone = true "
+                        "(the compilation is part of the warm-up, not timed)")
+    p.add_argument("--campaign-steps", type=int, default=10_000,
+                   help="the campaign length 'auto' decides for (10,000: the paper's ammonia runs of 5 ps)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     model = make_model(args.device, dtype)
     batch_starts = starts(args.replicas, args.data)
+    if args.compile == "auto":
+        from uqpot.autocompile import choose_md_compile
+
+        compiled, why = choose_md_compile("auto", model, batch_starts, args.campaign_steps, torch.device(args.device))
+        print(f"compile auto for {args.campaign_steps} steps of {args.replicas} replicas: {why}", flush=True)
+        args.compile = compiled
+    else:
+        args.compile = args.compile == "true"
     ase_starts = batch_starts[:args.ase_replicas]
     rates = {"batched": [], "ase": []} | ({"torchsim": []} if args.engine == "torchsim" else {})
     details = {}
