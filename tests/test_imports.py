@@ -22,7 +22,8 @@ LAYERS = [
      "uqpot.unit_hints"],
     # structures, batches, neighbour lists, files, splits, the label store, the file readers of data sets
     ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.readers", "uqpot.data.io", "uqpot.data.splits",
-     "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data"],
+     "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data",
+     "uqpot.autocompile"],
     ["uqpot.metrics", "uqpot.modelfile", "uqpot.plots"],
     ["uqpot.nn", "uqpot.train.losses", "uqpot.train.optim", "uqpot.train.stages", "uqpot.train.memory",
      "uqpot.train.history", "uqpot.train.member_order"],
