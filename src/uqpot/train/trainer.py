@@ -123,7 +123,6 @@ class Trainer:
         self.seed = seed
         self.loss_fn = loss_fn or EnergyForceLoss(cfg.energy_weight, cfg.forces_weight, cfg.stress_weight or 0.0)
         self.extra = extra or {}
-        self.console = console
         self.cutoff = model.cutoff
         self.optimizer = MemberAdam(self.model.parameters(), self.M, cfg.lr)
         self.plateau = MemberPlateau(self.M, cfg.lr_factor, cfg.lr_patience, cfg.min_lr)
