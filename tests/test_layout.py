@@ -31,6 +31,16 @@ def mixed(ethanol, ammonia):
     return [ethanol[0], ammonia[0], ethanol[1], far, ammonia[3]]
 
 
+def rattled_nh3(n: int) -> list:
+    """n pyramidal NH3 start structures, each rattled by 0.05 Å with its own seed."""
+    out = []
+    for k in range(n):
+        a = nh3_pyramid()
+        a.rattle(0.05, seed=k)
+        out.append(a)
+    return out
+
+
 def small(members=1, dtype=torch.float64, ds=None):
     torch.manual_seed(0)
     m = Potential(features=16, interactions=2, rbf=8, readout_hidden=16, members=members,
@@ -130,11 +140,7 @@ def test_training_dense_and_compiled_equal_sparse(tmp_path, ethanol):
 def test_md_dense_compiled_equals_sparse_with_removals():
     """A campaign on the padded dense layout through the compiled model follows the sparse eager one, also
     after a replica failed and was removed (the padding keeps the compiled shapes)."""
-    starts = []
-    for k in range(3):
-        a = nh3_pyramid()
-        a.rattle(0.05, seed=k)
-        starts.append(a)
+    starts = rattled_nh3(3)
     model = small().eval()
     crit = StabilityCriteria(max_kinetic_energy=200.0)  # kcal/mol: the replica at 1e5 K fails at once
     kw = dict(timestep_fs=0.25, temperatures_K=[300.0, 1e5, 500.0], seeds=[1, 2, 3], criteria=crit,
@@ -202,11 +208,7 @@ def test_trainer_auto_layout(tmp_path, ethanol):
 def test_md_compiled_uq_methods_equal_eager(method, ammonia):
     """Every UQ method runs the compiled engine (weights passed as detached views) with the positions and
     the uncertainty along the trajectory of the eager edge-list engine, and keeps its trainable weights."""
-    starts = []
-    for k in range(3):
-        a = nh3_pyramid()
-        a.rattle(0.05, seed=k)
-        starts.append(a)
+    starts = rattled_nh3(3)
     cls = {"ensemble": Ensemble, "mve": MVE, "evidential": Evidential, "gmm": GMM}[method]
     torch.manual_seed(0)
     m = cls(potential=dict(features=16, interactions=2, rbf=8, readout_hidden=16,
@@ -240,11 +242,7 @@ def test_reduce_overhead_mode_equals_eager(tmp_path, ethanol):
         Trainer(m, tr, va, cfg, tmp_path / f"t{comp}").fit()
         weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     assert (weights[1] - weights[0]).abs().max() < 1e-10
-    starts = []
-    for k in range(2):
-        a = nh3_pyramid()
-        a.rattle(0.05, seed=k)
-        starts.append(a)
+    starts = rattled_nh3(2)
     model = small().eval()
     kw = dict(timestep_fs=0.25, temperatures_K=300.0, seeds=[1, 2], check_every=10)
     ref = BatchedMD(model, starts, layout="dense", **kw).run(20)
