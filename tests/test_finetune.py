@@ -129,3 +129,28 @@ def test_a_loop_written_before_new_options_still_resumes(tmp_path):
     other = cfg.model_copy(update={"init_model": tmp_path / "x.pt"})
     with pytest.raises(Exception, match="different config"):
         _check_same_config(tmp_path, other)
+
+
+def test_a_loop_started_with_explicit_compile_resumes_on_its_path(tmp_path):
+    """A loop started with ``train.compile: false`` (the default before ``auto``) and resumed with ``auto``
+    goes on uncompiled; any other difference is refused, naming the setting."""
+    import yaml
+
+    from test_loop import loop_cfg
+    from uqpot.workflow.active_learning import LoopConfig, _check_same_config
+
+    cfg = LoopConfig.model_validate(loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz")))
+    assert cfg.train.compile == "auto"
+    old = cfg.model_dump(mode="json")
+    old["train"]["compile"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    said = []
+    went_on = _check_same_config(tmp_path, cfg, said.append)
+    assert went_on.train.compile is False and went_on.train.lr == cfg.train.lr
+    assert said and "train.compile: False" in said[0]
+    forced = cfg.model_copy(update={"train": cfg.train.model_copy(update={"compile": True})})
+    with pytest.raises(Exception, match=r"train\.compile \(False then, True now\)"):
+        _check_same_config(tmp_path, forced)
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
+    with pytest.raises(Exception, match=r"train\.lr"):
+        _check_same_config(tmp_path, other)

@@ -81,6 +81,23 @@ def test_different_config_in_same_directory_is_refused(tmp_path, ethanol_path):
         run_training(run_cfg(tmp_path, ethanol_path, epochs=1, lr=5e-3))
 
 
+def test_run_started_with_explicit_compile_resumes_on_its_path(tmp_path, ethanol_path):
+    """A run started with ``train.compile: false`` (the default before ``auto``) is resumed by the same
+    command under ``auto``: it goes on uncompiled, says so, and keeps its stored choice."""
+    import yaml
+
+    from uqpot.errors import ConfigError
+
+    run_training(run_cfg(tmp_path, ethanol_path, epochs=1, compile=False))
+    r = run_training(run_cfg(tmp_path, ethanol_path, epochs=2))
+    out = tmp_path / "run"
+    assert r["training"]["compiled"] is False
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["compile"] is False
+    assert "resumed with the stored train.compile: False" in (out / "train.log").read_text()
+    with pytest.raises(ConfigError, match=r"train\.compile \(False then, True now\)"):
+        run_training(run_cfg(tmp_path, ethanol_path, epochs=2, compile=True))
+
+
 def test_lr_halves_on_plateau_and_early_stopping(tmp_path, ethanol):
     train, val = ethanol[:16], ethanol[16:24]
     # at lr 1e-7 the validation loss moves by less than the plateau threshold (relative 1e-4)

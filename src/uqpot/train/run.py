@@ -64,12 +64,13 @@ def _stored_config(path: Path) -> dict:
         return raw
 
 
-def _flat(d, prefix=""):
+def flat_settings(d, prefix=""):
+    """A nested config mapping as {"a.b.c": value}."""
     out = {}
     for k, v in (d or {}).items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
+            out.update(flat_settings(v, key + "."))
         else:
             out[key] = v
     return out
@@ -77,7 +78,7 @@ def _flat(d, prefix=""):
 
 def config_differences(previous: dict, current: dict) -> list[str]:
     """``key (old then, new now)`` for every setting that differs between two configs."""
-    a, b = _flat(_normalised(previous)), _flat(_normalised(current))
+    a, b = flat_settings(_normalised(previous)), flat_settings(_normalised(current))
     return [f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
@@ -168,6 +169,26 @@ def build_model(model_cfg, uq_cfg, seed: int, train=None):
     return build_potential(hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
 
 
+#: training settings that choose how fast a step runs, not what it computes (to float tolerance)
+SPEED_KEYS = ("compile",)
+
+
+def _started_speed(out: Path, cfg: RunConfig):
+    """``(cfg, note)``: where ``cfg`` leaves a :data:`SPEED_KEYS` setting at ``auto`` and the run in ``out``
+    was started with an explicit value (runs started before ``auto`` existed stored ``compile: false``),
+    the run goes on with the stored value, so that it finishes on the path it began on."""
+    try:
+        stored = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("train") or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return cfg, None  # no run there, or one check_resume refuses with its own message
+    kept = {k: stored[k] for k in SPEED_KEYS if getattr(cfg.train, k) == "auto" and isinstance(stored.get(k), bool)}
+    if not kept:
+        return cfg, None
+    note = (f"resumed with the stored {', '.join(f'train.{k}: {v}' for k, v in kept.items())} (this run asks for "
+            "auto): the run goes on as it started")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=kept)}), note
+
+
 def run_training(cfg: RunConfig, console=None, config_path=None, restart: bool = False) -> dict:
     """Trains the run ``cfg`` (resuming it when interrupted); ``config_path`` is the user's config file
     (never overwritten), ``restart`` removes an earlier run's files in ``cfg.out`` first."""
@@ -175,8 +196,11 @@ def run_training(cfg: RunConfig, console=None, config_path=None, restart: bool =
     out = prep.out
     with RunLock(out, "uqpot train") as lock:
         note = lock.stale_note()
+        kept = None
+        if not restart:
+            cfg, kept = _started_speed(out, cfg)
         state = check_resume(out, cfg, prep, restart)
-        for msg in [note] * bool(note) + prep.warnings:
+        for msg in [note] * bool(note) + prep.warnings + [kept] * bool(kept):
             _note(out, console, msg)
         if state == "fresh":
             _note(out, console, f"started afresh in {out} (the files of the earlier run were removed)")

@@ -518,7 +518,7 @@ class ActiveLearning:
         cfg = self.cfg
         _check_init_models(cfg)
         self.out.mkdir(parents=True, exist_ok=True)
-        _check_same_config(self.out, cfg)
+        cfg = self.cfg = _check_same_config(self.out, cfg, self.log)
         dump_config(cfg, self.out / "config.yaml")
         write_json(self.out / "run.json", {"seed": cfg.seed, "threads": cfg.threads, "versions": versions()})
         *_, align = self.initial_data()  # aligns energies once, before any worker needs it
@@ -543,23 +543,50 @@ def _check_init_models(cfg: LoopConfig) -> None:
                 raise ConfigError(None, f"init_model: {len(files)} files for the {k} members of {m}; give 1 or {k}")
 
 
-def _check_same_config(out: Path, cfg: LoopConfig) -> None:
+#: training settings that choose how fast a step runs, not what it computes (to float tolerance); a loop
+#: resumed with ``auto`` keeps the value it was started with, so that it finishes on the path it began on
+SPEED_KEYS = ("compile",)
+
+
+def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
+    """The config to go on with in ``out``: ``cfg``, or with the stored :data:`SPEED_KEYS` where ``cfg``
+    leaves them at ``auto`` and the loop was started with an explicit value (loops started before ``auto``
+    existed stored ``compile: false``).  Any other difference is refused, naming the settings."""
     import yaml
+
+    from ..train.run import flat_settings
 
     old = out / "config.yaml"
     if not old.is_file():
-        return
+        return cfg
     prev = yaml.safe_load(old.read_text())
     try:  # through the current schema, so that options added since (at their defaults) compare equal
         prev = LoopConfig.model_validate(prev).model_dump(mode="json")
     except Exception:  # noqa: BLE001 - a config this uqpot cannot read differs from any it writes
         pass
     cur = cfg.model_dump(mode="json")
+    kept = {}
+    if isinstance(prev, dict) and isinstance(prev.get("train"), dict):
+        for key in SPEED_KEYS:
+            was = prev["train"].get(key)
+            if cur["train"].get(key) == "auto" and isinstance(was, bool):
+                kept[key] = cur["train"][key] = was
     for d in (prev, cur):  # a longer loop may continue a shorter one
-        d.pop("generations", None)
-        d.get("train", {}).pop("progress", None)
+        if isinstance(d, dict):
+            d.pop("generations", None)
+            d.get("train", {}).pop("progress", None)
     if prev != cur:
-        raise ConfigError(old, f"{out} holds a loop with a different config; choose another 'out' or delete it")
+        a, b = (flat_settings(prev), flat_settings(cur)) if isinstance(prev, dict) else ({}, {})
+        diff = [f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        what = f" (differs in: {'; '.join(diff)})" if diff else ""
+        raise ConfigError(old, f"{out} holds a loop with a different config{what}; choose another 'out' or "
+                               "delete it")
+    if not kept:
+        return cfg
+    if log is not None:
+        log(f"resumed with the stored {', '.join(f'train.{k}: {v}' for k, v in kept.items())} (this run asks "
+            "for auto): the loop goes on as it started")
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=kept)})
 
 
 def load_loop_config(path, overrides: dict | None = None) -> LoopConfig:
