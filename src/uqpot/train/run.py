@@ -173,20 +173,27 @@ def build_model(model_cfg, uq_cfg, seed: int, train=None):
 SPEED_KEYS = ("compile",)
 
 
+def kept_speed_choices(stored_train: dict, train) -> tuple[dict, str | None]:
+    """The :data:`SPEED_KEYS` a resumed run keeps from its stored ``train`` section: those ``train`` (a
+    TrainConfig) leaves at ``auto`` while the run was started with an explicit value (runs started before
+    ``auto`` existed stored ``compile: false``), so that it finishes on the path it began on; with the
+    line that says so (None when nothing is kept)."""
+    kept = {k: stored_train[k] for k in SPEED_KEYS
+            if getattr(train, k) == "auto" and isinstance(stored_train.get(k), bool)}
+    if not kept:
+        return {}, None
+    return kept, (f"resumed with the stored {', '.join(f'train.{k}: {v}' for k, v in kept.items())} (this run "
+                  "asks for auto): it goes on as it started")
+
+
 def _started_speed(out: Path, cfg: RunConfig):
-    """``(cfg, note)``: where ``cfg`` leaves a :data:`SPEED_KEYS` setting at ``auto`` and the run in ``out``
-    was started with an explicit value (runs started before ``auto`` existed stored ``compile: false``),
-    the run goes on with the stored value, so that it finishes on the path it began on."""
+    """``(cfg, note)``: ``cfg`` with the speed choices the run in ``out`` keeps (:func:`kept_speed_choices`)."""
     try:
         stored = (yaml.safe_load((out / "config.yaml").read_text()) or {}).get("train") or {}
+        kept, note = kept_speed_choices(stored, cfg.train)
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         return cfg, None  # no run there, or one check_resume refuses with its own message
-    kept = {k: stored[k] for k in SPEED_KEYS if getattr(cfg.train, k) == "auto" and isinstance(stored.get(k), bool)}
-    if not kept:
-        return cfg, None
-    note = (f"resumed with the stored {', '.join(f'train.{k}: {v}' for k, v in kept.items())} (this run asks for "
-            "auto): the run goes on as it started")
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update=kept)}), note
+    return (cfg.model_copy(update={"train": cfg.train.model_copy(update=kept)}) if kept else cfg), note
 
 
 def run_training(cfg: RunConfig, console=None, config_path=None, restart: bool = False) -> dict:

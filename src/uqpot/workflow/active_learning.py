@@ -543,18 +543,12 @@ def _check_init_models(cfg: LoopConfig) -> None:
                 raise ConfigError(None, f"init_model: {len(files)} files for the {k} members of {m}; give 1 or {k}")
 
 
-#: training settings that choose how fast a step runs, not what it computes (to float tolerance); a loop
-#: resumed with ``auto`` keeps the value it was started with, so that it finishes on the path it began on
-SPEED_KEYS = ("compile",)
-
-
 def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
-    """The config to go on with in ``out``: ``cfg``, or with the stored :data:`SPEED_KEYS` where ``cfg``
-    leaves them at ``auto`` and the loop was started with an explicit value (loops started before ``auto``
-    existed stored ``compile: false``).  Any other difference is refused, naming the settings."""
+    """The config to go on with in ``out``: ``cfg``, with the speed choices the loop keeps from its start
+    (:func:`uqpot.train.run.kept_speed_choices`).  Any other difference is refused, naming the settings."""
     import yaml
 
-    from ..train.run import flat_settings
+    from ..train.run import flat_settings, kept_speed_choices
 
     old = out / "config.yaml"
     if not old.is_file():
@@ -565,12 +559,10 @@ def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     except Exception:  # noqa: BLE001 - a config this uqpot cannot read differs from any it writes
         pass
     cur = cfg.model_dump(mode="json")
-    kept = {}
+    kept, note = {}, None
     if isinstance(prev, dict) and isinstance(prev.get("train"), dict):
-        for key in SPEED_KEYS:
-            was = prev["train"].get(key)
-            if cur["train"].get(key) == "auto" and isinstance(was, bool):
-                kept[key] = cur["train"][key] = was
+        kept, note = kept_speed_choices(prev["train"], cfg.train)
+        cur["train"].update(kept)
     for d in (prev, cur):  # a longer loop may continue a shorter one
         if isinstance(d, dict):
             d.pop("generations", None)
@@ -584,8 +576,7 @@ def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     if not kept:
         return cfg
     if log is not None:
-        log(f"resumed with the stored {', '.join(f'train.{k}: {v}' for k, v in kept.items())} (this run asks "
-            "for auto): the loop goes on as it started")
+        log(note)
     return cfg.model_copy(update={"train": cfg.train.model_copy(update=kept)})
 
 
