@@ -14,6 +14,7 @@ from uqpot.errors import ConfigError
 from uqpot.metrics import uq as uqm
 from uqpot.uq import LLPR, ShallowEnsemble
 from uqpot.uq.shallow import ShallowEnsembleLoss
+from uqpot.nn import response
 from uqpot.nn.response import position_grads
 
 SMALL = dict(features=16, interactions=2, rbf=8, readout_hidden=8)
@@ -203,6 +204,59 @@ def test_position_grads_batched_equals_loop(data):
     loop = position_grads(e, pos, chunk=1)
     for chunk in (2, 5):
         torch.testing.assert_close(position_grads(e, pos, chunk=chunk), loop, rtol=1e-12, atol=1e-12)
+
+
+def _part(s, n):
+    """The first n atoms of a structure (a smaller molecule of the same elements)."""
+    from uqpot.data.structures import Structure
+
+    return Structure(s.numbers[:n].copy(), s.positions[:n].copy(), s.cell.copy(), s.pbc.copy())
+
+
+def test_structure_jacobian_equals_reverse_mode_on_structures_of_different_sizes(data, llpr):
+    # one tangent moves one atom slot of every structure: sizes 9, 5, 9, 2 in one batch
+    b = collate([data[30], _part(data[31], 5), data[32], _part(data[33], 2)], cutoff=5.0, dtype="float64")
+    fn = lambda p: llpr._structure_features(b, p)  # noqa: E731
+    pos = b.positions.clone().requires_grad_(True)
+    rev = position_grads(fn(pos).T, pos)  # (d, N, 3)
+    for chunk in (1, 7, None):
+        fwd = response.structure_jacobian(fn, b.positions, b.batch, chunk=chunk)  # (N, 3, d)
+        torch.testing.assert_close(fwd, rev.permute(1, 2, 0), rtol=1e-10, atol=1e-12)
+    assert rev.abs().max() > 0
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense"])
+def test_llpr_forward_mode_force_variance_equals_reverse_mode(data, llpr, layout):
+    b = collate([data[30], _part(data[31], 5), data[32], _part(data[33], 2)], cutoff=5.0, dtype="float64",
+                layout=layout)
+    sampled = llpr.with_samples(4).eval()
+    for m in (llpr, sampled):
+        try:
+            m.jacobian = "reverse"
+            rev = m(b, create_graph=False)
+            m.jacobian = "forward"
+            assert m.forward_mode(b, False) and not m.forward_mode(b, True)  # a kept graph takes reverse mode
+            fwd = m(b, create_graph=False)
+        finally:
+            m.jacobian = "auto"
+        for key in (F.FORCES_VARIANCE, F.UNCERTAINTY_ATOM, F.UNCERTAINTY, F.FORCES, F.ENERGY):
+            torch.testing.assert_close(fwd[key], rev[key], rtol=1e-10, atol=1e-14)
+        assert rev[F.FORCES_VARIANCE].min() > 0
+
+
+def test_llpr_auto_route_takes_forward_mode_only_where_it_is_cheaper(data):
+    # d = 33 directions: forward mode needs 3·n_max tangents at about 3 reverse passes each, so it is taken
+    # for 2 atoms (18 < 33) but not for 9 (81); with 4 posterior samples reverse mode for both
+    from uqpot.uq.llpr import FORWARD_PASS_COST
+
+    m = LLPR(potential=dict(small(), readout_hidden=32)).double()
+    small_b = collate([_part(data[1], 2), _part(data[2], 2)], cutoff=5.0, dtype="float64")
+    full_b = collate([data[1], data[2]], cutoff=5.0, dtype="float64")
+    assert m.dim == 33 and m.jacobian == "auto" and FORWARD_PASS_COST == 3.0
+    assert m.forward_mode(small_b, False) and not m.forward_mode(full_b, False)
+    assert not m.forward_mode(small_b, True)  # a kept graph (attacks, biased MD) takes reverse mode
+    sampled = LLPR(potential=dict(small(), readout_hidden=32), samples=4).double()
+    assert not sampled.forward_mode(small_b, False) and not sampled.forward_mode(full_b, False)
 
 
 def test_shallow_ensemble_head_forces_equal_per_head_autograd(data):

@@ -14,7 +14,8 @@ a subclass of it that supplies the network; the base class keeps what is common.
   call, each parameter with a leading member axis, as the trainer's per-member Adam expects), ``hparams``
   (plain values that rebuild it: the model file stores them with the state dict, never a pickled object),
   ``supports_dense`` (whether it evaluates the dense pair layout; otherwise the data layer gives it edge
-  lists);
+  lists); ``forward_ad`` (whether its energy outputs support forward-mode autograd under ``torch.func.vmap``:
+  LLPR's force variance then takes the forward-mode route on small molecules);
 * units: kcal/mol and Å inside uqpot; a backbone whose network works in other units (MACE files: eV)
   converts in its energy scale.
 

@@ -144,6 +144,7 @@ class MACEPotential(Potential):
 
     backbone = "mace"
     supports_dense = False
+    forward_ad = False  # not checked for mace-torch's modules: LLPR stays on reverse mode
 
     def __init__(self, mace: dict, cutoff: float, features: int | None = None, readout_hidden: int | None = None,
                  activation: str = "silu", members: int = 1, seeds: list[int] | None = None, head: int = 0):

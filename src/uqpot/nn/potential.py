@@ -52,6 +52,9 @@ class Potential(nn.Module):
     backbone = "painn"
     #: whether the network evaluates the dense pair layout of the data layer (else: edge lists only)
     supports_dense = True
+    #: whether the energy outputs support forward-mode autograd under ``torch.func.vmap`` (LLPR's
+    #: forward-mode force variance, :func:`uqpot.nn.response.structure_jacobian`); checked in the tests
+    forward_ad = True
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "Potential":

@@ -32,7 +32,14 @@ g_k(x) = αD_kᵀ f(x) are K scalar outputs of the network and σ²_F,ia = Σ_k 
 variance of the forces of the last-layer posterior (what a last-layer ensemble drawn from N(ŵ, α²Σ)
 estimates with sampling noise).  The K derivatives are K vector-Jacobian products through the backbone,
 one per direction for the whole batch (:func:`uqpot.nn.response.position_grads`); with ``create_graph=True``
-U is differentiable w.r.t. the positions (adversarial attacks).  ``samples = K > 0`` replaces the d exact
+U is differentiable w.r.t. the positions (adversarial attacks).  Without a kept graph, small molecules take
+forward mode instead (``jacobian = "auto"``, the default; ``"reverse"`` / ``"forward"`` force a route; same
+values to float tolerance): the whole Jacobian ∂g/∂r from 3·n_max Jacobian-vector products, one per atom slot
+and component, each moving that slot in every structure of the batch at once
+(:func:`uqpot.nn.response.structure_jacobian`).  A tangent costs about three reverse passes here
+(:data:`FORWARD_PASS_COST`), so auto takes it when 3·n_max·3 < K: on ammonia (n_max = 4, K = d = 65) U costs
+21x one PaiNN's energy and forces instead of 39x (1.8x less); on ethanol (n_max = 9) reverse mode stays
+(forward would be 0.84x as fast) (``benchmarks/llpr_routes.py``).  ``samples = K > 0`` replaces the d exact
 directions by K posterior samples, D = V(Λ + ς²)^{-1/2} Z/√K with Z ~ N(0, I) (seeded, fixed): U is then
 the variance of the forces of a K-member last-layer ensemble drawn from N(ŵ, α²Σ) around the mean
 prediction (unbiased, noisy; K VJPs instead of d).  (Truncating to the K eigen-directions that carry the
@@ -77,6 +84,9 @@ FIT_TARGETS = ("forces", "energy")
 OUTPUTS = ("forces", "atomic_energy")
 _TINY = 1e-300
 SAMPLE_SEED_OFFSET = 4_000_037
+#: cost of one vmapped forward-mode tangent over one batched reverse pass (VJP) through PaiNN, measured on
+#: CPU (benchmarks/llpr_routes.py: 2.9x on ammonia and on ethanol, batches of 58 and 100 structures)
+FORWARD_PASS_COST = 3.0
 
 
 class LLPROptions(UQOptions):
@@ -117,6 +127,7 @@ class LLPR(UQMethod):
         self.gram, self.fit_target, self.output = gram, fit_target, output
         self.samples, self.dim = int(samples), d
         self.fit_info = dict(fit_info or {})
+        self.jacobian = "auto"  # route of the force variance (same values): "auto", "reverse" or "forward"
         if output == "atomic_energy":
             self.uncertainty_description = ("LLPR variance of the atomic energy α²·h̃ᵀ(FᵀF + ς²I)⁻¹h̃ (local "
                                             "prediction rigidity), (kcal/mol)²")
@@ -172,6 +183,26 @@ class LLPR(UQMethod):
             f = ht.new_zeros(batch.num_structures, ht.shape[-1]).index_add(0, batch.batch, ht)
         return out, ht, f, pos
 
+    def _structure_features(self, batch, positions) -> torch.Tensor:
+        """f (B, d) as a function of the positions alone (no forces): the forward-mode route's function."""
+        out = self.potential.forward_members(batch.with_positions(positions), compute_forces=False)
+        ht = self.last_layer_features({k: v.squeeze(0) for k, v in out.items()})
+        return ht.new_zeros(batch.num_structures, ht.shape[-1]).index_add(0, batch.batch, ht)
+
+    def forward_mode(self, batch, create_graph: bool) -> bool:
+        """Whether the force variance of ``batch`` takes the forward-mode route (see the module docstring):
+        ``jacobian`` "forward" or "reverse" as set, "auto" = forward when no graph is kept, the backbone
+        supports forward-mode autograd and 3·n_max tangents cost less than K reverse passes, counting a
+        tangent as :data:`FORWARD_PASS_COST` reverse passes (3·n_max·c < K)."""
+        if self.jacobian == "reverse" or create_graph:
+            return False
+        if self.jacobian == "forward":
+            return True
+        if not getattr(self.potential, "forward_ad", False) or torch.compiler.is_compiling():
+            return False
+        n_max = int(torch.bincount(batch.batch).max()) if batch.num_structures else 0
+        return 3 * n_max * FORWARD_PASS_COST < self.llpr_directions.shape[1]
+
     # ----------------------------------------------------------------- prediction
     def forward(self, batch, compute_forces: bool = True, create_graph: bool | None = None,
                 retain_graph: bool | None = None, compute_stress: bool = False) -> dict:
@@ -196,10 +227,15 @@ class LLPR(UQMethod):
             if self.output == "atomic_energy":
                 out[F.UNCERTAINTY_ATOM] = self.llpr_alpha2.to(f.dtype) * ((ht @ sigma) * ht).sum(-1)
         if self.output == "forces":
-            with torch.enable_grad():
-                g = f @ self.llpr_directions.to(f.dtype)  # (B, K), α included
-                grads = position_grads(g.T, pos, create_graph=create_graph)  # (K, N, 3)
-            var = grads.pow(2).sum(0)  # σ²_F per component (N, 3)
+            D = self.llpr_directions.to(f.dtype)
+            if self.forward_mode(batch, create_graph):
+                J = response.structure_jacobian(lambda p: self._structure_features(batch, p) @ D, pos, batch.batch)
+                var = J.pow(2).sum(-1)  # (N, 3): Σ_k (∂g_k/∂r_ia)²
+            else:
+                with torch.enable_grad():
+                    g = f @ D  # (B, K), α included
+                    grads = position_grads(g.T, pos, create_graph=create_graph)  # (K, N, 3)
+                var = grads.pow(2).sum(0)  # σ²_F per component (N, 3)
             out[F.FORCES_VARIANCE] = var
             out[F.UNCERTAINTY_ATOM] = var.mean(-1)
         if not create_graph:
