@@ -154,3 +154,26 @@ def test_a_loop_started_with_explicit_compile_resumes_on_its_path(tmp_path):
     other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
     with pytest.raises(Exception, match=r"train\.lr"):
         _check_same_config(tmp_path, other)
+
+
+def test_a_loop_that_only_attacks_resumes_with_other_md_sampler_settings(tmp_path):
+    """``sampling`` (the MD samplers' settings) is never read by a loop whose methods all attack, so a study
+    that changes it resumes its attack loops; a loop that samples by MD still refuses, naming the setting."""
+    import yaml
+
+    from test_loop import loop_cfg
+    from uqpot.workflow.active_learning import LoopConfig, _check_same_config
+
+    base = loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz"))
+    for sampler, goes_on in (("adversarial", True), ("md", False), ({"ensemble": "biased_md"}, False)):
+        cfg = LoopConfig.model_validate({**base, "sampler": sampler})
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        other = cfg.model_copy(update={"sampling": cfg.sampling.model_copy(update={"replicas": 7, "steps": 50})})
+        if goes_on:
+            assert _check_same_config(tmp_path, other).sampling.replicas == 7
+        else:
+            with pytest.raises(Exception, match=r"sampling\.replicas \(20 then, 7 now\)"):
+                _check_same_config(tmp_path, other)
+        lr = other.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
+        with pytest.raises(Exception, match=r"train\.lr"):  # every setting it reads is still compared
+            _check_same_config(tmp_path, lr)

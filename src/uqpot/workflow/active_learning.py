@@ -543,9 +543,24 @@ def _check_init_models(cfg: LoopConfig) -> None:
                 raise ConfigError(None, f"init_model: {len(files)} files for the {k} members of {m}; give 1 or {k}")
 
 
+def _unread_settings(prev, cfg: LoopConfig) -> tuple[str, ...]:
+    """Sections of the loop config that neither the stored loop nor ``cfg`` ever reads: ``sampling`` (the
+    MD samplers' settings) when every method of both samples by the attack."""
+    def attack_only(c) -> bool:
+        return all(c.sampler_for(m) == "adversarial" for m in c.methods)
+
+    try:
+        before = LoopConfig.model_validate(prev) if isinstance(prev, dict) else None
+    except Exception:  # noqa: BLE001 - a config this uqpot cannot read: compare everything
+        before = None
+    return ("sampling",) if before is not None and attack_only(before) and attack_only(cfg) else ()
+
+
 def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     """The config to go on with in ``out``: ``cfg``, with the speed choices the loop keeps from its start
-    (:func:`uqpot.train.run.kept_speed_choices`).  Any other difference is refused, naming the settings."""
+    (:func:`uqpot.train.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
+    (:func:`_unread_settings`: the MD samplers' ``sampling`` in a loop that only attacks) are not compared.
+    Any other difference is refused, naming the settings."""
     import yaml
 
     from ..train.run import flat_settings, kept_speed_choices
@@ -563,10 +578,13 @@ def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     if isinstance(prev, dict) and isinstance(prev.get("train"), dict):
         kept, note = kept_speed_choices(prev["train"], cfg.train)
         cur["train"].update(kept)
+    unread = _unread_settings(prev, cfg)
     for d in (prev, cur):  # a longer loop may continue a shorter one
         if isinstance(d, dict):
             d.pop("generations", None)
             d.get("train", {}).pop("progress", None)
+            for key in unread:
+                d.pop(key, None)
     if prev != cur:
         a, b = (flat_settings(prev), flat_settings(cur)) if isinstance(prev, dict) else ({}, {})
         diff = [f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
