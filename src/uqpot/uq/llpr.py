@@ -38,8 +38,8 @@ values to float tolerance): the whole Jacobian ∂g/∂r from 3·n_max Jacobian-
 and component, each moving that slot in every structure of the batch at once
 (:func:`uqpot.nn.response.structure_jacobian`).  A tangent costs about three reverse passes here
 (:data:`FORWARD_PASS_COST`), so auto takes it when 3·n_max·3 < K: on ammonia (n_max = 4, K = d = 65) U costs
-21x one PaiNN's energy and forces instead of 39x (1.8x less); on ethanol (n_max = 9) reverse mode stays
-(forward would be 0.84x as fast) (``benchmarks/llpr_routes.py``).  ``samples = K > 0`` replaces the d exact
+14x one PaiNN's energy and forces instead of 28x (2.0x less); on ethanol (n_max = 9) reverse mode stays
+(forward would be 0.81x as fast) (``benchmarks/llpr_routes.py``, one CPU thread, batches of 58 and 100).  ``samples = K > 0`` replaces the d exact
 directions by K posterior samples, D = V(Λ + ς²)^{-1/2} Z/√K with Z ~ N(0, I) (seeded, fixed): U is then
 the variance of the forces of a K-member last-layer ensemble drawn from N(ŵ, α²Σ) around the mean
 prediction (unbiased, noisy; K VJPs instead of d).  (Truncating to the K eigen-directions that carry the
@@ -85,7 +85,7 @@ OUTPUTS = ("forces", "atomic_energy")
 _TINY = 1e-300
 SAMPLE_SEED_OFFSET = 4_000_037
 #: cost of one vmapped forward-mode tangent over one batched reverse pass (VJP) through PaiNN, measured on
-#: CPU (benchmarks/llpr_routes.py: 2.9x on ammonia and on ethanol, batches of 58 and 100 structures)
+#: CPU (benchmarks/llpr_routes.py: 2.7x on ammonia, 3.0x on ethanol, batches of 58 and 100 structures)
 FORWARD_PASS_COST = 3.0
 
 
