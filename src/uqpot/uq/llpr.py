@@ -200,7 +200,7 @@ class LLPR(UQMethod):
             return True
         if not getattr(self.potential, "forward_ad", False) or torch.compiler.is_compiling():
             return False
-        n_max = int(torch.bincount(batch.batch).max()) if batch.num_structures else 0
+        n_max = int(batch.n_atoms.max()) if batch.num_structures else 0
         return 3 * n_max * FORWARD_PASS_COST < self.llpr_directions.shape[1]
 
     # ----------------------------------------------------------------- prediction
