@@ -543,16 +543,12 @@ def _check_init_models(cfg: LoopConfig) -> None:
                 raise ConfigError(None, f"init_model: {len(files)} files for the {k} members of {m}; give 1 or {k}")
 
 
-def _unread_settings(prev, cfg: LoopConfig) -> tuple[str, ...]:
-    """Sections of the loop config that neither the stored loop nor ``cfg`` ever reads: ``sampling`` (the
-    MD samplers' settings) when every method of both samples by the attack."""
+def _unread_settings(before: "LoopConfig | None", cfg: LoopConfig) -> tuple[str, ...]:
+    """Sections of the loop config that neither the stored loop ``before`` (None: unreadable) nor ``cfg``
+    ever reads: ``sampling`` (the MD samplers' settings) when every method of both samples by the attack."""
     def attack_only(c) -> bool:
         return all(c.sampler_for(m) == "adversarial" for m in c.methods)
 
-    try:
-        before = LoopConfig.model_validate(prev) if isinstance(prev, dict) else None
-    except Exception:  # noqa: BLE001 - a config this uqpot cannot read: compare everything
-        before = None
     return ("sampling",) if before is not None and attack_only(before) and attack_only(cfg) else ()
 
 
@@ -568,9 +564,10 @@ def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     old = out / "config.yaml"
     if not old.is_file():
         return cfg
-    prev = yaml.safe_load(old.read_text())
+    prev, before = yaml.safe_load(old.read_text()), None
     try:  # through the current schema, so that options added since (at their defaults) compare equal
-        prev = LoopConfig.model_validate(prev).model_dump(mode="json")
+        before = LoopConfig.model_validate(prev)
+        prev = before.model_dump(mode="json")
     except Exception:  # noqa: BLE001 - a config this uqpot cannot read differs from any it writes
         pass
     cur = cfg.model_dump(mode="json")
@@ -578,7 +575,7 @@ def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     if isinstance(prev, dict) and isinstance(prev.get("train"), dict):
         kept, note = kept_speed_choices(prev["train"], cfg.train)
         cur["train"].update(kept)
-    unread = _unread_settings(prev, cfg)
+    unread = _unread_settings(before, cfg)
     for d in (prev, cur):  # a longer loop may continue a shorter one
         if isinstance(d, dict):
             d.pop("generations", None)
