@@ -144,10 +144,9 @@ def structure_jacobian(fn, positions: torch.Tensor, structure: torch.Tensor, chu
     with torch.no_grad():
         for start in range(0, tangents, chunk):
             t = torch.arange(start, min(start + chunk, tangents), device=positions.device)
-            T = positions.new_zeros(len(t), *positions.shape)
             hit = slot.unsqueeze(0) == (t // 3).unsqueeze(1)  # (T, N): atom i is the tangent's slot
             comp = torch.nn.functional.one_hot(t % 3, 3).to(positions.dtype)  # (T, 3)
-            T += hit.unsqueeze(-1).to(positions.dtype) * comp.unsqueeze(1)
+            T = hit.unsqueeze(-1).to(positions.dtype) * comp.unsqueeze(1)  # (T, N, 3)
             cols.append(torch.func.vmap(lambda v: torch.func.jvp(fn, (primal,), (v,))[1])(T))  # (T, B, K)
     if not cols:
         return positions.new_zeros(positions.shape[0], 3, 0)
