@@ -144,11 +144,57 @@ def main():
             print(f"{m:>16s} | {c['train_step']:12.2f} | {c['inference']:11.2f} | {ph} | {c['training_total']:16.2f}")
             if m in by:
                 by[m]["cost"] = c
+    print("\n" + markdown_table(rows, by))
+    curve = sharing_curve(rows)
+    if curve:
+        print("\npartially shared ensembles, from sharing nothing to sharing all but the readout:")
+        print(curve)
     if a.molecule in PAPER_TABLE_S2:
         print("paper Table S2 ROC-AUC (20th percentile): " +
               ", ".join(f"{m} {v[0]}" for m, v in PAPER_TABLE_S2[a.molecule].items()))
     for r in rows:
         print(json.dumps(r))
+
+
+def _cell(r: dict, k: str, fmt: str = ".3f") -> str:
+    v, s = r.get(k), r.get(k + "_std")
+    return "—" if v is None else f"{v:{fmt}} ± {s:{fmt}}" if s is not None else f"{v:{fmt}}"
+
+
+def markdown_table(rows: list[dict], by: dict) -> str:
+    """The table of the closing note: mean ± std over seeds of every metric, and the cost relative to one
+    plain PaiNN (training total × and inference ×, from ``--cost``; "—" without it)."""
+    head = ("method", "seeds", "force MAE", "Spearman", "AUC20", "miscal. area", "cNLL", "train ×", "inference ×")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        c = by.get(r["method"], {}).get("cost") or {}
+        cost = [f"{c[k]:.2f}" if c.get(k) is not None else "—" for k in ("training_total", "inference")]
+        lines.append("| " + " | ".join([r["method"], str(r["n"]), _cell(r, "forces_mae", ".2f"), _cell(r, "spearman"),
+                                        _cell(r, "roc_auc_p20"), _cell(r, "miscalibration_area"),
+                                        _cell(r, "cnll", ".1f"), *cost]) + " |")
+    return "\n".join(lines)
+
+
+def sharing_curve(rows: list[dict]) -> str:
+    """Cost against ranking over the split points: the deep ensemble (shares nothing), ``partial_ensemble:k``
+    in order of k, and the shallow ensemble (shares all but the readout, trained on the NLL)."""
+    def order(m):
+        if m == "ensemble":
+            return -1
+        if m.startswith("partial_ensemble:") and "+" not in m:
+            return int(m.split(":")[1])
+        return 99 if m == "shallow_ensemble" else None
+
+    pts = sorted((r for r in rows if order(r["method"]) is not None), key=lambda r: order(r["method"]))
+    if not any(r["method"].startswith("partial_ensemble") for r in pts):
+        return ""
+    lines = ["| shared | train step × | inference × | Spearman | AUC20 | force MAE |", "|---|---|---|---|---|---|"]
+    for r in pts:
+        c = r.get("cost") or {}
+        cost = [f"{c[k]:.2f}" if c.get(k) is not None else "—" for k in ("train_step", "inference")]
+        lines.append(f"| {r['method']} | {cost[0]} | {cost[1]} | {_cell(r, 'spearman')} | {_cell(r, 'roc_auc_p20')} "
+                     f"| {_cell(r, 'forces_mae', '.2f')} |")
+    return "\n".join(lines)
 
 
 def same_job(old: Path, job: Job) -> bool:
