@@ -13,7 +13,7 @@ Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,gmm+sn0.9,
 --seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm:
 C``; ``partial_ensemble:k``: --members members sharing the embedding and the first k interaction blocks)
 --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
---executor none|local.  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of an
+--executor none|local  --compile auto|true|false (train.compile).  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of an
 earlier grid with the same data, split and settings instead of training them again.  ``--cost`` times,
 in this process and interleaved, a training step (forward, loss, backward; batches of --batch) and the
 test-set inference (energy, forces, U) of every method's first-seed model against one plain PaiNN of the
@@ -73,6 +73,8 @@ def main():
     ap.add_argument("--llpr-variants", default="", help="K,...: also assess every LLPR job with U from K "
                                                         "posterior samples (row llpr_kK; same network and fit)")
     ap.add_argument("--patience", type=int, default=30)
+    ap.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
+                    help="train.compile of every job (auto: uqpot.autocompile's choice)")
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--executor", default="none")
     ap.add_argument("--out", required=True)
@@ -92,6 +94,8 @@ def main():
                   else {"samples": a.llpr_samples} if method == "llpr" and a.llpr_samples else {})
             train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience,
                      "val_batch_size": 100, "max_hours": a.max_hours}
+            if a.compile != "auto":  # absent under auto, so that earlier grids' jobs are still the same job
+                train["compile"] = a.compile == "true"
             jobs.append(Job(name=f"{spec}-s{seed}", data=str(a.data), indices={k: v.tolist() for k, v in idx.items()},
                             method=method, seed=seed, out=str(Path(a.out) / f"{spec}_s{seed}"), uq=uq, train=train,
                             model=model))
