@@ -9,7 +9,8 @@ validation = 20% of the low-energy structures), e.g. ammonia below 5 kcal/mol:
 
     python benchmarks/uq_methods.py --data AMMONIA.extxyz --ood 5.0 --out runs/uq_ammonia
 
-Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,gmm+sn0.9,llpr+sn0.9,partial_ensemble:1]
+Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,descriptor_distance,gmm+sn0.9,llpr+sn0.9,
+partial_ensemble:1]
 --seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm:
 C``; ``partial_ensemble:k``: --members members sharing the embedding and the first k interaction blocks)
 --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)

@@ -19,7 +19,8 @@ def _options(name):
 #: method -> factory(train, val, reduction) of a small fitted instance (float64, eval)
 FACTORIES = {name: (lambda train, val, reduction="mean", name=name:
                     C.generic_factory(name, train, val, reduction=reduction, **_options(name)))
-             for name in ("ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble", "partial_ensemble")}
+             for name in ("ensemble", "mve", "evidential", "gmm", "llpr", "shallow_ensemble", "partial_ensemble",
+                                                                   "descriptor_distance")}
 FACTORIES["llpr_atomic"] = lambda train, val, reduction="mean": C.generic_factory(
     "llpr", train, val, reduction=reduction, output="atomic_energy")
 BUILTIN = sorted(METHODS)  # the methods registered when this module is imported

@@ -306,7 +306,7 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
                    "(random splits, seeded by the split number).")
 @click.option("--methods", default=None,
               help="comma-separated UQ methods instead of the preset's (ensemble, mve, evidential, gmm, "
-                   "llpr, shallow_ensemble, partial_ensemble).")
+                   "llpr, shallow_ensemble, partial_ensemble, descriptor_distance).")
 @click.option("--seeds", default=None,
               help="comma-separated replicate seeds (e.g. 0,1,2): the data is built once, and training, attacks "
                    "and MD run once per seed; every number is reported as a mean with its 95% interval. "

@@ -301,7 +301,7 @@ class RunConfig(Strict):
     data: DataConfig
     split: SplitConfig = SplitConfig()
     model: ModelSection = Field(default_factory=ModelConfig)
-    #: ``uq: {method: none|ensemble|mve|evidential|gmm|llpr|shallow_ensemble|<registered>, ...}``: the options
+    #: ``uq: {method: none|ensemble|mve|evidential|gmm|llpr|shallow_ensemble|partial_ensemble|descriptor_distance|<registered>, ...}``: the options
     #: model of the method (its own keys only; see :mod:`uqpot.uq.options`)
     uq: UQSection = Field(default_factory=NoneOptions)
     train: TrainConfig = TrainConfig()

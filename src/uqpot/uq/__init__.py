@@ -5,6 +5,7 @@ a method defined elsewhere registers itself when its module is imported (``@regi
 """
 
 from .base import METHODS, REDUCTIONS, Uncertainty, UQMethod, reduce_atoms, register_method  # noqa: F401
+from .descriptor_distance import DescriptorDistance  # noqa: F401
 from .ensemble import Ensemble  # noqa: F401
 from .evidential import Evidential  # noqa: F401
 from .gmm import GMM  # noqa: F401

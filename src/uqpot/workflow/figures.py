@@ -13,7 +13,8 @@ import numpy as np
 from ..plots import _plt, hexbin
 
 METHOD_COLORS = {"ensemble": "#1f77b4", "mve": "#ff7f0e", "evidential": "#2ca02c", "gmm": "#d62728",
-                 "llpr": "#9467bd", "shallow_ensemble": "#8c564b", "none": "#7f7f7f"}
+                 "llpr": "#9467bd", "shallow_ensemble": "#8c564b",
+                 "descriptor_distance": "#17becf", "none": "#7f7f7f"}
 
 
 def _signed(method: str) -> bool:
