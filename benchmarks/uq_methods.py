@@ -315,7 +315,7 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     for m, model in models.items():
         out[m] = {"train_step": min(t_train[m]) / min(t_train["plain"]),
                   "inference": min(t_inf[m]) / min(t_inf["plain"])}
-        if model.method in ("gmm", "llpr", "shallow_ensemble"):  # timed on a copy; the fitted model is not changed
+        if model.posthoc or model.stages(TrainConfig()):  # timed on a copy; the fitted model is not changed
             fresh = copy.deepcopy(model)
             t0 = time.perf_counter()
             for stage in fresh.stages(TrainConfig()):  # the shallow ensemble's NLL fine-tuning
