@@ -8,8 +8,8 @@ The paper scores each method against its own model's errors, so the ensemble is 
 five-network mean and a single-model method on the errors of one network.  This separates the two parts of
 the gap: how well U ranks (its column against one fixed error) and how rankable the errors are (one row
 against the three columns).  The row ``energy above the minimum`` ranks by the reference energy relative to
-the lowest structure of the data (ranks do not see the shift): a quantity no method has at inference, the yardstick of how much of the
-error grows with the distance from the training basin.  Errors are the per-structure mean squared force
+the lowest structure of the data (ranks do not see the shift): a quantity no method has at inference, the
+yardstick of how much of the error grows with the distance from the training basin.  Errors are the per-structure mean squared force
 errors of ``test_per_structure.csv`` (what the metrics of Eq. 12 use); the plain PaiNN is the network of the
 ``--plain`` job (GMM, LLPR and descriptor distance wrap the same network for the same seed).  Mean ± std
 over the seeds that every compared job has.
@@ -78,7 +78,8 @@ def main():
     if not any(s == a.plain for s, _ in grid) or not any(s == a.ensemble for s, _ in grid):
         print(f"cross_ranking: the grid needs finished '{a.plain}' and '{a.ensemble}' jobs", file=sys.stderr)
         return 2
-    print("| U from | seeds | ρ vs its own model's errors | ρ vs one plain PaiNN's errors | ρ vs the ensemble's errors |")
+    print("| U from | seeds | ρ vs its own model's errors | ρ vs one plain PaiNN's errors | "
+          "ρ vs the ensemble's errors |")
     print("|---|---|---|---|---|")
     for r in cross_table(grid, a.plain, a.ensemble):
         cells = ["—" if r[c] is None else f"{r[c][0]:.3f} ± {r[c][1]:.3f}" for c in ("own", "plain", "ensemble")]

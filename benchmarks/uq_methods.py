@@ -14,8 +14,10 @@ partial_ensemble:1]
 --seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm:
 C``; ``partial_ensemble:k``: --members members sharing the embedding and the first k interaction blocks)
 --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
---executor none|local  --compile auto|true|false (train.compile).  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of an
-earlier grid with the same data, split and settings instead of training them again.  ``--cost`` times,
+--executor none|local  --compile auto|true|false (train.compile).  Finished jobs are skipped on a rerun;
+``--reuse DIR`` reads finished jobs of an
+earlier grid with the same data, split and settings instead of training them again; ``--extra-test FILE``
+assesses every finished model on a second test set too (e.g. a built 0-100 kcal/mol ammonia set).  ``--cost`` times,
 in this process and interleaved, a training step (forward, loss, backward; batches of --batch) and the
 test-set inference (energy, forces, U) of every method's first-seed model against one plain PaiNN of the
 same size, and the post-hoc fits (GMM, LLPR, the shallow ensemble's NLL fine-tuning) in plain-epoch
@@ -73,6 +75,9 @@ def main():
     ap.add_argument("--cost", action="store_true", help="time training steps and inference against one PaiNN")
     ap.add_argument("--llpr-variants", default="", help="K,...: also assess every LLPR job with U from K "
                                                         "posterior samples (row llpr_kK; same network and fit)")
+    ap.add_argument("--extra-test", default=None, help="a second test set (structure file): every finished job's "
+                                                      "model is also assessed on it (calibration from its own "
+                                                      "validation set), in a table of its own")
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
                     help="train.compile of every job (auto: uqpot.autocompile's choice)")
@@ -150,6 +155,12 @@ def main():
             if m in by:
                 by[m]["cost"] = c
     print("\n" + markdown_table(rows, by))
+    if a.extra_test:
+        extra = read_structures(a.extra_test)
+        more = [{**r, "test": assess_on(job, data, extra)} for job, r in zip(jobs, results)
+                if "spearman" in r.get("test", {})]
+        print(f"\non {a.extra_test} ({len(extra)} structures; the same models, calibrated on their validation sets):")
+        print(markdown_table(table(more, keys=KEYS), {}))
     curve = sharing_curve(rows)
     if curve:
         print("\npartially shared ensembles, from sharing nothing to sharing all but the readout:")
@@ -230,6 +241,17 @@ def reassess_coverage(job: Job, data) -> dict:
     cal = fit_calibration(model, sets["val"], 100)
     metrics, _ = assess(model, sets["test"], 100, cal)
     return {k: metrics[k] for k in COVERAGE_KEYS}
+
+
+def assess_on(job: Job, data, other) -> dict:
+    """Test metrics of a finished job's model on another structure set ``other`` (calibration and conformal
+    quantiles refitted on the job's validation set; the model file is only read)."""
+    import uqpot
+    from uqpot.evaluate import assess, fit_calibration
+
+    model = uqpot.load(Path(job.out) / "model.pt")
+    metrics, _ = assess(model, other, 100, fit_calibration(model, _sets(job, data)["val"], 100))
+    return metrics
 
 
 def assess_llpr_samples(job: Job, data, samples: int) -> dict:

@@ -21,7 +21,8 @@ def _radial(s: Structure, i: int, elements, n_radial: int, rc: float) -> np.ndar
     for j in range(s.n_atoms):
         r = np.linalg.norm(s.positions[j] - s.positions[i])
         if j != i and r < rc:
-            out[elements.index(int(s.numbers[j]))] += np.exp(-((r - mu) / w) ** 2) * 0.5 * (math.cos(math.pi * r / rc) + 1)
+            fc = 0.5 * (math.cos(math.pi * r / rc) + 1)
+            out[elements.index(int(s.numbers[j]))] += np.exp(-((r - mu) / w) ** 2) * fc
     return out.ravel()
 
 
