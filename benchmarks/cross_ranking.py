@@ -48,7 +48,7 @@ def cross_table(grid: dict, plain: str, ensemble: str) -> list[dict]:
     for spec in specs + ["energy above the minimum"]:
         cols = {"own": [], "plain": [], "ensemble": []}
         for k in seeds:
-            src = grid.get((spec, k)) or grid.get((plain, k))
+            src = grid.get((plain, k)) if spec == "energy above the minimum" else grid.get((spec, k))
             if src is None or (plain, k) not in grid or (ensemble, k) not in grid:
                 continue
             frames = sorted(src)
