@@ -14,7 +14,8 @@ partial_ensemble:1]
 --seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm:
 C``; ``partial_ensemble:k``: --members members sharing the embedding and the first k interaction blocks)
 --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
---executor none|local  --compile auto|true|false (train.compile).  Finished jobs are skipped on a rerun;
+--llpr-variants 8 (rows SPEC_k8: U from 8 posterior samples)  --llpr-atomic (rows SPEC_atomic: the atomic-energy
+variance of the same posterior)  --executor none|local  --compile auto|true|false (train.compile).  Finished jobs are skipped on a rerun;
 ``--reuse DIR`` reads finished jobs of an
 earlier grid with the same data, split and settings instead of training them again; ``--extra-test FILE``
 assesses every finished model on a second test set too (e.g. a built 0-100 kcal/mol ammonia set).  ``--cost`` times,
@@ -74,7 +75,10 @@ def main():
                                                   "the same settings are read instead of trained")
     ap.add_argument("--cost", action="store_true", help="time training steps and inference against one PaiNN")
     ap.add_argument("--llpr-variants", default="", help="K,...: also assess every LLPR job with U from K "
-                                                        "posterior samples (row llpr_kK; same network and fit)")
+                                                        "posterior samples (row SPEC_kK; same network and fit)")
+    ap.add_argument("--llpr-atomic", action="store_true", help="also assess every LLPR job with U from the "
+                                                              "atomic-energy variance (row SPEC_atomic; same "
+                                                              "network and posterior, one forward pass)")
     ap.add_argument("--extra-test", default=None, help="a second test set (structure file): every finished job's "
                                                       "model is also assessed on it (calibration from its own "
                                                       "validation set), in a table of its own")
@@ -120,11 +124,13 @@ def main():
     for job, r in zip(jobs, results):
         if "spearman" in r.get("test", {}):  # one conformal definition for every job, old or reused
             r["test"] = {**r["test"], **reassess_coverage(job, data)}
-    variants = [int(k) for k in a.llpr_variants.split(",") if k]
-    for K in variants:
-        for job, r in zip(jobs, results):
-            if job.method == "llpr":
-                results.append({**r, "job": {**r["job"], "method": f"llpr_k{K}"}, "test": assess_llpr_samples(job, data, K)})
+    variants = llpr_variants(a)
+    base = list(zip(jobs, results))
+    for suffix, change in variants.items():
+        for job, r in base:
+            if job.method == "llpr" and "spearman" in r.get("test", {}):
+                results.append({**r, "job": {**r["job"], "method": f"{r['job']['method']}{suffix}"},
+                                "test": assess_variant(job, data, change)})
     rows = table(results, keys=KEYS)
     # training cost per epoch relative to one plain PaiNN (the GMM's network is trained with the plain loss)
     per_epoch = {r["method"]: r["wall_seconds"] / max(r["epochs"], 1) for r in rows}
@@ -157,8 +163,11 @@ def main():
     print("\n" + markdown_table(rows, by))
     if a.extra_test:
         extra = read_structures(a.extra_test)
-        more = [{**r, "test": assess_on(job, data, extra)} for job, r in zip(jobs, results)
-                if "spearman" in r.get("test", {})]
+        more = [{**r, "test": assess_on(job, data, extra)} for job, r in base if "spearman" in r.get("test", {})]
+        more += [{**r, "job": {**r["job"], "method": f"{r['job']['method']}{suffix}"},
+                  "test": assess_variant(job, data, change, other=extra)}
+                 for suffix, change in variants.items() for job, r in base
+                 if job.method == "llpr" and "spearman" in r.get("test", {})]
         print(f"\non {a.extra_test} ({len(extra)} structures; the same models, calibrated on their validation sets):")
         print(markdown_table(table(more, keys=KEYS), {}))
     curve = sharing_curve(rows)
@@ -254,19 +263,28 @@ def assess_on(job: Job, data, other) -> dict:
     return metrics
 
 
-def assess_llpr_samples(job: Job, data, samples: int) -> dict:
-    """Test metrics of an LLPR job's model with U from ``samples`` posterior samples (calibration and
+def llpr_variants(a) -> dict:
+    """{row suffix: model -> model} of the LLPR variants asked for (same network, same fit)."""
+    out = {f"_k{K}": (lambda m, K=K: m.with_samples(K)) for K in (int(k) for k in a.llpr_variants.split(",") if k)}
+    if a.llpr_atomic:
+        out["_atomic"] = lambda m: m.with_output("atomic_energy")
+    return out
+
+
+def assess_variant(job: Job, data, change, other=None) -> dict:
+    """Test metrics (or metrics on ``other``) of an LLPR job's model changed by ``change`` (calibration and
     conformal quantiles refitted on its validation set)."""
     import uqpot
     from uqpot.evaluate import assess, fit_calibration
 
     sets = _sets(job, data)
-    model = uqpot.load(Path(job.out) / "model.pt").with_samples(samples)
-    metrics, _ = assess(model, sets["test"], 100, fit_calibration(model, sets["val"], 100))
+    model = change(uqpot.load(Path(job.out) / "model.pt"))
+    metrics, _ = assess(model, sets["test"] if other is None else other, 100,
+                        fit_calibration(model, sets["val"], 100))
     return metrics
 
 
-def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_variants=(), labels=None) -> dict:
+def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_variants=None, labels=None) -> dict:
     """Per method (its first finished job): time of ``steps`` training steps and of the test-set inference
     relative to one plain PaiNN with the same hyper-parameters, interleaved over ``rounds`` (min of each);
     the post-hoc fit (GMM, LLPR) in units of one plain training epoch."""
@@ -291,8 +309,9 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
         return {}
     sets = _sets(next(iter(first.values())), data)
     models = {m: uqpot.load(Path(j.out) / "model.pt") for m, j in first.items()}
-    for K in llpr_variants if "llpr" in models else ():
-        models[f"llpr_k{K}"] = models["llpr"].with_samples(K)
+    for name in [n for n, m in models.items() if m.method == "llpr"]:
+        for suffix, change in (llpr_variants or {}).items():
+            models[f"{name}{suffix}"] = change(models[name])
     hp = dict(next(iter(models.values())).potential.hparams, members=1, seeds=[0])
     plain = Potential(**hp)
     plain.fit_reference(sets["train"])

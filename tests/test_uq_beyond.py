@@ -143,6 +143,26 @@ def test_llpr_samples_are_an_unbiased_last_layer_ensemble(data, llpr):
     assert llpr.with_samples(0).llpr_directions.shape == (9, 9)
 
 
+def test_llpr_with_output_equals_an_llpr_fitted_for_that_output(data, llpr):
+    """The atomic-energy variant derived from a fitted LLPR (same posterior) is the LLPR fitted with
+    output "atomic_energy" (its α, ς are fitted on the forces too), and its U is α²·h̃ᵀΣh̃."""
+    fitted = LLPR(potential=small(), output="atomic_energy").double()
+    fitted.fit_reference(data[:20])
+    fitted.fit_posthoc(data[:20], data[20:30], 8)
+    derived = llpr.with_output("atomic_energy").eval()
+    b = collate([data[i] for i in (30, 31, 32)], cutoff=5.0, dtype="float64")
+    u_derived = derived(b, create_graph=False)[F.UNCERTAINTY_ATOM]
+    torch.testing.assert_close(u_derived, fitted.eval()(b, create_graph=False)[F.UNCERTAINTY_ATOM],
+                               rtol=1e-6, atol=1e-12)
+    with torch.no_grad():
+        out = {k: v.squeeze(0) for k, v in llpr.potential.forward_members(b, compute_forces=False).items()}
+        ht = llpr.last_layer_features(out)
+    direct = llpr.llpr_alpha2 * ((ht @ llpr.llpr_inverse) * ht).sum(-1)
+    torch.testing.assert_close(u_derived, direct, rtol=1e-8, atol=1e-12)
+    assert not torch.allclose(u_derived, llpr(b, create_graph=False)[F.UNCERTAINTY_ATOM])
+    assert llpr.output == "forces"  # the source is not changed
+
+
 def test_llpr_save_load_round_trip(tmp_path, llpr, data):
     m = llpr.float()
     try:

@@ -342,6 +342,17 @@ class LLPR(UQMethod):
                           directions=new._directions(self.llpr_eigvals, self.llpr_eigvecs, s2))
         return new.train(self.training)
 
+    def with_output(self, output: str) -> "LLPR":
+        """The same fitted LLPR (the same posterior, α and ς) with U of another ``output``: ``"atomic_energy"``
+        gives the local prediction rigidity of the network the force variance was fitted on, at the cost of
+        one forward pass (no derivatives)."""
+        if not self.fitted:
+            raise RuntimeError("the LLPR is not fitted yet (fit_posthoc after training)")
+        new = LLPR.from_hparams({**self.hparams, "output": output}).to(device=self.device, dtype=self.dtype)
+        new.load_state_dict(self.state_dict(), strict=True)
+        new.jacobian = self.jacobian
+        return new.train(self.training)
+
     @torch.no_grad()
     def set_posterior(self, eigvals, eigvecs, alpha2: float, sigma2: float, directions=None) -> None:
         """Sets the buffers from G's eigendecomposition and the constants α², ς².  ``directions`` D (d, K)
