@@ -9,17 +9,17 @@ validation = 20% of the low-energy structures), e.g. ammonia below 5 kcal/mol:
 
     python benchmarks/uq_methods.py --data AMMONIA.extxyz --ood 5.0 --out runs/uq_ammonia
 
-Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,descriptor_distance,gmm+sn0.9,llpr+sn0.9,
-partial_ensemble:1]
---seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally normalised PaiNN, ``model.spectral_norm:
-C``; ``partial_ensemble:k``: --members members sharing the embedding and the first k interaction blocks)
---lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)  --llpr-samples 0 (exact LLPR)
---llpr-variants 8 (rows SPEC_k8: U from 8 posterior samples)  --llpr-atomic (rows SPEC_atomic: the atomic-energy
-variance of the same posterior)  --executor none|local  --compile auto|true|false (train.compile).  Finished jobs are skipped on a rerun;
-``--reuse DIR`` reads finished jobs of an
-earlier grid with the same data, split and settings instead of training them again; ``--extra-test FILE``
-assesses every finished model on a second test set too (e.g. a built 0-100 kcal/mol ammonia set).  ``--cost`` times,
-in this process and interleaved, a training step (forward, loss, backward; batches of --batch) and the
+Options: --methods ensemble,mve,evidential,gmm[,llpr,shallow_ensemble,descriptor_distance,gmm+sn0.9,
+llpr+sn0.9,partial_ensemble:1]  --seeds 0,1,2  --epochs 300 (``METHOD+snC``: the method on a spectrally
+normalised PaiNN, ``model.spectral_norm: C``; ``partial_ensemble:k``: --members members sharing the embedding
+and the first k interaction blocks)  --lr 5e-4  --batch 16  --members 5  --heads 8 (shallow ensemble)
+--llpr-samples 0 (exact LLPR)  --llpr-variants 8 (rows SPEC_k8: U from 8 posterior samples)  --llpr-atomic
+(rows SPEC_atomic: the atomic-energy variance of the same posterior)  --executor none|local  --compile
+auto|true|false (train.compile).  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of
+an earlier grid with the same data, split and settings instead of training them again; ``--extra-test FILE``
+assesses every finished model on a second test set too (e.g. a built 0-100 kcal/mol ammonia set).
+
+``--cost`` times, in this process and interleaved, a training step (forward, loss, backward; batches of --batch) and the
 test-set inference (energy, forces, U) of every method's first-seed model against one plain PaiNN of the
 same size, and the post-hoc fits (GMM, LLPR, the shallow ensemble's NLL fine-tuning) in plain-epoch
 equivalents.  The coverage metrics of every job are recomputed from its model file (calibration and
