@@ -17,7 +17,9 @@ and the first k interaction blocks)  --lr 5e-4  --batch 16  --members 5  --heads
 (rows SPEC_atomic: the atomic-energy variance of the same posterior)  --executor none|local  --compile
 auto|true|false (train.compile).  Finished jobs are skipped on a rerun; ``--reuse DIR`` reads finished jobs of
 an earlier grid with the same data, split and settings instead of training them again; ``--extra-test FILE``
-assesses every finished model on a second test set too (e.g. a built 0-100 kcal/mol ammonia set).
+assesses every finished model on a second test set too (e.g. a built 0-100 kcal/mol ammonia set).  The post-hoc
+methods (GMM, LLPR, descriptor distance) of one seed and model wrap one plain network, trained once
+(``OUT/backbone[+snC]_sS``).
 
 ``--cost`` times, in this process and interleaved, a training step (forward, loss, backward; batches of --batch) and the
 test-set inference (energy, forces, U) of every method's first-seed model against one plain PaiNN of the
@@ -38,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from uqpot.data.io import read_structures
-from uqpot.workflow.benchmark import PAPER_TABLE_S2, TABLE_KEYS, Job, format_table, run_grid, table
+from uqpot.workflow.benchmark import (PAPER_TABLE_S2, TABLE_KEYS, Job, format_table, run_grid,
+                                      shares_backbone, table)
 
 KEYS = TABLE_KEYS + ("coverage_68", "conformal_coverage_68", "coverage_95", "conformal_coverage_95")
 COVERAGE_KEYS = KEYS[len(TABLE_KEYS):]
@@ -106,9 +109,12 @@ def main():
                      "val_batch_size": 100, "max_hours": a.max_hours}
             if a.compile != "auto":  # absent under auto, so that earlier grids' jobs are still the same job
                 train["compile"] = a.compile == "true"
+            # the post-hoc methods of one seed and model wrap one plain network, trained once
+            backbone = (str(Path(a.out) / f"backbone{'+sn' + sn if sn else ''}_s{seed}")
+                        if shares_backbone(method, uq) else None)
             jobs.append(Job(name=f"{spec}-s{seed}", data=str(a.data), indices={k: v.tolist() for k, v in idx.items()},
                             method=method, seed=seed, out=str(Path(a.out) / f"{spec}_s{seed}"), uq=uq, train=train,
-                            model=model))
+                            model=model, backbone=backbone))
             labels[jobs[-1].out] = spec
             if a.reuse and not jobs[-1].done and same_job(Path(a.reuse) / f"{spec}_s{seed}", jobs[-1]):
                 jobs[-1].out = str(Path(a.reuse) / f"{spec}_s{seed}")
