@@ -185,7 +185,7 @@ def small_ethanol(ethanol):
     return ethanol.subset(range(24)), ethanol.subset(range(24, 32))
 
 
-@pytest.mark.parametrize("method", ["ensemble", "gmm", "llpr", "mve"])
+@pytest.mark.parametrize("method", ["ensemble", "gmm", "llpr", "mve", "descriptor_distance"])
 def test_uq_methods_and_consumers_take_a_mace_network(method, small_ethanol):
     """Every UQ method on a MACE backbone gives a finite uncertainty, and the ASE calculator, the batched MD
     engine and the adversarial attack take the result unchanged."""

@@ -60,6 +60,19 @@ def test_wrapped_model_equals_training_the_method(runs, method, ethanol_path):
         assert torch.equal(model.potential.state_dict()[k], v), k
 
 
+def test_wrap_descriptor_distance(runs, ethanol_path):
+    """A trained plain potential wrapped with the descriptor distance: every training atom is a reference
+    atom, the wrapped network is unchanged and the model file evaluates like any other."""
+    path, summary = wrap([runs / "plain" / "model.pt"], "descriptor_distance")
+    model = uqpot.load(path)
+    assert model.method == "descriptor_distance" and model.n_reference == summary["n_train"] * 9
+    res = evaluate(path, ethanol_path, runs / "eval_dd", indices=f"{runs / 'plain' / 'split.json'}:test")
+    assert res["method"] == "descriptor_distance" and res["n_structures"] == 18 and -1 <= res["spearman"] <= 1
+    plain = uqpot.load(runs / "plain" / "model.pt")
+    for k, v in plain.state_dict().items():
+        assert torch.equal(model.potential.state_dict()[k], v), k
+
+
 def test_wrap_with_options_and_explicit_data(runs, ethanol_path, tmp_path):
     """--data/--val replace the run directory's sets; --option sets the method's options."""
     from uqpot.data.io import read_structures
