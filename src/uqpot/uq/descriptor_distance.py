@@ -39,7 +39,6 @@ training atom.
 
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -48,6 +47,7 @@ from pydantic import Field
 
 from .. import fields as F
 from ..data.batch import AtomsBatch, iterate_batches
+from ..nn.layers import CosineCutoff
 from .base import UQMethod, register_method
 from .options import UQOptions
 
@@ -109,7 +109,7 @@ class DescriptorDistance(UQMethod):
         rc = float(self.cutoff)
         mu = torch.linspace(0.0, rc, self.n_radial, dtype=torch.float64, device=pos.device)
         width = rc / (self.n_radial - 1)
-        fc = 0.5 * (torch.cos(math.pi * r / rc) + 1.0) * (r < rc)
+        fc = CosineCutoff(rc)(r)
         g = torch.exp(-((r.unsqueeze(-1) - mu) / width) ** 2) * fc.unsqueeze(-1)  # (E, n_radial)
         table = torch.full((int(max(self.element_list)) + 1,), -1, dtype=torch.int64, device=pos.device)
         table[torch.tensor(self.element_list, device=pos.device)] = torch.arange(len(self.element_list),
