@@ -136,7 +136,7 @@ def main():
         for job, r in base:
             if job.method == "llpr" and "spearman" in r.get("test", {}):
                 results.append({**r, "job": {**r["job"], "method": f"{r['job']['method']}{suffix}"},
-                                "test": assess_variant(job, data, change)})
+                                "test": assess_model(job, data, change)})
     rows = table(results, keys=KEYS)
     # training cost per epoch relative to one plain PaiNN (the GMM's network is trained with the plain loss)
     per_epoch = {r["method"]: r["wall_seconds"] / max(r["epochs"], 1) for r in rows}
@@ -169,9 +169,9 @@ def main():
     print("\n" + markdown_table(rows, by))
     if a.extra_test:
         extra = read_structures(a.extra_test)
-        more = [{**r, "test": assess_on(job, data, extra)} for job, r in base if "spearman" in r.get("test", {})]
+        more = [{**r, "test": assess_model(job, data, other=extra)} for job, r in base if "spearman" in r.get("test", {})]
         more += [{**r, "job": {**r["job"], "method": f"{r['job']['method']}{suffix}"},
-                  "test": assess_variant(job, data, change, other=extra)}
+                  "test": assess_model(job, data, change, other=extra)}
                  for suffix, change in variants.items() for job, r in base
                  if job.method == "llpr" and "spearman" in r.get("test", {})]
         print(f"\non {a.extra_test} ({len(extra)} structures; the same models, calibrated on their validation sets):")
@@ -246,27 +246,9 @@ def _sets(job: Job, data):
 
 
 def reassess_coverage(job: Job, data) -> dict:
-    """Coverage metrics of a finished job: the calibration and the conformal quantiles refitted on its
-    validation set, the test set assessed (the model file is only read)."""
-    import uqpot
-    from uqpot.evaluate import assess, fit_calibration
-
-    sets = _sets(job, data)
-    model = uqpot.load(Path(job.out) / "model.pt")
-    cal = fit_calibration(model, sets["val"], 100)
-    metrics, _ = assess(model, sets["test"], 100, cal)
+    """Coverage metrics of a finished job (see :func:`assess_model`)."""
+    metrics = assess_model(job, data)
     return {k: metrics[k] for k in COVERAGE_KEYS}
-
-
-def assess_on(job: Job, data, other) -> dict:
-    """Test metrics of a finished job's model on another structure set ``other`` (calibration and conformal
-    quantiles refitted on the job's validation set; the model file is only read)."""
-    import uqpot
-    from uqpot.evaluate import assess, fit_calibration
-
-    model = uqpot.load(Path(job.out) / "model.pt")
-    metrics, _ = assess(model, other, 100, fit_calibration(model, _sets(job, data)["val"], 100))
-    return metrics
 
 
 def llpr_variants(a) -> dict:
@@ -277,14 +259,16 @@ def llpr_variants(a) -> dict:
     return out
 
 
-def assess_variant(job: Job, data, change, other=None) -> dict:
-    """Test metrics (or metrics on ``other``) of an LLPR job's model changed by ``change`` (calibration and
-    conformal quantiles refitted on its validation set)."""
+def assess_model(job: Job, data, change=None, other=None) -> dict:
+    """Metrics of a finished job's model (changed by ``change``, e.g. an LLPR variant) on its test set or on
+    ``other``: the calibration and the conformal quantiles refitted on its validation set (the model file is
+    only read)."""
     import uqpot
     from uqpot.evaluate import assess, fit_calibration
 
     sets = _sets(job, data)
-    model = change(uqpot.load(Path(job.out) / "model.pt"))
+    model = uqpot.load(Path(job.out) / "model.pt")
+    model = change(model) if change else model
     metrics, _ = assess(model, sets["test"] if other is None else other, 100,
                         fit_calibration(model, sets["val"], 100))
     return metrics
