@@ -106,3 +106,57 @@ def test_model_section_writes_spectral_norm_only_when_set():
 
     hp = potential_hparams(ModelConfig(spectral_norm=0.95, **{k: v for k, v in HP.items()}), parse_uq({"method": "gmm"}), 0)
     assert hp["spectral_norm"] == 0.95 and Potential(**hp).hparams["spectral_norm"] == 0.95
+
+
+def test_eval_factor_is_cached_exactly_and_dropped_when_the_weights_change():
+    """In eval mode max(1, σ/c) is computed once per weight state: the outputs (energy and forces) equal,
+    bit for bit, those of the uncached path (``functional_call`` with plain tensors bypasses the cache), and
+    an in-place weight update, a ``load_state_dict`` or a training forward invalidates the kept factor."""
+    torch.manual_seed(0)
+    model = Potential(**HP, spectral_norm=0.5, seeds=[4]).double()
+    model.known_elements[[1, 7]] = True
+    layers = _sn_layers(model)
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.mul_(3.0)
+    model.train()
+    b = _batch()
+    for _ in range(3):
+        model(b)
+    model.eval()
+
+    def uncached():
+        params = {k: v.detach().clone() for k, v in model.named_parameters()}
+        params.update({k: v.clone() for k, v in model.named_buffers()})
+        return torch.func.functional_call(model, params, (b,))
+
+    def same(a, ref):
+        assert torch.equal(a[F.ENERGY], ref[F.ENERGY]) and torch.equal(a[F.FORCES], ref[F.FORCES])
+
+    out1 = model(b)
+    factors = [layer._sn_cache[2] for layer in layers]
+    assert any(float(f.max()) > 1.0 for f in factors)  # the cap acts, so the factor matters
+    out2 = model(b)
+    assert all(layer._sn_cache[2] is f for layer, f in zip(layers, factors))  # the second forward hit the cache
+    same(out1, uncached())
+    same(out2, out1)
+
+    with torch.no_grad():  # an optimiser-like in-place update of one layer
+        layers[0].weight.mul_(1.7)
+    out3 = model(b)
+    assert layers[0]._sn_cache[2] is not factors[0]
+    same(out3, uncached())
+    assert not torch.equal(out3[F.ENERGY], out1[F.ENERGY])
+
+    other = Potential(**HP, spectral_norm=0.5, seeds=[9]).double()
+    other.known_elements[[1, 7]] = True
+    other.train()
+    other(b)
+    other.eval()
+    model.load_state_dict(other.state_dict())
+    same(model(b), other(b))
+
+    model.train()
+    model(b)  # a training forward moves sn_u, so the eval factor is recomputed
+    model.eval()
+    same(model(b), uncached())
