@@ -52,6 +52,7 @@ def _same(a: list[dict], b: list[dict]) -> None:
             assert (np.isnan(fx) and np.isnan(fy)) or fx == pytest.approx(fy, rel=1e-12, abs=1e-15), k
 
 
+@pytest.mark.slow  # about two minutes on two cores; test_grid.py::test_local_cluster_equals_in_process runs by default
 def test_same_tables_in_process_and_on_two_dask_workers(tmp_path):
     pytest.importorskip("tblite")
     pytest.importorskip("distributed")

@@ -118,23 +118,33 @@ def test_uq_methods_on_the_dense_layout(method, ethanol, ammonia):
         assert (a[key] - b[key]).abs().max() <= 1e-9 * (1 + a[key].abs().max()), key
 
 
-def test_training_dense_and_compiled_equal_sparse(tmp_path, ethanol):
-    """Two epochs of an ensemble of two on the edge list, on the dense layout, and on the dense layout with
-    the compiled training step (forces by torch.func.grad): the same weights (float64)."""
+def _trained_weights(tmp_path, ethanol, layout, comp):
     tr, va = ethanol.subset(list(range(24))), ethanol.subset(list(range(24, 32)))
-    weights = {}
-    for layout, comp in (("sparse", False), ("dense", False), ("dense", True)):
-        m = small(members=2, ds=tr)
-        # one shared batch order on every layout (independent member orders need the dense layout)
-        cfg = TrainConfig(epochs=2, batch_size=8, layout=layout, compile=comp, progress=False, device="cpu",
-                          dtype="float64", member_order="shared")
-        res = Trainer(m, tr, va, cfg, tmp_path / f"{layout}{comp}").fit()
-        assert res.epochs_run == 2
-        weights[(layout, comp)] = torch.cat([p.detach().flatten() for p in m.parameters()])
-    ref = weights[("sparse", False)]
-    assert (weights[("dense", False)] - ref).abs().max() < 1e-10
-    assert (weights[("dense", True)] - ref).abs().max() < 1e-10
-    assert (ref - torch.cat([p.detach().flatten() for p in small(members=2, ds=tr).parameters()])).abs().max() > 1e-4
+    m = small(members=2, ds=tr)
+    cfg = TrainConfig(epochs=2, batch_size=8, layout=layout, compile=comp, progress=False, device="cpu",
+                      dtype="float64", member_order="shared")
+    res = Trainer(m, tr, va, cfg, tmp_path / f"{layout}{comp}").fit()
+    assert res.epochs_run == 2
+    init = torch.cat([p.detach().flatten() for p in small(members=2, ds=tr).parameters()])
+    return torch.cat([p.detach().flatten() for p in m.parameters()]), init
+
+
+def test_training_dense_equals_sparse(tmp_path, ethanol):
+    """Two epochs of an ensemble of two on the edge list and on the dense layout: the same weights."""
+    ref, init = _trained_weights(tmp_path, ethanol, "sparse", False)
+    dense, _ = _trained_weights(tmp_path, ethanol, "dense", False)
+    assert (dense - ref).abs().max() < 1e-10
+    assert (ref - init).abs().max() > 1e-4  # the weights moved
+
+
+@pytest.mark.slow
+def test_training_compiled_equals_sparse(tmp_path, ethanol):
+    """The compiled training step on the dense layout (forces by torch.func.grad) gives the weights of the
+    eager edge-list step. Slow: compiling the step takes about two minutes on two CPU cores; the default
+    run covers the compiled MD call (test_md_compiled_uq_methods_equal_eager[gmm])."""
+    ref, _ = _trained_weights(tmp_path, ethanol, "sparse", False)
+    comp, _ = _trained_weights(tmp_path, ethanol, "dense", True)
+    assert (comp - ref).abs().max() < 1e-10
 
 
 def test_md_dense_compiled_equals_sparse_with_removals():
@@ -204,7 +214,10 @@ def test_trainer_auto_layout(tmp_path, ethanol):
         Trainer(small(ds=periodic), periodic, periodic, TrainConfig(progress=False, compile=True), tmp_path / "p")
 
 
-@pytest.mark.parametrize("method", ["ensemble", "mve", "evidential", "gmm"])
+# one method in the default run; the other three compile for 20-45 s each on two CPU cores
+@pytest.mark.parametrize("method", [pytest.param("ensemble", marks=pytest.mark.slow),
+                                    pytest.param("mve", marks=pytest.mark.slow),
+                                    pytest.param("evidential", marks=pytest.mark.slow), "gmm"])
 def test_md_compiled_uq_methods_equal_eager(method, ammonia):
     """Every UQ method runs the compiled engine (weights passed as detached views) with the positions and
     the uncertainty along the trajectory of the eager edge-list engine, and keeps its trainable weights."""
