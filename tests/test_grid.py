@@ -41,6 +41,7 @@ def test_local_cluster_equals_in_process(tmp_path, ethanol_path):
     assert {r["method"] for r in rows} == {"gmm", "mve"} and all(r["n"] == 2 for r in rows)
 
 
+@pytest.mark.slow  # test_worker_death.py covers a dead worker by default
 def test_killed_worker_does_not_stop_the_grid(tmp_path, ethanol_path):
     js = jobs(tmp_path, ethanol_path, epochs=12, n=4)
     with get_executor("local", n_workers=2) as ex:
@@ -92,6 +93,7 @@ def test_grid_report_draws_the_supporting_figures(tmp_path, ethanol_path):
     assert {r["method"] for r in cost} == {"gmm"} and cost[0]["step_peak_mb"] > 0
 
 
+@pytest.mark.slow  # test_loop.py::test_posthoc_methods_share_one_backbone_in_generation_one covers sharing by default
 def test_none_gmm_llpr_share_one_backbone_per_seed(tmp_path, ethanol_path):
     """Jobs of none, gmm and llpr with one backbone train one network and wrap it: each gives the numbers of
     training it alone, and the grid trains the network once (in-process and on a Dask cluster)."""

@@ -147,6 +147,7 @@ def test_training_compiled_equals_sparse(tmp_path, ethanol):
     assert (comp - ref).abs().max() < 1e-10
 
 
+@pytest.mark.slow  # about 75 s of compilation on two cores; test_md_compiled_uq_methods_equal_eager[gmm] covers the compiled call by default
 def test_md_dense_compiled_equals_sparse_with_removals():
     """A campaign on the padded dense layout through the compiled model follows the sparse eager one, also
     after a replica failed and was removed (the padding keeps the compiled shapes)."""

@@ -158,6 +158,7 @@ def test_posthoc_methods_share_one_backbone_in_generation_one(tmp_path, ammonia_
         assert a[k] == pytest.approx(b[k], rel=1e-9, abs=1e-12), k
 
 
+@pytest.mark.slow  # test_grid.py::test_local_cluster_equals_in_process covers Dask equivalence by default
 def test_shared_backbone_on_dask_workers_equals_in_process(tmp_path, ammonia_files):
     """On an executor the backbone is trained once before the methods that wrap it start; the same numbers
     as in-process."""

@@ -153,6 +153,7 @@ def test_gaussian_noise_statistics_and_invariance():
 
 
 # ------------------------------------------------------------------------------------------ NVE conservation
+@pytest.mark.slow  # test_nve_matches_ase_velocity_verlet covers the integrator by default
 def test_nve_energy_conservation_10000_steps():
     """10,000 steps (5 ps at 0.5 fs) of NH3 (~250 K) on the Morse reference, float64, velocity Verlet.
     Measured: drift (slope of a linear fit of E_total(t)) −3e-4 kcal/mol/ps, fluctuation (std) 0.020

@@ -184,6 +184,7 @@ def test_unknown_method_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # test_loop.py::test_md_samplers_in_the_loop covers the MD sampler by default
 def test_samplers_option_compares_samplers_at_equal_budget(ammonia_run, tmp_path):
     """`--samplers adversarial,md` runs the loop once per sampler on one data set and one store, and the
     report compares them per method and generation (labels before, test MAE, stable MD with intervals)."""
