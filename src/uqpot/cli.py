@@ -30,7 +30,7 @@ def _warn(message: str) -> None:
     click.echo(f"warning: {message}", err=True)
 
 
-@click.group(cls=UqpotGroup)
+@click.group(cls=UqpotGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="uqpot")
 def cli():
     """uqpot: how far to trust a neural-network interatomic potential, and how to make it robust."""

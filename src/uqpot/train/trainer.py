@@ -84,13 +84,16 @@ def check_layout(train: StructureDataset, cfg: TrainConfig) -> str:
     """The pair layout a training on ``train`` asks for (``ConfigError`` if the data cannot have it).
 
     "auto" is the dense layout where it pays, i.e. for molecules under the compiled step (eager, the edge
-    list is as fast or faster).  The compiled step runs on the dense layout only."""
-    layout = cfg.layout if cfg.layout != "auto" or cfg.compile else "sparse"
+    list is as fast or faster).  The compiled step runs on the dense layout only: only an explicit
+    ``train.compile: true`` is refused on data that needs the edge list; ``compile: auto`` (the default) is
+    resolved later (:func:`uqpot.autocompile.choose_compile`) and never compiles such data."""
+    compiled = cfg.compile is True
+    layout = cfg.layout if cfg.layout != "auto" or compiled else "sparse"
     try:
         resolved = dataset_layout(train, layout)
     except ValueError as exc:
         raise ConfigError(None, f"train.layout: {exc}") from None
-    if cfg.compile and resolved != "dense":
+    if compiled and resolved != "dense":
         raise ConfigError(
             None, "train.compile runs on the dense layout only (molecules of at most "
             f"{DENSE_MAX_ATOMS} atoms, train.layout 'auto' or 'dense'); this training set needs the edge list "
