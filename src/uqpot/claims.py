@@ -15,7 +15,17 @@ Verdict of a comparison: *reproduced* if the interval lies above 0, *contradicte
 *inconclusive* (the interval holds "no effect", or there is none).  A claim is reproduced if every
 comparison is, contradicted if one is, else inconclusive.  "Only X improves": X's improvement is one
 comparison; every other method's improvement can contradict the claim (if significantly positive) but
-cannot prove it (absence of an effect is not shown by an interval), so those enter as "not contradicted".
+cannot prove it (absence of an effect is not shown by an interval), so those enter as "not contradicted";
+"X does not improve" (``not_improves``) has only such a comparison, and its verdict is then *not
+contradicted* or *contradicted*.
+
+"Rises" and "falls" are read in the quantity's own direction: a force MAE "rises" (improves) when it falls.
+``rise_larger`` compares two improvements: per seed, (X at ``to`` − X at ``from``) − (Y at ``to`` − Y at
+``from``), paired by seed.
+
+Every claim cites what it encodes (``source``: section, figure or table; ``quote``: the paper's sentence)
+and carries the paper's own numbers where the paper gives them (``paper``); :func:`load_claims` refuses an
+entry without a source and a quote.
 """
 
 from __future__ import annotations
@@ -33,13 +43,27 @@ from .metrics import intervals as iv
 QUANTITIES = {"stable_md_fraction": True, "spearman": True, "roc_auc_p20": True, "roc_auc_p50": True,
               "forces_mae": False, "energy_mae": False, "neb_barrier_error": False, "md_mean_stable_time_fs": True,
               "miscalibration_area": False, "cnll": False}
-VERDICTS = ("reproduced", "contradicted", "inconclusive")
+VERDICTS = ("reproduced", "contradicted", "inconclusive", "not contradicted")
+#: the claim kinds and the keys each needs (besides id, source, quote, system, statement, kind, quantity)
+KINDS = {"order": ("methods",), "best": ("method",), "better_than": ("better", "worse"),
+         "rises": ("from", "to", "methods"), "falls": ("from", "to", "methods"),
+         "rise_larger": ("from", "to", "method", "than"), "only_improves": ("from", "to", "method"),
+         "not_improves": ("from", "to", "method")}
+_COMMON = ("id", "source", "quote", "system", "statement", "kind", "quantity")
 
 
 def load_claims(system: str | None = None, path=None) -> list[dict]:
-    """The claims (of one system, or all) from ``claims.yaml``."""
+    """The claims (of one system, or all) from ``claims.yaml``, each checked for the keys of its kind."""
     claims = yaml.safe_load(Path(path or Path(__file__).with_name("claims.yaml")).read_text())
     for c in claims:
+        missing = [k for k in _COMMON if not c.get(k)]
+        if missing:
+            raise ValueError(f"claim {c.get('id', '?')}: missing {', '.join(missing)}")
+        if c["kind"] not in KINDS:
+            raise ValueError(f"claim {c['id']}: unknown kind {c['kind']!r}")
+        missing = [k for k in KINDS[c["kind"]] if k not in c]
+        if missing:
+            raise ValueError(f"claim {c['id']}: kind {c['kind']} needs {', '.join(missing)}")
         if c["quantity"] not in QUANTITIES:
             raise ValueError(f"claim {c['id']}: unknown quantity {c['quantity']!r}")
     return [c for c in claims if system is None or c["system"] == system]
@@ -67,6 +91,26 @@ class Observations:
 
 def _generation(spec, obs: Observations) -> int:
     return obs.last_generation if spec == "last" else int(spec)
+
+
+def _rise_larger(obs: Observations, q: str, a: str, b: str, g0: int, g1: int) -> tuple[float, float, float, str]:
+    """Effect "a improves more than b from g0 to g1" on q (positive = a's improvement larger), paired by seed:
+    the per-seed difference of the two methods' changes."""
+    sign = 1.0 if QUANTITIES[q] else -1.0
+    a0, a1, b0, b1 = (obs.get(m, g, q) for m, g in ((a, g0), (a, g1), (b, g0), (b, g1)))
+    units = sorted(set(a0) & set(a1) & set(b0) & set(b1), key=str)
+    if not units:
+        return np.nan, np.nan, np.nan, "no data"
+    da = [a1[u] - a0[u] for u in units]
+    db = [b1[u] - b0[u] for u in units]
+    if len(units) >= 2:
+        d, lo, hi = iv.paired_difference(da, db)
+        how = f"t over {len(units)} paired seeds (difference of the two changes)"
+    else:
+        d, lo, hi, how = da[0] - db[0], np.nan, np.nan, "one seed: no interval"
+    if sign < 0:
+        d, lo, hi = -d, -hi, -lo
+    return float(d), float(lo), float(hi), how
 
 
 def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, int]) -> tuple[float, float, float, str]:
@@ -144,11 +188,25 @@ def evaluate(claim: dict, obs: Observations) -> dict:
             pairs = [(b, w) for b in claim["better"] for w in claim["worse"]]
         for a, b in pairs:
             comps.append(_comparison(f"{a} better than {b}", _better_than(obs, q, (a, g), (b, g))))
-    elif kind in ("rises", "only_improves"):
+    elif kind in ("rises", "falls", "rise_larger", "only_improves", "not_improves"):
         g0, g1 = _generation(claim["from"], obs), _generation(claim["to"], obs)
         if kind == "rises":
             for m in claim["methods"]:
-                comps.append(_comparison(f"{m}: generation {g1} above {g0}", _better_than(obs, q, (m, g1), (m, g0))))
+                comps.append(_comparison(f"{m} improves from generation {g0} to {g1}",
+                                         _better_than(obs, q, (m, g1), (m, g0))))
+        elif kind == "falls":
+            for m in claim["methods"]:
+                comps.append(_comparison(f"{m} gets worse from generation {g0} to {g1}",
+                                         _better_than(obs, q, (m, g0), (m, g1))))
+        elif kind == "rise_larger":
+            main = claim["method"]
+            for m in claim["than"]:
+                comps.append(_comparison(f"{main} improves more than {m} from generation {g0} to {g1}",
+                                         _rise_larger(obs, q, main, m, g0, g1)))
+        elif kind == "not_improves":
+            m = claim["method"]
+            comps.append(_comparison(f"{m} improves from generation {g0} to {g1}",
+                                     _better_than(obs, q, (m, g1), (m, g0)), required=False))
         else:
             main = claim["method"]
             comps.append(_comparison(f"{main} improves from generation {g0} to {g1}",
@@ -160,8 +218,8 @@ def evaluate(claim: dict, obs: Observations) -> dict:
     else:
         raise ValueError(f"claim {claim['id']}: unknown kind {kind!r}")
     comps = [c for c in comps if c["interval"] != "no data"] if comps else comps
-    return {"id": claim["id"], "source": claim["source"], "statement": claim["statement"], "quantity": q,
-            "comparisons": comps, "verdict": _claim_verdict(comps)}
+    return {"id": claim["id"], "source": claim["source"], "quote": claim.get("quote", ""), "statement": claim["statement"],
+            "quantity": q, "paper": claim.get("paper") or {}, "comparisons": comps, "verdict": _claim_verdict(comps)}
 
 
 def _claim_verdict(comps: list[dict]) -> str:
@@ -171,9 +229,19 @@ def _claim_verdict(comps: list[dict]) -> str:
     required = [v for v in vs if v != "not contradicted"]
     if "contradicted" in vs:
         return "contradicted"
-    if required and all(v == "reproduced" for v in required):
+    if not required:  # only comparisons that can contradict the claim, and none did
+        return "not contradicted"
+    if all(v == "reproduced" for v in required):
         return "reproduced"
     return "inconclusive"
+
+
+def paper_numbers(result: dict) -> str:
+    """The paper's own numbers of a claim, as one line (empty where the paper gives a figure only)."""
+    def fmt(v):
+        return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    return "; ".join(f"{k} {fmt(v)}" for k, v in (result.get("paper") or {}).items())
 
 
 def check(system: str, obs: Observations) -> list[dict]:
@@ -181,18 +249,36 @@ def check(system: str, obs: Observations) -> list[dict]:
     return [evaluate(c, obs) for c in load_claims(system)]
 
 
+#: the columns of a report's claims table
+TABLE_COLUMNS = ["claim", "source", "statement", "paper", "verdict", "comparison", "interval_95", "comparison_verdict",
+                 "how"]
+
+
 def table_rows(results: list[dict]) -> list[dict]:
     """One row per comparison (the claims table of a report)."""
     rows = []
     for r in results:
+        paper = paper_numbers(r)
         if not r["comparisons"]:
-            rows.append({"claim": r["id"], "source": r["source"], "statement": r["statement"],
+            rows.append({"claim": r["id"], "source": r["source"], "statement": r["statement"], "paper": paper,
                          "verdict": r["verdict"], "comparison": "—", "effect": None, "interval_95": "",
                          "how": "the study has no data for it"})
         for k, c in enumerate(r["comparisons"]):
             rows.append({"claim": r["id"] if k == 0 else "", "source": r["source"] if k == 0 else "",
-                         "statement": r["statement"] if k == 0 else "", "verdict": r["verdict"] if k == 0 else "",
+                         "statement": r["statement"] if k == 0 else "", "paper": paper if k == 0 else "",
+                         "verdict": r["verdict"] if k == 0 else "",
                          "comparison": c["comparison"], "effect": c["effect"],
                          "interval_95": iv.fmt((c["effect"], c["low"], c["high"])), "comparison_verdict": c["verdict"],
                          "how": c["interval"]})
     return rows
+
+
+def add_to_report(rep, results: list[dict]) -> None:
+    """The claims table of a report (``table_claims.csv``) and, below it, what each claim encodes: its source
+    and the paper's sentence (``table_claim_sources.csv``)."""
+    rep.table("claims", table_rows(results), TABLE_COLUMNS,
+              caption="effect > 0 is what the paper claims; reproduced: the 95% interval lies above 0; "
+                      "contradicted: below 0; inconclusive: it holds 0; not contradicted: a claim that an "
+                      "effect is absent, which an interval can only contradict")
+    rep.table("claim_sources", [{"claim": r["id"], "source": r["source"], "quote": r["quote"]} for r in results],
+              ["claim", "source", "quote"], caption="what each claim encodes: the paper's own words")

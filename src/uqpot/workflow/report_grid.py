@@ -70,10 +70,7 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
                   "t-interval (none from a single run); a claim's effect is paired by molecule, split and seed.")
     claim_results = claims_mod.check("rmd17", observations(results))
     rep.heading("The paper's claims, checked")
-    rep.table("claims", claims_mod.table_rows(claim_results),
-              ["claim", "source", "statement", "verdict", "comparison", "interval_95", "comparison_verdict", "how"],
-              caption="effect > 0 is what the paper claims; reproduced: the 95% interval lies above 0; "
-                      "contradicted: below 0; inconclusive: it holds 0")
+    claims_mod.add_to_report(rep, claim_results)
     rep.paragraph(CALIBRATION_NOTE)
     rows = table(results, group=("molecule", "method"))
     overall = table(results, group=("method",))

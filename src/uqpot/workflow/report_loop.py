@@ -217,10 +217,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
 
     claim_results = claims_mod.check(system, observations(recs))
     rep.heading("The paper's claims, checked")
-    rep.table("claims", claims_mod.table_rows(claim_results),
-              ["claim", "source", "statement", "verdict", "comparison", "interval_95", "comparison_verdict", "how"],
-              caption="effect > 0 is what the paper claims; reproduced: the 95% interval lies above 0; "
-                      "contradicted: below 0; inconclusive: it holds 0")
+    claims_mod.add_to_report(rep, claim_results)
     rows = summary_rows(recs)
     rep.heading("Summary per generation and method (mean over seeds, 95% intervals)")
     rep.paragraph(CALIBRATION_NOTE)
