@@ -58,6 +58,9 @@ def test_two_generations_and_resume(tmp_path, ammonia_files):
         g1 = summary["generations"][1][method]
         assert g2["n_train"] + g2["n_val"] == g1["n_train"] + g1["n_val"] + lab["n_added"]
         assert "attack" not in g2  # the last generation is not attacked
+        # the attack started from every initial structure (training and validation pools), as the paper's
+        att = summary["generations"][1][method]["attack"]
+        assert att["seed_pool"] == "initial" and att["pool_size"] == 24
     assert (tmp_path / "loop" / "alignment.json").is_file()
     # the store holds every label once
     from uqpot.data.store import Store

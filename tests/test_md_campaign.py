@@ -39,9 +39,13 @@ def test_presets_are_the_papers_settings():
         CampaignConfig(system="ammonia", temperature=300)  # unknown key
     with pytest.raises(ValidationError):
         CampaignConfig(thermostat="berendsen")
-    # the ammonia energy floor defaults to the lowest labelled start energy (the training minimum)
-    crit = a.resolved_criteria(starts())
-    assert crit.min_energy == 0.0 and crit.min_distance == 0.75 and crit.max_distance == 2.25
+    # the ammonia energy floor is the optimised minimum's energy, which the caller gives (the loop: its oracle)
+    with pytest.raises(ValueError, match="optimised minimum"):
+        a.resolved_criteria(starts())
+    crit = a.model_copy(update={"ground_state_energy": -1.5}).resolved_criteria(starts())
+    assert crit.min_energy == -1.5 and crit.min_distance == 0.75 and crit.max_distance == 2.25
+    # 'min_start' (the lowest start energy) stays available when asked for
+    assert a.model_copy(update={"ground_state_energy": "min_start"}).resolved_criteria(starts()).min_energy == 0.0
     assert s.resolved_criteria([]) == StabilityCriteria.silica()
 
 

@@ -5,8 +5,8 @@ own dynamics with :class:`~uqpot.md.calculator.UQPotCalculator`.
 Paper settings (the defaults of :meth:`CampaignConfig.preset`):
 
 * ammonia: 100 runs × 5 ps at each of 300, 500, 750 and 1000 K, time step 0.5 fs, Nosé-Hoover NVT, starts
-  picked at random from the training geometries; unstable on a distance < 0.75 Å, an N–H distance > 2.25 Å
-  or a predicted energy below the ground state (the training minimum, 0 kcal/mol in the paper);
+  picked at random from the initial geometries; unstable on a distance < 0.75 Å, an N–H distance > 2.25 Å
+  or a predicted energy below the ground state (the optimised minimum, 0 kcal/mol in the paper);
 * silica: 10 runs × 1 ns at 2500 K, time step 0.25 fs, starts from the 2500 K training structures;
   unstable on a kinetic energy of 0, NaN or > 10,000 kcal/mol, or a distance < 1.0 Å.
 
@@ -75,9 +75,11 @@ class CampaignConfig(BaseModel):
     record_every: int = Field(20, ge=1, description="steps between records of energy, T and U")
     frame_every: Optional[int] = Field(None, ge=1)
     criteria: Optional[StabilityCriteria] = None
-    ground_state_energy: Union[float, Literal["min_start"], None] = Field(
-        "min_start", description="ammonia's energy floor (kcal/mol, model frame); 'min_start' = lowest labelled "
-                                 "energy of the start structures (the training minimum, as in the paper)")
+    ground_state_energy: Union[float, Literal["optimised", "min_start"], None] = Field(
+        "optimised", description="ammonia's energy floor (kcal/mol, the model's energy scale): 'optimised' = the "
+                                 "energy of the optimised minimum (the paper's 0 kcal/mol; the loop computes it "
+                                 "with its oracle and sets the number), 'min_start' = the lowest labelled energy "
+                                 "of the start structures, a number, or None (no floor)")
     max_replicas_per_batch: Optional[int] = Field(None, ge=1)
     dtype: Optional[Literal["float32", "float64"]] = None
     layout: Literal["auto", "sparse", "dense"] = Field(
@@ -126,6 +128,10 @@ class CampaignConfig(BaseModel):
             return self.criteria
         if self.system == "ammonia":
             ground = self.ground_state_energy
+            if ground == "optimised":
+                raise ValueError("ground_state_energy='optimised' needs the optimised minimum's energy: give it as a "
+                                 "number (kcal/mol, the model's energy scale; the loop computes it with its oracle), "
+                                 "'min_start' or None")
             if ground == "min_start":
                 energies = [s.energy for s in starts]
                 if any(e is None for e in energies):
@@ -208,6 +214,7 @@ class CampaignResult:
                 "replica_steps": int(steps), "replica_steps_per_s": steps / self.wall_time_s if self.wall_time_s else None,
                 "model_calls": self.model_calls, "uncertainty": self.uncertainty_description,
                 "compiled": self.compiled,
+                "ground_state_energy": self.config.ground_state_energy if self.config.system == "ammonia" else None,
                 "npt": self.npt_summary() if self.config.ensemble == "npt" else None,
                 "units": {"time": "fs", "energy": "kcal/mol", "temperature": "K", "pressure": "bar",
                           "volume": "Å^3"}}

@@ -47,6 +47,11 @@ class EnergyForceLoss:
     def needs_stress(self) -> bool:
         return self.stress_weight > 0
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The labels this loss trains on (a study compares methods only on equal targets)."""
+        return ("energy", "forces", "stress") if self.needs_stress else ("energy", "forces")
+
     def __call__(self, pred: dict, batch) -> tuple[torch.Tensor, dict]:
         e_err = energy_mae(pred[F.ENERGY], batch.energy)
         f_err = forces_mae(pred[F.FORCES], batch.forces)
@@ -61,6 +66,33 @@ class EnergyForceLoss:
 
 #: ``train.stress_weight`` when it is not set and every training structure carries a stress
 DEFAULT_STRESS_WEIGHT = 1.0
+
+
+def study_stress_weight(train_cfg, train, trains_stress: dict[str, bool]):
+    """``(train_cfg, note)`` with one ``stress_weight`` for every method of a study (``trains_stress``: method ->
+    whether it can train on a stress), so that all are trained on the same labels: a comparison of UQ
+    methods must give each the same objective.  Unset, it is :data:`DEFAULT_STRESS_WEIGHT` where every training
+    structure carries a stress and every method can train on it, else 0 (SI Eq. 1: energy and forces); a
+    weight > 0 with a method that cannot train on a stress is an error naming it.  ``note`` says which."""
+    from ..errors import ConfigError
+
+    without = sorted(m for m, ok in trains_stress.items() if not ok)
+    has = len(train) > 0 and all(getattr(s, "stress", None) is not None for s in train.structures)
+    w = train_cfg.stress_weight
+    if w is not None and w > 0 and without:
+        raise ConfigError(None, f"train.stress_weight: {w:g}, but {', '.join(without)} cannot train on a stress; "
+                                "every method of a study trains on the same labels: set it to 0 or leave it unset")
+    if w is None:
+        w = DEFAULT_STRESS_WEIGHT if has and not without else 0.0
+    resolved = resolve_stress_weight(train_cfg.model_copy(update={"stress_weight": w}), train, True)
+    if resolved.stress_weight > 0:
+        note = f"every method trains on energy, forces and stress (stress_weight {resolved.stress_weight:g})"
+    elif has and without:
+        note = (f"every method trains on energy and forces only (SI Eq. 1): the structures carry a stress, but "
+                f"{', '.join(without)} cannot train on it")
+    else:
+        note = "every method trains on energy and forces (SI Eq. 1)"
+    return resolved, note
 
 
 def resolve_stress_weight(train_cfg, train, gives_stress: bool = True):

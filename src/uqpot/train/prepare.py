@@ -205,11 +205,10 @@ def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
                                 "split.train or more structures")
     check_layout(train, cfg.train)
     check_model(cfg.model, cfg.train, train)
-    from ..uq import method_class
     from .losses import resolve_stress_weight
+    from .run import trains_stress
 
-    resolve_stress_weight(cfg.train, train, cfg.uq.method == "none" or method_class(cfg.uq.method).posthoc
-                          or method_class(cfg.uq.method).gives_stress)
+    resolve_stress_weight(cfg.train, train, trains_stress(cfg.uq))
     _check_sizes(cfg, train, val, test)
     note = check_cutoff(train, cfg.model.cutoff)
     if note:

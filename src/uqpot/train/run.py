@@ -159,6 +159,14 @@ def trains_plain_potential(uq_cfg) -> bool:
     return uq_cfg.method == "none" or method_class(uq_cfg.method).posthoc
 
 
+def trains_stress(uq_cfg) -> bool:
+    """Whether the method can train on a stress label (its training network gives a stress): plain
+    potentials and the post-hoc methods around them, and the methods with ``gives_stress``."""
+    from ..uq import method_class
+
+    return trains_plain_potential(uq_cfg) or method_class(uq_cfg.method).gives_stress
+
+
 def build_model(model_cfg, uq_cfg, seed: int, train=None):
     """What the trainer trains: a plain potential (``uq.method: none`` and the post-hoc methods, wrapped
     after training) or the configured UQ method around one."""
@@ -237,11 +245,9 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
     ``init``: model files to fine-tune instead (:mod:`uqpot.train.finetune`): the network is sized as
     theirs (``model_cfg`` is not used), starts from their weights, and its reference energies are shifted
     to ``train``; the files' names and sha256 go into the model file."""
-    from ..uq import method_class
     from .losses import resolve_stress_weight
 
-    plain = trains_plain_potential(uq_cfg)
-    train_cfg = resolve_stress_weight(train_cfg, train, plain or method_class(uq_cfg.method).gives_stress)
+    train_cfg = resolve_stress_weight(train_cfg, train, trains_stress(uq_cfg))
     if init:
         from ..models import load
         from ..rundir import sha256_file

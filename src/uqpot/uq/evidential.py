@@ -74,7 +74,8 @@ class EvidentialOptions(UQOptions):
 @register_method("evidential")
 class Evidential(UQMethod):
     options = EvidentialOptions
-    #: the SI attacks evidential models for fewer iterations (AttackSettings.iterations_evidential)
+    #: the attack's number of iterations for evidential models (AttackSettings.iterations_evidential: unset,
+    #: the SI's 80 of every method)
     attack_iterations = "iterations_evidential"
     uncertainty_description = "epistemic variance β/(ν(α−1)), (kcal/mol/Å)² (evidential, Eq. 9)"
 
@@ -114,6 +115,9 @@ class Evidential(UQMethod):
 
 class EvidentialLoss:
     """SI Eq. 5-9, per member."""
+
+    #: the labels this loss trains on (no stress term)
+    targets = ("energy", "forces")
 
     def __init__(self, energy_weight: float = 0.1, forces_weight: float = 1.0, lam: float = 0.2):
         self.energy_weight, self.forces_weight, self.lam = float(energy_weight), float(forces_weight), float(lam)

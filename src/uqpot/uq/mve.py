@@ -70,6 +70,9 @@ class MVE(UQMethod):
 class MVELoss:
     """SI Eq. 2-4, per member."""
 
+    #: the labels this loss trains on (no stress term)
+    targets = ("energy", "forces")
+
     def __init__(self, energy_weight: float = 0.1, forces_weight: float = 1.0):
         self.energy_weight, self.forces_weight = float(energy_weight), float(forces_weight)
 

@@ -161,6 +161,9 @@ class PartialEnsembleLoss:
     """(1/K) Σ_k [w_E · MAE(E_k) + w_F · MAE(F_k)]: every member on its own SI Eq. 1 loss (module
     docstring); the reported MAEs are those of the members' mean."""
 
+    #: the labels this loss trains on (no stress term)
+    targets = ("energy", "forces")
+
     def __init__(self, energy_weight: float = 0.1, forces_weight: float = 1.0):
         self.energy_weight, self.forces_weight = float(energy_weight), float(forces_weight)
 

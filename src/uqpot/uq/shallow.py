@@ -192,6 +192,9 @@ class ShallowEnsembleLoss:
     """w_E · MAE(Ē) + w_F · [MAE(F̄) + NLL_F] with the heads' mean and variance per force component, the
     mean stopped in the NLL (module docstring)."""
 
+    #: the labels this loss trains on (no stress term)
+    targets = ("energy", "forces")
+
     def __init__(self, energy_weight: float = 0.1, forces_weight: float = 1.0, min_variance: float = 1e-4):
         self.energy_weight, self.forces_weight = float(energy_weight), float(forces_weight)
         self.min_variance = float(min_variance)

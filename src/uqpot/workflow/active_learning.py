@@ -57,14 +57,22 @@ class LoopData(Strict):
 
 class AttackSettings(Strict):
     kT: float = Field(0.7, gt=0.0)  # kcal/mol/atom
-    iterations: int = Field(80, ge=1)
-    iterations_evidential: int = Field(60, ge=1)  # the SI
+    iterations: int = Field(80, ge=1)  # SI Sec. III: 80 iterations, for every method
+    # a different number for evidential models (uqpot's option, not the SI's: unset = ``iterations``)
+    iterations_evidential: Optional[int] = Field(None, ge=1)
     lr: float = Field(2.0e-3, gt=0.0)  # Å per step; see uqpot.sample.adversarial on the SI's 5e-5
     n_seeds: int = Field(20, ge=1)
     # kcal/mol above the training minimum; one value, or one per attacked generation (silica: 5000, 10000)
     energy_cutoff: Optional[Union[float, list[float]]] = 100.0
     dedup_rmsd: float = Field(0.01, ge=0.0)
     min_displacement: float = Field(1e-3, ge=0.0)
+    # where the attack's starting structures, the Boltzmann partition function (Eq. 16) and the energy
+    # cut-off's reference (its minimum) come from: "initial", the paper's (Sec. 2.4: "randomly chosen
+    # structures, x from the initial training data"; Eq. 16 sums over the initial training data), i.e.
+    # every structure of ``data.train`` (training and validation pools of generation 1, the 78 geometries of
+    # the ammonia set); or "current", the generation's own training split (earlier adversarial samples
+    # included), which moves the reference as the data grows
+    seed_pool: Literal["initial", "current"] = "initial"
 
 
 class FinetuneSettings(Strict):
@@ -181,6 +189,7 @@ class ActiveLearning:
         self.executor = executor
         self._oracle = None
         self._store = None
+        self._train_settings = None
         self.opts = ReadOptions(energy_unit=cfg.data.energy_unit, length_unit=cfg.data.length_unit)
 
     # ----------------------------------------------------------------- helpers
@@ -206,6 +215,19 @@ class ActiveLearning:
 
             self._store = Store(self.cfg.store or self.out / "labels.db")
         return self._store
+
+    def train_settings(self):
+        """The training settings of every method and generation (``cfg.train_for()``), with one stress weight
+        for all methods (:func:`uqpot.train.losses.study_stress_weight`: every method trains on the same
+        labels, SI Eq. 1 unless every method can train on a stress)."""
+        if self._train_settings is None:
+            from ..train.losses import study_stress_weight
+            from ..train.run import trains_stress
+
+            train = read_structures(self.cfg.data.train, self.opts)  # every initial structure (stress or not)
+            self._train_settings = study_stress_weight(
+                self.cfg.train_for(), train, {m: trains_stress(self.cfg.uq_config(m)) for m in self.cfg.methods})
+        return self._train_settings[0]
 
     def gen_dir(self, g: int, method: str) -> Path:
         return self.out / f"gen{g}" / method
@@ -248,6 +270,15 @@ class ActiveLearning:
                          "energy on the alignment structures: different levels of theory?")
         write_json(path, rec)
         return rec
+
+    def attack_pool(self, train: StructureDataset) -> StructureDataset:
+        """The structures the attack of a generation starts from and measures its Boltzmann factor and energy
+        cut-off against (``attack.seed_pool``): every initial structure, or ``train`` (the generation's own
+        training split)."""
+        if self.cfg.attack.seed_pool == "current":
+            return train
+        train0, val0, *_ = self.initial_data()
+        return train0 + val0
 
     def _new_samples(self, g: int, method: str) -> StructureDataset:
         """Labelled adversarial samples accepted after generation g (empty if none)."""
@@ -296,7 +327,7 @@ class ActiveLearning:
         d.mkdir(parents=True, exist_ok=True)
         write_extxyz(train, d / "train.extxyz")
         write_extxyz(val, d / "val.extxyz")
-        return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.cfg.train_for(), self.cfg.seed, train,
+        return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.train_settings(), self.cfg.seed, train,
                          val, test, d, console=self.console, extra={"generation": 1, "method": "backbone"},
                          init=self.init_for(1, "none"))
 
@@ -317,9 +348,9 @@ class ActiveLearning:
         write_extxyz(val, d / "val.extxyz")
         extra = {"generation": g, "method": method}
         if shared:
-            return fit_from_backbone(self.backbone_dir, self.cfg.uq_config(method), self.cfg.train_for(), train, val,
+            return fit_from_backbone(self.backbone_dir, self.cfg.uq_config(method), self.train_settings(), train, val,
                                      test, d, extra=extra)
-        return fit_model(self.cfg.model, self.cfg.uq_config(method), self.cfg.train_for(), self.cfg.seed, train, val,
+        return fit_model(self.cfg.model, self.cfg.uq_config(method), self.train_settings(), self.cfg.seed, train, val,
                          test, d, console=self.console, extra=extra, init=self.init_for(g, method))
 
     def init_for(self, g: int, method: str) -> list[Path] | None:
@@ -340,6 +371,8 @@ class ActiveLearning:
         return load(self.gen_dir(g, method) / "train" / "model.pt")
 
     def step_attack(self, g, method, train) -> dict:
+        """The attack of generation ``g``: ``train`` is its pool (:meth:`attack_pool`), the starting structures
+        and the reference of Eq. 16."""
         if self.cfg.sampler_for(method) != "adversarial":
             return self.step_md_sample(g, method, train)
         from ..sample.adversarial import AttackConfig, BoltzmannReference, attack, draw_seeds, signed_shift
@@ -351,7 +384,7 @@ class ActiveLearning:
         a = self.cfg.attack
         from ..uq import method_class
 
-        cfg = AttackConfig(kT=a.kT, iterations=getattr(a, method_class(method).attack_iterations),
+        cfg = AttackConfig(kT=a.kT, iterations=getattr(a, method_class(method).attack_iterations) or a.iterations,
                            lr=a.lr, n_seeds=a.n_seeds, energy_cutoff=self.cfg.cutoff_for(g),
                            dedup_rmsd=a.dedup_rmsd, min_displacement=a.min_displacement,
                            seed=self.cfg.seed + g)
@@ -367,7 +400,7 @@ class ActiveLearning:
         rec = {"n_seeds": len(seeds), "n_candidates": len(res.samples), "rejected": res.rejected,
                "kT": cfg.kT, "iterations": cfg.iterations, "lr": cfg.lr, "energy_cutoff": cfg.energy_cutoff,
                "seconds": round(time.perf_counter() - t0, 2), "u_shift": shift,
-               "reference_e_min_per_atom": ref.e_min}
+               "reference_e_min_per_atom": ref.e_min, "seed_pool": a.seed_pool, "pool_size": len(train)}
         write_json(marker, rec)
         self.log(f"gen {g} {method}: attack gave {len(res.samples)} candidates from {len(seeds)} seeds")
         return rec
@@ -436,10 +469,29 @@ class ActiveLearning:
         if _done(marker):
             return json.loads(marker.read_text())
         d.mkdir(parents=True, exist_ok=True)
-        rec = run_campaign_for_loop(self.model(g, method), self._initial_train, self.cfg.md, self.cfg.system, d,
-                                    seed=self.cfg.seed + g)
+        train0, val0, *_ = self.initial_data()
+        rec = run_campaign_for_loop(self.model(g, method), train0 + val0, self.cfg.md, self.cfg.system, d,
+                                    seed=self.cfg.seed + g, ground_state=self.ground_state(),
+                                    log=lambda msg: self.log(f"gen {g} {method}: {msg}"))
         write_json(marker, rec)
         return rec
+
+    def needs_ground_state(self) -> bool:
+        """Whether the MD campaign needs ammonia's optimised minimum (its energy floor)."""
+        return (self.cfg.system == "ammonia" and bool(self.cfg.md)
+                and self.cfg.md.get("ground_state_energy", "optimised") == "optimised")
+
+    def ground_state(self) -> float | None:
+        """Ammonia's optimised minimum energy on the loop's scale (kcal/mol; the MD's energy floor, Sec. 2.5),
+        computed once per loop with the oracle (``OUT/ground_state.json``); None where no campaign needs it."""
+        if not self.needs_ground_state():
+            return None
+        from .loop_md import nh3_minimum
+
+        path = self.out / "ground_state.json"
+        if not _done(path):
+            write_json(path, nh3_minimum(self.oracle, self.store))
+        return float(json.loads(path.read_text())["energy"])
 
     def step_neb(self, g, method) -> dict | None:
         if not self.cfg.neb:
@@ -486,7 +538,6 @@ class ActiveLearning:
 
         with fixed_threads(self.cfg.threads):
             train0, val0, test, _ = self.initial_data()
-            self._initial_train = train0
             train, val = self.data_for(g, method, (train0, val0))
             self.step_train(g, method, train, val, test)
             self.step_md(g, method)
@@ -494,7 +545,6 @@ class ActiveLearning:
 
     def _method_generation(self, g: int, method: str) -> dict:
         train0, val0, test, _ = self.initial_data()
-        self._initial_train = train0
         train, val = self.data_for(g, method, (train0, val0))
         rec = {"n_train": len(train), "n_val": len(val)}
         tr = self.step_train(g, method, train, val, test)
@@ -508,8 +558,9 @@ class ActiveLearning:
         rec["md"] = self.step_md(g, method)
         rec["neb"] = self.step_neb(g, method)
         if g < self.cfg.generations:
-            rec["attack"] = self.step_attack(g, method, train)
-            rec["label"] = self.step_label(g, method, train)
+            pool = self.attack_pool(train)
+            rec["attack"] = self.step_attack(g, method, pool)
+            rec["label"] = self.step_label(g, method, pool)
         return rec
 
     def prepare(self) -> dict:
@@ -517,13 +568,20 @@ class ActiveLearning:
         config check and record, the energy alignment and the oracle's NEB barrier."""
         cfg = self.cfg
         _check_init_models(cfg)
+        self.train_settings()  # one objective for every method; a bad stress weight stops here
         self.out.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg = _check_same_config(self.out, cfg, self.log)
+        self._train_settings = None  # the config may keep speed choices of the loop's start
+        train_cfg = self.train_settings()
         dump_config(cfg, self.out / "config.yaml")
-        write_json(self.out / "run.json", {"seed": cfg.seed, "threads": cfg.threads, "versions": versions()})
+        objective = self._train_settings[1]
+        write_json(self.out / "run.json", {"seed": cfg.seed, "threads": cfg.threads, "versions": versions(),
+                                           "objective": objective, "stress_weight": train_cfg.stress_weight})
+        self.log(f"training objective: {objective}")
         *_, align = self.initial_data()  # aligns energies once, before any worker needs it
         if cfg.neb:
             self.oracle_neb()  # once, before the methods need it
+        self.ground_state()  # ammonia's MD energy floor, once, before the methods need it
         return align
 
 
