@@ -195,3 +195,15 @@ def test_claims_table_shows_the_papers_numbers():
     rows = C.table_rows([r])
     assert "ensemble 0.5" in rows[0]["paper"] and "mve 0.25" in rows[0]["paper"]
     assert set(C.TABLE_COLUMNS) >= {"paper", "verdict", "interval_95"}
+
+
+def test_fidelity_tables_name_every_departure_the_issue_lists():
+    from uqpot.workflow.report import fidelity_tables
+
+    tables = dict(fidelity_tables())
+    departures = tables["Deliberate departures"]
+    text = " ".join(" ".join(r.values()) for r in departures)
+    for needle in ("PySCF", "BKS", "81/2", "log p + log U", "reduced to the structure", "σ² = aU + b",
+                   "trial adversarial runs", "BIC"):
+        assert needle in text, needle
+    assert all(r["why"] for r in departures) and len(tables["Choices the paper leaves open"]) >= 3

@@ -75,6 +75,9 @@ def test_ammonia_study_outputs(ammonia_run):
     # every claim shows the paper's sentence it encodes, and its own numbers where the paper gives them
     assert "produced the highest fraction of stable MD trajectories at 50%" in html
     assert (run / "table_claim_sources.csv").is_file() and "ensemble 0.5; evidential 0.42" in html
+    # the departures from the paper, and the training objective every method shared
+    assert "Where this study departs from the paper" in html and (run / "table_fidelity_1.csv").is_file()
+    assert "every method trains on energy and forces" in html
     assert html.count("data:image/png;base64,") >= 8 and "<script" not in html and "http" not in html.split("<body>")[1]
     assert "peak memory of a training step" in html and "parity of energies and forces" in html
     assert all(r["step_peak_mb"] > 0 for r in res["tables"]["cost"])

@@ -113,7 +113,8 @@ def _provenance_section(rep: Report, run: Path, extra_dir: Path | None = None) -
     vers = info.get("versions") or versions()
     rows = [{"item": k, "value": v} for k, v in vers.items()]
     rows.append({"item": "hardware", "value": f"{platform.machine()} {platform.processor() or ''}".strip()})
-    for k in ("system", "preset", "executor", "seeds", "threads", "wall_seconds", "started", "finished"):
+    for k in ("system", "preset", "executor", "seeds", "threads", "objective", "stress_weight", "wall_seconds",
+              "started", "finished"):
         if k in info:
             rows.append({"item": k, "value": info[k]})
     rep.table("provenance", rows, ["item", "value"], "versions, hardware, wall time")
@@ -122,6 +123,38 @@ def _provenance_section(rep: Report, run: Path, extra_dir: Path | None = None) -
     if cfg.is_file():
         rep.heading("Resolved configuration", 3)
         rep.pre(cfg.read_text())
+
+
+def fidelity_tables() -> list[tuple[str, list[dict]]]:
+    """The tables of ``uqpot/fidelity.md`` (every departure from the paper, its reason and effect): (heading,
+    rows) per table, read from the markdown shipped with the package."""
+    from importlib.resources import files
+
+    tables, heading, rows, cols = [], "", None, None
+    for line in files("uqpot").joinpath("fidelity.md").read_text().splitlines() + [""]:
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cols is None:
+                cols, rows = cells, []
+            elif not all(set(c) <= set("-: ") for c in cells):
+                rows.append(dict(zip(cols, cells)))
+        elif cols is not None:
+            tables.append((heading, rows))
+            cols, rows = None, None
+    return tables
+
+
+def fidelity_section(rep: Report) -> None:
+    """Where uqpot's study departs from the paper (``uqpot/fidelity.md`` of the installed package), as
+    tables of the report (``table_fidelity_<k>.csv``)."""
+    rep.heading("Where this study departs from the paper")
+    rep.paragraph("Every deliberate departure from the paper (main text and SI), with its reason and, where "
+                  "measured, its effect; the same tables as fidelity.md in the uqpot package (src/uqpot/fidelity.md "
+                  "in its source).")
+    for k, (heading, rows) in enumerate(fidelity_tables()):
+        rep.table(f"fidelity_{k + 1}", rows, caption=heading)
 
 
 def _load_npz(path: Path):

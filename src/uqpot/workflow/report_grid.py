@@ -16,7 +16,8 @@ import numpy as np
 from .. import claims as claims_mod
 from ..provenance import write_json
 from . import figures as fg
-from .report import CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section
+from .report import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
+                     fidelity_section)
 
 def _unit(job: dict) -> str:
     return f"{job['molecule']}/split{job.get('split', 0)}/seed{job.get('seed', 0)}"
@@ -71,6 +72,7 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
     claim_results = claims_mod.check("rmd17", observations(results))
     rep.heading("The paper's claims, checked")
     claims_mod.add_to_report(rep, claim_results)
+    fidelity_section(rep)
     rep.paragraph(CALIBRATION_NOTE)
     rows = table(results, group=("molecule", "method"))
     overall = table(results, group=("method",))

@@ -31,7 +31,8 @@ from .. import claims as claims_mod
 from ..metrics import intervals as iv
 from ..provenance import write_json
 from . import figures as fg
-from .report import CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section
+from .report import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
+                     fidelity_section)
 
 METRICS = ("forces_mae", "energy_mae", "stress_mae", "spearman", "roc_auc_p20", "roc_auc_p50",
            "miscalibration_area", "cnll")
@@ -218,6 +219,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
     claim_results = claims_mod.check(system, observations(recs))
     rep.heading("The paper's claims, checked")
     claims_mod.add_to_report(rep, claim_results)
+    fidelity_section(rep)
     rows = summary_rows(recs)
     rep.heading("Summary per generation and method (mean over seeds, 95% intervals)")
     rep.paragraph(CALIBRATION_NOTE)
