@@ -53,7 +53,11 @@ def test_quick_build_reports_table_s1_and_writes_the_sets(quick):
     summary = json.loads((out / "summary.json").read_text())
     names = [row[1] for row in TABLE_S1]
     assert [c["name"] for c in summary["conditions"]] == names and len(names) == 23
-    assert all(c["frames"] == 2 and c["failed"] == 0 for c in summary["conditions"])
+    # 2% of the paper's frames per condition, at least one; the cooling: 5 runs of 2 frames
+    expect = {row[1]: (10 if row[0] == "Cooling" else max(1, round(row[6] * 0.02))) for row in TABLE_S1}
+    assert {c["name"]: c["frames"] for c in summary["conditions"]} == expect
+    assert all(c["failed"] == 0 for c in summary["conditions"])
+    assert summary["time_compression"] == 25000.0 and "compressed in time by 25000" in r.stdout
     for name in names:  # the per-condition table is printed
         assert name in r.stdout
     deformed = {c["name"]: c for c in summary["conditions"]}
@@ -64,7 +68,7 @@ def test_quick_build_reports_table_s1_and_writes_the_sets(quick):
     assert deformed["biaxial_m1-m0.25"]["final_strain_y"] == pytest.approx(-0.075, abs=1e-3)
     train = read_structures(out / "train.extxyz")
     test = read_structures(out / "test.extxyz")
-    assert len(train) == 46 and len(test) == 10 and summary["test"]["missing_bins"] == []
+    assert len(train) == sum(expect.values()) and len(test) == 10 and summary["test"]["missing_bins"] == []
     assert all(s.periodic and s.n_atoms == 24 for s in list(train) + list(test))
     # the BKS labels carry the stress (kcal/mol/Å³), finite and symmetric
     assert all(s.stress is not None and np.isfinite(s.stress).all() and np.allclose(s.stress, s.stress.T)
@@ -96,12 +100,14 @@ def test_test_set_keeps_the_highest_force_structures_per_bin(quick):
 def test_second_build_reuses_md_and_labels(quick):
     out, _ = quick
     before = {p: (out / p).read_bytes() for p in ("train.extxyz", "test.extxyz")}
-    summary = build_silica(out, config=SilicaConfig.quick(), progress=False)
+    from uqpot.workflow.trial_attack import adversarial_directions
+
+    summary = build_silica(out, config=SilicaConfig.quick(), progress=False, directions=adversarial_directions)
     assert summary["labels"]["oracle_calls"] == 0 and summary["labels"]["computed"] == 0
     assert all((out / p).read_bytes() == data for p, data in before.items())
     # the saved MD belongs to its settings: other settings in the same folder are refused, not mixed in
     with pytest.raises(BuildError, match="other MD settings"):
-        build_silica(out, config=SilicaConfig.quick(time_scale=0.03), progress=False)
+        build_silica(out, config=SilicaConfig.quick(time_compression=20000.0), progress=False)
 
 
 @needs_lammps
@@ -117,9 +123,12 @@ def test_md_is_deterministic(tmp_path):
 @needs_lammps
 @pytest.mark.slow
 def test_full_192_atom_build(tmp_path):
-    """The default build (192 atoms, all conditions of Table S1 with the default frame counts)."""
-    summary = build_silica(tmp_path, atoms=192, progress=False)
+    """The default build (192 atoms, all conditions of Table S1 with the paper's frame counts, 402 test
+    structures along trial adversarial directions)."""
+    from uqpot.workflow.trial_attack import adversarial_directions
+
+    summary = build_silica(tmp_path, atoms=192, progress=False, directions=adversarial_directions)
     assert summary["atoms"] == 192 and summary["composition"] == {"Si": 64, "O": 128}
-    assert summary["train"]["n"] == 8 * 8 + 40 + 14 * 6
-    assert summary["test"]["n"] == 100 and not summary["test"]["missing_bins"]
+    assert summary["train"]["n"] == 1590 == sum(row[6] for row in TABLE_S1)
+    assert summary["test"]["n"] == 402 and not summary["test"]["missing_bins"]
     assert 1.9 < summary["glass"]["density_g_per_cm3"] < 2.7

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .cli_errors import EXIT_USER_ERROR, fail as _fail
-from .errors import UqpotError
+from .errors import ConfigError, UqpotError
 
 
 def _console():
@@ -157,27 +157,47 @@ def build_ammonia_cmd(out, store, executor, oracle, oracle_options, quick, n_tra
 @click.option("--atoms", type=int, default=None, help="atoms in the cell, a multiple of 3 (default 192; the paper: 699).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("data/silica"), show_default=True)
 @click.option("--store", type=click.Path(path_type=Path), default=None, help="label store (default: OUT/labels.db).")
-@click.option("--quick", is_flag=True, help="a tiny trial build (24 atoms, MD 50x shorter, 2 frames per condition).")
-@click.option("--time-scale", type=float, default=None, help="multiplies every MD duration.")
-@click.option("--test-bins", type=int, default=None, help="energy bins of the test set (2 structures each; default 50).")
+@click.option("--quick", is_flag=True, help="a tiny trial build (24 atoms, MD 25,000x compressed, 2% of the frames).")
+@click.option("--time-compression", type=float, default=None,
+              help="the one factor by which the SI's MD is compressed in time (default 500).")
+@click.option("--time-scale", type=float, default=None,
+              help="multiplies every MD duration of the default build (time compression 500 / SCALE).")
+@click.option("--frame-scale", type=float, default=None,
+              help="multiplies the paper's frame count of every condition (default 1: the 1590 frames of Table S1).")
+@click.option("--test-bins", type=int, default=None, help="energy bins of the test set (2 structures each; default 201).")
+@click.option("--test-directions", type=click.Choice(["adversarial", "random"]), default="adversarial",
+              show_default=True, help="the test set's displacement directions: trial adversarial runs (the SI's) "
+                                      "or random.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--no-progress", is_flag=True)
-def build_silica_cmd(atoms, out, store, quick, time_scale, test_bins, seed, no_progress):
-    """Amorphous SiO2: melt-quench and the MD conditions of SI Table S1 (LAMMPS, BKS + wall), frames labelled
-    with the BKS oracle; a test set of high-energy, high-force structures.  Resumable."""
+def build_silica_cmd(atoms, out, store, quick, time_compression, time_scale, frame_scale, test_bins,
+                     test_directions, seed, no_progress):
+    """Amorphous SiO2: melt-quench and the MD conditions of SI Table S1 (LAMMPS, BKS + wall) with the SI's
+    frame counts, the MD compressed in time by one factor; frames labelled with the BKS oracle; a test set
+    of 402 high-energy, high-force structures (2 per energy bin) along trial adversarial directions.  Resumable."""
     from .data.sets import format_histogram
     from .data.sets.silica import SilicaConfig, build_silica, format_table
+    from .workflow.trial_attack import adversarial_directions
 
     try:
         overrides = {"seed": seed}
         if atoms is not None:
             overrides["atoms"] = atoms
         if time_scale is not None:
-            overrides["time_scale"] = time_scale
+            if not time_scale > 0:
+                raise ConfigError(None, f"--time-scale: must be > 0, got {time_scale:g}")
+            overrides["time_compression"] = SilicaConfig().time_compression / time_scale
+            overrides["glass_time_scale"] = time_scale
+        if time_compression is not None:
+            overrides["time_compression"] = time_compression
+        if frame_scale is not None:
+            overrides["frame_scale"] = frame_scale
         if test_bins is not None:
             overrides["test_bins"] = test_bins
         cfg = SilicaConfig.quick(**overrides) if quick else SilicaConfig(**overrides)
-        summary = build_silica(out, store=store, config=cfg, progress=not no_progress, console=_console())
+        directions = adversarial_directions if test_directions == "adversarial" else None
+        summary = build_silica(out, store=store, config=cfg, progress=not no_progress, console=_console(),
+                               directions=directions)
     except UqpotError as exc:
         _fail(exc)
     g, tr, te, lab = summary["glass"], summary["train"], summary["test"], summary["labels"]
@@ -185,6 +205,9 @@ def build_silica_cmd(atoms, out, store, quick, time_scale, test_bins, seed, no_p
                f"{summary['composition']['O']} O); glass {' x '.join(f'{v:.2f}' for v in g['box_A'])} Å, "
                f"{g['density_g_per_cm3']:.3f} g/cm^3")
     click.echo(format_table(summary))
+    click.echo(f"MD: the SI's schedule compressed in time by {summary['time_compression']:g} (durations / "
+               f"{summary['time_compression']:g}, rates x {summary['time_compression']:g}); test directions: "
+               f"{te['directions']}")
     click.echo(f"train: {tr['n']} frames, up to {tr['energy_max_per_atom']:.2f} kcal/mol/atom above the lowest")
     click.echo(f"test: {te['n']} structures ({te['kinds']}) from {te['candidates_labelled']} candidates, "
                f"{te['bins']} bins of {te['bin_width_kcal_per_mol']:.1f} kcal/mol"

@@ -83,8 +83,10 @@ def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, conso
         build_ammonia(d, store=store, oracle=oracle, config=data_cfg, executor=executor, console=console)
     else:
         from ..data.sets.silica import build_silica
+        from .trial_attack import adversarial_directions
 
-        build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console)
+        build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console,
+                     directions=adversarial_directions)
 
 
 def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None):

@@ -7,7 +7,9 @@ at strain rates of 10⁻⁴ ps⁻¹ up to 30 % strain — labelled with VASP PBE
 high energy and force (0-30,000 kcal/mol, i.e. 0-43 kcal/mol/atom), binned by energy, two of the
 highest-force structures kept per bin.
 
-Here, at a cost a workstation can pay (a full 192-atom build takes minutes on 2 cores):
+Here, with the SI's conditions and frame counts, at a cost a workstation can pay (``uqpot data build silica``:
+the 1590 frames of Table S1 and a 402-structure test set on a 192-atom cell; ``--atoms 699`` for the
+paper's cell):
 
 1. **Cell** (:func:`silica_cell`): α-quartz (space group 154, Si (0.4697, 0, 2/3), O (0.4135, 0.2669,
    0.1191-1/3), a = 4.916, c = 5.405 Å) in its orthohexagonal 18-atom cell, repeated to the most nearly
@@ -17,16 +19,28 @@ Here, at a cost a workstation can pay (a full 192-atom build takes minutes on 2 
 2. **Melt-quench** with LAMMPS on BKS + the short-range wall (:mod:`uqpot.oracle.bks`; the MD uses PPPM
    and a 7 Å real-space Coulomb cutoff for speed, the labels use the oracle's exact Ewald settings): NVT
    at ``melt_temperature``, NPT quench to 300 K at 0 bar, NPT anneal at 300 K.
-3. **Training frames** from the conditions of Table S1 (:data:`TABLE_S1`), each an MD run from the glass:
-   NPT equilibration at each temperature, NPT cooling from 2300 to 300 K, and deformation at 300 K with
-   ``fix deform`` (engineering strain rates in the paper's ratios, the fastest ``strain_rate`` per ps,
-   500x the paper's so that 30 % strain takes picoseconds, not nanoseconds; the undeformed directions
-   under the barostat at 0 bar).  Fewer frames per condition than the paper's (``*_frames``).
+3. **Training frames** from the conditions of Table S1 (:data:`TABLE_S1`), each an MD run from the glass,
+   with the SI's schedule (:data:`PAPER_MD`) compressed in time by ONE factor, ``time_compression`` (C,
+   default 500): every duration is the paper's divided by C and every rate the paper's times C.
+   Equilibration: NPT at each temperature, 1 ns/C, then the condition's frames every 100 ps/C (the SI:
+   11 ns, frames every 100 ps of the last 10 ns).  Cooling: 5 runs from the glass (own velocities), NPT
+   from 2300 to 300 K at C K/ps (the SI: 1 K/ps), 82 frames each, evenly over the ramp (the SI: every
+   25 ps; 5 × 82 = 410).  Deformation at 300 K with ``fix deform``: engineering strain rate 1e-4·C per ps
+   in x (and the condition's ratio in y) up to 30 % in x, the undeformed directions under the barostat
+   at 0 bar, the condition's frames evenly over the run (the SI: every 100 ps).  Frame counts are the
+   paper's per condition (1590 in all), times ``frame_scale`` (at least one per condition) for smaller
+   builds.
 4. **Labels**: every frame with the BKS oracle (``lammps:bks+wall``) through the store.
-5. **Test set**: candidates from very hot NVT MD (``hot_temperatures``) and random displacements of
-   training frames aimed (secant on the amplitude, as in :mod:`.ammonia`) at ``test_bins`` energy bins
-   from 0 to ``test_e_max_per_atom`` kcal/mol/atom above the training minimum; per bin the
-   ``test_per_bin`` structures with the highest atomic force (max |F_i|) are kept, as the SI describes.
+5. **Test set** (the SI: 402 structures of 0-30,000 kcal/mol, i.e. 0-43 kcal/mol/atom, from adversarial
+   sampling during trial runs, binned and deduplicated by energy, the 2 highest-force structures per bin):
+   candidates from very hot NVT MD (``hot_temperatures``) and displacements of training frames aimed
+   (secant on the amplitude, as in :mod:`.ammonia`) at ``test_bins`` energy bins (201 × 2 = 402) from 0 to
+   ``test_e_max_per_atom`` kcal/mol/atom above the training minimum.  The displacement directions come
+   from ``directions``: trial adversarial runs (:mod:`uqpot.workflow.trial_attack`, which ``uqpot data
+   build silica`` uses: a small trial ensemble trained on the training frames, attacked as in Eq. 15-16,
+   each attack's displacement a direction), or random directions where none is given.  Candidates of the
+   same energy (to 1e-6 kcal/mol) are duplicates; per bin the ``test_per_bin`` structures with the
+   highest atomic force (max |F_i|) are kept.
 
 Resumable: the glass and each condition's frames are saved under ``OUT/md/`` (NumPy files written
 atomically) as soon as they exist, and every label is in the store; a rerun skips the finished MD and
@@ -90,11 +104,17 @@ TABLE_S1 = [
 ]
 
 
+#: the SI's MD schedule (section II.A), in the paper's time (ps): equilibration before sampling and the
+#: interval between frames; cooling runs, temperatures, rate (K/ps) and frames per run; deformation rate of
+#: the fastest direction (1/ps), final strain, interval between frames
+PAPER_MD = {"equilibration_ps": 1000.0, "frame_interval_ps": 100.0, "cooling_runs": 5, "cooling_start": 2300.0,
+            "cooling_end": 300.0, "cooling_rate": 1.0, "cooling_frames_per_run": 82, "cooling_prep_ps": 100.0,
+            "strain_rate": 1.0e-4, "max_strain": 0.3}
+
 #: version of the MD protocol below (part of the key that guards the saved frames)
-MD_PROTOCOL = 2
-_MD_FIELDS = ("atoms", "seed", "timestep_fs", "time_scale", "melt_temperature", "melt_ps", "quench_ps", "anneal_ps",
-              "equilibration_ps", "temperature_frames", "temperature_interval_ps", "cooling_start", "cooling_end",
-              "cooling_rate", "cooling_frames", "strain_rate", "max_strain", "deformation_frames", "pressure_bar",
+MD_PROTOCOL = 3
+_MD_FIELDS = ("atoms", "seed", "timestep_fs", "time_compression", "frame_scale", "glass_time_scale",
+              "melt_temperature", "melt_ps", "quench_ps", "anneal_ps", "pressure_bar",
               "tdamp_ps", "pdamp_ps", "md_coulomb_cutoff", "md_kspace", "hot_temperatures", "hot_ps", "hot_frames")
 
 
@@ -105,23 +125,17 @@ class SilicaConfig:
     atoms: int = 192
     seed: int = 0
     timestep_fs: float = 1.0
-    #: multiplies every MD duration (0.02 for a quick trial)
-    time_scale: float = 1.0
+    #: the one factor by which the SI's MD is compressed in time (durations / C, rates × C); 500 takes
+    #: about 10 min of LAMMPS MD for 192 atoms on 2 cores (the SI's 140 ns become 0.28 ns)
+    time_compression: float = 500.0
+    #: multiplies the paper's frame count of every condition (at least one frame each)
+    frame_scale: float = 1.0
+    #: multiplies the glass preparation's durations (melt, quench, anneal: uqpot's, not the SI's)
+    glass_time_scale: float = 1.0
     melt_temperature: float = 5000.0
     melt_ps: float = 6.0
     quench_ps: float = 12.0
     anneal_ps: float = 3.0
-    equilibration_ps: float = 2.0
-    temperature_frames: int = 8
-    temperature_interval_ps: float = 0.4
-    cooling_start: float = 2300.0
-    cooling_end: float = 300.0
-    cooling_rate: float = 200.0  # K/ps (the paper: 1 K/ps)
-    cooling_frames: int = 40
-    #: the fastest engineering strain rate (1/ps); the paper's is 1e-4
-    strain_rate: float = 0.05
-    max_strain: float = 0.3
-    deformation_frames: int = 6
     pressure_bar: float = 0.0
     tdamp_ps: float = 0.1
     pdamp_ps: float = 1.0
@@ -130,7 +144,7 @@ class SilicaConfig:
     hot_temperatures: tuple = (6000.0, 9000.0)
     hot_ps: float = 2.0
     hot_frames: int = 10
-    test_bins: int = 50
+    test_bins: int = 201  # x 2 per bin = the SI's 402
     test_per_bin: int = 2
     test_candidates_per_bin: int = 4
     test_e_max_per_atom: float = 43.0  # kcal/mol/atom: the paper's 30,000 kcal/mol for 699 atoms
@@ -139,23 +153,33 @@ class SilicaConfig:
 
     @classmethod
     def quick(cls, **overrides) -> "SilicaConfig":
-        """A small, fast build (a 24-atom cell, MD 50x shorter, 2 frames per condition, 5 test bins)."""
-        base = dict(atoms=24, time_scale=0.02, temperature_frames=2, cooling_frames=2, deformation_frames=2,
-                    hot_frames=2, test_bins=5, test_candidates_per_bin=3, max_rounds=8)
+        """A small, fast build (a 24-atom cell, the SI's MD 25,000x compressed, 2 % of its frames (at least
+        one per condition), 5 test bins)."""
+        base = dict(atoms=24, time_compression=25000.0, frame_scale=0.02, glass_time_scale=0.02, hot_frames=2,
+                    test_bins=5, test_candidates_per_bin=3, max_rounds=8)
         base.update(overrides)
         return cls(**base)
 
+    def frames(self, paper_frames: int) -> int:
+        """A condition's frame count: the paper's times ``frame_scale``, at least one."""
+        return max(1, int(round(paper_frames * self.frame_scale)))
+
+    def cooling_frames_per_run(self) -> int:
+        return max(1, int(round(PAPER_MD["cooling_frames_per_run"] * self.frame_scale)))
+
+    def paper_steps(self, paper_ps: float) -> int:
+        """MD steps for ``paper_ps`` of the paper's time, compressed by ``time_compression``."""
+        return max(1, int(round(paper_ps / self.time_compression * 1000.0 / self.timestep_fs)))
+
     @property
     def effective_strain_rate(self) -> float:
-        """The fastest strain rate actually applied (1/ps): ``strain_rate / time_scale``, so that a shortened
-        run still reaches ``max_strain``."""
-        return self.strain_rate / self.time_scale
+        """The fastest engineering strain rate applied (1/ps): the SI's 1e-4 times ``time_compression``."""
+        return PAPER_MD["strain_rate"] * self.time_compression
 
     @property
     def effective_cooling_rate(self) -> float:
-        """The cooling rate actually applied (K/ps): the cooling run is shortened with ``time_scale`` and
-        still ends at ``cooling_end``."""
-        return self.cooling_rate / self.time_scale
+        """The cooling rate applied (K/ps): the SI's 1 K/ps times ``time_compression``."""
+        return PAPER_MD["cooling_rate"] * self.time_compression
 
     def md_key(self) -> str:
         """A hash of every setting that changes the MD (saved with the glass and the frames, so that a
@@ -167,19 +191,21 @@ class SilicaConfig:
         return hashlib.sha256(json.dumps({"protocol": MD_PROTOCOL, **md}, sort_keys=True).encode()).hexdigest()[:16]
 
     def steps(self, ps: float) -> int:
-        return max(1, int(round(ps * self.time_scale * 1000.0 / self.timestep_fs)))
+        """MD steps of the glass preparation and the hot test MD (uqpot's own durations, scaled by
+        ``glass_time_scale``)."""
+        return max(1, int(round(ps * self.glass_time_scale * 1000.0 / self.timestep_fs)))
 
     def check(self) -> None:
         if self.atoms % 3 or self.atoms < 6:
             raise BuildError(f"--atoms must be a multiple of 3 (SiO2 units) and at least 6, got {self.atoms}")
-        for name in ("temperature_frames", "cooling_frames", "deformation_frames", "test_bins", "test_per_bin",
-                     "max_attempts", "max_rounds"):
+        for name in ("test_bins", "test_per_bin", "max_attempts", "max_rounds"):
             if getattr(self, name) < 1:
                 raise BuildError(f"{name} must be >= 1")
         if self.test_candidates_per_bin < self.test_per_bin:
             raise BuildError("test_candidates_per_bin must be >= test_per_bin")
-        if not (self.time_scale > 0 and self.timestep_fs > 0 and self.strain_rate > 0):
-            raise BuildError("time_scale, timestep_fs and strain_rate must be > 0")
+        for name in ("time_compression", "timestep_fs", "frame_scale", "glass_time_scale"):
+            if not getattr(self, name) > 0:
+                raise BuildError(f"{name} must be > 0")
 
 
 # -- the cell -------------------------------------------------------------------------------------------
@@ -369,62 +395,64 @@ def melt_quench(cfg: SilicaConfig, md_dir: Path, progress=None) -> dict:
 
 
 def _run_condition(cfg: SilicaConfig, glass: dict, index: int, row: tuple) -> dict:
-    """MD of one Table S1 condition from the glass; the sampled frames with their conditions."""
-    group, name, temp, rate, ex, ey, _paper = row
+    """MD of one Table S1 condition from the glass, on the SI's schedule compressed by ``time_compression``
+    (module docstring); the sampled frames with their conditions."""
+    group, name, temp, rate, ex, ey, paper_frames = row
     p, td, pd = cfg.pressure_bar, cfg.tdamp_ps, cfg.pdamp_ps
     frames = {"positions": [], "lengths": [], "time_ps": [], "temperature": [], "strain_x": [], "strain_y": []}
+
+    def sample(md, l0, t_ps, n_frames, interval_steps):
+        """n_frames segments of interval_steps, run as ONE LAMMPS run (``start``/``stop``): a ramped
+        thermostat target and ``fix deform`` then follow the whole schedule, not each segment."""
+        first = md.step()
+        last = first + n_frames * interval_steps
+        for _ in range(n_frames):
+            md.command(f"run {int(interval_steps)} start {first} stop {last}")
+            t_ps += interval_steps * cfg.timestep_fs / 1000.0
+            st = md.state()
+            frames["positions"].append(st["positions"])
+            frames["lengths"].append(st["lengths"])
+            frames["time_ps"].append(t_ps)
+            frames["temperature"].append(st["temperature"])
+            frames["strain_x"].append(st["lengths"][0] / l0[0] - 1.0)
+            frames["strain_y"].append(st["lengths"][1] / l0[1] - 1.0)
+        return t_ps
+
+    if group == "Cooling":  # 5 runs from the glass, each its own velocities, 82 frames over the ramp
+        t_hi, t_lo = PAPER_MD["cooling_start"], PAPER_MD["cooling_end"]
+        ramp = cfg.paper_steps((t_hi - t_lo) / PAPER_MD["cooling_rate"])
+        n = cfg.cooling_frames_per_run()
+        for run in range(PAPER_MD["cooling_runs"]):
+            with LammpsMD(glass["numbers"], glass["positions"], glass["lengths"], cfg=cfg) as md:
+                l0 = md.box()
+                md.command(f"velocity all create {t_hi!r} {_lmp_seed(cfg, 1, index, run)} mom yes rot no dist gaussian")
+                md.command(f"fix ens all npt temp {t_hi!r} {t_hi!r} {td!r} iso {p!r} {p!r} {pd!r}")
+                prep = cfg.paper_steps(PAPER_MD["cooling_prep_ps"])
+                md.run(prep)
+                md.command("unfix ens")
+                md.command(f"fix ens all npt temp {t_hi!r} {t_lo!r} {td!r} iso {p!r} {p!r} {pd!r}")
+                sample(md, l0, prep * cfg.timestep_fs / 1000.0, n, max(1, ramp // n))
+        return {k: np.asarray(v) for k, v in frames.items()}
+
+    n = cfg.frames(paper_frames)
     with LammpsMD(glass["numbers"], glass["positions"], glass["lengths"], cfg=cfg) as md:
         l0 = md.box()
-        t_ps = 0.0
-
-        def sample(n_frames, interval_steps):
-            """n_frames segments of interval_steps, run as ONE LAMMPS run (``start``/``stop``): a ramped
-            thermostat target and ``fix deform`` then follow the whole schedule, not each segment."""
-            nonlocal t_ps
-            first = md.step()
-            last = first + n_frames * interval_steps
-            for _ in range(n_frames):
-                md.command(f"run {int(interval_steps)} start {first} stop {last}")
-                t_ps += interval_steps * cfg.timestep_fs / 1000.0
-                st = md.state()
-                frames["positions"].append(st["positions"])
-                frames["lengths"].append(st["lengths"])
-                frames["time_ps"].append(t_ps)
-                frames["temperature"].append(st["temperature"])
-                frames["strain_x"].append(st["lengths"][0] / l0[0] - 1.0)
-                frames["strain_y"].append(st["lengths"][1] / l0[1] - 1.0)
-
-        if group == "Temperature equilibration":
-            md.command(f"velocity all create {float(temp)!r} {_lmp_seed(cfg, 1, index)} mom yes rot no dist gaussian")
+        md.command(f"velocity all create {float(temp)!r} {_lmp_seed(cfg, 1, index)} mom yes rot no dist gaussian")
+        if group == "Temperature equilibration":  # the SI: 1 ns, then frames every 100 ps
             md.command(f"fix ens all npt temp {float(temp)!r} {float(temp)!r} {td!r} iso {p!r} {p!r} {pd!r}")
-            eq = cfg.steps(cfg.equilibration_ps)
+            eq = cfg.paper_steps(PAPER_MD["equilibration_ps"])
             md.run(eq)
-            t_ps += eq * cfg.timestep_fs / 1000.0
-            sample(cfg.temperature_frames, cfg.steps(cfg.temperature_interval_ps))
-        elif group == "Cooling":
-            t_hi, t_lo = cfg.cooling_start, cfg.cooling_end
-            md.command(f"velocity all create {t_hi!r} {_lmp_seed(cfg, 1, index)} mom yes rot no dist gaussian")
-            md.command(f"fix ens all npt temp {t_hi!r} {t_hi!r} {td!r} iso {p!r} {p!r} {pd!r}")
-            eq = cfg.steps(cfg.equilibration_ps)
-            md.run(eq)
-            t_ps += eq * cfg.timestep_fs / 1000.0
-            md.command("unfix ens")
-            total = cfg.steps((t_hi - t_lo) / cfg.cooling_rate)
-            md.command(f"fix ens all npt temp {t_hi!r} {t_lo!r} {td!r} iso {p!r} {p!r} {pd!r}")
-            interval = max(1, total // cfg.cooling_frames)
-            sample(cfg.cooling_frames, interval)
-        else:
+            interval = cfg.paper_steps(PAPER_MD["frame_interval_ps"] * paper_frames / n)
+            sample(md, l0, eq * cfg.timestep_fs / 1000.0, n, interval)
+        else:  # deformation: 1e-4/ps (x; y at the condition's ratio) up to 30 % strain in x
             rx = ex * cfg.effective_strain_rate
             ry = None if ey is None else ey * cfg.effective_strain_rate
-            md.command(f"velocity all create {float(temp)!r} {_lmp_seed(cfg, 1, index)} mom yes rot no dist gaussian")
             baro = "y {p!r} {p!r} {pd!r} z {p!r} {p!r} {pd!r}" if ry is None else "z {p!r} {p!r} {pd!r}"
-            md.command(f"fix ens all npt temp {float(temp)!r} {float(temp)!r} {td!r} "
-                       + baro.format(p=p, pd=pd))
+            md.command(f"fix ens all npt temp {float(temp)!r} {float(temp)!r} {td!r} " + baro.format(p=p, pd=pd))
             deform = f"x erate {rx!r}" + ("" if ry is None else f" y erate {ry!r}")
             md.command(f"fix def all deform 1 {deform} remap x")
-            duration_ps = cfg.max_strain / cfg.strain_rate  # x reaches max_strain (steps() applies time_scale)
-            interval = max(1, cfg.steps(duration_ps) // cfg.deformation_frames)
-            sample(cfg.deformation_frames, interval)
+            total = cfg.paper_steps(PAPER_MD["max_strain"] / PAPER_MD["strain_rate"])
+            sample(md, l0, 0.0, n, max(1, total // n))
     return {k: np.asarray(v) for k, v in frames.items()}
 
 
@@ -465,8 +493,10 @@ def _max_force(s) -> float:
     return float(np.sqrt((np.asarray(s.forces) ** 2).sum(1)).max())
 
 
-def _test_set(cfg, train, hot, labeller, e_ref, progress):
-    """Bins of energy above the training minimum; per bin the test_per_bin highest-force candidates."""
+def _test_set(cfg, train, hot, labeller, e_ref, progress, directions=None):
+    """Bins of energy above the training minimum; per bin the test_per_bin highest-force candidates.
+    ``directions``: (training-frame index, displacement (n, 3) Å) pairs to displace along (trial adversarial
+    runs); None: random directions from random training frames below the target."""
     from ..store import structure_hash
     from ..structures import Structure
 
@@ -475,14 +505,17 @@ def _test_set(cfg, train, hot, labeller, e_ref, progress):
     width = e_max / cfg.test_bins
     pool: list = []
     seen = {structure_hash(s, "geometry") for s in train}
+    energies: set = set()
 
     def add(lab):
         if lab is None:
             return
         key = structure_hash(lab, "geometry")
-        if key in seen:
+        e_key = round(float(lab.energy), 6)  # the SI deduplicates by energy
+        if key in seen or e_key in energies:
             return
         seen.add(key)
+        energies.add(e_key)
         e = lab.energy - e_ref
         if 0.0 <= e < e_max:
             pool.append((int(e // width), lab))
@@ -508,12 +541,15 @@ def _test_set(cfg, train, hot, labeller, e_ref, progress):
             for _ in range(n_new):
                 rng = np.random.default_rng([cfg.seed, 3, b, made[b]])
                 target = (b + float(rng.uniform(0.15, 0.85))) * width
-                # a training frame well below the target (the displacement adds the energy)
-                below = [s for s in train if s.energy - e_ref <= 0.5 * target] or [min(train, key=lambda s: s.energy)]
-                base = below[int(rng.integers(len(below)))]
-                direction = rng.normal(size=(n_at, 3))
-                direction /= np.sqrt((direction**2).sum(1).mean())  # RMS displacement 1 Å at s = 1
-                slot = Slot(index=len(slots), stage="test", kind="displacement", target=target,
+                if directions:  # a trial attack's displacement, from its own starting frame
+                    k, direction = directions[len(slots) % len(directions)]
+                    base, kind = train[int(k)], "adversarial-direction"
+                else:  # a random direction from a training frame well below the target
+                    below = [s for s in train if s.energy - e_ref <= 0.5 * target] or [min(train, key=lambda s: s.energy)]
+                    base, kind = below[int(rng.integers(len(below)))], "displacement"
+                    direction = rng.normal(size=(n_at, 3))
+                direction = direction / np.sqrt((direction**2).sum(1).mean())  # RMS displacement 1 Å at s = 1
+                slot = Slot(index=len(slots), stage="test", kind=kind, target=target,
                             base=base.positions.copy(), direction=direction, e0=base.energy - e_ref, bin=b,
                             info={"base_condition": base.info.get("condition"), "cell": base.cell.copy()})
                 slots.append(slot)
@@ -527,8 +563,8 @@ def _test_set(cfg, train, hot, labeller, e_ref, progress):
         proposals = []
         for slot in open_:
             s = slot.next_amplitude(prior)
-            info = {"stage": "test", "kind": "displacement", "slot": slot.index, "attempt": slot.attempts,
-                    "amplitude": round(float(s), 8), "condition": "displacement",
+            info = {"stage": "test", "kind": slot.kind, "slot": slot.index, "attempt": slot.attempts,
+                    "amplitude": round(float(s), 8), "condition": slot.kind,
                     "base_condition": slot.info["base_condition"]}
             proposals.append((slot, s, Structure(numbers=train[0].numbers.copy(), positions=slot.positions(s),
                                                  cell=slot.info["cell"], pbc=np.ones(3, dtype=bool), info=info)))
@@ -571,9 +607,12 @@ def _relative(structures, e_ref: float, method: str) -> list:
 
 
 def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaConfig | None = None,
-                 oracle=None, progress: bool = True, console=None) -> dict:
+                 oracle=None, progress: bool = True, console=None, directions=None) -> dict:
     """Builds the silica training and test sets into ``out`` (see the module docstring); returns the
-    summary (also ``OUT/summary.json``).  ``oracle``: default the BKS oracle (``lammps:bks+wall``)."""
+    summary (also ``OUT/summary.json``).  ``oracle``: default the BKS oracle (``lammps:bks+wall``).
+    ``directions``: a callable ``(training structures, out folder) -> [(frame index, displacement)]`` that
+    gives the test set's displacement directions (:func:`uqpot.workflow.trial_attack.adversarial_directions`,
+    the SI's trial adversarial runs), or None for random directions."""
     from ...oracle import get_oracle
     from ...provenance import write_json
     from ..io import write_extxyz
@@ -657,10 +696,18 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
                     lab.info["store_id"] = rec.store_id
                     hot.append(lab)
             prog.update(advance=1)
+        dirs, source = None, "random displacements"
+        if directions is not None:
+            prog.stage("trial adversarial runs (the test set's directions)", total=None)
+            t = time.perf_counter()
+            dirs = directions(train, out / "trial")
+            timings["trial_attack"] = elapsed(t)
+            source = f"displacements along {len(dirs)} trial adversarial samples"
+            prog.log(f"trial attacks gave {len(dirs)} directions")
         prog.stage(f"test set ({cfg.test_per_bin} highest-force per bin, {cfg.test_bins} bins)",
                    total=cfg.test_bins * cfg.test_per_bin)
         t = time.perf_counter()
-        test, missing, n_candidates, rounds, width = _test_set(cfg, train, hot, labeller, e_ref, prog)
+        test, missing, n_candidates, rounds, width = _test_set(cfg, train, hot, labeller, e_ref, prog, dirs)
         timings["test"] = elapsed(t)
     train_rel = _relative(train, e_ref, oracle.method)
     test_rel = _relative(test, e_ref, oracle.method)
@@ -681,6 +728,7 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
         "atoms": n_at, "composition": {"Si": int((numbers == 14).sum()), "O": int((numbers == 8).sum())},
         "glass": {"box_A": [float(v) for v in glass["lengths"]], "density_g_per_cm3": round(density, 4)},
         "reference_energy_kcal_per_mol": e_ref,
+        "time_compression": cfg.time_compression,
         "conditions": table,
         "train": {"file": "train.extxyz", "n": len(train_rel), "paper_n": 1590,
                   "energy_max": float(e_train.max()), "energy_max_per_atom": float(e_train.max()) / n_at,
@@ -690,8 +738,9 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
                  "energy_max_per_atom": float(e_test.max()) / n_at if len(e_test) else None,
                  "max_force_median": float(np.median(f_test)) if len(f_test) else None,
                  "hot_md_frames": len(hot), "candidates_labelled": n_candidates + len(hot), "rounds": rounds,
-                 "missing_bins": missing, "kinds": {k: int(sum(1 for s in test_rel if s.info.get("kind") == k))
-                                                    for k in ("hot-md", "displacement")},
+                 "missing_bins": missing, "directions": source,
+                 "kinds": {k: int(sum(1 for s in test_rel if s.info.get("kind") == k))
+                           for k in ("hot-md", "displacement", "adversarial-direction")},
                  "histogram": energy_histogram(e_test, test_edges)},
         "labels": {**labeller.counter.as_dict(), "oracle_calls": oracle.calls - calls0,
                    "store": str(store.path), "store_rows": store.count()},
