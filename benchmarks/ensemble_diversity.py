@@ -7,17 +7,22 @@ For every replicate seed s, on the same split, the variants (``--variants``):
 
 * ``shared``: ``uq.method: ensemble``, member seeds s, ..., s+M-1, one batch order (seeded by s);
 * ``stacked_independent``: the same with ``member_order: independent`` (member k shuffles with seed s+k);
+* ``per_member_splits``: as ``stacked_independent``, and every member on its own train/val split of the pool
+  (``uq.splits: per_member``, SI Sec. I), the split's sizes unchanged;
 * ``separate``: M single networks with seeds s, ..., s+M-1 trained one by one, assembled into one ensemble
   (:meth:`uqpot.uq.ensemble.Ensemble.from_members`), calibrated on the same validation set.
 
 Member k is initialised identically in every variant, so they differ only in the batch orders (and, between
 the stacked and separate ones, in float rounding).  Prints Spearman and ROC-AUC per variant with 95%
-t-intervals over seeds, and each variant's paired difference to ``shared``.
+t-intervals over seeds, and each variant's paired difference (by seed) to ``--baseline`` (default ``shared``).
 
     python benchmarks/ensemble_diversity.py --data ../shared/data/ammonia_public.extxyz --ood 5.0 \\
         --seeds 0,10,20 --epochs 500 --variants shared,separate --out runs/div_ammonia
     python benchmarks/ensemble_diversity.py --data ../shared/data/rmd17_ethanol_800.extxyz --split 200,100,300 \\
         --features 64 --seeds 0,10,20 --epochs 100 --variants shared,stacked_independent --out runs/div_ethanol
+    python benchmarks/ensemble_diversity.py --data ../shared/data/ammonia_public.extxyz --ood 5.0 \
+        --seeds 0,10,20,30,40 --epochs 500 --variants stacked_independent,per_member_splits \
+        --baseline stacked_independent --out runs/div_splits
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ def main():
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--features", type=int, default=128)
     ap.add_argument("--variants", default="shared,stacked_independent,separate")
+    ap.add_argument("--baseline", default="shared", help="the variant the paired differences are taken against")
     ap.add_argument("--executor", default="none")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
@@ -83,11 +89,12 @@ def main():
     variants = a.variants.split(",")
     jobs, groups, variant_of = [], {}, {}
     for s in seeds:
-        for v, order in (("shared", "shared"), ("stacked_independent", "independent")):
+        for v, order, extra in (("shared", "shared", {}), ("stacked_independent", "independent", {}),
+                                 ("per_member_splits", "independent", {"splits": "per_member"})):
             if v in variants:  # the shared variant keeps its old directory name
                 name = "stacked" if v == "shared" else v
                 jobs.append(Job(name=f"{v}-s{s}", data=a.data, indices=idx, method="ensemble", seed=s,
-                                out=str(out / f"{name}_s{s}"), model=model, uq={"members": a.members},
+                                out=str(out / f"{name}_s{s}"), model=model, uq={"members": a.members, **extra},
                                 train={**train, "member_order": order}))
                 variant_of[jobs[-1].name] = v
         if "separate" in variants:
@@ -118,12 +125,12 @@ def main():
         vals = {v: [res[v][s].get(k) for s in seeds] for v in variants}
         row = {"metric": k, **{v: mean_interval(vals[v]) for v in variants},
                "per_seed": {v: dict(zip(map(str, seeds), vals[v])) for v in variants}}
-        if "shared" in variants:
-            row.update({f"{v}_minus_shared": paired_difference(vals[v], vals["shared"]) for v in variants
-                        if v != "shared"})
+        base = a.baseline
+        if base in variants:
+            row.update({f"{v}_minus_{base}": paired_difference(vals[v], vals[base]) for v in variants if v != base})
         rows.append(row)
         print(f"{k:>20s} | " + " | ".join(f"{v} {fmt(row[v])}" for v in variants) + "".join(
-            f" | {v} − shared {fmt(row[f'{v}_minus_shared'])}" for v in variants if f"{v}_minus_shared" in row))
+            f" | {v} − {base} {fmt(row[f'{v}_minus_{base}'])}" for v in variants if f"{v}_minus_{base}" in row))
     for r in rows:
         print(json.dumps(r, default=float))
 

@@ -89,3 +89,31 @@ def test_compiled_step_with_independent_orders_equals_eager(tmp_path, ammonia):
         Trainer(model, train, val, cfg, tmp_path / f"c{comp}", seed=3).fit()
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert (weights[0] - weights[1]).abs().max() < 1e-10
+
+
+def test_per_member_splits_equal_single_networks_on_their_own_split(tmp_path, ammonia):
+    """``uq.splits: per_member`` (SI Sec. I: "all models were trained on different splits"): member m trains and
+    validates on its own split of the pool (train + val), and equals a single network trained alone on that split
+    with member m's seed."""
+    import json
+
+    from uqpot.uq.ensemble import Ensemble
+
+    train, val = ammonia[:30], ammonia[30:40]
+    pool = train + val
+    ens = Ensemble(dict(HP, members=2, seeds=[5, 6]), splits="per_member")
+    ens.fit_reference(train)
+    t, _ = _train(ens, train, val, tmp_path / "ens", "auto", seed=5)
+    splits = json.loads((tmp_path / "ens" / "member_splits.json").read_text())
+    tr, va = [np.array(x) for x in splits["train"]], [np.array(x) for x in splits["val"]]
+    assert [len(x) for x in tr] == [30, 30] and [len(x) for x in va] == [10, 10]
+    assert set(tr[0]) != set(tr[1]) and all(not set(a) & set(b) for a, b in zip(tr, va))
+    for m, seed in enumerate((5, 6)):
+        single = Potential(**HP, members=1, seeds=[seed])
+        single.fit_reference(train)  # the run's reference energies, shared by the members
+        _train(single, pool.subset(tr[m]), pool.subset(va[m]), tmp_path / f"single{seed}", "auto", seed=seed)
+        for (name, a), b in zip(ens.potential.state_dict().items(), single.state_dict().values()):
+            if name in ("atomref", "energy_scale", "known_elements"):
+                continue
+            assert torch.allclose(a[m], b[0], atol=1e-8), (m, name)
+    assert Ensemble.from_hparams(ens.hparams).member_splits == "per_member"

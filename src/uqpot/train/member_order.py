@@ -89,11 +89,32 @@ def stack_member_batches(batches: list[AtomsBatch]) -> AtomsBatch:
 
 
 def member_batches(dataset: StructureDataset, batch_size: int, cutoff: float, rngs: list[np.random.Generator],
-                   dtype, device):
-    """Yields ``(indices (M, b), stacked batch)``: step k gives member m the k-th batch of its own permutation."""
-    n = len(dataset)
-    orders = [rng.permutation(n) for rng in rngs]
-    for start in range(0, n, batch_size):
+                   dtype, device, subsets: list[np.ndarray] | None = None):
+    """Yields ``(indices (M, b), stacked batch)``: step k gives member m the k-th batch of its own permutation
+    (of ``subsets[m]``, its own structures of ``dataset``, where given; all of the same size)."""
+    subsets = subsets or [np.arange(len(dataset))] * len(rngs)
+    yield from stacked_batches(dataset, [s[rng.permutation(len(s))] for s, rng in zip(subsets, rngs)], batch_size,
+                               cutoff, dtype, device)
+
+
+def stacked_batches(dataset: StructureDataset, orders: list[np.ndarray], batch_size: int, cutoff: float, dtype,
+                    device):
+    """Yields ``(indices (M, b), stacked batch)``: step k gives member m the k-th chunk of ``orders[m]``."""
+    for start in range(0, len(orders[0]), batch_size):
         idx = [order[start:start + batch_size] for order in orders]
         batches = [collate_dataset(dataset, i, cutoff, dtype=dtype, device=device, layout="dense") for i in idx]
         yield np.stack(idx), stack_member_batches(batches)
+
+
+def member_splits(model, n_train: int, n_val: int) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """Each member's (training, validation) indices into the pool = training + validation structures, of the
+    given sizes, drawn from the member's seed; None unless the model asks for per-member splits
+    (:class:`uqpot.uq.ensemble.Ensemble`, ``splits: per_member``)."""
+    if getattr(model, "member_splits", "shared") != "per_member":
+        return None
+    trains, vals = [], []
+    for s in member_seeds(model):
+        perm = np.random.default_rng([int(s), 97]).permutation(n_train + n_val)
+        trains.append(np.sort(perm[:n_train]))
+        vals.append(np.sort(perm[n_train:]))
+    return trains, vals

@@ -38,10 +38,10 @@ from ..config import TrainConfig
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import ConfigError, TrainingError
-from ..provenance import atomic_write
+from ..provenance import atomic_write, write_json
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
-from .member_order import member_batches, member_seeds, resolve_member_order
+from .member_order import member_batches, member_seeds, member_splits, resolve_member_order, stacked_batches
 from ..autocompile import choose_compile
 from .optim import MemberAdam, MemberPlateau, clip_per_member
 
@@ -155,6 +155,18 @@ class Trainer:
         # member m shuffles with its own seed, as a single network with that seed would
         self.member_rngs = ([np.random.default_rng(int(s)) for s in member_seeds(model)]
                             if self.member_order == "independent" else [])
+        # an ensemble with per-member splits: every member its own train/val split of the pool (train + val)
+        self.member_subsets = member_splits(model, len(train), len(val))
+        if self.member_subsets is not None:
+            if self.member_order != "independent":
+                raise ConfigError(None, "uq.splits: per_member stacks each member's own batches, which needs one "
+                                        "molecule on the dense layout (train.member_order auto or independent); "
+                                        "use splits: shared")
+            self.train_set = self.val_set = train + val
+            write_json(self.out / "member_splits.json", {
+                "pool": "the run's training structures, then its validation structures",
+                "train": [idx.tolist() for idx in self.member_subsets[0]],
+                "val": [idx.tolist() for idx in self.member_subsets[1]]})
         self._step_loss = self._loss
         if cfg.compile:  # one compiled function for forward, forces and loss; its backward is compiled too
             # static shapes: each batch shape compiles once (a last, smaller batch once more); past dynamo's
@@ -248,7 +260,8 @@ class Trainer:
         """This epoch's training batches: one shared order, or every member its own (stacked)."""
         if self.member_rngs:
             return member_batches(self.train_set, self.cfg.batch_size, self.cutoff, self.member_rngs,
-                                  self.dtype, self.device)
+                                  self.dtype, self.device,
+                                  subsets=None if self.member_subsets is None else self.member_subsets[0])
         return self._batches(self.train_set, self.cfg.batch_size, shuffle=True)
 
     def _batches(self, dataset, batch_size, shuffle):
@@ -267,7 +280,11 @@ class Trainer:
         """Per-member validation loss and MAEs (M,) (forces by autograd, no graph kept)."""
         if self._val_batches is None:
             bs = self.cfg.val_batch_size or self.cfg.batch_size
-            self._val_batches = [b for _, b in self._batches(self.val_set, bs, shuffle=False)]
+            if self.member_subsets is not None:  # every member on its own validation structures
+                self._val_batches = [b for _, b in stacked_batches(self.val_set, self.member_subsets[1], bs,
+                                                                   self.cutoff, self.dtype, self.device)]
+            else:
+                self._val_batches = [b for _, b in self._batches(self.val_set, bs, shuffle=False)]
         self.model.eval()
         sums = []
         n_struct = n_comp = 0

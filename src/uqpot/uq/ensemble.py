@@ -1,5 +1,14 @@
 """Deep ensemble (paper Eq. 2-5): M networks from different seeds trained on the same data.
 
+``splits``: ``shared`` (default) trains every member on the run's split; ``per_member`` gives each member its
+own train/validation split of the same pool (the run's training and validation structures together, the same
+sizes; member m's split drawn from its seed), as the SI says of its models ("all models were trained on
+different splits of the data set", SI Sec. I).  Per-member splits stack the members' batches as independent
+batch orders do (:mod:`uqpot.train.member_order`: one molecule, dense layout); the reference energies are
+fitted on the run's training split, shared by all members; the calibration uses the run's validation split,
+part of which the other members trained on.  Measured on the ammonia out-of-domain split (README,
+``benchmarks/ensemble_diversity.py --compare splits``).
+
 Prediction: the members' mean energy and forces (Eq. 2-3).  Uncertainty: the variance of the forces over
 members with the 1/(M-1) estimator, averaged over Cartesian components per atom; averaged over atoms it is
 σ²_F(x) of Eq. 5 (in (kcal/mol/Å)²).  The energy variance σ²_E (Eq. 4) is returned as well.  The members
@@ -25,6 +34,8 @@ class EnsembleOptions(UQOptions):
 
     method: Literal["ensemble"] = "ensemble"
     members: int = Field(5, ge=2, description="ensemble size (SI: 5 for rMD17 and ammonia, 3 for silica)")
+    splits: Literal["shared", "per_member"] = Field(
+        "shared", description="every member on the run's split, or each its own train/val split of the same pool")
     potential_keys: ClassVar[frozenset] = frozenset({"members"})
 
 
@@ -39,10 +50,17 @@ class Ensemble(UQMethod):
     def members_for(cls, options: EnsembleOptions) -> int:
         return int(options.members)
 
-    def __init__(self, potential: dict, reduction: str = "mean"):
+    def __init__(self, potential: dict, reduction: str = "mean", splits: str = "shared"):
         super().__init__(potential, reduction)
         if self.potential.members < 2:
             raise ValueError("an ensemble needs at least 2 members (uq.members >= 2)")
+        if splits not in ("shared", "per_member"):
+            raise ValueError(f"unknown splits {splits!r}; use shared or per_member")
+        #: read by the trainer (:mod:`uqpot.train.member_order`)
+        self.member_splits = splits
+
+    def method_hparams(self) -> dict:
+        return {} if self.member_splits == "shared" else {"splits": self.member_splits}
 
     def combine(self, out: dict, batch) -> dict:
         res = {F.ENERGY: out[F.ENERGY].mean(0), F.ENERGY_VARIANCE: out[F.ENERGY].var(0, correction=1),
