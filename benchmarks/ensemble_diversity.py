@@ -74,6 +74,7 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--features", type=int, default=128)
+    ap.add_argument("--compile", default="auto", choices=("auto", "true", "false"), help="train.compile")
     ap.add_argument("--variants", default="shared,stacked_independent,separate")
     ap.add_argument("--baseline", default="shared", help="the variant the paired differences are taken against")
     ap.add_argument("--executor", default="none")
@@ -84,7 +85,8 @@ def main():
     idx = {k: v.tolist() for k, v in splits(a, len(data), data.energies(), a.split_seed).items()}
     seeds = [int(s) for s in a.seeds.split(",")]
     model = {"features": a.features}
-    train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience, "val_batch_size": 100}
+    train = {"epochs": a.epochs, "lr": a.lr, "batch_size": a.batch, "lr_patience": a.patience, "val_batch_size": 100,
+             "compile": {"auto": "auto", "true": True, "false": False}[a.compile]}
     out = Path(a.out)
     variants = a.variants.split(",")
     jobs, groups, variant_of = [], {}, {}

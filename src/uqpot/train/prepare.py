@@ -206,7 +206,6 @@ def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
     check_layout(train, cfg.train)
     check_model(cfg.model, cfg.train, train)
     from .losses import resolve_stress_weight
-    from .run import trains_stress
 
     resolve_stress_weight(cfg.train, train, trains_stress(cfg.uq))
     _check_sizes(cfg, train, val, test)
@@ -216,3 +215,19 @@ def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
     hashes = file_hashes(inputs)
     return PreparedRun(cfg=cfg, out=out, train=train, val=val, test=test, split=split, n_structures=n,
                        device=device, hashes=hashes, warnings=warnings)
+
+
+def trains_plain_potential(uq_cfg) -> bool:
+    """Whether the network is trained as a plain potential (``none`` and the post-hoc methods, which then
+    wrap it): such runs with the same model, training settings, data and seed train the same network."""
+    from ..uq import method_class
+
+    return uq_cfg.method == "none" or method_class(uq_cfg.method).posthoc
+
+
+def trains_stress(uq_cfg) -> bool:
+    """Whether the method can train on a stress label (its training network gives a stress): plain
+    potentials and the post-hoc methods around them, and the methods with ``gives_stress``."""
+    from ..uq import method_class
+
+    return trains_plain_potential(uq_cfg) or method_class(uq_cfg.method).gives_stress

@@ -28,7 +28,8 @@ from ..provenance import versions, write_json
 from ..devices import resolve_device
 from ..rundir import RunLock, changed_files, clear_run
 from ..uq.options import upgrade_uq_section
-from .prepare import PreparedRun, make_split, prepare_run  # noqa: F401  (make_split: public here before)
+from .prepare import (PreparedRun, make_split, prepare_run,  # noqa: F401  (make_split: public here before)
+                      trains_plain_potential, trains_stress)
 from .trainer import Trainer
 
 #: train settings that may change between an interrupted run and its resumption
@@ -149,22 +150,6 @@ def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
     if getattr(m, "spectral_norm", None) is not None:
         hp["spectral_norm"] = m.spectral_norm
     return hp
-
-
-def trains_plain_potential(uq_cfg) -> bool:
-    """Whether the network is trained as a plain potential (``none`` and the post-hoc methods, which then
-    wrap it): such runs with the same model, training settings, data and seed train the same network."""
-    from ..uq import method_class
-
-    return uq_cfg.method == "none" or method_class(uq_cfg.method).posthoc
-
-
-def trains_stress(uq_cfg) -> bool:
-    """Whether the method can train on a stress label (its training network gives a stress): plain
-    potentials and the post-hoc methods around them, and the methods with ``gives_stress``."""
-    from ..uq import method_class
-
-    return trains_plain_potential(uq_cfg) or method_class(uq_cfg.method).gives_stress
 
 
 def build_model(model_cfg, uq_cfg, seed: int, train=None):
