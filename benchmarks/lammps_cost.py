@@ -2,7 +2,7 @@
 next to uqpot's own engine and to ASE, measured in the same run on the same structure and model.
 
     python benchmarks/lammps_cost.py [--repeat 2 2 2] [--model painn|ensemble] [--members 3] [--steps 30]
-                                     [--rounds 3] [--threads 1] [--dtype float32]
+                                     [--rounds 3] [--threads 1] [--dtype float32] [--skin 1.0]
 
 Workload: a rattled α-quartz supercell (``--repeat`` of the 9-atom cell: 72 atoms by default), NVE at 300 K,
 time step 0.5 fs, the paper's PaiNN (3 interactions, 128 features, 20 Gaussians, 5 Å cutoff; random weights:
@@ -10,7 +10,8 @@ speed does not depend on them), or a ``--members`` ensemble of it (the uncertain
 
 - ``lammps``: LAMMPS ``fix nve`` with the model through ``fix external pf/callback 1 1`` (energy, forces, U);
 - ``lammps+virial``: the same with the virial (uqpot's stress: what ``fix npt`` needs), still ``fix nve``;
-- ``uqpot``: uqpot's batched engine (:class:`uqpot.md.batched.BatchedMD`), one replica, NVE (Verlet list);
+- ``uqpot``: uqpot's batched engine (:class:`uqpot.md.batched.BatchedMD`), one replica, NVE (Verlet list of
+  skin ``--skin``: the model runs on every pair within cutoff + skin, the others on pairs within the cutoff);
 - ``ase``: ASE's ``VelocityVerlet`` with :class:`uqpot.md.calculator.UQPotCalculator`;
 - ``model``: one bare model call (energy + forces) on a prebuilt batch, the floor every engine pays.
 
@@ -84,6 +85,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--skin", type=float, default=1.0, help="Verlet-list skin of uqpot's engine (Å; its default 1)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     dtype = {"float32": torch.float32, "float64": torch.float64}[a.dtype]
@@ -104,10 +106,10 @@ def main(argv=None):
     lmp_plain, fix_plain = lammps_instance(atoms, model, virial=False)
     lmp_vir, fix_vir = lammps_instance(atoms, model, virial=True)
     md = BatchedMD(model, [atoms], timestep_fs=0.5, thermostat="nve", temperatures_K=300.0, check_every=n,
-                   record_every=n)
+                   record_every=n, skin=a.skin)
     ase_atoms = atoms.copy()
     ase_atoms.calc = UQPotCalculator(model)
-    MaxwellBoltzmannDistribution(ase_atoms, temperature_K=300, rng=np.random.default_rng(0))
+    MaxwellBoltzmannDistribution(ase_atoms, temperature_K=300, rng=np.random.default_rng(0))  # ASE 3.29 warns
     dyn = VelocityVerlet(ase_atoms, timestep=0.5 * units.fs)
     batch = collate([Structure.from_atoms(atoms)], cutoff=model.cutoff, dtype=dtype)
 
@@ -147,7 +149,7 @@ def main(argv=None):
     med = {k: statistics.median(v) for k, v in times.items()}
     ratios = {f"{k}/uqpot": med[k] / med["uqpot"] for k in med} | {f"{k}/ase": med[k] / med["ase"] for k in med}
     record = {"atoms": len(atoms), "model": a.model, "members": a.members if a.model == "ensemble" else 1,
-              "dtype": a.dtype, "threads": a.threads, "steps": n, "rounds": a.rounds,
+              "dtype": a.dtype, "threads": a.threads, "steps": n, "rounds": a.rounds, "skin": a.skin,
               "ms_per_step": {k: round(1e3 * v, 3) for k, v in med.items()},
               "ratios": {k: round(v, 3) for k, v in ratios.items()},
               "loadavg": os.getloadavg()[0], "torch": torch.__version__}

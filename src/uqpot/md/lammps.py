@@ -51,6 +51,10 @@ A halt on uncertainty, in the input script::
     variable sigma equal f_uq[3]
     fix stop all halt 1 v_sigma > 0.5 error continue
 
+A script whose only forces are the model's has no pair style, so LAMMPS's neighbour cutoff is 0 and it
+warns at every re-neighbouring that it makes no ghost atoms; the model needs none (it wraps the cell itself),
+and ``comm_modify cutoff 2.0`` silences the warning.
+
 **Limits.**  One MPI rank (the model sees the whole structure; LAMMPS run on several ranks is refused).
 ``pf/callback 1 1``: the model is called at every step.  An exception inside the callback (the model refused
 a structure, an unknown element, ...) cannot propagate through LAMMPS's C stack: it is kept, fix external's
