@@ -196,6 +196,21 @@ def test_fix_npt_runs_the_model_and_changes_the_volume(ensemble_file):
     lmp.close()
 
 
+def test_minimize_and_box_relax_run_on_the_model(ensemble_file):
+    """LAMMPS's minimiser takes the model's energy as its objective (fix_modify energy yes) and, with fix
+    box/relax, its virial: energy and pressure both fall."""
+    atoms = _triclinic((2, 2, 1))
+    atoms.rattle(0.05, seed=7)
+    lmp = _lammps(atoms)
+    attach(lmp, ensemble_file, ["Si", "O"])
+    lmp.commands_list(["thermo_style custom step pe press", "run 0"])
+    e0, p0 = lmp.get_thermo("pe"), abs(lmp.get_thermo("press"))
+    lmp.commands_list(["fix relax all box/relax iso 0.0 vmax 0.01", "minimize 0 1e-6 40 400"])
+    e1, p1 = lmp.get_thermo("pe"), abs(lmp.get_thermo("press"))
+    assert e1 < e0 - 1e-3 and p1 < 0.5 * p0, (e0, e1, p0, p1)
+    lmp.close()
+
+
 def test_fix_halt_stops_a_run_compressed_out_of_the_training_domain(ensemble_file):
     """The ensemble's U rises as fix deform compresses the cell by 25 % (its training cells are within about 2 %
     of quartz); ``fix halt`` on ``f_uq[1]`` with a threshold 20 % above the starting U stops the run early, at a

