@@ -134,7 +134,11 @@ def _plain_config(path, model, modules) -> dict:
         raise ModelFileError(path, f"MACE model class {name} is not supported by uqpot's converter (it converts "
                                    "ScaleShiftMACE, what mace_run_train writes for --model MACE and ScaleShiftMACE, "
                                    "and MACE)")
-    raw = extract_config_mace_model(_AsScaleShift(model) if name == "MACE" else model)
+    try:
+        raw = extract_config_mace_model(_AsScaleShift(model) if name == "MACE" else model)
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:  # e.g. radial bases it cannot read
+        raise ModelFileError(path, f"MACE's extract_config_mace_model cannot read this model's architecture "
+                                   f"({type(exc).__name__}: {str(exc)[:160]})") from None
     if "error" in raw:
         raise ModelFileError(path, f"{raw['error']} (uqpot converts ScaleShiftMACE and MACE models)")
     for key in ("embedding_specs", "cueq_config"):
