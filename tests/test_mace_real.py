@@ -182,6 +182,7 @@ def test_issue_case_converts_and_equals_mace_calculator(issue_case, tmp_path):
     net = torch.load(issue_case, map_location="cpu", weights_only=False)
     assert type(net).__name__ == "ScaleShiftMACE" and net.heads == ["Default"]
     assert tuple(net.atomic_energies_fn.atomic_energies.shape) == (1, 3)  # the layout the converter missed
+    assert tuple(net.scale_shift.scale.shape) == (1,) and net.scale_shift.shift.dim() == 0
     conv = convert(issue_case, tmp_path / "x.pt")
     compare(issue_case, conv, "float64")
     from uqpot import modelfile

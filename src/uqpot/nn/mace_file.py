@@ -16,26 +16,31 @@ forces on a probe cluster of the model's elements (relative 1e-5 in the model's 
 What MACE writes (mace-torch 0.3.16, checked by ``tests/test_mace_real.py``, which runs ``mace_run_train``):
 
 * The model class.  ``mace_run_train --model MACE`` and ``--model ScaleShiftMACE`` both write a
-  ``ScaleShiftMACE`` (``MACE``: a plain first interaction and shift 0 per head; ``ScaleShiftMACE``: a residual
-  first interaction and the training set's mean as shift); fine-tuning a foundation model writes one too.
-  A plain ``MACE`` module (built by hand, or by older scripts) has no scale-shift: it is converted as a
-  ``ScaleShiftMACE`` with scale 1 and shift 0 per head, whose energy 1·x + 0 is the same.  Other classes
-  (``MACELES``, ``PolarMACE``: long-range terms with inputs uqpot does not give; ``AtomicDipolesMACE``,
-  ``AtomicDielectricMACE``, ``EnergyDipolesMACE``: other outputs and readouts) are refused by name.
+  ``ScaleShiftMACE`` (``MACE``: a plain first interaction and shift 0 for every head; ``ScaleShiftMACE``: a
+  residual first interaction by default and the shift its ``--scaling`` computes); fine-tuning a foundation
+  model writes one too.  A plain ``MACE`` module (built by hand, or by older scripts) has no scale-shift: it
+  is converted as a ``ScaleShiftMACE`` with scale 1 and shift 0 for every head, whose energy 1·x + 0 is the
+  plain one.  Other classes (``MACELES``, ``PolarMACE``: long-range terms with inputs uqpot does not give;
+  ``AtomicDipolesMACE``, ``AtomicDielectricMACE``, ``EnergyDipolesMACE``: other outputs and readouts) are
+  refused by name (the check is on the exact class: ``MACELES`` and ``PolarMACE`` subclass
+  ``ScaleShiftMACE``).
 * ``<name>.model`` is the pickled module that uqpot converts; ``<name>_compiled.model`` beside it is a
   TorchScript archive (no Python classes to read the architecture from): it is refused with a pointer to the
-  ``.model`` file, before anything in it is loaded; MACE's checkpoints (``checkpoints/*.pt``) hold a dict of
+  ``.model`` file before anything in it is loaded; MACE's checkpoints (``checkpoints/*.pt``) hold a dict of
   weights without the architecture and are refused too.
 * The isolated-atom energies E0 (eV; buffer ``atomic_energies_fn.atomic_energies``): shape
-  (heads, elements) as the script writes them, one row per head even for a single head; (elements,) in files
-  built by hand with a 1-D array (MACE's ``AtomicEnergiesBlock`` reads both as ``atleast_2d(E0).T``).  uqpot
-  takes the row of the chosen head (the only row of a 1-D or one-row array) into its float64 e_ref(Z), and
-  the network's own E0 are zero.
-* Scale and shift (eV; ``scale_shift.scale`` / ``.shift``): a scalar (shape ``()``) for every head, or one
-  value per head (shape ``(heads,)``); the script writes a one-element array for the scale and a scalar shift
-  for one head, arrays for several.  MACE indexes ``atleast_1d(x)[head]``, so ``()`` and ``(1,)`` are the
-  same; they are kept as the file has them.
-* Several heads (``--heads`` with a training file per head, or multi-head fine-tuning, whose heads are
+  (heads, elements) as the script and ``mace_select_head`` write them, one row per head even for a single
+  head; (elements,) in files built by hand with a 1-D array (MACE's ``AtomicEnergiesBlock`` reads both as
+  ``atleast_2d(E0).T``).  uqpot takes the row of the chosen head (the only row of a 1-D or one-row array) into
+  its float64 e_ref(Z), and the network's own E0 are zero.  (uqpot used to build its template with a 1-D E0
+  for one head and copy the file's (1, elements) array into it: the "[1, 3] doesn't match the broadcast
+  shape [1, 1, 3]" of issue 40.)
+* Scale and shift (eV; buffers ``scale_shift.scale`` / ``.shift``): each a scalar (shape ``()``) for every
+  head or one value per head (shape ``(heads,)``), in the combinations the script writes (for one head: the
+  scale ``(1,)``, the shift ``()`` for ``--model ScaleShiftMACE`` and ``(1,)`` for ``--model MACE``;
+  ``mace_select_head`` writes both as scalars).  MACE reads ``atleast_1d(x)[head]``, so ``()`` and ``(1,)``
+  are the same; uqpot rebuilds the shapes the file has.
+* Several heads (``--heads`` with a training file per head; multi-head fine-tuning, whose heads are
   ``pt_head`` and ``Default``): the whole network is converted, and the head chosen with ``--head`` is the one
   it evaluates (its E0 row, scale, shift and readout outputs).
 * dtype: float32 or float64 as trained (``--default_dtype``); the converted potential keeps it, its reference
