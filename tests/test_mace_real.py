@@ -285,6 +285,18 @@ def test_multihead_finetuning_and_select_head_equal_mace_calculator(issue_case, 
     compare(single, convert(single, tmp_path / "sel.pt"), "float64")
 
 
+@pytest.mark.slow
+def test_lora_finetuned_float32_file_equals_mace_calculator(issue_case, frames, tmp_path):
+    """Single-head fine-tuning of a float64 model written by the script, with LoRA (merged into the weights
+    when MACE saves the model), written in float32: converts and equals MACE's calculator."""
+    model = run_train(tmp_path / "lora", "lora", "--foundation_model", str(issue_case), "--train_file",
+                      str(frames["b"]), "--multiheads_finetuning", "False", "--lora", "True", "--E0s", "foundation",
+                      "--model", "MACE", "--default_dtype", "float32")
+    net = torch.load(model, map_location="cpu", weights_only=False)
+    assert net.heads == ["Default"] and next(net.parameters()).dtype == torch.float32
+    compare(model, convert(model, tmp_path / "x.pt"), "float32")
+
+
 def _hand_built(cls_name: str, heads: list[str], e0: np.ndarray):
     """A MACE module of class ``cls_name`` built directly (MACE's script never writes a plain ``MACE``; a user
     who builds one, or an older script, does), saved as MACE saves models (a pickled module)."""
