@@ -12,6 +12,39 @@ Units: MACE works in eV and Å.  uqpot's energy scale of the converted potential
 reference energies e_ref(Z) (kcal/mol); MACE's own scale and shift stay inside the network.  The conversion
 is checked before the file is written: the converted potential and the original give the same energy and
 forces on a probe cluster of the model's elements (relative 1e-5 in the model's dtype).
+
+What MACE writes (mace-torch 0.3.16, checked by ``tests/test_mace_real.py``, which runs ``mace_run_train``):
+
+* The model class.  ``mace_run_train --model MACE`` and ``--model ScaleShiftMACE`` both write a
+  ``ScaleShiftMACE`` (``MACE``: a plain first interaction and shift 0 for every head; ``ScaleShiftMACE``: a
+  residual first interaction by default and the shift its ``--scaling`` computes); fine-tuning a foundation
+  model writes one too.  A plain ``MACE`` module (built by hand, or by older scripts) has no scale-shift: it
+  is converted as a ``ScaleShiftMACE`` with scale 1 and shift 0 for every head, whose energy 1·x + 0 is the
+  plain one.  Other classes (``MACELES``, ``PolarMACE``: long-range terms with inputs uqpot does not give;
+  ``AtomicDipolesMACE``, ``AtomicDielectricMACE``, ``EnergyDipolesMACE``: other outputs and readouts) are
+  refused by name (the check is on the exact class: ``MACELES`` and ``PolarMACE`` subclass
+  ``ScaleShiftMACE``).
+* ``<name>.model`` is the pickled module that uqpot converts; ``<name>_compiled.model`` beside it is a
+  TorchScript archive (no Python classes to read the architecture from): it is refused with a pointer to the
+  ``.model`` file before anything in it is loaded; MACE's checkpoints (``checkpoints/*.pt``) hold a dict of
+  weights without the architecture and are refused too.
+* The isolated-atom energies E0 (eV; buffer ``atomic_energies_fn.atomic_energies``): shape
+  (heads, elements) as the script and ``mace_select_head`` write them, one row per head even for a single
+  head; (elements,) in files built by hand with a 1-D array (MACE's ``AtomicEnergiesBlock`` reads both as
+  ``atleast_2d(E0).T``).  uqpot takes the row of the chosen head (the only row of a 1-D or one-row array) into
+  its float64 e_ref(Z), and the network's own E0 are zero.  (uqpot used to build its template with a 1-D E0
+  for one head and copy the file's (1, elements) array into it: the "[1, 3] doesn't match the broadcast
+  shape [1, 1, 3]" of issue 40.)
+* Scale and shift (eV; buffers ``scale_shift.scale`` / ``.shift``): each a scalar (shape ``()``) for every
+  head or one value per head (shape ``(heads,)``), in the combinations the script writes (for one head: the
+  scale ``(1,)``, the shift ``()`` for ``--model ScaleShiftMACE`` and ``(1,)`` for ``--model MACE``;
+  ``mace_select_head`` writes both as scalars).  MACE reads ``atleast_1d(x)[head]``, so ``()`` and ``(1,)``
+  are the same; uqpot rebuilds the shapes the file has.
+* Several heads (``--heads`` with a training file per head; multi-head fine-tuning, whose heads are
+  ``pt_head`` and ``Default``): the whole network is converted, and the head chosen with ``--head`` is the one
+  it evaluates (its E0 row, scale, shift and readout outputs).
+* dtype: float32 or float64 as trained (``--default_dtype``); the converted potential keeps it, its reference
+  energies are float64.
 """
 
 from __future__ import annotations
@@ -19,6 +52,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -38,14 +72,35 @@ def refuse_untrusted(path) -> None:
                                "into a uqpot model file, which holds no code)")
 
 
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder), read without loading it."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.split("/", 1)[-1].startswith("code/") or n.endswith("/constants.pkl") for n in names)
+
+
 def _load_trusted(path: Path):
     try:
         modules = import_mace()
     except ImportError as exc:
         raise ModelFileError(path, str(exc)) from None
+    if _is_torchscript(path):
+        raise ModelFileError(path, "a TorchScript file (as MACE's <name>_compiled.model): it holds no MACE classes "
+                                   "to read the architecture from; convert the <name>.model file MACE writes beside it")
     prior = os.environ.get(_ENV)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
+        import warnings
+
+        with warnings.catch_warnings():  # a foreign pickle's warnings: the error below says what is wrong
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=False)  # the user said the file is trusted
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
         raise ModelFileError(path, f"not a readable MACE model file ({type(exc).__name__}: {str(exc)[:200]})") from None
     finally:
@@ -54,13 +109,43 @@ def _load_trusted(path: Path):
     return modules, obj
 
 
+#: MACE model classes the converter reads (by exact class name: MACELES and PolarMACE subclass ScaleShiftMACE)
+CONVERTIBLE = ("ScaleShiftMACE", "MACE")
+
+
+class _AsScaleShift:
+    """A plain ``MACE`` module seen as a ``ScaleShiftMACE`` with scale 1 and shift 0 for every head (the
+    energy 1·x + 0 is MACE's own), for MACE's ``extract_config_mace_model``, which reads attributes only."""
+
+    def __init__(self, model):
+        self._model = model
+        n = len(getattr(model, "heads", ["Default"]))
+        self.scale_shift = SimpleNamespace(scale=torch.ones(n, dtype=torch.float64),
+                                           shift=torch.zeros(n, dtype=torch.float64))
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
+_AsScaleShift.__name__ = "ScaleShiftMACE"
+
+
 def _plain_config(path, model, modules) -> dict:
     """MACE's constructor arguments of ``model`` as plain values (names for classes, strings for irreps)."""
     from mace.tools.scripts_utils import extract_config_mace_model
 
-    raw = extract_config_mace_model(model)
+    name = type(model).__name__
+    if name not in CONVERTIBLE:
+        raise ModelFileError(path, f"MACE model class {name} is not supported by uqpot's converter (it converts "
+                                   "ScaleShiftMACE, what mace_run_train writes for --model MACE and ScaleShiftMACE, "
+                                   "and MACE)")
+    try:
+        raw = extract_config_mace_model(_AsScaleShift(model) if name == "MACE" else model)
+    except (AttributeError, TypeError, ValueError, IndexError) as exc:  # e.g. radial bases it cannot read
+        raise ModelFileError(path, f"MACE's extract_config_mace_model cannot read this model's architecture "
+                                   f"({type(exc).__name__}: {str(exc)[:160]})") from None
     if "error" in raw:
-        raise ModelFileError(path, f"{raw['error']} (uqpot converts ScaleShiftMACE models, MACE's default)")
+        raise ModelFileError(path, f"{raw['error']} (uqpot converts ScaleShiftMACE and MACE models)")
     for key in ("embedding_specs", "cueq_config"):
         if raw.get(key) is not None:
             raise ModelFileError(path, f"MACE option {key} is not supported by uqpot's converter")
@@ -101,6 +186,21 @@ def _plain_config(path, model, modules) -> dict:
     return cfg
 
 
+def _reference_energies(path, e0: torch.Tensor, n_elements: int, n_heads: int, head: int) -> torch.Tensor:
+    """MACE's isolated-atom energies E0 (eV, float64) of head index ``head``: one row per head of a
+    (heads, elements) buffer, or the only row of a (elements,) or (1, elements) one (see module)."""
+    e0 = e0.detach().to(torch.float64)
+    if e0.dim() == 1:
+        e0 = e0.unsqueeze(0)
+    if e0.dim() != 2 or e0.shape[1] != n_elements or e0.shape[0] not in (1, n_heads):
+        raise ModelFileError(path, f"MACE's atomic energies have shape {tuple(e0.shape)}; expected ({n_heads}, "
+                                   f"{n_elements}) for {n_heads} head(s) and {n_elements} elements")
+    if e0.shape[0] == 1 and n_heads > 1:
+        raise ModelFileError(path, f"MACE's atomic energies have one row for {n_heads} heads: MACE itself "
+                                   "evaluates only the first head of such a model")
+    return e0[head]
+
+
 def _probe(elements: list[int], dtype) -> "object":
     """A small cluster with every element of the model, atoms 1.6 Å apart with a fixed jitter."""
     from ..data.structures import Structure
@@ -132,29 +232,36 @@ def convert(path, trusted: bool, out=None, head: str | None = None) -> tuple[Pat
                                    "without the architecture: convert the .model file that MACE writes at the end)")
     obj = obj.eval()
     cfg = _plain_config(path, obj, modules)
-    heads = list(cfg.get("heads", ["Default"]))
+    heads = [str(x) for x in cfg.get("heads", ["Default"])]
     if head is None and len(heads) > 1:
         raise ModelFileError(path, f"the model has heads {heads}: choose one with --head")
     if head is not None and head not in heads:
         raise ModelFileError(path, f"--head {head!r}: the model's heads are {heads}")
     h = heads.index(head) if head is not None else 0
     dtype = next(obj.parameters()).dtype
-    pot = MACEPotential(mace=cfg, cutoff=float(cfg["r_max"]), members=1, seeds=[0], head=h).to(dtype)
     theirs = dict(obj.state_dict())
-    ours = set(pot._names) | set(pot._bnames)
-    if set(theirs) != ours:
-        diff = sorted(set(theirs) ^ ours)[:4]
+    zs = [int(z) for z in cfg["atomic_numbers"]]
+    e0 = _reference_energies(path, theirs["atomic_energies_fn.atomic_energies"], len(zs), len(heads), h)
+    pot = MACEPotential(mace=cfg, cutoff=float(cfg["r_max"]), members=1, seeds=[0], head=h).to(dtype)
+    ours = dict(pot._template[0].state_dict())
+    # a plain MACE has no scale-shift: the rebuilt one's scale 1 and shift 0 stay (see module)
+    own = {"scale_shift.scale", "scale_shift.shift"} if type(obj).__name__ == "MACE" else set()
+    if set(theirs) != set(ours) - own:
+        diff = sorted(set(theirs) ^ (set(ours) - own))[:4]
         raise ModelFileError(path, f"the model's weights do not match the MACE architecture uqpot rebuilt from it "
                                    f"(first differing names: {', '.join(diff)})")
-    e0 = theirs["atomic_energies_fn.atomic_energies"].detach().to(torch.float64)
-    e0 = e0[h] if e0.dim() == 2 else e0
     with torch.no_grad():
-        for n in ours:
-            t = theirs[n].detach()
+        for n, t in theirs.items():
+            t = t.detach()
             if n == "atomic_energies_fn.atomic_energies":
-                t = torch.zeros_like(t)
-            getattr(pot.stack, _key(n)).copy_(t.unsqueeze(0))
-        zs = [int(z) for z in cfg["atomic_numbers"]]
+                t = torch.zeros(ours[n].shape, dtype=ours[n].dtype)  # uqpot holds E0 as its references
+            elif tuple(t.shape) != tuple(ours[n].shape):
+                if t.numel() == ours[n].numel() == 1 and n.startswith("scale_shift."):
+                    t = t.reshape(ours[n].shape)  # () and (1,): MACE reads atleast_1d(x)[head]
+                else:
+                    raise ModelFileError(path, f"the model's weight {n} has shape {tuple(t.shape)}, the MACE "
+                                               f"architecture uqpot rebuilt from it {tuple(ours[n].shape)}")
+            getattr(pot.stack, _key(n)).copy_(t.to(ours[n].dtype).unsqueeze(0))
         pot.atomref[zs] = e0 * EV_TO_KCAL_PER_MOL
         pot.energy_scale.fill_(EV_TO_KCAL_PER_MOL)
     pot.eval()
@@ -182,7 +289,7 @@ def _check_same(original, pot, zs, dtype, head: int) -> dict:
     theirs = original(data, compute_force=True, training=False)
     e_ref = float(theirs["energy"][0].detach()) * EV_TO_KCAL_PER_MOL
     f_ref = theirs["forces"].detach().to(torch.float64) * EV_TO_KCAL_PER_MOL
-    de = abs(float(ours["energy"][0]) - e_ref)
+    de = abs(float(ours["energy"][0].detach()) - e_ref)
     df = float((ours["forces"].detach().to(torch.float64) - f_ref).abs().max())
     tol = 1e-5 if dtype == torch.float32 else 1e-9
     scale_e = max(abs(e_ref), 1.0)
