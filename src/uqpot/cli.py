@@ -247,7 +247,7 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
         overrides["train.progress"] = False
     ex = None
     try:
-        seed_list = check_seeds(seeds.split(",")) if seeds else None
+        seed_list = check_seeds(seeds)
         if executor != "none":
             from .executor import get_executor
 
@@ -319,12 +319,8 @@ def reproduce(system, preset, executor, out, molecules, splits, local_data, meth
     from .workflow.reproduce import reproduce as run
 
     try:
-        path = run(system, preset, executor, out,
-                   molecules=molecules.split(",") if molecules else None,
-                   splits=[int(s) for s in splits.split(",")] if splits else None,
-                   local_data=local_data, methods=methods.split(",") if methods else None,
-                   seeds=seeds.split(",") if seeds else None,
-                   samplers=samplers.split(",") if samplers else None, console=_console())
+        path = run(system, preset, executor, out, molecules=molecules, splits=splits, local_data=local_data,
+                   methods=methods, seeds=seeds, samplers=samplers, console=_console())
     except UqpotError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -19,7 +19,7 @@ from pydantic import (BaseModel, Field, SerializeAsAny, ValidationError, Validat
                       model_serializer, model_validator)
 
 from .errors import ConfigError
-from .schema import Strict  # noqa: F401  (re-exported: every config section derives from it)
+from .schema import Seed, Strict  # noqa: F401  (Strict re-exported: every config section derives from it)
 from .strict_yaml import read_yaml_mapping
 from .uq.options import NoneOptions, UQSection
 
@@ -105,7 +105,7 @@ class SplitConfig(Strict):
     train: Optional[Size] = None
     val: Optional[Size] = None
     test: Optional[Size] = None
-    seed: int = 0
+    seed: Seed = 0
     train_file: Optional[Path] = None
     val_file: Optional[Path] = None
     test_file: Optional[Path] = None
@@ -296,7 +296,7 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     """``uqpot train CONFIG.yaml``."""
 
-    seed: int = 0
+    seed: Seed = 0
     out: Path = Path("runs/run")
     data: DataConfig
     split: SplitConfig = SplitConfig()

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ..config import ModelConfig, ModelSection, Strict, TrainConfig, dump_config, load_config
+from ..schema import Distinct, Seed
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..errors import ConfigError
@@ -63,6 +64,14 @@ class AttackSettings(Strict):
     n_seeds: int = Field(20, ge=1)
     # kcal/mol above the training minimum; one value, or one per attacked generation (silica: 5000, 10000)
     energy_cutoff: Optional[Union[float, list[float]]] = 100.0
+
+    @field_validator("energy_cutoff")
+    @classmethod
+    def _cutoffs(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list: give one cut-off (kcal/mol), one per attacked generation, or null "
+                             "for none")
+        return v
     dedup_rmsd: float = Field(0.01, ge=0.0)
     min_displacement: float = Field(1e-3, ge=0.0)
 
@@ -95,10 +104,10 @@ class OracleSettings(Strict):
 
 
 class LoopConfig(Strict):
-    seed: int = 0
+    seed: Seed = 0
     out: Path = Path("runs/loop")
     system: Literal["ammonia", "silica", "molecule", "generic"] = "generic"
-    methods: list[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
+    methods: Distinct[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
     model: ModelSection = Field(default_factory=ModelConfig)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
 from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config
+from ..schema import Distinct, Seed, option_list
 from ..errors import ConfigError
 from ..provenance import versions, write_json
 from ..uq.options import MethodName, MethodOptions
@@ -43,11 +44,11 @@ def preset_path(system: str, preset: str) -> Path:
 # ------------------------------------------------------------------------------------------------ rMD17
 class RMD17Study(Strict):
     system: Literal["rmd17"] = "rmd17"
-    molecules: list[str] = ["ethanol"]
-    splits: list[int] = [1]
-    methods: list[MethodName] = ["ensemble", "mve", "evidential", "gmm"]  # registered methods, or none
-    seed: int = 0  # the data seed: validation part of each split (a local file: its random splits)
-    seeds: list[int] = [0]  # replicates: every (split, method) is trained once per seed (init, batch order)
+    molecules: Distinct[str] = ["ethanol"]
+    splits: Distinct[Annotated[int, Field(ge=1, le=5)]] = [1]  # rMD17's five official splits
+    methods: Distinct[MethodName] = ["ensemble", "mve", "evidential", "gmm"]  # registered methods, or none
+    seed: Seed = 0  # the data seed: validation part of each split (a local file: its random splits)
+    seeds: Distinct[Seed] = [0]  # replicates: every (split, method) is trained once per seed (init, batch order)
     threads: int = Field(1, ge=1)  # PyTorch threads of every training (fixed: see uqpot.determinism)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of each official training split (800 / 200)
     # random split of a local file without official splits: fractions of its frames (train, val, test)
@@ -96,16 +97,16 @@ def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
 
 def check_methods(methods) -> list[str] | None:
     """The ``--methods`` list, each a registered UQ method (or None: the preset's own)."""
-    if not methods:
-        return None
     from ..uq.options import OPTIONS
 
-    methods = [m.strip() for m in methods if m.strip()]
+    methods = option_list(methods, "--methods")
+    if methods is None:
+        return None
     unknown = [m for m in methods if m not in OPTIONS]
-    if unknown or not methods:
-        raise ConfigError(None, f"unknown UQ method(s) {', '.join(unknown) or '(none given)'}; "
+    if unknown:
+        raise ConfigError(None, f"--methods: unknown UQ method(s) {', '.join(map(repr, unknown))}; "
                                 f"known: {', '.join(sorted(OPTIONS))}")
-    return list(dict.fromkeys(methods))
+    return methods
 
 
 def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, splits=None, local_data=None,
@@ -144,16 +145,13 @@ def _say(console, msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ entry
 def check_seeds(seeds) -> list[int] | None:
-    """The ``--seeds`` list (distinct integers), or None: the preset's own."""
-    if not seeds:
-        return None
-    try:
-        out = [int(s) for s in seeds if str(s).strip() != ""]
-    except ValueError:
-        raise ConfigError(None, f"--seeds takes comma-separated integers, got {','.join(map(str, seeds))!r}") from None
-    if not out or len(set(out)) != len(out):
-        raise ConfigError(None, f"--seeds must list distinct integers, got {','.join(map(str, seeds))!r}")
-    return out
+    """The ``--seeds`` list (distinct integers in [0, 2**32)), or None: the preset's own."""
+    return option_list(seeds, "--seeds", Seed)
+
+
+def check_splits(splits) -> list[int] | None:
+    """The ``--splits`` list (distinct rMD17 split numbers 1-5), or None: the preset's own."""
+    return option_list(splits, "--splits", Annotated[int, Field(ge=1, le=5)])
 
 
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
@@ -168,7 +166,12 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
     methods = check_methods(methods)  # before anything is written
     seeds = check_seeds(seeds)
+    splits = check_splits(splits)
+    molecules = option_list(molecules, "--molecules")
     samplers = check_samplers(samplers)
+    unused = [o for o, v in (("--molecules", molecules), ("--splits", splits), ("--data", local_data)) if v]
+    if unused and system != "rmd17":
+        raise ConfigError(None, f"{unused[0]}: an option of the rmd17 study; the {system} study would not use it")
     if samplers and system == "rmd17":
         raise ConfigError(None, "--samplers: the rmd17 study trains on fixed splits and samples nothing; use "
                                 "ammonia or silica")

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..config import Strict, apply_overrides, load_config, parse
-from ..errors import ConfigError
+from ..schema import Distinct, Seed, check_seed
+from ..errors import ConfigError, UqpotError
 from ..provenance import write_json
 from .active_learning import LoopConfig, OracleSettings
 
@@ -32,7 +33,7 @@ class Study(Strict):
     system: Literal["ammonia", "silica"]
     data: dict = {}
     oracle: OracleSettings
-    seeds: Optional[list[int]] = None  # replicates; default [loop.seed] (or [0])
+    seeds: Optional[Distinct[Seed]] = None  # replicates; default [loop.seed] (or [0])
     loop: dict = {}
     executor: dict[str, dict] = {}
 
@@ -68,9 +69,14 @@ def _data_config(study: Study, path=None):
     if unknown:
         raise ConfigError(path, "; ".join(f"unknown key 'data.{k}'" for k in unknown))
     try:
-        return model(**study.data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(path, f"data: {exc}") from None
+        cfg = model(**study.data)
+        check_seed(cfg.seed, "data.seed")
+        if hasattr(cfg, "check"):
+            cfg.check()  # the build's own checks, now rather than after the output folder is written
+    except (TypeError, ValueError, UqpotError) as exc:
+        raise ConfigError(path, f"data: {str(exc).removeprefix('data.seed: ')}" if "data.seed" not in str(exc)
+                          else str(exc)) from None
+    return cfg
 
 
 def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, console) -> None:
