@@ -93,9 +93,11 @@ def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, conso
         build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console)
 
 
-def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None):
+def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None,
+                   restart: bool = False):
     """Builds the study's data (if needed) and runs its active-learning loop once per seed; returns
-    (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does."""
+    (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does;
+    ``restart`` starts every seed's loop afresh (the built data and the label store are kept)."""
     from ..oracle import get_oracle
     from .replicates import run_replicates
 
@@ -115,7 +117,8 @@ def run_study_loop(preset, out: Path, executor=None, console=None, overrides: di
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: active learning, {cfg.generations} generations, "
                       f"{', '.join(cfg.methods)}, seeds {', '.join(map(str, seeds))}")
-    summary = run_replicates(cfgs, out, executor, console, _study_log(out, console), {"system": study.system})
+    summary = run_replicates(cfgs, out, executor, console, _study_log(out, console), {"system": study.system},
+                             restart=restart)
     return summary, cfg
 
 
