@@ -56,6 +56,8 @@ def _voigt_to_matrix(v) -> np.ndarray:
     xx, yy, zz, yz, xz, xy = np.asarray(v, dtype=np.float64).reshape(6)
     return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 STORE_FORMAT = "uqpot-store"
+#: seconds a check waits for a store that another process holds locked before it says so
+LOCK_WAIT_S = 5.0
 STORE_VERSION = 1
 
 STATUS_OK = "ok"
@@ -391,7 +393,7 @@ def check_store_path(path) -> Path:
     if path.stat().st_size == 0:
         return path  # an empty file becomes a store
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
         try:
             tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             meta, rows = {}, 0
