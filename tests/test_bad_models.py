@@ -16,12 +16,14 @@ def trained(tmp_path_factory):
     """A tiny plain potential and a 2-member ensemble, 2 epochs on EMT water, and an evaluation file."""
     tmp = tmp_path_factory.mktemp("models")
     data = write_water(tmp / "data.extxyz")
-    for name, uq in (("plain", None), ("ens", {"method": "ensemble", "members": 2})):
-        cfg = tiny_config(tmp, data, out=tmp / name, name=f"{name}.yaml", **({"uq": uq} if uq else {}))
+    for name, uq, seed in (("plain", None, 0), ("ens", {"method": "ensemble", "members": 2}, 0), ("other", None, 1)):
+        cfg = tiny_config(tmp, data, out=tmp / name, name=f"{name}.yaml", seed=seed, **({"uq": uq} if uq else {}))
         r = cli("train", cfg)
         assert r.exit_code == 0, r.output
-    return {"plain": tmp / "plain" / "model.pt", "ens": tmp / "ens" / "model.pt",
-            "data": write_water(tmp / "eval.extxyz", n=6, seed=9)}
+    r = cli("train", tiny_config(tmp, data, out=tmp / "wide", name="wide.yaml", model={"features": 12}))
+    assert r.exit_code == 0, r.output
+    return {"plain": tmp / "plain" / "model.pt", "ens": tmp / "ens" / "model.pt", "other": tmp / "other" / "model.pt",
+            "wide": tmp / "wide" / "model.pt", "data": write_water(tmp / "eval.extxyz", n=6, seed=9)}
 
 
 def _edit(src, dst, fn):
@@ -142,3 +144,46 @@ def test_energies_in_ev_declared_as_kcal_mol_get_a_hint(tmp_path, ethanol_path):
 def test_no_unit_hint_for_data_in_the_declared_unit(tmp_path, trained):
     r = cli("evaluate", trained["plain"], trained["data"], "--out", tmp_path / "eval")
     assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+
+
+# ------------------------------------------------------------------ round three, kinds 3 and 5: wrap's options and data
+WRAP_CASES = [  # (name, models, extra args, fragments of the one error line)
+    ("--device bananas", ["ens"], ["--method", "calibrate", "--device", "bananas"], ["--device: unknown device 'bananas'"]),
+    ("--device cuda:7", ["ens"], ["--method", "calibrate", "--device", "cuda:7"], ["--device: 'cuda:7' asked for"]),
+    ("--batch-size 0", ["ens"], ["--method", "calibrate", "--batch-size", "0"], ["'--batch-size': 0 is not in the range"]),
+    ("--batch-size -3", ["plain"], ["--method", "llpr", "--batch-size", "-3"], ["'--batch-size': -3 is not in the range"]),
+    ("calibration on one structure", ["ens"], ["--method", "calibrate", "--val", "ONE"],
+     ["one.extxyz: 1 validation structure(s): a calibration", "needs at least 2"]),
+    ("llpr calibrated on one structure", ["plain"], ["--method", "llpr", "--val", "ONE"],
+     ["one.extxyz: 1 validation structure(s)"]),
+    ("one file twice as an ensemble", ["plain", "plain"], ["--method", "ensemble"],
+     ["given twice for --method ensemble", "zero spread"]),
+    ("a copy as an ensemble member", ["plain", "COPY"], ["--method", "ensemble"],
+     ["copy.pt: has the same weights as", "zero spread"]),
+    ("members of other sizes", ["plain", "wide"], ["--method", "ensemble"],
+     ["wide/model.pt: cannot join the ensemble", "features (8 in", "12 here)"]),
+]
+
+
+@pytest.mark.parametrize("name, models, args, fragments", WRAP_CASES, ids=[c[0] for c in WRAP_CASES])
+def test_bad_wrap_input(tmp_path, trained, name, models, args, fragments):
+    """``wrap`` keeps evaluate's rules: devices and batch sizes checked, at least two validation structures
+    for a calibration, no ensemble of one network; one line, exit 2, no model file written."""
+    import shutil
+
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    shutil.copy(trained["plain"], tmp_path / "copy.pt")
+    one = write_water(tmp_path / "one.extxyz", n=1, seed=4)
+    paths = [tmp_path / "copy.pt" if m == "COPY" else trained[m] for m in models]
+    args = [str(one) if a == "ONE" else a for a in args]
+    val = [] if "--val" in args else ["--val", str(trained["data"])]
+    r = cli("wrap", *paths, *args, *val, "--out", tmp_path / "wrapped.pt")
+    assert_user_error(r, *fragments)
+    assert not (tmp_path / "wrapped.pt").exists() and "internal error" not in r.output
+
+
+def test_wrap_of_two_trained_members_runs(tmp_path, trained):
+    r = cli("wrap", trained["plain"], trained["other"], "--method", "ensemble", "--val", trained["data"],
+            "--out", tmp_path / "ens.pt")
+    assert r.exit_code == 0 and (tmp_path / "ens.pt").is_file(), r.output

@@ -164,8 +164,9 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
 @click.option("--forces-key", default=None, help="arrays key holding the forces of --data/--val.")
 @click.option("--energy-unit", default="kcal/mol", show_default=True, help="energy unit of --data/--val.")
 @click.option("--length-unit", default="Å", show_default=True, help="length unit of --data/--val.")
-@click.option("--batch-size", type=int, default=None, help="default: the run's validation batch size, else 64.")
-@click.option("--device", default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="default: the run's validation batch size, else 64.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, or auto (default: the model file's, cpu).")
 def wrap(models, method, train_data, val_data, out, options, energy_key, forces_key, energy_unit, length_unit,
          batch_size, device):
     """Put an uncertainty on trained potentials: wrap MODEL with a post-hoc method (fitted on the training
