@@ -187,3 +187,86 @@ def test_wrap_of_two_trained_members_runs(tmp_path, trained):
     r = cli("wrap", trained["plain"], trained["other"], "--method", "ensemble", "--val", trained["data"],
             "--out", tmp_path / "ens.pt")
     assert r.exit_code == 0 and (tmp_path / "ens.pt").is_file(), r.output
+
+
+# ------------------------------------------------------------------ round three, kind 4: model files
+def _calibration(fn):
+    def edit(p):
+        p["extra"] = dict(p["extra"])
+        fn(p["extra"])
+    return edit
+
+
+EXTRA_CASES = [
+    ("NaN calibration", _calibration(lambda e: e["calibration"].update(a=float("nan"))),
+     "extra.calibration.a: nan is not a finite number"),
+    ("string calibration", _calibration(lambda e: e["calibration"].update(b="big")),
+     "extra.calibration.b: 'big' is not a finite number"),
+    ("negative floor", _calibration(lambda e: e["calibration"].update(floor=-1.0)), "extra.calibration.floor: -1.0"),
+    ("NaN conformal quantile", _calibration(lambda e: e["calibration"]["conformal"]["quantiles"].update({"68": float("nan")})),
+     "extra.calibration.conformal.quantiles.68: nan is not a quantile"),
+    ("calibration not a mapping", _calibration(lambda e: e.update(calibration=[1, 2])),
+     "extra.calibration: expected a mapping"),
+    ("extra a string", lambda p: p.update(extra="oops"), "extra: expected a mapping of stored results, got a str"),
+]
+
+
+@pytest.mark.parametrize("name, edit, message", EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
+def test_broken_stored_results_are_refused_at_load(tmp_path, trained, name, edit, message):
+    """The loader checks the ``extra`` section: a broken stored calibration is one line naming the key, not
+    an internal error in whatever reads it; wrap --method calibrate replaces it."""
+    bad = _edit(trained["ens"], tmp_path / "bad.pt", edit)
+    r = cli("evaluate", bad, trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, f"{bad}: {message}")
+    assert not (tmp_path / "eval").exists()
+    if "calibration" in message:
+        r = cli("wrap", bad, "--method", "calibrate", "--val", trained["data"], "--out", tmp_path / "fixed.pt")
+        assert r.exit_code == 0, r.output
+        assert cli("evaluate", tmp_path / "fixed.pt", trained["data"], "--out", tmp_path / "e2").exit_code == 0
+
+
+def _bare_state_dict(tmp_path, trained):
+    torch.save(torch.load(trained["plain"], weights_only=True)["state_dict"], tmp_path / "weights.pt")
+    return tmp_path / "weights.pt"
+
+
+def _random_bytes(tmp_path, trained):
+    (tmp_path / "noise.pt").write_bytes(bytes((k * 7919) % 251 for k in range(5000)))
+    return tmp_path / "noise.pt"
+
+
+def _structures(tmp_path, trained):
+    return write_water(tmp_path / "water.extxyz", n=2)
+
+
+NOT_MODELS = [("bare state dict", _bare_state_dict, "a PyTorch file holding a bare state dict"),
+              ("random bytes", _random_bytes, "neither a PyTorch file nor a pickle"),
+              ("structure file", _structures, "an extended XYZ structure file, not a model file")]
+
+
+@pytest.mark.parametrize("name, make, message", NOT_MODELS, ids=[c[0] for c in NOT_MODELS])
+def test_files_that_are_no_model_are_called_what_they_are(tmp_path, trained, name, make, message):
+    """Kind 4: neither evaluate nor convert calls a state dict, noise or a structure file "pickled Python
+    objects" or "a MACE model file"; convert never asks for --trusted for a file that holds no pickle."""
+    path = make(tmp_path, trained)
+    r = cli("evaluate", path, trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, str(path), message)
+    assert "pickled" not in r.stderr and "MACE" not in r.stderr
+    for trust in ([], ["--trusted"]):
+        r = cli("convert", path, *trust, "--out", tmp_path / "conv.pt")
+        assert_user_error(r, f"{path}: not a MACE model file: it is", message)
+        assert "--trusted" not in r.stderr and not (tmp_path / "conv.pt").exists()
+
+
+def test_convert_never_writes_over_its_input(tmp_path):
+    import pickle
+
+    src = tmp_path / "user.model"
+    src.write_bytes(pickle.dumps({"a": 1}))
+    before = src.read_bytes()
+    for out in (src, tmp_path / "." / "user.model"):
+        r = cli("convert", src, "--trusted", "--out", out)
+        assert_user_error(r, f"--out: {out} is the file you are converting")
+    assert src.read_bytes() == before
+    (tmp_path / "folder").mkdir()
+    assert_user_error(cli("convert", src, "--trusted", "--out", tmp_path / "folder"), "is a directory")

@@ -96,10 +96,10 @@ def fit_and_calibrate(model, train, val, batch_size: int = 64) -> dict:
     return {"posthoc": posthoc, "calibration": fit_calibration(model, val, batch_size)}
 
 
-def _load(path, device=None):
+def _load(path, device=None, check_extra: bool = True):
     from .models import load
 
-    return load(path, device=device)
+    return load(path, device=device, check_extra=check_extra)
 
 
 def _parse_options(method: str, options: dict | None):
@@ -223,8 +223,11 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
         device = resolve_device(device, "--device")
     if method == "ensemble":
         _distinct_files(models)
-    loaded = [_load(m, device=device) for m in models]
-    payload_extra = modelfile.read(models[0]).get("extra", {})
+    recalibrate = method == "calibrate"  # the stored calibration is replaced: it may be broken
+    loaded = [_load(m, device=device, check_extra=not recalibrate) for m in models]
+    payload_extra = modelfile.read(models[0], check_extra=not recalibrate).get("extra", {})
+    if not isinstance(payload_extra, dict):
+        payload_extra = {}
     kinds = [getattr(m, "kind", "") for m in loaded]
     if method == "calibrate":
         if not kinds[0].startswith("uq."):

@@ -204,7 +204,7 @@ class Trainer:
             from ..modelfile import describe_load_error
 
             raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint "
-                                f"({describe_load_error(exc)}); rerun with --restart to train afresh") from None
+                                f"({describe_load_error(exc, self.checkpoint_path)}); rerun with --restart to train afresh") from None
         try:
             self._restore(state)
         except (KeyError, RuntimeError, TypeError) as exc:
