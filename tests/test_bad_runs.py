@@ -156,6 +156,9 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, data):
     assert f"error: {tmp_path / 'run' / 'checkpoint.pt'}: File too large; free some space" in r.stderr
     assert "Traceback" not in r.stderr and "summary.json" not in results(tmp_path)
     assert not [p.name for p in (tmp_path / "run").iterdir() if ".tmp" in p.name]
+    # round three, kind 6: the checkpoint is written before the best model, so no epoch-1 model.pt is left
+    # without a checkpoint behind it
+    assert not (tmp_path / "run" / "model.pt").exists()
     assert cli("train", cfg).exit_code == 0
 
 
@@ -352,3 +355,64 @@ def test_train_resumes_with_out_spelled_otherwise_and_after_a_move(tmp_path, mon
     r = cli("train", tiny_config(tmp_path, data, out="moved"), "--epochs", "4")  # data now absolute
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "moved" / "summary.json").read_text())["training"]["epochs_run"] == 4
+
+
+def _limited(size: int):
+    """A preexec_fn: files of at most ``size`` bytes, as on a full disk (SIGXFSZ ignored: write fails)."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+def test_full_disk_during_evaluate_leaves_no_table_without_metrics(tmp_path, data):
+    """Kind 6: a full disk while evaluate writes is one line naming the file, exit 2, and leaves neither a
+    per_structure.csv without its metrics.json nor the folder it had created."""
+    cfg = _trained(tmp_path, data)
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    r = subprocess.run([sys.executable, "-m", "uqpot", "evaluate", str(tmp_path / "run" / "model.pt"), str(data),
+                        "--out", str(tmp_path / "eval")], env=env, capture_output=True, text=True,
+                       preexec_fn=_limited(3000))
+    assert r.returncode == 2 and "File too large; free some space" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and ".tmp" not in r.stderr
+    assert not (tmp_path / "eval").exists()
+
+
+def test_torch_save_short_write_is_the_full_disk_error(tmp_path):
+    """Kind 6: a model file that does not fit is an OSError naming the file (the command line's full-disk
+    line), never PyTorch's RuntimeError; no temporary file is left."""
+    code = ("import torch; from uqpot.provenance import torch_save; "
+            f"torch_save({{'w': torch.ones(100000)}}, {str(tmp_path / 'm.pt')!r})")
+    r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(SRC)), capture_output=True,
+                       text=True, preexec_fn=_limited(20000))
+    assert "OSError" in r.stderr and "File too large" in r.stderr and str(tmp_path / "m.pt") in r.stderr, r.stderr
+    assert "RuntimeError" not in r.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_write_error_names_the_file_not_its_temporary_name(tmp_path):
+    """Kind 9: a write that cannot open its file (a folder that is gone, or a file where a folder should be)
+    names the file asked for, never its temporary name .NAME.tmpPID."""
+    from uqpot.provenance import write_text
+
+    (tmp_path / "afile").write_text("")
+    for target in (tmp_path / "gone" / "wraps.pt", tmp_path / "afile" / "wraps.pt"):
+        with pytest.raises(OSError) as exc:
+            write_text(target, "x")
+        assert exc.value.filename == str(target) and ".tmp" not in str(exc.value)
+
+
+def test_failed_reproduce_leaves_no_record_or_folder(tmp_path):
+    """Kind 6: a study that fails before it ran anything leaves neither reproduce.json nor the folder."""
+    bad = tmp_path / "study.yaml"
+    bad.write_text("system: ammonia\noracle: {name: tblite}\nloop: {methods: [nonsense]}\n")
+    r = cli("reproduce", "ammonia", "--preset", bad, "--out", tmp_path / "rep", "--executor", "none")
+    assert_user_error(r, "'loop.methods.0': unknown UQ method 'nonsense'")
+    assert not (tmp_path / "rep").exists()
+    r = cli("reproduce", "rmd17", "--data", tmp_path / "missing.extxyz", "--molecules", "ethanol", "--out",
+            tmp_path / "rep", "--executor", "none")
+    assert_user_error(r, "--data: ", "missing.extxyz: no such file")
+    assert not (tmp_path / "rep").exists()

@@ -18,7 +18,7 @@ import torch
 
 from ._version import __version__
 from .errors import ModelFileError
-from .provenance import atomic_write
+from .provenance import torch_save
 
 FORMAT = "uqpot-model"
 FORMAT_VERSION = 1
@@ -68,8 +68,7 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": dict(extra or {}),
     }
-    with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk raises OSError
-        torch.save(payload, fh)
+    torch_save(payload, path)  # a full disk is an OSError naming the file, not PyTorch's RuntimeError
     return path
 
 

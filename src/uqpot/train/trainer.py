@@ -38,7 +38,7 @@ from ..config import TrainConfig
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import ConfigError, TrainingError
-from ..provenance import atomic_write
+from ..provenance import torch_save
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
 from .member_order import member_batches, member_seeds, resolve_member_order
@@ -144,6 +144,7 @@ class Trainer:
         self.rollbacks = 0
         self.elapsed = 0.0
         self.finished: str | None = None
+        self._best_unsaved = False
         self._val_batches = None
         self.layout = check_layout(train, cfg)
         net = getattr(model, "potential", model)
@@ -192,8 +193,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not _finite(self.model.state_dict().values()):
             raise TrainingError(f"refusing to checkpoint non-finite weights at epoch {self.epoch}")
-        with atomic_write(self.checkpoint_path) as tmp, open(tmp, "wb") as fh:  # a full disk raises OSError
-            torch.save(self._state(), fh)
+        torch_save(self._state(), self.checkpoint_path)  # a full disk: an OSError naming the file
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -343,6 +343,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         if self.load_checkpoint():
             self._log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+            if not self.model_path.is_file() and bool((self.best_epoch >= 0).any()):
+                self._save_best()  # interrupted between the checkpoint and the best model's write
             if self.finished == "epochs" and self.epoch < self.cfg.epochs:  # more epochs asked for
                 self.finished = None
         self._initial_state = {"model": copy.deepcopy(self.model.state_dict()),
@@ -369,7 +371,7 @@ class Trainer:
                 self.best_state[k].index_copy_(0, idx, v.detach().index_select(0, idx))
             else:
                 self.best_state[k].copy_(v.detach())
-        self._save_best()
+        self._best_unsaved = True  # written after the epoch's checkpoint (see _loop)
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -419,7 +421,13 @@ class Trainer:
                     stop = "time_limit"
                 # a time limit pauses the run (resumable); the other reasons end it
                 self.finished = stop if stop != "time_limit" else None
+                # the checkpoint first, then the best model: a failed write (a full disk) never leaves a model.pt
+                # that no checkpoint stands behind; the checkpoint holds the best weights, so a model.pt lost
+                # between the two writes is written again on resume
                 self.save_checkpoint()
+                if self._best_unsaved:
+                    self._save_best()
+                    self._best_unsaved = False
                 progress.update(task, completed=epoch, stats=(
                     f"loss {train_loss:.3g} | val E {row['val_energy_mae']:.3f} F {row['val_forces_mae']:.3f} "
                     f"| lr {self.optimizer.lr.max().item():.1e}"))

@@ -17,10 +17,11 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config
+from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config, parse
 from ..schema import Distinct, Seed, option_list
 from ..errors import ConfigError
 from ..provenance import versions, write_json
+from ..rundir import check_out_dir
 from ..uq.options import MethodName, MethodOptions
 
 SYSTEMS = ("ammonia", "rmd17", "silica")
@@ -154,6 +155,38 @@ def check_splits(splits) -> list[int] | None:
     return option_list(splits, "--splits", Annotated[int, Field(ge=1, le=5)])
 
 
+def check_preset(system: str, preset, methods=None, seeds=None, local_data=None) -> None:
+    """The preset file read and checked before the study's folder is written (its sections parse; a local
+    data file exists)."""
+    path = preset_path(system, preset)
+    if system == "rmd17":
+        study = load_config(path, RMD17Study)
+        if methods:
+            parse(RMD17Study, {**study.model_dump(mode="json"), "methods": methods}, path)
+        if local_data is not None and not Path(local_data).is_file():
+            raise ConfigError(None, f"--data: {local_data}: no such file")
+        return
+    from .studies import Study, _data_config, study_seeds
+
+    study = load_config(path, Study)
+    study_seeds(study, seeds, path)
+    _data_config(study, path)
+
+
+def _remove_if_nothing_ran(out: Path, created: bool) -> None:
+    """After a failure: the study's record and folder go when nothing but the record was written (a study
+    that ran anything keeps its files: it resumes from them)."""
+    import contextlib
+
+    left = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if left <= {"reproduce.json"}:
+        with contextlib.suppress(OSError):
+            (out / "reproduce.json").unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+
+
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
               splits=None, local_data=None, console=None, executor_options: dict | None = None,
               methods=None, seeds=None, samplers=None) -> Path:
@@ -175,8 +208,9 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     if samplers and system == "rmd17":
         raise ConfigError(None, "--samplers: the rmd17 study trains on fixed splits and samples nothing; use "
                                 "ammonia or silica")
-    out = Path(out or f"runs/{system}_{Path(preset).stem}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(Path(out or f"runs/{system}_{Path(preset).stem}"), "--out", writes=("reproduce.json",))
+    check_preset(system, preset, methods, seeds, local_data)
+    created = not out.exists()
     started = time.time()
     meta_path = out / "reproduce.json"
     ex = None
@@ -187,10 +221,16 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         options = dict(load_yaml(preset_path(system, preset)).get("executor", {}).get(executor, {}))
         options.update(executor_options or {})
         ex = get_executor(executor, **options)
-    write_json(meta_path, {"kind": "grid" if system == "rmd17" else "samplers" if samplers else "loop",
-                           "system": system, "samplers": samplers,
-                           "preset": str(preset), "executor": executor,
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(meta_path, {"kind": "grid" if system == "rmd17" else "samplers" if samplers else "loop",
+                               "system": system, "samplers": samplers,
+                               "preset": str(preset), "executor": executor,
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        raise
     try:
         if system == "rmd17":
             reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods, seeds)
@@ -203,6 +243,9 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
             run_study = studies.reproduce_ammonia if system == "ammonia" else studies.reproduce_silica
             run_study(preset_path(system, preset), out, ex, console,
                       overrides={"methods": methods} if methods else None, seeds=seeds)
+    except BaseException:
+        _remove_if_nothing_ran(out, created)
+        raise
     finally:
         if ex is not None:
             ex.close()
