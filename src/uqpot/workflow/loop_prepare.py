@@ -102,8 +102,19 @@ def _check_init_models(cfg, elements: set[int]) -> None:
     from ..train.run import member_count
 
     files = cfg.init_files()
+    first = None
     for p in files:
         model = load(p)  # a missing, foreign or pickled file: one error naming it (nothing unpickled)
+        net = getattr(model, "potential", model)
+        hp = {k: v for k, v in net.hparams.items() if k not in ("members", "seeds")}
+        if first is None:
+            first = (p, hp)
+        else:
+            diff = [f"{k} ({first[1].get(k)!r} in {first[0]}, {hp.get(k)!r} here)"
+                    for k in sorted(set(first[1]) | set(hp), key=str) if first[1].get(k) != hp.get(k)]
+            if diff:
+                raise ModelFileError(p, f"init_model: its network differs from the first file's in {'; '.join(diff)}; "
+                                        "the members of one ensemble share one architecture")
         known = set(model.elements()) if hasattr(model, "elements") else set()
         if known and elements - known:
             raise ModelFileError(p, f"init_model: the model knows {_symbols(known)}, not "
