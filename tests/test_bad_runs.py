@@ -416,3 +416,58 @@ def test_failed_reproduce_leaves_no_record_or_folder(tmp_path):
             tmp_path / "rep", "--executor", "none")
     assert_user_error(r, "--data: ", "missing.extxyz: no such file")
     assert not (tmp_path / "rep").exists()
+
+
+# ------------------------------------------------------------------ round three, kind 10: long work in a log file
+def _to_file(tmp_path, *args, seconds="0"):
+    """``python -m uqpot ARGS`` with stdout and stderr sent to a file, as a cluster job or nohup does."""
+    log = tmp_path / "job.log"
+    with open(log, "w") as fh:
+        r = subprocess.run([sys.executable, "-m", "uqpot", *map(str, args)], stdout=fh, stderr=subprocess.STDOUT,
+                           env=dict(os.environ, PYTHONPATH=str(SRC), UQPOT_PROGRESS_SECONDS=seconds))
+    return r.returncode, log.read_text()
+
+
+def test_training_to_a_file_prints_progress_with_time_left(tmp_path, data):
+    cfg = tiny_config(tmp_path, data, train={"epochs": 3, "progress": True})
+    rc, text = _to_file(tmp_path, "train", cfg)
+    assert rc == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("progress: training ")]
+    assert [ln.split(": ")[2].split(" ")[0] for ln in lines] == ["1/3", "2/3", "3/3"], text
+    assert "left" in lines[0] and "val E MAE" in lines[0]  # the interval itself: the test below
+
+
+def test_data_build_to_a_file_prints_progress(tmp_path):
+    """The ammonia build (EMT as the oracle: seconds, not DFT's minutes) prints its stages and its labelling
+    into the log as it goes, not only at the end."""
+    rc, text = _to_file(tmp_path, "data", "build", "ammonia", "--quick", "--oracle", "ase", "--oracle-option",
+                        "calculator=ase.calculators.emt.EMT", "--out", tmp_path / "nh3")
+    assert rc == 0, text
+    lines = text.splitlines()
+    progress = [k for k, ln in enumerate(lines) if ln.startswith("progress: ")]
+    assert any("optimising NH3" in lines[k] for k in progress) and any("labelling with" in lines[k] for k in progress)
+    assert any("test set" in lines[k] and "left" in lines[k] for k in progress)
+    assert progress[0] < min(k for k, ln in enumerate(lines) if ln.startswith("train: "))  # before the result
+
+
+def test_progress_lines_are_bounded_and_absent_on_a_terminal():
+    import io
+
+    from uqpot.progress import LogProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    now = [0.0]
+    out = io.StringIO()
+    p = LogProgress("work", 100, "items", stream=out, every=30.0, clock=lambda: now[0])
+    for k in range(1, 101):
+        now[0] = k * 1.0  # one item a second
+        p.update(k)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and lines[0] == "progress: work: 30/100 items (30%), 30 s elapsed, about 70 s left", lines
+    term = Terminal()
+    q = LogProgress("work", 10, stream=term, every=0.0)
+    q.update(5)
+    assert term.getvalue() == ""

@@ -38,6 +38,7 @@ from ..config import TrainConfig
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import ConfigError, TrainingError
+from ..progress import LogProgress
 from ..provenance import torch_save
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
@@ -381,6 +382,9 @@ class Trainer:
                             TextColumn("{task.fields[stats]}"), disable=not cfg.progress, console=self.console)
         hist_path, mem_path = self.out / "history.csv", self.out / "history_members.csv"
         self._rewrite_history(hist_path, mem_path)
+        # where the output is a file (a cluster job, nohup), a plain line at a bounded interval instead of the bar
+        log_progress = LogProgress(f"training {self.out}", cfg.epochs, "epochs", done=self.epoch,
+                                   enabled=cfg.progress, stream=getattr(self.console, "file", None))
         with progress, open(hist_path, "a") as hist, open(mem_path, "a") if self.M > 1 else open(os.devnull, "w") as mh:
             task = progress.add_task("train", total=cfg.epochs, completed=self.epoch, stats="")
             while self.epoch < cfg.epochs:
@@ -431,6 +435,8 @@ class Trainer:
                 progress.update(task, completed=epoch, stats=(
                     f"loss {train_loss:.3g} | val E {row['val_energy_mae']:.3f} F {row['val_forces_mae']:.3f} "
                     f"| lr {self.optimizer.lr.max().item():.1e}"))
+                log_progress.update(epoch, note=f"val E MAE {row['val_energy_mae']:.3f}, F MAE "
+                                                f"{row['val_forces_mae']:.3f}")
                 if stop:
                     self._log(f"stopped after epoch {epoch}: {stop}")
                     break
