@@ -211,6 +211,9 @@ def test_seed_bounds_in_the_training_config(tmp_path, data, seed):
     (("data", "build", "ammonia", "--seed", "-1"), "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295"),
     (("data", "build", "silica", "--seed", "4294967296"), "Invalid value for '--seed'"),
     (("data", "fetch", "rmd17", "--seed", "-2"), "Invalid value for '--seed'"),
+    (("data", "build", "ammonia", "--oracle", "ase", "--oracle-option", "calculator=ase.calculators.emt.EMT",
+      "--oracle-option", "kwargs={asap_cutof: true}"), "'asap_cutof' not among the keyword arguments"),
+    (("data", "build", "ammonia", "--oracle", "pyscf", "--oracle-option", "basiss=sto-3g"), "'basiss'"),
 ], ids=lambda a: " ".join(a) if isinstance(a, tuple) else None)
 def test_command_line_lists_and_seeds(tmp_path, args, message, monkeypatch):
     """Kind 3: seeds in [0, 2**32) and lists of distinct, known items on every command line, before anything

@@ -270,3 +270,34 @@ def test_convert_never_writes_over_its_input(tmp_path):
     assert src.read_bytes() == before
     (tmp_path / "folder").mkdir()
     assert_user_error(cli("convert", src, "--trusted", "--out", tmp_path / "folder"), "is a directory")
+
+
+# ------------------------------------------------------------------ round three, kind 9: the README says what the code does
+def _readme() -> str:
+    from pathlib import Path
+
+    return " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+
+
+def test_readme_names_the_methods_without_a_stress():
+    """The README once said LLPR gives no stress, while it computes a stress and its variance."""
+    import re
+
+    from uqpot.uq import METHODS
+
+    listed = re.search(r"methods without a stress \(([^)]*)\) say so", _readme()).group(1)
+    names = {n.strip().lower() for n in listed.split(",")}
+    assert names == {m for m, cls in METHODS.items() if not cls.gives_stress}
+    assert "so does LLPR" in _readme() and METHODS["llpr"].gives_stress and METHODS["ensemble"].gives_stress
+
+
+def test_readme_lists_every_methods_options():
+    import re
+
+    from uqpot.uq.options import OPTIONS
+
+    text = _readme()
+    block = re.search(r"Each method declares its own options beside its code \((.*?)\); the `uq` section", text).group(1)
+    stated = {m: {o.strip() for o in opts.split(",")} for m, opts in re.findall(r"`(\w+): ([^`]*)`", block)}
+    code = {m: set(o.model_fields) - {"method", "reduction"} for m, o in OPTIONS.items() if m != "none"}
+    assert stated == code
