@@ -45,7 +45,7 @@ def distinct_items(values: list) -> list:
             repeated.append(v)
         seen.add(v)
     if repeated:
-        raise ValueError(f"{', '.join(map(str, repeated))} given more than once")
+        raise ValueError(f"{', '.join(map(str, repeated))} given more than once (the items must be distinct)")
     return values
 
 
