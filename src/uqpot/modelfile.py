@@ -11,6 +11,7 @@ so a crash never leaves a truncated model behind.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +55,6 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
                dtype: torch.dtype = torch.float32) -> Path:
     """Writes a model file from its parts (kind, hyper-parameters, state dict), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for k, v in state_dict.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"refusing to save a model with non-finite values in '{k}'")
@@ -68,7 +68,15 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": dict(extra or {}),
     }
-    torch_save(payload, path)  # a full disk is an OSError naming the file, not PyTorch's RuntimeError
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch_save(payload, path)  # a full disk is an OSError naming the file, not PyTorch's RuntimeError
+    except BaseException:
+        if created:  # no empty folder is left behind by a write that failed
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
     return path
 
 
