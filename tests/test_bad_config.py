@@ -163,3 +163,73 @@ def test_ensemble_with_a_one_structure_validation_set(tmp_path, data):
     r = cli("train", tiny_config(tmp_path, data, split={"train": 20, "val": 1, "test": 3},
                                  uq={"method": "ensemble", "members": 2}))
     assert_user_error(r, "the validation set has 1 structure(s)", "need at least 2", nothing_in=tmp_path)
+
+
+# ------------------------------------------------------------------ round three, kind 9: no pydantic internals
+@pytest.mark.parametrize("sections, message", [
+    ({"sampler": "mdd"}, "'sampler': Input should be 'adversarial', 'md' or 'biased_md' (got 'mdd')"),
+    ({"sampler": {"ensemble": "mdd"}}, "'sampler.ensemble': Input should be 'adversarial', 'md' or 'biased_md' (got 'mdd')"),
+    ({"attack": {"energy_cutoff": [1.0, "x"]}}, "'attack.energy_cutoff.1': Input should be a valid number"),
+    ({"init_model": 3}, "'init_model': "),
+], ids=["sampler name", "sampler of a method", "cut-off in a list", "init_model a number"])
+def test_union_errors_name_the_key_not_the_branches(tmp_path, sections, message):
+    """A bad value of a setting that takes several shapes is one message on the user's key, without
+    pydantic's names of the union's branches (``literal[...]``, ``dict[str,...]``, ``float``)."""
+    from support.badinput import tiny_loop_config
+
+    r = cli("loop", tiny_loop_config(tmp_path, **sections))
+    assert_user_error(r, message, nothing_in=tmp_path)
+    assert "literal[" not in r.stderr and "dict[" not in r.stderr and "list[" not in r.stderr
+    assert ".float" not in r.stderr and r.stderr.count("'init_model'") <= 1
+
+
+def test_union_error_of_a_training_setting_says_every_choice(tmp_path, data):
+    r = cli("train", tiny_config(tmp_path, data, train={"compile": "sometimes"}))
+    assert_user_error(r, "'train.compile': Input should be a valid boolean", "or input should be 'auto'",
+                      "(got 'sometimes')", nothing_in=tmp_path)
+
+
+# ------------------------------------------------------------------ round three, kind 3: seeds and lists everywhere
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**40], ids=["negative", "2**32", "2**40"])
+def test_seed_bounds_in_the_training_config(tmp_path, data, seed):
+    for section in ({"seed": seed}, {"split": {"seed": seed, "train": 16, "val": 4, "test": 4}}):
+        r = cli("train", tiny_config(tmp_path, data, **section))
+        assert_user_error(r, "seed': a seed is an integer in [0, 2**32)", nothing_in=tmp_path)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("reproduce", "ammonia", "--seeds", "-1"), "--seeds '-1': a seed is an integer in [0, 2**32), got -1"),
+    (("reproduce", "ammonia", "--seeds", "4294967296"), "--seeds '4294967296': a seed is an integer in [0, 2**32)"),
+    (("reproduce", "ammonia", "--seeds", "0,0"), "--seeds '0,0': 0 given more than once"),
+    (("reproduce", "rmd17", "--splits", "a,b"), "--splits 'a,b': expected comma-separated integers, got 'a'"),
+    (("reproduce", "rmd17", "--splits", "7"), "--splits '7': Input should be less than or equal to 5"),
+    (("reproduce", "rmd17", "--splits", "1,1"), "--splits '1,1': 1 given more than once"),
+    (("reproduce", "ammonia", "--methods", "ensemble,ensemble"), "--methods 'ensemble,ensemble': ensemble given more"),
+    (("reproduce", "ammonia", "--methods", ","), "--methods ',': "),
+    (("reproduce", "ammonia", "--molecules", "ethanol"), "--molecules: an option of the rmd17 study"),
+    (("reproduce", "ammonia", "--samplers", "md,md"), "--samplers 'md,md': md given more than once"),
+    (("data", "build", "ammonia", "--seed", "-1"), "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295"),
+    (("data", "build", "silica", "--seed", "4294967296"), "Invalid value for '--seed'"),
+    (("data", "fetch", "rmd17", "--seed", "-2"), "Invalid value for '--seed'"),
+    (("data", "build", "ammonia", "--oracle", "ase", "--oracle-option", "calculator=ase.calculators.emt.EMT",
+      "--oracle-option", "kwargs={asap_cutof: true}"), "'asap_cutof' not among the keyword arguments"),
+    (("data", "build", "ammonia", "--oracle", "pyscf", "--oracle-option", "basiss=sto-3g"), "'basiss'"),
+], ids=lambda a: " ".join(a) if isinstance(a, tuple) else None)
+def test_command_line_lists_and_seeds(tmp_path, args, message, monkeypatch):
+    """Kind 3: seeds in [0, 2**32) and lists of distinct, known items on every command line, before anything
+    is written or any oracle runs."""
+    monkeypatch.chdir(tmp_path)
+    r = cli(*args, "--out" if args[0] == "reproduce" else "--dest" if "fetch" in args else "--out", tmp_path / "out")
+    assert_user_error(r, message)
+    assert not (tmp_path / "out").exists() and "internal error" not in r.output
+
+
+def test_study_data_seed_and_seeds(tmp_path):
+    for text, message in (("seeds: [-3]", "'seeds.0': a seed is an integer in [0, 2**32), got -3"),
+                          ("seeds: []", "'seeds': an empty list"),
+                          ("data: {seed: 4294967296}", "data.seed: a seed is an integer in [0, 2**32)")):
+        study = tmp_path / "study.yaml"
+        study.write_text(f"system: ammonia\noracle: {{name: tblite}}\nloop: {{}}\n{text}\n")
+        r = cli("loop", study, "--out", tmp_path / "out")
+        assert_user_error(r, message)
+        assert not (tmp_path / "out").exists()

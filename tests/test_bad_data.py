@@ -196,3 +196,58 @@ def test_per_split_files_conflicts(tmp_path, data, split, message):
     cfg = tiny_config(tmp_path, d, data=data, split=split)
     r = cli("train", cfg)
     assert_user_error(r, str(cfg), message, nothing_in=tmp_path)
+
+
+# ------------------------------------------------------------------ round three, kind 7 (and 3): stress input
+def argon(stress: str = "", extra: str = "", x: float = 2.5) -> str:
+    """A periodic two-atom argon frame; ``stress``/``extra`` are added to its comment line as written."""
+    return (f"2\nLattice=\"5 0 0 0 5 0 0 0 5\" Properties=species:S:1:pos:R:3:forces:R:3 energy=-1.0 {stress} "
+            f"{extra} pbc=\"T T T\"\nAr 0 0 0 0.1 0 0\nAr {x} 2.5 2.5 -0.1 0 0\n")
+
+
+def test_voigt_stress_in_extended_xyz_is_read(tmp_path):
+    """Six values (xx yy zz yz xz xy), which ASE's own reader refuses, are read as the symmetric tensor."""
+    from uqpot.data.io import read_structures
+
+    path = tmp_path / "voigt.extxyz"
+    path.write_text(argon('stress="0.1 0.2 0.3 0.01 0.02 0.03"') + argon('stress={0.1 0.2 0.3 0.01 0.02 0.03}', x=2.6))
+    assert cli("data", "check", path).exit_code == 0
+    expect = [[0.1, 0.03, 0.02], [0.03, 0.2, 0.01], [0.02, 0.01, 0.3]]
+    for s in read_structures(path):
+        np.testing.assert_allclose(s.stress, expect, rtol=1e-12)
+
+
+STRESS_CASES = [  # (name, text of the file, fragments)
+    ("non-symmetric stress", argon('stress="0.1 0.5 0 0 0.2 0 0 0 0.3"'),
+     ["frame 0: field 'stress': stress is not symmetric (component xy = 0.5, yx = 0)"]),
+    ("non-symmetric virial", argon('virial="1 0 0 0 1 0 2 0 1"'), ["frame 0: field 'virial': virial is not symmetric"]),
+    ("stress and a contradicting virial", argon('stress="0.1 0 0 0 0.2 0 0 0 0.3"', 'virial="50 0 0 0 50 0 0 0 50"'),
+     ["frame 0: field 'stress/virial': the frame's stress and its virial disagree"]),
+    ("stress on some frames only", argon('stress="0.1 0 0 0 0.2 0 0 0 0.3"') + argon(x=2.6),
+     ["field 'stress': a stress on 1 of 2 periodic frames (none on frames [1])", "silently unused"]),
+]
+
+
+@pytest.mark.parametrize("name, text, fragments", STRESS_CASES, ids=[c[0] for c in STRESS_CASES])
+def test_bad_stress_input(tmp_path, name, text, fragments):
+    path = tmp_path / "bad.extxyz"
+    path.write_text(text)
+    r = cli("data", "check", path)
+    assert_user_error(r, str(path), *fragments, lines=2)  # the problem, and the count
+    r = cli("train", tiny_config(tmp_path, path))
+    assert_user_error(r, str(path), *fragments, nothing_in=tmp_path)
+    assert not (tmp_path / "run").exists()
+
+
+def test_stress_and_an_agreeing_virial_are_accepted(tmp_path):
+    path = tmp_path / "both.extxyz"
+    path.write_text(argon('stress="0.1 0 0 0 0.2 0 0 0 0.3"', 'virial="-12.5 0 0 0 -25 0 0 0 -37.5"'))  # σ = −W/V
+    assert cli("data", "check", path).exit_code == 0
+
+
+def test_stress_key_in_no_frame(tmp_path):
+    """Kind 3: a data.stress_key that no frame carries would leave the stress silently unused."""
+    path = tmp_path / "water.extxyz"
+    write_water(path)
+    r = cli("train", tiny_config(tmp_path, path, data={"stress_key": "my_stress"}))
+    assert_user_error(r, str(path), "data.stress_key 'my_stress': no frame has it", nothing_in=tmp_path)

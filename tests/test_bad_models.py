@@ -16,12 +16,14 @@ def trained(tmp_path_factory):
     """A tiny plain potential and a 2-member ensemble, 2 epochs on EMT water, and an evaluation file."""
     tmp = tmp_path_factory.mktemp("models")
     data = write_water(tmp / "data.extxyz")
-    for name, uq in (("plain", None), ("ens", {"method": "ensemble", "members": 2})):
-        cfg = tiny_config(tmp, data, out=tmp / name, name=f"{name}.yaml", **({"uq": uq} if uq else {}))
+    for name, uq, seed in (("plain", None, 0), ("ens", {"method": "ensemble", "members": 2}, 0), ("other", None, 1)):
+        cfg = tiny_config(tmp, data, out=tmp / name, name=f"{name}.yaml", seed=seed, **({"uq": uq} if uq else {}))
         r = cli("train", cfg)
         assert r.exit_code == 0, r.output
-    return {"plain": tmp / "plain" / "model.pt", "ens": tmp / "ens" / "model.pt",
-            "data": write_water(tmp / "eval.extxyz", n=6, seed=9)}
+    r = cli("train", tiny_config(tmp, data, out=tmp / "wide", name="wide.yaml", model={"features": 12}))
+    assert r.exit_code == 0, r.output
+    return {"plain": tmp / "plain" / "model.pt", "ens": tmp / "ens" / "model.pt", "other": tmp / "other" / "model.pt",
+            "wide": tmp / "wide" / "model.pt", "data": write_water(tmp / "eval.extxyz", n=6, seed=9)}
 
 
 def _edit(src, dst, fn):
@@ -142,3 +144,160 @@ def test_energies_in_ev_declared_as_kcal_mol_get_a_hint(tmp_path, ethanol_path):
 def test_no_unit_hint_for_data_in_the_declared_unit(tmp_path, trained):
     r = cli("evaluate", trained["plain"], trained["data"], "--out", tmp_path / "eval")
     assert r.exit_code == 0 and "warning" not in r.stderr, r.output
+
+
+# ------------------------------------------------------------------ round three, kinds 3 and 5: wrap's options and data
+WRAP_CASES = [  # (name, models, extra args, fragments of the one error line)
+    ("--device bananas", ["ens"], ["--method", "calibrate", "--device", "bananas"], ["--device: unknown device 'bananas'"]),
+    ("--device cuda:7", ["ens"], ["--method", "calibrate", "--device", "cuda:7"], ["--device: 'cuda:7' asked for"]),
+    ("--batch-size 0", ["ens"], ["--method", "calibrate", "--batch-size", "0"], ["'--batch-size': 0 is not in the range"]),
+    ("--batch-size -3", ["plain"], ["--method", "llpr", "--batch-size", "-3"], ["'--batch-size': -3 is not in the range"]),
+    ("calibration on one structure", ["ens"], ["--method", "calibrate", "--val", "ONE"],
+     ["one.extxyz: 1 validation structure(s): a calibration", "needs at least 2"]),
+    ("llpr calibrated on one structure", ["plain"], ["--method", "llpr", "--val", "ONE"],
+     ["one.extxyz: 1 validation structure(s)"]),
+    ("one file twice as an ensemble", ["plain", "plain"], ["--method", "ensemble"],
+     ["given twice for --method ensemble", "zero spread"]),
+    ("a copy as an ensemble member", ["plain", "COPY"], ["--method", "ensemble"],
+     ["copy.pt: has the same weights as", "zero spread"]),
+    ("members of other sizes", ["plain", "wide"], ["--method", "ensemble"],
+     ["wide/model.pt: cannot join the ensemble", "features (8 in", "12 here)"]),
+]
+
+
+@pytest.mark.parametrize("name, models, args, fragments", WRAP_CASES, ids=[c[0] for c in WRAP_CASES])
+def test_bad_wrap_input(tmp_path, trained, name, models, args, fragments):
+    """``wrap`` keeps evaluate's rules: devices and batch sizes checked, at least two validation structures
+    for a calibration, no ensemble of one network; one line, exit 2, no model file written."""
+    import shutil
+
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    shutil.copy(trained["plain"], tmp_path / "copy.pt")
+    one = write_water(tmp_path / "one.extxyz", n=1, seed=4)
+    paths = [tmp_path / "copy.pt" if m == "COPY" else trained[m] for m in models]
+    args = [str(one) if a == "ONE" else a for a in args]
+    val = [] if "--val" in args else ["--val", str(trained["data"])]
+    r = cli("wrap", *paths, *args, *val, "--out", tmp_path / "wrapped.pt")
+    assert_user_error(r, *fragments)
+    assert not (tmp_path / "wrapped.pt").exists() and "internal error" not in r.output
+
+
+def test_wrap_of_two_trained_members_runs(tmp_path, trained):
+    r = cli("wrap", trained["plain"], trained["other"], "--method", "ensemble", "--val", trained["data"],
+            "--out", tmp_path / "ens.pt")
+    assert r.exit_code == 0 and (tmp_path / "ens.pt").is_file(), r.output
+
+
+# ------------------------------------------------------------------ round three, kind 4: model files
+def _calibration(fn):
+    def edit(p):
+        p["extra"] = dict(p["extra"])
+        fn(p["extra"])
+    return edit
+
+
+EXTRA_CASES = [
+    ("NaN calibration", _calibration(lambda e: e["calibration"].update(a=float("nan"))),
+     "extra.calibration.a: nan is not a finite number"),
+    ("string calibration", _calibration(lambda e: e["calibration"].update(b="big")),
+     "extra.calibration.b: 'big' is not a finite number"),
+    ("negative floor", _calibration(lambda e: e["calibration"].update(floor=-1.0)), "extra.calibration.floor: -1.0"),
+    ("NaN conformal quantile", _calibration(lambda e: e["calibration"]["conformal"]["quantiles"].update({"68": float("nan")})),
+     "extra.calibration.conformal.quantiles.68: nan is not a quantile"),
+    ("calibration not a mapping", _calibration(lambda e: e.update(calibration=[1, 2])),
+     "extra.calibration: expected a mapping"),
+    ("extra a string", lambda p: p.update(extra="oops"), "extra: expected a mapping of stored results, got a str"),
+]
+
+
+@pytest.mark.parametrize("name, edit, message", EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
+def test_broken_stored_results_are_refused_at_load(tmp_path, trained, name, edit, message):
+    """The loader checks the ``extra`` section: a broken stored calibration is one line naming the key, not
+    an internal error in whatever reads it; wrap --method calibrate replaces it."""
+    bad = _edit(trained["ens"], tmp_path / "bad.pt", edit)
+    r = cli("evaluate", bad, trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, f"{bad}: {message}")
+    assert not (tmp_path / "eval").exists()
+    if "calibration" in message:
+        r = cli("wrap", bad, "--method", "calibrate", "--val", trained["data"], "--out", tmp_path / "fixed.pt")
+        assert r.exit_code == 0, r.output
+        assert cli("evaluate", tmp_path / "fixed.pt", trained["data"], "--out", tmp_path / "e2").exit_code == 0
+
+
+def _bare_state_dict(tmp_path, trained):
+    torch.save(torch.load(trained["plain"], weights_only=True)["state_dict"], tmp_path / "weights.pt")
+    return tmp_path / "weights.pt"
+
+
+def _random_bytes(tmp_path, trained):
+    (tmp_path / "noise.pt").write_bytes(bytes((k * 7919) % 251 for k in range(5000)))
+    return tmp_path / "noise.pt"
+
+
+def _structures(tmp_path, trained):
+    return write_water(tmp_path / "water.extxyz", n=2)
+
+
+NOT_MODELS = [("bare state dict", _bare_state_dict, "a PyTorch file holding a bare state dict"),
+              ("random bytes", _random_bytes, "neither a PyTorch file nor a pickle"),
+              ("structure file", _structures, "an extended XYZ structure file, not a model file")]
+
+
+@pytest.mark.parametrize("name, make, message", NOT_MODELS, ids=[c[0] for c in NOT_MODELS])
+def test_files_that_are_no_model_are_called_what_they_are(tmp_path, trained, name, make, message):
+    """Kind 4: neither evaluate nor convert calls a state dict, noise or a structure file "pickled Python
+    objects" or "a MACE model file"; convert never asks for --trusted for a file that holds no pickle."""
+    path = make(tmp_path, trained)
+    r = cli("evaluate", path, trained["data"], "--out", tmp_path / "eval")
+    assert_user_error(r, str(path), message)
+    assert "pickled" not in r.stderr and "MACE" not in r.stderr
+    for trust in ([], ["--trusted"]):
+        r = cli("convert", path, *trust, "--out", tmp_path / "conv.pt")
+        assert_user_error(r, f"{path}: not a MACE model file: it is", message)
+        assert "--trusted" not in r.stderr and not (tmp_path / "conv.pt").exists()
+
+
+def test_convert_never_writes_over_its_input(tmp_path):
+    import pickle
+
+    src = tmp_path / "user.model"
+    src.write_bytes(pickle.dumps({"a": 1}))
+    before = src.read_bytes()
+    for out in (src, tmp_path / "." / "user.model"):
+        r = cli("convert", src, "--trusted", "--out", out)
+        assert_user_error(r, f"--out: {out} is the file you are converting")
+    assert src.read_bytes() == before
+    (tmp_path / "folder").mkdir()
+    assert_user_error(cli("convert", src, "--trusted", "--out", tmp_path / "folder"), "is a directory")
+
+
+# ------------------------------------------------------------------ round three, kind 9: the README says what the code does
+def _readme() -> str:
+    from pathlib import Path
+
+    return " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+
+
+def test_readme_names_the_methods_without_a_stress():
+    """The README once said LLPR gives no stress, while it computes a stress and its variance."""
+    import re
+
+    from uqpot.uq import METHODS
+
+    listed = re.search(r"methods without a stress \(([^)]*)\) say so", _readme()).group(1)
+    names = {n.strip().lower() for n in listed.split(",")}
+    assert names == {m for m, cls in METHODS.items() if not cls.gives_stress}
+    assert "so does LLPR" in _readme() and METHODS["llpr"].gives_stress and METHODS["ensemble"].gives_stress
+
+
+def test_readme_lists_every_methods_options():
+    import re
+
+    from uqpot.uq.options import OPTIONS
+
+    text = _readme()
+    block = re.search(r"Each method declares its own options beside its code \((.*?)\); the `uq` section", text).group(1)
+    stated = {m: {o.strip() for o in opts.split(",")} for m, opts in re.findall(r"`(\w+): ([^`]*)`", block)}
+    code = {m: set(o.model_fields) - {"method", "reduction"} for m, o in OPTIONS.items() if m != "none"}
+    assert stated == code

@@ -19,7 +19,7 @@ LAYERS = [
     # plain definitions: errors, fields, units, config schema base, versions, threads, executors
     ["uqpot._version", "uqpot.errors", "uqpot.fields", "uqpot.units", "uqpot.schema", "uqpot.determinism",
      "uqpot.provenance", "uqpot.executor", "uqpot.devices", "uqpot.strict_yaml", "uqpot.rundir",
-     "uqpot.unit_hints"],
+     "uqpot.unit_hints", "uqpot.progress"],
     # structures, batches, neighbour lists, files, splits, the label store, the file readers of data sets
     ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.readers", "uqpot.data.io", "uqpot.data.splits",
      "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data",

@@ -139,6 +139,7 @@ def test_converted_user_file_matches_mace_in_kcal_per_mol(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD") is None
+    assert "Warning" not in r.stderr, r.stderr  # a successful conversion says nothing on stderr
     conv = modelfile.load(tmp_path / "conv.pt")
     for atoms in (molecule("CH3CH2OH"),
                   Atoms("C2H2O2", positions=np.random.default_rng(0).uniform(0, 4, (6, 3)), cell=np.diag([4.2, 4.5, 4.8]),

@@ -164,8 +164,9 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
 @click.option("--forces-key", default=None, help="arrays key holding the forces of --data/--val.")
 @click.option("--energy-unit", default="kcal/mol", show_default=True, help="energy unit of --data/--val.")
 @click.option("--length-unit", default="Å", show_default=True, help="length unit of --data/--val.")
-@click.option("--batch-size", type=int, default=None, help="default: the run's validation batch size, else 64.")
-@click.option("--device", default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="default: the run's validation batch size, else 64.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, or auto (default: the model file's, cpu).")
 def wrap(models, method, train_data, val_data, out, options, energy_key, forces_key, energy_unit, length_unit,
          batch_size, device):
     """Put an uncertainty on trained potentials: wrap MODEL with a post-hoc method (fitted on the training
@@ -224,8 +225,15 @@ def convert(model, trusted, out, head):
 @click.option("--seeds", default=None,
               help="comma-separated replicate seeds (e.g. 0,1,2): the whole loop runs once per seed, in "
                    "OUT/seed<s>, with one shared label store; default: the study file's seeds (or the loop's seed).")
+@click.option("--restart", is_flag=True,
+              help="start the loop afresh in its output directory: remove the loop's own earlier outputs there "
+                   "(config.yaml, run.json, alignment.json, summary.json, loop.log, neb_oracle.json and the gen<g>/ "
+                   "folders; for --seeds or a study file, those of every seed) and keep the label store "
+                   "(labels.db: every label computed so far is reused, no oracle call is repeated) and a study's "
+                   "built data set (OUT/data).  Needed when the config or a data file changed since the loop "
+                   "started; without it such a directory is refused.")
 @click.option("--no-progress", is_flag=True)
-def loop(config, out, generations, executor, preset, seeds, no_progress):
+def loop(config, out, generations, executor, preset, seeds, restart, no_progress):
     """Active learning: train → evaluate → MD → attack → label → retrain, for every UQ method; resumable.
 
     CONFIG is a loop config (data files, oracle, methods, ...) or a study file such as configs/ammonia.yaml
@@ -247,7 +255,7 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
         overrides["train.progress"] = False
     ex = None
     try:
-        seed_list = check_seeds(seeds.split(",")) if seeds else None
+        seed_list = check_seeds(seeds)
         if executor != "none":
             from .executor import get_executor
 
@@ -262,7 +270,7 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
             study_out = check_out_dir(Path(out) if out else Path("runs") / Path(config).stem, "--out",
                                       {"config": config})
             with RunLock(study_out, "uqpot loop"):  # one loop per directory
-                study, cfg = run_study_loop(config, study_out, ex, _console(), overrides, seed_list)
+                study, cfg = run_study_loop(config, study_out, ex, _console(), overrides, seed_list, restart)
             per_seed, where = study["per_seed"], Path(study_out)
         else:
             if out is not None:
@@ -270,9 +278,11 @@ def loop(config, out, generations, executor, preset, seeds, no_progress):
             cfg = load_loop_config(config, overrides)
             with RunLock(check_out_dir(cfg.out, "out", {"config": config}), "uqpot loop"):
                 if seed_list:
-                    per_seed = run_replicates(replicates(cfg, seed_list), cfg.out, ex, _console())["per_seed"]
+                    per_seed = run_replicates(replicates(cfg, seed_list), cfg.out, ex, _console(),
+                                              restart=restart)["per_seed"]
                 else:
-                    per_seed = {str(cfg.seed): run_loop(ActiveLearning(cfg, console=_console(), executor=ex))}
+                    per_seed = {str(cfg.seed): run_loop(ActiveLearning(cfg, console=_console(), executor=ex,
+                                                                       restart=restart))}
             where = Path(cfg.out)
     except ConfigError as exc:
         _fail(exc if exc.path is not None else ConfigError(config, str(exc)))
@@ -319,12 +329,8 @@ def reproduce(system, preset, executor, out, molecules, splits, local_data, meth
     from .workflow.reproduce import reproduce as run
 
     try:
-        path = run(system, preset, executor, out,
-                   molecules=molecules.split(",") if molecules else None,
-                   splits=[int(s) for s in splits.split(",")] if splits else None,
-                   local_data=local_data, methods=methods.split(",") if methods else None,
-                   seeds=seeds.split(",") if seeds else None,
-                   samplers=samplers.split(",") if samplers else None, console=_console())
+        path = run(system, preset, executor, out, molecules=molecules, splits=splits, local_data=local_data,
+                   methods=methods, seeds=seeds, samplers=samplers, console=_console())
     except UqpotError as exc:
         _fail(exc)
     click.echo(f"wrote {path}")

@@ -9,6 +9,10 @@ import click
 
 from .cli_errors import EXIT_USER_ERROR, fail as _fail
 from .errors import ConfigError, UqpotError
+from .schema import SEED_MAX
+
+#: every --seed: an integer in [0, 2**32)
+SEED = click.IntRange(0, SEED_MAX)
 
 
 def _console():
@@ -70,7 +74,7 @@ def fetch():
               help="also write this molecule's splits as uqpot files (data.extxyz + index files); repeatable.")
 @click.option("--split", "splits", type=click.IntRange(1, 5), multiple=True, help="splits to write (default: 1-5).")
 @click.option("--val-fraction", default=0.2, show_default=True, help="share of each training split held out for validation.")
-@click.option("--seed", default=0, show_default=True, help="seed of the validation hold-out.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the validation hold-out.")
 @click.option("--no-progress", is_flag=True)
 def fetch_rmd17_cmd(dest, url, archive, sha256, molecules, splits, val_fraction, seed, no_progress):
     """rMD17: download, verify (size, SHA-256, every bz2 block, expected members) and extract; official splits."""
@@ -119,7 +123,7 @@ def build():
 @click.option("--quick", is_flag=True, help="a small set (10 training geometries, test bins up to 10 kcal/mol).")
 @click.option("--n-train", type=int, default=None, help="training geometries (default 78, the paper's).")
 @click.option("--test-max", type=float, default=None, help="test bins up to this energy, kcal/mol (default 100).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="an integer in [0, 2**32).")
 @click.option("--no-progress", is_flag=True)
 def build_ammonia_cmd(out, store, executor, oracle, oracle_options, quick, n_train, test_max, seed, no_progress):
     """NH3 like the paper: DFT minimum, normal modes, 78 training geometries 0-5 kcal/mol and 200 test
@@ -168,7 +172,7 @@ def build_ammonia_cmd(out, store, executor, oracle, oracle_options, quick, n_tra
 @click.option("--test-directions", type=click.Choice(["adversarial", "random"]), default="adversarial",
               show_default=True, help="the test set's displacement directions: trial adversarial runs (the SI's) "
                                       "or random.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True, help="an integer in [0, 2**32).")
 @click.option("--no-progress", is_flag=True)
 def build_silica_cmd(atoms, out, store, quick, time_compression, time_scale, frame_scale, test_bins,
                      test_directions, seed, no_progress):

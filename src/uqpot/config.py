@@ -11,6 +11,7 @@ refused instead of one silently winning.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
@@ -19,7 +20,7 @@ from pydantic import (BaseModel, Field, SerializeAsAny, ValidationError, Validat
                       model_serializer, model_validator)
 
 from .errors import ConfigError
-from .schema import Strict  # noqa: F401  (re-exported: every config section derives from it)
+from .schema import Seed, Strict  # noqa: F401  (Strict re-exported: every config section derives from it)
 from .strict_yaml import read_yaml_mapping
 from .uq.options import NoneOptions, UQSection
 
@@ -105,7 +106,7 @@ class SplitConfig(Strict):
     train: Optional[Size] = None
     val: Optional[Size] = None
     test: Optional[Size] = None
-    seed: int = 0
+    seed: Seed = 0
     train_file: Optional[Path] = None
     val_file: Optional[Path] = None
     test_file: Optional[Path] = None
@@ -296,7 +297,7 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     """``uqpot train CONFIG.yaml``."""
 
-    seed: int = 0
+    seed: Seed = 0
     out: Path = Path("runs/run")
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -328,11 +329,48 @@ class RunConfig(Strict):
         return self
 
 
+#: pydantic's names of the branches of a union in an error's location (``literal['a','b']``, ``float``,
+#: ``dict[str,...]``, a class name): internal, never shown to a user
+_BRANCH = re.compile(r"^(?:[A-Z]\w*|(?:literal|dict|list|tuple|set|function-\w+|str|int|float|bool|none|nullable|"
+                     r"lax-or-strict|json-or-python|chain|is-instance)(?:\[.*\])?)$")
+
+
+def _user_errors(errors: list[dict]) -> list[dict]:
+    """pydantic's errors with the union branches taken out of their locations, and one error per key of a
+    union: the one that went deepest into the value (``sampler.ensemble``: the bad method's sampler), else the
+    branches' messages that are not only about the value's type (a name not among the choices, rather than
+    "not a dictionary"), joined; where every branch fails on the type alone, the first speaks for all."""
+    cleaned, unions = [], set()
+    for err in errors:
+        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and _BRANCH.match(x)))
+        if len(loc) != len(err["loc"]):
+            unions.add(len(cleaned))
+        cleaned.append({**err, "loc": loc})
+    keep: list[dict] = []
+    for k, err in enumerate(cleaned):
+        if k in unions:
+            others = [cleaned[j] for j in unions if j != k]
+            if any(len(o["loc"]) > len(err["loc"]) and o["loc"][:len(err["loc"])] == err["loc"] for o in others):
+                continue  # another branch got further into the value: its error is the one that matters
+            if err["type"].endswith("_type") and any(o["loc"] == err["loc"] and not o["type"].endswith("_type")
+                                                     for o in others):
+                continue
+            earlier = next((o for o in keep if o["loc"] == err["loc"] and o.get("union")), None)
+            if earlier is not None:
+                if not err["type"].endswith("_type"):
+                    msg = err["msg"].removeprefix("Value error, ")
+                    earlier["msg"] += "; or " + msg[:1].lower() + msg[1:]
+                continue
+            err = {**err, "union": True}
+        keep.append(err)
+    return keep
+
+
 def _format_validation_error(exc: ValidationError, prefix: str = "", sources: dict | None = None) -> tuple[str, bool]:
     """(message, whether any problem is in the file rather than in a command-line option); ``sources``
     maps dotted keys set on the command line to their option (``{"train.epochs": "--epochs"}``)."""
     parts, in_file = [], False
-    for err in exc.errors():
+    for err in _user_errors(exc.errors()):
         dotted = ".".join(str(x) for x in err["loc"])
         loc = ".".join([prefix] * bool(prefix) + [dotted]) or "(top level)"
         option = (sources or {}).get(dotted)

@@ -226,14 +226,32 @@ def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None,
                             options.energy_unit)
     metrics["warnings"] = [f"{data_path}: {hint}"] if hint else []
     metrics.update(model=str(model_path), data=str(data_path), units={"energy": "kcal/mol", "forces": "kcal/mol/Å"})
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # written last: until then the folder holds no result
     remove_stale_temps(out)
-    write_table(table, out / "per_structure.csv")
-    write_predictions(table, out / "predictions.npz")
-    if is_uq(model):
-        from .plots import uq_figures
+    try:
+        write_table(table, out / "per_structure.csv")
+        write_predictions(table, out / "predictions.npz")
+        if is_uq(model):
+            from .plots import uq_figures
 
-        uq_figures(table, metrics, model, out)
-    write_json(out / "metrics.json", metrics)
+            uq_figures(table, metrics, model, out)
+        write_json(out / "metrics.json", metrics)
+    except BaseException:  # a full disk, Ctrl-C: no table without its metrics.json is left behind
+        _remove_partial(out, created)
+        raise
     return metrics
+
+
+def _remove_partial(out: Path, created: bool) -> None:
+    """Removes what an evaluation that failed while writing left in ``out`` (its files only; the folder too if
+    this evaluation created it and it is empty again)."""
+    import contextlib
+
+    for name in EVAL_FILES:
+        with contextlib.suppress(OSError):
+            (out / name).unlink()
+    if created:
+        with contextlib.suppress(OSError):
+            out.rmdir()

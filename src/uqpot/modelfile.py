@@ -11,6 +11,7 @@ so a crash never leaves a truncated model behind.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +19,7 @@ import torch
 
 from ._version import __version__
 from .errors import ModelFileError
-from .provenance import atomic_write
+from .provenance import torch_save
 
 FORMAT = "uqpot-model"
 FORMAT_VERSION = 1
@@ -54,7 +55,6 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
                dtype: torch.dtype = torch.float32) -> Path:
     """Writes a model file from its parts (kind, hyper-parameters, state dict), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     for k, v in state_dict.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"refusing to save a model with non-finite values in '{k}'")
@@ -68,8 +68,15 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "extra": dict(extra or {}),
     }
-    with atomic_write(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk raises OSError
-        torch.save(payload, fh)
+    created = not path.parent.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch_save(payload, path)  # a full disk is an OSError naming the file, not PyTorch's RuntimeError
+    except BaseException:
+        if created:  # no empty folder is left behind by a write that failed
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+        raise
     return path
 
 
@@ -77,18 +84,62 @@ def save_state(kind: str, hparams: dict, state_dict: dict, path, extra: dict | N
 _COUNTS = ("features", "interactions", "rbf", "readout_hidden", "members", "heads", "head_hidden")
 
 
-def describe_load_error(exc: Exception) -> str:
-    """``torch.load``'s failure in words a user can act on; never PyTorch's advice to load the file with
-    ``weights_only=False``, which would execute whatever the file contains."""
+def file_kind(path) -> str:
+    """What a file looks like from its first bytes: 'torch' (a zip archive: PyTorch's file format), 'pickle',
+    'extxyz' (structures), 'text' or 'binary' (anything else), so that a message can say what the file is
+    instead of guessing from a loader's failure."""
+    from .data.readers import sniff
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return "binary"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch"
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    kind = sniff(Path(path))
+    if kind == "extxyz":
+        return "extxyz"
+    if kind != "binary" and head:
+        return "text"
+    return "binary"
+
+
+#: what a file of each :func:`file_kind` is, when it is not what was asked for
+NOT_A_MODEL = {
+    "extxyz": "an extended XYZ structure file, not a model file",
+    "text": "a text file, not a model file",
+    "binary": "neither a PyTorch file nor a pickle (a damaged file, or not a model file)",
+}
+
+
+def describe_load_error(exc: Exception, path=None) -> str:
+    """``torch.load``'s failure in words a user can act on, from what the file is (:func:`file_kind`);
+    never PyTorch's advice to load the file with ``weights_only=False``, which would execute whatever the
+    file contains."""
     import pickle
 
+    kind = file_kind(path) if path is not None else None
+    if kind in NOT_A_MODEL:
+        return f"it is {NOT_A_MODEL[kind]}"
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text or "Weights only load failed" in text:
         return ("it holds pickled Python objects, which uqpot never loads since they could run code; uqpot model "
                 "files hold only tensors and plain values (a MACE model file: convert it once with `uqpot convert "
                 "FILE --trusted` if you trust its source)")
     first = text.strip().splitlines()[0][:200] if text.strip() else ""
-    return f"{type(exc).__name__}{': ' + first if first else ''}"
+    damaged = "a damaged PyTorch file: " if kind == "torch" else ""
+    return f"{damaged}{type(exc).__name__}{': ' + first if first else ''}"
+
+
+def describe_payload(payload) -> str:
+    """What a PyTorch file that loaded holds, when it is not a uqpot model file."""
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        return ("a PyTorch file holding a bare state dict (weights without their architecture): uqpot model files "
+                "carry the kind and hyper-parameters beside the weights (written by uqpot train, wrap or convert)")
+    return f"a PyTorch file holding a {type(payload).__name__}, not a uqpot model file (no 'format: uqpot-model' header)"
 
 
 def _check_hparams(path, kind: str, hparams: dict, prefix: str = "hparams") -> None:
@@ -115,8 +166,54 @@ def _check_finite(path, state: dict) -> None:
                                        "finite predictions; retrain it, or use the model file of an earlier epoch")
 
 
-def read(path) -> dict:
-    """The raw, validated payload of a model file."""
+def _real(v) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+
+
+def _check_extra(path, extra) -> None:
+    """The ``extra`` section: a mapping; its stored calibration (σ² = a·U + b with its floor, the conformal
+    quantiles) made of numbers that can be used, so that a broken value is refused here, naming the key,
+    instead of crashing whatever reads it later."""
+    import math
+
+    if not isinstance(extra, dict):
+        raise ModelFileError(path, f"extra: expected a mapping of stored results, got a {type(extra).__name__}")
+    for key in ("posthoc", "training", "wrapped"):
+        if key in extra and not isinstance(extra[key], dict):
+            raise ModelFileError(path, f"extra.{key}: expected a mapping, got a {type(extra[key]).__name__}")
+    cal = extra.get("calibration")
+    if cal is None:
+        return
+    if not isinstance(cal, dict):
+        raise ModelFileError(path, f"extra.calibration: expected a mapping (a, b, floor, ...), got a "
+                                   f"{type(cal).__name__}")
+    for key in ("a", "b", "floor"):
+        v = cal.get(key)
+        if not (_real(v) and math.isfinite(v)):
+            raise ModelFileError(path, f"extra.calibration.{key}: {v!r} is not a finite number; the stored calibration "
+                                       "is broken: re-fit it with `uqpot wrap MODEL --method calibrate --val VAL`")
+    if cal["floor"] < 0:
+        raise ModelFileError(path, f"extra.calibration.floor: {cal['floor']!r} is negative (a variance floor is >= 0)")
+    conformal = cal.get("conformal")
+    if conformal is None:
+        return
+    if not isinstance(conformal, dict):
+        raise ModelFileError(path, f"extra.calibration.conformal: expected a mapping, got a {type(conformal).__name__}")
+    for key in ("quantiles", "quantiles_structure"):
+        qs = conformal.get(key, {})
+        if not isinstance(qs, dict):
+            raise ModelFileError(path, f"extra.calibration.conformal.{key}: expected a mapping, got {qs!r}")
+        for level, q in qs.items():
+            if not (_real(q) and q > 0):  # +inf: too few structures for that level
+                raise ModelFileError(path, f"extra.calibration.conformal.{key}.{level}: {q!r} is not a quantile (a "
+                                           "number > 0)")
+
+
+def read(path, check_extra: bool = True) -> dict:
+    """The raw, validated payload of a model file (``check_extra=False``: its ``extra`` section unchecked,
+    for a command that replaces what it stores, such as ``uqpot wrap --method calibrate``)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(path, "model file not found" if not path.exists() else "not a file")
@@ -127,9 +224,9 @@ def read(path) -> dict:
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, corrupt, or containing non-tensor objects
-        raise ModelFileError(path, f"not a readable uqpot model file ({describe_load_error(exc)})") from None
+        raise ModelFileError(path, f"not a readable uqpot model file ({describe_load_error(exc, path)})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelFileError(path, "not a uqpot model file (no 'format: uqpot-model' header)")
+        raise ModelFileError(path, f"not a uqpot model file: it is {describe_payload(payload)}")
     if int(payload.get("format_version", 0)) > FORMAT_VERSION:
         raise ModelFileError(path, f"written by uqpot {payload.get('uqpot_version')} in file format "
                                    f"{payload.get('format_version')}; this uqpot ({__version__}) reads up to "
@@ -140,13 +237,15 @@ def read(path) -> dict:
     for key in ("kind", "hparams", "state_dict"):
         if key not in payload:
             raise ModelFileError(path, f"model file lacks '{key}'")
+    if check_extra:
+        _check_extra(path, payload.get("extra", {}))
     return payload
 
 
-def load(path, device=None):
+def load(path, device=None, check_extra: bool = True):
     """Rebuilds the model stored in ``path`` (any registered kind), in eval mode."""
     path = Path(path)
-    payload = read(path)
+    payload = read(path, check_extra)
     kind = payload["kind"]
     if kind not in _REGISTRY:
         raise ModelFileError(path, f"unknown model kind {kind!r}; known: {', '.join(sorted(_REGISTRY))}")

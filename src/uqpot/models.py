@@ -10,9 +10,10 @@ from . import uq  # noqa: F401  (ensemble, mve, evidential, gmm, ...)
 from .nn.potential import Potential  # noqa: F401
 
 
-def load(path, device=None):
-    """Loads any uqpot model file (potential or UQ method) written by :func:`save`, in eval mode."""
-    return modelfile.load(path, device=device)
+def load(path, device=None, check_extra: bool = True):
+    """Loads any uqpot model file (potential or UQ method) written by :func:`save`, in eval mode
+    (``check_extra=False``: without checking the stored results that a caller is about to replace)."""
+    return modelfile.load(path, device=device, check_extra=check_extra)
 
 
 def save(model, path, extra=None):

@@ -61,8 +61,10 @@ def atomic_write(path, suffix: str = ""):
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        if isinstance(exc, OSError) and not exc.filename:  # e.g. a full disk seen through a file object
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        # a full disk seen through a file object has no file name, a failed open names the temporary file:
+        # the error names the file the user asked for, never ``.NAME.tmpPID``
+        if isinstance(exc, OSError) and (not exc.filename or str(exc.filename) == str(tmp)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         raise
 
 
@@ -131,6 +133,26 @@ def _default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_bytes(path, data) -> None:
+    """Writes ``data`` (bytes or a buffer) atomically."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+
+
+def torch_save(obj, path) -> None:
+    """``torch.save(obj)`` into ``path``, atomically and through memory: PyTorch's own writer reports a short
+    write (a full disk, a quota, a file-size limit) as a RuntimeError that names neither the file nor the
+    cause; writing its bytes here gives the OSError (ENOSPC, EDQUOT, EFBIG) that the command line reports as
+    a user error naming the file (:mod:`uqpot.cli_errors`)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getbuffer())
 
 
 def write_text(path, text: str) -> None:

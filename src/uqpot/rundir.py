@@ -90,6 +90,60 @@ def changed_files(recorded: dict, current: dict) -> list[tuple[str, str]]:
     return found
 
 
+def place(out) -> dict:
+    """Where a run's relative paths are resolved: the working directory and the run folder, absolute
+    (recorded in ``run.json``, so that a later run can tell the same file spelled differently, and a moved
+    run folder, from a different file)."""
+    return {"cwd": os.getcwd(), "out": os.path.abspath(out)}
+
+
+def _absolute(path, cwd) -> str:
+    return os.path.normpath(os.path.join(cwd, os.path.expanduser(str(path))))
+
+
+def same_file(then, now, place_then: dict, place_now: dict) -> bool:
+    """Whether the path ``then`` (as a run stored it, relative to ``place_then``) and ``now`` (as given now)
+    name the same file: the same absolute path, or the same path relative to the run folder (the run folder
+    was moved with its files), or the same existing file."""
+    if then is None or now is None:
+        return then is None and now is None
+    a, b = _absolute(then, place_then["cwd"]), _absolute(now, place_now["cwd"])
+    if a == b or os.path.relpath(a, place_then["out"]) == os.path.relpath(b, place_now["out"]):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def setting_differences(then: dict, now: dict, path_keys=(), place_then: dict | None = None,
+                        place_now: dict | None = None, skip=("out",)) -> list[str]:
+    """``key (old then, new now)`` for every setting that differs between two flat configs (``{"a.b": v}``).
+    ``skip`` (the run folder itself: where a run is does not change what it is) is not compared; the values of
+    ``path_keys`` (a path, or a list of paths) are compared as files (:func:`same_file`), not as strings."""
+    place_now = place_now or place(".")
+    place_then = place_then or place_now
+    out = []
+    for k in sorted(set(then) | set(now)):
+        a, b = then.get(k), now.get(k)
+        if k in skip or a == b:
+            continue
+        if k in path_keys:
+            pa, pb = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+            if len(pa) == len(pb) and all(same_file(x, y, place_then, place_now) for x, y in zip(pa, pb)):
+                continue
+        out.append(f"{k} ({a!r} then, {b!r} now)")
+    return out
+
+
+def recorded_place(run_json: dict, stored_out, place_now: dict) -> dict:
+    """The place (:func:`place`) of a stored run from its ``run.json``; runs recorded before places were
+    kept are taken to have been started from the current working directory."""
+    cwd = run_json.get("cwd") or place_now["cwd"]
+    out = run_json.get("out") or (_absolute(stored_out, cwd) if stored_out else place_now["out"])
+    return {"cwd": cwd, "out": out}
+
+
 def clear_run(out) -> list[str]:
     """Removes the files of a uqpot run from ``out`` (only :data:`RUN_FILES`); returns their names."""
     removed = []

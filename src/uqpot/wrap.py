@@ -96,10 +96,10 @@ def fit_and_calibrate(model, train, val, batch_size: int = 64) -> dict:
     return {"posthoc": posthoc, "calibration": fit_calibration(model, val, batch_size)}
 
 
-def _load(path, device=None):
+def _load(path, device=None, check_extra: bool = True):
     from .models import load
 
-    return load(path, device=device)
+    return load(path, device=device, check_extra=check_extra)
 
 
 def _parse_options(method: str, options: dict | None):
@@ -138,6 +138,52 @@ def _sets(models, need_train: bool, data, val, read_options, batch_size) -> RunS
     return RunSets(train_set, val_set, bs, source)
 
 
+def _distinct_files(models) -> None:
+    """The files of an ensemble, each once (one file given twice is one network twice: zero spread)."""
+    seen = {}
+    for m in models:
+        key = m.resolve()
+        if key in seen:
+            raise ConfigError(m, f"given twice for --method ensemble (also as {seen[key]}); an ensemble of one network "
+                                 "has zero spread: give separately trained models")
+        seen[key] = m
+
+
+def _ensemble_members(models, loaded) -> None:
+    """Members with the same hyper-parameters (the differing one named, with both files) and different
+    weights (copies of one network would give an ensemble of zero spread)."""
+    import torch
+
+    skip = ("members", "seeds")
+    hp0 = {k: v for k, v in loaded[0].hparams.items() if k not in skip}
+    for path, m in zip(models[1:], loaded[1:]):
+        hp = {k: v for k, v in m.hparams.items() if k not in skip}
+        diff = [f"{k} ({hp0.get(k)!r} in {models[0]}, {hp.get(k)!r} here)" for k in sorted(set(hp0) | set(hp), key=str)
+                if hp0.get(k) != hp.get(k)]
+        if diff:
+            raise ModelFileError(path, f"cannot join the ensemble: its hyper-parameters differ from the first "
+                                       f"model's: {'; '.join(diff)}; members must share one architecture")
+    states = [m.state_dict() for m in loaded]
+    for j in range(1, len(loaded)):
+        for i in range(j):
+            if all(torch.equal(states[i][k], states[j][k]) for k in states[i]):
+                raise ModelFileError(models[j], f"has the same weights as {models[i]}: copies of one network give "
+                                                "an ensemble of zero spread; give separately trained models (other "
+                                                "seeds)")
+
+
+def _check_sizes(models, sets: RunSets, data, val) -> None:
+    """``evaluate``'s minimum-data rules: a calibration (and the UQ metrics it is checked by) needs at least
+    :data:`uqpot.evaluate.MIN_UQ_STRUCTURES` validation structures, a post-hoc fit at least one training
+    structure."""
+    from .evaluate import MIN_UQ_STRUCTURES
+
+    if len(sets.val) < MIN_UQ_STRUCTURES:
+        where = val if val is not None else Path(models[0]).parent / "split.json"
+        raise DataError(where, f"{len(sets.val)} validation structure(s): a calibration σ² = a·U + b needs at least "
+                               f"{MIN_UQ_STRUCTURES} (with fewer, a and b are not determined)")
+
+
 def default_out(model_path, method: str) -> Path:
     p = Path(model_path)
     return p.with_name(f"{p.stem}_{method}.pt")
@@ -164,11 +210,24 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
         raise ConfigError(models[1], f"--method {method} takes one model file ({len(models)} given)")
     if method in SPECIAL and options:
         raise ConfigError(None, f"--option: --method {method} takes no options")
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise ConfigError(None, f"--batch-size: must be an integer >= 1, got {batch_size}")
     out = Path(out) if out is not None else default_out(models[0], method)
     if any(out.resolve() == m.resolve() for m in models):
         raise ConfigError(out, "--out would overwrite an input model; choose another file")
-    loaded = [_load(m, device=device) for m in models]
-    payload_extra = modelfile.read(models[0]).get("extra", {})
+    if out.is_dir():
+        raise ConfigError(out, "--out is a directory; give the name of the model file to write")
+    if device is not None:
+        from .devices import resolve_device
+
+        device = resolve_device(device, "--device")
+    if method == "ensemble":
+        _distinct_files(models)
+    recalibrate = method == "calibrate"  # the stored calibration is replaced: it may be broken
+    loaded = [_load(m, device=device, check_extra=not recalibrate) for m in models]
+    payload_extra = modelfile.read(models[0], check_extra=not recalibrate).get("extra", {})
+    if not isinstance(payload_extra, dict):
+        payload_extra = {}
     kinds = [getattr(m, "kind", "") for m in loaded]
     if method == "calibrate":
         if not kinds[0].startswith("uq."):
@@ -183,6 +242,7 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
         if method == "ensemble":
             from .uq.ensemble import Ensemble
 
+            _ensemble_members(models, loaded)
             try:
                 model = Ensemble.from_members(loaded)
             except ValueError as exc:
@@ -190,6 +250,7 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
         else:
             model = METHODS[method].wrap(loaded[0], _parse_options(method, options))
     sets = _sets(models, method not in SPECIAL, data, val, read_options, batch_size)
+    _check_sizes(models, sets, data, val)
     for ds in (sets.train, sets.val):
         if ds is not None:
             check_elements(model, ds)

@@ -6,6 +6,7 @@ The rule every case checks (:func:`assert_user_error`): exit status 2, the messa
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,34 @@ def tiny_config(tmp: Path, data_path: Path | None = None, out: Path | None = Non
     cfg = {"out": str(out if out is not None else tmp / "run"), "data": {"path": str(data_path or tmp / "data.extxyz")},
            "split": {"train": 16, "val": 4, "test": 4}, "model": dict(TINY_MODEL),
            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "device": "cpu"}}
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key].update(value)
+        elif value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    path = tmp / name
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+#: an oracle that labels water in milliseconds: ASE's EMT through the ase oracle
+EMT_ORACLE = {"name": "ase", "options": {"calculator": "ase.calculators.emt.EMT"}}
+
+
+def tiny_loop_config(tmp: Path, train: Path | None = None, test: Path | None = None, out: Path | None = None,
+                     name: str = "loop.yaml", **sections) -> Path:
+    """A loop config of one tiny ensemble generation on EMT water (``train``/``test`` default to files
+    written here); ``sections`` update it as in :func:`tiny_config`."""
+    train = train or write_water(tmp / "train.extxyz", n=16, seed=0)
+    test = test or write_water(tmp / "test.extxyz", n=6, seed=1)
+    cfg = {"seed": 0, "out": str(out if out is not None else tmp / "loop"), "methods": ["ensemble"],
+           "generations": 1, "data": {"train": str(train), "test": str(test), "align_structures": 2},
+           "model": dict(TINY_MODEL), "uq": {"ensemble": {"members": 2}},
+           "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False, "device": "cpu"},
+           "attack": {"n_seeds": 2, "iterations": 2, "iterations_evidential": 2, "lr": 0.02, "energy_cutoff": 500.0},
+           "oracle": copy.deepcopy(EMT_ORACLE)}
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key].update(value)

@@ -26,7 +26,7 @@ from .. import fields as F
 from ..errors import DataError, DataErrors
 from ..units import UnitError, energy_factor, length_factor
 from .neighbors import neighbor_list
-from .readers import is_xyz, iter_ase, iter_xyz, read_failure
+from .readers import asymmetry, is_xyz, iter_ase, iter_xyz, read_failure
 from .structures import Structure, StructureDataset
 
 MAX_Z = 118
@@ -166,6 +166,8 @@ def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> 
         elif not np.all(np.isfinite(s.stress)):
             comps = sorted({"xyz"[min(a, b)] + "xyz"[max(a, b)] for a, b in zip(*np.nonzero(~np.isfinite(s.stress)))})
             bad(key, f"non-finite stress (NaN/inf) in component(s) {', '.join(comps)}")
+        elif asymmetry(s.stress):
+            bad(key, f"stress is {asymmetry(s.stress)}")
     if (
         options.min_distance > 0
         and n > 1
@@ -187,6 +189,10 @@ def validate_structure(s: Structure, path, frame: int, options: ReadOptions) -> 
     return problems
 
 
+#: largest difference between a frame's stress and the one its virial gives (σ = −W/V), relative
+STRESS_VIRIAL_TOL = 1e-4
+
+
 def _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor) -> Structure:
     energy = _lookup(atoms, options.energy_key or F.ENERGY, per_atom=False)
     forces = _lookup(atoms, options.forces_key or F.FORCES, per_atom=True)
@@ -200,22 +206,14 @@ def _structure_from_atoms(atoms, path, frame, options, e_factor, l_factor) -> St
     s = Structure.from_atoms(atoms, None, forces, source=str(path), frame=frame)
     s.positions = s.positions * l_factor
     s.cell = s.cell * l_factor
-    s.stress = _stress(atoms, options, e_factor / l_factor ** 3)
+    s.stress = _stress(atoms, options, e_factor / l_factor ** 3, path, frame)
     s.energy = None if energy is None else energy * e_factor
     return s
 
 
-def _stress(atoms, options: ReadOptions, factor: float):
-    """The frame's stress as 3×3 in kcal/mol/Å³ (None if it has none); a shape that is neither 3×3 nor
-    Voigt is kept as read, for the validation to name."""
-    value = _lookup(atoms, options.stress_key or F.STRESS, per_atom=False)
-    sign = 1.0
-    if value is None and options.stress_key is None and "virial" in atoms.info:
-        value, sign = atoms.info["virial"], -1.0  # W = −σV
-        vol = abs(float(np.linalg.det(atoms.cell.array)))
-        factor = factor / vol if vol > 0 else float("nan")
-    if value is None:
-        return None
+def _tensor(value, factor: float):
+    """A stress-like value as 3×3 times ``factor`` (Voigt or 9 values); another shape is kept as read, for
+    the validation to name."""
     try:
         v = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -225,7 +223,30 @@ def _stress(atoms, options: ReadOptions, factor: float):
         v = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     elif v.size == 9:
         v = v.reshape(3, 3)
-    return v * factor * sign
+    return v * factor
+
+
+def _stress(atoms, options: ReadOptions, factor: float, path=None, frame=None):
+    """The frame's stress as 3×3 in kcal/mol/Å³ (None if it has none): the stress (``stress_key``, else the
+    calculator's), else the virial (σ = −W/V).  A frame with both must have them agree (DataError): one of
+    the two would otherwise be ignored silently."""
+    value = _lookup(atoms, options.stress_key or F.STRESS, per_atom=False)
+    virial = atoms.info.get("virial") if options.stress_key is None else None
+    from_virial = None
+    if virial is not None:
+        vol = abs(float(np.linalg.det(atoms.cell.array)))
+        from_virial = -_tensor(virial, factor / vol if vol > 0 else float("nan"))  # W = −σV
+    if value is None:
+        return from_virial
+    stress = _tensor(value, factor)
+    if (from_virial is not None and stress.shape == (3, 3) == from_virial.shape
+            and np.all(np.isfinite(stress)) and np.all(np.isfinite(from_virial))):
+        gap = float(np.abs(stress - from_virial).max())
+        if gap > STRESS_VIRIAL_TOL * max(float(np.abs(stress).max()), float(np.abs(from_virial).max()), 1e-12):
+            raise DataError(path, f"the frame's stress and its virial disagree (by up to {gap:.4g} kcal/mol/Å³ once "
+                                  "the virial is turned into a stress, σ = −W/V): give one of them, or fix the "
+                                  "other", frame=frame, field="stress/virial")
+    return stress
 
 
 def read_structures(path, options: ReadOptions | None = None, collect: list | None = None) -> StructureDataset:
@@ -263,6 +284,10 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
         problems.append(exc)
     if not structures and not problems:
         problems.append(DataError(path, read_failure(path, options.format, None)))
+    if not problems and structures:
+        problem = check_stress_coverage(structures, path, options)
+        if problem is not None:
+            problems.append(problem)
     if options.check_units and not problems and len(structures) >= 10:
         problem = check_unit_consistency(structures, path)
         if problem is not None:
@@ -317,6 +342,25 @@ def check_unit_consistency(structures, path, max_frames: int = 400) -> DataError
         return DataError(path, f"energies and forces are not in the same units: energy changes between nearby "
                                f"frames are {slope:.4g} x the work of the forces{guess}; declare the units of "
                                "each, or fix the file", field="energy/forces")
+    return None
+
+
+def check_stress_coverage(structures, path, options: ReadOptions) -> DataError | None:
+    """A stress that would be silently unused: a ``stress_key`` that no frame has, or a stress on some
+    periodic frames of a file and not on others (training and the metrics use a stress only where every
+    structure has one)."""
+    key = options.stress_key or F.STRESS
+    periodic = [s for s in structures if s.periodic]
+    with_stress = [s for s in periodic if s.stress is not None]
+    if options.stress_key is not None and not with_stress:
+        return DataError(path, f"data.stress_key '{options.stress_key}': no frame has it (the stress would not be "
+                               "used); check the key's name, or leave stress_key out", field=key)
+    if with_stress and len(with_stress) < len(periodic):
+        without = [s.frame for s in periodic if s.stress is None]
+        return DataError(path, f"a stress on {len(with_stress)} of {len(periodic)} periodic frames (none on frames "
+                               f"{without[:10]}{' ...' if len(without) > 10 else ''}); training and the metrics use a "
+                               "stress only where every structure has one, so these would be silently unused: give "
+                               "it on every frame, or on none", field=key)
     return None
 
 

@@ -15,6 +15,7 @@ surfaces as ASE's bare ``AssertionError``), and what the content looks like inst
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from .. import fields as F
@@ -163,6 +164,63 @@ def _chunks(path: Path):
             frame += 1
 
 
+#: ``stress=``/``virial=`` in an extended XYZ comment line, quoted or in braces
+_TENSOR = re.compile(r'(?P<key>(?<![\w-])(?:stress|virial))=(?P<q>"|\{)(?P<values>[^"}]*)(?:"|\})')
+
+
+def voigt_to_nine(chunk: str) -> str:
+    """A frame's text with a 6-value (Voigt: xx yy zz yz xz xy) ``stress``/``virial`` on its comment line
+    written as the 9 values of the symmetric 3×3 tensor, which is what ASE's extended XYZ reader takes (it
+    refuses 6 values); other frames unchanged."""
+    first, sep, rest = chunk.partition("\n")
+    comment, sep2, atoms = rest.partition("\n")
+
+    def nine(m):
+        values = m.group("values").split()
+        if len(values) != 6:
+            return m.group(0)
+        xx, yy, zz, yz, xz, xy = values
+        close = '"' if m.group("q") == '"' else "}"
+        return f'{m.group("key")}={m.group("q")}{" ".join((xx, xy, xz, xy, yy, yz, xz, yz, zz))}{close}'
+
+    return first + sep + _TENSOR.sub(nine, comment) + sep2 + atoms
+
+
+#: largest |σ − σᵀ| accepted, relative to the largest component (numbers printed with ~6 digits)
+SYMMETRY_TOL = 1e-5
+
+
+def asymmetry(matrix) -> str | None:
+    """Why a 3×3 stress (or virial) is not symmetric, naming the two components (None if it is)."""
+    import numpy as np
+
+    m = np.asarray(matrix, dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(m)):
+        return None
+    diff = np.abs(m - m.T)
+    if diff.max() <= SYMMETRY_TOL * max(float(np.abs(m).max()), 1e-300):
+        return None
+    a, b = np.unravel_index(int(np.argmax(diff)), diff.shape)
+    return (f"not symmetric (component {'xyz'[a]}{'xyz'[b]} = {m[a, b]:.6g}, {'xyz'[b]}{'xyz'[a]} = {m[b, a]:.6g}); "
+            "a stress tensor is symmetric: check the order of its 9 values")
+
+
+def _tensor_problem(chunk: str, path: Path, frame: int) -> DataError | None:
+    """A 9-value ``stress``/``virial`` that is not symmetric (ASE would symmetrise it silently)."""
+    comment = chunk.partition("\n")[2].partition("\n")[0]
+    for m in _TENSOR.finditer(comment):
+        values = m.group("values").split()
+        if len(values) != 9:
+            continue
+        try:
+            why = asymmetry([float(v) for v in values])
+        except ValueError:
+            continue  # not numbers: ASE's reader says so
+        if why:
+            return DataError(path, f"{m.group('key')} is {why}", frame=frame, field=m.group("key"))
+    return None
+
+
 def iter_xyz(path: Path, fmt: str | None):
     """Frames of an (extended) XYZ file, each parsed on its own; a broken frame yields (frame, DataError)
     and reading goes on with the next one."""
@@ -172,8 +230,12 @@ def iter_xyz(path: Path, fmt: str | None):
         if isinstance(chunk, DataError):
             yield frame, chunk
             continue
+        problem = _tensor_problem(chunk, path, frame)
+        if problem is not None:
+            yield frame, problem
+            continue
         try:
-            atoms = ase.io.read(io.StringIO(chunk), format="extxyz")
+            atoms = ase.io.read(io.StringIO(voigt_to_nine(chunk)), format="extxyz")
         except KeyError as exc:
             yield frame, DataError(path, f"cannot read: unknown element symbol {exc}", frame=frame, field=F.NUMBERS)
             continue

@@ -31,7 +31,9 @@ straddle a rounding boundary are (rarely) different ones, which costs at most on
 from __future__ import annotations
 
 import hashlib
+import json
 import numbers as _numbers
+import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +56,8 @@ def _voigt_to_matrix(v) -> np.ndarray:
     xx, yy, zz, yz, xz, xy = np.asarray(v, dtype=np.float64).reshape(6)
     return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
 STORE_FORMAT = "uqpot-store"
+#: seconds a check waits for a store that another process holds locked before it says so
+LOCK_WAIT_S = 5.0
 STORE_VERSION = 1
 
 STATUS_OK = "ok"
@@ -168,7 +172,7 @@ class Store:
         try:
             meta = dict(self._db.metadata)
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path}: not an SQLite database ({e})") from None
+            raise sqlite_problem(self.path, e) from None
         if meta.get("format") != STORE_FORMAT:
             if len(self._db) == 0:  # a new (or empty) database becomes a store
                 meta.update({"format": STORE_FORMAT, "version": STORE_VERSION, "units": STORE_UNITS})
@@ -305,6 +309,12 @@ class Store:
         return out
 
     def _write(self, s: Structure, method: str, kvp: dict, data: dict, with_results: bool) -> int:
+        try:
+            return self._write_row(s, method, kvp, data, with_results)
+        except sqlite3.OperationalError as exc:  # locked by another writer past SQLite's timeout, disk I/O
+            raise sqlite_problem(self.path, exc) from None
+
+    def _write_row(self, s: Structure, method: str, kvp: dict, data: dict, with_results: bool) -> int:
         key = structure_hash(s, method)
         atoms = self._atoms_for(s, with_results)
         kvp = {**kvp, "method": method, "uqhash": key}
@@ -345,6 +355,65 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r}, rows={self.count()})"
+
+
+def sqlite_problem(path, exc: Exception) -> StoreError:
+    """An SQLite failure on the store ``path`` in words: a store another process holds locked is not a
+    broken file."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return StoreError(f"{path}: the label store is locked by another process (another uqpot loop or data build "
+                          "writing to it?); wait until it has finished, or give another store")
+    if "not a database" in text or "malformed" in text or "encrypted" in text:
+        return StoreError(f"{path}: not an SQLite database ({text}); a label store is an ASE SQLite database "
+                          "written by uqpot: give another store path")
+    return StoreError(f"{path}: cannot open the label store ({type(exc).__name__}: {text})")
+
+
+def check_store_path(path) -> Path:
+    """Checks, without creating or changing anything, that ``path`` is a label store or can become one: a
+    ``.db`` name, not a folder; an existing file must be a readable SQLite database that is a uqpot store (or
+    empty), a new one must lie in a folder that can be created and written.  StoreError otherwise."""
+    path = Path(path)
+    if path.suffix != ".db":
+        raise StoreError(f"{path}: a store is an SQLite ASE database and its name must end in .db")
+    if path.is_dir():
+        raise StoreError(f"{path}: is a directory; a label store is a file ending in .db")
+    if not path.exists():
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise StoreError(f"{path}: cannot be created: {parent} is a file, not a directory")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise StoreError(f"{path}: cannot be created in {parent} (permission denied)")
+        return path
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise StoreError(f"{path}: the label store cannot be read and written (permission denied)")
+    if path.stat().st_size == 0:
+        return path  # an empty file becomes a store
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            meta, rows = {}, 0
+            if "information" in tables:
+                found = con.execute("SELECT value FROM information WHERE name='metadata'").fetchone()
+                meta = json.loads(found[0]) if found else {}
+            if "systems" in tables:
+                rows = con.execute("SELECT COUNT(*) FROM systems").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise sqlite_problem(path, exc) from None
+    except ValueError:
+        meta = {}
+    if rows and meta.get("format") != STORE_FORMAT:
+        raise StoreError(f"{path}: an ASE database that is not a uqpot store (no uqpot metadata); its energies and "
+                         "forces have no declared units: give another store path")
+    if meta.get("format") == STORE_FORMAT and meta.get("units") != STORE_UNITS:
+        raise StoreError(f"{path}: the store declares units {meta.get('units')}, expected {STORE_UNITS}")
+    return path
 
 
 def open_store(store) -> Store | None:

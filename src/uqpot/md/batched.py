@@ -41,6 +41,7 @@ from ase.data import atomic_masses
 from .. import fields as F
 from ..data.batch import DENSE_MAX_ATOMS, as_dtype, choose_layout
 from ..data.structures import Structure
+from ..progress import LogProgress
 from ..units import KB_KCAL_PER_MOL_K
 from .checks import Check, FrameRecorder, StabilityCheck
 from .integrators import THERMOSTATS, Integrator, gaussian_noise, make_integrator
@@ -394,6 +395,8 @@ class BatchedMD:
         everything run so far (survivors counted as stable for the time simulated)."""
         t0 = time.perf_counter()
         target = self.step_count + int(n_steps)
+        log_progress = LogProgress(f"MD of {self.state.n_replicas} replicas", int(n_steps), "steps")
+        first = self.step_count
         # the t = 0 record, and replicas that failed at the start
         self._sync(self._pending, None)
         self._pending = self._new_buffer()
@@ -421,6 +424,7 @@ class BatchedMD:
                     self._careful = False
                 info = None  # rebuild at the sync: the replayed block says nothing about the next one
             self._sync(buf, info)
+            log_progress.update(self.step_count - first, note=f"{self.state.n_replicas} replicas still running")
         self.wall_time += time.perf_counter() - t0
         return self.result()
 

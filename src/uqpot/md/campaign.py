@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import fields as F
 from ..data.structures import Structure
+from ..progress import LogProgress
 from ..units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
 from ..autocompile import choose_md_compile
 from .batched import BatchedMD, ReplicaRecord, maxwell_boltzmann
@@ -394,7 +395,9 @@ def _run_ase(config, model, structures, plans, criteria):
     calc = UQPotCalculator(model, energy_unit="eV")
     records, calls = [], 0
     vel_unit = units.Angstrom / units.fs  # Å/fs in ASE's velocity unit
+    log_progress = LogProgress(f"MD (ASE, {config.ensemble.upper()}) of {len(plans)} replicas", len(plans), "replicas")
     for p in plans:
+        log_progress.update(len(records))
         s = structures[p.start]
         atoms = s.to_atoms()
         atoms.calc = calc

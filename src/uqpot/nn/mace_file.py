@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from .. import modelfile
-from ..errors import ModelFileError
+from ..errors import ConfigError, ModelFileError
 from ..units import EV_TO_KCAL_PER_MOL
 from .mace import _ENV, _MACE_KEYS, MACEPotential, _key, import_mace
 
@@ -67,9 +67,31 @@ TRUST_FLAG = "--trusted"
 
 def refuse_untrusted(path) -> None:
     """The error for a pickled file the user has not said they trust (nothing in it is unpickled)."""
-    raise ModelFileError(path, "a MACE model file is a pickle, and loading a pickle runs the code it holds; uqpot "
-                               f"loads it only if you trust its source: rerun with {TRUST_FLAG} (it is converted once "
-                               "into a uqpot model file, which holds no code)")
+    raise ModelFileError(path, "the file holds pickled Python objects (as a MACE model file does), and loading a "
+                               "pickle runs the code it holds; uqpot loads it only if you trust its source: rerun "
+                               f"with {TRUST_FLAG} (it is converted once into a uqpot model file, which holds no code)")
+
+
+def _check_is_mace_file(path: Path) -> None:
+    """Refuses, before anything in it is unpickled, a file that cannot be a MACE model: not a PyTorch file
+    or pickle (a structure file, text, other bytes), or one that loads without unpickling any object (a uqpot
+    model file, a bare state dict: MACE saves whole pickled modules)."""
+    kind = modelfile.file_kind(path)
+    if kind in modelfile.NOT_A_MODEL:
+        raise ModelFileError(path, f"not a MACE model file: it is {modelfile.NOT_A_MODEL[kind]}")
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)  # runs nothing
+    except Exception:  # noqa: BLE001 - pickled objects (a MACE model, or another pickle) or a damaged file
+        return
+    if isinstance(payload, dict) and payload.get("format") == modelfile.FORMAT:
+        raise ModelFileError(path, "already a uqpot model file: use it as it is")
+    raise ModelFileError(path, f"not a MACE model file: it is {modelfile.describe_payload(payload)}; MACE saves "
+                               "whole models (pickled modules): convert the .model file MACE writes at the end of "
+                               "its training")
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -217,13 +239,11 @@ def convert(path, trusted: bool, out=None, head: str | None = None) -> tuple[Pat
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(path, "model file not found" if not path.exists() else "not a file")
-    try:  # a uqpot file needs no conversion (read with weights_only: nothing in a pickle runs)
-        modelfile.read(path)
-        is_uqpot = True
-    except ModelFileError:
-        is_uqpot = False
-    if is_uqpot:
-        raise ModelFileError(path, "already a uqpot model file: use it as it is")
+    out = Path(out) if out is not None else path.with_suffix(".uqpot.pt")
+    if out.exists() and (out.is_dir() or out.resolve() == path.resolve() or os.path.samefile(out, path)):
+        what = "a directory" if out.is_dir() else "the file you are converting"
+        raise ConfigError(None, f"--out: {out} is {what}; give the name of a new uqpot model file")
+    _check_is_mace_file(path)
     if not trusted:
         refuse_untrusted(path)
     modules, obj = _load_trusted(path)
@@ -266,7 +286,6 @@ def convert(path, trusted: bool, out=None, head: str | None = None) -> tuple[Pat
         pot.energy_scale.fill_(EV_TO_KCAL_PER_MOL)
     pot.eval()
     check = _check_same(obj, pot, zs, dtype, h)
-    out = Path(out) if out is not None else path.with_suffix(".uqpot.pt")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     from importlib.metadata import version
 

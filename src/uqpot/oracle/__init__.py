@@ -22,6 +22,7 @@ Every oracle also takes ``method`` (the level-of-theory string that keys the sto
 from __future__ import annotations
 
 from ..errors import ConfigError
+from ..units import UnitError
 from .base import BaseOracle, LabelRecord, LabelResult, NotConverged, Oracle, OracleError
 
 #: keyword arguments of tblite's calculator that do not change its results (left out of the method name)
@@ -82,6 +83,8 @@ def get_oracle(name: str, **options) -> BaseOracle:
         if "argument" in str(e):  # an unknown, missing or duplicated option
             raise ConfigError(None, f"oracle {name!r}: {e}; see help(uqpot.oracle)") from None
         raise
+    except (OracleError, UnitError) as e:  # a calculator that cannot be imported, an option it would ignore
+        raise ConfigError(None, f"oracle {name!r}: {e}") from None
 
 
 def oracle_from_config(config: dict) -> BaseOracle:

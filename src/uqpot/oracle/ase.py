@@ -48,6 +48,47 @@ def import_object(path: str):
         raise OracleError(f"module {module!r} has no {name!r}") from None
 
 
+def known_kwargs(factory) -> set[str]:
+    """The keyword arguments ``factory`` declares: its signature's names and, for an ASE calculator, its
+    ``default_parameters`` and those of ASE's ``Calculator``."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return set()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    names = {n for n, p in params.items() if p.kind in kinds} - {"self"}
+    from ase.calculators.calculator import Calculator
+
+    if isinstance(factory, type) and issubclass(factory, Calculator):
+        names |= set(getattr(factory, "default_parameters", {}) or {})
+        names |= set(inspect.signature(Calculator.__init__).parameters) - {"self", "kwargs"}
+    return names
+
+
+def unused_kwargs(factory, kwargs: dict) -> list[str]:
+    """Keyword arguments that ``factory`` would not use: names outside its signature when it takes no
+    ``**kwargs``; for an ASE calculator that takes ``**kwargs`` and declares its parameters
+    (``default_parameters``: EMT, Lennard-Jones, tblite, ...), names it does not declare (ASE stores any
+    keyword without checking it, so a misspelt one is silently ignored).  Calculators that declare nothing
+    (VASP checks its own keywords) are not second-guessed."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        from ase.calculators.calculator import Calculator
+
+        declares = (isinstance(factory, type) and issubclass(factory, Calculator)
+                    and bool(getattr(factory, "default_parameters", None)))
+        if not declares:
+            return []
+    return sorted(set(kwargs) - known_kwargs(factory))
+
+
 def _kw_repr(kwargs: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
 
@@ -67,8 +108,13 @@ class ASEOracle(BaseOracle):
         self.threads = None if threads is None else int(threads)
         convert_energy(1.0, energy_unit, "kcal/mol")  # validates the unit
         if isinstance(calculator, str):
-            import_object(calculator)  # fail at construction on a wrong path, not per structure
+            factory = import_object(calculator)  # fail at construction on a wrong path, not per structure
             name = calculator
+            unknown = unused_kwargs(factory, self.kwargs)
+            if unknown:
+                raise OracleError(f"kwargs: {', '.join(map(repr, unknown))} not among the keyword arguments of "
+                                  f"{calculator} ({', '.join(sorted(known_kwargs(factory)))}); the calculator would "
+                                  "ignore it")
         elif callable(calculator):
             name = f"{getattr(calculator, '__module__', '?')}.{getattr(calculator, '__qualname__', calculator)}"
         else:

@@ -30,6 +30,7 @@ import numpy as np
 from ..data.store import Store, open_store
 from ..data.structures import Structure
 from ..errors import UqpotError
+from ..progress import LogProgress
 
 
 class OracleError(UqpotError):
@@ -229,8 +230,13 @@ class BaseOracle:
                 continue
             todo.append(i)
 
+        progress = LogProgress(f"labelling with {self.method}", len(todo), "structures")
+        failed = [0]
+
         def finish(i: int, outcome: _Outcome) -> None:
             self.calls += 1
+            failed[0] += not outcome.ok
+            progress.update(advance=1, note=f"{failed[0]} failed" if failed[0] else None)
             s = inputs[i]
             sid = None
             if outcome.ok:

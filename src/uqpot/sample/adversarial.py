@@ -39,6 +39,7 @@ from .. import fields as F
 from ..data.batch import collate
 from ..data.neighbors import neighbor_list
 from ..data.structures import Structure, StructureDataset
+from ..progress import LogProgress
 
 SI_LR = {"ammonia": 5e-5, "silica": 3e-5}
 
@@ -137,6 +138,7 @@ def attack(model, seeds: list[Structure], reference: BoltzmannReference, cfg: At
     x0_t = torch.as_tensor(x0, dtype=dtype, device=device)
     hist = {"objective": [], "uncertainty": [], "energy": []}
     eps = 1e-12
+    log_progress = LogProgress(f"adversarial attack on {len(seeds)} seeds", cfg.iterations, "iterations")
     for it in range(cfg.iterations + 1):
         pos = x0_t + delta  # δ applied once to the original coordinates
         moved, batch = _batch_at(seeds, pos.detach().cpu().double().numpy(), model.cutoff, dtype, device)
@@ -158,6 +160,7 @@ def attack(model, seeds: list[Structure], reference: BoltzmannReference, cfg: At
         opt.step()
         if progress is not None:
             progress(it + 1, cfg.iterations)
+        log_progress.update(it + 1)
     hist = {k: np.stack(v) for k, v in hist.items()}
     return _select(seeds, moved, hist, reference, cfg)
 

@@ -26,7 +26,7 @@ from ..data.splits import load_split, save_split
 from ..errors import ConfigError, TrainingError
 from ..provenance import versions, write_json
 from ..devices import resolve_device
-from ..rundir import RunLock, changed_files, clear_run
+from ..rundir import RunLock, changed_files, clear_run, place, recorded_place, setting_differences
 from ..uq.options import upgrade_uq_section
 from .prepare import (PreparedRun, make_split, prepare_run,  # noqa: F401  (make_split: public here before)
                       trains_plain_potential, trains_stress)
@@ -77,10 +77,18 @@ def flat_settings(d, prefix=""):
     return out
 
 
-def config_differences(previous: dict, current: dict) -> list[str]:
-    """``key (old then, new now)`` for every setting that differs between two configs."""
+#: settings of a training config that name files: compared as files, not as strings
+PATH_KEYS = ("data.path", "data.train_path", "data.val_path", "data.test_path", "split.train_file",
+             "split.val_file", "split.test_file")
+
+
+def config_differences(previous: dict, current: dict, place_then: dict | None = None,
+                       place_now: dict | None = None) -> list[str]:
+    """``key (old then, new now)`` for every setting that differs between two configs; ``out`` is not
+    compared (the same folder spelled another way, or moved, is the same run) and file paths are compared as
+    files, each resolved from where its run was started (:func:`uqpot.rundir.setting_differences`)."""
     a, b = flat_settings(_normalised(previous)), flat_settings(_normalised(current))
-    return [f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return setting_differences(a, b, PATH_KEYS, place_then, place_now)
 
 
 def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = False) -> str:
@@ -98,20 +106,19 @@ def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = F
                                     "it cannot be resumed safely; choose another 'out', or use --restart to train "
                                     "afresh there")
         return "new"
-    diff = config_differences(_stored_config(old), cfg.model_dump(mode="json"))
+    stored = _stored_config(old)
+    run_json = _read_run_json(out)
+    now = place(out)
+    diff = config_differences(stored, cfg.model_dump(mode="json"),
+                              recorded_place(run_json, stored.get("out") if isinstance(stored, dict) else None, now),
+                              now)
     if diff and not (out / "model.pt").exists():  # nothing trained there yet: nothing to keep
         clear_run(out)
         return "fresh"
     if diff:
         raise ConfigError(old, f"the output directory {out} holds a run with a different config (differs in: "
                                f"{'; '.join(diff)}); choose another 'out', or use --restart to train afresh there")
-    recorded = {}
-    if (out / "run.json").is_file():
-        try:
-            recorded = json.loads((out / "run.json").read_text()).get("data_files", {})
-        except ValueError:
-            recorded = {}
-    changed = changed_files(recorded, prep.hashes)
+    changed = changed_files(run_json.get("data_files", {}), prep.hashes)
     if changed:
         path, what = changed[0]
         more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
@@ -124,6 +131,13 @@ def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = F
             raise ConfigError(out / "split.json", "the stored split differs from the one this config makes; choose "
                                                   "another 'out', or use --restart to train afresh there")
     return "resume" if had else "new"
+
+
+def _read_run_json(out: Path) -> dict:
+    try:
+        return json.loads((out / "run.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def member_count(uq_cfg) -> int:
@@ -209,7 +223,7 @@ def run_training(cfg: RunConfig, console=None, config_path=None, restart: bool =
         write_json(out / "run.json", {
             "seed": cfg.seed, "data": str(cfg.data.path or cfg.data.train_path), "data_files": prep.hashes,
             "n_structures": prep.n_structures, "split_sizes": {k: len(v) for k, v in prep.split.items()},
-            "device": str(prep.device), "versions": versions()})
+            "device": str(prep.device), "versions": versions(), **place(out)})
         return fit_model(cfg.model, cfg.uq, cfg.train, cfg.seed, prep.train, prep.val, prep.test, out, console,
                          extra={"seed": cfg.seed, "data": str(cfg.data.path or cfg.data.train_path)})
 

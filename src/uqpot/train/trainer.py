@@ -38,7 +38,8 @@ from ..config import TrainConfig
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
 from ..errors import ConfigError, TrainingError
-from ..provenance import atomic_write, write_json
+from ..progress import LogProgress
+from ..provenance import torch_save, write_json
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
 from .member_order import member_batches, member_seeds, member_splits, resolve_member_order, stacked_batches
@@ -146,6 +147,7 @@ class Trainer:
         self.rollbacks = 0
         self.elapsed = 0.0
         self.finished: str | None = None
+        self._best_unsaved = False
         self._val_batches = None
         self.layout = check_layout(train, cfg)
         net = getattr(model, "potential", model)
@@ -206,8 +208,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not _finite(self.model.state_dict().values()):
             raise TrainingError(f"refusing to checkpoint non-finite weights at epoch {self.epoch}")
-        with atomic_write(self.checkpoint_path) as tmp, open(tmp, "wb") as fh:  # a full disk raises OSError
-            torch.save(self._state(), fh)
+        torch_save(self._state(), self.checkpoint_path)  # a full disk: an OSError naming the file
 
     def load_checkpoint(self) -> bool:
         if not self.checkpoint_path.is_file():
@@ -218,7 +219,7 @@ class Trainer:
             from ..modelfile import describe_load_error
 
             raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint "
-                                f"({describe_load_error(exc)}); rerun with --restart to train afresh") from None
+                                f"({describe_load_error(exc, self.checkpoint_path)}); rerun with --restart to train afresh") from None
         try:
             self._restore(state)
         except (KeyError, RuntimeError, TypeError) as exc:
@@ -362,6 +363,8 @@ class Trainer:
     def fit(self) -> TrainResult:
         if self.load_checkpoint():
             self._log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+            if not self.model_path.is_file() and bool((self.best_epoch >= 0).any()):
+                self._save_best()  # interrupted between the checkpoint and the best model's write
             if self.finished == "epochs" and self.epoch < self.cfg.epochs:  # more epochs asked for
                 self.finished = None
         self._initial_state = {"model": copy.deepcopy(self.model.state_dict()),
@@ -388,7 +391,7 @@ class Trainer:
                 self.best_state[k].index_copy_(0, idx, v.detach().index_select(0, idx))
             else:
                 self.best_state[k].copy_(v.detach())
-        self._save_best()
+        self._best_unsaved = True  # written after the epoch's checkpoint (see _loop)
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -398,6 +401,9 @@ class Trainer:
                             TextColumn("{task.fields[stats]}"), disable=not cfg.progress, console=self.console)
         hist_path, mem_path = self.out / "history.csv", self.out / "history_members.csv"
         self._rewrite_history(hist_path, mem_path)
+        # where the output is a file (a cluster job, nohup), a plain line at a bounded interval instead of the bar
+        log_progress = LogProgress(f"training {self.out}", cfg.epochs, "epochs", done=self.epoch,
+                                   enabled=cfg.progress, stream=getattr(self.console, "file", None))
         with progress, open(hist_path, "a") as hist, open(mem_path, "a") if self.M > 1 else open(os.devnull, "w") as mh:
             task = progress.add_task("train", total=cfg.epochs, completed=self.epoch, stats="")
             while self.epoch < cfg.epochs:
@@ -438,10 +444,18 @@ class Trainer:
                     stop = "time_limit"
                 # a time limit pauses the run (resumable); the other reasons end it
                 self.finished = stop if stop != "time_limit" else None
+                # the checkpoint first, then the best model: a failed write (a full disk) never leaves a model.pt
+                # that no checkpoint stands behind; the checkpoint holds the best weights, so a model.pt lost
+                # between the two writes is written again on resume
                 self.save_checkpoint()
+                if self._best_unsaved:
+                    self._save_best()
+                    self._best_unsaved = False
                 progress.update(task, completed=epoch, stats=(
                     f"loss {train_loss:.3g} | val E {row['val_energy_mae']:.3f} F {row['val_forces_mae']:.3f} "
                     f"| lr {self.optimizer.lr.max().item():.1e}"))
+                log_progress.update(epoch, note=f"val E MAE {row['val_energy_mae']:.3f}, F MAE "
+                                                f"{row['val_forces_mae']:.3f}")
                 if stop:
                     self._log(f"stopped after epoch {epoch}: {stop}")
                     break

@@ -86,11 +86,14 @@ class Ensemble(UQMethod):
         if len(potentials) < 2:
             raise ValueError("an ensemble needs at least 2 member models")
         hp0 = {k: v for k, v in potentials[0].hparams.items() if k not in ("members", "seeds")}
-        for p in potentials:
+        for m, p in enumerate(potentials):
             if p.members != 1:
-                raise ValueError("every member model must be a single network (members = 1)")
-            if {k: v for k, v in p.hparams.items() if k not in ("members", "seeds")} != hp0:
-                raise ValueError("member models differ in their hyper-parameters")
+                raise ValueError(f"member {m + 1} is not a single network (members = {p.members})")
+            hp = {k: v for k, v in p.hparams.items() if k not in ("members", "seeds")}
+            diff = [f"{k} ({hp0.get(k)!r} in member 1, {hp.get(k)!r} in member {m + 1})"
+                    for k in sorted(set(hp0) | set(hp), key=str) if hp0.get(k) != hp.get(k)]
+            if diff:
+                raise ValueError(f"member models differ in their hyper-parameters: {'; '.join(diff)}")
         seeds = [int(p.hparams["seeds"][0]) for p in potentials]
         ens = cls({**hp0, "members": len(potentials), "seeds": seeds}, reduction)
         state = ens.potential.state_dict()

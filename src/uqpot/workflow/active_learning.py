@@ -34,11 +34,13 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from ..config import ModelConfig, ModelSection, Strict, TrainConfig, dump_config, load_config
+from ..schema import Distinct, Seed
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..errors import ConfigError
-from ..provenance import versions, write_json
+from ..provenance import write_json
 from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
+from .loop_prepare import check_loop_data, clear_loop, loop_record, prepare_loop, recorded_run
 from .loop_sampling import SamplerName, SamplingSettings
 
 #: the default methods: the paper's four
@@ -64,6 +66,14 @@ class AttackSettings(Strict):
     n_seeds: int = Field(20, ge=1)
     # kcal/mol above the training minimum; one value, or one per attacked generation (silica: 5000, 10000)
     energy_cutoff: Optional[Union[float, list[float]]] = 100.0
+
+    @field_validator("energy_cutoff")
+    @classmethod
+    def _cutoffs(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list: give one cut-off (kcal/mol), one per attacked generation, or null "
+                             "for none")
+        return v
     dedup_rmsd: float = Field(0.01, ge=0.0)
     min_displacement: float = Field(1e-3, ge=0.0)
     # where the attack's starting structures, the Boltzmann partition function (Eq. 16) and the energy
@@ -103,10 +113,10 @@ class OracleSettings(Strict):
 
 
 class LoopConfig(Strict):
-    seed: int = 0
+    seed: Seed = 0
     out: Path = Path("runs/loop")
     system: Literal["ammonia", "silica", "molecule", "generic"] = "generic"
-    methods: list[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
+    methods: Distinct[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
     model: ModelSection = Field(default_factory=ModelConfig)
@@ -182,8 +192,10 @@ def _done(path: Path) -> bool:
 
 
 class ActiveLearning:
-    def __init__(self, cfg: LoopConfig, console=None, executor=None):
+    def __init__(self, cfg: LoopConfig, console=None, executor=None, restart: bool = False):
         self.cfg = cfg
+        self.restart = restart  # remove the loop's earlier outputs in out before it starts (not the store)
+        self.prepared = None
         self.out = Path(cfg.out)
         self.console = console
         self.executor = executor
@@ -563,42 +575,39 @@ class ActiveLearning:
             rec["label"] = self.step_label(g, method, pool)
         return rec
 
+    def validate(self):
+        """Checks everything the loop needs before anything is written (:func:`loop_prepare.prepare_loop`)."""
+        if self.prepared is None:
+            self.prepared = prepare_loop(self.cfg)
+        return self.prepared
+
     def prepare(self) -> dict:
         """What every generation needs, done once in the calling process before any worker starts: the
-        config check and record, the energy alignment and the oracle's NEB barrier."""
-        cfg = self.cfg
-        _check_init_models(cfg)
+        checks (:meth:`validate`, and one training objective for every method), the resume check (same config,
+        same data; ``restart`` clears the loop's earlier outputs first), the config and run record, the energy
+        alignment and the oracle's NEB barrier."""
+        prep = self.validate()
         self.train_settings()  # one objective for every method; a bad stress weight stops here
-        self.out.mkdir(parents=True, exist_ok=True)
-        cfg = self.cfg = _check_same_config(self.out, cfg, self.log)
+        if self.restart:
+            removed = clear_loop(self.out)
+            if removed:
+                self.log(f"restart: removed the earlier loop's {', '.join(removed)} (the label store is kept)")
+            self.restart = False
+        cfg = self.cfg = _check_same_config(self.out, self.cfg, self.log)
+        check_loop_data(self.out, prep)
         self._train_settings = None  # the config may keep speed choices of the loop's start
         train_cfg = self.train_settings()
-        dump_config(cfg, self.out / "config.yaml")
         objective = self._train_settings[1]
-        write_json(self.out / "run.json", {"seed": cfg.seed, "threads": cfg.threads, "versions": versions(),
-                                           "objective": objective, "stress_weight": train_cfg.stress_weight})
+        self.out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, self.out / "config.yaml")
+        write_json(self.out / "run.json", {**loop_record(cfg, prep), "objective": objective,
+                                           "stress_weight": train_cfg.stress_weight})
         self.log(f"training objective: {objective}")
         *_, align = self.initial_data()  # aligns energies once, before any worker needs it
         if cfg.neb:
             self.oracle_neb()  # once, before the methods need it
         self.ground_state()  # ammonia's MD energy floor, once, before the methods need it
         return align
-
-
-def _check_init_models(cfg: LoopConfig) -> None:
-    """``init_model``: readable uqpot model files of one network each (or a plain potential per member)."""
-    from .. import modelfile
-
-    files = cfg.init_files()
-    for p in files:
-        modelfile.read(p)  # a missing, foreign or pickled file: one error naming it (nothing unpickled)
-    if len(files) > 1:
-        for m in cfg.methods:
-            from ..train.run import member_count
-
-            k = member_count(cfg.uq_config(m))
-            if k > 1 and k != len(files):
-                raise ConfigError(None, f"init_model: {len(files)} files for the {k} members of {m}; give 1 or {k}")
 
 
 def _unread_settings(before: "LoopConfig | None", cfg: LoopConfig) -> tuple[str, ...]:
@@ -610,13 +619,19 @@ def _unread_settings(before: "LoopConfig | None", cfg: LoopConfig) -> tuple[str,
     return ("sampling",) if before is not None and attack_only(before) and attack_only(cfg) else ()
 
 
+#: settings of a loop config that name files: compared as files, not as strings (:func:`uqpot.rundir.same_file`)
+PATH_KEYS = ("data.train", "data.test", "store", "init_model")
+
+
 def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     """The config to go on with in ``out``: ``cfg``, with the speed choices the loop keeps from its start
     (:func:`uqpot.train.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
-    (:func:`_unread_settings`: the MD samplers' ``sampling`` in a loop that only attacks) are not compared.
-    Any other difference is refused, naming the settings."""
+    (:func:`_unread_settings`: the MD samplers' ``sampling`` in a loop that only attacks) are not compared,
+    nor is ``out`` (the folder may be given another way, or moved); file paths are compared as files.  Any
+    other difference is refused, naming the settings."""
     import yaml
 
+    from ..rundir import place, recorded_place, setting_differences
     from ..train.run import flat_settings, kept_speed_choices
 
     old = out / "config.yaml"
@@ -640,12 +655,16 @@ def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
             d.get("train", {}).pop("progress", None)
             for key in unread:
                 d.pop(key, None)
-    if prev != cur:
-        a, b = (flat_settings(prev), flat_settings(cur)) if isinstance(prev, dict) else ({}, {})
-        diff = [f"{k} ({a.get(k)!r} then, {b.get(k)!r} now)" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        what = f" (differs in: {'; '.join(diff)})" if diff else ""
-        raise ConfigError(old, f"{out} holds a loop with a different config{what}; choose another 'out' or "
-                               "delete it")
+            if d.get("store") is None and d.get("out") is not None:  # the default store, spelled out
+                d["store"] = str(Path(d["out"]) / "labels.db")
+    now = place(out)
+    then = recorded_place(recorded_run(out), prev.get("out") if isinstance(prev, dict) else None, now)
+    a, b = (flat_settings(prev), flat_settings(cur)) if isinstance(prev, dict) else ({"(unreadable)": prev}, {})
+    diff = setting_differences(a, b, PATH_KEYS, then, now)
+    if diff:
+        raise ConfigError(old, f"{out} holds a loop with a different config (differs in: {'; '.join(diff)}); "
+                               "choose another 'out', or rerun with --restart to start the loop afresh there (the "
+                               "label store is kept)")
     if not kept:
         return cfg
     if log is not None:

@@ -23,10 +23,15 @@ def replicates(cfg: LoopConfig, seeds: list[int]) -> list[LoopConfig]:
 
 
 def run_replicates(cfgs: list[LoopConfig], out: Path, executor=None, console=None, log=None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, restart: bool = False) -> dict:
     """Runs one loop per config (the replicates of a study, one per seed) and writes ``OUT/summary.json``
-    with every seed's summary (what the report reads)."""
-    loops = [ActiveLearning(c, console=console, executor=executor) for c in cfgs]
+    with every seed's summary (what the report reads); ``restart`` starts every loop afresh (the label
+    store is kept)."""
+    loops = [ActiveLearning(c, console=console, executor=executor, restart=restart) for c in cfgs]
+    for al in loops:  # every seed's loop checked before any is written
+        al.validate()
+    if restart:
+        (Path(out) / "summary.json").unlink(missing_ok=True)
     summaries = run_loops(loops, executor, log)
     summary = {**(extra or {}), "seeds": [c.seed for c in cfgs],
                "per_seed": {str(c.seed): s for c, s in zip(cfgs, summaries)}}
@@ -44,7 +49,10 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
     """Runs several loops (replicates of one study: one per seed) generation by generation; within a
     generation every (loop, method) pair is independent and runs on the executor when one is given.
     Results are collected by (loop, method), never in the order workers finish; returns each loop's
-    summary (also written to its ``summary.json`` after every generation)."""
+    summary (also written to its ``summary.json`` after every generation).  Every loop is checked before
+    any writes (:meth:`ActiveLearning.validate`)."""
+    for al in loops:
+        al.validate()
     aligns = [al.prepare() for al in loops]
     summaries = [{"alignment": a, "generations": {}} for a in aligns]
     generations = max(al.cfg.generations for al in loops)

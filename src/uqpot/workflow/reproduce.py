@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
 
-from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config
+from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config, parse
+from ..schema import Distinct, Seed, option_list
 from ..errors import ConfigError
 from ..provenance import versions, write_json
+from ..rundir import check_out_dir
 from ..uq.options import MethodName, MethodOptions
 
 SYSTEMS = ("ammonia", "rmd17", "silica")
@@ -43,11 +45,11 @@ def preset_path(system: str, preset: str) -> Path:
 # ------------------------------------------------------------------------------------------------ rMD17
 class RMD17Study(Strict):
     system: Literal["rmd17"] = "rmd17"
-    molecules: list[str] = ["ethanol"]
-    splits: list[int] = [1]
-    methods: list[MethodName] = ["ensemble", "mve", "evidential", "gmm"]  # registered methods, or none
-    seed: int = 0  # the data seed: validation part of each split (a local file: its random splits)
-    seeds: list[int] = [0]  # replicates: every (split, method) is trained once per seed (init, batch order)
+    molecules: Distinct[str] = ["ethanol"]
+    splits: Distinct[Annotated[int, Field(ge=1, le=5)]] = [1]  # rMD17's five official splits
+    methods: Distinct[MethodName] = ["ensemble", "mve", "evidential", "gmm"]  # registered methods, or none
+    seed: Seed = 0  # the data seed: validation part of each split (a local file: its random splits)
+    seeds: Distinct[Seed] = [0]  # replicates: every (split, method) is trained once per seed (init, batch order)
     threads: int = Field(1, ge=1)  # PyTorch threads of every training (fixed: see uqpot.determinism)
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # of each official training split (800 / 200)
     # random split of a local file without official splits: fractions of its frames (train, val, test)
@@ -96,16 +98,16 @@ def rmd17_jobs(study: RMD17Study, out: Path, local_data: Path | None = None):
 
 def check_methods(methods) -> list[str] | None:
     """The ``--methods`` list, each a registered UQ method (or None: the preset's own)."""
-    if not methods:
-        return None
     from ..uq.options import OPTIONS
 
-    methods = [m.strip() for m in methods if m.strip()]
+    methods = option_list(methods, "--methods")
+    if methods is None:
+        return None
     unknown = [m for m in methods if m not in OPTIONS]
-    if unknown or not methods:
-        raise ConfigError(None, f"unknown UQ method(s) {', '.join(unknown) or '(none given)'}; "
+    if unknown:
+        raise ConfigError(None, f"--methods: unknown UQ method(s) {', '.join(map(repr, unknown))}; "
                                 f"known: {', '.join(sorted(OPTIONS))}")
-    return list(dict.fromkeys(methods))
+    return methods
 
 
 def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, splits=None, local_data=None,
@@ -144,16 +146,45 @@ def _say(console, msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ entry
 def check_seeds(seeds) -> list[int] | None:
-    """The ``--seeds`` list (distinct integers), or None: the preset's own."""
-    if not seeds:
-        return None
-    try:
-        out = [int(s) for s in seeds if str(s).strip() != ""]
-    except ValueError:
-        raise ConfigError(None, f"--seeds takes comma-separated integers, got {','.join(map(str, seeds))!r}") from None
-    if not out or len(set(out)) != len(out):
-        raise ConfigError(None, f"--seeds must list distinct integers, got {','.join(map(str, seeds))!r}")
-    return out
+    """The ``--seeds`` list (distinct integers in [0, 2**32)), or None: the preset's own."""
+    return option_list(seeds, "--seeds", Seed)
+
+
+def check_splits(splits) -> list[int] | None:
+    """The ``--splits`` list (distinct rMD17 split numbers 1-5), or None: the preset's own."""
+    return option_list(splits, "--splits", Annotated[int, Field(ge=1, le=5)])
+
+
+def check_preset(system: str, preset, methods=None, seeds=None, local_data=None) -> None:
+    """The preset file read and checked before the study's folder is written (its sections parse; a local
+    data file exists)."""
+    path = preset_path(system, preset)
+    if system == "rmd17":
+        study = load_config(path, RMD17Study)
+        if methods:
+            parse(RMD17Study, {**study.model_dump(mode="json"), "methods": methods}, path)
+        if local_data is not None and not Path(local_data).is_file():
+            raise ConfigError(None, f"--data: {local_data}: no such file")
+        return
+    from .studies import Study, _data_config, study_seeds
+
+    study = load_config(path, Study)
+    study_seeds(study, seeds, path)
+    _data_config(study, path)
+
+
+def _remove_if_nothing_ran(out: Path, created: bool) -> None:
+    """After a failure: the study's record and folder go when nothing but the record was written (a study
+    that ran anything keeps its files: it resumes from them)."""
+    import contextlib
+
+    left = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    if left <= {"reproduce.json"}:
+        with contextlib.suppress(OSError):
+            (out / "reproduce.json").unlink()
+        if created:
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
@@ -168,12 +199,18 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
     methods = check_methods(methods)  # before anything is written
     seeds = check_seeds(seeds)
+    splits = check_splits(splits)
+    molecules = option_list(molecules, "--molecules")
     samplers = check_samplers(samplers)
+    unused = [o for o, v in (("--molecules", molecules), ("--splits", splits), ("--data", local_data)) if v]
+    if unused and system != "rmd17":
+        raise ConfigError(None, f"{unused[0]}: an option of the rmd17 study; the {system} study would not use it")
     if samplers and system == "rmd17":
         raise ConfigError(None, "--samplers: the rmd17 study trains on fixed splits and samples nothing; use "
                                 "ammonia or silica")
-    out = Path(out or f"runs/{system}_{Path(preset).stem}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(Path(out or f"runs/{system}_{Path(preset).stem}"), "--out", writes=("reproduce.json",))
+    check_preset(system, preset, methods, seeds, local_data)
+    created = not out.exists()
     started = time.time()
     meta_path = out / "reproduce.json"
     ex = None
@@ -184,10 +221,16 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         options = dict(load_yaml(preset_path(system, preset)).get("executor", {}).get(executor, {}))
         options.update(executor_options or {})
         ex = get_executor(executor, **options)
-    write_json(meta_path, {"kind": "grid" if system == "rmd17" else "samplers" if samplers else "loop",
-                           "system": system, "samplers": samplers,
-                           "preset": str(preset), "executor": executor,
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(meta_path, {"kind": "grid" if system == "rmd17" else "samplers" if samplers else "loop",
+                               "system": system, "samplers": samplers,
+                               "preset": str(preset), "executor": executor,
+                               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
+    except BaseException:
+        if ex is not None:
+            ex.close()
+        raise
     try:
         if system == "rmd17":
             reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods, seeds)
@@ -200,6 +243,9 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
             run_study = studies.reproduce_ammonia if system == "ammonia" else studies.reproduce_silica
             run_study(preset_path(system, preset), out, ex, console,
                       overrides={"methods": methods} if methods else None, seeds=seeds)
+    except BaseException:
+        _remove_if_nothing_ran(out, created)
+        raise
     finally:
         if ex is not None:
             ex.close()

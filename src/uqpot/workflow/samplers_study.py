@@ -19,19 +19,20 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import ConfigError
+from ..schema import option_list
 from ..metrics import intervals as iv
 from ..provenance import write_json
 from ..sample import SAMPLERS
 
 
 def check_samplers(samplers) -> list[str] | None:
-    if not samplers:
+    out = option_list(samplers, "--samplers")  # a comma-separated text or its items; distinct, not empty
+    if out is None:
         return None
-    out = [s.strip() for s in samplers if s.strip()]
     bad = [s for s in out if s not in SAMPLERS]
-    if bad or len(set(out)) != len(out) or not out:
-        raise ConfigError(None, f"--samplers: {', '.join(bad) or 'repeated or empty'}; choose from "
-                                f"{', '.join(SAMPLERS)}, each once")
+    if bad:
+        raise ConfigError(None, f"--samplers: {', '.join(map(repr, bad))}; choose from {', '.join(SAMPLERS)}, each "
+                                "once")
     return out
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from ..config import Strict, apply_overrides, load_config, parse
-from ..errors import ConfigError
+from ..schema import Distinct, Seed, check_seed
+from ..errors import ConfigError, UqpotError
 from ..provenance import write_json
 from .active_learning import LoopConfig, OracleSettings
 
@@ -32,7 +33,7 @@ class Study(Strict):
     system: Literal["ammonia", "silica"]
     data: dict = {}
     oracle: OracleSettings
-    seeds: Optional[list[int]] = None  # replicates; default [loop.seed] (or [0])
+    seeds: Optional[Distinct[Seed]] = None  # replicates; default [loop.seed] (or [0])
     loop: dict = {}
     executor: dict[str, dict] = {}
 
@@ -68,9 +69,14 @@ def _data_config(study: Study, path=None):
     if unknown:
         raise ConfigError(path, "; ".join(f"unknown key 'data.{k}'" for k in unknown))
     try:
-        return model(**study.data)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(path, f"data: {exc}") from None
+        cfg = model(**study.data)
+        check_seed(cfg.seed, "data.seed")
+        if hasattr(cfg, "check"):
+            cfg.check()  # the build's own checks, now rather than after the output folder is written
+    except (TypeError, ValueError, UqpotError) as exc:
+        raise ConfigError(path, f"data: {str(exc).removeprefix('data.seed: ')}" if "data.seed" not in str(exc)
+                          else str(exc)) from None
+    return cfg
 
 
 def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, console) -> None:
@@ -89,9 +95,11 @@ def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, conso
                      directions=adversarial_directions)
 
 
-def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None):
+def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None,
+                   restart: bool = False):
     """Builds the study's data (if needed) and runs its active-learning loop once per seed; returns
-    (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does."""
+    (the study summary, the first seed's loop config).  This is what ``uqpot loop STUDY.yaml`` does;
+    ``restart`` starts every seed's loop afresh (the built data and the label store are kept)."""
     from ..oracle import get_oracle
     from .replicates import run_replicates
 
@@ -111,7 +119,8 @@ def run_study_loop(preset, out: Path, executor=None, console=None, overrides: di
     if console is not None:
         console.print(f"[bold]{study.system}[/bold]: active learning, {cfg.generations} generations, "
                       f"{', '.join(cfg.methods)}, seeds {', '.join(map(str, seeds))}")
-    summary = run_replicates(cfgs, out, executor, console, _study_log(out, console), {"system": study.system})
+    summary = run_replicates(cfgs, out, executor, console, _study_log(out, console), {"system": study.system},
+                             restart=restart)
     return summary, cfg
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...progress import LogProgress
 from ._common import BuildError
 
 
@@ -34,6 +35,7 @@ class StageProgress:
                                   MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                                   console=self.console, disable=not self.enabled)
         self._task = None
+        self._log = None  # plain progress lines where the console is not a terminal (uqpot.progress)
 
     def __enter__(self):
         self._progress.__enter__()
@@ -48,6 +50,8 @@ class StageProgress:
             self._progress.update(self._task, completed=self._progress.tasks[-1].total or
                                   self._progress.tasks[-1].completed)
         self._task = self._progress.add_task(description, total=total, note="")
+        self._log = LogProgress(description, total, enabled=self.enabled and not self.console.is_terminal,
+                                stream=self.console.file)
 
     def update(self, completed: int | None = None, total: int | None = None, note: str | None = None,
                advance: int | None = None) -> None:
@@ -63,6 +67,7 @@ class StageProgress:
         if advance is not None:
             kw["advance"] = advance
         self._progress.update(self._task, **kw)
+        self._log.update(completed, advance=advance, total=total, note=note)
 
     def log(self, message: str) -> None:
         if self.enabled:
