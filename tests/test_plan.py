@@ -84,3 +84,12 @@ def test_every_constant_is_measured_and_positive():
         assert all(v > 0 for row in table.values() for v in row.values())
     assert C.AMMONIA_BUILD_CALLS > 278 and C.SILICA_BUILD_48_S > 0 and C.PYSCF_NH3_S > 0
     assert min(C.RMD17_SIZE_STEP_S) == 9 and len(C.RMD17_SIZE_STEP_S) >= 3
+
+
+def test_the_plan_decides_compilation_by_autocompiles_break_even():
+    """uqpot.autocompile: ethanol, batch 16, 128 features, one member breaks even after about 1,360 steps."""
+    from uqpot.autocompile import predicted_saving
+
+    assert predicted_saving(1450, 16 * 81, 128)[0] and not predicted_saving(1250, 16 * 81, 128)[0]
+    # the MD call: 400 NH3 replicas of the paper's PaiNN, break-even after about 580 steps
+    assert predicted_saving(620, 400 * 16, 128, md=True)[0] and not predicted_saving(540, 400 * 16, 128, md=True)[0]
