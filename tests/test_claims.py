@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from scipy import stats
 
 from uqpot import claims as C
 
@@ -207,3 +208,123 @@ def test_fidelity_tables_name_every_departure_the_issue_lists():
                    "trial adversarial runs", "BIC"):
         assert needle in text, needle
     assert all(r["why"] for r in departures) and len(tables["Choices the paper leaves open"]) >= 3
+
+
+def _gen1_order(ensemble, evidential, gmm, mve):
+    q = "stable_md_fraction"
+    return _obs({("ensemble", 1, q): ensemble, ("evidential", 1, q): evidential, ("gmm", 1, q): gmm,
+                 ("mve", 1, q): mve})
+
+
+def test_p_values_and_holm_across_the_studys_comparisons():
+    """The Fig. 3d order over three seeds: six comparisons, the only ammonia claim with data here.  p is scipy's
+    paired t-test; Holm (statsmodels) over the six turns two raw 'reproduced' (p ≈ 0.035 each) into
+    'inconclusive', and the claim's Holm verdict with them."""
+    from statsmodels.stats.multitest import multipletests
+
+    vals = {"ensemble": [0.9, 0.9, 0.9], "evidential": [0.8, 0.7, 0.75], "gmm": [0.5, 0.5, 0.5],
+            "mve": [0.4, 0.3, 0.35]}
+    results = C.check("ammonia", _gen1_order(**vals))
+    r = next(x for x in results if x["id"] == "fig3d_gen1_stability_order")
+    comps = {c["comparison"]: c for c in r["comparisons"]}
+    assert len(comps) == 6 and all(c["holm_family"] == 6 for c in comps.values())
+    ps = []
+    for c in comps.values():
+        a, b = c["comparison"].split(" better than ")
+        d = np.subtract(vals[a], vals[b])
+        ref = stats.ttest_rel(vals[a], vals[b]).pvalue if np.ptp(d) > 1e-9 else 0.0
+        assert c["p"] == pytest.approx(ref, rel=1e-9)
+        assert c["paired_on"] == "seed" and c["interval"] == "t over 3 paired seeds"
+        ps.append(c["p"])
+    _, adjusted, _, _ = multipletests(ps, method="holm")
+    assert [c["p_holm"] for c in comps.values()] == pytest.approx(list(adjusted))
+    marginal = comps["ensemble better than evidential"]
+    assert marginal["p"] == pytest.approx(0.0349, abs=1e-3)
+    assert marginal["verdict"] == "reproduced" and marginal["verdict_holm"] == "inconclusive"
+    assert comps["gmm better than mve"]["verdict_holm"] == "inconclusive"
+    assert comps["evidential better than gmm"]["verdict_holm"] == "reproduced"  # p 0.013 x 3 < 0.05
+    assert r["verdict"] == "reproduced" and r["verdict_holm"] == "inconclusive"
+
+
+def test_detectable_effect_and_the_claims_table_columns():
+    from statsmodels.stats.power import TTestPower
+
+    vals = {"ensemble": [0.9, 0.3, 0.6], "evidential": [0.4, 0.8, 0.5], "gmm": [0.5, 0.52, 0.49],
+            "mve": [0.2, 0.22, 0.19]}
+    results = C.check("ammonia", _gen1_order(**vals))
+    rows = C.table_rows(results)
+    for col in ("effect", "interval_95", "p", "comparison_verdict", "comparison_verdict_holm", "detectable_effect",
+                "paired_on"):
+        assert col in C.TABLE_COLUMNS
+    row = next(x for x in rows if x["comparison"] == "ensemble better than evidential")
+    d = np.subtract(vals["ensemble"], vals["evidential"])
+    es = TTestPower().solve_power(effect_size=None, nobs=3, alpha=0.05, power=0.8, alternative="two-sided")
+    assert row["detectable_effect"] == pytest.approx(es * d.std(ddof=1))
+    assert abs(row["effect"]) < row["detectable_effect"] and row["comparison_verdict"] == "inconclusive"
+    assert row["paired_on"] == "seed" and row["p"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+
+
+def test_one_seed_has_no_detectable_effect_and_newcombe_is_not_paired():
+    claim = _claim("fig3g_stability_rises")
+    q = "stable_md_fraction"
+    values, counts = {}, {}
+    for m in ("ensemble", "mve", "evidential", "gmm"):
+        values[(m, 1, q)], values[(m, 3, q)] = [10 / 40], [38 / 40]
+        counts[(m, 1)], counts[(m, 3)] = [(10, 40)], [(38, 40)]
+    r = C.holm_correct([C.evaluate(claim, _obs(values, counts))])[0]
+    for c in r["comparisons"]:
+        assert c["paired_on"].startswith("not paired") and 0 < c["p"] < 1e-6
+        assert c["verdict_holm"] == "reproduced"
+    assert r["comparisons"][0]["holm_family"] == 4  # one hypothesis per method
+    assert all(row["detectable_effect"] == "n/a" for row in C.table_rows([r]))
+
+
+def test_a_comparison_two_claims_share_is_one_hypothesis_in_the_holm_family():
+    """Ensemble against MVE on Spearman is in the full out-of-domain claim and in 'MVE worst': one test."""
+    q = "spearman"
+    obs = _obs({("ensemble", 1, q): [0.80, 0.70, 0.75], ("gmm", 1, q): [0.60, 0.65, 0.62],
+                ("mve", 1, q): [0.30, 0.35, 0.32], ("evidential", 1, q): [0.50, 0.45, 0.52]}, last=1)
+    results = C.check("ammonia", obs)
+    comps = [c for r in results for c in r["comparisons"]]
+    hyps = {c["hypothesis"] for c in comps}
+    assert len(comps) > len(hyps)  # some comparison appears in two claims
+    assert all(c["holm_family"] == len(hyps) for c in comps)
+    shared = [c for c in comps if c["hypothesis"] == "spearman: ensemble gen 1 vs mve gen 1"]
+    assert len(shared) >= 2 and len({c["p_holm"] for c in shared}) == 1
+
+
+def test_not_contradicted_keeps_its_meaning_after_holm():
+    """'Only the ensemble's barrier improves': another method's improvement can contradict, never prove."""
+    claim = _claim("fig3e_neb_only_ensemble_improves")
+    q = "neb_barrier_error"
+    base = {("ensemble", 1, q): [2.0, 2.1, 1.9], ("ensemble", 3, q): [0.2, 0.3, 0.25],
+            ("gmm", 1, q): [1.0, 1.1, 0.9], ("gmm", 3, q): [1.1, 1.2, 0.9]}
+    r = C.holm_correct([C.evaluate(claim, _obs(base))])[0]
+    assert [c["verdict_holm"] for c in r["comparisons"]] == ["reproduced", "not contradicted"]
+    assert r["verdict_holm"] == "reproduced"
+    base[("gmm", 3, q)] = [0.1, 0.2, 0.15]  # GMM improves clearly too
+    r = C.holm_correct([C.evaluate(claim, _obs(base))])[0]
+    assert r["comparisons"][1]["verdict_holm"] == "contradicted" and r["verdict_holm"] == "contradicted"
+    flat = _claim("fig4c_silica_evidential_no_improvement")
+    mq = "md_mean_stable_time_fs"
+    r = C.holm_correct([C.evaluate(flat, _obs({("evidential", 1, mq): [100, 110, 90],
+                                               ("evidential", 3, mq): [95, 120, 85]}))])[0]
+    assert r["verdict_holm"] == "not contradicted"
+
+
+def test_the_grid_pairs_on_molecule_split_and_seed():
+    q = "forces_mae"
+    obs = C.Observations(last_generation=1, unit="(molecule, split, seed)")
+    units = ["ethanol/split1/seed0", "ethanol/split2/seed0", "ethanol/split1/seed1"]
+    for m, v in (("ensemble", [0.40, 0.42, 0.41]), ("mve", [0.60, 0.61, 0.63]), ("gmm", [0.50, 0.52, 0.51])):
+        obs.values[(m, 1, q)] = dict(zip(units, v))
+    r = C.check("rmd17", obs)
+    c = next(x for x in r if x["id"] == "fig2c_ensemble_lowest_force_mae")["comparisons"][0]
+    assert c["paired_on"] == "(molecule, split, seed)"
+    assert c["interval"] == "t over 3 paired units (molecule, split, seed)"
+
+
+def test_the_module_says_what_each_comparison_is_paired_on():
+    doc = C.__doc__
+    for unit in ("**seed**", "**(molecule, split, seed)**", "**test structure**", "*not paired*"):
+        assert unit in doc

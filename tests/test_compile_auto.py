@@ -84,7 +84,7 @@ def test_md_auto_compiles_long_campaigns_of_many_replicas_only(ammonia):
     small = Potential(features=8, interactions=1, rbf=4, readout_hidden=4, members=1, seeds=[0])
     small.fit_reference(ammonia[:8])
     cfg = CampaignConfig(system="ammonia", temperatures_K=[300.0], runs=2, duration_fs=5.0,
-                         timestep_fs=0.5)
+                         timestep_fs=0.5, ground_state_energy=None)
     res = run_campaign(cfg, small.eval(), list(ammonia)[:2])
     compiled, why = res.summary()["compiled"][0]
     assert compiled is False and "eager" in why

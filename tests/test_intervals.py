@@ -100,3 +100,50 @@ def test_fmt():
     assert iv.fmt((0.5, float("nan"), float("nan"))) == "0.500"
     assert iv.fmt((float("nan"), 0, 0)) == "—"
 
+
+
+def test_stable_md_interval_treats_the_seed_as_the_unit():
+    """Three seeds of 40 trajectories at 0.1, 0.9 and 0.5: pooled over 120 trajectories the Wilson interval is
+    0.50 [0.41, 0.59]; the seeds' own fractions span most of [0, 1].  The reported interval is the t-interval
+    over the three seed fractions (scipy's), cut at [0, 1]."""
+    counts = [(4, 40), (36, 40), (20, 40)]
+    (p, lo, hi), how = iv.seed_proportion(counts)
+    fr = np.array([0.1, 0.9, 0.5])
+    ref = stats.t.interval(0.95, 2, loc=fr.mean(), scale=stats.sem(fr))
+    assert p == pytest.approx(0.5) and how == "t over 3 seeds"
+    assert (lo, hi) == pytest.approx((max(0.0, ref[0]), min(1.0, ref[1])))
+    _, wlo, whi = iv.wilson(60, 120)
+    assert (hi - lo) > 5 * (whi - wlo)  # the pooled interval is far too narrow
+
+
+def test_stable_md_interval_of_one_seed_is_the_labelled_within_seed_wilson():
+    (p, lo, hi), how = iv.seed_proportion([(30, 40)])
+    assert (p, lo, hi) == iv.wilson(30, 40) and how.startswith("within-seed Wilson")
+
+
+def test_seed_level_interval_is_never_narrower_than_the_pooled_wilson():
+    """Seeds that happen to agree (all 40/40) give a zero-width t-interval; it is widened to the Wilson interval
+    of all trajectories, and the label says so."""
+    (p, lo, hi), how = iv.seed_proportion([(40, 40)] * 3)
+    assert p == 1.0 and (lo, hi) == pytest.approx(iv.wilson(120, 120)[1:]) and lo < 0.98
+    assert how == "t over 3 seeds, widened to the pooled Wilson"
+
+
+def test_the_reported_stable_md_interval_of_a_study_is_the_seed_level_one():
+    """The summary table (and the stability figure, which reads its columns) of a study with the seeds of the
+    case above: the default columns hold the seed-level interval; the pooled one only under its own name."""
+    from uqpot.workflow.report_loop import _interval_bars, stable_md_columns, summary_rows
+
+    recs = [{"seed": s, "generation": 1, "method": "mve", "n_train": 62, "md_stable": k, "md_runs": 40,
+             "stable_md_fraction": k / 40} for s, k in enumerate((4, 36, 20))]
+    row = summary_rows(recs)[0]
+    (p, lo, hi), how = iv.seed_proportion([(4, 40), (36, 40), (20, 40)])
+    assert (row["stable_md_fraction"], row["stable_md_fraction_lo"], row["stable_md_fraction_hi"]) == (p, lo, hi)
+    assert row["stable_md_interval"] == how == "t over 3 seeds" and row["stable_md_runs"] == 120
+    assert (row["stable_md_fraction_pooled_wilson_lo"], row["stable_md_fraction_pooled_wilson_hi"]) == \
+        iv.wilson(60, 120)[1:]
+    assert row["stable_md_fraction_hi"] - row["stable_md_fraction_lo"] > 0.9
+    assert _interval_bars([row], "stable_md_fraction") == {"gen 1": {"mve": (p, lo, hi)}}
+    assert stable_md_columns([(4, 40), (36, 40), (20, 40)])["stable_md_fraction_lo"] == lo  # the samplers' table
+    one = summary_rows(recs[:1])[0]
+    assert one["stable_md_interval"].startswith("within-seed Wilson") and "stable_md_fraction_pooled_wilson_lo" not in one

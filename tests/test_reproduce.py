@@ -70,6 +70,12 @@ def test_ammonia_study_outputs(ammonia_run):
     assert [c["comparison"] for c in rises] == ["ensemble improves from generation 1 to 2",
                                                 "gmm improves from generation 1 to 2"]
     assert all(c["interval"] == "t over 2 paired seeds" for c in rises)
+    # the stable-MD interval has the seed as its unit; every comparison has its p, Holm verdict, power and unit
+    assert all(r["stable_md_interval"].startswith("t over 2 seeds") for r in rows)
+    measured = [r for r in res["tables"]["claims"] if r.get("comparison") not in (None, "—")]
+    assert measured and all(r["comparison_verdict_holm"] in ("reproduced", "contradicted", "inconclusive",
+                                                             "not contradicted") for r in measured)
+    assert all(r["paired_on"] == "seed" and r["detectable_effect"] != "n/a" for r in measured)
     html = (run / "report.html").read_text()
     assert html.index("The paper&#x27;s claims, checked") < html.index("Summary per generation")
     # every claim shows the paper's sentence it encodes, and its own numbers where the paper gives them

@@ -74,13 +74,24 @@ def _unavailable(setting, model, kinds, device) -> tuple[bool, str] | None:
     return None
 
 
-def _balance(model, steps: int, units: float, per_unit: float, speedup: float, cost: float, what: str):
+def predicted_saving(steps: int, units: float, width: float, md: bool = False) -> tuple[bool, float]:
+    """(compile?, predicted saving in s) of ``steps`` steps of ``units`` · ``width`` work each (units:
+    structures · n_max² of a training batch, or replicas · n_max² of an MD call; width: features · members),
+    against the cold compilation (module docstring).  What :func:`choose_compile` and
+    :func:`choose_md_compile` decide by, for a run that exists only as a plan (``uqpot reproduce --dry-run``)."""
+    per_unit, speedup, cost = ((MD_EAGER_S_PER_UNIT, MD_SPEEDUP, MD_COMPILE_COLD_S) if md
+                               else (EAGER_S_PER_UNIT, SPEEDUP, COMPILE_COLD_S))
+    saving = steps * per_unit * units * width * (1 - 1 / speedup)
+    return saving > cost, saving
+
+
+def _balance(model, steps: int, units: float, md: bool, what: str):
     """(compile?, why): the predicted saving of ``steps`` steps of ``units`` · width work each against the
-    cold compilation ``cost`` (module docstring)."""
+    cold compilation (module docstring)."""
     net = getattr(model, "potential", model)
     width = int(net.hparams.get("features", 128)) * int(getattr(model, "members", 1))
-    saving = steps * per_unit * units * width * (1 - 1 / speedup)
-    verdict = saving > cost
+    verdict, saving = predicted_saving(steps, units, width, md)
+    cost = MD_COMPILE_COLD_S if md else COMPILE_COLD_S
     return verdict, (f"predicted saving {saving:.0f} s over {steps} steps{what} against {cost:.0f} s of "
                      f"compilation: {'compiled' if verdict else 'eager'}")
 
@@ -96,8 +107,7 @@ def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
         return False, "the training set needs the edge list (periodic cells or more than 32 atoms)"
     n_max = max(s.n_atoms for s in train.structures)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    return _balance(model, steps, min(cfg.batch_size, len(train)) * n_max ** 2, EAGER_S_PER_UNIT, SPEEDUP,
-                    COMPILE_COLD_S, "")
+    return _balance(model, steps, min(cfg.batch_size, len(train)) * n_max ** 2, False, "")
 
 
 def choose_md_compile(setting, model, structures, n_steps: int, device) -> tuple[bool, str]:
@@ -111,5 +121,4 @@ def choose_md_compile(setting, model, structures, n_steps: int, device) -> tuple
     sizes = [len(s.numbers) for s in structures]
     if any(bool(np.any(s.pbc)) for s in structures) or max(sizes) > DENSE_MAX_ATOMS:
         return False, "the replicas need the edge list (periodic cells or more than 32 atoms)"
-    return _balance(model, n_steps, len(sizes) * max(sizes) ** 2, MD_EAGER_S_PER_UNIT, MD_SPEEDUP,
-                    MD_COMPILE_COLD_S, f" of {len(sizes)} replicas")
+    return _balance(model, n_steps, len(sizes) * max(sizes) ** 2, True, f" of {len(sizes)} replicas")

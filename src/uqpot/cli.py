@@ -324,10 +324,25 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
 @click.option("--samplers", default=None,
               help="ammonia/silica: comma-separated samplers (adversarial, md, biased_md): the study runs once per "
                    "sampler at the same oracle budget per generation, and report.html compares them.")
-def reproduce(system, preset, executor, out, molecules, splits, local_data, methods, seeds, samplers):
+@click.option("--dry-run", is_flag=True,
+              help="print the plan (jobs, trajectories, MD steps, attack iterations, oracle calls) and its estimated "
+                   "time on this machine, then stop: nothing runs and nothing is written.")
+def reproduce(system, preset, executor, out, molecules, splits, local_data, methods, seeds, samplers, dry_run):
     """Run one of the paper's studies end to end and write report.html."""
     from .workflow.reproduce import reproduce as run
 
+    if dry_run:
+        from .workflow.reproduce import dry_run as plan
+
+        try:
+            click.echo(plan(system, preset, executor, out, molecules=molecules.split(",") if molecules else None,
+                            splits=[int(s) for s in splits.split(",")] if splits else None,
+                            methods=methods.split(",") if methods else None,
+                            seeds=seeds.split(",") if seeds else None,
+                            samplers=samplers.split(",") if samplers else None))
+        except UqpotError as exc:
+            _fail(exc)
+        return
     try:
         path = run(system, preset, executor, out, molecules=molecules, splits=splits, local_data=local_data,
                    methods=methods, seeds=seeds, samplers=samplers, console=_console())

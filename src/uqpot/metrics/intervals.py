@@ -15,6 +15,27 @@ Small pure functions of arrays; each returns ``(estimate, low, high)`` for a two
 * :func:`bootstrap`: the percentile bootstrap of a statistic of paired samples (resampled together), with a
   seeded generator so that a report is reproducible; Spearman and ROC-AUC over test structures.
 
+* :func:`seed_proportion`: a stable-MD fraction of a study with the **seed as the unit** (what every table
+  and figure of a study reports): the mean of the seeds' fractions p̄ = (1/S)·Σ_s k_s/n_s with the
+  t-interval over the S seed fractions, p̄ ± t_{1-α/2, S-1}·sd(p_s)/√S, cut at [0, 1] and never narrower than
+  the Wilson interval of all Σk_s of Σn_s trajectories; one seed: that seed's Wilson interval, labelled
+  *within-seed*.
+
+Why the seed is the unit: the n_s trajectories of a seed share one trained model, so they are not
+independent draws: the model's own quality (its training's seed, its data) moves all of them together.
+Pooling them into one Wilson interval of Σn_s trajectories counts every trajectory as a unit and is far too
+narrow (three seeds at 0.1, 0.9 and 0.5 of 40 trajectories: pooled Wilson 0.50 [0.41, 0.59], seed-level
+0.50 [0.00, 1.00]).  Why the t-interval over seed fractions and not a cluster bootstrap over seeds: with
+the 3-10 seeds a study runs, the bootstrap's percentile interval is too narrow (its variance carries the
+factor (S−1)/S, its quantiles are normal rather than t_{S−1}, and three seeds have 10 distinct resamples
+only); the t-interval is exact for normal seed means and is what the claims' paired comparisons use, so
+the summary and the claims agree.  Not a random-effects binomial: statsmodels' binomial mixed GLM is
+variational Bayes (no frequentist interval) and its variance component is unstable at three clusters.
+The floor at the pooled Wilson interval: the variance of a seed fraction is the between-seed variance
+plus the binomial p(1−p)/n_s, so no honest interval is narrower than the one with no between-seed
+variance; a sample of seeds whose fractions happen to agree (all 40/40) would otherwise give a zero-width
+t-interval.  Widening only ever raises the coverage.
+
 A t-interval knows nothing of the range of the quantity: with few seeds it can reach past it (an AUC above
 1, a negative error).  ``mean_interval(values, bounds=RANGES[key])`` cuts it at the range, which keeps its
 coverage (the true value lies in the range); :data:`RANGES` lists the reported metrics' ranges.
@@ -100,29 +121,61 @@ def newcombe_difference(k1: int, n1: int, k2: int, n2: int, level: float = 0.95)
     return d, low, high
 
 
-def bootstrap(statistic: Callable[..., float], *samples: Sequence, n_resamples: int = 1000,
-              level: float = 0.95, seed: int = 0) -> Interval:
-    """``statistic(*samples)`` and its percentile-bootstrap interval; the samples (equal lengths) are
-    resampled together, with replacement, by a generator seeded with ``seed``.  Resamples on which the
-    statistic is not finite (e.g. a constant resample for Spearman) are left out."""
+def seed_proportion(counts: Sequence[tuple[int, int]], level: float = 0.95) -> tuple[Interval, str]:
+    """A stable-MD fraction with the seed as the unit (see the module docstring): ``counts`` holds one
+    (stable, runs) pair per seed.  Returns ((estimate, low, high), label), the label saying which interval it
+    is: ``"t over S seeds"`` (``", widened to the pooled Wilson"`` where that was wider), or ``"within-seed
+    Wilson (one seed)"``."""
+    cs = [(int(k), int(n)) for k, n in counts if int(n) > 0]
+    if not cs:
+        return (NAN, NAN, NAN), "no trajectories"
+    if len(cs) == 1:
+        return wilson(*cs[0], level), f"within-seed Wilson (one seed, {cs[0][1]} trajectories)"
+    m, lo, hi = mean_interval([k / n for k, n in cs], level, bounds=(0.0, 1.0))
+    _, wlo, whi = wilson(sum(k for k, _ in cs), sum(n for _, n in cs), level)
+    label = f"t over {len(cs)} seeds"
+    if wlo < lo or whi > hi:
+        lo, hi = min(lo, wlo), max(hi, whi)
+        label += ", widened to the pooled Wilson"
+    return (m, lo, hi), label
+
+
+def bootstrap_distribution(statistic: Callable[..., float], *samples: Sequence, n_resamples: int = 1000,
+                           seed: int = 0) -> tuple[float, np.ndarray]:
+    """``statistic(*samples)`` and its finite values on ``n_resamples`` resamples: the samples (equal lengths)
+    are resampled together, with replacement, by a generator seeded with ``seed``.  Resamples on which the
+    statistic is not finite (e.g. a constant resample for Spearman) are left out; none for fewer than two."""
     arrays = [np.asarray(s) for s in samples]
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
         raise ValueError("bootstrap: samples of different lengths")
     if n == 0:
-        return NAN, NAN, NAN
+        return NAN, np.empty(0)
     est = float(statistic(*arrays))
     if n < 2:
-        return est, NAN, NAN
+        return est, np.empty(0)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_resamples, n))
     vals = np.array([statistic(*(a[i] for a in arrays)) for i in idx], dtype=float)
-    vals = vals[np.isfinite(vals)]
-    if vals.size < max(10, n_resamples // 10):
+    return est, vals[np.isfinite(vals)]
+
+
+def percentile_interval(est: float, values: np.ndarray, level: float = 0.95, n_resamples: int = 1000) -> Interval:
+    """The percentile interval of bootstrap ``values`` around ``est``: their (1−level)/2 and (1+level)/2
+    quantiles; nan bounds where fewer than max(10, n_resamples/10) resamples were finite."""
+    if values.size < max(10, n_resamples // 10):
         return est, NAN, NAN
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(vals, [alpha, 1 - alpha])
+    lo, hi = np.quantile(values, [alpha, 1 - alpha])
     return est, float(lo), float(hi)
+
+
+def bootstrap(statistic: Callable[..., float], *samples: Sequence, n_resamples: int = 1000,
+              level: float = 0.95, seed: int = 0) -> Interval:
+    """``statistic(*samples)`` and its percentile-bootstrap interval (:func:`bootstrap_distribution`,
+    :func:`percentile_interval`)."""
+    est, vals = bootstrap_distribution(statistic, *samples, n_resamples=n_resamples, seed=seed)
+    return percentile_interval(est, vals, level, n_resamples)
 
 
 def fmt(iv: Interval, digits: int = 3) -> str:

@@ -25,7 +25,7 @@ def _unit(job: dict) -> str:
 
 def observations(results: list[dict]) -> claims_mod.Observations:
     """Every job's test metrics for the claims, one replicate unit per (molecule, split, seed)."""
-    obs = claims_mod.Observations(last_generation=1)
+    obs = claims_mod.Observations(last_generation=1, unit="(molecule, split, seed)")
     outs = {}
     for r in results:
         u, m = _unit(r["job"]), r["job"]["method"]

@@ -7,15 +7,19 @@ seed in ``OUT``.  Tables (``table_<name>.csv``, and ``results.json``):
 * ``claims``: each claim of the paper for this system, its comparisons, effects, intervals and verdicts
   (:mod:`uqpot.claims`); also ``claims.json``;
 * ``summary``: per generation and method, the mean over seeds of every metric with its t-interval over
-  seeds (``<key>_lo``, ``<key>_hi``), and the stable-MD fraction pooled over every trajectory of every seed
-  with its Wilson interval (``stable_md_fraction_lo/_hi``; ``stable_md_runs`` trajectories), beside the
-  t-interval over the seeds' fractions (``stable_md_fraction_seeds_lo/_hi``: it includes the training's
-  variation, which the trajectories' Wilson interval does not);
+  seeds (``<key>_lo``, ``<key>_hi``), and the stable-MD fraction with the **seed as the unit**
+  (:func:`stable_md_columns`): the mean of the seeds' fractions with the t-interval over them
+  (``stable_md_fraction_lo/_hi``; :func:`uqpot.metrics.intervals.seed_proportion`), its kind in
+  ``stable_md_interval`` (one seed: the within-seed Wilson interval, so labelled); the trajectories of a
+  seed share one trained model and are not independent units.  For contrast only, the Wilson interval of
+  all ``stable_md_runs`` trajectories pooled as if independent (``stable_md_fraction_pooled_wilson_lo/_hi``,
+  two or more seeds: far too narrow);
   ``md_failed_<reason>`` counts the failed trajectories by their first failure (collision, dissociation,
   below_ground_state, ...): for NH3 most failures of an inaccurate model are ``below_ground_state`` (the
   model's energy falls below the training minimum near the minimum), not a broken molecule;
 * ``seeds``: one row per seed, generation and method, with bootstrap intervals over the test structures
-  for Spearman and ROC-AUC (1000 resamples, seeded) and the Wilson interval of its stable-MD fraction.
+  for Spearman and ROC-AUC (1000 resamples, seeded) and the within-seed Wilson interval of its stable-MD
+  fraction over its own trajectories (``stable_md_fraction_within_seed_lo/_hi``).
 """
 
 from __future__ import annotations
@@ -41,9 +45,13 @@ BOOTSTRAP_RESAMPLES = 1000
 INTERVAL_NOTE = (
     "Intervals are 95%. Metrics and errors: mean over seeds with Student's t-interval (none for one seed), "
     "cut at the quantity's range (an AUC at 1, an error at 0). "
-    "Stable-MD fraction: pooled over every trajectory of every seed, Wilson interval; the t-interval over the "
-    "seeds' fractions (…_seeds) also holds the variation between trainings. Per seed: Spearman and ROC-AUC with "
-    "the percentile bootstrap over test structures. A claim's effect is paired by seed (t over seeds); with one "
+    "Stable-MD fraction: the seed is the unit (the trajectories of a seed share one trained model): mean of the "
+    "seeds' fractions with the t-interval over them, never narrower than the Wilson interval of all trajectories "
+    "(a cluster bootstrap over 3-10 seeds would be too narrow); with one seed the within-seed Wilson interval, so "
+    "labelled (stable_md_interval). The pooled Wilson interval (…_pooled_wilson) treats trajectories as "
+    "independent and is shown for contrast only. Per seed: Spearman and ROC-AUC with the percentile bootstrap "
+    "over test structures, the stable fraction with its within-seed Wilson interval. A claim's effect is paired "
+    "by seed (t over seeds, p of the paired t-test, Holm's correction over the report's comparisons); with one "
     "seed, Newcombe's interval over trajectories or the bootstrap over test structures.")
 
 
@@ -139,10 +147,24 @@ def seed_rows(recs: list[dict]) -> list[dict]:
                 row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
         if r.get("md_runs"):
             p, lo, hi = iv.wilson(r["md_stable"], r["md_runs"])
-            row.update(stable_md_fraction=p, stable_md_fraction_lo=lo, stable_md_fraction_hi=hi,
-                       stable_md_runs=r["md_runs"])
+            row.update(stable_md_fraction=p, stable_md_fraction_within_seed_lo=lo,
+                       stable_md_fraction_within_seed_hi=hi, stable_md_runs=r["md_runs"])
         rows.append(row)
     return rows
+
+
+def stable_md_columns(counts: list[tuple[int, int]]) -> dict:
+    """The stable-MD columns of one (generation, method) cell from its seeds' (stable, runs) counts: the
+    fraction and its interval with the seed as the unit (``stable_md_fraction``, ``_lo``, ``_hi``; which
+    interval in ``stable_md_interval``), the trajectories (``stable_md_runs``) and, with two or more seeds,
+    the pooled Wilson interval labelled as such (``stable_md_fraction_pooled_wilson_lo/_hi``)."""
+    (p, lo, hi), how = iv.seed_proportion(counts)
+    k, n = sum(int(a) for a, _ in counts), sum(int(b) for _, b in counts)
+    out = {"stable_md_fraction": p, "stable_md_fraction_lo": lo, "stable_md_fraction_hi": hi,
+           "stable_md_interval": how, "stable_md_runs": n}
+    if len(counts) > 1:
+        _, out["stable_md_fraction_pooled_wilson_lo"], out["stable_md_fraction_pooled_wilson_hi"] = iv.wilson(k, n)
+    return out
 
 
 def summary_rows(recs: list[dict]) -> list[dict]:
@@ -161,14 +183,10 @@ def summary_rows(recs: list[dict]) -> list[dict]:
             row[k], row[f"{k}_lo"], row[f"{k}_hi"] = iv.mean_interval(vals, bounds=iv.RANGES.get(k, (None, None)))
         md = [r for r in rs if r.get("md_runs")]
         if md:
-            k, n = sum(r["md_stable"] for r in md), sum(r["md_runs"] for r in md)
-            row["stable_md_fraction"], row["stable_md_fraction_lo"], row["stable_md_fraction_hi"] = iv.wilson(k, n)
-            row["stable_md_runs"] = n
+            row.update(stable_md_columns([(r["md_stable"], r["md_runs"]) for r in md]))
             for r in md:
                 for reason, c in r.get("md_failures", {}).items():
                     row[f"md_failed_{reason}"] = row.get(f"md_failed_{reason}", 0) + c
-            _, row["stable_md_fraction_seeds_lo"], row["stable_md_fraction_seeds_hi"] = iv.mean_interval(
-                [r["stable_md_fraction"] for r in md], bounds=(0.0, 1.0))
         oracle = [r["neb_barrier_oracle"] for r in rs if r.get("neb_barrier_oracle") is not None]
         if oracle:
             row["neb_barrier_oracle"] = oracle[0]
@@ -224,16 +242,21 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
     rep.heading("Summary per generation and method (mean over seeds, 95% intervals)")
     rep.paragraph(CALIBRATION_NOTE)
     rep.table("summary", rows, _summary_columns(rows), caption="test-set metrics, samples added after the "
-              "generation, stable-MD fraction (Wilson over all trajectories), NEB barrier (kcal/mol)")
+              "generation, stable-MD fraction (the seed as the unit: t over the seeds' fractions, or within-seed "
+              "Wilson for one seed, as stable_md_interval says; pooled_wilson: all trajectories as if independent, "
+              "for contrast only), NEB barrier (kcal/mol)")
     rep.heading("Per seed", 3)
     rep.table("seeds", seed_rows(recs), caption="bootstrap intervals over the test structures (Spearman, ROC-AUC) "
-                                                "and Wilson intervals over trajectories (stable-MD fraction)")
+                                                "and within-seed Wilson intervals over the seed's own trajectories "
+                                                "(stable-MD fraction)")
 
     md = _interval_bars(rows, "stable_md_fraction")
     if md:
+        kinds = sorted({r["stable_md_interval"].split(",")[0].split(" (")[0] for r in rows if r.get("stable_md_interval")})
         rep.figure(fg.grouped_bars(md, "fraction of stable trajectories", "MD stability per generation"),
-                   "fraction of stable NVT trajectories per generation and method (pooled over seeds; error bars: "
-                   "95% Wilson interval)")
+                   "fraction of stable NVT trajectories per generation and method (mean of the seeds' fractions; "
+                   f"error bars: 95% interval with the seed as the unit: {'; '.join(kinds)}; a t-interval is never narrower "
+                   "than the Wilson interval of all trajectories)")
     for key, label in (("spearman", "Spearman ρ"), ("roc_auc_p20", "ROC-AUC (20th percentile)"),
                        ("forces_mae", "test force MAE (kcal/mol/Å)"), ("neb_barrier_error", "|NEB barrier error| (kcal/mol)")):
         bars = _interval_bars(rows, key)
@@ -321,10 +344,12 @@ def _summary_entry(loop_dir: Path, g: int, m: str, key: str):
 def _summary_columns(rows: list[dict]) -> list[str]:
     cols = ["generation", "method", "n_seeds", "n_train"]
     for k in ("forces_mae", "energy_mae", "stress_mae", "spearman", "roc_auc_p20", "miscalibration_area", "cnll",
-              "stable_md_fraction", "stable_md_fraction_seeds", "md_mean_stable_time_fs", "samples_added",
-              "neb_barrier"):
+              "stable_md_fraction", "md_mean_stable_time_fs", "samples_added", "neb_barrier"):
         if any(k in r or f"{k}_lo" in r for r in rows):
             cols += [c for c in (k, f"{k}_lo", f"{k}_hi") if any(c in r for r in rows)]
+        if k == "stable_md_fraction" and any("stable_md_interval" in r for r in rows):
+            cols += [c for c in ("stable_md_interval", "stable_md_fraction_pooled_wilson_lo",
+                                 "stable_md_fraction_pooled_wilson_hi") if any(c in r for r in rows)]
     if any("stable_md_runs" in r for r in rows):
         cols.append("stable_md_runs")
         cols += sorted({k for r in rows for k in r if k.startswith("md_failed_")})

@@ -187,6 +187,33 @@ def _remove_if_nothing_ran(out: Path, created: bool) -> None:
                 out.rmdir()
 
 
+def dry_run(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None, splits=None,
+            executor_options: dict | None = None, methods=None, seeds=None, samplers=None) -> str:
+    """The study's plan and estimated time (:mod:`uqpot.workflow.plan`), as text: nothing runs and nothing
+    is written (no output directory is created)."""
+    from ..config import load_yaml
+    from .plan import loop_plan, workers_of
+    from .plan_grid import rmd17_plan
+
+    if system not in SYSTEMS:
+        raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
+    methods, seeds = check_methods(methods), check_seeds(seeds)
+    path = preset_path(system, preset)
+    options = dict(load_yaml(path).get("executor", {}).get(executor, {}))
+    options.update(executor_options or {})
+    workers = workers_of(executor, options)
+    if system == "rmd17":
+        study = load_config(path, RMD17Study)
+        plan = rmd17_plan(study, preset, seeds, methods, molecules, splits, workers)
+    else:
+        out = Path(out or f"runs/{system}_{Path(preset).stem}")
+        plan = loop_plan(system, path, out, seeds, methods, workers, executor, name=preset)
+        if samplers:
+            plan.notes.append(f"--samplers {','.join(samplers)}: the plan counts one sampler; generations 2 and "
+                              f"later run once per sampler ({len(samplers)}x)")
+    return plan.text()
+
+
 def reproduce(system: str, preset: str = "quick", executor: str = "local", out=None, molecules=None,
               splits=None, local_data=None, console=None, executor_options: dict | None = None,
               methods=None, seeds=None, samplers=None) -> Path:

@@ -7,8 +7,9 @@ with one label store (``OUT/labels.db``: a structure two samplers both pick is l
 sampler gets the same oracle budget per generation: the attack's ``n_seeds`` candidates, which the MD
 samplers' ``sampling.max_candidates`` defaults to.  ``OUT/report.html`` compares the samplers: for every
 method and generation, the cumulative oracle calls before the generation's model, the test force MAE (mean
-over seeds, 95% t-interval) and the stable-MD fraction (pooled over trajectories, Wilson interval; and the
-t-interval over the seeds' fractions).
+over seeds, 95% t-interval) and the stable-MD fraction with the seed as the unit (mean of the seeds'
+fractions, t-interval over them; one seed: the within-seed Wilson interval, so labelled; see
+:func:`uqpot.workflow.report_loop.stable_md_columns`).
 """
 
 from __future__ import annotations
@@ -124,10 +125,8 @@ def share_generation_one(src: Path, dst: Path, methods) -> None:
 
 def sampler_rows(out: Path, samplers: list[str]) -> list[dict]:
     """Per (sampler, method, generation): cumulative oracle calls before the generation (mean over seeds),
-    test force MAE (mean, 95% t), stable-MD fraction (Wilson over all trajectories; t over seeds)."""
-    from .report_loop import _md_counts
-
-    from .report_loop import loop_dirs
+    test force MAE (mean, 95% t), stable-MD fraction with the seed as the unit (``stable_md_columns``)."""
+    from .report_loop import _md_counts, loop_dirs, stable_md_columns
 
     cells: dict = {}
     for s in samplers:
@@ -159,11 +158,7 @@ def sampler_rows(out: Path, samplers: list[str]) -> list[dict]:
                "oracle_labels_before": iv.mean_interval(c["calls"])[0]}
         row["forces_mae"], row["forces_mae_lo"], row["forces_mae_hi"] = iv.mean_interval(c["mae"], bounds=(0.0, None))
         if c["md"]:
-            k, n = sum(a for a, _ in c["md"]), sum(b for _, b in c["md"])
-            row["stable_md_fraction"], row["stable_md_fraction_lo"], row["stable_md_fraction_hi"] = iv.wilson(k, n)
-            row["stable_md_runs"] = n
-            _, row["stable_md_fraction_seeds_lo"], row["stable_md_fraction_seeds_hi"] = iv.mean_interval(
-                [a / b for a, b in c["md"]], bounds=(0.0, 1.0))
+            row.update(stable_md_columns(c["md"]))
         if c["cand"]:
             row["candidates_after"] = iv.mean_interval(c["cand"])[0]
         rows.append(row)
@@ -180,14 +175,12 @@ def format_markdown(rows: list[dict]) -> str:
             txt += f" [{fmt.format(lo)}, {fmt.format(hi)}]"
         return txt
 
-    lines = ["| method | gen | sampler | seeds | labels before | test F MAE [95%] | stable MD [95% Wilson] | "
-             "stable MD, seeds [95% t] |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| method | gen | sampler | seeds | labels before | test F MAE [95%] | stable MD [95%, seed as unit] | "
+             "stable MD interval |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        seeds_iv = ("-" if r.get("stable_md_fraction_seeds_lo") is None else
-                    f"[{r['stable_md_fraction_seeds_lo']:.3f}, {r['stable_md_fraction_seeds_hi']:.3f}]")
         lines.append(f"| {r['method']} | {r['generation']} | {r['sampler']} | {r['n_seeds']} | "
                      f"{r['oracle_labels_before']:.1f} | {iv_(r, 'forces_mae')} | {iv_(r, 'stable_md_fraction')} | "
-                     f"{seeds_iv} |")
+                     f"{r.get('stable_md_interval', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,9 +197,11 @@ def build_sampler_report(out: Path, samplers: list[str] | None = None) -> Path:
     rep.paragraph(f"Samplers: {', '.join(samplers)}; each sampler's own report: "
                   + ", ".join(f"{s}/report.html" for s in samplers) + ". Labels before: oracle labels (new calls "
                   "and labels from the shared store) that trained the generation's model, beyond the initial set, "
-                  "mean over seeds. Test force MAE: mean over seeds with the 95% t-interval. Stable MD: pooled over "
-                  "every trajectory of every seed with the 95% Wilson interval; 'seeds': the t-interval over the "
-                  "seeds' fractions, which also holds the variation between trainings.")
+                  "mean over seeds. Test force MAE: mean over seeds with the 95% t-interval. Stable MD: the seed is the "
+                  "unit (a seed's trajectories share one trained model): mean of the seeds' fractions with the 95% "
+                  "t-interval over them, never narrower than the Wilson interval of all trajectories; one seed: the "
+                  "within-seed Wilson interval, so labelled in 'stable MD interval'. pooled_wilson columns: all "
+                  "trajectories as if independent, for contrast only.")
     rep.table("samplers", rows, caption="per method and generation, each sampler (kcal/mol/Å)")
     rep.pre(format_markdown(rows))
     (out / "samplers.md").write_text(format_markdown(rows))

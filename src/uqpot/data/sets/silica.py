@@ -167,6 +167,11 @@ class SilicaConfig:
     def cooling_frames_per_run(self) -> int:
         return max(1, int(round(PAPER_MD["cooling_frames_per_run"] * self.frame_scale)))
 
+    def n_train_frames(self) -> int:
+        """The training frames of the build (every condition of Table S1; 1590 at ``frame_scale`` 1)."""
+        return sum(PAPER_MD["cooling_runs"] * self.cooling_frames_per_run() if row[0] == "Cooling"
+                   else self.frames(row[6]) for row in TABLE_S1)
+
     def paper_steps(self, paper_ps: float) -> int:
         """MD steps for ``paper_ps`` of the paper's time, compressed by ``time_compression``."""
         return max(1, int(round(paper_ps / self.time_compression * 1000.0 / self.timestep_fs)))

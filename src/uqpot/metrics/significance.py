@@ -1,0 +1,121 @@
+"""p-values, the multiple-comparison correction and the power of the comparisons a study reports.
+
+Small pure functions of arrays, each from scipy or statsmodels where they have it:
+
+* :func:`paired_t_p`: the two-sided p-value of the paired t-test over the units (seeds), i.e. the one-sample
+  t-test of the per-unit differences d_u against 0 (``scipy.stats.ttest_1samp``, = ``ttest_rel(a, b)``):
+  t = d̄ / (s_d/√n), p = 2·(1 − F_{t, n−1}(|t|)), s_d with 1/(n−1).  It matches the t-interval of
+  :func:`uqpot.metrics.intervals.paired_difference`: p < α exactly when the (1−α) interval excludes 0.
+* :func:`detectable_effect`: the smallest |mean difference| that a two-sided paired t-test over n units
+  detects with probability ``power`` at level ``alpha``, at the observed standard deviation s_d of the
+  differences: δ = d*·s_d, where the standardised effect d* solves
+  P(|T'| > t_{1−α/2, n−1}) = power for T' noncentral t with n−1 degrees of freedom and noncentrality
+  d*·√n (``statsmodels.stats.power.TTestPower().solve_power``).  nan for fewer than two units.
+* :func:`newcombe_p`: the p-value of Newcombe's hybrid score interval for a difference of two independent
+  proportions (one seed: the trajectories of two models), by inverting the interval: the α at which the
+  (1−α) interval's bound touches 0 (``scipy.optimize.brentq`` on :func:`~uqpot.metrics.intervals.
+  newcombe_difference`, which equals statsmodels' ``confint_proportions_2indep(method="newcomb")``).
+  Written here because neither library gives the p-value of that interval; inverting it keeps the p-value and
+  the reported interval consistent (p < 0.05 exactly when the 95% interval excludes 0).
+* :func:`bootstrap_p`: the percentile-bootstrap p-value of "the statistic is 0", p = min(1, 2·min(P*(θ* ≤ 0),
+  P*(θ* ≥ 0))) over the resampled values θ* (the inversion of the percentile interval: p < α exactly when 0
+  lies outside its α/2 and 1−α/2 quantiles, up to the quantiles' interpolation).  Written here because
+  ``scipy.stats.bootstrap`` gives intervals but no p-value.
+* :func:`holm`: Holm's step-down adjustment of a family of p-values
+  (``statsmodels.stats.multitest.multipletests(method="holm")``): with p_(1) ≤ … ≤ p_(m),
+  p̃_(i) = max_{j ≤ i} min(1, (m − j + 1)·p_(j)); it controls the family-wise error rate at α under any
+  dependence between the comparisons.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import optimize, stats
+
+from . import intervals as iv
+
+NAN = float("nan")
+
+
+def _finite(d: Sequence[float]) -> np.ndarray:
+    x = np.asarray([v for v in d if v is not None], dtype=float)
+    return x[np.isfinite(x)]
+
+
+def paired_t_p(differences: Sequence[float]) -> float:
+    """Two-sided p of the paired t-test on the per-unit differences (nan for fewer than two, or when every
+    difference is 0; 0 when they are all equal and not 0)."""
+    d = _finite(differences)
+    if d.size < 2:
+        return NAN
+    if np.ptp(d) <= 1e-9 * np.abs(d).max():  # no spread (to rounding): scipy would divide by ~zero
+        return NAN if np.abs(d).max() == 0 else 0.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def detectable_effect(differences: Sequence[float], power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest mean difference the paired two-sided t-test over these units detects with ``power`` at
+    ``alpha``, at their observed standard deviation (in the differences' unit); nan for fewer than two."""
+    from statsmodels.stats.power import TTestPower
+
+    d = _finite(differences)
+    if d.size < 2:
+        return NAN
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        return 0.0
+    es = TTestPower().solve_power(effect_size=None, nobs=d.size, alpha=alpha, power=power,
+                                  alternative="two-sided")
+    return float(es) * sd
+
+
+def newcombe_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """p-value of "k1/n1 = k2/n2" by inverting Newcombe's interval (see the module docstring)."""
+    if n1 <= 0 or n2 <= 0:
+        return NAN
+    d = k1 / n1 - k2 / n2
+    if d == 0:
+        return 1.0
+
+    def bound(alpha: float) -> float:  # the bound nearest 0 of the (1 - alpha) interval, signed towards 0
+        _, lo, hi = iv.newcombe_difference(k1, n1, k2, n2, level=1.0 - alpha)
+        return lo if d > 0 else -hi
+
+    a_lo, a_hi = 1e-12, 1.0 - 1e-12
+    if bound(a_lo) > 0:  # excludes 0 even at the widest interval
+        return a_lo
+    if bound(a_hi) <= 0:
+        return 1.0
+    return float(optimize.brentq(bound, a_lo, a_hi, xtol=1e-12))
+
+
+def bootstrap_p(values: np.ndarray, n_resamples: int = 1000) -> float:
+    """Percentile-bootstrap p-value of "the statistic is 0" from its resampled ``values``; nan where fewer than
+    max(10, n_resamples/10) are finite (as :func:`~uqpot.metrics.intervals.percentile_interval`)."""
+    v = _finite(values)
+    if v.size < max(10, n_resamples // 10):
+        return NAN
+    return float(min(1.0, 2.0 * min(np.mean(v <= 0.0), np.mean(v >= 0.0))))
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """(rejected, adjusted p) of Holm's correction over the family ``pvalues`` (all finite)."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(pvalues, dtype=float)
+    if p.size == 0:
+        return [], []
+    if not np.all(np.isfinite(p)):
+        raise ValueError("holm: every p-value of the family must be finite")
+    reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
+    return [bool(r) for r in reject], [float(min(1.0, a)) for a in adjusted]
+
+
+def fmt_p(p) -> str:
+    """``0.013``, ``<0.001``, or ``—`` where there is no p-value."""
+    if p is None or not math.isfinite(p):
+        return "—"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
