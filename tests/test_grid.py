@@ -161,7 +161,7 @@ def test_rmd17_study_with_seeds_reports_intervals_and_claims(tmp_path, ethanol_p
     claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())["claims"]}
     order = claims["tableS2_auc20_order"]["comparisons"]
     assert [c["comparison"] for c in order] == ["mve better than gmm"]  # the pairs this grid has
-    assert order[0]["interval"] == "t over 2 paired seeds"
+    assert order[0]["interval"] == "t over 2 paired units (molecule, split, seed)"
     best = claims["fig2c_ensemble_lowest_force_mae"]
     assert best["verdict"] == "not measured"  # no ensemble in this grid
     assert "The paper&#x27;s claims, checked" in (out / "report.html").read_text()

@@ -207,7 +207,7 @@ def test_files_mace_writes_beside_the_model_are_refused_in_one_line(issue_case, 
     assert not (tmp_path / "c.pt").exists()
     checkpoint = next((issue_case.parent / "checkpoints").glob("*.pt"))
     r = cli("convert", checkpoint, "--trusted", "--out", tmp_path / "k.pt")
-    assert_user_error(r, str(checkpoint), "holds a dict")
+    assert_user_error(r, str(checkpoint), "holding a dict")
     assert not (tmp_path / "k.pt").exists()
 
 
