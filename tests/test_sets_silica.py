@@ -58,6 +58,9 @@ def test_quick_build_reports_table_s1_and_writes_the_sets(quick):
     assert {c["name"]: c["frames"] for c in summary["conditions"]} == expect
     assert all(c["failed"] == 0 for c in summary["conditions"])
     assert summary["time_compression"] == 25000.0 and "compressed in time by 25000" in r.stdout
+    # the test set follows the SI: displacements along the trial adversarial runs' samples
+    assert "trial adversarial" in summary["test"]["directions"] and (out / "trial" / "trial.json").is_file()
+    assert summary["test"]["kinds"]["adversarial-direction"] >= 5
     for name in names:  # the per-condition table is printed
         assert name in r.stdout
     deformed = {c["name"]: c for c in summary["conditions"]}
@@ -100,9 +103,10 @@ def test_test_set_keeps_the_highest_force_structures_per_bin(quick):
 def test_second_build_reuses_md_and_labels(quick):
     out, _ = quick
     before = {p: (out / p).read_bytes() for p in ("train.extxyz", "test.extxyz")}
-    from uqpot.workflow.trial_attack import adversarial_directions
+    from uqpot.workflow.trial_attack import TrialAttack, trial_directions
 
-    summary = build_silica(out, config=SilicaConfig.quick(), progress=False, directions=adversarial_directions)
+    summary = build_silica(out, config=SilicaConfig.quick(), progress=False,
+                           directions=trial_directions(TrialAttack.quick()))
     assert summary["labels"]["oracle_calls"] == 0 and summary["labels"]["computed"] == 0
     assert all((out / p).read_bytes() == data for p, data in before.items())
     # the saved MD belongs to its settings: other settings in the same folder are refused, not mixed in

@@ -181,7 +181,7 @@ def build_silica_cmd(atoms, out, store, quick, time_compression, time_scale, fra
     of 402 high-energy, high-force structures (2 per energy bin) along trial adversarial directions.  Resumable."""
     from .data.sets import format_histogram
     from .data.sets.silica import SilicaConfig, build_silica, format_table
-    from .workflow.trial_attack import adversarial_directions
+    from .workflow.trial_attack import TrialAttack, trial_directions
 
     try:
         overrides = {"seed": seed}
@@ -199,7 +199,8 @@ def build_silica_cmd(atoms, out, store, quick, time_compression, time_scale, fra
         if test_bins is not None:
             overrides["test_bins"] = test_bins
         cfg = SilicaConfig.quick(**overrides) if quick else SilicaConfig(**overrides)
-        directions = adversarial_directions if test_directions == "adversarial" else None
+        trial = TrialAttack.quick() if quick else TrialAttack()
+        directions = trial_directions(trial) if test_directions == "adversarial" else None
         summary = build_silica(out, store=store, config=cfg, progress=not no_progress, console=_console(),
                                directions=directions)
     except UqpotError as exc:

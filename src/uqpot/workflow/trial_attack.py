@@ -49,6 +49,17 @@ class TrialAttack:
     attack_lr: float = paper_equivalent_lr(SI_LR["silica"])
     seed: int = 0
 
+    @classmethod
+    def quick(cls) -> "TrialAttack":
+        """For the tiny trial builds (``uqpot data build silica --quick``): 2 epochs, 8 attacks of 20 steps."""
+        return cls(epochs=2, n_seeds=8, iterations=20)
+
+
+def trial_directions(settings: TrialAttack):
+    """``adversarial_directions`` with ``settings``, in the form :func:`uqpot.data.sets.silica.build_silica`
+    takes (``directions(train, out)``)."""
+    return lambda train, out: adversarial_directions(train, out, settings)
+
 
 def _displacement(final, start) -> np.ndarray:
     """final − start, modulo lattice vectors of a periodic cell (Å)."""
