@@ -165,17 +165,23 @@ def attack(model, seeds: list[Structure], reference: BoltzmannReference, cfg: At
     return _select(seeds, moved, hist, reference, cfg)
 
 
+def displacement(final: Structure, start: Structure) -> np.ndarray:
+    """``final − start`` (Å, per atom), modulo lattice vectors of a periodic cell."""
+    disp = final.positions - start.positions
+    if start.periodic:
+        frac = np.linalg.solve(start.cell.T, disp.T).T
+        frac[:, start.pbc] -= np.round(frac[:, start.pbc])
+        disp = frac @ start.cell
+    return disp
+
+
 def _select(seeds, final, hist, reference, cfg) -> AttackResult:
     samples, rejected = [], []
     e_final, u_final = hist["energy"][-1], hist["uncertainty"][-1]
     kept_pos = []
     for k, (s0, s) in enumerate(zip(seeds, final)):
         e_rel = float(e_final[k] - reference.e_min * s.n_atoms)  # kcal/mol above the training minimum
-        disp = s.positions - s0.positions
-        if s.periodic:  # displacement modulo lattice vectors
-            frac = np.linalg.solve(s.cell.T, disp.T).T
-            frac[:, s.pbc] -= np.round(frac[:, s.pbc])
-            disp = frac @ s.cell
+        disp = displacement(s, s0)
         reason = None
         if not np.all(np.isfinite(s.positions)) or not math.isfinite(e_rel):
             reason = "non-finite"

@@ -18,6 +18,7 @@ written to ``OUT/trial/`` (resumed when there), so a rebuild repeats nothing.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from ..config import ModelConfig, TrainConfig
 from ..data.structures import StructureDataset
 from ..models import load
 from ..provenance import write_json
-from ..sample.adversarial import SI_LR, AttackConfig, BoltzmannReference, attack, paper_equivalent_lr
+from ..sample.adversarial import (SI_LR, AttackConfig, BoltzmannReference, attack, displacement,
+                                 paper_equivalent_lr)
 from ..train.run import fit_model
 from ..uq.options import parse_uq
 
@@ -61,16 +63,6 @@ def trial_directions(settings: TrialAttack):
     return lambda train, out: adversarial_directions(train, out, settings)
 
 
-def _displacement(final, start) -> np.ndarray:
-    """final − start, modulo lattice vectors of a periodic cell (Å)."""
-    d = np.asarray(final.positions) - np.asarray(start.positions)
-    if start.periodic:
-        frac = np.linalg.solve(np.asarray(start.cell).T, d.T).T
-        frac[:, start.pbc] -= np.round(frac[:, start.pbc])
-        d = frac @ np.asarray(start.cell)
-    return d
-
-
 def adversarial_directions(train: list, out, settings: TrialAttack | None = None) -> list[tuple[int, np.ndarray]]:
     """[(index into ``train``, displacement (n, 3) Å)] from trial adversarial runs on ``train`` (labelled
     structures, absolute energies); the trial model and the directions are kept in ``out``."""
@@ -98,12 +90,14 @@ def adversarial_directions(train: list, out, settings: TrialAttack | None = None
     ref = BoltzmannReference.from_energies(np.array([s.energy for s in train]), [s.n_atoms for s in train], cfg.kT)
     res = attack(model, seeds, ref, AttackConfig(kT=cfg.kT, iterations=cfg.iterations, lr=cfg.attack_lr,
                                                  n_seeds=len(seeds), energy_cutoff=None, seed=cfg.seed))
-    pairs = [(int(seeds_idx[s.info["attack_seed"]]), _displacement(s, seeds[s.info["attack_seed"]]))
+    pairs = [(int(seeds_idx[s.info["attack_seed"]]), displacement(s, seeds[s.info["attack_seed"]]))
              for s in res.samples]
     if not pairs:
         raise RuntimeError("the trial attacks gave no sample: no direction for the test set")
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(saved, index=np.array([k for k, _ in pairs]), direction=np.stack([d for _, d in pairs]))
+    tmp = saved.with_name(f".{saved.stem}.tmp{os.getpid()}.npz")
+    np.savez(tmp, index=np.array([k for k, _ in pairs]), direction=np.stack([d for _, d in pairs]))
+    os.replace(tmp, saved)  # whole or absent: a killed build recomputes the directions
     write_json(out / "trial.json", {"settings": asdict(cfg), "directions": len(pairs),
                                     "rejected": len(res.rejected), "rmsd": [float(np.sqrt((d ** 2).mean()))
                                                                             for _, d in pairs]})
