@@ -145,3 +145,19 @@ def test_md_starts_from_every_initial_structure_and_silica_falls_back_loudly():
         c.info.pop("condition", None)
     starts, pool = start_structures(cells, "silica")
     assert len(starts) == 4 and pool.startswith("warning: no initial structure carries the 2500 K label")
+
+
+def test_trial_attack_directions_do_not_depend_on_the_chunking(tmp_path, stress_files):
+    """The silica test set's trial adversarial runs attack their seeds in chunks of at most
+    ``max_atoms_per_batch`` atoms (memory); each seed's ascent is its own, so the directions are those of
+    one batch, to float rounding."""
+    from uqpot.data.io import read_structures
+    from uqpot.workflow.trial_attack import TrialAttack, adversarial_directions
+
+    train = list(read_structures(stress_files[0]))
+    small = dict(epochs=1, n_seeds=4, iterations=5, features=8, members=2, batch_size=4)
+    one = adversarial_directions(train, tmp_path / "one", TrialAttack(**small, max_atoms_per_batch=10_000))
+    each = adversarial_directions(train, tmp_path / "each", TrialAttack(**small, max_atoms_per_batch=9))
+    assert [k for k, _ in one] == [k for k, _ in each] and len(one) == 4
+    for (_, a), (_, b) in zip(one, each):
+        assert np.abs(a).max() > 1e-4 and np.allclose(a, b, atol=1e-5)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig, TrainConfig
+from ..data.sets._common import BuildError
 from ..data.structures import StructureDataset
 from ..models import load
 from ..provenance import write_json
@@ -50,6 +51,9 @@ class TrialAttack:
     kT: float = 0.7  # kcal/mol/atom, the SI's
     attack_lr: float = paper_equivalent_lr(SI_LR["silica"])
     seed: int = 0
+    #: atoms attacked in one batch (the ensemble's second derivatives hold about 7 GB for 50 cells of 192
+    #: atoms at once): the seeds are attacked in chunks of at most this many atoms, each seed on its own
+    max_atoms_per_batch: int = 2000
 
     @classmethod
     def quick(cls) -> "TrialAttack":
@@ -88,17 +92,25 @@ def adversarial_directions(train: list, out, settings: TrialAttack | None = None
     seeds_idx = np.sort(rng.choice(len(train), size=min(cfg.n_seeds, len(train)), replace=False))
     seeds = [train[int(i)] for i in seeds_idx]
     ref = BoltzmannReference.from_energies(np.array([s.energy for s in train]), [s.n_atoms for s in train], cfg.kT)
-    res = attack(model, seeds, ref, AttackConfig(kT=cfg.kT, iterations=cfg.iterations, lr=cfg.attack_lr,
-                                                 n_seeds=len(seeds), energy_cutoff=None, seed=cfg.seed))
-    pairs = [(int(seeds_idx[s.info["attack_seed"]]), displacement(s, seeds[s.info["attack_seed"]]))
-             for s in res.samples]
+    per_batch = max(1, cfg.max_atoms_per_batch // max(s.n_atoms for s in seeds))
+    pairs, rejected = [], 0
+    # each seed's ascent is independent of the others' (its own objective; Adam is elementwise), so chunks
+    # change only float rounding and which near-duplicates are seen together
+    for start in range(0, len(seeds), per_batch):
+        chunk = seeds[start:start + per_batch]
+        res = attack(model, chunk, ref, AttackConfig(kT=cfg.kT, iterations=cfg.iterations, lr=cfg.attack_lr,
+                                                     n_seeds=len(chunk), energy_cutoff=None, seed=cfg.seed))
+        pairs += [(int(seeds_idx[start + s.info["attack_seed"]]), displacement(s, chunk[s.info["attack_seed"]]))
+                  for s in res.samples]
+        rejected += len(res.rejected)
     if not pairs:
-        raise RuntimeError("the trial attacks gave no sample: no direction for the test set")
+        raise BuildError("the trial attacks gave no sample, so the test set has no direction: build with "
+                         "--test-directions random")
     out.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_name(f".{saved.stem}.tmp{os.getpid()}.npz")
     np.savez(tmp, index=np.array([k for k, _ in pairs]), direction=np.stack([d for _, d in pairs]))
     os.replace(tmp, saved)  # whole or absent: a killed build recomputes the directions
     write_json(out / "trial.json", {"settings": asdict(cfg), "directions": len(pairs),
-                                    "rejected": len(res.rejected), "rmsd": [float(np.sqrt((d ** 2).mean()))
+                                    "rejected": rejected, "rmsd": [float(np.sqrt((d ** 2).mean()))
                                                                             for _, d in pairs]})
     return pairs
