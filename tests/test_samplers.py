@@ -100,6 +100,33 @@ def test_md_sampler_picks_exactly_the_frames_in_the_trust_band():
     assert sorted(s.info["uncertainty"] for s in top.samples) == sorted(h["uncertainty"][inside])[-3:]
 
 
+def test_adaptive_lower_trust_level_puts_the_set_fraction_of_frames_in_the_band():
+    """DP-GEN's adaptive trust_lo: the band holds the requested fraction of the eligible frames (after the start,
+    below trust_hi), whatever the fixed trust_lo says; the level is the frames' own σ_F quantile."""
+    model = MorsePotential(with_uncertainty=True)
+    train = _train()
+    ref = BoltzmannReference.from_energies(train.energies(), [4] * len(train), 0.7)
+    cal = Calibration(1.0, 0.0)
+    base = dict(replicas=6, steps=200, frame_every=5, max_candidates=10 ** 6, min_distance=0.0, energy_cutoff=None,
+                stop_above_trust=False)
+    probe = md_sample(model, train, MDSamplerConfig(trust_lo=0.0, trust_hi=1e9, **base), cal, ref)
+    s = np.sqrt(probe.history["uncertainty"][probe.history["step"] > 0])
+    hi = float(np.quantile(s, 0.9))
+    for fraction in (0.1, 0.25):
+        res = md_sample(model, train, MDSamplerConfig(trust_lo=1e-6, trust_hi=hi, adaptive_fraction=fraction, **base),
+                        cal, ref)
+        h = res.history
+        eligible = (h["step"] > 0) & (np.sqrt(h["uncertainty"]) < hi)
+        share = h["in_band"][eligible].mean()
+        assert fraction <= share <= fraction + 2.0 / eligible.sum()
+        lo = res.summary["trust_lo"]
+        assert lo == pytest.approx(np.quantile(np.sqrt(h["uncertainty"][eligible]), 1 - fraction, method="higher"))
+        assert res.summary["trust_lo_rule"].startswith(f"adaptive: {fraction:g}") and lo > 1e-6
+        assert all(lo <= smp.info["sigma_F"] < hi for smp in res.samples)
+    with pytest.raises(ValueError, match="adaptive_fraction"):
+        MDSamplerConfig(adaptive_fraction=1.5)
+
+
 def test_uncertainty_bias_has_the_documented_form_and_gradient():
     """E_b = E + A[exp(−σ²/B²) − 1], σ² = max(aU + b, floor); forces = −∇E_b by central differences."""
     base = MorsePotential(with_uncertainty=True)

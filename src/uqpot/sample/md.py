@@ -12,6 +12,14 @@ minimum (the attack's rule); the highest-σ_F ones are taken greedily, each at l
 oracle budget of a generation: by default the attack's number of seeds, so that samplers are compared at
 equal oracle cost).
 
+Adaptive lower trust level (``adaptive_fraction`` f, DP-GEN's adaptive ``trust_lo``): instead of the fixed
+``trust_lo``, the lower level of each run is chosen from its frames so that a fraction f of the eligible
+frames (after the start, finite, below the upper level, within the energy cut-off) lie in the band: trust_lo =
+the (1 − f) quantile of their calibrated σ_F (taken in U, on which σ_F is non-decreasing; the ``higher`` of
+two neighbours, so at least f are in).  The upper level stays the calibrated ``trust_hi``.  A model that
+has become good everywhere then still proposes its most uncertain frames, and one that is bad everywhere does
+not flood the band; the level chosen is in the summary (``trust_lo``, with ``trust_lo_rule``).
+
 The same routine runs uncertainty-biased MD (:mod:`uqpot.sample.biased_md`): the model is replaced by the
 biased one, and the frames' energies are the unbiased ones (the bias is a closed-form function of U).
 """
@@ -43,10 +51,14 @@ class MDSamplerConfig:
     stop_above_trust: bool = True
     skin: float = 1.0
     seed: int = 0
+    #: DP-GEN's adaptive lower trust level: the fraction of eligible frames the band holds (None: fixed trust_lo)
+    adaptive_fraction: float | None = None
 
     def __post_init__(self):
         if not 0 <= self.trust_lo < self.trust_hi:
             raise ValueError("need 0 <= trust_lo < trust_hi (kcal/mol/Å)")
+        if self.adaptive_fraction is not None and not 0 < self.adaptive_fraction <= 1:
+            raise ValueError("adaptive_fraction must lie in (0, 1]")
         if min(self.replicas, self.steps, self.frame_every, self.max_candidates) < 1:
             raise ValueError("replicas, steps, frame_every and max_candidates must be >= 1")
 
@@ -88,6 +100,7 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
     res = md.run(cfg.steps)
     frames, hist = [], {"replica": [], "step": [], "uncertainty": [], "sigma_F": [], "energy_rel": [], "in_band": []}
     rejected = []
+    seen = []  # every recorded frame: (replica, index, step, U, energy above the minimum, eligible)
     for k, rec in enumerate(res.replicas):
         s0 = starts[k]
         if not rec.stable:
@@ -97,19 +110,32 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
             e = rec.frame_energy[t] if unbias is None else unbias(rec.frame_energy[t], u)
             e_rel = float(e - reference.e_min * s0.n_atoms)
             # the start (step 0) is a training structure, never a candidate
-            ok = step > 0 and bool(band.inside(u)) and np.isfinite(x).all() and math.isfinite(e_rel)
-            if ok and cfg.energy_cutoff is not None and e_rel > cfg.energy_cutoff:
-                ok = False
-                rejected.append({"replica": k, "step": int(step), "reason": f"predicted energy {e_rel:.1f} "
-                                 f"kcal/mol above the cut-off {cfg.energy_cutoff}"})
-            for key, v in (("replica", k), ("step", int(step)), ("uncertainty", float(u)),
-                           ("sigma_F", float(calibration.sigma(u))), ("energy_rel", e_rel), ("in_band", ok)):
-                hist[key].append(v)
-            if ok:
-                cell = rec.frame_cells[t] if rec.frame_cells else s0.cell
-                frames.append({"positions": x, "numbers": s0.numbers, "cell": cell, "pbc": s0.pbc, "replica": k,
-                               "step": int(step), "u": float(u), "e_rel": e_rel, "start": s0,
-                               "temperature": temps[k]})
+            eligible = step > 0 and np.isfinite(x).all() and math.isfinite(e_rel) and float(u) < band.u_hi
+            if eligible and cfg.energy_cutoff is not None and e_rel > cfg.energy_cutoff:
+                eligible = False
+                if bool(band.inside(u)):
+                    rejected.append({"replica": k, "step": int(step), "reason": f"predicted energy {e_rel:.1f} "
+                                     f"kcal/mol above the cut-off {cfg.energy_cutoff}"})
+            seen.append((k, t, int(step), float(u), e_rel, eligible))
+    rule = "fixed"
+    if cfg.adaptive_fraction is not None:  # DP-GEN's adaptive lower level (module docstring)
+        us = np.array([u for *_, u, _, ok in seen if ok])
+        if len(us):  # the quantile in U (σ_F is non-decreasing in U), so the frame at the level is in the band
+            u_lo = float(np.quantile(us, 1.0 - cfg.adaptive_fraction, method="higher"))
+            band = TrustBand(float(calibration.sigma(u_lo)), band.sigma_hi, u_lo, band.u_hi)
+            rule = f"adaptive: {cfg.adaptive_fraction:g} of {len(us)} eligible frames"
+    for k, t, step, u, e_rel, eligible in seen:
+        rec, s0 = res.replicas[k], starts[k]
+        x = rec.frames[t]
+        ok = eligible and bool(band.inside(u))
+        for key, v in (("replica", k), ("step", step), ("uncertainty", u), ("sigma_F", float(calibration.sigma(u))),
+                       ("energy_rel", e_rel), ("in_band", ok)):
+            hist[key].append(v)
+        if ok:
+            cell = rec.frame_cells[t] if rec.frame_cells else s0.cell
+            frames.append({"positions": x, "numbers": s0.numbers, "cell": cell, "pbc": s0.pbc, "replica": k,
+                           "step": int(step), "u": float(u), "e_rel": e_rel, "start": s0,
+                           "temperature": temps[k]})
     score = np.array([f["u"] for f in frames])
     picked, left = pick_diverse(frames, score, cfg.max_candidates, cfg.min_distance)
     rejected += [{"replica": frames[d["frame"]]["replica"], "step": frames[d["frame"]]["step"], "reason": d["reason"]}
@@ -130,7 +156,7 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
                "frames_in_band": int(hist["in_band"].sum()) if len(hist["in_band"]) else 0,
                "picked": len(samples), "stopped": int(sum(not r.stable for r in res.replicas)),
                "stop_reasons": sorted({r.reason for r in res.replicas if not r.stable}),
-               "trust_lo": band.sigma_lo, "trust_hi": band.sigma_hi,
+               "trust_lo": band.sigma_lo, "trust_hi": band.sigma_hi, "trust_lo_rule": rule,
                "u_lo": band.u_lo if math.isfinite(band.u_lo) else None,
                "u_hi": band.u_hi if math.isfinite(band.u_hi) else None,
                "md_seconds": round(res.wall_time_s, 2), "model_calls": res.model_calls}
