@@ -189,3 +189,45 @@ def test_biased_md_climbs_into_uncertainty():
     biased = biased_md_sample(model, train, cfg, cal, ref, strength=20.0, width=40.0)
     assert biased.summary["sampler"] == "biased_md" and all(s.info["sampler"] == "biased_md" for s in biased.samples)
     assert np.mean(biased.history["uncertainty"]) > 1.5 * np.mean(plain.history["uncertainty"])
+
+
+def test_farthest_point_picks_away_from_the_data_and_each_other():
+    """Feature-space selection (uqpot.sample.select): the most uncertain first, then each time the candidate
+    farthest from the training points and the picks so far."""
+    from uqpot.sample.select import farthest_point
+
+    cand = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 0.0], [0.0, 4.0], [4.9, 0.1]])
+    score = np.array([1.0, 9.0, 2.0, 3.0, 1.0])
+    assert farthest_point(cand, score, 3) == [1, 2, 3]  # after the top-U point, the farthest ones
+    assert farthest_point(cand, score, 3, reference=np.array([[5.0, 0.0]]))[:2] == [1, 3]
+    assert farthest_point(cand, score, 10) == [1, 2, 3, 4, 0] and farthest_point(cand, score, 0) == []
+
+
+def test_md_sampler_selects_in_feature_space():
+    """``selection: features`` on an ensemble: every pick lies in the band, the first is the most uncertain,
+    the others follow farthest-point sampling on the model's own (scaled) features."""
+    import torch
+
+    from uqpot.sample.select import farthest_point, feature_vectors
+    from uqpot.uq.ensemble import Ensemble
+
+    torch.manual_seed(0)
+    train = _train()
+    model = Ensemble(dict(features=16, interactions=1, rbf=8, readout_hidden=8, members=2, seeds=[1, 2],
+                          cutoff=4.0)).double()
+    model.fit_reference(train)
+    ref = BoltzmannReference.from_energies(train.energies(), [4] * len(train), 0.7)
+    cfg = MDSamplerConfig(trust_lo=0.0, trust_hi=1e9, replicas=4, steps=60, frame_every=5, max_candidates=4,
+                          min_distance=0.0, energy_cutoff=None, selection="features", temperatures_K=[300.0])
+    res = md_sample(model, train, cfg, Calibration(1.0, 0.0), ref)
+    assert res.summary["selection"] == "features" and len(res.samples) == 4
+    frames = [s for s in res.samples]
+    u = [s.info["uncertainty"] for s in frames]
+    h = res.history
+    assert u[0] == pytest.approx(h["uncertainty"][h["in_band"]].max())  # the most uncertain frame first
+    feats = feature_vectors(model, frames)
+    base = feature_vectors(model, list(train))
+    scale = np.where(base.std(0) > 1e-12, base.std(0), 1.0)
+    assert farthest_point(feats / scale, np.array(u), 4, base / scale) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="selection"):
+        MDSamplerConfig(selection="random")

@@ -8,7 +8,8 @@ calibrated σ_F passes ``trust_hi`` stops there (frames beyond the upper trust l
 DP-GEN discards them, and the trajectory has left the region where it means anything).  Candidates are the
 frames with trust_lo ≤ σ_F < trust_hi and a predicted energy at most ``energy_cutoff`` above the training
 minimum (the attack's rule); the highest-σ_F ones are taken greedily, each at least ``min_distance`` Å
-(:func:`~uqpot.sample.trust.structural_distance`) from those already taken, up to ``max_candidates`` (the
+(:func:`~uqpot.sample.trust.structural_distance`) from those already taken (``selection: features``: by
+farthest-point sampling in the model's features instead, :mod:`uqpot.sample.select`), up to ``max_candidates`` (the
 oracle budget of a generation: by default the attack's number of seeds, so that samplers are compared at
 equal oracle cost).
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..data.structures import Structure
+from .select import pick_in_feature_space
 from .trust import Calibration, TrustBand, pick_diverse
 
 
@@ -53,12 +55,17 @@ class MDSamplerConfig:
     seed: int = 0
     #: DP-GEN's adaptive lower trust level: the fraction of eligible frames the band holds (None: fixed trust_lo)
     adaptive_fraction: float | None = None
+    #: how candidates are chosen among the in-band frames: "geometric" (most uncertain first, min_distance Å
+    #: apart) or "features" (farthest-point in the model's features, :mod:`uqpot.sample.select`)
+    selection: str = "geometric"
 
     def __post_init__(self):
         if not 0 <= self.trust_lo < self.trust_hi:
             raise ValueError("need 0 <= trust_lo < trust_hi (kcal/mol/Å)")
         if self.adaptive_fraction is not None and not 0 < self.adaptive_fraction <= 1:
             raise ValueError("adaptive_fraction must lie in (0, 1]")
+        if self.selection not in ("geometric", "features"):
+            raise ValueError(f"selection must be 'geometric' or 'features', not {self.selection!r}")
         if min(self.replicas, self.steps, self.frame_every, self.max_candidates) < 1:
             raise ValueError("replicas, steps, frame_every and max_candidates must be >= 1")
 
@@ -137,7 +144,10 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
                            "step": int(step), "u": float(u), "e_rel": e_rel, "start": s0,
                            "temperature": temps[k]})
     score = np.array([f["u"] for f in frames])
-    picked, left = pick_diverse(frames, score, cfg.max_candidates, cfg.min_distance)
+    if cfg.selection == "features":
+        picked, left = pick_in_feature_space(model, frames, score, cfg.max_candidates, train)
+    else:
+        picked, left = pick_diverse(frames, score, cfg.max_candidates, cfg.min_distance)
     rejected += [{"replica": frames[d["frame"]]["replica"], "step": frames[d["frame"]]["step"], "reason": d["reason"]}
                  for d in left]
     samples = []
@@ -157,6 +167,7 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
                "picked": len(samples), "stopped": int(sum(not r.stable for r in res.replicas)),
                "stop_reasons": sorted({r.reason for r in res.replicas if not r.stable}),
                "trust_lo": band.sigma_lo, "trust_hi": band.sigma_hi, "trust_lo_rule": rule,
+               "selection": cfg.selection,
                "u_lo": band.u_lo if math.isfinite(band.u_lo) else None,
                "u_hi": band.u_hi if math.isfinite(band.u_hi) else None,
                "md_seconds": round(res.wall_time_s, 2), "model_calls": res.model_calls}

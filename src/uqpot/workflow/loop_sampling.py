@@ -41,6 +41,9 @@ class SamplingSettings(Strict):
     # DP-GEN's adaptive lower trust level: trust_lo chosen each generation so that this fraction of the
     # eligible frames lies in the band (uqpot.sample.md); unset: the fixed trust_lo
     adaptive_fraction: Optional[float] = Field(None, gt=0.0, le=1.0)
+    # candidates among the in-band frames: most uncertain first, min_distance Å apart ("geometric"), or by
+    # farthest-point sampling in the model's last-layer features, away from the training data ("features")
+    selection: Literal["geometric", "features"] = "geometric"
 
     @model_validator(mode="after")
     def _band(self):
@@ -73,7 +76,8 @@ def md_sample_for_loop(al, g: int, method: str, train, d: Path) -> dict:
         steps=sm.steps, timestep_fs=sm.timestep_fs or preset.get("timestep_fs", 0.5),
         frame_every=sm.frame_every, max_candidates=sm.max_candidates or al.cfg.attack.n_seeds,
         min_distance=sm.min_distance, energy_cutoff=al.cfg.cutoff_for(g), stop_above_trust=sm.stop_above_trust,
-        skin=preset.get("skin", 1.0), seed=al.cfg.seed + g, adaptive_fraction=sm.adaptive_fraction)
+        skin=preset.get("skin", 1.0), seed=al.cfg.seed + g, adaptive_fraction=sm.adaptive_fraction,
+        selection=sm.selection)
     path = al.gen_dir(g, method) / "train" / "model.pt"
     cal = Calibration.from_extra(read_model_file(path).get("extra", {}), where=str(path))
     model = al.model(g, method)
