@@ -260,7 +260,7 @@ def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers:
         build_s = calls * (lab or 0.0)
         build_what = f"about {_n(calls)} oracle calls ({study.oracle.name}, {lab or 0:.2f} s each)"
     else:
-        build_s = C.SILICA_BUILD_48_S * (atoms / 48) ** C.SILICA_BUILD_EXPONENT
+        build_s = C.SILICA_BUILD_S * (atoms / C.SILICA_BUILD_ATOMS) ** C.SILICA_BUILD_EXPONENT
         build_what = (f"{atoms}-atom cell: LAMMPS melt-quench, Table S1 MD, BKS labels ({_n(n0 + n_test)} "
                       "structures kept)")
     plan.lines = [

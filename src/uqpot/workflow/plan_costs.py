@@ -85,9 +85,13 @@ AMMONIA_BUILD_STRUCTURES = 78 + 200
 #: the loop's oracle NH3 minimum and inversion profile (once per study: the store shares them)
 AMMONIA_MINIMUM_CALLS = 34
 AMMONIA_ORACLE_NEB_CALLS = 15
-#: wall time of the silica data build of 48 atoms (LAMMPS melt-quench and Table S1 MD, BKS labels; load 4-6)
-SILICA_BUILD_48_S = 197.0
-#: other sizes: scaled by (atoms / 48) to this power, that of the BKS label's cost (0.005 s at 72 atoms,
+#: wall time of the default silica data build (192 atoms: Table S1's 1590 frames with the SI's MD compressed
+#: 500x, BKS labels, trial adversarial runs in one batch, 402 test structures): ``uqpot data build silica``,
+#: 5180 s at load 4-8 (MD 2832 s, trial attack 2064 s, labels 112 s, melt-quench 145 s); the MD's length
+#: does not depend on the frame count, so smaller builds of the same cell cost about as much
+SILICA_BUILD_S = 5180.0
+SILICA_BUILD_ATOMS = 192
+#: other sizes: scaled by (atoms / SILICA_BUILD_ATOMS) to this power, that of the BKS label's cost (0.005 s at 72 atoms,
 #: 0.067 s at 699: ORACLES.md); an extrapolation, not measured at 699 atoms
 SILICA_BUILD_EXPONENT = 1.14
 
