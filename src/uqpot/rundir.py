@@ -90,6 +90,16 @@ def changed_files(recorded: dict, current: dict) -> list[tuple[str, str]]:
     return found
 
 
+def refuse_changed_files(recorded: dict, current: dict, consequence: str) -> None:
+    """``ConfigError`` naming the first file whose content differs between two :func:`file_hashes` records
+    (and how many more), with ``consequence`` (what resuming would do, and the ways out) after it."""
+    changed = changed_files(recorded, current)
+    if changed:
+        path, what = changed[0]
+        more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
+        raise ConfigError(path, f"{what}{more}; {consequence}")
+
+
 def place(out) -> dict:
     """Where a run's relative paths are resolved: the working directory and the run folder, absolute
     (recorded in ``run.json``, so that a later run can tell the same file spelled differently, and a moved

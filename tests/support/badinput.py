@@ -53,6 +53,12 @@ def tiny_config(tmp: Path, data_path: Path | None = None, out: Path | None = Non
     cfg = {"out": str(out if out is not None else tmp / "run"), "data": {"path": str(data_path or tmp / "data.extxyz")},
            "split": {"train": 16, "val": 4, "test": 4}, "model": dict(TINY_MODEL),
            "train": {"epochs": 2, "batch_size": 8, "lr": 1e-3, "progress": False, "device": "cpu"}}
+    return _write_config(cfg, sections, tmp / name)
+
+
+def _write_config(cfg: dict, sections: dict, path: Path) -> Path:
+    """``cfg`` updated by ``sections`` (a dict merges into its section, None removes the key, anything else
+    replaces it), written to ``path``."""
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
             cfg[key].update(value)
@@ -60,7 +66,6 @@ def tiny_config(tmp: Path, data_path: Path | None = None, out: Path | None = Non
             cfg.pop(key, None)
         else:
             cfg[key] = value
-    path = tmp / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -81,16 +86,7 @@ def tiny_loop_config(tmp: Path, train: Path | None = None, test: Path | None = N
            "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "progress": False, "device": "cpu"},
            "attack": {"n_seeds": 2, "iterations": 2, "iterations_evidential": 2, "lr": 0.02, "energy_cutoff": 500.0},
            "oracle": copy.deepcopy(EMT_ORACLE)}
-    for key, value in sections.items():
-        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
-        elif value is None:
-            cfg.pop(key, None)
-        else:
-            cfg[key] = value
-    path = tmp / name
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return _write_config(cfg, sections, tmp / name)
 
 
 def cli(*args):

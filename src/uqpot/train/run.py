@@ -26,7 +26,7 @@ from ..data.splits import load_split, save_split
 from ..errors import ConfigError, TrainingError
 from ..provenance import versions, write_json
 from ..devices import resolve_device
-from ..rundir import RunLock, changed_files, clear_run, place, recorded_place, setting_differences
+from ..rundir import RunLock, clear_run, place, recorded_place, refuse_changed_files, setting_differences
 from ..uq.options import upgrade_uq_section
 from .prepare import (PreparedRun, make_split, prepare_run,  # noqa: F401  (make_split: public here before)
                       trains_plain_potential, trains_stress)
@@ -118,13 +118,9 @@ def check_resume(out: Path, cfg: RunConfig, prep: PreparedRun, restart: bool = F
     if diff:
         raise ConfigError(old, f"the output directory {out} holds a run with a different config (differs in: "
                                f"{'; '.join(diff)}); choose another 'out', or use --restart to train afresh there")
-    changed = changed_files(run_json.get("data_files", {}), prep.hashes)
-    if changed:
-        path, what = changed[0]
-        more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
-        raise ConfigError(path, f"{what}{more}; resuming the run in {out} would mix a model trained on the old data "
-                                "with metrics on the new: restore the file, choose another 'out', or use --restart "
-                                "to train afresh there")
+    refuse_changed_files(run_json.get("data_files", {}), prep.hashes,
+                         f"resuming the run in {out} would mix a model trained on the old data with metrics on the "
+                         "new: restore the file, choose another 'out', or use --restart to train afresh there")
     if (out / "split.json").is_file():
         old_split = load_split(out / "split.json")
         if any(k not in old_split or not np.array_equal(old_split[k], prep.split[k]) for k in prep.split):

@@ -29,7 +29,7 @@ from ..data.store import check_store_path
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError, DataErrors, ModelFileError, UqpotError
 from ..provenance import versions
-from ..rundir import changed_files, check_out_dir, file_hashes, place
+from ..rundir import check_out_dir, file_hashes, place, refuse_changed_files
 
 #: what a loop writes directly into ``out`` (besides its generation folders ``gen<g>/``); the label store
 #: is not among them: its labels cost oracle calls and are never removed
@@ -190,13 +190,10 @@ def recorded_run(out) -> dict:
 def check_loop_data(out, prep: PreparedLoop) -> None:
     """Refuses to resume the loop in ``out`` on data (or init_model) files whose content changed since it
     started (their SHA-256 in ``run.json``), naming the file."""
-    changed = changed_files(recorded_run(out).get("data_files", {}), prep.hashes)
-    if changed:
-        path, what = changed[0]
-        more = f" (and {len(changed) - 1} more file(s))" if len(changed) > 1 else ""
-        raise ConfigError(path, f"{what}{more}; resuming the loop in {out} would go on from generations trained "
-                                "and energies aligned on the old data: restore the file, choose another 'out', or "
-                                "rerun with --restart to start the loop afresh there (the label store is kept)")
+    refuse_changed_files(recorded_run(out).get("data_files", {}), prep.hashes,
+                         f"resuming the loop in {out} would go on from generations trained and energies aligned on "
+                         "the old data: restore the file, choose another 'out', or rerun with --restart to start the "
+                         "loop afresh there (the label store is kept)")
 
 
 def loop_record(cfg, prep: PreparedLoop) -> dict:
