@@ -62,9 +62,9 @@ def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=No
 def _data_config(study: Study, path=None):
     """The options of the study's data-set build (``data`` section), validated."""
     if study.system == "ammonia":
-        from ..data.sets.ammonia import AmmoniaConfig as model
+        from ..systems.ammonia.build import AmmoniaConfig as model
     else:
-        from ..data.sets.silica import SilicaConfig as model
+        from ..systems.silica.build import SilicaConfig as model
     unknown = sorted(set(study.data) - {f.name for f in dataclasses.fields(model)})
     if unknown:
         raise ConfigError(path, "; ".join(f"unknown key 'data.{k}'" for k in unknown))
@@ -84,12 +84,12 @@ def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, conso
     if (d / "summary.json").is_file():
         return
     if study.system == "ammonia":
-        from ..data.sets.ammonia import build_ammonia
+        from ..systems.ammonia.build import build_ammonia
 
         build_ammonia(d, store=store, oracle=oracle, config=data_cfg, executor=executor, console=console)
     else:
-        from ..data.sets.silica import build_silica
-        from .trial_attack import adversarial_directions
+        from ..systems.silica.build import build_silica
+        from ..systems.silica.trial_attack import adversarial_directions
 
         build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console,
                      directions=adversarial_directions)

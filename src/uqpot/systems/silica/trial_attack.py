@@ -9,7 +9,7 @@ Here a trial run is: a small PaiNN ensemble (``TrialAttack``: 3 members, 16 feat
 ``max_train`` training frames, then attacked as in the study (Eq. 15-16: gradient ascent on log p + log U,
 kT = 0.7 kcal/mol/atom, 80 iterations, the silica step of :mod:`uqpot.sample.adversarial`) from ``n_seeds``
 training frames.  Each accepted sample's displacement from its starting frame (modulo lattice vectors) is a
-*direction*: the silica build (:func:`uqpot.data.sets.silica.build_silica`) labels structures along it at
+*direction*: the silica build (:func:`uqpot.systems.silica.build.build_silica`) labels structures along it at
 amplitudes aimed at each energy bin (0-43 kcal/mol/atom), because one attack at the paper's kT stays within
 a few kcal/mol/atom of its start while the SI's trial runs spanned the whole range.  The trial model is
 written to ``OUT/trial/`` (resumed when there), so a rebuild repeats nothing.
@@ -24,15 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig, TrainConfig
-from ..data.sets._common import BuildError
-from ..data.structures import StructureDataset
-from ..models import load
-from ..provenance import write_json
-from ..sample.adversarial import (SI_LR, AttackConfig, BoltzmannReference, attack, displacement,
+from ...config import ModelConfig, TrainConfig
+from ...data.sets._common import BuildError
+from ...data.structures import StructureDataset
+from ...models import load
+from ...provenance import write_json
+from ...sample.adversarial import (SI_LR, AttackConfig, BoltzmannReference, attack, displacement,
                                  paper_equivalent_lr)
-from ..train.run import fit_model
-from ..uq.options import parse_uq
+from ...train.run import fit_model
+from ...uq.options import parse_uq
 
 
 @dataclass
@@ -62,7 +62,7 @@ class TrialAttack:
 
 
 def trial_directions(settings: TrialAttack):
-    """``adversarial_directions`` with ``settings``, in the form :func:`uqpot.data.sets.silica.build_silica`
+    """``adversarial_directions`` with ``settings``, in the form :func:`uqpot.systems.silica.build.build_silica`
     takes (``directions(train, out)``)."""
     return lambda train, out: adversarial_directions(train, out, settings)
 

@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from ...units import convert_energy
-from ._common import BuildError, energy_histogram
-from ._build import CurvaturePrior, Labeller, Slot, StageProgress, dirichlet_direction, elapsed
+from ...data.sets._common import BuildError, energy_histogram
+from ...data.sets._build import CurvaturePrior, Labeller, Slot, StageProgress, dirichlet_direction, elapsed
 
 SOURCE = "uqpot data build ammonia"
 DEFAULT_ORACLE = "pyscf:bp86-d3bj/def2-svp"
@@ -114,7 +114,7 @@ def wavenumber(eigenvalue_kcal_per_mol_a2_amu):
 
 
 def _structure(numbers, positions, info=None):
-    from ..structures import Structure
+    from ...data.structures import Structure
 
     return Structure(numbers=np.asarray(numbers, dtype=np.int64).copy(), positions=np.asarray(positions, float),
                      cell=np.zeros((3, 3)), pbc=np.zeros(3, dtype=bool), info=dict(info or {}))
@@ -298,7 +298,7 @@ def _train_set(cfg, numbers, x0, nm, labeller, e_ref, progress) -> list:
 
 
 def _test_set(cfg, numbers, x0, nm, labeller, e_ref, progress, exclude: set):
-    from ..store import structure_hash
+    from ...data.store import structure_hash
 
     n_bins, width, per = cfg.n_bins, cfg.test_bin_width, cfg.test_per_bin
     chosen: list[list] = [[] for _ in range(n_bins)]
@@ -366,9 +366,9 @@ def build_ammonia(out, *, store=None, oracle=DEFAULT_ORACLE, config: AmmoniaConf
     from ...executor import executor_from
     from ...oracle import get_oracle
     from ...provenance import write_json
-    from ..io import write_extxyz
-    from ..store import open_store, structure_hash
-    from ..structures import StructureDataset
+    from ...data.io import write_extxyz
+    from ...data.store import open_store, structure_hash
+    from ...data.structures import StructureDataset
 
     t0 = time.perf_counter()
     cfg = config or AmmoniaConfig()

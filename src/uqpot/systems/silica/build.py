@@ -36,7 +36,7 @@ paper's cell):
    candidates from very hot NVT MD (``hot_temperatures``) and displacements of training frames aimed
    (secant on the amplitude, as in :mod:`.ammonia`) at ``test_bins`` energy bins (201 × 2 = 402) from 0 to
    ``test_e_max_per_atom`` kcal/mol/atom above the training minimum.  The displacement directions come
-   from ``directions``: trial adversarial runs (:mod:`uqpot.workflow.trial_attack`, which ``uqpot data
+   from ``directions``: trial adversarial runs (:mod:`uqpot.systems.silica.trial_attack`, which ``uqpot data
    build silica`` uses: a small trial ensemble trained on the training frames, attacked as in Eq. 15-16,
    each attack's displacement a direction), or random directions where none is given.  Candidates of the
    same energy (to 1e-6 kcal/mol) are duplicates; per bin the ``test_per_bin`` structures with the
@@ -68,8 +68,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._common import BuildError, energy_histogram
-from ._build import CurvaturePrior, Labeller, Slot, StageProgress, elapsed
+from ...data.sets._common import BuildError, energy_histogram
+from ...data.sets._build import CurvaturePrior, Labeller, Slot, StageProgress, elapsed
 
 SOURCE = "uqpot data build silica"
 MASSES = {14: 28.0855, 8: 15.9994}  # amu
@@ -480,7 +480,7 @@ def _hot_frames(cfg: SilicaConfig, glass: dict, k: int, temp: float) -> dict:
 
 
 def _structures(numbers, frames: dict, info: dict) -> list:
-    from ..structures import Structure
+    from ...data.structures import Structure
 
     out = []
     for f in range(len(frames["positions"])):
@@ -502,8 +502,8 @@ def _test_set(cfg, train, hot, labeller, e_ref, progress, directions=None):
     """Bins of energy above the training minimum; per bin the test_per_bin highest-force candidates.
     ``directions``: (training-frame index, displacement (n, 3) Å) pairs to displace along (trial adversarial
     runs); None: random directions from random training frames below the target."""
-    from ..store import structure_hash
-    from ..structures import Structure
+    from ...data.store import structure_hash
+    from ...data.structures import Structure
 
     n_at = len(train[0].numbers)
     e_max = cfg.test_e_max_per_atom * n_at
@@ -616,13 +616,13 @@ def build_silica(out, *, atoms: int | None = None, store=None, config: SilicaCon
     """Builds the silica training and test sets into ``out`` (see the module docstring); returns the
     summary (also ``OUT/summary.json``).  ``oracle``: default the BKS oracle (``lammps:bks+wall``).
     ``directions``: a callable ``(training structures, out folder) -> [(frame index, displacement)]`` that
-    gives the test set's displacement directions (:func:`uqpot.workflow.trial_attack.adversarial_directions`,
+    gives the test set's displacement directions (:func:`uqpot.systems.silica.trial_attack.adversarial_directions`,
     the SI's trial adversarial runs), or None for random directions."""
     from ...oracle import get_oracle
     from ...provenance import write_json
-    from ..io import write_extxyz
-    from ..store import open_store
-    from ..structures import StructureDataset
+    from ...data.io import write_extxyz
+    from ...data.store import open_store
+    from ...data.structures import StructureDataset
 
     t0 = time.perf_counter()
     cfg = config or SilicaConfig()
