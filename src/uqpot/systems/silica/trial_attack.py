@@ -29,10 +29,11 @@ from ...data.sets._common import BuildError
 from ...data.structures import StructureDataset
 from ...models import load
 from ...provenance import write_json
-from ...sample.adversarial import (SI_LR, AttackConfig, BoltzmannReference, attack, displacement,
+from ...sample.adversarial import (AttackConfig, BoltzmannReference, attack, displacement,
                                  paper_equivalent_lr)
 from ...train.run import fit_model
 from ...uq.options import parse_uq
+from .config import ATTACK_LR
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TrialAttack:
     n_seeds: int = 50
     iterations: int = 80
     kT: float = 0.7  # kcal/mol/atom, the SI's
-    attack_lr: float = paper_equivalent_lr(SI_LR["silica"])
+    attack_lr: float = paper_equivalent_lr(ATTACK_LR)
     seed: int = 0
     #: atoms attacked in one batch (the ensemble's second derivatives hold about 7 GB for 50 cells of 192
     #: atoms at once): the seeds are attacked in chunks of at most this many atoms, each seed on its own
