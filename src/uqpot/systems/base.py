@@ -16,7 +16,8 @@ system by name.  What a system declares (every attribute has a neutral default):
 * ``preset_files``: the preset file of each named preset (``quick``, ``paper``) under ``configs/``;
 * ``md_preset``: the paper's stability-campaign settings (:class:`~uqpot.md.campaign.CampaignConfig`
   fields), or None (a campaign of the loop's own ``md`` settings); ``periodic``: NPT is allowed;
-  ``md_start_condition``: the ``info["condition"]`` prefix of the frames the campaign starts from;
+  ``md_start_condition``: the ``info["condition"]`` prefix of the frames the campaign starts from
+  (``md_start_label`` names them);
 * ``stability_criteria(ground_state_energy)``: when a trajectory counts as unstable;
   ``energy_floor``: whether the criteria need the optimised minimum's energy (ammonia's floor);
 * ``attack_lr``: the SI's adversarial learning rate of the system (Å per step), or None.
@@ -25,7 +26,9 @@ system by name.  What a system declares (every attribute has a neutral default):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal, Optional, Sequence
+from typing import Annotated, ClassVar, Literal, Optional, Sequence
+
+from pydantic import AfterValidator
 
 from ..errors import ConfigError
 from ..md.campaign import CampaignConfig
@@ -47,6 +50,7 @@ class System:
     md_preset: ClassVar[Optional[dict]] = None
     periodic: ClassVar[bool] = False
     md_start_condition: ClassVar[Optional[str]] = None
+    md_start_label: ClassVar[str] = ""
     energy_floor: ClassVar[bool] = False
     attack_lr: ClassVar[Optional[float]] = None
 
@@ -96,10 +100,11 @@ class System:
             return starts, f"every initial structure ({len(starts)})"
         hot = [s for s in starts if str(s.info.get("condition", "")).startswith(self.md_start_condition)]
         if hot:
-            return hot, f"the {self.md_start_condition} equilibration frames of the initial data ({len(hot)})"
-        return starts, (f"warning: no initial structure carries the {self.md_start_condition} label (info "
-                        f"'condition'), so the runs start from every initial structure ({len(starts)}), not from "
-                        f"the paper's {self.md_start_condition} frames")
+            return hot, f"the {self.md_start_label} frames of the initial data ({len(hot)})"
+        label = self.md_start_label.split(" equilibration")[0]
+        return starts, (f"warning: no initial structure carries the {label} label (info 'condition'), so the "
+                        f"runs start from every initial structure ({len(starts)}), not from the paper's {label} "
+                        "frames")
 
 
 def register_system(cls: type[System]) -> type[System]:
@@ -133,13 +138,42 @@ def find_system(name: str) -> System | None:
     return None if cls is None else cls()
 
 
+def check_loop_system(name: str) -> str:
+    """``name`` when it is a registered system of the ``loop`` study or a generic label (``molecule``,
+    ``generic``); ValueError naming the known ones otherwise (a loop config's ``system``)."""
+    known = system_names("loop") + list(GENERIC)
+    if name not in known:
+        raise ValueError(f"unknown system {name!r}; known: {', '.join(known)}")
+    return name
+
+
+#: a loop config's ``system``: a registered system of the loop study, or ``molecule`` / ``generic``
+LoopSystemName = Annotated[str, AfterValidator(check_loop_system)]
+
+
+def check_study_system(name: str) -> str:
+    """``name`` when it is a registered system whose study builds its data and runs the loop (a study
+    file's ``system``); ValueError naming those systems otherwise."""
+    known = [n for n in system_names("loop") if SYSTEMS[n].config is not None]
+    if name not in known:
+        raise ValueError(f"unknown system {name!r}; known: {', '.join(known)}")
+    return name
+
+
+#: a study file's ``system``: a registered system with a data build and the loop study
+StudySystemName = Annotated[str, AfterValidator(check_study_system)]
+
+
 def preset_path(system: str, preset: str) -> Path:
     """The preset file of ``system``: a YAML path as given, or the named preset's file in ``./configs`` or
     the uqpot source tree's ``configs/``."""
     p = Path(preset)
     if p.suffix in (".yaml", ".yml"):
         return p
-    sys_ = get_system(system)
+    try:
+        sys_ = get_system(system)
+    except ValueError as exc:
+        raise ConfigError(None, str(exc)) from None
     if preset not in sys_.preset_files:
         raise ConfigError(None, f"unknown preset {preset!r}: {', '.join(sys_.preset_files)}, or a YAML file")
     name = sys_.preset_files[preset]

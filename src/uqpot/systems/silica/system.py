@@ -20,7 +20,8 @@ class Silica(System):
     preset_files = {"quick": "silica_quick.yaml", "paper": "silica.yaml"}
     #: the paper's campaign: 10 runs x 1 ns at 2500 K, 0.25 fs steps, from the 2500 K training frames
     md_preset = dict(runs=10, temperatures_K=[2500.0], duration_fs=1.0e6, timestep_fs=0.25, skin=0.5)
-    md_start_condition = "2500 K"
+    md_start_condition = "2500"
+    md_start_label = "2500 K equilibration"
     periodic = True
     attack_lr = ATTACK_LR
 
