@@ -149,4 +149,3 @@ def reproduce_study(preset: Path, out: Path, executor=None, console=None, overri
     return build_loop_report(out, title=f"uqpot: the {cfg.system} study")
 
 
-reproduce_ammonia = reproduce_silica = reproduce_study
