@@ -279,7 +279,7 @@ def measure_neb(name, steps=20) -> dict:
 
 
 def measure_labels() -> dict:
-    from uqpot.data.sets.ammonia import AmmoniaConfig, build_ammonia
+    from uqpot.systems.ammonia.build import AmmoniaConfig, build_ammonia
     from uqpot.data.store import open_store
     from uqpot.oracle import get_oracle
     from uqpot.workflow.loop_md import nh3_minimum, oracle_neb_for_loop
@@ -310,7 +310,7 @@ def measure_labels() -> dict:
 
 
 def measure_build() -> dict:
-    from uqpot.data.sets.silica import SilicaConfig, build_silica
+    from uqpot.systems.silica.build import SilicaConfig, build_silica
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

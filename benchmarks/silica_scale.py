@@ -94,7 +94,7 @@ def phase_md(args) -> dict:
     model.known_elements[[8, 14]] = True
     model = model.to(torch.float32).eval()
     md = BatchedMD(model, [glass] * args.replicas, timestep_fs=0.25, temperatures_K=2500.0,
-                   seeds=list(range(args.replicas)), skin=0.5, check_every=20, criteria=StabilityCriteria.silica())
+                   seeds=list(range(args.replicas)), skin=0.5, check_every=20, criteria=get_system("silica").stability_criteria())
     md.run(min(20, args.md_steps))  # warm-up block
     t0 = time.perf_counter()
     md.run(args.md_steps)

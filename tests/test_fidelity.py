@@ -152,7 +152,7 @@ def test_trial_attack_directions_do_not_depend_on_the_chunking(tmp_path, stress_
     ``max_atoms_per_batch`` atoms (memory); each seed's ascent is its own, so the directions are those of
     one batch, to float rounding."""
     from uqpot.data.io import read_structures
-    from uqpot.workflow.trial_attack import TrialAttack, adversarial_directions
+    from uqpot.systems.silica.trial_attack import TrialAttack, adversarial_directions
 
     train = list(read_structures(stress_files[0]))
     small = dict(epochs=1, n_seeds=4, iterations=5, features=8, members=2, batch_size=4)

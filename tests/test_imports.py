@@ -32,6 +32,8 @@ LAYERS = [
     ["uqpot.config", "uqpot.evaluate", "uqpot.oracle", "uqpot.md", "uqpot.sample", "uqpot.claims"],
     ["uqpot.train.trainer", "uqpot.data.sets", "uqpot.wrap"],
     ["uqpot.train.prepare", "uqpot.train.run", "uqpot.train"],
+    # the systems: their data builds (with an oracle), MD presets, criteria, attack rates, preset files
+    ["uqpot.systems"],
     ["uqpot.workflow"],
     ["uqpot.cli_errors", "uqpot.cli_data", "uqpot.cli", "uqpot"],
 ]

@@ -15,6 +15,7 @@ from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from uqpot import units
+from uqpot.systems import get_system
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure
 from uqpot.md.analytic import MorseCalculator, MorsePotential
@@ -192,7 +193,7 @@ def test_failed_replicas_are_removed_and_recorded():
     """A replica far too hot dissociates; it is recorded with its time of failure and removed, the batch
     shrinks and the others go on unchanged."""
     starts, temps = [nh3(10), nh3(11), nh3(12)], [300.0, 300000.0, 500.0]
-    crit = StabilityCriteria.ammonia(ground_state_energy=None)
+    crit = get_system("ammonia").stability_criteria(ground_state_energy=None)
     kw = dict(timestep_fs=0.5, seeds=[1, 2, 3], criteria=crit, check_every=10)
     md = BatchedMD(MorsePotential(), starts, temperatures_K=temps, **kw)
     res = md.run(200)
@@ -313,7 +314,7 @@ def test_no_host_sync_between_checks(monkeypatch, thermostat):
     ``.item()``, ``.tolist()``, ``.numpy()``, ``bool()``, ``float()``, ``int()``) while steps run; the
     neighbour list is not rebuilt every step either."""
     md = BatchedMD(MorsePotential(), [nh3(22), nh3(23)], timestep_fs=0.5, temperatures_K=300.0, seeds=[1, 2],
-                   check_every=20, skin=2.0, thermostat=thermostat, criteria=StabilityCriteria.ammonia(None))
+                   check_every=20, skin=2.0, thermostat=thermostat, criteria=get_system("ammonia").stability_criteria(None))
     md.run(1)  # the t = 0 sync
     builds = md.neighbor_builds
     calls = []
@@ -342,4 +343,4 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="velocities"):
         BatchedMD(MorsePotential(), [nh3()], timestep_fs=0.5, velocities=[np.zeros((4, 3))] * 2)
     with pytest.raises(ValueError, match="max_distance"):
-        BatchedMD(MorsePotential(), [silica_like()], timestep_fs=0.5, criteria=StabilityCriteria.ammonia())
+        BatchedMD(MorsePotential(), [silica_like()], timestep_fs=0.5, criteria=get_system("ammonia").stability_criteria())

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from uqpot.systems import get_system
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.md.analytic import MorsePotential
 from uqpot.md.campaign import CampaignConfig, plan_replicas, run_campaign
@@ -28,13 +29,13 @@ def starts(n=6):
 
 
 def test_presets_are_the_papers_settings():
-    a = CampaignConfig.preset("ammonia")
+    a = get_system("ammonia").campaign_config()
     assert (a.runs, a.temperatures_K, a.duration_fs, a.timestep_fs, a.thermostat) == (
         100, [300.0, 500.0, 750.0, 1000.0], 5000.0, 0.5, "nose-hoover")
     assert a.n_steps == 10_000
-    s = CampaignConfig.preset("silica")
+    s = get_system("silica").campaign_config()
     assert (s.runs, s.temperatures_K, s.duration_fs, s.timestep_fs) == (10, [2500.0], 1.0e6, 0.25)
-    assert CampaignConfig.preset("silica", length_scale=0.001).n_steps == 4000
+    assert get_system("silica").campaign_config(length_scale=0.001).n_steps == 4000
     with pytest.raises(ValidationError):
         CampaignConfig(system="ammonia", temperature=300)  # unknown key
     with pytest.raises(ValidationError):
@@ -46,7 +47,7 @@ def test_presets_are_the_papers_settings():
     assert crit.min_energy == -1.5 and crit.min_distance == 0.75 and crit.max_distance == 2.25
     # 'min_start' (the lowest start energy) stays available when asked for
     assert a.model_copy(update={"ground_state_energy": "min_start"}).resolved_criteria(starts()).min_energy == 0.0
-    assert s.resolved_criteria([]) == StabilityCriteria.silica()
+    assert s.resolved_criteria([]) == get_system("silica").stability_criteria()
 
 
 def test_plan_pairs_starts_across_temperatures():
@@ -64,7 +65,7 @@ def test_batched_and_ase_engines_agree():
     torch.manual_seed(0)
     model = Potential(features=16, interactions=2, rbf=8, readout_hidden=16).double().eval()
     model.fit_reference(StructureDataset(starts()))
-    cfg = CampaignConfig.preset("ammonia", runs=2, temperatures_K=[300.0, 1000.0], duration_fs=60.0,
+    cfg = get_system("ammonia").campaign_config(runs=2, temperatures_K=[300.0, 1000.0], duration_fs=60.0,
                                 ground_state_energy=None, check_every=10, record_every=10)
     rb = run_campaign(cfg, model, starts(), engine="batched")
     ra = run_campaign(cfg, model, starts(), engine="ase")
@@ -95,7 +96,7 @@ def test_ase_engine_with_ensemble_records_uncertainty(tmp_path):
 
 
 def test_outputs_json_and_csv(tmp_path):
-    cfg = CampaignConfig.preset("ammonia", runs=3, temperatures_K=[300.0, 200000.0], duration_fs=50.0,
+    cfg = get_system("ammonia").campaign_config(runs=3, temperatures_K=[300.0, 200000.0], duration_fs=50.0,
                                 record_every=10, check_every=10, frame_every=50, ground_state_energy=-400.0)
     res = run_campaign(cfg, MorsePotential(with_uncertainty=True), starts(), out_dir=tmp_path / "camp")
     summary = json.loads((tmp_path / "camp" / "summary.json").read_text())

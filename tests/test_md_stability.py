@@ -5,6 +5,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from uqpot.systems import System, get_system
 from uqpot.md.neb import nh3_pyramid
 from uqpot.md.stability import (REASONS, StabilityCriteria, check_structure, evaluate, max_distance_pairs)
 from conftest import silica_like
@@ -20,16 +21,16 @@ def moved(atom, vec):
 
 
 def test_paper_presets():
-    a = StabilityCriteria.ammonia()
+    a = get_system("ammonia").stability_criteria()
     assert (a.min_distance, a.max_distance, a.max_distance_pairs, a.min_energy) == (0.75, 2.25, ((1, 7),), 0.0)
-    s = StabilityCriteria.silica()
+    s = get_system("silica").stability_criteria()
     assert (s.min_distance, s.min_kinetic_energy, s.max_kinetic_energy, s.max_distance) == (1.0, 0.0, 10_000.0, None)
-    assert StabilityCriteria.ammonia(ground_state_energy=-3.5).min_energy == -3.5
-    assert StabilityCriteria.for_system("none") == StabilityCriteria()
+    assert get_system("ammonia").stability_criteria(ground_state_energy=-3.5).min_energy == -3.5
+    assert System().stability_criteria() == StabilityCriteria()
     with pytest.raises(ValidationError):
         StabilityCriteria(min_distanse=1.0)  # unknown keys are errors
-    with pytest.raises(ValueError, match="no stability criteria"):
-        StabilityCriteria.for_system("water")
+    with pytest.raises(ValueError, match="unknown system"):
+        get_system("water")
 
 
 @pytest.mark.parametrize("positions, energy, expected", [
@@ -42,7 +43,7 @@ def test_paper_presets():
     (NH3, float("inf"), "nonfinite"),
 ])
 def test_ammonia_single_structures(positions, energy, expected):
-    crit = StabilityCriteria.ammonia(ground_state_energy=0.0)
+    crit = get_system("ammonia").stability_criteria(ground_state_energy=0.0)
     assert check_structure(crit, positions, Z_NH3, energy=energy, kinetic_energy=1.0) == expected
 
 
@@ -50,13 +51,13 @@ def test_hh_stretch_is_not_a_dissociation():
     """The upper bound is on N–H: two H 2.3 Å apart in an intact molecule are fine, unless all pairs count."""
     p = nh3_pyramid(bond=1.35, angle_deg=120.0).positions  # H–H = 2.34 Å, N–H = 1.35 Å
     assert np.linalg.norm(p[1] - p[2]) > 2.25
-    assert check_structure(StabilityCriteria.ammonia(), p, Z_NH3, energy=1.0) == "stable"
-    every_pair = StabilityCriteria.ammonia(max_distance_pairs=None)
+    assert check_structure(get_system("ammonia").stability_criteria(), p, Z_NH3, energy=1.0) == "stable"
+    every_pair = get_system("ammonia").stability_criteria(max_distance_pairs=None)
     assert check_structure(every_pair, p, Z_NH3, energy=1.0) == "dissociation"
 
 
 def test_precedence_of_reasons():
-    crit = StabilityCriteria.ammonia(ground_state_energy=0.0)
+    crit = get_system("ammonia").stability_criteria(ground_state_energy=0.0)
     # colliding, dissociated and below the ground state at once: collision is reported
     p = moved(1, (1.5, 0.0, 0.0))
     p[3] = p[2] + 0.1
@@ -65,7 +66,7 @@ def test_precedence_of_reasons():
 
 
 def test_silica_kinetic_energy_and_periodic_images():
-    crit = StabilityCriteria.silica()
+    crit = get_system("silica").stability_criteria()
     q = silica_like()
     pos, z, cell = q.positions, q.numbers, q.cell.array
     assert check_structure(crit, pos, z, cell=cell, pbc=True, kinetic_energy=50.0) == "stable"
@@ -81,7 +82,7 @@ def test_silica_kinetic_energy_and_periodic_images():
 
 def test_vectorised_over_replicas_with_mixed_outcomes():
     """Five NH3 replicas in one call: stable, collision, dissociation, below ground state, NaN."""
-    crit = StabilityCriteria.ammonia(ground_state_energy=0.0)
+    crit = get_system("ammonia").stability_criteria(ground_state_energy=0.0)
     geoms = [NH3, moved(1, 0.7 * (NH3[2] - NH3[1])), moved(3, (0.0, 0.0, -2.0)), NH3, moved(2, (np.inf, 0, 0))]
     energy = torch.tensor([1.0, 1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
     pos = torch.as_tensor(np.concatenate(geoms))
@@ -111,4 +112,4 @@ def test_no_criteria_checks_finiteness_only():
 
 def test_max_distance_needs_molecules():
     with pytest.raises(ValueError, match="molecules"):
-        max_distance_pairs(StabilityCriteria.ammonia(), np.array([14, 8]), np.array([2]), np.array([True]))
+        max_distance_pairs(get_system("ammonia").stability_criteria(), np.array([14, 8]), np.array([2]), np.array([True]))

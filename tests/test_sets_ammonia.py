@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from uqpot.data.io import read_structures
-from uqpot.data.sets.ammonia import AmmoniaConfig, build_ammonia, inversion_path
+from uqpot.systems.ammonia.build import AmmoniaConfig, build_ammonia, inversion_path
 from uqpot.data.store import Store
 from uqpot.oracle import get_oracle
 

@@ -10,7 +10,7 @@ import pytest
 
 from uqpot.data.io import read_structures
 from uqpot.data.sets import BuildError
-from uqpot.data.sets.silica import TABLE_S1, SilicaConfig, build_silica, silica_cell
+from uqpot.systems.silica.build import TABLE_S1, SilicaConfig, build_silica, silica_cell
 from uqpot.data.store import Store
 from uqpot.oracle.bks import lammps_available
 
@@ -103,7 +103,7 @@ def test_test_set_keeps_the_highest_force_structures_per_bin(quick):
 def test_second_build_reuses_md_and_labels(quick):
     out, _ = quick
     before = {p: (out / p).read_bytes() for p in ("train.extxyz", "test.extxyz")}
-    from uqpot.workflow.trial_attack import TrialAttack, trial_directions
+    from uqpot.systems.silica.trial_attack import TrialAttack, trial_directions
 
     summary = build_silica(out, config=SilicaConfig.quick(), progress=False,
                            directions=trial_directions(TrialAttack.quick()))
@@ -129,7 +129,7 @@ def test_md_is_deterministic(tmp_path):
 def test_full_192_atom_build(tmp_path):
     """The default build (192 atoms, all conditions of Table S1 with the paper's frame counts, 402 test
     structures along trial adversarial directions)."""
-    from uqpot.workflow.trial_attack import adversarial_directions
+    from uqpot.systems.silica.trial_attack import adversarial_directions
 
     summary = build_silica(tmp_path, atoms=192, progress=False, directions=adversarial_directions)
     assert summary["atoms"] == 192 and summary["composition"] == {"Si": 64, "O": 128}

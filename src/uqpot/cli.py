@@ -242,7 +242,8 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
     from .rundir import RunLock, check_out_dir
     from .workflow.active_learning import ActiveLearning, load_loop_config
     from .workflow.replicates import replicates, run_loop, run_replicates
-    from .workflow.reproduce import check_seeds, preset_path
+    from .systems import get_system, preset_path
+    from .workflow.reproduce import check_seeds
     from .workflow.studies import is_study_file, run_study_loop
 
     if out is not None and not out.strip():
@@ -264,7 +265,11 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
             if not is_study_file(config):
                 raise ConfigError(config, "--preset quick needs a study file (with 'system' and 'loop')")
             system = str(load_yaml(config)["system"])
-            beside = Path(config).with_name(f"{system}_quick.yaml")
+            try:
+                quick_file = get_system(system).preset_file("quick")
+            except ValueError as exc:
+                raise ConfigError(config, str(exc)) from None
+            beside = Path(config).with_name(quick_file)
             config = beside if beside.is_file() else preset_path(system, "quick")
         if is_study_file(config):
             study_out = check_out_dir(Path(out) if out else Path("runs") / Path(config).stem, "--out",
@@ -302,8 +307,26 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
     click.echo(f"summary: {where / 'summary.json'}")
 
 
+class SystemChoice(click.Choice):
+    """The registered systems (:mod:`uqpot.systems`), read when the command line is parsed or its help shown
+    (importing the registry, and with it torch, only then)."""
+
+    def __init__(self):
+        super().__init__([])
+
+    @property
+    def choices(self):
+        from .systems import system_names
+
+        return system_names()
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
 @cli.command()
-@click.argument("system", type=click.Choice(["ammonia", "rmd17", "silica"]))
+@click.argument("system", type=SystemChoice())
 @click.option("--preset", default="quick", show_default=True,
               help="quick (a 2-core laptop), paper (the SI's settings), or a YAML file of the same shape.")
 @click.option("--executor", type=click.Choice(["local", "slurm", "none"]), default="local", show_default=True,

@@ -129,7 +129,7 @@ def build_ammonia_cmd(out, store, executor, oracle, oracle_options, quick, n_tra
     """NH3 like the paper: DFT minimum, normal modes, 78 training geometries 0-5 kcal/mol and 200 test
     geometries (2 per 1 kcal/mol bin, 0-100 kcal/mol); energies in the files relative to the minimum."""
     from .data.sets import format_histogram
-    from .data.sets.ammonia import AmmoniaConfig, build_ammonia
+    from .systems.ammonia.build import AmmoniaConfig, build_ammonia
     from .oracle import get_oracle
 
     try:
@@ -180,8 +180,8 @@ def build_silica_cmd(atoms, out, store, quick, time_compression, time_scale, fra
     frame counts, the MD compressed in time by one factor; frames labelled with the BKS oracle; a test set
     of 402 high-energy, high-force structures (2 per energy bin) along trial adversarial directions.  Resumable."""
     from .data.sets import format_histogram
-    from .data.sets.silica import SilicaConfig, build_silica, format_table
-    from .workflow.trial_attack import TrialAttack, trial_directions
+    from .systems.silica.build import SilicaConfig, build_silica, format_table
+    from .systems.silica.trial_attack import TrialAttack, trial_directions
 
     try:
         overrides = {"seed": seed}

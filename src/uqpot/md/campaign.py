@@ -2,16 +2,10 @@
 start structures, run with the batched engine (:mod:`uqpot.md.batched`) or, as a cross-check, through ASE's
 own dynamics with :class:`~uqpot.md.calculator.UQPotCalculator`.
 
-Paper settings (the defaults of :meth:`CampaignConfig.preset`):
-
-* ammonia: 100 runs × 5 ps at each of 300, 500, 750 and 1000 K, time step 0.5 fs, Nosé-Hoover NVT, starts
-  picked at random from the initial geometries; unstable on a distance < 0.75 Å, an N–H distance > 2.25 Å
-  or a predicted energy below the ground state (the optimised minimum, 0 kcal/mol in the paper);
-* silica: 10 runs × 1 ns at 2500 K, time step 0.25 fs, starts from the 2500 K training structures;
-  unstable on a kinetic energy of 0, NaN or > 10,000 kcal/mol, or a distance < 1.0 Å.
-
-``preset(system, length_scale=...)`` scales the run length (e.g. ``length_scale=0.01`` for a 10 ps silica
-smoke run).  Each run index k starts from the same randomly drawn structure at every temperature (a paired
+A system's paper settings and stability criteria come from its entry in :mod:`uqpot.systems`
+(``get_system(name).campaign_config(length_scale=...)``, e.g. ``length_scale=0.01`` for a 10 ps silica smoke
+run); this module knows no system by name: a campaign carries its system's criteria
+(:meth:`CampaignConfig.with_criteria`).  Each run index k starts from the same randomly drawn structure at every temperature (a paired
 design); every replica has its own seed (initial Maxwell-Boltzmann velocities, Langevin noise), derived
 from the campaign seed and the replica index, and both engines use the same initial velocities.
 
@@ -30,10 +24,10 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from .. import fields as F
 from ..data.structures import Structure
@@ -46,21 +40,13 @@ from .stability import REASONS, StabilityCriteria, check_structure
 
 ENGINES = ("batched", "ase")
 
-#: the paper's settings per system
-PRESETS: dict[str, dict] = {
-    "ammonia": dict(system="ammonia", runs=100, temperatures_K=[300.0, 500.0, 750.0, 1000.0], duration_fs=5000.0,
-                    timestep_fs=0.5, skin=2.0),
-    "silica": dict(system="silica", runs=10, temperatures_K=[2500.0], duration_fs=1.0e6, timestep_fs=0.25,
-                   skin=0.5),
-}
-
-
 class CampaignConfig(BaseModel):
     """A stability campaign.  Unknown keys are errors.  Units: fs, K, Å, kcal/mol."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    system: Literal["ammonia", "silica", "custom"] = "ammonia"
+    system: str = Field("ammonia", description="the system's name (a label here: its criteria and settings come "
+                                               "from uqpot.systems, see with_criteria) or 'custom'")
     runs: int = Field(100, ge=1, description="trajectories per temperature")
     temperatures_K: list[float] = Field(default_factory=lambda: [300.0, 500.0, 750.0, 1000.0])
     duration_fs: float = Field(5000.0, gt=0)
@@ -102,47 +88,54 @@ class CampaignConfig(BaseModel):
         "isotropic", description="NPT cell degrees of freedom: 'isotropic' (volume only; a glass or liquid) or "
                                  "'full' (all nine components of the cell, for anisotropic solids)")
 
+    _system_criteria: Optional[Callable] = PrivateAttr(None)
+    _energy_floor: bool = PrivateAttr(False)
+
     @model_validator(mode="after")
     def _npt(self):
         if self.ensemble == "npt":
-            if self.system == "ammonia":
-                raise ValueError("ensemble 'npt' needs a periodic system (silica or custom cells), not ammonia")
             if self.thermostat != "nose-hoover":
                 raise ValueError("ensemble 'npt' uses the MTK Nosé-Hoover chain thermostat; set thermostat: nose-hoover")
         return self
 
-    @classmethod
-    def preset(cls, system: str, length_scale: float = 1.0, **overrides) -> "CampaignConfig":
-        """The paper's settings for ``"ammonia"`` or ``"silica"``, the run length scaled by ``length_scale``."""
-        if system not in PRESETS:
-            raise ValueError(f"no preset for {system!r}; known: {', '.join(PRESETS)}")
-        base = dict(PRESETS[system])
-        base["duration_fs"] = base["duration_fs"] * float(length_scale)
-        return cls(**{**base, **overrides})
+    def with_criteria(self, criteria, energy_floor: bool = False) -> "CampaignConfig":
+        """This campaign with a system's stability criteria: ``criteria(ground_state_energy)`` gives them
+        (a :class:`StabilityCriteria`); with ``energy_floor`` the criteria take ``ground_state_energy``
+        (resolved by :meth:`resolved_criteria`), else None.  Not part of the dumped settings; copies keep it."""
+        self._system_criteria = criteria
+        self._energy_floor = bool(energy_floor)
+        return self
+
+    @property
+    def energy_floor(self) -> bool:
+        """Whether the campaign's criteria have an energy floor (``ground_state_energy``)."""
+        return self._energy_floor
 
     @property
     def n_steps(self) -> int:
         return int(round(self.duration_fs / self.timestep_fs))
 
     def resolved_criteria(self, starts: Sequence[Structure]) -> StabilityCriteria:
+        """``criteria`` when set, else the system's (:meth:`with_criteria`; with an energy floor, at
+        ``ground_state_energy``), else finiteness only."""
         if self.criteria is not None:
             return self.criteria
-        if self.system == "ammonia":
-            ground = self.ground_state_energy
-            if ground == "optimised":
-                raise ValueError("ground_state_energy='optimised' needs the optimised minimum's energy: give it as a "
-                                 "number (kcal/mol, the model's energy scale; the loop computes it with its oracle), "
-                                 "'min_start' or None")
-            if ground == "min_start":
-                energies = [s.energy for s in starts]
-                if any(e is None for e in energies):
-                    raise ValueError("ground_state_energy='min_start' needs labelled start structures; give a "
-                                     "number or None")
-                ground = float(min(energies))
-            return StabilityCriteria.ammonia(ground_state_energy=ground)
-        if self.system == "silica":
-            return StabilityCriteria.silica()
-        return StabilityCriteria()
+        if self._system_criteria is None:
+            return StabilityCriteria()
+        if not self._energy_floor:
+            return self._system_criteria(None)
+        ground = self.ground_state_energy
+        if ground == "optimised":
+            raise ValueError("ground_state_energy='optimised' needs the optimised minimum's energy: give it as a "
+                             "number (kcal/mol, the model's energy scale; the loop computes it with its oracle), "
+                             "'min_start' or None")
+        if ground == "min_start":
+            energies = [s.energy for s in starts]
+            if any(e is None for e in energies):
+                raise ValueError("ground_state_energy='min_start' needs labelled start structures; give a "
+                                 "number or None")
+            ground = float(min(energies))
+        return self._system_criteria(ground)
 
 
 @dataclass
@@ -215,7 +208,7 @@ class CampaignResult:
                 "replica_steps": int(steps), "replica_steps_per_s": steps / self.wall_time_s if self.wall_time_s else None,
                 "model_calls": self.model_calls, "uncertainty": self.uncertainty_description,
                 "compiled": self.compiled,
-                "ground_state_energy": self.config.ground_state_energy if self.config.system == "ammonia" else None,
+                "ground_state_energy": self.config.ground_state_energy if self.config.energy_floor else None,
                 "npt": self.npt_summary() if self.config.ensemble == "npt" else None,
                 "units": {"time": "fs", "energy": "kcal/mol", "temperature": "K", "pressure": "bar",
                           "volume": "Å^3"}}

@@ -1,16 +1,8 @@
 """Stability criteria of MD trajectories (paper Sec. 2.5), vectorised over replicas in torch.
 
-The paper calls a trajectory unstable when
-
-* ammonia: two atoms come closer than 0.75 Å, or atoms move further apart than 2.25 Å (we apply the upper
-  bound to N–H pairs, i.e. a dissociated hydrogen: an H–H distance above 2.25 Å is possible in an intact
-  NH3 at high temperature), or the predicted energy falls below the ground-state energy (0 kcal/mol in the
-  paper, where energies are relative to the training minimum);
-* silica: the kinetic energy becomes 0, NaN, or larger than 10,000 kcal/mol, or two atoms come closer than
-  1.0 Å (no upper bound on distances).
-
-Every criterion here is optional and configurable (:class:`StabilityCriteria`); :meth:`~StabilityCriteria.
-ammonia` and :meth:`~StabilityCriteria.silica` are the paper's sets.  Whatever the configuration, a replica
+Every criterion here is optional and configurable (:class:`StabilityCriteria`); the paper's sets for
+ammonia and silica (Sec. 2.5) are those systems' own (:meth:`uqpot.systems.base.System.stability_criteria`).
+Whatever the configuration, a replica
 whose positions, energy, forces or kinetic energy are not finite (NaN or inf) is unstable (reason
 ``"nonfinite"``): a diverging replica is stopped and counted, never allowed to crash a campaign.
 
@@ -73,31 +65,6 @@ class StabilityCriteria(BaseModel):
         if v is None:
             return None
         return tuple(tuple(sorted((_as_z(a), _as_z(b)))) for a, b in v)
-
-    @classmethod
-    def ammonia(cls, ground_state_energy: float | None = 0.0, **overrides) -> "StabilityCriteria":
-        """Paper: distances < 0.75 Å, N–H > 2.25 Å, energy below the ground state (kcal/mol; 0 in the paper,
-        where energies are relative to the training minimum; ``None`` switches the energy test off)."""
-        base = dict(min_distance=0.75, max_distance=2.25, max_distance_pairs=(("N", "H"),),
-                    min_energy=ground_state_energy)
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def silica(cls, **overrides) -> "StabilityCriteria":
-        """Paper: kinetic energy 0, NaN or > 10,000 kcal/mol, or distances < 1.0 Å."""
-        base = dict(min_distance=1.0, min_kinetic_energy=0.0, max_kinetic_energy=10_000.0)
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def for_system(cls, system: str, **overrides) -> "StabilityCriteria":
-        """The paper's criteria for ``"ammonia"`` or ``"silica"``; ``"none"`` checks finiteness only."""
-        if system == "ammonia":
-            return cls.ammonia(**overrides)
-        if system == "silica":
-            return cls.silica(**overrides)
-        if system in ("none", "custom"):
-            return cls(**overrides)
-        raise ValueError(f"no stability criteria for system {system!r}; use ammonia, silica or none")
 
     @property
     def required_cutoff(self) -> float:

@@ -39,6 +39,7 @@ from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..errors import ConfigError
 from ..provenance import write_json
+from ..systems import LoopSystemName, find_system
 from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
 from .loop_prepare import check_loop_data, clear_loop, loop_record, prepare_loop, recorded_run
 from .loop_sampling import SamplerName, SamplingSettings
@@ -115,7 +116,7 @@ class OracleSettings(Strict):
 class LoopConfig(Strict):
     seed: Seed = 0
     out: Path = Path("runs/loop")
-    system: Literal["ammonia", "silica", "molecule", "generic"] = "generic"
+    system: LoopSystemName = "generic"  # a registered system (uqpot.systems), molecule or generic
     methods: Distinct[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
@@ -174,6 +175,8 @@ class LoopConfig(Strict):
                 e = exc.errors()[0]
                 where = "".join(f".{x}" for x in e["loc"])
                 raise ValueError(f"md{where}: {e['msg'].removeprefix('Value error, ')}") from None
+            except ValueError as exc:  # the system's own refusal (e.g. NPT of a molecule)
+                raise ValueError(f"md: {exc}") from None
         if isinstance(self.sampler, dict):
             extra = sorted(set(self.sampler) - set(self.methods))
             if extra:
@@ -490,7 +493,8 @@ class ActiveLearning:
 
     def needs_ground_state(self) -> bool:
         """Whether the MD campaign needs ammonia's optimised minimum (its energy floor)."""
-        return (self.cfg.system == "ammonia" and bool(self.cfg.md)
+        found = find_system(self.cfg.system)
+        return (found is not None and found.energy_floor and bool(self.cfg.md)
                 and self.cfg.md.get("ground_state_energy", "optimised") == "optimised")
 
     def ground_state(self) -> float | None:

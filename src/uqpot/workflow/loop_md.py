@@ -1,7 +1,7 @@
 """The robustness tests of an active-learning generation: MD stability campaign and the NH3 inversion
 barrier (paper Fig. 3b/3e/3d/3g, Fig. 4c), as steps of :mod:`uqpot.workflow.active_learning`.
 
-MD: the paper's campaign settings for the system (:meth:`uqpot.md.campaign.CampaignConfig.preset`), with
+MD: the paper's campaign settings for the system (:meth:`uqpot.systems.base.System.campaign_config`), with
 the loop config's ``md`` section as overrides (``length_scale`` scales the run length; any other key is a
 campaign option, e.g. ``runs``, ``temperatures_K``, or ``ensemble: npt`` with ``pressure_bar`` for
 constant pressure on ASE's MTK barostat, as the paper's silica data generation ran).  Runs start from
@@ -30,33 +30,33 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.structures import Structure
+from ..md.campaign import CampaignConfig, run_campaign
+from ..systems import find_system
 
 
 def campaign_config(md: dict, system: str, seed: int):
-    from ..md.campaign import CampaignConfig
-
+    """The loop's campaign: the registered system's (its paper settings and criteria, :mod:`uqpot.systems`)
+    with ``md``'s settings, or a custom one for a generic loop (``molecule``, ``generic``)."""
     opts = dict(md)
     scale = float(opts.pop("length_scale", 1.0))
     opts.setdefault("seed", seed)
-    if system in ("ammonia", "silica"):
-        return CampaignConfig.preset(system, length_scale=scale, **opts)
+    found = find_system(system)
+    if found is not None:
+        return found.campaign_config(length_scale=scale, **opts)
     cfg = CampaignConfig(system="custom", **opts)
     cfg.duration_fs = cfg.duration_fs * scale
     return cfg
 
 
 def start_structures(initial, system: str) -> tuple[list, str]:
-    """(the campaign's start structures, where they come from): every initial structure; for silica the
-    2500 K equilibration frames where they are marked (``info["condition"]``), else every initial structure
-    with a warning in the description."""
-    starts = list(initial)
-    if system != "silica":
+    """(the campaign's start structures, where they come from): the system's
+    (:meth:`uqpot.systems.base.System.md_starts`: silica's 2500 K equilibration frames where they are marked),
+    else every initial structure."""
+    found = find_system(system)
+    if found is None:
+        starts = list(initial)
         return starts, f"every initial structure ({len(starts)})"
-    hot = [s for s in starts if str(s.info.get("condition", "")).startswith("2500")]
-    if hot:
-        return hot, f"the 2500 K equilibration frames of the initial data ({len(hot)})"
-    return starts, (f"warning: no initial structure carries the 2500 K label (info 'condition'), so the runs start "
-                    f"from every initial structure ({len(starts)}), not from the paper's 2500 K frames")
+    return found.md_starts(initial)
 
 
 def run_campaign_for_loop(model, initial, md: dict, system: str, out_dir, seed: int = 0,
@@ -64,12 +64,10 @@ def run_campaign_for_loop(model, initial, md: dict, system: str, out_dir, seed: 
     """Runs the stability campaign of one generation's model from the ``initial`` structures; returns its
     summary (also saved).  ``ground_state``: ammonia's optimised minimum energy (kcal/mol, the model's scale),
     the energy floor unless ``md`` sets ``ground_state_energy``."""
-    from ..md.campaign import run_campaign
-
     cfg = campaign_config(md, system, seed)
-    if cfg.ground_state_energy == "optimised" and cfg.system == "ammonia":
+    if cfg.ground_state_energy == "optimised" and cfg.energy_floor:
         if ground_state is None:
-            raise ValueError("ammonia's MD needs the optimised minimum's energy (the loop computes it with the oracle)")
+            raise ValueError(f"{system}'s MD needs the optimised minimum's energy (the loop computes it with the oracle)")
         cfg.ground_state_energy = float(ground_state)
     starts, pool = start_structures(initial, system)
     if log is not None and pool.startswith("warning"):

@@ -15,13 +15,14 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..config import Strict
+from ..systems import find_system
 
 
 class SamplingSettings(Strict):
     """``sampling``: the MD samplers (``sampler: md | biased_md``; :mod:`uqpot.sample.md`,
     :mod:`uqpot.sample.biased_md`).  Trust levels are calibrated force errors σ_F (kcal/mol/Å), turned into
     each method's U through its stored calibration.  Unset: the system's campaign temperatures and time step
-    (:data:`uqpot.md.campaign.PRESETS`), and ``max_candidates`` = ``attack.n_seeds`` (the attack's oracle
+    (``md_preset`` of the system, :mod:`uqpot.systems`), and ``max_candidates`` = ``attack.n_seeds`` (the attack's oracle
     budget per generation, so that samplers are compared at equal cost)."""
 
     trust_lo: float = Field(1.0, ge=0.0)
@@ -60,8 +61,6 @@ def md_sample_for_loop(al, g: int, method: str, train, d: Path) -> dict:
     and returns the step's record."""
     from ..data.io import write_extxyz
     from ..data.structures import StructureDataset
-    from ..md.campaign import PRESETS
-    from ..md.stability import StabilityCriteria
     from ..modelfile import read as read_model_file
     from ..sample.adversarial import BoltzmannReference
     from ..sample.biased_md import biased_md_sample
@@ -69,7 +68,8 @@ def md_sample_for_loop(al, g: int, method: str, train, d: Path) -> dict:
     from ..sample.trust import Calibration
 
     sampler, sm = al.cfg.sampler_for(method), al.cfg.sampling
-    preset = PRESETS.get(al.cfg.system, {})
+    system = find_system(al.cfg.system)
+    preset = {} if system is None or system.md_preset is None else system.md_preset
     cfg = MDSamplerConfig(
         trust_lo=sm.trust_lo, trust_hi=sm.trust_hi, replicas=sm.replicas,
         temperatures_K=sm.temperatures_K or preset.get("temperatures_K", [300.0]),
@@ -82,8 +82,7 @@ def md_sample_for_loop(al, g: int, method: str, train, d: Path) -> dict:
     cal = Calibration.from_extra(read_model_file(path).get("extra", {}), where=str(path))
     model = al.model(g, method)
     ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], al.cfg.attack.kT)
-    criteria = {"ammonia": StabilityCriteria.ammonia(ground_state_energy=None),
-                "silica": StabilityCriteria.silica()}.get(al.cfg.system)
+    criteria = None if system is None else system.stability_criteria(ground_state_energy=None)
     t0 = time.perf_counter()
     if sampler == "biased_md":
         res = biased_md_sample(model, train, cfg, cal, ref, strength=sm.bias_strength, width=sm.bias_width,

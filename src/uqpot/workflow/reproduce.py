@@ -22,25 +22,8 @@ from ..schema import Distinct, Seed, option_list
 from ..errors import ConfigError
 from ..provenance import versions, write_json
 from ..rundir import check_out_dir
+from ..systems import get_system, preset_path, system_names
 from ..uq.options import MethodName, MethodOptions
-
-SYSTEMS = ("ammonia", "rmd17", "silica")
-PRESETS = ("quick", "paper")
-
-
-def preset_path(system: str, preset: str) -> Path:
-    """``configs/<system>.yaml`` (paper) or ``configs/<system>_quick.yaml``, or a YAML file path."""
-    p = Path(preset)
-    if p.suffix in (".yaml", ".yml"):
-        return p
-    if preset not in PRESETS:
-        raise ConfigError(None, f"unknown preset {preset!r}: quick, paper, or a YAML file")
-    name = f"{system}.yaml" if preset == "paper" else f"{system}_quick.yaml"
-    for root in (Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"):
-        if (root / name).is_file():
-            return root / name
-    raise ConfigError(None, f"preset file {name} not found in ./configs or the uqpot source tree")
-
 
 # ------------------------------------------------------------------------------------------------ rMD17
 class RMD17Study(Strict):
@@ -145,6 +128,15 @@ def _say(console, msg: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ entry
+def _is_grid(system: str) -> bool:
+    """Whether ``system``'s study is the grid of fixed splits (rMD17) rather than build + loop; a ConfigError
+    naming the registered systems for an unknown one."""
+    try:
+        return get_system(system).study == "grid"
+    except ValueError:
+        raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(system_names())}") from None
+
+
 def check_seeds(seeds) -> list[int] | None:
     """The ``--seeds`` list (distinct integers in [0, 2**32)), or None: the preset's own."""
     return option_list(seeds, "--seeds", Seed)
@@ -159,7 +151,7 @@ def check_preset(system: str, preset, methods=None, seeds=None, local_data=None)
     """The preset file read and checked before the study's folder is written (its sections parse; a local
     data file exists)."""
     path = preset_path(system, preset)
-    if system == "rmd17":
+    if _is_grid(system):
         study = load_config(path, RMD17Study)
         if methods:
             parse(RMD17Study, {**study.model_dump(mode="json"), "methods": methods}, path)
@@ -195,14 +187,13 @@ def dry_run(system: str, preset: str = "quick", executor: str = "local", out=Non
     from .plan import loop_plan, workers_of
     from .plan_grid import rmd17_plan
 
-    if system not in SYSTEMS:
-        raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
+    grid = _is_grid(system)
     methods, seeds = check_methods(methods), check_seeds(seeds)
     path = preset_path(system, preset)
     options = dict(load_yaml(path).get("executor", {}).get(executor, {}))
     options.update(executor_options or {})
     workers = workers_of(executor, options)
-    if system == "rmd17":
+    if grid:
         study = load_config(path, RMD17Study)
         plan = rmd17_plan(study, preset, seeds, methods, molecules, splits, workers)
     else:
@@ -222,17 +213,16 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     (:mod:`uqpot.workflow.samplers_study`)."""
     from .samplers_study import check_samplers, run_sampler_study
 
-    if system not in SYSTEMS:
-        raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(SYSTEMS)}")
+    grid = _is_grid(system)
     methods = check_methods(methods)  # before anything is written
     seeds = check_seeds(seeds)
     splits = check_splits(splits)
     molecules = option_list(molecules, "--molecules")
     samplers = check_samplers(samplers)
     unused = [o for o, v in (("--molecules", molecules), ("--splits", splits), ("--data", local_data)) if v]
-    if unused and system != "rmd17":
+    if unused and not grid:
         raise ConfigError(None, f"{unused[0]}: an option of the rmd17 study; the {system} study would not use it")
-    if samplers and system == "rmd17":
+    if samplers and grid:
         raise ConfigError(None, "--samplers: the rmd17 study trains on fixed splits and samples nothing; use "
                                 "ammonia or silica")
     out = check_out_dir(Path(out or f"runs/{system}_{Path(preset).stem}"), "--out", writes=("reproduce.json",))
@@ -250,7 +240,7 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         ex = get_executor(executor, **options)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(meta_path, {"kind": "grid" if system == "rmd17" else "samplers" if samplers else "loop",
+        write_json(meta_path, {"kind": "grid" if grid else "samplers" if samplers else "loop",
                                "system": system, "samplers": samplers,
                                "preset": str(preset), "executor": executor,
                                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "versions": versions()})
@@ -259,7 +249,7 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
             ex.close()
         raise
     try:
-        if system == "rmd17":
+        if grid:
             reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods, seeds)
         elif samplers:
             run_sampler_study(preset_path(system, preset), out, samplers, ex, console,
@@ -267,8 +257,7 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         else:
             from . import studies
 
-            run_study = studies.reproduce_ammonia if system == "ammonia" else studies.reproduce_silica
-            run_study(preset_path(system, preset), out, ex, console,
+            studies.reproduce_study(preset_path(system, preset), out, ex, console,
                       overrides={"methods": methods} if methods else None, seeds=seeds)
     except BaseException:
         _remove_if_nothing_ran(out, created)

@@ -20,17 +20,18 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 from ..config import Strict, apply_overrides, load_config, parse
 from ..schema import Distinct, Seed, check_seed
 from ..errors import ConfigError, UqpotError
 from ..provenance import write_json
+from ..systems import StudySystemName, get_system
 from .active_learning import LoopConfig, OracleSettings
 
 
 class Study(Strict):
-    system: Literal["ammonia", "silica"]
+    system: StudySystemName  # a registered system with a data build (uqpot.systems)
     data: dict = {}
     oracle: OracleSettings
     seeds: Optional[Distinct[Seed]] = None  # replicates; default [loop.seed] (or [0])
@@ -61,10 +62,7 @@ def _loop_config(study: Study, out: Path, overrides: dict | None = None, path=No
 
 def _data_config(study: Study, path=None):
     """The options of the study's data-set build (``data`` section), validated."""
-    if study.system == "ammonia":
-        from ..data.sets.ammonia import AmmoniaConfig as model
-    else:
-        from ..data.sets.silica import SilicaConfig as model
+    model = get_system(study.system).config
     unknown = sorted(set(study.data) - {f.name for f in dataclasses.fields(model)})
     if unknown:
         raise ConfigError(path, "; ".join(f"unknown key 'data.{k}'" for k in unknown))
@@ -83,16 +81,7 @@ def _build(study: Study, data_cfg, d: Path, store: Path, oracle, executor, conso
     """The study's data set (skipped when already built; a partial build resumes from the store)."""
     if (d / "summary.json").is_file():
         return
-    if study.system == "ammonia":
-        from ..data.sets.ammonia import build_ammonia
-
-        build_ammonia(d, store=store, oracle=oracle, config=data_cfg, executor=executor, console=console)
-    else:
-        from ..data.sets.silica import build_silica
-        from .trial_attack import adversarial_directions
-
-        build_silica(d, store=store, config=data_cfg, oracle=oracle, console=console,
-                     directions=adversarial_directions)
+    get_system(study.system).build(d, config=data_cfg, oracle=oracle, store=store, executor=executor, console=console)
 
 
 def run_study_loop(preset, out: Path, executor=None, console=None, overrides: dict | None = None, seeds=None,
@@ -160,4 +149,3 @@ def reproduce_study(preset: Path, out: Path, executor=None, console=None, overri
     return build_loop_report(out, title=f"uqpot: the {cfg.system} study")
 
 
-reproduce_ammonia = reproduce_silica = reproduce_study

@@ -9,7 +9,7 @@ Here a trial run is: a small PaiNN ensemble (``TrialAttack``: 3 members, 16 feat
 ``max_train`` training frames, then attacked as in the study (Eq. 15-16: gradient ascent on log p + log U,
 kT = 0.7 kcal/mol/atom, 80 iterations, the silica step of :mod:`uqpot.sample.adversarial`) from ``n_seeds``
 training frames.  Each accepted sample's displacement from its starting frame (modulo lattice vectors) is a
-*direction*: the silica build (:func:`uqpot.data.sets.silica.build_silica`) labels structures along it at
+*direction*: the silica build (:func:`uqpot.systems.silica.build.build_silica`) labels structures along it at
 amplitudes aimed at each energy bin (0-43 kcal/mol/atom), because one attack at the paper's kT stays within
 a few kcal/mol/atom of its start while the SI's trial runs spanned the whole range.  The trial model is
 written to ``OUT/trial/`` (resumed when there), so a rebuild repeats nothing.
@@ -24,15 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import ModelConfig, TrainConfig
-from ..data.sets._common import BuildError
-from ..data.structures import StructureDataset
-from ..models import load
-from ..provenance import write_json
-from ..sample.adversarial import (SI_LR, AttackConfig, BoltzmannReference, attack, displacement,
+from ...config import ModelConfig, TrainConfig
+from ...data.sets._common import BuildError
+from ...data.structures import StructureDataset
+from ...models import load
+from ...provenance import write_json
+from ...sample.adversarial import (AttackConfig, BoltzmannReference, attack, displacement,
                                  paper_equivalent_lr)
-from ..train.run import fit_model
-from ..uq.options import parse_uq
+from ...train.run import fit_model
+from ...uq.options import parse_uq
+from .config import ATTACK_LR
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TrialAttack:
     n_seeds: int = 50
     iterations: int = 80
     kT: float = 0.7  # kcal/mol/atom, the SI's
-    attack_lr: float = paper_equivalent_lr(SI_LR["silica"])
+    attack_lr: float = paper_equivalent_lr(ATTACK_LR)
     seed: int = 0
     #: atoms attacked in one batch (the ensemble's second derivatives hold about 7 GB for 50 cells of 192
     #: atoms at once): the seeds are attacked in chunks of at most this many atoms, each seed on its own
@@ -62,7 +63,7 @@ class TrialAttack:
 
 
 def trial_directions(settings: TrialAttack):
-    """``adversarial_directions`` with ``settings``, in the form :func:`uqpot.data.sets.silica.build_silica`
+    """``adversarial_directions`` with ``settings``, in the form :func:`uqpot.systems.silica.build.build_silica`
     takes (``directions(train, out)``)."""
     return lambda train, out: adversarial_directions(train, out, settings)
 

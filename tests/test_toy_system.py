@@ -1,0 +1,98 @@
+"""A system defined in a test module: registered with ``@register_system``, its data built with a real oracle
+(ASE's Lennard-Jones calculator) through the public path, its campaign and criteria looked up by the loop's
+MD step, and every registered system checked against the System contract."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from uqpot.data.io import ReadOptions, read_structures, write_extxyz
+from uqpot.data.sets._build import Labeller
+from uqpot.data.store import open_store
+from uqpot.data.structures import Structure, StructureDataset
+from uqpot.md.analytic import MorsePotential
+from uqpot.md.campaign import CampaignConfig
+from uqpot.md.stability import StabilityCriteria
+from uqpot.oracle import get_oracle
+from uqpot.systems import SYSTEMS, System, check_loop_system, get_system, register_system, system_names
+from uqpot.workflow.active_learning import LoopConfig
+from uqpot.workflow.loop_md import run_campaign_for_loop
+
+
+@dataclasses.dataclass
+class ToyArgonConfig:
+    n_train: int = 6
+    n_test: int = 4
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides):
+        return cls(**{"n_train": 3, "n_test": 2, **overrides})
+
+    def check(self):
+        if self.n_train < 1 or self.n_test < 1:
+            raise ValueError("n_train and n_test must be >= 1")
+
+
+def _cluster(rng) -> Structure:
+    x = np.array([[0, 0, 0], [3.8, 0, 0], [0, 3.8, 0], [0, 0, 3.8]], float) + rng.normal(0, 0.1, (4, 3))
+    return Structure(numbers=np.full(4, 18), positions=x, cell=np.zeros((3, 3)), pbc=np.zeros(3, bool))
+
+
+@register_system
+class ToyArgon(System):
+    name = "toy_argon"
+    config = ToyArgonConfig
+    md_preset = dict(runs=2, temperatures_K=[50.0], duration_fs=20.0, timestep_fs=1.0, skin=1.0)
+    energy_floor = False
+
+    def stability_criteria(self, ground_state_energy=None, **overrides):
+        return StabilityCriteria(**{"min_distance": 4.5, **overrides})  # Ar atoms 3.8 Å apart: all "collide"
+
+    def build(self, out, *, config, oracle, store=None, executor=None, console=None, progress=True):
+        out.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(config.seed)
+        lab = Labeller(oracle, open_store(store or out / "labels.db"), "toy", executor=executor)
+        for part, n in (("train", config.n_train), ("test", config.n_test)):
+            done, _ = lab([_cluster(rng) for _ in range(n)], part)
+            write_extxyz(StructureDataset(done), out / f"{part}.extxyz")
+        summary = {"dataset": self.name, "train": {"n": config.n_train}, "test": {"n": config.n_test}}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+
+def test_toy_system_end_to_end(tmp_path):
+    system = get_system("toy_argon")
+    assert "toy_argon" in system_names()
+    oracle = get_oracle("ase", calculator="ase.calculators.lj.LennardJones", kwargs={"sigma": 3.4, "epsilon": 0.0104})
+    summary = system.build(tmp_path / "data", config=system.data_config(quick=True), oracle=oracle)
+    train = read_structures(tmp_path / "data" / "train.extxyz", ReadOptions())
+    assert len(train) == summary["train"]["n"] == 3 and all(s.energy is not None for s in train)
+    # the loop accepts the registered name, and its MD step uses the system's preset and criteria
+    assert check_loop_system("toy_argon") == "toy_argon" and "system" in LoopConfig.model_fields
+    rec = run_campaign_for_loop(MorsePotential(), list(train), {}, "toy_argon", tmp_path / "md")
+    assert rec["system"] == "toy_argon" and rec["runs"] == 2
+    assert rec["fraction_stable"] == 0.0  # min_distance 4.5 Å: the system's criteria, not the default ones
+
+
+@pytest.mark.parametrize("name", sorted(SYSTEMS))
+def test_every_registered_system_keeps_the_contract(name):
+    system = get_system(name)
+    assert isinstance(system, System) and system.name == name and system.study in ("loop", "grid")
+    assert isinstance(system.stability_criteria(), StabilityCriteria)
+    if system.config is not None:
+        cfg = system.data_config(quick=True)
+        cfg.check()
+        assert type(system).build is not System.build  # a system with options builds its data
+    if system.md_preset is not None:
+        cfg = system.campaign_config(length_scale=0.5)
+        assert isinstance(cfg, CampaignConfig) and cfg.system == name
+        assert cfg.duration_fs == system.md_preset["duration_fs"] * 0.5
+    for preset, file in system.preset_files.items():
+        assert system.preset_file(preset) == file and file.endswith(".yaml")
+    with pytest.raises(ValueError, match="known: .*" + name):
+        get_system(name + "_unknown")
