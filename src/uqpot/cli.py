@@ -240,7 +240,8 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
     (whose data set is built first if needed, into OUT/data)."""
     from .config import load_yaml
     from .rundir import RunLock, check_out_dir
-    from .workflow.active_learning import ActiveLearning, load_loop_config
+    from .workflow.active_learning import ActiveLearning
+    from .workflow.loop_config import load_loop_config
     from .workflow.replicates import replicates, run_loop, run_replicates
     from .workflow.reproduce import check_seeds, preset_path
     from .workflow.studies import is_study_file, run_study_loop

@@ -26,7 +26,7 @@ from ..config import Strict, apply_overrides, load_config, parse
 from ..schema import Distinct, Seed, check_seed
 from ..errors import ConfigError, UqpotError
 from ..provenance import write_json
-from .active_learning import LoopConfig, OracleSettings
+from .loop_config import LoopConfig, OracleSettings
 
 
 class Study(Strict):
