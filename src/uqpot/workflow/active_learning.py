@@ -36,6 +36,7 @@ from ..config import dump_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..errors import ConfigError
+from ..metrics.registry import in_order_of, table_names
 from ..provenance import write_json
 from ..uq.options import parse_uq
 from .loop_config import LoopConfig
@@ -352,10 +353,11 @@ class ActiveLearning:
         rec["train_seconds"] = tr["training"]["wall_seconds"]
         rec["epochs"] = tr["training"]["epochs_run"]
         rec["step_peak_mb"] = tr["training"].get("step_peak_mb")
-        rec["test"] = {k: tr["test"].get(k) for k in ("energy_mae", "forces_mae", "spearman", "roc_auc_p20",
-                                                     "roc_auc_p50", "miscalibration_area", "cnll")}
-        if tr["test"].get("stress_mae") is not None:  # periodic test structures with a stress
-            rec["test"]["stress_mae"] = tr["test"]["stress_mae"]
+        # the table metrics in the test record's order, then those the data may lack (a stress) where present
+        rec["test"] = {k: tr["test"].get(k) for k in in_order_of(table_names(optional=False), tr["test"])}
+        for k in table_names(optional=True):
+            if tr["test"].get(k) is not None:
+                rec["test"][k] = tr["test"][k]
         rec["md"] = self.step_md(g, method)
         rec["neb"] = self.step_neb(g, method)
         if g < self.cfg.generations:
