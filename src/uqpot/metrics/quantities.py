@@ -12,5 +12,5 @@ register_metric(Metric("md_mean_stable_time_fs", None, True, "mean stable MD tim
                        bounds=(0.0, None)))
 register_metric(Metric("neb_barrier_error", None, False, "|NEB barrier error| (kcal/mol)", kind="loop",
                        bounds=(0.0, None)))
-register_metric(Metric("samples_added", None, True, "samples added", "d", kind="loop", bounds=(0.0, None),
+register_metric(Metric("samples_added", None, True, "samples added", ".0f", kind="loop", bounds=(0.0, None),
                        claim=False))
