@@ -31,15 +31,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import dump_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
+from ..data.store import Store
 from ..data.structures import StructureDataset
+from ..determinism import fixed_threads
 from ..errors import ConfigError
 from ..metrics.registry import in_order_of, table_names
+from ..models import load
+from ..oracle import get_oracle
 from ..provenance import write_json
+from ..train.losses import study_stress_weight
+from ..train.run import fit_from_backbone, fit_model, member_count, trains_plain_potential, trains_stress
 from ..uq.options import parse_uq
 from .loop_config import LoopConfig
+from .loop_md import neb_for_loop, nh3_minimum, oracle_neb_for_loop, run_campaign_for_loop
 from .loop_prepare import check_loop_data, clear_loop, loop_record, prepare_loop
 from .loop_resume import check_same_config
 from .loop_sampling import label_step, sample_step, sampling_context
@@ -73,16 +81,12 @@ class ActiveLearning:
     @property
     def oracle(self):
         if self._oracle is None:
-            from ..oracle import get_oracle
-
             self._oracle = get_oracle(self.cfg.oracle.name, **self.cfg.oracle.options)
         return self._oracle
 
     @property
     def store(self):
         if self._store is None:
-            from ..data.store import Store
-
             self._store = Store(self.cfg.store or self.out / "labels.db")
         return self._store
 
@@ -91,9 +95,6 @@ class ActiveLearning:
         for all methods (:func:`uqpot.train.losses.study_stress_weight`: every method trains on the same
         labels, SI Eq. 1 unless every method can train on a stress)."""
         if self._train_settings is None:
-            from ..train.losses import study_stress_weight
-            from ..train.run import trains_stress
-
             train = read_structures(self.cfg.data.train, self.opts)  # every initial structure (stress or not)
             self._train_settings = study_stress_weight(
                 self.cfg.train_for(), train, {m: trains_stress(self.cfg.uq_config(m)) for m in self.cfg.methods})
@@ -174,8 +175,6 @@ class ActiveLearning:
     def shared_methods(self) -> list[str]:
         """The methods that wrap one plain-trained backbone in generation 1 (when two or more would train the
         same network; see the module docstring)."""
-        from ..train.run import trains_plain_potential
-
         plain = [m for m in self.cfg.methods if trains_plain_potential(self.cfg.uq_config(m))]
         return plain if len(plain) > 1 else []
 
@@ -185,8 +184,6 @@ class ActiveLearning:
 
     def step_backbone(self) -> dict:
         """Generation 1's shared plain potential (trained once, resumed or skipped when done)."""
-        from ..train.run import fit_model
-
         d = self.backbone_dir
         if _done(d / "summary.json"):
             return json.loads((d / "summary.json").read_text())
@@ -201,8 +198,6 @@ class ActiveLearning:
                          init=self.init_for(1, "none"))
 
     def step_train(self, g, method, train, val, test) -> dict:
-        from ..train.run import fit_from_backbone, fit_model
-
         d = self.gen_dir(g, method) / "train"
         marker = d / "summary.json"
         if _done(marker):
@@ -224,8 +219,6 @@ class ActiveLearning:
 
     def init_for(self, g: int, method: str) -> list[Path] | None:
         """The model file(s) generation ``g`` of ``method`` fine-tunes (None: trained from scratch)."""
-        from ..train.run import member_count
-
         files = self.cfg.init_files()
         if not files:
             return None
@@ -235,8 +228,6 @@ class ActiveLearning:
         return files if members == len(files) else files[:1]
 
     def model(self, g, method):
-        from ..models import load
-
         return load(self.gen_dir(g, method) / "train" / "model.pt")
 
     def step_attack(self, g, method, pool) -> dict:
@@ -264,8 +255,6 @@ class ActiveLearning:
     def step_md(self, g, method) -> dict | None:
         if not self.cfg.md:
             return None
-        from .loop_md import run_campaign_for_loop
-
         d = self.gen_dir(g, method) / "md"
         marker = d / "summary.json"
         if _done(marker):
@@ -288,8 +277,6 @@ class ActiveLearning:
         computed once per loop with the oracle (``OUT/ground_state.json``); None where no campaign needs it."""
         if not self.needs_ground_state():
             return None
-        from .loop_md import nh3_minimum
-
         path = self.out / "ground_state.json"
         if not _done(path):
             write_json(path, nh3_minimum(self.oracle, self.store))
@@ -298,8 +285,6 @@ class ActiveLearning:
     def step_neb(self, g, method) -> dict | None:
         if not self.cfg.neb:
             return None
-        from .loop_md import neb_for_loop
-
         d = self.gen_dir(g, method)
         marker = d / "neb.json"
         if _done(marker):
@@ -312,8 +297,6 @@ class ActiveLearning:
 
     def oracle_neb(self) -> dict:
         """The oracle's own NEB barrier, computed once per loop."""
-        from .loop_md import oracle_neb_for_loop
-
         path = self.out / "neb_oracle.json"
         if _done(path):
             return json.loads(path.read_text())
@@ -326,18 +309,12 @@ class ActiveLearning:
     def method_generation(self, g: int, method: str) -> dict:
         """Every step of generation ``g`` for one UQ method (each step skipped if already done), with the
         loop's fixed number of PyTorch threads."""
-        from ..determinism import fixed_threads
-
-        import torch
-
         with fixed_threads(self.cfg.threads):
             return {**self._method_generation(g, method), "threads": torch.get_num_threads()}
 
     def model_steps(self, g: int, method: str) -> None:
         """Training, test, MD and NEB of generation ``g`` for one method, without its sampling and labelling
         (what does not depend on the sampler), each step skipped if already done."""
-        from ..determinism import fixed_threads
-
         with fixed_threads(self.cfg.threads):
             train0, val0, test, _ = self.initial_data()
             train, val = self.data_for(g, method, (train0, val0))

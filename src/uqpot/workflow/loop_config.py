@@ -8,12 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config
+from ..oracle import FACTORIES
 from ..sample import AttackSettings, SamplerName, SamplingSettings
 from ..schema import Distinct, Seed
 from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
+from .loop_md import campaign_config
 
 #: the default methods: the paper's four
 DEFAULT_METHODS = ("ensemble", "mve", "evidential", "gmm")
@@ -49,8 +51,6 @@ class OracleSettings(Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v):
-        from ..oracle import FACTORIES
-
         if v.lower().split(":")[0] not in FACTORIES:
             raise ValueError(f"unknown oracle {v!r}; known: {', '.join(FACTORIES)} (or pyscf:<preset>)")
         return v
@@ -108,10 +108,6 @@ class LoopConfig(Strict):
     @model_validator(mode="after")
     def _sampler_methods(self):
         if self.md:  # the campaign settings, checked now rather than after the first training
-            from pydantic import ValidationError
-
-            from .loop_md import campaign_config
-
             try:
                 campaign_config(self.md, self.system, self.seed)
             except ValidationError as exc:
