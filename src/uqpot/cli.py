@@ -118,6 +118,7 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
     metrics (Spearman, ROC-AUC at the 20th/50th error percentile, miscalibration area, cNLL) and plots."""
     from .data.io import ReadOptions
     from .evaluate import evaluate as run_eval
+    from .metrics.registry import describe
     from .metrics.registry import metrics as uq_metrics
     from .units import UnitError
 
@@ -137,10 +138,9 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
                f"RMSE {metrics['forces_rmse']:.4f} kcal/mol/Å"
                + (f"; stress MAE {metrics['stress_mae']:.4g} kcal/mol/Å³" if metrics.get("stress_mae") is not None
                   else ""))
-    uq = [m for m in uq_metrics(kind="uq") if m.name in metrics]
-    if uq:
-        click.echo(f"{metrics['method']}: " + ", ".join(f"{m.label} {m.format(metrics[m.name])}" for m in uq)
-                   + f" (calibration fitted on {metrics['calibration_fitted_on']})")
+    if any(m.name in metrics for m in uq_metrics(kind="uq")):
+        click.echo(f"{metrics['method']}: {describe(metrics, uq_metrics(kind='uq'))} "
+                   f"(calibration fitted on {metrics['calibration_fitted_on']})")
     click.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_structure.csv'}")
     for w in metrics.get("warnings", []):
         _warn(w)

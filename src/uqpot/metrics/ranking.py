@@ -70,5 +70,5 @@ register_metric(Metric("spearman", lambda x: spearman(x.uncertainty, x.error), T
                        table=True, bounds=(-1.0, 1.0)))
 for _p in (20, 50):
     register_metric(Metric(f"roc_auc_p{_p}", lambda x, p=_p: roc_auc(x.uncertainty, x.error, p), True,
-                           f"ROC-AUC (p{_p})", headline=True, table=True, summary=_p == 20, bounds=(0.0, 1.0),
-                           percentile=_p))
+                           "ROC-AUC", headline=True, table=True, summary=_p == 20, bounds=(0.0, 1.0),
+                           percentile=_p, qualifier=f"p{_p}"))

@@ -58,6 +58,8 @@ class Metric:
     claim: bool = True
     #: ROC-AUC's error percentile (``uq_metrics(percentiles=...)`` chooses among them)
     percentile: Optional[float] = None
+    #: what tells metrics of one label apart in a print ("p20": "ROC-AUC 0.81 (p20) 0.77 (p50)")
+    qualifier: str = ""
 
     @property
     def direction(self) -> str:
@@ -104,6 +106,21 @@ def table_names(optional: bool | None = None, summary: bool | None = None) -> tu
     ``optional=False``; with ``summary=True`` only those of the summaries."""
     return tuple(m.name for m in metrics(table=True) if (optional is None or m.optional == optional)
                  and (summary is None or m.summary == summary))
+
+
+def describe(values: dict, chosen: list[Metric]) -> str:
+    """One line of ``values`` for the metrics ``chosen`` (those present), each as "label value", metrics of
+    the same label one after another sharing it ("ROC-AUC 0.812 (p20) 0.771 (p50)"), joined by commas."""
+    parts: list[list] = []
+    for m in chosen:
+        if m.name not in values:
+            continue
+        text = m.format(values[m.name]) + (f" ({m.qualifier})" if m.qualifier else "")
+        if parts and parts[-1][0] == m.label:
+            parts[-1][1].append(text)
+        else:
+            parts.append([m.label, [text]])
+    return ", ".join(f"{label} {' '.join(texts)}" for label, texts in parts)
 
 
 def bounds(name: str) -> tuple:
