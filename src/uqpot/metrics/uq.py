@@ -1,4 +1,8 @@
-"""Uncertainty-quantification metrics (Tan et al. 2023, "Evaluation metrics"), as pure functions of arrays.
+"""Uncertainty-quantification metrics (Tan et al. 2023, "Evaluation metrics"), as pure functions of arrays:
+:func:`uq_metrics` computes every registered UQ metric of a test set (:mod:`uqpot.metrics.registry`) around
+one calibration fit, and this module gathers the functions of :mod:`~uqpot.metrics.residuals` (inputs),
+:mod:`~uqpot.metrics.ranking` (Spearman, ROC-AUC), :mod:`~uqpot.metrics.calibration` (NLL, calibration,
+miscalibration area) and :mod:`~uqpot.metrics.coverage` (intervals, conformal) under one name.
 
 Definitions (kept consistent with DESIGN.md, "Definitions to keep consistent"):
 
