@@ -127,6 +127,14 @@ def uq_metrics(
         except ValueError as exc:
             out[m.name] = float("nan")
             notes.append(f"{m.name}: {exc}")
+    for q in percentiles:  # an error percentile without a registered ROC-AUC metric: its ROC-AUC all the same
+        key = f"roc_auc_p{q:g}"
+        if key not in out:
+            try:
+                out[key] = roc_auc(u_t, e_t, q)
+            except ValueError as exc:
+                out[key] = float("nan")
+                notes.append(f"{key}: {exc}")
 
     if (u_val is None) != (res_val is None):
         raise ValueError("give both u_val and res_val, or neither")
