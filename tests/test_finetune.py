@@ -117,7 +117,8 @@ def test_a_loop_written_before_new_options_still_resumes(tmp_path):
     import yaml
 
     from test_loop import loop_cfg
-    from uqpot.workflow.active_learning import LoopConfig, _check_same_config
+    from uqpot.workflow.loop_config import LoopConfig
+    from uqpot.workflow.loop_resume import check_same_config as _check_same_config
 
     cfg = LoopConfig.model_validate(loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz")))
     old = cfg.model_dump(mode="json")
@@ -137,7 +138,8 @@ def test_a_loop_started_with_explicit_compile_resumes_on_its_path(tmp_path):
     import yaml
 
     from test_loop import loop_cfg
-    from uqpot.workflow.active_learning import LoopConfig, _check_same_config
+    from uqpot.workflow.loop_config import LoopConfig
+    from uqpot.workflow.loop_resume import check_same_config as _check_same_config
 
     cfg = LoopConfig.model_validate(loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz")))
     assert cfg.train.compile == "auto"
@@ -162,7 +164,8 @@ def test_a_loop_that_only_attacks_resumes_with_other_md_sampler_settings(tmp_pat
     import yaml
 
     from test_loop import loop_cfg
-    from uqpot.workflow.active_learning import LoopConfig, _check_same_config
+    from uqpot.workflow.loop_config import LoopConfig
+    from uqpot.workflow.loop_resume import check_same_config as _check_same_config
 
     base = loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz"))
     for sampler, goes_on in (("adversarial", True), ("md", False), ({"ensemble": "biased_md"}, False)):

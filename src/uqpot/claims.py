@@ -63,12 +63,16 @@ import numpy as np
 import yaml
 
 from .metrics import intervals as iv
+from .metrics.registry import METRICS, MetricInputs, get_metric, metrics
 from .metrics import significance as sig
 
-#: which way is better for every quantity a claim can name
-QUANTITIES = {"stable_md_fraction": True, "spearman": True, "roc_auc_p20": True, "roc_auc_p50": True,
-              "forces_mae": False, "energy_mae": False, "neb_barrier_error": False, "md_mean_stable_time_fs": True,
-              "miscalibration_area": False, "cnll": False}
+
+
+def quantities() -> dict[str, bool]:
+    """Every quantity a claim can name (the registered metrics with ``claim``) and whether higher is better."""
+    return {m.name: m.higher_is_better for m in metrics(claim=True)}
+
+
 VERDICTS = ("reproduced", "contradicted", "inconclusive", "not contradicted")
 #: the claim kinds and the keys each needs (besides id, source, quote, system, statement, kind, quantity)
 KINDS = {"order": ("methods",), "best": ("method",), "better_than": ("better", "worse"),
@@ -90,7 +94,7 @@ def load_claims(system: str | None = None, path=None) -> list[dict]:
         missing = [k for k in KINDS[c["kind"]] if k not in c]
         if missing:
             raise ValueError(f"claim {c['id']}: kind {c['kind']} needs {', '.join(missing)}")
-        if c["quantity"] not in QUANTITIES:
+        if c["quantity"] not in quantities():
             raise ValueError(f"claim {c['id']}: unknown quantity {c['quantity']!r}")
     return [c for c in claims if system is None or c["system"] == system]
 
@@ -149,7 +153,7 @@ def _hypothesis(q: str, *sides) -> str:
 def _rise_larger(obs: Observations, q: str, a: str, b: str, g0: int, g1: int) -> dict:
     """Effect "a improves more than b from g0 to g1" on q (positive = a's improvement larger), paired by unit:
     the per-unit difference of the two methods' changes."""
-    sign = 1.0 if QUANTITIES[q] else -1.0
+    sign = 1.0 if quantities()[q] else -1.0
     a0, a1, b0, b1 = (obs.get(m, g, q) for m, g in ((a, g0), (a, g1), (b, g0), (b, g1)))
     units = sorted(set(a0) & set(a1) & set(b0) & set(b1), key=str)
     if not units:
@@ -167,7 +171,7 @@ def _rise_larger(obs: Observations, q: str, a: str, b: str, g0: int, g1: int) ->
 def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, int]) -> dict:
     """Effect "a is better than b" on q (positive = a better): its interval, p-value, detectable effect, what
     it is paired on and how it was computed."""
-    sign = 1.0 if QUANTITIES[q] else -1.0
+    sign = 1.0 if quantities()[q] else -1.0
     va, vb = obs.get(*a, q), obs.get(*b, q)
     units = sorted(set(va) & set(vb), key=str)
     if not units:
@@ -187,7 +191,7 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
             e = _effect(d, lo, hi, f"one seed: Newcombe over {n1} and {n2} trajectories",
                         "not paired (the trajectories of one seed, as independent samples)",
                         sig.newcombe_p(k1, n1, k2, n2))
-        elif q in ("spearman", "roc_auc_p20", "roc_auc_p50") and obs.predictions is not None and a[1] == b[1]:
+        elif _of_ranking(q) and obs.predictions is not None and a[1] == b[1]:
             pa, pb = obs.predictions(a[0], a[1], u), obs.predictions(b[0], b[1], u)
             if pa is not None and pb is not None and len(pa[1]) == len(pb[1]):
                 est, vals = iv.bootstrap_distribution(_metric_difference(q), pa[0], pa[1], pb[0], pb[1], seed=0)
@@ -198,14 +202,17 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
     return _flip(e, sign)
 
 
+def _of_ranking(q: str) -> bool:
+    """Whether quantity ``q`` is a UQ metric of U and ε alone (a bootstrap over test structures applies)."""
+    m = METRICS.get(q)
+    return m is not None and m.kind == "uq" and not m.needs_calibration
+
+
 def _metric_difference(q: str):
-    from .metrics.uq import roc_auc, spearman
+    fn = get_metric(q).function
 
     def f(ua, ea, ub, eb):  # each model's uncertainty against its own errors, on the same structures
-        if q == "spearman":
-            return spearman(ua, ea) - spearman(ub, eb)
-        p = 20 if q == "roc_auc_p20" else 50
-        return roc_auc(ua, ea, p) - roc_auc(ub, eb, p)
+        return fn(MetricInputs(ua, ea, None)) - fn(MetricInputs(ub, eb, None))
 
     return f
 

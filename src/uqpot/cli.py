@@ -118,6 +118,8 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
     metrics (Spearman, ROC-AUC at the 20th/50th error percentile, miscalibration area, cNLL) and plots."""
     from .data.io import ReadOptions
     from .evaluate import evaluate as run_eval
+    from .metrics.registry import describe
+    from .metrics.registry import metrics as uq_metrics
     from .units import UnitError
 
     if out is not None and not str(out).strip():
@@ -136,10 +138,8 @@ def evaluate(model, data, out, fmt, energy_key, forces_key, energy_unit, length_
                f"RMSE {metrics['forces_rmse']:.4f} kcal/mol/Å"
                + (f"; stress MAE {metrics['stress_mae']:.4g} kcal/mol/Å³" if metrics.get("stress_mae") is not None
                   else ""))
-    if "spearman" in metrics:
-        click.echo(f"{metrics['method']}: Spearman {metrics['spearman']:.3f}, ROC-AUC {metrics['roc_auc_p20']:.3f} "
-                   f"(p20) {metrics['roc_auc_p50']:.3f} (p50), miscalibration area "
-                   f"{metrics['miscalibration_area']:.3f}, cNLL {metrics['cnll']:.3f} "
+    if any(m.name in metrics for m in uq_metrics(kind="uq")):
+        click.echo(f"{metrics['method']}: {describe(metrics, uq_metrics(kind='uq'))} "
                    f"(calibration fitted on {metrics['calibration_fitted_on']})")
     click.echo(f"wrote {Path(out) / 'metrics.json'} and {Path(out) / 'per_structure.csv'}")
     for w in metrics.get("warnings", []):
@@ -240,7 +240,8 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
     (whose data set is built first if needed, into OUT/data)."""
     from .config import load_yaml
     from .rundir import RunLock, check_out_dir
-    from .workflow.active_learning import ActiveLearning, load_loop_config
+    from .workflow.active_learning import ActiveLearning
+    from .workflow.loop_config import load_loop_config
     from .workflow.replicates import replicates, run_loop, run_replicates
     from .systems import get_system, preset_path
     from .workflow.reproduce import check_seeds

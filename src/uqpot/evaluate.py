@@ -34,15 +34,13 @@ from .data.io import ReadOptions, read_structures
 from .data.structures import StructureDataset
 from .metrics import uq as uqm
 from .metrics.errors import error_summary, per_structure_force_error
+from .metrics.registry import names as metric_names
 from .predict import predict
 from .errors import ConfigError, DataError, PredictionError
 from .provenance import atomic_write, remove_stale_temps, write_json, write_text
 
 #: the UQ metrics (Spearman, ROC-AUC, calibration) rank and compare structures: at least two
 MIN_UQ_STRUCTURES = 2
-#: metrics printed and reported: each must be finite
-HEADLINE = ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse", "spearman", "roc_auc_p20", "roc_auc_p50",
-            "miscalibration_area", "cnll")
 #: what ``evaluate`` writes into its output folder
 EVAL_FILES = ("metrics.json", "per_structure.csv", "predictions.npz", "hexbin.png", "calibration.png", "roc.png")
 
@@ -216,7 +214,8 @@ def evaluate(model_path, data_path, out_dir, options: ReadOptions | None = None,
                                               f"{MIN_UQ_STRUCTURES}")
         calibration = fit_calibration(model, cal_data, batch_size)
     metrics, table = assess(model, data, batch_size, calibration)
-    bad = [k for k in HEADLINE if k in metrics and not np.isfinite(metrics[k])]
+    headline = metric_names(headline=True)  # printed and reported: each must be finite
+    bad = [k for k in metrics if k in headline and not np.isfinite(metrics[k])]
     if bad:
         raise PredictionError(f"{data_path}: the metrics {', '.join(bad)} are not finite (e.g. a constant uncertainty "
                               f"over all {len(data)} structures leaves Spearman undefined); nothing was written")

@@ -3,12 +3,15 @@
 Per-structure force error ε(x) = mean over atoms and Cartesian components of (F̂ − F)², in
 (kcal/mol/Å)²; this is what the paper's hexbins plot against the uncertainty and what Spearman and ROC-AUC
 rank.  Aggregate errors: energy MAE/RMSE over structures (kcal/mol), force MAE/RMSE over all force
-components (kcal/mol/Å).
+components (kcal/mol/Å).  Registered as metrics (``forces_mae``, ``energy_mae``, ``stress_mae`` and the
+RMSEs; the stress ones computed by :func:`uqpot.evaluate.assess` where the data have a stress).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from .registry import Metric, register_metric
 
 
 def mae(pred, true) -> float:
@@ -35,3 +38,14 @@ def error_summary(energy_pred, energy_true, forces_pred: list, forces_true: list
         out["forces_mae"] = mae(fp, ft)
         out["forces_rmse"] = rmse(fp, ft)
     return out
+
+
+# in the tables' order: forces, energy, stress
+for _q, _unit in (("forces", "kcal/mol/Å"), ("energy", "kcal/mol"), ("stress", "kcal/mol/Å³")):
+    register_metric(Metric(f"{_q}_mae", None, False, f"{_q} MAE ({_unit})", ".4f", kind="error",
+                           headline=_q != "stress", table=True, optional=_q == "stress", bounds=(0.0, None),
+                           claim=_q != "stress"))
+for _q, _unit in (("forces", "kcal/mol/Å"), ("energy", "kcal/mol"), ("stress", "kcal/mol/Å³")):
+    register_metric(Metric(f"{_q}_rmse", None, False, f"{_q} RMSE ({_unit})", ".4f", kind="error",
+                           headline=_q != "stress", bounds=(0.0, None) if _q != "stress" else (None, None),
+                           claim=False))

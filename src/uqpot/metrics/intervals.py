@@ -47,21 +47,34 @@ ranking of methods can be trusted at that number of replicates.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy import stats
 
+from .registry import METRICS
+
 Interval = tuple[float, float, float]
 NAN = float("nan")
 
-#: the range of each reported quantity (None: unbounded on that side), where intervals are cut
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "forces_mae": (0.0, None), "energy_mae": (0.0, None), "stress_mae": (0.0, None), "forces_rmse": (0.0, None), "energy_rmse": (0.0, None),
-    "spearman": (-1.0, 1.0), "roc_auc_p20": (0.0, 1.0), "roc_auc_p50": (0.0, 1.0),
-    "miscalibration_area": (0.0, 0.5), "samples_added": (0.0, None), "neb_barrier_error": (0.0, None),
-    "md_mean_stable_time_fs": (0.0, None), "stable_md_fraction": (0.0, 1.0),
-}
+
+class _Ranges(Mapping):
+    """Metric name -> (low, high), read from the metric registry (:mod:`uqpot.metrics.registry`)."""
+
+    def __getitem__(self, name: str) -> tuple[float | None, float | None]:
+        return METRICS[name].bounds
+
+    def __iter__(self):
+        return iter(list(METRICS))
+
+    def __len__(self) -> int:
+        return len(METRICS)
+
+
+#: the range of each reported quantity (None: unbounded on that side), where intervals are cut: every
+#: registered metric's ``bounds``
+RANGES: Mapping[str, tuple[float | None, float | None]] = _Ranges()
 
 
 def _z(level: float) -> float:

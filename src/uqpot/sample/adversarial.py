@@ -30,24 +30,71 @@ lr·n(n+1)/2 per unit step; the correct update moves by lr·n.  uqpot's defaults
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
 from .. import fields as F
 from ..data.batch import collate
 from ..data.neighbors import neighbor_list
 from ..data.structures import Structure, StructureDataset
+from ..predict import predict
 from ..progress import LogProgress
+from ..schema import Strict
+from ..uq import method_class
+from .base import Proposal, Sampler, SamplingContext, register_sampler
 
 def paper_equivalent_lr(si_lr: float, iterations: int = 80) -> float:
     """The step that gives, with δ applied once, the displacement the SI's re-adding update gave."""
     return si_lr * (iterations + 1) / 2
 
 
+class AttackSettings(Strict):
+    """``attack``: the adversarial sampler's settings in a loop config (SI Sec. III)."""
+
+    kT: float = Field(0.7, gt=0.0)  # kcal/mol/atom
+    iterations: int = Field(80, ge=1)  # SI Sec. III: 80 iterations, for every method
+    # a different number for evidential models (uqpot's option, not the SI's: unset = ``iterations``)
+    iterations_evidential: Optional[int] = Field(None, ge=1)
+    lr: float = Field(2.0e-3, gt=0.0)  # Å per step; see the module docstring on the SI's 5e-5
+    n_seeds: int = Field(20, ge=1)
+    # kcal/mol above the training minimum; one value, or one per attacked generation (silica: 5000, 10000)
+    energy_cutoff: Optional[Union[float, list[float]]] = 100.0
+
+    @field_validator("energy_cutoff")
+    @classmethod
+    def _cutoffs(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list: give one cut-off (kcal/mol), one per attacked generation, or null "
+                             "for none")
+        return v
+    dedup_rmsd: float = Field(0.01, ge=0.0)
+    min_displacement: float = Field(1e-3, ge=0.0)
+    # where the attack's starting structures, the Boltzmann partition function (Eq. 16) and the energy
+    # cut-off's reference (its minimum) come from: "initial", the paper's (Sec. 2.4: "randomly chosen
+    # structures, x from the initial training data"; Eq. 16 sums over the initial training data), i.e.
+    # every structure of ``data.train`` (training and validation pools of generation 1, the 78 geometries of
+    # the ammonia set); or "current", the generation's own training split (earlier adversarial samples
+    # included), which moves the reference as the data grows
+    seed_pool: Literal["initial", "current"] = "initial"
+
+    def cutoff_for(self, generation: int) -> float | None:
+        """The energy cut-off of ``generation`` (the last of a list holds for later ones)."""
+        c = self.energy_cutoff
+        if isinstance(c, list):
+            return c[min(generation - 1, len(c) - 1)] if c else None
+        return c
+
+
 @dataclass
 class AttackConfig:
+    """The resolved parameters of one :func:`attack` call (one generation's cut-off and seed, the method's
+    number of iterations): built from :class:`AttackSettings` by :meth:`AdversarialSampler.run_config`."""
+
     kT: float = 0.7  # kcal/mol/atom
     iterations: int = 80  # the SI: 80 (60 for evidential)
     lr: float = paper_equivalent_lr(5e-5)  # Å per Adam step (the SI's ammonia rate; a system's: its attack_lr)
@@ -117,8 +164,6 @@ def _batch_at(structures: list[Structure], positions: np.ndarray, cutoff: float,
 
 def signed_shift(model, train: StructureDataset, batch_size: int = 64) -> float:
     """min over the training structures of a signed U (used to make it positive)."""
-    from ..predict import predict
-
     u = predict(model, train, batch_size=batch_size, keys=(F.UNCERTAINTY,))[F.UNCERTAINTY]
     return float(np.min(u))
 
@@ -207,3 +252,35 @@ def draw_seeds(train: StructureDataset, n: int, seed: int) -> list[Structure]:
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(train), size=min(n, len(train)), replace=False)
     return [train[int(i)] for i in sorted(idx)]
+
+
+@register_sampler("adversarial")
+class AdversarialSampler(Sampler):
+    """The paper's attack (Eq. 15-16): ``n_seeds`` structures of the pool, displaced by gradient ascent on
+    p·U; the pool's energies are the Boltzmann reference and the cut-off's zero."""
+
+    settings = AttackSettings
+    section = "attack"
+
+    @staticmethod
+    def run_config(a: AttackSettings, method: str, energy_cutoff: float | None, seed: int) -> AttackConfig:
+        """One generation's :class:`AttackConfig` for UQ method ``method`` (its number of iterations: the
+        settings' key the method names, ``attack_iterations``)."""
+        return AttackConfig(kT=a.kT, iterations=getattr(a, method_class(method).attack_iterations) or a.iterations,
+                            lr=a.lr, n_seeds=a.n_seeds, energy_cutoff=energy_cutoff, dedup_rmsd=a.dedup_rmsd,
+                            min_displacement=a.min_displacement, seed=seed)
+
+    def propose(self, ctx: SamplingContext) -> Proposal:
+        a, train, model = ctx.settings, ctx.pool, ctx.model
+        cfg = self.run_config(a, ctx.method, ctx.energy_cutoff, ctx.seed)
+        ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], cfg.kT)
+        shift = signed_shift(model, train, ctx.batch_size) if model.signed_uncertainty else 0.0
+        seeds = draw_seeds(train, cfg.n_seeds, cfg.seed)
+        t0 = time.perf_counter()
+        res = attack(model, seeds, ref, cfg, u_shift=shift)
+        rec = {"n_seeds": len(seeds), "n_candidates": len(res.samples), "rejected": res.rejected,
+               "kT": cfg.kT, "iterations": cfg.iterations, "lr": cfg.lr, "energy_cutoff": cfg.energy_cutoff,
+               "seconds": round(time.perf_counter() - t0, 2), "u_shift": shift,
+               "reference_e_min_per_atom": ref.e_min, "seed_pool": a.seed_pool, "pool_size": len(train)}
+        return Proposal(res.samples, rec, res.history,
+                        f"attack gave {len(res.samples)} candidates from {len(seeds)} seeds")

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .. import fields as F
-from .md import MDSamplerConfig, SampleResult, md_sample
+from .base import register_sampler
+from .md import MDSampler, MDSamplerConfig, SampleResult, md_sample
 from .trust import Calibration
 
 
@@ -85,3 +86,13 @@ def biased_md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibratio
     res.summary.update(bias_strength=strength, bias_width=width,
                        bias_form="A*(exp(-sigma^2/B^2)-1), sigma^2 = a*U+b (Kulichenko et al. 2023, Eq. 2)")
     return res
+
+
+@register_sampler("biased_md")
+class BiasedMDSampler(MDSampler):
+    """The ``md`` sampler's frames from uncertainty-driven (biased) MD; the bias from ``sampling``'s
+    ``bias_strength`` and ``bias_width``."""
+
+    def run(self, model, train, cfg: MDSamplerConfig, cal: Calibration, ref, ctx) -> SampleResult:
+        return biased_md_sample(model, train, cfg, cal, ref, strength=ctx.settings.bias_strength,
+                                width=ctx.settings.bias_width, criteria=ctx.criteria)

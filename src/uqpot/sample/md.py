@@ -28,17 +28,64 @@ biased one, and the frames' energies are the unbiased ones (the bias is a closed
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Literal, Optional
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from ..data.structures import Structure
+from ..md.batched import BatchedMD
+from ..md.checks import UncertaintyStop
+from ..schema import Strict
+from .adversarial import BoltzmannReference
+from .base import Proposal, Sampler, SamplingContext, register_sampler
 from .select import pick_in_feature_space
 from .trust import Calibration, TrustBand, pick_diverse
 
 
+class SamplingSettings(Strict):
+    """``sampling``: the MD samplers' settings in a loop config (``sampler: md | biased_md``).  Trust levels
+    are calibrated force errors σ_F (kcal/mol/Å), turned into each method's U through its stored calibration.
+    Unset: the system's campaign temperatures and time step (the context's ``md_preset``), and
+    ``max_candidates`` = the oracle budget of a generation (the loop's ``attack.n_seeds``, so that samplers
+    are compared at equal cost)."""
+
+    trust_lo: float = Field(1.0, ge=0.0)
+    trust_hi: float = Field(15.0, gt=0.0)
+    replicas: int = Field(20, ge=1)
+    temperatures_K: Optional[list[float]] = None
+    steps: int = Field(1000, ge=1)
+    timestep_fs: Optional[float] = Field(None, gt=0.0)
+    frame_every: int = Field(10, ge=1)
+    max_candidates: Optional[int] = Field(None, ge=1)
+    min_distance: float = Field(0.05, ge=0.0)  # Å between picked frames
+    stop_above_trust: bool = True
+    # the UDD bias of biased_md: A (kcal/mol) and B (kcal/mol/Å); by default it reaches −A(1 − 1/e) = −12.6
+    # kcal/mol (13 kT at 500 K) where σ_F = B, half the upper trust level, and fades beyond
+    bias_strength: float = Field(20.0, ge=0.0)
+    bias_width: float = Field(7.5, gt=0.0)
+    # DP-GEN's adaptive lower trust level: trust_lo chosen each generation so that this fraction of the
+    # eligible frames lies in the band (see the module docstring); unset: the fixed trust_lo
+    adaptive_fraction: Optional[float] = Field(None, gt=0.0, le=1.0)
+    # candidates among the in-band frames: most uncertain first, min_distance Å apart ("geometric"), or by
+    # farthest-point sampling in the model's last-layer features, away from the training data ("features")
+    selection: Literal["geometric", "features"] = "geometric"
+
+    @model_validator(mode="after")
+    def _band(self):
+        if not self.trust_lo < self.trust_hi:
+            raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi}) kcal/mol/Å")
+        return self
+
+
 @dataclass
 class MDSamplerConfig:
+    """The resolved parameters of one :func:`md_sample` call (temperatures, time step and skin filled from
+    the system's presets, the generation's cut-off and seed): built from :class:`SamplingSettings` by
+    :meth:`MDSampler.run_config`."""
+
     trust_lo: float = 1.0  # kcal/mol/Å, calibrated σ_F
     trust_hi: float = 15.0
     replicas: int = 20
@@ -92,9 +139,6 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
     :class:`~uqpot.sample.adversarial.BoltzmannReference` of the training set (its per-atom minimum is the
     zero of the energy cut-off).  ``dynamics_model``: the model that drives the MD (default ``model``; the
     biased one for ``biased_md``), ``unbias(energy, u)``: the model's own energy from the recorded one."""
-    from ..md.batched import BatchedMD
-    from ..md.checks import UncertaintyStop
-
     band = TrustBand.from_calibration(cfg.trust_lo, cfg.trust_hi, calibration)
     starts = start_structures(train, cfg.replicas, cfg.seed)
     temps = [float(cfg.temperatures_K[k % len(cfg.temperatures_K)]) for k in range(cfg.replicas)]
@@ -172,3 +216,41 @@ def md_sample(model, train, cfg: MDSamplerConfig, calibration: Calibration, refe
                "u_hi": band.u_hi if math.isfinite(band.u_hi) else None,
                "md_seconds": round(res.wall_time_s, 2), "model_calls": res.model_calls}
     return SampleResult(samples, rejected, hist, summary)
+
+
+@register_sampler("md")
+class MDSampler(Sampler):
+    """Uncertainty-selected frames of plain MD from the pool's structures (see the module docstring)."""
+
+    settings = SamplingSettings
+    section = "sampling"
+
+    @staticmethod
+    def run_config(sm: SamplingSettings, ctx: SamplingContext) -> MDSamplerConfig:
+        """One generation's :class:`MDSamplerConfig`: unset values from the system's presets and the budget."""
+        preset = ctx.md_preset
+        return MDSamplerConfig(
+            trust_lo=sm.trust_lo, trust_hi=sm.trust_hi, replicas=sm.replicas,
+            temperatures_K=sm.temperatures_K or preset.get("temperatures_K", [300.0]),
+            steps=sm.steps, timestep_fs=sm.timestep_fs or preset.get("timestep_fs", 0.5),
+            frame_every=sm.frame_every, max_candidates=sm.max_candidates or ctx.budget,
+            min_distance=sm.min_distance, energy_cutoff=ctx.energy_cutoff, stop_above_trust=sm.stop_above_trust,
+            skin=preset.get("skin", 1.0), seed=ctx.seed, adaptive_fraction=sm.adaptive_fraction,
+            selection=sm.selection)
+
+    def run(self, model, train, cfg: MDSamplerConfig, cal: Calibration, ref, ctx: SamplingContext) -> SampleResult:
+        return md_sample(model, train, cfg, cal, ref, criteria=ctx.criteria)
+
+    def propose(self, ctx: SamplingContext) -> Proposal:
+        cfg = self.run_config(ctx.settings, ctx)
+        cal = ctx.calibration()
+        train = ctx.pool
+        ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], ctx.kT)
+        t0 = time.perf_counter()
+        res = self.run(ctx.model, train, cfg, cal, ref, ctx)
+        rec = {**res.summary, "n_seeds": cfg.replicas, "n_candidates": len(res.samples), "rejected": res.rejected,
+               "energy_cutoff": cfg.energy_cutoff, "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor},
+               "seconds": round(time.perf_counter() - t0, 2)}
+        return Proposal(res.samples, rec, res.history,
+                        f"{rec['sampler']} gave {rec['n_candidates']} candidates from {rec['frames_in_band']} frames "
+                        f"in the trust band ({rec['frames']} frames of {rec['replicas']} replicas)")

@@ -97,7 +97,7 @@ class UQMethod(nn.Module):
     posthoc = False
     #: whether ``fit_posthoc`` fits on the validation set (e.g. LLPR's α, ς)
     posthoc_uses_validation = False
-    #: the key of the attack settings (``uqpot.workflow.active_learning.AttackSettings``) that gives this
+    #: the key of the attack settings (``uqpot.sample.adversarial.AttackSettings``) that gives this
     #: method's number of attack iterations
     attack_iterations = "iterations"
     #: whether U depends on the forces (ensembles): then U's gradient needs the force graph

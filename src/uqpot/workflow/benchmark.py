@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics.intervals import RANGES, mean_interval
+from ..metrics.registry import table_names
 from ..provenance import write_json
 
 #: ROC-AUC on rMD17 from the paper's Table S2: (20th percentile, 50th percentile) per molecule and method
@@ -204,14 +206,14 @@ def run_grid(jobs: list[Job], executor=None, progress=None) -> list[dict]:
     return results
 
 
-TABLE_KEYS = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll")
+#: the grid's table metrics (uqpot.metrics.registry: every table metric the data need not lack), at import
+TABLE_KEYS = table_names(optional=False)
 
 
-def table(results: list[dict], group=("method",), keys=TABLE_KEYS) -> list[dict]:
-    """Mean, standard deviation and 95% t-interval (``<key>_lo``, ``<key>_hi``) of the test metrics (``keys``)
-    per group (e.g. per method over seeds/splits)."""
-    from ..metrics.intervals import RANGES, mean_interval
-
+def table(results: list[dict], group=("method",), keys=None) -> list[dict]:
+    """Mean, standard deviation and 95% t-interval (``<key>_lo``, ``<key>_hi``) of the test metrics (``keys``;
+    default: the registered table metrics) per group (e.g. per method over seeds/splits)."""
+    keys = table_names(optional=False) if keys is None else keys
     rows: dict[tuple, list[dict]] = {}
     for r in results:
         key = tuple(r["job"][g] for g in group)
@@ -232,7 +234,8 @@ def table(results: list[dict], group=("method",), keys=TABLE_KEYS) -> list[dict]
     return out
 
 
-def format_table(rows: list[dict], keys=TABLE_KEYS) -> str:
+def format_table(rows: list[dict], keys=None) -> str:
+    keys = table_names(optional=False) if keys is None else keys
     head = ["method", *keys, "epochs", "wall s"]
     lines = [" | ".join(f"{h:>12s}" for h in head)]
     for r in rows:

@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 
+from ..metrics.registry import names as metric_names
 from ..plots import _plt, hexbin
 
 METHOD_COLORS = {"ensemble": "#1f77b4", "mve": "#ff7f0e", "evidential": "#2ca02c", "gmm": "#d62728",
@@ -74,10 +75,10 @@ def parity(entries: list[dict], title: str = ""):
     return fig
 
 
-def metric_bars(rows: list[dict], keys=("spearman", "roc_auc_p20", "miscalibration_area", "cnll"),
-                title: str = ""):
-    """Bars of metrics per method; error bars: the 95% interval (``<key>_lo``/``<key>_hi``) where the rows have
+def metric_bars(rows: list[dict], keys=None, title: str = ""):
+    """Bars of metrics per method (default: the registered UQ metrics of the summaries); error bars: the 95% interval (``<key>_lo``/``<key>_hi``) where the rows have
     one, else the standard deviation over splits/seeds (``<key>_std``)."""
+    keys = metric_names(kind="uq", summary=True) if keys is None else keys
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), squeeze=False)
     for ax, k in zip(axes[0], keys):

@@ -1,97 +1,90 @@
-"""The loop's sampling step for the MD samplers (``sampler: md | biased_md``): the ``sampling`` settings and
-the step that turns them, the generation's model and its stored calibration into candidates for the oracle
-(:mod:`uqpot.sample.md`, :mod:`uqpot.sample.biased_md`), written where and as the attack writes its own
-(``GEN/METHOD/attack/candidates.extxyz``, ``history.npz``), so that labelling, the store and resuming work
-unchanged.
+"""The loop's sampling and labelling steps, for any registered sampler (:mod:`uqpot.sample.base`): the
+context a sampler gets (:func:`sampling_context`), its candidates written where every sampler's go
+(``GEN/METHOD/attack/candidates.extxyz``, ``history.npz``, the record ``attack.json``; :func:`sample_step`),
+and their labels from the oracle through the store (``labelled.extxyz``, ``label.json``; :func:`label_step`),
+so that labelling, the store and resuming do not depend on the sampler.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal, Optional
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from ..config import Strict
+from ..data.io import ReadOptions, read_structures, write_extxyz
+from ..data.structures import StructureDataset
+from ..md.stability import StabilityCriteria
 from ..systems import find_system
+from ..provenance import write_json
+from ..sample import SAMPLERS, SamplingContext, get_sampler
+from .loop_config import LoopConfig
 
 
-class SamplingSettings(Strict):
-    """``sampling``: the MD samplers (``sampler: md | biased_md``; :mod:`uqpot.sample.md`,
-    :mod:`uqpot.sample.biased_md`).  Trust levels are calibrated force errors σ_F (kcal/mol/Å), turned into
-    each method's U through its stored calibration.  Unset: the system's campaign temperatures and time step
-    (``md_preset`` of the system, :mod:`uqpot.systems`), and ``max_candidates`` = ``attack.n_seeds`` (the attack's oracle
-    budget per generation, so that samplers are compared at equal cost)."""
-
-    trust_lo: float = Field(1.0, ge=0.0)
-    trust_hi: float = Field(15.0, gt=0.0)
-    replicas: int = Field(20, ge=1)
-    temperatures_K: Optional[list[float]] = None
-    steps: int = Field(1000, ge=1)
-    timestep_fs: Optional[float] = Field(None, gt=0.0)
-    frame_every: int = Field(10, ge=1)
-    max_candidates: Optional[int] = Field(None, ge=1)
-    min_distance: float = Field(0.05, ge=0.0)  # Å between picked frames
-    stop_above_trust: bool = True
-    # the UDD bias of biased_md: A (kcal/mol) and B (kcal/mol/Å); by default it reaches −A(1 − 1/e) = −12.6
-    # kcal/mol (13 kT at 500 K) where σ_F = B, half the upper trust level, and fades beyond
-    bias_strength: float = Field(20.0, ge=0.0)
-    bias_width: float = Field(7.5, gt=0.0)
-    # DP-GEN's adaptive lower trust level: trust_lo chosen each generation so that this fraction of the
-    # eligible frames lies in the band (uqpot.sample.md); unset: the fixed trust_lo
-    adaptive_fraction: Optional[float] = Field(None, gt=0.0, le=1.0)
-    # candidates among the in-band frames: most uncertain first, min_distance Å apart ("geometric"), or by
-    # farthest-point sampling in the model's last-layer features, away from the training data ("features")
-    selection: Literal["geometric", "features"] = "geometric"
-
-    @model_validator(mode="after")
-    def _band(self):
-        if not self.trust_lo < self.trust_hi:
-            raise ValueError(f"trust_lo ({self.trust_lo}) must be below trust_hi ({self.trust_hi}) kcal/mol/Å")
-        return self
+def system_md_values(system: str) -> tuple[dict, StabilityCriteria | None]:
+    """The system's MD presets (temperatures, time step, skin) and stability criteria, for the MD samplers."""
+    found = find_system(system)
+    if found is None:
+        return {}, None
+    return dict(found.md_preset or {}), found.stability_criteria(ground_state_energy=None)
 
 
-SamplerName = Literal["adversarial", "md", "biased_md"]
+def sampling_context(cfg: LoopConfig, g: int, method: str, pool: StructureDataset, model,
+                     model_file: Path) -> SamplingContext:
+    """What the sampler of ``method`` gets in generation ``g``: its settings (the loop config's section it
+    names, else its defaults), the generation's seed and cut-off, the oracle budget and the system's values."""
+    sampler = SAMPLERS[cfg.sampler_for(method)]
+    settings = getattr(cfg, sampler.section) if sampler.section else sampler.settings()
+    preset, criteria = system_md_values(cfg.system)
+    return SamplingContext(model=model, model_file=model_file, method=method, pool=pool, settings=settings,
+                           seed=cfg.seed + g, energy_cutoff=cfg.cutoff_for(g), budget=cfg.attack.n_seeds,
+                           kT=cfg.attack.kT, batch_size=cfg.batch_size, md_preset=preset, criteria=criteria)
 
 
-def md_sample_for_loop(al, g: int, method: str, train, d: Path) -> dict:
-    """Runs the method's MD sampler for generation ``g`` of the loop ``al``; writes the candidates into ``d``
-    and returns the step's record."""
-    from ..data.io import write_extxyz
-    from ..data.structures import StructureDataset
-    from ..modelfile import read as read_model_file
-    from ..sample.adversarial import BoltzmannReference
-    from ..sample.biased_md import biased_md_sample
-    from ..sample.md import MDSamplerConfig, md_sample
-    from ..sample.trust import Calibration
-
-    sampler, sm = al.cfg.sampler_for(method), al.cfg.sampling
-    system = find_system(al.cfg.system)
-    preset = {} if system is None or system.md_preset is None else system.md_preset
-    cfg = MDSamplerConfig(
-        trust_lo=sm.trust_lo, trust_hi=sm.trust_hi, replicas=sm.replicas,
-        temperatures_K=sm.temperatures_K or preset.get("temperatures_K", [300.0]),
-        steps=sm.steps, timestep_fs=sm.timestep_fs or preset.get("timestep_fs", 0.5),
-        frame_every=sm.frame_every, max_candidates=sm.max_candidates or al.cfg.attack.n_seeds,
-        min_distance=sm.min_distance, energy_cutoff=al.cfg.cutoff_for(g), stop_above_trust=sm.stop_above_trust,
-        skin=preset.get("skin", 1.0), seed=al.cfg.seed + g, adaptive_fraction=sm.adaptive_fraction,
-        selection=sm.selection)
-    path = al.gen_dir(g, method) / "train" / "model.pt"
-    cal = Calibration.from_extra(read_model_file(path).get("extra", {}), where=str(path))
-    model = al.model(g, method)
-    ref = BoltzmannReference.from_energies(train.energies(), [s.n_atoms for s in train], al.cfg.attack.kT)
-    criteria = None if system is None else system.stability_criteria(ground_state_energy=None)
-    t0 = time.perf_counter()
-    if sampler == "biased_md":
-        res = biased_md_sample(model, train, cfg, cal, ref, strength=sm.bias_strength, width=sm.bias_width,
-                               criteria=criteria)
-    else:
-        res = md_sample(model, train, cfg, cal, ref, criteria=criteria)
+def sample_step(d: Path, sampler: str, ctx: SamplingContext, log) -> dict:
+    """Runs ``sampler`` on ``ctx``; writes its candidates, history and record (``attack.json``, last) into
+    ``d`` and returns the record."""
+    prop = get_sampler(sampler).propose(ctx)
     d.mkdir(parents=True, exist_ok=True)
-    write_extxyz(StructureDataset(res.samples), d / "candidates.extxyz")
-    np.savez(d / "history.npz", **res.history)
-    return {**res.summary, "n_seeds": cfg.replicas, "n_candidates": len(res.samples), "rejected": res.rejected,
-            "energy_cutoff": cfg.energy_cutoff, "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor},
-            "seconds": round(time.perf_counter() - t0, 2)}
+    write_extxyz(StructureDataset(prop.candidates), d / "candidates.extxyz")
+    np.savez(d / "history.npz", **prop.history)
+    write_json(d / "attack.json", prop.record)
+    log(prop.message)
+    return prop.record
+
+
+def label_step(d: Path, oracle, store, executor, *, generation: int, method: str, source: str,
+               train: StructureDataset, cutoff: float | None, log) -> dict:
+    """Labels the candidates in ``d`` with ``oracle`` (through ``store``); keeps those within ``cutoff``
+    kcal/mol of ``train``'s minimum (``labelled.extxyz``) and writes the record (``label.json``, last)."""
+    g, marker = generation, d / "label.json"
+    cand = read_structures(d / "candidates.extxyz", ReadOptions(require_energy=False, require_forces=False,
+                                                                min_distance=0.0)) \
+        if (d / "candidates.extxyz").stat().st_size else StructureDataset([])
+    calls0, t0 = oracle.calls, time.perf_counter()
+    res = oracle.label(list(cand), store=store, provenance={"generation": g, "uq_method": method, "source": source},
+                       executor=executor)
+    e_min = min(s.energy for s in train)  # kcal/mol (oracle scale), the training minimum
+    accepted, dropped = [], []
+    for k, s in enumerate(res.structures):
+        if s is None:
+            dropped.append({"candidate": k, "reason": "oracle failure: " + str(res.records[k].error)})
+            continue
+        e_rel = s.energy - e_min
+        if cutoff is not None and e_rel > cutoff:
+            dropped.append({"candidate": k, "reason": f"reference energy {e_rel:.1f} kcal/mol above cut-off"})
+            continue
+        s.info = {**cand[k].info, "generation": g, "uq_method": method, "energy_rel": e_rel}
+        accepted.append(s)
+    write_extxyz(StructureDataset(accepted), d / "labelled.extxyz")
+    energies = [s.info["energy_rel"] for s in accepted]
+    failed = sum(s is None for s in res.structures)
+    rec = {"n_candidates": len(cand), "n_added": len(accepted), "n_failed": failed, "dropped": dropped,
+           "oracle_calls": oracle.calls - calls0, "from_store": res.n_from_store,
+           "energy_rel_min": min(energies) if energies else None,
+           "energy_rel_max": max(energies) if energies else None,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(marker, rec)
+    log(f"labelled {len(cand)} candidates ({rec['oracle_calls']} oracle calls), "
+        f"added {len(accepted)}" + (f", {failed} failed (see {marker})" if failed else ""))
+    return rec

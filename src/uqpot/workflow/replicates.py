@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from ..provenance import write_json
-from .active_learning import ActiveLearning, LoopConfig
+from .active_learning import ActiveLearning
+from .loop_config import LoopConfig
 
 
 def replicates(cfg: LoopConfig, seeds: list[int]) -> list[LoopConfig]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import claims as claims_mod
+from ..metrics.registry import metrics, names, table_names
 from ..provenance import write_json
 from . import figures as fg
 from .report import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
@@ -30,7 +31,7 @@ def observations(results: list[dict]) -> claims_mod.Observations:
     for r in results:
         u, m = _unit(r["job"]), r["job"]["method"]
         outs[(m, u)] = Path(r["job"]["out"])
-        for q in claims_mod.QUANTITIES:
+        for q in claims_mod.quantities():
             v = r["test"].get(q)
             if v is not None and np.isfinite(v):
                 obs.values.setdefault((m, 1, q), {})[u] = float(v)
@@ -77,20 +78,22 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
     rows = table(results, group=("molecule", "method"))
     overall = table(results, group=("method",))
     rep.heading("Metrics per molecule and method (mean over splits and seeds, 95% intervals)")
-    keys = ("forces_mae", "energy_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll")
+    # Table S2's columns: the ROC-AUC metrics at the paper's error percentiles (20th and 50th)
+    roc_auc = tuple(m.name for m in metrics(kind="uq") if m.percentile in (20, 50))
+    keys = table_names(optional=False)
     rep.table("metrics", rows, ["molecule", "method", "n", *_interval_columns(keys), "epochs", "wall_seconds"])
     s2 = []
     for r in rows + [dict(o, molecule="mean") for o in overall] if len(molecules) > 1 else rows:
         paper = PAPER_TABLE_S2.get(r["molecule"], {}).get(r["method"], (None, None))
         s2.append({"molecule": r["molecule"], "method": r["method"], "n": r["n"],
-                   **{c: r.get(c) for c in _interval_columns(("roc_auc_p20", "roc_auc_p50"))},
+                   **{c: r.get(c) for c in _interval_columns(roc_auc)},
                    "paper_roc_auc_p20": paper[0], "paper_roc_auc_p50": paper[1]})
     rep.heading("ROC-AUC at the 20th and 50th error percentile (Table S2 analogue)")
     rep.table("table_s2", s2, caption="uqpot's mean with its 95% interval beside the paper's value")
     for mol in molecules:
         mrows = [r for r in rows if r["molecule"] == mol]
         rep.figure(fg.metric_bars(mrows, title=mol), f"{mol}: UQ metrics per method (error bars: 95% interval)")
-        rep.figure(fg.metric_bars(mrows, keys=("forces_mae", "energy_mae"), title=mol),
+        rep.figure(fg.metric_bars(mrows, keys=names(kind="error", table=True, optional=False), title=mol),
                    f"{mol}: force and energy MAE per method (error bars: 95% interval)")
         entries = []
         for r in results:
@@ -104,7 +107,7 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
             rep.figure(fg.hexbins(entries, mol), f"{mol}: uncertainty against squared force error (first split "
                                                  "and seed)")
     methods = sorted({r["method"] for r in rows})
-    for key in ("spearman", "roc_auc_p20", "miscalibration_area", "cnll"):
+    for key in names(kind="uq", summary=True):
         mat = np.array([[next((r[key] for r in rows if r["molecule"] == mol and r["method"] == m and r[key] is not None),
                               np.nan) for m in methods] for mol in molecules], dtype=float)
         rep.figure(fg.heatmap(mat, molecules, methods, key), f"{key} per molecule and method (Fig. S2 analogue)")

@@ -33,14 +33,14 @@ import yaml
 
 from .. import claims as claims_mod
 from ..metrics import intervals as iv
+from ..metrics.registry import MetricInputs, metrics, table_names
 from ..provenance import write_json
 from . import figures as fg
 from .report import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                      fidelity_section)
 
-METRICS = ("forces_mae", "energy_mae", "stress_mae", "spearman", "roc_auc_p20", "roc_auc_p50",
-           "miscalibration_area", "cnll")
-SEED_KEYS = METRICS + ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
+#: a seed's values besides the table metrics (uqpot.metrics.registry.table_names), averaged over seeds
+LOOP_KEYS = ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
 BOOTSTRAP_RESAMPLES = 1000
 INTERVAL_NOTE = (
     "Intervals are 95%. Metrics and errors: mean over seeds with Student's t-interval (none for one seed), "
@@ -104,7 +104,7 @@ def records(run: Path) -> tuple[list[dict], dict]:
                     continue
                 t, lab, md, neb = r["test"], r.get("label") or {}, r.get("md"), r.get("neb") or {}
                 rec = {"seed": seed, "generation": int(g), "method": m, "dir": str(d), "n_train": r["n_train"],
-                       **{k: t.get(k) for k in METRICS}, "samples_added": lab.get("n_added"),
+                       **{k: t.get(k) for k in table_names()}, "samples_added": lab.get("n_added"),
                        "oracle_failures": lab.get("n_failed"), "added_E_min": lab.get("energy_rel_min"),
                        "added_E_max": lab.get("energy_rel_max"), "neb_barrier": neb.get("barrier"),
                        "neb_barrier_oracle": neb.get("oracle_barrier"),
@@ -131,20 +131,18 @@ def _predictions(rec: dict):
 
 def seed_rows(recs: list[dict]) -> list[dict]:
     """Per seed: the metrics, bootstrap intervals of Spearman and ROC-AUC, Wilson of the stable fraction."""
-    from ..metrics.uq import roc_auc, spearman
-
     rows = []
     for r in recs:
-        row = {k: r.get(k) for k in ("seed", "generation", "method", "n_train", *METRICS, "samples_added",
+        row = {k: r.get(k) for k in ("seed", "generation", "method", "n_train", *table_names(), "samples_added",
                                      "added_E_min", "added_E_max", "neb_barrier", "neb_barrier_oracle")}
         if row.get("stress_mae") is None:  # molecules: no stress
             row.pop("stress_mae", None)
         pred = _predictions(r)
         if pred is not None:
-            for key, fn in (("spearman", spearman), ("roc_auc_p20", lambda u, e: roc_auc(u, e, 20))):
-                _, lo, hi = iv.bootstrap(fn, *pred, n_resamples=BOOTSTRAP_RESAMPLES,
-                                         seed=1000 * r["seed"] + r["generation"])
-                row[f"{key}_lo"], row[f"{key}_hi"] = lo, hi
+            for m in metrics(kind="uq", needs_calibration=False, summary=True):  # of U and ε alone
+                _, lo, hi = iv.bootstrap(lambda u, e, f=m.function: f(MetricInputs(u, e, None)), *pred,
+                                         n_resamples=BOOTSTRAP_RESAMPLES, seed=1000 * r["seed"] + r["generation"])
+                row[f"{m.name}_lo"], row[f"{m.name}_hi"] = lo, hi
         if r.get("md_runs"):
             p, lo, hi = iv.wilson(r["md_stable"], r["md_runs"])
             row.update(stable_md_fraction=p, stable_md_fraction_within_seed_lo=lo,
@@ -176,7 +174,7 @@ def summary_rows(recs: list[dict]) -> list[dict]:
     for (g, m), rs in sorted(cells.items(), key=lambda kv: (kv[0][0], [r["method"] for r in recs].index(kv[0][1]))):
         row = {"generation": g, "method": m, "n_seeds": len(rs),
                "n_train": iv.mean_interval([r["n_train"] for r in rs])[0]}
-        for k in SEED_KEYS:
+        for k in (*table_names(), *LOOP_KEYS):
             vals = [r.get(k) for r in rs]
             if all(v is None for v in vals):
                 continue
@@ -198,7 +196,7 @@ def observations(recs: list[dict]) -> claims_mod.Observations:
     obs = claims_mod.Observations(last_generation=max((r["generation"] for r in recs), default=1))
     by_key = {(r["method"], r["generation"], r["seed"]): r for r in recs}
     for r in recs:
-        for q in claims_mod.QUANTITIES:
+        for q in claims_mod.quantities():
             if r.get(q) is not None:
                 obs.values.setdefault((r["method"], r["generation"], q), {})[r["seed"]] = float(r[q])
         if r.get("md_runs"):
@@ -343,8 +341,8 @@ def _summary_entry(loop_dir: Path, g: int, m: str, key: str):
 
 def _summary_columns(rows: list[dict]) -> list[str]:
     cols = ["generation", "method", "n_seeds", "n_train"]
-    for k in ("forces_mae", "energy_mae", "stress_mae", "spearman", "roc_auc_p20", "miscalibration_area", "cnll",
-              "stable_md_fraction", "md_mean_stable_time_fs", "samples_added", "neb_barrier"):
+    for k in (*table_names(summary=True), "stable_md_fraction", "md_mean_stable_time_fs", "samples_added",
+              "neb_barrier"):
         if any(k in r or f"{k}_lo" in r for r in rows):
             cols += [c for c in (k, f"{k}_lo", f"{k}_hi") if any(c in r for r in rows)]
         if k == "stable_md_fraction" and any("stable_md_interval" in r for r in rows):

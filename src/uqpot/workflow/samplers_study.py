@@ -23,16 +23,16 @@ from ..errors import ConfigError
 from ..schema import option_list
 from ..metrics import intervals as iv
 from ..provenance import write_json
-from ..sample import SAMPLERS
+from ..sample import sampler_names
 
 
 def check_samplers(samplers) -> list[str] | None:
     out = option_list(samplers, "--samplers")  # a comma-separated text or its items; distinct, not empty
     if out is None:
         return None
-    bad = [s for s in out if s not in SAMPLERS]
+    bad = [s for s in out if s not in sampler_names()]
     if bad:
-        raise ConfigError(None, f"--samplers: {', '.join(map(repr, bad))}; choose from {', '.join(SAMPLERS)}, each "
+        raise ConfigError(None, f"--samplers: {', '.join(map(repr, bad))}; choose from {', '.join(sampler_names())}, each "
                                 "once")
     return out
 
@@ -189,7 +189,7 @@ def build_sampler_report(out: Path, samplers: list[str] | None = None) -> Path:
 
     out = Path(out)
     if samplers is None:
-        samplers = [s for s in SAMPLERS if (out / s / "study.json").is_file()]
+        samplers = [s for s in sampler_names() if (out / s / "study.json").is_file()]
     rows = sampler_rows(out, samplers)
     if not rows:
         raise ConfigError(out, "no sampler has a finished loop to compare yet")

@@ -27,7 +27,7 @@ from ..schema import Distinct, Seed, check_seed
 from ..errors import ConfigError, UqpotError
 from ..provenance import write_json
 from ..systems import StudySystemName, get_system
-from .active_learning import LoopConfig, OracleSettings
+from .loop_config import LoopConfig, OracleSettings
 
 
 class Study(Strict):
