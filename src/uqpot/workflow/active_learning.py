@@ -33,7 +33,15 @@ from typing import Literal, Optional, Union
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from ..config import ModelConfig, ModelSection, Strict, TrainConfig, dump_config, load_config
+from ..nn.painn import PaiNNOptions
+
+from ..nn.backbone import ModelSection
+
+from ..schema import Strict
+
+from ..train.config import TrainConfig
+
+from ..config_io import dump_config, load_config
 from ..schema import Distinct, Seed
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
@@ -87,7 +95,7 @@ class AttackSettings(Strict):
 
 class FinetuneSettings(Strict):
     """``finetune``: how each generation trains when the loop starts from ``init_model`` (a warm start:
-    :mod:`uqpot.train.finetune`).  A trained network needs a smaller step and fewer epochs than one trained
+    :mod:`uqpot.fit.finetune`).  A trained network needs a smaller step and fewer epochs than one trained
     from random weights; unset values are a fifth of ``train.lr`` and half of ``train.epochs`` (the other
     ``train`` settings apply as they are)."""
 
@@ -119,7 +127,7 @@ class LoopConfig(Strict):
     methods: Distinct[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
-    model: ModelSection = Field(default_factory=ModelConfig)
+    model: ModelSection = Field(default_factory=PaiNNOptions)
     uq: MethodOptions = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
     train: TrainConfig = TrainConfig()
     attack: AttackSettings = AttackSettings()
@@ -234,7 +242,7 @@ class ActiveLearning:
         labels, SI Eq. 1 unless every method can train on a stress)."""
         if self._train_settings is None:
             from ..train.losses import study_stress_weight
-            from ..train.run import trains_stress
+            from ..fit.run import trains_stress
 
             train = read_structures(self.cfg.data.train, self.opts)  # every initial structure (stress or not)
             self._train_settings = study_stress_weight(
@@ -316,7 +324,7 @@ class ActiveLearning:
     def shared_methods(self) -> list[str]:
         """The methods that wrap one plain-trained backbone in generation 1 (when two or more would train the
         same network; see the module docstring)."""
-        from ..train.run import trains_plain_potential
+        from ..fit.run import trains_plain_potential
 
         plain = [m for m in self.cfg.methods if trains_plain_potential(self.cfg.uq_config(m))]
         return plain if len(plain) > 1 else []
@@ -327,7 +335,7 @@ class ActiveLearning:
 
     def step_backbone(self) -> dict:
         """Generation 1's shared plain potential (trained once, resumed or skipped when done)."""
-        from ..train.run import fit_model
+        from ..fit.run import fit_model
         from ..uq.options import parse_uq
 
         d = self.backbone_dir
@@ -344,7 +352,7 @@ class ActiveLearning:
                          init=self.init_for(1, "none"))
 
     def step_train(self, g, method, train, val, test) -> dict:
-        from ..train.run import fit_from_backbone, fit_model
+        from ..fit.run import fit_from_backbone, fit_model
 
         d = self.gen_dir(g, method) / "train"
         marker = d / "summary.json"
@@ -367,14 +375,14 @@ class ActiveLearning:
 
     def init_for(self, g: int, method: str) -> list[Path] | None:
         """The model file(s) generation ``g`` of ``method`` fine-tunes (None: trained from scratch)."""
-        from ..train.run import member_count
+        from ..fit.run import member_count
 
         files = self.cfg.init_files()
         if not files:
             return None
         if g > 1 and self.cfg.finetune.start == "previous":
             return [self.gen_dir(g - 1, method) / "train" / "model.pt"]
-        members = 1 if method == "none" else member_count(self.cfg.uq_config(method))
+        members = member_count(self.cfg.uq_config(method))
         return files if members == len(files) else files[:1]
 
     def model(self, g, method):
@@ -625,14 +633,14 @@ PATH_KEYS = ("data.train", "data.test", "store", "init_model")
 
 def _check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     """The config to go on with in ``out``: ``cfg``, with the speed choices the loop keeps from its start
-    (:func:`uqpot.train.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
+    (:func:`uqpot.fit.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
     (:func:`_unread_settings`: the MD samplers' ``sampling`` in a loop that only attacks) are not compared,
     nor is ``out`` (the folder may be given another way, or moved); file paths are compared as files.  Any
     other difference is refused, naming the settings."""
     import yaml
 
     from ..rundir import place, recorded_place, setting_differences
-    from ..train.run import flat_settings, kept_speed_choices
+    from ..fit.run import flat_settings, kept_speed_choices
 
     old = out / "config.yaml"
     if not old.is_file():

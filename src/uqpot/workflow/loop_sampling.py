@@ -14,7 +14,7 @@ from typing import Literal, Optional
 import numpy as np
 from pydantic import Field, model_validator
 
-from ..config import Strict
+from ..schema import Strict
 
 
 class SamplingSettings(Strict):
