@@ -60,8 +60,10 @@ class BackboneOptions(Strict):
     kind: str
 
     def potential_hparams(self, members: int, seeds: list[int], train=None) -> dict:
-        """The backbone's constructor arguments for ``members`` stacked networks, member k seeded with
-        ``seeds[k]``; ``train`` (the training set) for a backbone sized from its data."""
+        """The hyper-parameters of a new potential (what :func:`build_potential` takes: the constructor's
+        arguments, with ``backbone: <name>`` for every backbone but the default) for ``members`` stacked
+        networks, member k seeded with ``seeds[k]``; ``train`` (the training set) for a backbone sized from
+        its data."""
         raise NotImplementedError
 
 

@@ -4,7 +4,7 @@ Importing this package registers the built-in methods (their options, output fie
 a method defined elsewhere registers itself when its module is imported (``@register_method``).
 """
 
-from .base import (METHODS, REDUCTIONS, REGISTRY, Uncertainty, UQMethod, method_class, reduce_atoms,  # noqa: F401
+from .base import (METHODS, PLAIN, REDUCTIONS, Uncertainty, UQMethod, method_class, reduce_atoms,  # noqa: F401
                    register_method)
 from .descriptor_distance import DescriptorDistance  # noqa: F401
 from .ensemble import Ensemble  # noqa: F401

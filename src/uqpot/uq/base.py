@@ -39,8 +39,8 @@ from .options import REDUCTIONS, UQOptions, register_options
 
 #: method name -> class: the methods that give an uncertainty
 METHODS: dict[str, type["UQMethod"]] = {}
-#: every registered method name -> class, the plain potential ``none`` (``plain = True``) included
-REGISTRY: dict[str, type["UQMethod"]] = {}
+#: method name -> class: the plain methods (``plain = True``: ``none``, a potential without uncertainty)
+PLAIN: dict[str, type["UQMethod"]] = {}
 
 
 def register_method(name: str):
@@ -53,8 +53,8 @@ def register_method(name: str):
             raise TypeError(f"UQ method {name!r} must declare its options: options = <a UQOptions subclass>")
         register_options(name, options)
         cls.method = name
-        REGISTRY[name] = cls
         if cls.plain:
+            PLAIN[name] = cls
             return cls
         cls.kind = f"uq.{name}"
         METHODS[name] = cls
@@ -66,9 +66,10 @@ def register_method(name: str):
 
 def method_class(name: str) -> type["UQMethod"]:
     """The class of the registered method ``name`` (``none`` included)."""
-    if name not in REGISTRY:
+    cls = METHODS.get(name) or PLAIN.get(name)
+    if cls is None:
         raise ValueError(f"unknown UQ method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return REGISTRY[name]
+    return cls
 
 
 def reduce_atoms(values: torch.Tensor, batch: AtomsBatch, reduction: str = "mean") -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Registered as a method so that the run pipeline treats it as any other: its class says what it is
 (``plain``: the trained :class:`~uqpot.nn.potential.Potential` is the model, written as a ``potential``
-model file; nothing wraps it and nothing is calibrated; one network).  It is not in
-:data:`uqpot.uq.base.METHODS` (the methods that give an uncertainty), only in the full registry.
+model file; nothing wraps it and nothing is calibrated; one network).  It is in
+:data:`uqpot.uq.base.PLAIN`, not in :data:`uqpot.uq.base.METHODS` (the methods that give an uncertainty).
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ import io
 import numpy as np
 
 from ..plots import _plt, hexbin
-from ..uq import METHODS, REGISTRY
+from ..uq import METHODS, PLAIN
 
 
 def method_colour(method, default=None):
     """The method's colour in figures (its class's ``colour``); ``default`` for a method without one or not
     registered here."""
-    return getattr(REGISTRY.get(method), "colour", None) or default
+    return getattr(METHODS.get(method) or PLAIN.get(method), "colour", None) or default
 
 
 def _signed(method: str) -> bool:
