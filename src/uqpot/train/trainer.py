@@ -215,10 +215,8 @@ class Trainer:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            from ..modelfile import describe_load_error
-
             raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint "
-                                f"({describe_load_error(exc, self.checkpoint_path)}); rerun with --restart to train afresh") from None
+                                f"({modelfile.describe_load_error(exc, self.checkpoint_path)}); rerun with --restart to train afresh") from None
         try:
             self._restore(state)
         except (KeyError, RuntimeError, TypeError) as exc:
