@@ -164,7 +164,7 @@ def main(argv=None):
     p.add_argument("--torchsim-steps", type=int, default=None, help="steps of the torch-sim runs (default --steps)")
     p.add_argument("--compile", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
                    help="the batched engine's compile: 'auto' (default) = what a campaign's compile: auto picks "
-                        "for --campaign-steps steps of these replicas (uqpot.autocompile); --compile alone = true "
+                        "for --campaign-steps steps of these replicas (uqpot.train.autocompile); --compile alone = true "
                         "(the compilation is part of the warm-up, not timed)")
     p.add_argument("--campaign-steps", type=int, default=10_000,
                    help="the campaign length 'auto' decides for (10,000: the paper's ammonia runs of 5 ps)")
@@ -175,7 +175,7 @@ def main(argv=None):
     model = make_model(args.device, dtype)
     batch_starts = starts(args.replicas, args.data)
     if args.compile == "auto":
-        from uqpot.autocompile import choose_md_compile
+        from uqpot.train.autocompile import choose_md_compile
 
         compiled, why = choose_md_compile("auto", model, batch_starts, args.campaign_steps, torch.device(args.device))
         print(f"compile auto for {args.campaign_steps} steps of {args.replicas} replicas: {why}", flush=True)

@@ -3,7 +3,7 @@
     python benchmarks/plan_costs.py [--only train,eval,md,attack,labels,build] [--quick]
 
 One PyTorch thread (what every step of a study runs with: ``threads: 1``, one job per worker), CPU, eager
-(the compiled speed-ups are :mod:`uqpot.autocompile`'s), random weights (speed does not depend on them),
+(the compiled speed-ups are :mod:`uqpot.train.autocompile`'s), random weights (speed does not depend on them),
 synthetic structures of the studies' sizes with random labels:
 
 * NH3 (4 atoms, rattled pyramids), rMD17-sized molecules (ethanol from ``../shared/data`` where it is, else
@@ -143,7 +143,7 @@ def structures(system, atoms, n, seed=0):
 
 def _model(method, features, readout, members, train):
     """A random-weight model of ``method`` (``none``: the plain PaiNN) and its training loss (the trainer's)."""
-    from uqpot.config import TrainConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.nn.potential import Potential
     from uqpot.uq import METHODS
 
@@ -159,7 +159,7 @@ def _model(method, features, readout, members, train):
 
 
 def measure_train(name, steps=4, methods=("none", "ensemble", "mve", "evidential")) -> dict:
-    from uqpot.config import TrainConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.train.losses import resolve_stress_weight
     from uqpot.train.trainer import Trainer
 

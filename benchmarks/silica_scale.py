@@ -51,7 +51,7 @@ def _frames(path, n):
 def phase_train(args) -> dict:
     import torch
 
-    from uqpot.config import TrainConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.nn.potential import Potential
     from uqpot.train.losses import resolve_stress_weight
     from uqpot.train.trainer import Trainer

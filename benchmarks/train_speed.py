@@ -13,7 +13,7 @@ compared.  uqpot is measured in the variants the trainer offers: the sparse edge
 layout (``train.layout``), each eager or compiled with ``torch.compile`` (``train.compile``; its warm-up,
 which includes the compilation, is printed and not counted), and ``default``: the variant the trainer's
 defaults (``train.layout: auto``, ``train.compile: auto``) pick for a run of ``--default-run`` structures
-and epochs (``uqpot.autocompile``).  Prints one JSON line and a table.  Speed is reported, never asserted.
+and epochs (``uqpot.train.autocompile``).  Prints one JSON line and a table.  Speed is reported, never asserted.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ def default_variant(a) -> tuple[str, bool]:
     a run of ``--default-run`` structures and epochs of ``--data`` at batch ``--batch``."""
     import numpy as np
 
-    from uqpot.autocompile import choose_compile
-    from uqpot.config import TrainConfig
+    from uqpot.train.autocompile import choose_compile
+    from uqpot.train.config import TrainConfig
     from uqpot.data.io import read_structures
     from uqpot.nn.potential import Potential
 

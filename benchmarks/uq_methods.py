@@ -87,7 +87,7 @@ def main():
                                                       "validation set), in a table of its own")
     ap.add_argument("--patience", type=int, default=30)
     ap.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
-                    help="train.compile of every job (auto: uqpot.autocompile's choice)")
+                    help="train.compile of every job (auto: uqpot.train.autocompile's choice)")
     ap.add_argument("--max-hours", type=float, default=None)
     ap.add_argument("--executor", default="none")
     ap.add_argument("--out", required=True)
@@ -283,7 +283,7 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
 
 
     import uqpot
-    from uqpot.config import TrainConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.data.batch import iterate_batches
     from uqpot.evaluate import predictions
     from uqpot.nn.potential import Potential

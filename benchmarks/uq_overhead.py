@@ -49,7 +49,7 @@ def sync(device):
 
 
 def main():
-    from uqpot.config import TrainConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.data.batch import collate_dataset
     from uqpot.data.io import read_structures
     from uqpot.train.losses import EnergyForceLoss
@@ -145,7 +145,7 @@ def main():
 
 def _peak(a) -> None:
     """Prints the memory (MB) one training step of ``a.peak_only`` needs beyond the built model and batch."""
-    from uqpot.config import TrainConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.data.batch import collate_dataset
     from uqpot.data.io import read_structures
     from uqpot.train.losses import EnergyForceLoss

@@ -5,11 +5,13 @@ import pytest
 import torch
 
 from conftest import silica_like
-from uqpot.config import RunConfig, TrainConfig, parse
+from uqpot.fit.config import RunConfig
+from uqpot.train.config import TrainConfig
+from uqpot.config_io import parse
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.errors import ConfigError
 from uqpot.nn.potential import Potential
-from uqpot import autocompile as auto
+from uqpot.train import autocompile as auto
 from uqpot.train.trainer import Trainer
 from uqpot.uq import MVE, Ensemble
 

@@ -9,9 +9,9 @@ from uqpot import fields as F
 from uqpot import modelfile
 from uqpot.data.batch import collate
 from uqpot.nn.potential import Potential
-from uqpot.train import finetune
-from uqpot.train.finetune import refit_shift
-from uqpot.train.run import member_count, trains_plain_potential
+from uqpot.fit import finetune
+from uqpot.fit.finetune import refit_shift
+from uqpot.fit.run import member_count, trains_plain_potential
 from uqpot.uq.options import parse_uq
 
 def build_from(sources, uq, seed):
@@ -79,8 +79,9 @@ def test_loop_fine_tunes_every_method_from_init_model(tmp_path, ammonia):
     from test_loop import loop_cfg
 
     from uqpot.data.io import write_extxyz
-    from uqpot.train.run import fit_model
-    from uqpot.config import ModelConfig, TrainConfig
+    from uqpot.fit.run import fit_model
+    from uqpot.nn.painn import PaiNNOptions as ModelConfig
+    from uqpot.train.config import TrainConfig
     from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
     from uqpot.workflow.replicates import run_loop
 

@@ -16,22 +16,22 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "uqpot"
 
 LAYERS = [
-    # plain definitions: errors, fields, units, config schema base, versions, threads, executors
+    # plain definitions: errors, fields, units, config schema base and file reading, versions, threads, executors
     ["uqpot._version", "uqpot.errors", "uqpot.fields", "uqpot.units", "uqpot.schema", "uqpot.determinism",
      "uqpot.provenance", "uqpot.executor", "uqpot.devices", "uqpot.strict_yaml", "uqpot.rundir",
-     "uqpot.unit_hints", "uqpot.progress"],
+     "uqpot.unit_hints", "uqpot.progress", "uqpot.config_io"],
     # structures, batches, neighbour lists, files, splits, the label store, the file readers of data sets
     ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.readers", "uqpot.data.io", "uqpot.data.splits",
      "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data",
-     "uqpot.autocompile"],
+     "uqpot.data.config"],
     ["uqpot.metrics", "uqpot.modelfile", "uqpot.plots"],
-    ["uqpot.nn", "uqpot.train.losses", "uqpot.train.optim", "uqpot.train.stages", "uqpot.train.memory",
-     "uqpot.train.history", "uqpot.train.member_order"],
+    # the backbones; the UQ-agnostic training engine
+    ["uqpot.nn", "uqpot.train"],
     ["uqpot.uq"],
     ["uqpot.models", "uqpot.predict"],
-    ["uqpot.config", "uqpot.evaluate", "uqpot.oracle", "uqpot.md", "uqpot.sample", "uqpot.claims"],
-    ["uqpot.train.trainer", "uqpot.data.sets", "uqpot.wrap"],
-    ["uqpot.train.prepare", "uqpot.train.run", "uqpot.train"],
+    ["uqpot.evaluate", "uqpot.oracle", "uqpot.md", "uqpot.sample", "uqpot.claims"],
+    # the run pipeline that knows UQ methods: run config, prepare, run, finetune, wrap
+    ["uqpot.fit"],
     # the systems: their data builds (with an oracle), MD presets, criteria, attack rates, preset files
     ["uqpot.systems"],
     ["uqpot.workflow"],
@@ -122,7 +122,7 @@ def test_no_upward_import():
 
 def test_the_checks_see_imports():
     graph = import_graph()
-    assert "uqpot.nn.response" in graph["uqpot.nn.potential"] and "uqpot.uq.options" in graph["uqpot.config"]
+    assert "uqpot.nn.response" in graph["uqpot.nn.potential"] and "uqpot.uq.options" in graph["uqpot.fit.config"]
     assert layer("uqpot.uq.gmm") == layer("uqpot.uq") > layer("uqpot.nn.potential")
 
 

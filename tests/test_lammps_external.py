@@ -14,7 +14,7 @@ from ase.data import atomic_masses, atomic_numbers
 from conftest import silica_like
 
 import uqpot
-from uqpot.config import TrainConfig
+from uqpot.train.config import TrainConfig
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.evaluate import fit_calibration
 from uqpot.md.calculator import UQPotCalculator

@@ -7,7 +7,7 @@ import torch
 from ase import Atoms
 
 from uqpot import fields as F
-from uqpot.config import TrainConfig
+from uqpot.train.config import TrainConfig
 from uqpot.errors import ConfigError
 from uqpot.data.batch import DENSE_MAX_ATOMS, choose_layout, collate, collate_dataset, dense_layout
 from uqpot.data.structures import Structure, StructureDataset

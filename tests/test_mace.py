@@ -194,12 +194,12 @@ def test_uq_methods_and_consumers_take_a_mace_network(method, small_ethanol):
     from uqpot.md.calculator import UQPotCalculator
     from uqpot.nn.backbone import build_potential
     from uqpot.nn.mace import potential_hparams
-    from uqpot.config import parse_model
+    from uqpot.nn.backbone import parse_model
     from uqpot.sample.adversarial import AttackConfig, BoltzmannReference, attack
-    from uqpot.train.run import member_count
+    from uqpot.fit.run import member_count
     from uqpot.uq import METHODS, build_method
     from uqpot.uq.options import parse_uq
-    from uqpot.wrap import fit_and_calibrate
+    from uqpot.fit.wrap import fit_and_calibrate
 
     train, val = small_ethanol
     uq = parse_uq({"method": method, **({"members": 2} if method == "ensemble" else {})})

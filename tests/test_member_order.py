@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from uqpot.config import TrainConfig
+from uqpot.train.config import TrainConfig
 from uqpot.errors import ConfigError
 from uqpot.nn.potential import Potential
 from uqpot.train.member_order import one_molecule, resolve_member_order

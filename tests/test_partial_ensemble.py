@@ -6,7 +6,9 @@ import torch
 
 import uqpot
 from uqpot import fields as F
-from uqpot.config import ModelConfig, TrainConfig, uq_config
+from uqpot.nn.painn import PaiNNOptions as ModelConfig
+from uqpot.train.config import TrainConfig
+from uqpot.fit.config import uq_config
 from uqpot.data.batch import iterate_batches
 from uqpot.uq import PartialEnsemble
 
@@ -85,7 +87,7 @@ def test_sharing_more_means_fewer_parameters_and_bad_splits_are_refused():
 
 
 def test_training_keeps_every_branch_and_the_file_round_trips(tmp_path, ethanol):
-    from uqpot.train.run import fit_model
+    from uqpot.fit.run import fit_model
 
     train, val, test = ethanol[:24], ethanol[24:32], ethanol[32:40]
     cfg = TrainConfig(epochs=3, batch_size=8, lr=2e-3, progress=False)

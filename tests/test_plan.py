@@ -87,8 +87,8 @@ def test_every_constant_is_measured_and_positive():
 
 
 def test_the_plan_decides_compilation_by_autocompiles_break_even():
-    """uqpot.autocompile: ethanol, batch 16, 128 features, one member breaks even after about 1,360 steps."""
-    from uqpot.autocompile import predicted_saving
+    """uqpot.train.autocompile: ethanol, batch 16, 128 features, one member breaks even after about 1,360 steps."""
+    from uqpot.train.autocompile import predicted_saving
 
     assert predicted_saving(1450, 16 * 81, 128)[0] and not predicted_saving(1250, 16 * 81, 128)[0]
     # the MD call: 400 NH3 replicas of the paper's PaiNN, break-even after about 580 steps

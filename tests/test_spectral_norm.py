@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from uqpot import fields as F
-from uqpot.config import ModelConfig
+from uqpot.nn.painn import PaiNNOptions as ModelConfig
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure
 from uqpot.md.neb import nh3_pyramid
@@ -101,7 +101,7 @@ def test_model_section_writes_spectral_norm_only_when_set():
     assert ModelConfig(spectral_norm=0.95).model_dump(mode="json")["spectral_norm"] == 0.95
     with pytest.raises(ValueError):
         ModelConfig(spectral_norm=0.0)
-    from uqpot.train.run import potential_hparams
+    from uqpot.fit.run import potential_hparams
     from uqpot.uq.options import parse_uq
 
     hp = potential_hparams(ModelConfig(spectral_norm=0.95, **{k: v for k, v in HP.items()}), parse_uq({"method": "gmm"}), 0)

@@ -13,7 +13,7 @@ from ase.calculators.lj import LennardJones
 from conftest import silica_like
 
 from uqpot import fields as F
-from uqpot.config import TrainConfig
+from uqpot.train.config import TrainConfig
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.md.calculator import UQPotCalculator
@@ -186,10 +186,10 @@ def test_ase_npt_runs_a_uqpot_potential(trained):
 def test_training_on_stress_reports_stress_mae(tmp_path):
     """Stress labels: the default weight trains on them (resolved to 1 and recorded), and the summary has the
     stress MAE; an explicit weight for data without stress is refused."""
-    from uqpot.config import ModelConfig
+    from uqpot.nn.painn import PaiNNOptions as ModelConfig
     from uqpot.errors import ConfigError
     from uqpot.train.losses import resolve_stress_weight
-    from uqpot.train.run import fit_model
+    from uqpot.fit.run import fit_model
 
     data = _labelled(12)
     for s in data.structures:  # a stress from the same reference (ASE's LJ gives it)
@@ -238,7 +238,7 @@ def test_llpr_stress_variance_equals_its_formula(trained):
     """LLPR's σ²_σ,ab = α²·(∂f/∂ε_ab)ᵀ Σ (∂f/∂ε_ab) / V², with ∂f/∂ε by central differences of the summed
     last-layer features under the symmetric strain (ASE's deformation)."""
     from uqpot.uq import METHODS
-    from uqpot.wrap import fit_and_calibrate
+    from uqpot.fit.wrap import fit_and_calibrate
 
     data = _labelled(12, seed=3)
     llpr = METHODS["llpr"].wrap(trained, parse_uq({"method": "llpr"}))

@@ -98,7 +98,8 @@ def test_train_and_evaluate(run, ethanol_path):
     # the config names the method's options; a foreign or unknown option is an error naming the key
     bad = yaml.safe_load((run / "config.yaml").read_text())
     assert bad["uq"] == {"method": "toy", "reduction": "mean", "scale": 2.0}
-    from uqpot.config import RunConfig, parse
+    from uqpot.fit.config import RunConfig
+    from uqpot.config_io import parse
     from uqpot.errors import ConfigError
 
     for uq, message in (({"method": "toy", "lam": 0.2}, "'uq.lam' applies to evidential, not to 'toy'"),
@@ -125,7 +126,7 @@ def test_wrap_calculator_attack_and_md(run, ethanol, tmp_path):
     from uqpot.md.batched import BatchedMD
     from uqpot.md.calculator import UQPotCalculator
     from uqpot.sample.adversarial import AttackConfig, BoltzmannReference, attack
-    from uqpot.wrap import wrap
+    from uqpot.fit.wrap import wrap
 
     # re-calibrate the trained toy model; wrap its plain potential with the toy method again
     res = CliRunner().invoke(cli, ["wrap", str(run / "model.pt"), "--method", "calibrate", "--out",

@@ -13,10 +13,11 @@ import torch
 import yaml
 
 import uqpot
-from uqpot.config import RunConfig, TrainConfig
+from uqpot.fit.config import RunConfig
+from uqpot.train.config import TrainConfig
 from uqpot.nn.potential import Potential
 from uqpot.train.losses import EnergyForceLoss
-from uqpot.train.run import run_training
+from uqpot.fit.run import run_training
 from uqpot.train.trainer import Trainer
 
 SMALL = {"features": 32, "interactions": 2, "rbf": 12, "readout_hidden": 16}

@@ -9,7 +9,8 @@ from scipy import special
 
 import uqpot
 from uqpot import fields as F
-from uqpot.config import RunConfig, TrainConfig
+from uqpot.fit.config import RunConfig
+from uqpot.train.config import TrainConfig
 from uqpot.data.batch import collate
 from uqpot.errors import ConfigError
 from uqpot.nn.potential import Potential
@@ -179,7 +180,7 @@ def test_save_load_round_trip(tmp_path, method, data):
 
 
 def test_uq_config_rejects_foreign_options(ethanol_path):
-    from uqpot.config import parse
+    from uqpot.config_io import parse
 
     base = {"data": {"path": str(ethanol_path)}}
     with pytest.raises(ConfigError, match="'uq.lam' applies to evidential, not to 'ensemble'"):

@@ -8,7 +8,9 @@ import torch
 
 import uqpot
 from uqpot import fields as F
-from uqpot.config import ModelConfig, RunConfig, TrainConfig, uq_config
+from uqpot.nn.painn import PaiNNOptions as ModelConfig
+from uqpot.fit.config import RunConfig, uq_config
+from uqpot.train.config import TrainConfig
 from uqpot.data.batch import collate, iterate_batches
 from uqpot.errors import ConfigError
 from uqpot.metrics import uq as uqm
@@ -405,7 +407,7 @@ def test_coverage_of_a_calibrated_gaussian():
 
 
 def test_uq_config_for_the_new_methods(ethanol_path):
-    from uqpot.config import parse
+    from uqpot.config_io import parse
 
     base = {"data": {"path": str(ethanol_path)}}
     cfg = parse(RunConfig, {**base, "uq": {"method": "llpr", "gram": "energy", "samples": 8}})
@@ -425,7 +427,7 @@ def test_uq_config_for_the_new_methods(ethanol_path):
 
 @pytest.mark.parametrize("method", ["llpr", "shallow_ensemble"])
 def test_fit_model_trains_calibrates_and_reports_coverage(tmp_path, method, ethanol):
-    from uqpot.train.run import fit_model
+    from uqpot.fit.run import fit_model
 
     train, val, test = ethanol[:32], ethanol[32:44], ethanol[44:56]
     uq = uq_config(method=method, **({"heads": 3, "nll_epochs": 2, "nll_lr": 1e-3} if method == "shallow_ensemble" else {}))

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 import uqpot
 from uqpot import fields as F
 from uqpot.cli import cli
-from uqpot.config import RunConfig, parse
+from uqpot.fit.config import RunConfig
+from uqpot.config_io import parse
 from uqpot.data.batch import collate
 from uqpot.evaluate import evaluate, fit_calibration
-from uqpot.train.run import run_training
-from uqpot.wrap import wrap
+from uqpot.fit.run import run_training
+from uqpot.fit.wrap import wrap
 
 SMALL = dict(features=16, interactions=2, rbf=8, readout_hidden=8)
 METRICS = ("energy_mae", "forces_mae", "spearman", "roc_auc_p20", "roc_auc_p50", "miscalibration_area", "cnll",

@@ -48,8 +48,9 @@ def cli():
 @click.option("--no-progress", is_flag=True, help="no progress bar.")
 def train(config, out, data_path, epochs, device, restart, no_progress):
     """Train a potential from CONFIG.yaml (resumes an interrupted run in the same output directory)."""
-    from .config import RunConfig, load_config
-    from .train.run import run_training
+    from .fit.config import RunConfig
+    from .config_io import load_config
+    from .fit.run import run_training
 
     overrides, sources = {}, {}
     for key, option, value in (("out", "--out", out), ("data.path", "--data", data_path),
@@ -175,7 +176,7 @@ def wrap(models, method, train_data, val_data, out, options, energy_key, forces_
     evaluate, the ASE calculator, MD and the attack."""
     from .data.io import ReadOptions
     from .units import UnitError
-    from .wrap import wrap as run_wrap
+    from .fit.wrap import wrap as run_wrap
 
     from .cli_data import _oracle_options
 
@@ -238,7 +239,7 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
 
     CONFIG is a loop config (data files, oracle, methods, ...) or a study file such as configs/ammonia.yaml
     (whose data set is built first if needed, into OUT/data)."""
-    from .config import load_yaml
+    from .config_io import load_yaml
     from .rundir import RunLock, check_out_dir
     from .workflow.active_learning import ActiveLearning
     from .workflow.loop_config import load_loop_config

@@ -1,7 +1,7 @@
 """The base of every typed config section: unknown keys, NaN/inf and booleans for numbers are errors,
 assignments are validated.
 
-Kept apart from :mod:`uqpot.config` so that the modules that declare their own options (every UQ method
+Kept apart from :mod:`uqpot.config_io` so that the modules that declare their own options (every UQ method
 declares its ``uq`` options beside its code) need not import the config module, which builds the ``uq``
 section from their registry.
 """

@@ -33,7 +33,7 @@ from .. import fields as F
 from ..data.structures import Structure
 from ..progress import LogProgress
 from ..units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
-from ..autocompile import choose_md_compile
+from ..train.autocompile import choose_md_compile
 from .batched import BatchedMD, ReplicaRecord, maxwell_boltzmann
 from .integrators import make_integrator
 from .stability import REASONS, StabilityCriteria, check_structure
@@ -74,7 +74,7 @@ class CampaignConfig(BaseModel):
                             "compiled, else the Verlet edge list")
     compile: Union[bool, Literal["auto"]] = Field(
         "auto", description="evaluate the model through torch.compile (pays a compilation at the start of each "
-                            "batch of replicas); 'auto': where the run's steps repay it (uqpot.autocompile)")
+                            "batch of replicas); 'auto': where the run's steps repay it (uqpot.train.autocompile)")
     compile_mode: Literal["default", "reduce-overhead"] = Field(
         "default", description="torch.compile's mode of the compiled call: 'reduce-overhead' = CUDA graphs on a "
                                "GPU (as 'default' on a CPU)")
@@ -171,7 +171,7 @@ class CampaignResult:
     model_calls: int = 0
     uncertainty_description: Optional[str] = None
     start_structures: Optional[list] = None  # ase.Atoms of the starts (for writing frames)
-    compiled: Optional[list] = None  # per batch of replicas: [compiled?, why] (compile: auto, uqpot.autocompile)
+    compiled: Optional[list] = None  # per batch of replicas: [compiled?, why] (compile: auto, uqpot.train.autocompile)
 
     @property
     def n_steps(self) -> int:

@@ -28,13 +28,16 @@ e3nn`` loads a constants file that holds a ``slice``.  :func:`import_mace` allow
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
 from .. import fields as F
 from ..data.batch import AtomsBatch
+from .backbone import BackboneOptions, register_backbone
 from .potential import MAX_Z, Potential
 
 _ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -138,13 +141,46 @@ def _zero_e_slices(irreps) -> list[int]:
     return idx
 
 
+class MACEOptions(BackboneOptions):
+    """``model.kind: mace``: a MACE network (``pip install 'uqpot[mace]'``; :mod:`uqpot.nn.mace`).  Defaults:
+    a small MACE (MACE's own defaults are 128 channels, max_L 1, correlation 3, 2 interactions, 5 Å)."""
+
+    kind: Literal["mace"]
+    channels: int = Field(32, ge=1, description="features per irrep order (MACE's num_channels)")
+    max_L: int = Field(1, ge=0, le=3, description="highest order l of the hidden features")
+    correlation: int = Field(3, ge=1, le=4, description="body order of the product basis minus one")
+    interactions: int = Field(2, ge=1)
+    cutoff: float = Field(5.0, gt=0.0)
+    num_bessel: int = Field(8, ge=1)
+    num_polynomial_cutoff: int = Field(5, ge=1)
+    max_ell: int = Field(3, ge=0, le=4, description="order of the edges' spherical harmonics")
+    radial_mlp: list[int] = Field([64, 64, 64], min_length=1)
+    readout_hidden: int = Field(16, ge=1, description="width of MACE's non-linear readout")
+
+    @field_validator("radial_mlp")
+    @classmethod
+    def _positive(cls, v):
+        if any(x < 1 for x in v):
+            raise ValueError("radial_mlp widths must be >= 1")
+        return v
+
+    def potential_hparams(self, members: int, seeds: list[int], train=None) -> dict:
+        return potential_hparams(self, members, seeds, train)
+
+
+@register_backbone("mace", options=MACEOptions)
 class MACEPotential(Potential):
     """A uqpot potential whose network is MACE (see the module docstring); kind ``potential`` with
     ``hparams["backbone"] == "mace"``."""
 
-    backbone = "mace"
+    title = "MACE"
     supports_dense = False
+    compilable = False
     forward_ad = False  # not checked for mace-torch's modules: LLPR stays on reverse mode
+
+    @classmethod
+    def check_available(cls) -> None:
+        import_mace()
 
     def __init__(self, mace: dict, cutoff: float, features: int | None = None, readout_hidden: int | None = None,
                  activation: str = "silu", members: int = 1, seeds: list[int] | None = None, head: int = 0):

@@ -23,10 +23,13 @@ Python loop over atoms or edges.
 
 from __future__ import annotations
 
+from typing import Literal, Optional
 
 import torch
+from pydantic import Field, model_serializer
 from torch import nn
 
+from .backbone import BackboneOptions
 from .layers import CosineCutoff
 from .stacked import StackedEmbedding, StackedLinear, StackedMLP
 
@@ -200,3 +203,38 @@ def run_blocks(messages, updates, s, v, ctx: dict, weight: torch.Tensor):
             s, v = msg(s, v, radial, w, unit, ctx["edges"][0], ctx["edges"][1])
         s, v = upd(s, v)
     return s, v
+
+
+class PaiNNOptions(BackboneOptions):
+    """``model.kind: painn`` (the default): PaiNN with the SI's hyper-parameters by default."""
+
+    #: not written into resolved configs (a PaiNN config reads as it did before MACE existed, so earlier runs
+    #: keep their identity)
+    kind: Literal["painn"] = Field("painn", exclude=True)
+    features: int = Field(128, ge=1)
+    interactions: int = Field(3, ge=1)
+    rbf: int = Field(20, ge=2)
+    cutoff: float = Field(5.0, gt=0.0)
+    activation: Literal["ssp", "silu"] = "ssp"
+    readout_hidden: int = Field(64, ge=1)
+    trainable_rbf: bool = True
+    spectral_norm: Optional[float] = Field(
+        None, gt=0.0, description="bound on the spectral norm of every message/update linear map (SNGP-style "
+                                  "distance-aware features; e.g. 0.95); unset: plain PaiNN")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler):
+        """Options added after runs were made are written only when set, so earlier runs keep their
+        identity (their resolved configs read as before)."""
+        out = handler(self)
+        if isinstance(out, dict) and out.get("spectral_norm") is None:
+            out.pop("spectral_norm", None)
+        return out
+
+    def potential_hparams(self, members: int, seeds: list[int], train=None) -> dict:
+        hp = dict(features=self.features, interactions=self.interactions, rbf=self.rbf, cutoff=self.cutoff,
+                  activation=self.activation, readout_hidden=self.readout_hidden, trainable_rbf=self.trainable_rbf,
+                  members=members, seeds=list(seeds))
+        if self.spectral_norm is not None:
+            hp["spectral_norm"] = self.spectral_norm
+        return hp

@@ -23,7 +23,8 @@ from .. import modelfile
 from ..data.batch import AtomsBatch
 from ..data.structures import StructureDataset
 from . import response
-from .painn import PaiNN
+from .backbone import build_potential, register_backbone
+from .painn import PaiNN, PaiNNOptions
 from .stacked import StackedMLP, init_members
 
 MAX_Z = 118
@@ -43,24 +44,35 @@ def composition_counts(dataset: StructureDataset, elements: list[int]) -> np.nda
 
 
 @modelfile.register("potential")
+@register_backbone("painn", options=PaiNNOptions)
 class Potential(nn.Module):
     """The PaiNN backbone with uqpot's readout; the base of every backbone (:mod:`uqpot.nn.backbone`):
     reference energies, force scale, known elements, the member axis and the force response live here."""
 
     kind = "potential"
-    #: the backbone's name in ``model.kind`` and in the model file's hyper-parameters
+    #: the backbone's name in ``model.kind`` and in the model file's hyper-parameters (set by
+    #: :func:`~uqpot.nn.backbone.register_backbone`)
     backbone = "painn"
+    #: the backbone's name in messages
+    title = "PaiNN"
     #: whether the network evaluates the dense pair layout of the data layer (else: edge lists only)
     supports_dense = True
+    #: whether the training step and the MD call compile (``torch.compile`` on the dense layout)
+    compilable = True
+    #: as a model of its own (kind ``potential``, no UQ method): its training step and MD call compile where
+    #: its backbone does (the UQ methods' attributes of the same names; :mod:`uqpot.train.autocompile`)
+    compiles = md_compiles = True
     #: whether the energy outputs support forward-mode autograd under ``torch.func.vmap`` (LLPR's
     #: forward-mode force variance, :func:`uqpot.nn.response.structure_jacobian`); checked in the tests
     forward_ad = True
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "Potential":
-        from .backbone import build_potential
-
         return build_potential(hparams)
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raises ImportError (with the install hint) when an optional dependency of the backbone is missing."""
 
     def __init__(self, features: int = 128, interactions: int = 3, rbf: int = 20, cutoff: float = 5.0,
                  activation: str = "ssp", readout_hidden: int = 64, trainable_rbf: bool = True,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import fields as F
+from ..errors import ConfigError
 
 
 def energy_mae(pred_energy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -74,8 +75,6 @@ def study_stress_weight(train_cfg, train, trains_stress: dict[str, bool]):
     methods must give each the same objective.  Unset, it is :data:`DEFAULT_STRESS_WEIGHT` where every training
     structure carries a stress and every method can train on it, else 0 (SI Eq. 1: energy and forces); a
     weight > 0 with a method that cannot train on a stress is an error naming it.  ``note`` says which."""
-    from ..errors import ConfigError
-
     without = sorted(m for m, ok in trains_stress.items() if not ok)
     has = len(train) > 0 and all(getattr(s, "stress", None) is not None for s in train.structures)
     w = train_cfg.stress_weight
@@ -99,8 +98,6 @@ def resolve_stress_weight(train_cfg, train, gives_stress: bool = True):
     """``train_cfg`` with ``stress_weight`` resolved for the training set ``train``: unset, it is
     :data:`DEFAULT_STRESS_WEIGHT` where every training structure carries a stress and the model gives one
     (plain potentials and ensembles), 0 otherwise; a weight > 0 for data without stress is an error."""
-    from ..errors import ConfigError
-
     has = len(train) > 0 and all(getattr(s, "stress", None) is not None for s in train.structures)
     w = train_cfg.stress_weight
     if w is None:

@@ -34,25 +34,24 @@ import torch
 
 from .. import fields as F
 from .. import modelfile
-from ..config import TrainConfig
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
+from ..devices import resolve_device as check_device
 from ..errors import ConfigError, TrainingError
 from ..progress import LogProgress
 from ..provenance import torch_save, write_json
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
 from .member_order import member_batches, member_seeds, member_splits, resolve_member_order, stacked_batches
-from ..autocompile import choose_compile
+from .autocompile import choose_compile
+from .config import TrainConfig
 from .optim import MemberAdam, MemberPlateau, clip_per_member
 
 
 
 def resolve_device(name: str) -> torch.device:
     """The device ``train.device`` names, checked against this machine (ConfigError if unavailable)."""
-    from ..devices import resolve_device as resolve
-
-    return resolve(name, "train.device")
+    return check_device(name, "train.device")
 
 
 @dataclass
@@ -67,7 +66,7 @@ class TrainResult:
     nonfinite_steps: int = 0
     rollbacks: int = 0
     member_order: str = "shared"  # batch orders of an ensemble's members (uqpot.train.member_order)
-    compiled: bool = False  # whether the step ran through torch.compile (train.compile, uqpot.autocompile)
+    compiled: bool = False  # whether the step ran through torch.compile (train.compile, uqpot.train.autocompile)
     compile_reason: str = ""
     #: the labels the loss trained on (energy, forces[, stress]); equal for every method of a study
     loss_targets: list = field(default_factory=list)
@@ -89,7 +88,7 @@ def check_layout(train: StructureDataset, cfg: TrainConfig) -> str:
     "auto" is the dense layout where it pays, i.e. for molecules under the compiled step (eager, the edge
     list is as fast or faster).  The compiled step runs on the dense layout only: only an explicit
     ``train.compile: true`` is refused on data that needs the edge list; ``compile: auto`` (the default) is
-    resolved later (:func:`uqpot.autocompile.choose_compile`) and never compiles such data."""
+    resolved later (:func:`uqpot.train.autocompile.choose_compile`) and never compiles such data."""
     compiled = cfg.compile is True
     layout = cfg.layout if cfg.layout != "auto" or compiled else "sparse"
     try:
@@ -113,7 +112,7 @@ class Trainer:
             raise TrainingError("the validation set is empty: the schedule, early stopping and the best-model "
                                 "checkpoint need one")
         self.device = resolve_device(cfg.device)
-        # train.compile: auto resolved from the run's size (uqpot.autocompile); the trainer sees a bool
+        # train.compile: auto resolved from the run's size (uqpot.train.autocompile); the trainer sees a bool
         self.compiled, self.compile_reason = choose_compile(cfg.compile, model, train, cfg, self.device)
         cfg = cfg.model_copy(update={"compile": self.compiled})
         self.cfg = cfg
@@ -216,10 +215,8 @@ class Trainer:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
         except Exception as exc:
-            from ..modelfile import describe_load_error
-
             raise TrainingError(f"{self.checkpoint_path}: cannot resume from this checkpoint "
-                                f"({describe_load_error(exc, self.checkpoint_path)}); rerun with --restart to train afresh") from None
+                                f"({modelfile.describe_load_error(exc, self.checkpoint_path)}); rerun with --restart to train afresh") from None
         try:
             self._restore(state)
         except (KeyError, RuntimeError, TypeError) as exc:

@@ -4,7 +4,8 @@ Importing this package registers the built-in methods (their options, output fie
 a method defined elsewhere registers itself when its module is imported (``@register_method``).
 """
 
-from .base import METHODS, REDUCTIONS, Uncertainty, UQMethod, reduce_atoms, register_method  # noqa: F401
+from .base import (METHODS, PLAIN, REDUCTIONS, Uncertainty, UQMethod, method_class, reduce_atoms,  # noqa: F401
+                   register_method)
 from .descriptor_distance import DescriptorDistance  # noqa: F401
 from .ensemble import Ensemble  # noqa: F401
 from .evidential import Evidential  # noqa: F401
@@ -14,12 +15,7 @@ from .mve import MVE  # noqa: F401
 from .options import OPTIONS, UQOptions, parse_uq, uq_options  # noqa: F401
 from .shallow import ShallowEnsemble  # noqa: F401
 from .partial_ensemble import PartialEnsemble  # noqa: F401
-
-
-def method_class(name: str) -> type[UQMethod]:
-    if name not in METHODS:
-        raise ValueError(f"unknown UQ method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+from .plain import Plain  # noqa: F401
 
 
 def build_method(uq_cfg: UQOptions, potential_hparams: dict) -> UQMethod:

@@ -37,12 +37,15 @@ from ..nn.potential import Potential
 from ..train.losses import EnergyForceLoss
 from .options import REDUCTIONS, UQOptions, register_options
 
-#: method name -> class
+#: method name -> class: the methods that give an uncertainty
 METHODS: dict[str, type["UQMethod"]] = {}
+#: method name -> class: the plain methods (``plain = True``: ``none``, a potential without uncertainty)
+PLAIN: dict[str, type["UQMethod"]] = {}
 
 
 def register_method(name: str):
-    """Class decorator: registers a method, its options (``cls.options``) and its model-file kind."""
+    """Class decorator: registers a method, its options (``cls.options``) and its model-file kind (a
+    ``plain`` method has none: its model file is the potential's)."""
 
     def deco(cls):
         options = cls.__dict__.get("options")
@@ -50,12 +53,23 @@ def register_method(name: str):
             raise TypeError(f"UQ method {name!r} must declare its options: options = <a UQOptions subclass>")
         register_options(name, options)
         cls.method = name
+        if cls.plain:
+            PLAIN[name] = cls
+            return cls
         cls.kind = f"uq.{name}"
         METHODS[name] = cls
         modelfile.register(cls.kind)(cls)
         return cls
 
     return deco
+
+
+def method_class(name: str) -> type["UQMethod"]:
+    """The class of the registered method ``name`` (``none`` included)."""
+    cls = METHODS.get(name) or PLAIN.get(name)
+    if cls is None:
+        raise ValueError(f"unknown UQ method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return cls
 
 
 def reduce_atoms(values: torch.Tensor, batch: AtomsBatch, reduction: str = "mean") -> torch.Tensor:
@@ -95,6 +109,9 @@ class UQMethod(nn.Module):
     signed_uncertainty = False
     #: post-hoc: the network is a plain potential (SI Eq. 1, M = 1) that :meth:`wrap` takes as it is
     posthoc = False
+    #: plain: no uncertainty at all (``none``): the trained potential is the model, nothing wraps it, no
+    #: calibration; never instantiated
+    plain = False
     #: whether ``fit_posthoc`` fits on the validation set (e.g. LLPR's α, ς)
     posthoc_uses_validation = False
     #: the key of the attack settings (``uqpot.sample.adversarial.AttackSettings``) that gives this
@@ -102,6 +119,16 @@ class UQMethod(nn.Module):
     attack_iterations = "iterations"
     #: whether U depends on the forces (ensembles): then U's gradient needs the force graph
     needs_forces_for_uncertainty = False
+    #: whether the training step compiles (``train.compile``; tested: tests/test_layout.py,
+    #: tests/test_member_order.py) and whether the compiled MD call is tested equal to the eager one
+    #: (:mod:`uqpot.train.autocompile`), on a backbone that compiles
+    compiles = False
+    md_compiles = False
+    #: the method's colour in figures (None: matplotlib's choice)
+    colour: str | None = None
+    #: whether a loop runs its steps first among the methods of a generation (the longest: an ensemble's MD
+    #: costs M model calls), so that parallel workers finish together
+    runs_first = False
 
     def __init__(self, potential: dict, reduction: str = "mean"):
         super().__init__()
@@ -111,6 +138,18 @@ class UQMethod(nn.Module):
         self.reduction = reduction
 
     # ----------------------------------------------------------------- construction and persistence
+    @classmethod
+    def trains_plain_potential(cls) -> bool:
+        """Whether the network is trained as a plain potential (``none`` and the post-hoc methods, which then
+        wrap it): such runs with the same model, training settings, data and seed train the same network."""
+        return cls.plain or cls.posthoc
+
+    @classmethod
+    def trains_stress(cls) -> bool:
+        """Whether the method can train on a stress label (its training network gives a stress): plain
+        potentials and the post-hoc methods around them, and the methods with ``gives_stress``."""
+        return cls.trains_plain_potential() or cls.gives_stress
+
     @classmethod
     def members_for(cls, options: UQOptions) -> int:
         """How many stacked networks the method trains (an ensemble's ``members``; 1 otherwise)."""

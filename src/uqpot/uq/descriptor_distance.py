@@ -63,6 +63,7 @@ class DescriptorDistanceOptions(UQOptions):
 
 @register_method("descriptor_distance")
 class DescriptorDistance(UQMethod):
+    colour = "#17becf"
     options = DescriptorDistanceOptions
     posthoc = True
     uncertainty_description = ("squared distance of the atom's scaled radial descriptor to its nearest training "

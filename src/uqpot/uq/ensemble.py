@@ -41,6 +41,10 @@ class EnsembleOptions(UQOptions):
 
 @register_method("ensemble")
 class Ensemble(UQMethod):
+    compiles = True
+    md_compiles = True
+    runs_first = True
+    colour = "#1f77b4"
     options = EnsembleOptions
     uncertainty_description = "force variance over ensemble members σ²_F, (kcal/mol/Å)² (Eq. 5)"
     needs_forces_for_uncertainty = True

@@ -73,6 +73,8 @@ class EvidentialOptions(UQOptions):
 
 @register_method("evidential")
 class Evidential(UQMethod):
+    md_compiles = True
+    colour = "#2ca02c"
     options = EvidentialOptions
     #: the attack's number of iterations for evidential models (AttackSettings.iterations_evidential: unset,
     #: the SI's 80 of every method)

@@ -50,6 +50,8 @@ class GMMOptions(UQOptions):
 
 @register_method("gmm")
 class GMM(UQMethod):
+    md_compiles = True
+    colour = "#d62728"
     options = GMMOptions
     posthoc = True
     uncertainty_description = "negative log-likelihood of the latent features under the GMM, nats (Eq. 11)"

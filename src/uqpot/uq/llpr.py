@@ -105,6 +105,7 @@ class LLPROptions(UQOptions):
 
 @register_method("llpr")
 class LLPR(UQMethod):
+    colour = "#9467bd"
     options = LLPROptions
     posthoc = True
     posthoc_uses_validation = True

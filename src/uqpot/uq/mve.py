@@ -38,6 +38,8 @@ class MVEOptions(UQOptions):
 
 @register_method("mve")
 class MVE(UQMethod):
+    md_compiles = True
+    colour = "#ff7f0e"
     options = MVEOptions
     uncertainty_description = "predicted force variance σ²_F, (kcal/mol/Å)² (MVE)"
 

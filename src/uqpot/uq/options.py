@@ -7,7 +7,7 @@ it is read, so a method registered later (a plug-in, a test) is accepted like th
 methods, unknown keys and options of another method are errors that name the key, e.g.
 ``uq.lam applies to evidential, not to 'ensemble'``.
 
-:data:`UQSection` is the field type of a ``uq`` section (:class:`uqpot.config.RunConfig`);
+:data:`UQSection` is the field type of a ``uq`` section (:class:`uqpot.fit.config.RunConfig`);
 :data:`MethodOptions` that of a mapping of method name to its options (the active-learning loop and the
 studies: ``uq: {ensemble: {members: 5}}``), :data:`MethodName` / :data:`UQMethodName` those of a method name
 (with or without ``none``).

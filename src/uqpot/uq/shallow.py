@@ -107,6 +107,7 @@ class ExtraHeads(nn.Module):
 
 @register_method("shallow_ensemble")
 class ShallowEnsemble(UQMethod):
+    colour = "#8c564b"
     options = ShallowEnsembleOptions
     uncertainty_description = "force variance over the heads of a shallow ensemble, (kcal/mol/Å)²"
     needs_forces_for_uncertainty = True

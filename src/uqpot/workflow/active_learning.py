@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import dump_config
+from ..config_io import dump_config
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.store import Store
 from ..data.structures import StructureDataset
@@ -45,7 +45,7 @@ from ..oracle import get_oracle
 from ..provenance import write_json
 from ..systems import find_system
 from ..train.losses import study_stress_weight
-from ..train.run import fit_from_backbone, fit_model, member_count, trains_plain_potential, trains_stress
+from ..fit.run import fit_from_backbone, fit_model, member_count, trains_plain_potential, trains_stress
 from ..uq.options import parse_uq
 from .loop_config import LoopConfig
 from .loop_md import neb_for_loop, nh3_minimum, oracle_neb_for_loop, run_campaign_for_loop
@@ -225,7 +225,7 @@ class ActiveLearning:
             return None
         if g > 1 and self.cfg.finetune.start == "previous":
             return [self.gen_dir(g - 1, method) / "train" / "model.pt"]
-        members = 1 if method == "none" else member_count(self.cfg.uq_config(method))
+        members = member_count(self.cfg.uq_config(method))
         return files if members == len(files) else files[:1]
 
     def model(self, g, method):

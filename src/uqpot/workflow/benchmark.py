@@ -8,7 +8,7 @@ of :mod:`uqpot.executor`).
 
 One backbone per seed: ``none`` and the post-hoc methods (GMM, LLPR) train the same plain potential (same
 data, settings and seed), so jobs that name the same ``backbone`` directory share one training there and
-each wraps it (:func:`uqpot.train.run.fit_from_backbone`; the numbers of training each alone).  Such jobs run
+each wraps it (:func:`uqpot.fit.run.fit_from_backbone`; the numbers of training each alone).  Such jobs run
 together as one unit of work, so no two workers train the same backbone.  A shared job's ``wall_seconds``
 is the backbone's training time plus its own (``own_seconds``): what the model would cost alone.
 """
@@ -72,7 +72,7 @@ class Job:
 
 def shares_backbone(method: str, uq: dict | None = None) -> bool:
     """Whether a job of ``method`` trains a plain potential (``none`` and the post-hoc methods)."""
-    from ..train.run import trains_plain_potential
+    from ..fit.run import trains_plain_potential
     from ..uq.options import parse_uq
 
     return trains_plain_potential(parse_uq({"method": method, **(uq or {})}))
@@ -104,7 +104,8 @@ def _sets(job: Job):
 
 
 def _configs(job: Job):
-    from ..config import TrainConfig, parse_model
+    from ..train.config import TrainConfig
+    from ..nn.backbone import parse_model
     from ..uq.options import parse_uq
 
     return (parse_model(job.model), parse_uq({"method": job.method, **job.uq}),
@@ -114,7 +115,7 @@ def _configs(job: Job):
 def _train_backbone(job: Job, sets) -> dict:
     """The shared plain potential of ``job`` in ``job.backbone`` (resumed or skipped when done)."""
     from ..data.splits import save_split
-    from ..train.run import fit_model
+    from ..fit.run import fit_model
     from ..uq.options import parse_uq
 
     d = Path(job.backbone)
@@ -137,7 +138,7 @@ def _run_job(job: Job, out: Path) -> dict:
     import torch
 
     from ..data.splits import save_split
-    from ..train.run import fit_from_backbone, fit_model
+    from ..fit.run import fit_from_backbone, fit_model
 
     sets = _sets(job)
     model_cfg, uq, train_cfg = _configs(job)

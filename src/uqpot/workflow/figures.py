@@ -12,16 +12,17 @@ import numpy as np
 
 from ..metrics.registry import names as metric_names
 from ..plots import _plt, hexbin
+from ..uq import METHODS, PLAIN
 
-METHOD_COLORS = {"ensemble": "#1f77b4", "mve": "#ff7f0e", "evidential": "#2ca02c", "gmm": "#d62728",
-                 "llpr": "#9467bd", "shallow_ensemble": "#8c564b",
-                 "descriptor_distance": "#17becf", "none": "#7f7f7f"}
+
+def method_colour(method, default=None):
+    """The method's colour in figures (its class's ``colour``); ``default`` for a method without one or not
+    registered here."""
+    return getattr(METHODS.get(method) or PLAIN.get(method), "colour", None) or default
 
 
 def _signed(method: str) -> bool:
     """Whether the method's U can be negative (its class says so: ``signed_uncertainty``)."""
-    from ..uq import METHODS
-
     return bool(getattr(METHODS.get(method), "signed_uncertainty", False))
 
 
@@ -63,7 +64,7 @@ def parity(entries: list[dict], title: str = ""):
             if key == "energy":
                 ref = t.min()
                 t, p = t - ref, p - ref
-            ax.scatter(t, p, s=3, alpha=0.5, color=METHOD_COLORS.get(e.get("method"), "k"))
+            ax.scatter(t, p, s=3, alpha=0.5, color=method_colour(e.get("method"), "k"))
             lo, hi = min(t.min(), p.min()), max(t.max(), p.max())
             ax.plot([lo, hi], [lo, hi], "k--", lw=0.7)
             ax.set_xlabel(f"reference {key} ({unit})")
@@ -86,7 +87,7 @@ def metric_bars(rows: list[dict], keys=None, title: str = ""):
         parts = np.array([_split((r.get(k), r.get(k + "_lo"), r.get(k + "_hi")) if k + "_lo" in r
                                  else (r.get(k), (r.get(k) or 0) - (r.get(k + "_std") or 0),
                                        (r.get(k) or 0) + (r.get(k + "_std") or 0))) for r in rows]).reshape(-1, 3)
-        ax.bar(names, parts[:, 0], yerr=parts[:, 1:].T, color=[METHOD_COLORS.get(m, "grey") for m in names],
+        ax.bar(names, parts[:, 0], yerr=parts[:, 1:].T, color=[method_colour(m, "grey") for m in names],
                capsize=3)
         ax.set_title(k)
         ax.tick_params(axis="x", rotation=45)
@@ -170,7 +171,7 @@ def attack_energy_rmsd(samples: dict, title: str = "adversarial samples: energy 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 3.5))
     for m, (r, e) in samples.items():
-        ax.scatter(r, e, s=12, label=m, color=METHOD_COLORS.get(m))
+        ax.scatter(r, e, s=12, label=m, color=method_colour(m))
     ax.set_xlabel("RMSD from seed (Å)")
     ax.set_ylabel("reference energy (kcal/mol, rel. to training min)")
     ax.legend(fontsize=8)
@@ -201,7 +202,7 @@ def _bars(ax, values: dict, ylabel: str) -> None:
         parts = np.array([_split(values[g].get(m)) for g in groups]).reshape(-1, 3)
         err = parts[:, 1:].T if parts[:, 1:].any() else None
         ax.bar(np.arange(len(groups)) + k * w, parts[:, 0], w, yerr=err, capsize=2, label=m,
-               color=METHOD_COLORS.get(m))
+               color=method_colour(m))
     ax.set_xticks(np.arange(len(groups)) + w * (len(methods) - 1) / 2, [str(g) for g in groups])
     ax.set_ylabel(ylabel)
 

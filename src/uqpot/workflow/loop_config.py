@@ -10,7 +10,11 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config
+from ..config_io import load_config
+from ..nn.backbone import ModelSection
+from ..nn.painn import PaiNNOptions
+from ..schema import Strict
+from ..train.config import TrainConfig
 from ..oracle import FACTORIES
 from ..sample import AttackSettings, SamplerName, SamplingSettings
 from ..schema import Distinct, Seed
@@ -34,7 +38,7 @@ class LoopData(Strict):
 
 class FinetuneSettings(Strict):
     """``finetune``: how each generation trains when the loop starts from ``init_model`` (a warm start:
-    :mod:`uqpot.train.finetune`).  A trained network needs a smaller step and fewer epochs than one trained
+    :mod:`uqpot.fit.finetune`).  A trained network needs a smaller step and fewer epochs than one trained
     from random weights; unset values are a fifth of ``train.lr`` and half of ``train.epochs`` (the other
     ``train`` settings apply as they are)."""
 
@@ -64,7 +68,7 @@ class LoopConfig(Strict):
     methods: Distinct[UQMethodName] = list(DEFAULT_METHODS)  # any registered UQ method
     generations: int = Field(3, ge=1)
     data: LoopData
-    model: ModelSection = Field(default_factory=ModelConfig)
+    model: ModelSection = Field(default_factory=PaiNNOptions)
     uq: MethodOptions = {}  # per-method options of the `uq` section, e.g. {ensemble: {members: 5}}
     train: TrainConfig = TrainConfig()
     attack: AttackSettings = AttackSettings()

@@ -1,5 +1,5 @@
 """Everything ``uqpot loop`` checks before it writes a byte, and what it records to resume safely: the loop's
-counterpart of :mod:`uqpot.train.prepare`.
+counterpart of :mod:`uqpot.fit.prepare`.
 
 A loop used to write its config and run record first and find a bad data file, store or model file only
 afterwards, so that the corrected config was then refused as "a different config".  The order is now fixed:
@@ -99,7 +99,7 @@ def _check_init_models(cfg, elements: set[int]) -> None:
     """``init_model``: readable uqpot model files of one network each (or one per member) that know every
     element of the loop's data."""
     from ..models import load
-    from ..train.run import member_count
+    from ..fit.run import member_count
 
     files = cfg.init_files()
     first = None

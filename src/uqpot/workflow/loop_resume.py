@@ -10,7 +10,7 @@ import yaml
 from ..errors import ConfigError
 from ..rundir import place, recorded_place, setting_differences
 from ..sample import SAMPLERS
-from ..train.run import flat_settings, kept_speed_choices
+from ..fit.run import flat_settings, kept_speed_choices
 from .loop_config import LoopConfig
 from .loop_prepare import recorded_run
 
@@ -31,7 +31,7 @@ PATH_KEYS = ("data.train", "data.test", "store", "init_model")
 
 def check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     """The config to go on with in ``out``: ``cfg``, with the speed choices the loop keeps from its start
-    (:func:`uqpot.train.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
+    (:func:`uqpot.fit.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
     (:func:`_unread_settings`: the MD samplers' ``sampling`` in a loop that only attacks) are not compared,
     nor is ``out`` (the folder may be given another way, or moved); file paths are compared as files.  Any
     other difference is refused, naming the settings."""

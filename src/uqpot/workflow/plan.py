@@ -26,8 +26,8 @@ test frames).
 
 Time: each part of a job costs count × constant, scaled from the measured workload of the same system by
 the batch (structures per step), the width (features) and the members, linearly (the form of
-:mod:`uqpot.autocompile`'s cost model); silica by the atoms, rMD17 molecules by the measured step time of
-their size.  Where ``compile: auto`` compiles (:func:`uqpot.autocompile.predicted_saving`, the rule the run
+:mod:`uqpot.train.autocompile`'s cost model); silica by the atoms, rMD17 molecules by the measured step time of
+their size.  Where ``compile: auto`` compiles (:func:`uqpot.train.autocompile.predicted_saving`, the rule the run
 itself applies), the step costs the eager one divided by the measured speed-up, plus one cold compilation.
 Wall time: the data build, then generation after generation the jobs of the generation on the executor's
 workers (longest first, each on the least loaded worker: the loop's own order), plus the once-per-study
@@ -42,8 +42,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..autocompile import COMPILE_COLD_S, MD_COMPILE_COLD_S, MD_SPEEDUP, SPEEDUP, predicted_saving
-from ..config import load_config
+from ..train.autocompile import COMPILE_COLD_S, MD_COMPILE_COLD_S, MD_SPEEDUP, SPEEDUP, predicted_saving
+from ..config_io import load_config
+from ..uq import method_class
 from . import plan_costs as C
 from .loop_md import campaign_config
 from .studies import Study, _data_config, _loop_config, study_seeds
@@ -233,7 +234,7 @@ def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers:
                 t_neb = C.NEB_BAND_STEPS * C.NEB_STEP_S[n][k]["band"] + 2 * C.NEB_RELAX_STEPS * C.NEB_STEP_S[n][k]["relax"]
             t_att = t_lab = 0.0
             if g < G:
-                its = (a.iterations_evidential or a.iterations) if m == "evidential" else a.iterations
+                its = getattr(a, method_class(m).attack_iterations) or a.iterations
                 t_att = a.n_seeds * (its + 1) * step_cost(C.ATTACK_S, system, m, F, M, atoms_scale)
                 totals["att"] += a.n_seeds * (its + 1)
                 totals["calls"] += a.n_seeds

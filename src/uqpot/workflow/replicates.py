@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..provenance import write_json
+from ..uq import method_class
 from .active_learning import ActiveLearning
 from .loop_config import LoopConfig
 
@@ -59,8 +60,9 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
     generations = max(al.cfg.generations for al in loops)
     parallel = executor is not None and not getattr(executor, "in_process", True)
     pairs = [(k, m) for k, al in enumerate(loops) for m in al.cfg.methods]
-    # the longest steps first (an ensemble's MD costs M model calls), so that workers finish together
-    pairs.sort(key=lambda p: (p[1] != "ensemble", p[0]))
+    # the longest steps first (the methods whose class says ``runs_first``: an ensemble's MD costs M model
+    # calls), so that workers finish together
+    pairs.sort(key=lambda p: (not method_class(p[1]).runs_first, p[0]))
     eta = _ETA(sum(al.cfg.generations * len(al.cfg.methods) for al in loops), log or loops[0].log)
     seeds = len(loops) > 1
     samplers = len({str(al.cfg.sampler) for al in loops}) > 1

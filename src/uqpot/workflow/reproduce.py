@@ -17,7 +17,15 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ModelConfig, ModelSection, Strict, TrainConfig, load_config, parse
+from ..nn.painn import PaiNNOptions
+
+from ..nn.backbone import ModelSection
+
+from ..schema import Strict
+
+from ..train.config import TrainConfig
+
+from ..config_io import load_config, parse
 from ..schema import Distinct, Seed, option_list
 from ..errors import ConfigError
 from ..provenance import versions, write_json
@@ -39,7 +47,7 @@ class RMD17Study(Strict):
     local_split: tuple[float, float, float] = (0.6, 0.15, 0.25)
     data_dir: Path = Path("data/rmd17")  # where the fetched archive is extracted (shared by runs)
     executor: dict[str, dict] = {}  # options per executor kind, e.g. {slurm: {queue: gpu, cores: 8, ...}}
-    model: ModelSection = Field(default_factory=ModelConfig)
+    model: ModelSection = Field(default_factory=PaiNNOptions)
     uq: MethodOptions = {"ensemble": {"members": 5}}
     train: TrainConfig = TrainConfig()
 
@@ -183,7 +191,7 @@ def dry_run(system: str, preset: str = "quick", executor: str = "local", out=Non
             executor_options: dict | None = None, methods=None, seeds=None, samplers=None) -> str:
     """The study's plan and estimated time (:mod:`uqpot.workflow.plan`), as text: nothing runs and nothing
     is written (no output directory is created)."""
-    from ..config import load_yaml
+    from ..config_io import load_yaml
     from .plan import loop_plan, workers_of
     from .plan_grid import rmd17_plan
 
@@ -232,7 +240,7 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     meta_path = out / "reproduce.json"
     ex = None
     if executor != "none":
-        from ..config import load_yaml
+        from ..config_io import load_yaml
         from ..executor import get_executor
 
         options = dict(load_yaml(preset_path(system, preset)).get("executor", {}).get(executor, {}))

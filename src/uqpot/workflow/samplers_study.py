@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from ..config import load_config
+from ..config_io import load_config
 from ..errors import ConfigError
 from ..schema import option_list
 from ..metrics import intervals as iv

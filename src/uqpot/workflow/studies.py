@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..config import Strict, apply_overrides, load_config, parse
+from ..schema import Strict
+
+from ..config_io import apply_overrides, load_config, parse
 from ..schema import Distinct, Seed, check_seed
 from ..errors import ConfigError, UqpotError
 from ..provenance import write_json
@@ -135,7 +137,7 @@ def _study_log(out: Path, console):
 
 
 def is_study_file(path) -> bool:
-    from ..config import load_yaml
+    from ..config_io import load_yaml
 
     data = load_yaml(path)
     return "loop" in data and "system" in data

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ...config import ModelConfig, TrainConfig
+from ...nn.painn import PaiNNOptions
+from ...train.config import TrainConfig
 from ...data.sets._common import BuildError
 from ...data.structures import StructureDataset
 from ...models import load
 from ...provenance import write_json
 from ...sample.adversarial import (AttackConfig, BoltzmannReference, attack, displacement,
                                  paper_equivalent_lr)
-from ...train.run import fit_model
+from ...fit.run import fit_model
 from ...uq.options import parse_uq
 from .config import ATTACK_LR
 
@@ -84,7 +85,7 @@ def adversarial_directions(train: list, out, settings: TrialAttack | None = None
     n_val = max(1, n_fit // 5)
     fit = StructureDataset([train[int(i)] for i in order[: n_fit - n_val]])
     val = StructureDataset([train[int(i)] for i in order[n_fit - n_val: n_fit]])
-    model_cfg = ModelConfig(features=cfg.features, interactions=cfg.interactions, readout_hidden=cfg.features)
+    model_cfg = PaiNNOptions(features=cfg.features, interactions=cfg.interactions, readout_hidden=cfg.features)
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, progress=False,
                             stress_weight=0.0)
     uq = parse_uq({"method": "ensemble", "members": cfg.members})

@@ -5,7 +5,7 @@ corrected config was then refused as "a different config").  So the order is fix
 (not a file, writable, not where an input lives), the device on this machine, every data file (every frame
 of every file, all problems at once), the split (index files or sizes; train and validation not empty),
 the pair layout, the cutoff against the data, and the content hashes of the data files.  Only then does
-:func:`uqpot.train.run.run_training` lock and write the run directory.
+:func:`uqpot.fit.run.run_training` lock and write the run directory.
 """
 
 from __future__ import annotations
@@ -15,14 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
 from ..data.io import read_structures
 from ..data.splits import check_disjoint, random_split, read_index_file
 from ..data.structures import StructureDataset
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError, DataErrors
+from ..evaluate import MIN_UQ_STRUCTURES
+from ..nn.backbone import backbone_class
 from ..rundir import check_out_dir, file_hashes
-from .trainer import check_layout
+from ..train.losses import resolve_stress_weight
+from ..train.trainer import check_layout
+from .config import RunConfig, method_of, trains_plain_potential, trains_stress  # noqa: F401  (public here before)
 
 
 @dataclass
@@ -94,14 +97,12 @@ def _read_all(files: dict, cfg: RunConfig) -> dict[str, StructureDataset]:
 def _check_sizes(cfg: RunConfig, train, val, test) -> None:
     """Train and validation not empty; a UQ method's validation and test sets large enough for its
     calibration and metrics (checked now, not after the whole training)."""
-    from ..evaluate import MIN_UQ_STRUCTURES
-
     where = cfg.data.train_path or cfg.data.path
     if len(val) == 0:
         raise ConfigError(None, f"split: the validation set is empty ({where}: split.val rounds to 0 structures); the "
                                 "learning-rate schedule, early stopping and the best-model checkpoint need one: "
                                 "raise split.val, or give split.val_file / data.val_path")
-    if cfg.uq.method != "none":
+    if not method_of(cfg.uq).plain:
         for name, ds in (("validation", val), ("test", test)):
             if 0 < len(ds) < MIN_UQ_STRUCTURES or (name == "validation" and len(ds) < MIN_UQ_STRUCTURES):
                 raise ConfigError(None, f"split: the {name} set has {len(ds)} structure(s) ({where}), and the "
@@ -149,22 +150,26 @@ def data_files(cfg: RunConfig) -> dict[str, Path]:
 
 
 def check_model(model_cfg, train_cfg, train) -> None:
-    """What the chosen backbone cannot do, said before anything is written: MACE needs mace-torch, reads
-    edge lists only (no ``train.layout: dense``, no ``train.compile``) and knows the elements it is built
-    for (those of the training set)."""
-    if getattr(model_cfg, "kind", "painn") != "mace":
-        return
-    from ..nn.mace import import_mace
-
+    """What the chosen backbone cannot do, said before anything is written (its class's capabilities): an
+    optional dependency that is missing, the dense layout (``train.layout: dense``) and ``train.compile`` on
+    a backbone that reads edge lists only or does not compile."""
+    cls = backbone_class(model_cfg.kind)
     try:
-        import_mace()
+        cls.check_available()
     except ImportError as exc:
-        raise ConfigError(None, f"model.kind: mace: {exc}") from None
-    if train_cfg.layout == "dense":
-        raise ConfigError(None, "train.layout: 'dense' is not available for MACE networks (they read edge lists); "
-                                "use 'auto' or 'sparse'")
-    if train_cfg.compile is True:
-        raise ConfigError(None, "train.compile: not available for MACE networks; set it to false (or auto)")
+        raise ConfigError(None, f"model.kind: {model_cfg.kind}: {exc}") from None
+    if train_cfg.layout == "dense" and not cls.supports_dense:
+        raise ConfigError(None, f"train.layout: 'dense' is not available for {cls.title} networks (they read edge "
+                                "lists); use 'auto' or 'sparse'")
+    if train_cfg.compile is True and not cls.compilable:
+        raise ConfigError(None, f"train.compile: not available for {cls.title} networks; set it to false (or auto)")
+
+
+def train_settings(train_cfg, uq_cfg, train):
+    """The training settings of a run: ``train_cfg`` with its stress weight resolved for the method and the
+    training set (:func:`uqpot.train.losses.resolve_stress_weight`; ConfigError when a stress weight is
+    set that cannot be used)."""
+    return resolve_stress_weight(train_cfg, train, trains_stress(uq_cfg))
 
 
 def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
@@ -205,9 +210,7 @@ def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
                                 "split.train or more structures")
     check_layout(train, cfg.train)
     check_model(cfg.model, cfg.train, train)
-    from .losses import resolve_stress_weight
-
-    resolve_stress_weight(cfg.train, train, trains_stress(cfg.uq))
+    train_settings(cfg.train, cfg.uq, train)  # checked before anything is written; fit_model applies it
     _check_sizes(cfg, train, val, test)
     note = check_cutoff(train, cfg.model.cutoff)
     if note:
@@ -215,19 +218,3 @@ def prepare_run(cfg: RunConfig, config_path=None) -> PreparedRun:
     hashes = file_hashes(inputs)
     return PreparedRun(cfg=cfg, out=out, train=train, val=val, test=test, split=split, n_structures=n,
                        device=device, hashes=hashes, warnings=warnings)
-
-
-def trains_plain_potential(uq_cfg) -> bool:
-    """Whether the network is trained as a plain potential (``none`` and the post-hoc methods, which then
-    wrap it): such runs with the same model, training settings, data and seed train the same network."""
-    from ..uq import method_class
-
-    return uq_cfg.method == "none" or method_class(uq_cfg.method).posthoc
-
-
-def trains_stress(uq_cfg) -> bool:
-    """Whether the method can train on a stress label (its training network gives a stress): plain
-    potentials and the post-hoc methods around them, and the methods with ``gives_stress``."""
-    from ..uq import method_class
-
-    return trains_plain_potential(uq_cfg) or method_class(uq_cfg.method).gives_stress

@@ -1,6 +1,6 @@
 """``uqpot train CONFIG.yaml``: validate everything, lock the run directory, train, evaluate the best model.
 
-Nothing is written before :func:`uqpot.train.prepare.prepare_run` has checked the data, the split, the
+Nothing is written before :func:`uqpot.fit.prepare.prepare_run` has checked the data, the split, the
 device and the output directory.  The output directory then receives, before training starts:
 ``config.yaml`` (the resolved config), ``split.json`` (the indices of every split), ``run.json`` (seed,
 versions, hardware, data files with their SHA-256); during training the trainer's files; at the end
@@ -16,21 +16,30 @@ trains afresh; a directory that holds no trained model yet (an earlier start tha
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from ..config import RunConfig, dump_config
+from .. import modelfile
+from ..config_io import dump_config
 from ..data.splits import load_split, save_split
-from ..errors import ConfigError, TrainingError
-from ..provenance import versions, write_json
 from ..devices import resolve_device
-from ..rundir import RunLock, clear_run, place, recorded_place, refuse_changed_files, setting_differences
+from ..errors import ConfigError, TrainingError
+from ..evaluate import assess, is_uq, write_predictions, write_table
+from ..models import load
+from ..nn.backbone import build_potential
+from ..provenance import versions, write_json
+from ..rundir import RunLock, clear_run, place, recorded_place, refuse_changed_files, setting_differences, sha256_file
+from ..train.memory import training_step_peak_mb
+from ..train.stages import run_stage
+from ..train.trainer import Trainer
 from ..uq.options import upgrade_uq_section
-from .prepare import (PreparedRun, make_split, prepare_run,  # noqa: F401  (make_split: public here before)
-                      trains_plain_potential, trains_stress)
-from .trainer import Trainer
+from .config import RunConfig, member_count, method_of, trains_plain_potential, trains_stress  # noqa: F401  (public here)
+from .finetune import build_from, refit_shift
+from .prepare import PreparedRun, make_split, prepare_run, train_settings  # noqa: F401  (make_split: public here before)
+from .wrap import fit_and_calibrate
 
 #: train settings that may change between an interrupted run and its resumption
 RESUMABLE = ("epochs", "max_hours", "progress", "device")
@@ -136,40 +145,21 @@ def _read_run_json(out: Path) -> dict:
         return {}
 
 
-def member_count(uq_cfg) -> int:
-    """How many stacked networks the method ``uq_cfg`` trains."""
-    from ..uq import method_class
-
-    return 1 if uq_cfg.method == "none" else method_class(uq_cfg.method).members_for(uq_cfg)
-
-
 def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
-    """The network's hyper-parameters: the model section, and the number of stacked members the method
-    trains (``members_for``), member k seeded with ``seed + k``.  A MACE network (``model.kind: mace``) is
-    also sized from the training set ``train``."""
-
-    m = model_cfg
+    """The network's hyper-parameters: the model section (its backbone's options,
+    :meth:`~uqpot.nn.backbone.BackboneOptions.potential_hparams`), and the number of stacked members the
+    method trains (``members_for``), member k seeded with ``seed + k``; a backbone sized from its data (MACE)
+    reads the training set ``train``."""
     members = member_count(uq_cfg)
-    if getattr(m, "kind", "painn") == "mace":
-        from ..nn import mace
-
-        return mace.potential_hparams(m, members, [seed + k for k in range(members)], train)
-    hp = dict(features=m.features, interactions=m.interactions, rbf=m.rbf, cutoff=m.cutoff,
-              activation=m.activation, readout_hidden=m.readout_hidden, trainable_rbf=m.trainable_rbf,
-              members=members, seeds=[seed + k for k in range(members)])
-    if getattr(m, "spectral_norm", None) is not None:
-        hp["spectral_norm"] = m.spectral_norm
-    return hp
+    return model_cfg.potential_hparams(members, [seed + k for k in range(members)], train)
 
 
 def build_model(model_cfg, uq_cfg, seed: int, train=None):
     """What the trainer trains: a plain potential (``uq.method: none`` and the post-hoc methods, wrapped
     after training) or the configured UQ method around one."""
-    from ..nn.backbone import build_potential
-    from ..uq import build_method
-
+    method = method_of(uq_cfg)
     hp = potential_hparams(model_cfg, uq_cfg, seed, train)
-    return build_potential(hp) if trains_plain_potential(uq_cfg) else build_method(uq_cfg, hp)
+    return build_potential(hp) if method.trains_plain_potential() else method.from_options(uq_cfg, hp)
 
 
 #: training settings that choose how fast a step runs, not what it computes (to float tolerance)
@@ -237,17 +227,11 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
     interrupted), runs the method's further stages, wraps a post-hoc method around the trained potential,
     fits post-hoc parts and the calibration, and writes ``summary.json`` (last).
 
-    ``init``: model files to fine-tune instead (:mod:`uqpot.train.finetune`): the network is sized as
+    ``init``: model files to fine-tune instead (:mod:`uqpot.fit.finetune`): the network is sized as
     theirs (``model_cfg`` is not used), starts from their weights, and its reference energies are shifted
     to ``train``; the files' names and sha256 go into the model file."""
-    from .losses import resolve_stress_weight
-
-    train_cfg = resolve_stress_weight(train_cfg, train, trains_stress(uq_cfg))
+    train_cfg = train_settings(train_cfg, uq_cfg, train)
     if init:
-        from ..models import load
-        from ..rundir import sha256_file
-        from .finetune import build_from, refit_shift
-
         init = [Path(p) for p in init]
         model = build_from([load(p) for p in init], uq_cfg, seed, member_count(uq_cfg), trains_plain_potential(uq_cfg),
                            [str(p) for p in init])
@@ -266,8 +250,6 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
 
 def _step_memory(trainer, train, batch_size: int) -> dict:
     """Peak memory of one training step on the first training batch (Fig. 2b's memory figure)."""
-    from .memory import training_step_peak_mb
-
     if not len(train):
         return {}
     _, batch = next(iter(trainer._batches(train, batch_size, shuffle=False)))
@@ -278,12 +260,8 @@ def _step_memory(trainer, train, batch_size: int) -> dict:
 def finish_posthoc(model, uq_cfg, train_cfg, train, val, batch_size: int) -> tuple:
     """After training: a post-hoc method wraps the trained potential; then the method's stages, its
     post-hoc fit and the validation calibration.  Returns (the model, the model file's new ``extra``)."""
-    from ..uq import method_class
-    from ..wrap import fit_and_calibrate
-    from .stages import run_stage
-
-    if uq_cfg is not None and uq_cfg.method != "none" and getattr(model, "kind", "") == "potential":
-        model = method_class(uq_cfg.method).wrap(model, uq_cfg)
+    if uq_cfg is not None and not method_of(uq_cfg).plain and getattr(model, "kind", "") == "potential":
+        model = method_of(uq_cfg).wrap(model, uq_cfg)
     posthoc = {}
     for stage in model.stages(train_cfg):
         posthoc.update(run_stage(model, stage, train, val, batch_size))
@@ -295,10 +273,6 @@ def finish_posthoc(model, uq_cfg, train_cfg, train, val, batch_size: int) -> tup
 def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -> dict:
     """Post-hoc parts (a wrapped method, stages, the GMM, LLPR) and the validation calibration go into the
     model file; then val/test metrics."""
-    from .. import modelfile
-    from ..evaluate import is_uq
-    from ..models import load
-
     out = Path(out)
     bs = train_cfg.val_batch_size or train_cfg.batch_size
     if not trainer.model_path.is_file():  # the validation loss was never finite: nothing was worth saving
@@ -308,7 +282,7 @@ def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -
                             "starts afresh)")
     best = load(trainer.model_path, device=trainer.device)
     payload_extra = modelfile.read(trainer.model_path).get("extra", {})
-    wants_uq = is_uq(best) or (uq_cfg is not None and uq_cfg.method != "none")
+    wants_uq = is_uq(best) or (uq_cfg is not None and not method_of(uq_cfg).plain)
     if wants_uq and "calibration" not in payload_extra:
         best, fitted = finish_posthoc(best, uq_cfg, train_cfg, train, val, bs)
         modelfile.save(best, trainer.model_path, extra={**payload_extra, **fitted})
@@ -320,8 +294,6 @@ def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -
 
 def _assess(summary: dict, model, extra: dict, val, test, out: Path, batch_size: int) -> dict:
     """Val/test metrics, tables and predictions of ``model`` into ``out``; ``summary.json`` last."""
-    from ..evaluate import assess, write_predictions, write_table
-
     if "posthoc" in extra:
         summary["posthoc"] = extra["posthoc"]
     for name, ds in (("val", val), ("test", test)):
@@ -340,12 +312,6 @@ def fit_from_backbone(backbone, uq_cfg, train_cfg, train, val, test, out, extra:
     (:func:`trains_plain_potential`), without training the network again.  Results in ``out`` as
     :func:`fit_model` writes them (``summary.json`` last; its ``training`` is the backbone's, ``backbone``
     names it, ``posthoc_seconds`` is this step's own time)."""
-    import json
-    import time
-
-    from .. import modelfile
-    from ..models import load
-
     out, backbone = Path(out), Path(backbone)
     if (out / "summary.json").is_file():
         return json.loads((out / "summary.json").read_text())
@@ -357,7 +323,7 @@ def fit_from_backbone(backbone, uq_cfg, train_cfg, train, val, test, out, extra:
     payload_extra = {**modelfile.read(backbone / "model.pt").get("extra", {}), **(extra or {}),
                      "backbone": str(backbone)}
     bs = train_cfg.val_batch_size or train_cfg.batch_size
-    if uq_cfg.method != "none":
+    if not method_of(uq_cfg).plain:
         model, fitted = finish_posthoc(model, uq_cfg, train_cfg, train, val, bs)
         payload_extra.update(fitted)
     out.mkdir(parents=True, exist_ok=True)

@@ -28,15 +28,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, DataError, ModelFileError
+import torch
+import yaml
+from pydantic import ValidationError
+
+from .. import modelfile
+from ..config_io import _format_validation_error, parse
+from ..data.io import ReadOptions, read_structures
+from ..data.splits import load_split
+from ..devices import resolve_device
+from ..errors import ConfigError, DataError, ModelFileError
+from ..evaluate import MIN_UQ_STRUCTURES, fit_calibration
+from ..models import load
+from ..predict import check_elements
+from ..uq import METHODS
+from ..uq.ensemble import Ensemble
+from ..uq.options import parse_uq, upgrade_uq_section
+from .config import RunConfig
 
 #: what ``--method`` takes besides the post-hoc methods
 SPECIAL = ("ensemble", "calibrate")
 
 
 def wrap_methods() -> list[str]:
-    from .uq import METHODS
-
     return sorted(m for m, cls in METHODS.items() if cls.posthoc) + list(SPECIAL)
 
 
@@ -53,13 +67,6 @@ class RunSets:
 def run_directory_sets(model_path) -> RunSets | None:
     """The training and validation sets of the ``uqpot train`` run that wrote ``model_path`` (None when
     there is no ``config.yaml`` and ``split.json`` beside it)."""
-    import yaml
-
-    from .config import RunConfig, parse
-    from .data.io import read_structures
-    from .data.splits import load_split
-    from .uq.options import upgrade_uq_section
-
     run = Path(model_path).parent
     cfg_path, split_path = run / "config.yaml", run / "split.json"
     if not (cfg_path.is_file() and split_path.is_file()):
@@ -90,24 +97,15 @@ def run_directory_sets(model_path) -> RunSets | None:
 
 def fit_and_calibrate(model, train, val, batch_size: int = 64) -> dict:
     """``fit_posthoc(train, val)`` and the validation calibration; the ``extra`` entries of the model file."""
-    from .evaluate import fit_calibration
-
     posthoc = model.fit_posthoc(train, val, batch_size) if train is not None else {}
     return {"posthoc": posthoc, "calibration": fit_calibration(model, val, batch_size)}
 
 
 def _load(path, device=None, check_extra: bool = True):
-    from .models import load
-
     return load(path, device=device, check_extra=check_extra)
 
 
 def _parse_options(method: str, options: dict | None):
-    from pydantic import ValidationError
-
-    from .config import _format_validation_error
-    from .uq.options import parse_uq
-
     try:
         return parse_uq({"method": method, **(options or {})})
     except ValidationError as exc:
@@ -116,8 +114,6 @@ def _parse_options(method: str, options: dict | None):
 
 def _sets(models, need_train: bool, data, val, read_options, batch_size) -> RunSets:
     """The structures the method needs: ``--data`` / ``--val`` if given, else the run directory's."""
-    from .data.io import ReadOptions, read_structures
-
     run = run_directory_sets(models[0]) if (need_train and data is None) or val is None else None
     opts = read_options or ReadOptions()
     where = "no run directory beside it (config.yaml and split.json)"
@@ -152,8 +148,6 @@ def _distinct_files(models) -> None:
 def _ensemble_members(models, loaded) -> None:
     """Members with the same hyper-parameters (the differing one named, with both files) and different
     weights (copies of one network would give an ensemble of zero spread)."""
-    import torch
-
     skip = ("members", "seeds")
     hp0 = {k: v for k, v in loaded[0].hparams.items() if k not in skip}
     for path, m in zip(models[1:], loaded[1:]):
@@ -176,8 +170,6 @@ def _check_sizes(models, sets: RunSets, data, val) -> None:
     """``evaluate``'s minimum-data rules: a calibration (and the UQ metrics it is checked by) needs at least
     :data:`uqpot.evaluate.MIN_UQ_STRUCTURES` validation structures, a post-hoc fit at least one training
     structure."""
-    from .evaluate import MIN_UQ_STRUCTURES
-
     if len(sets.val) < MIN_UQ_STRUCTURES:
         where = val if val is not None else Path(models[0]).parent / "split.json"
         raise DataError(where, f"{len(sets.val)} validation structure(s): a calibration σ² = a·U + b needs at least "
@@ -193,10 +185,6 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
          batch_size: int | None = None, device=None) -> tuple[Path, dict]:
     """``uqpot wrap``: validates every input, builds and fits the model, writes it to ``out`` (default
     ``<model>_<method>.pt`` beside the first model); returns (the path, a summary)."""
-    from . import modelfile
-    from .predict import check_elements
-    from .uq import METHODS
-
     models = [Path(m) for m in models]
     if method not in wrap_methods():
         hint = (f"{method} is trained with its network (uqpot train with uq.method: {method})" if method in METHODS
@@ -218,8 +206,6 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
     if out.is_dir():
         raise ConfigError(out, "--out is a directory; give the name of the model file to write")
     if device is not None:
-        from .devices import resolve_device
-
         device = resolve_device(device, "--device")
     if method == "ensemble":
         _distinct_files(models)
@@ -240,8 +226,6 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
                 what = kind if kind != "potential" else f"potential of {m.members} members"
                 raise ModelFileError(path, f"--method {method} takes a single trained potential, not a {what}")
         if method == "ensemble":
-            from .uq.ensemble import Ensemble
-
             _ensemble_members(models, loaded)
             try:
                 model = Ensemble.from_members(loaded)

@@ -22,7 +22,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.batch import iterate_batches
+from ..nn.backbone import build_potential
 from ..nn.potential import SHARED_BUFFERS, Potential, composition_counts
+from ..uq import build_method
 
 
 def _potential(model) -> Potential:
@@ -74,8 +77,6 @@ def warm_start(model, sources: list, names: list[str] | None = None) -> None:
 def refit_shift(model, train, batch_size: int = 64) -> np.ndarray:
     """Shifts the reference energies by the least-squares fit of E_data − E_model on composition over
     ``train`` (kcal/mol per element); returns the shift of each of the training set's elements."""
-    from ..data.batch import iterate_batches
-
     pot = _potential(model)
     elements = train.elements()
     if not train.has_energy:
@@ -99,9 +100,6 @@ def build_from(sources: list, uq_cfg, seed: int, members: int, plain: bool, name
     """The model to train for ``uq_cfg`` (``members`` stacked networks; a plain potential when ``plain``),
     sized as the trained ``sources`` (their backbone and hyper-parameters, seeds from ``seed``) and
     warm-started from them."""
-    from ..nn.backbone import build_potential
-    from ..uq import build_method
-
     hp = dict(_potential(sources[0]).hparams)
     hp.update(members=members, seeds=[seed + k for k in range(members)])
     model = build_potential(hp) if plain else build_method(uq_cfg, hp)

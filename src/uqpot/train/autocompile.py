@@ -40,34 +40,34 @@ import math
 
 import numpy as np
 
+from ..data.batch import DENSE_MAX_ATOMS, dataset_layout
+
 #: the compiled step's fixed cost with a cold inductor cache, seconds (CPU, paper PaiNN)
 COMPILE_COLD_S = 102.0
 #: the compiled step's speed-up over the eager one (CPU, dense layout)
 SPEEDUP = 1.96
 #: eager step seconds per (structure · n_max² · feature · member) on the CPU: 0.153 s / (16 · 81 · 128)
 EAGER_S_PER_UNIT = 0.153 / (16 * 81 * 128)
-#: model kinds whose training step compiles (tested: tests/test_layout.py, tests/test_member_order.py)
-COMPILABLE = ("potential", "uq.ensemble")
 #: the MD model call (compile_breakeven.py --which md, 400 NH3, one thread)
 MD_COMPILE_COLD_S = 93.0
 MD_SPEEDUP = 1.86
 MD_EAGER_S_PER_UNIT = 0.346 / (400 * 4 ** 2 * 128)
-#: model kinds whose compiled MD call is tested equal to the eager one (tests/test_layout.py)
-MD_COMPILABLE = ("potential", "uq.ensemble", "uq.mve", "uq.evidential", "uq.gmm")
 
 
-def _unavailable(setting, model, kinds, device) -> tuple[bool, str] | None:
-    """The answer where the run's size does not matter: an explicit setting, a model kind or backbone that
-    cannot compile, a device without a measured break-even; None where the balance decides."""
+def _unavailable(setting, model, md: bool, device) -> tuple[bool, str] | None:
+    """The answer where the run's size does not matter: an explicit setting, a model (its class's
+    ``compiles`` / ``md_compiles``: a plain potential, the UQ methods tested compiled) or backbone (its
+    ``compilable``) that cannot compile, a device without a measured break-even; None where the balance
+    decides."""
     if setting is not True and setting is not False and setting != "auto":
         raise ValueError(f"compile must be true, false or auto, not {setting!r}")
     if setting != "auto":
         return bool(setting), "set in the config"
     kind = getattr(model, "kind", "")
-    if kind not in kinds:
+    if not getattr(model, "md_compiles" if md else "compiles", False):
         return False, f"{kind or type(model).__name__} runs eager (its compiled path is not available)"
     net = getattr(model, "potential", model)
-    if not getattr(net, "supports_dense", False) or getattr(net, "backbone", "painn") != "painn":
+    if not getattr(net, "supports_dense", False) or not getattr(net, "compilable", False):
         return False, "this backbone reads edge lists only"
     if getattr(device, "type", str(device)) != "cpu":
         return False, f"no measured break-even on {device}"
@@ -98,9 +98,7 @@ def _balance(model, steps: int, units: float, md: bool, what: str):
 
 def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
     """(compile?, why) for ``train.compile`` = ``setting`` (True, False or "auto")."""
-    from .data.batch import dataset_layout
-
-    fixed = _unavailable(setting, model, COMPILABLE, device)
+    fixed = _unavailable(setting, model, False, device)
     if fixed is not None:
         return fixed
     if cfg.layout == "sparse" or dataset_layout(train, "auto") != "dense":
@@ -113,9 +111,7 @@ def choose_compile(setting, model, train, cfg, device) -> tuple[bool, str]:
 def choose_md_compile(setting, model, structures, n_steps: int, device) -> tuple[bool, str]:
     """(compile?, why) for a campaign's ``compile`` = ``setting`` on ``structures`` (ASE atoms or uqpot
     structures, the replicas of one batch) run for ``n_steps``."""
-    from .data.batch import DENSE_MAX_ATOMS
-
-    fixed = _unavailable(setting, model, MD_COMPILABLE, device)
+    fixed = _unavailable(setting, model, True, device)
     if fixed is not None:
         return fixed
     sizes = [len(s.numbers) for s in structures]
