@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-UQPOT = [sys.executable, "-m", "uqpot.cli"]
+UQPOT = [sys.executable, "-m", "uqpot.cli.main"]
 
 
 def _kv(text: str) -> dict:

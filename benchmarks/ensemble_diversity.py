@@ -36,7 +36,7 @@ import numpy as np
 
 from uqpot.data.io import read_structures
 from uqpot.metrics.intervals import fmt, mean_interval, paired_difference
-from uqpot.workflow.benchmark import Job, run_grid
+from uqpot.fit.grid import Job, run_grid
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from uq_methods import splits  # noqa: E402  (the same splits as the UQ-method benchmark)
@@ -47,7 +47,7 @@ KEYS = ("spearman", "roc_auc_p20", "roc_auc_p50", "forces_mae", "miscalibration_
 def independent_metrics(member_jobs: list[Job], data, members_out: Path) -> dict:
     """The M single networks as one ensemble: calibration on the validation set, metrics on the test set."""
     import uqpot
-    from uqpot.evaluate import assess, fit_calibration
+    from uqpot.evaluation.evaluate import assess, fit_calibration
     from uqpot.uq.ensemble import Ensemble
 
     path = members_out / "metrics.json"
@@ -106,7 +106,7 @@ def main():
             jobs += groups[s]
     executor = None
     if a.executor != "none":
-        from uqpot.executor import get_executor
+        from uqpot.core.executor import get_executor
 
         executor = get_executor(a.executor)
     try:

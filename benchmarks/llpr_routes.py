@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 
 SPEC = {"features": 128, "interactions": 3, "rbf": 20, "cutoff": 5.0, "activation": "ssp", "readout_hidden": 64}
 

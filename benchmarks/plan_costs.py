@@ -1,4 +1,4 @@
-"""The per-step constants of ``uqpot reproduce ... --dry-run`` (:mod:`uqpot.workflow.plan_costs`), measured.
+"""The per-step constants of ``uqpot reproduce ... --dry-run`` (:mod:`uqpot.studies.plan_costs`), measured.
 
     python benchmarks/plan_costs.py [--only train,eval,md,attack,labels,build] [--quick]
 
@@ -26,7 +26,7 @@ synthetic structures of the studies' sizes with random labels:
   estimate of the DFT build's);
 * ``build``: the wall time of the silica data build at 48 atoms (the quick preset's; LAMMPS + BKS).
 
-Prints one JSON object (the figures :mod:`uqpot.workflow.plan_costs` holds) and the load average: on a shared
+Prints one JSON object (the figures :mod:`uqpot.studies.plan_costs` holds) and the load average: on a shared
 machine every figure is slower by the load, so copy figures measured on a quiet machine.
 """
 
@@ -190,8 +190,8 @@ def measure_train(name, steps=4, methods=("none", "ensemble", "mve", "evidential
 
 
 def measure_eval(name, n=64) -> dict:
-    from uqpot import fields as F
-    from uqpot.predict import predict
+    from uqpot.core import fields as F
+    from uqpot.evaluation.predict import predict
 
     system, features, readout, _, members, _, _, atoms = WORKLOADS[name]
     n = 6 if atoms > 100 else n
@@ -282,7 +282,7 @@ def measure_labels() -> dict:
     from uqpot.systems.ammonia.build import AmmoniaConfig, build_ammonia
     from uqpot.data.store import open_store
     from uqpot.oracle import get_oracle
-    from uqpot.workflow.loop_md import nh3_minimum, oracle_neb_for_loop
+    from uqpot.loop.md import nh3_minimum, oracle_neb_for_loop
 
     out = {}
     pyscf = get_oracle("pyscf:bp86-d3bj/def2-svp", threads=1)

@@ -108,7 +108,7 @@ def phase_npt(args) -> dict:
     from ase.io import read
 
     from uqpot.md.campaign import CampaignConfig, run_campaign
-    from uqpot.models import load as load_model
+    from uqpot.evaluation.models import load as load_model
 
     model = load_model(args.npt_model).eval()
     glass = read(args.data, 0)

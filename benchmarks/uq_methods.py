@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from uqpot.data.io import read_structures
-from uqpot.workflow.benchmark import (PAPER_TABLE_S2, TABLE_KEYS, Job, format_table, run_grid,
+from uqpot.fit.grid import (PAPER_TABLE_S2, TABLE_KEYS, Job, format_table, run_grid,
                                       shares_backbone, table)
 
 KEYS = TABLE_KEYS + ("coverage_68", "conformal_coverage_68", "coverage_95", "conformal_coverage_95")
@@ -121,7 +121,7 @@ def main():
                 labels[jobs[-1].out] = spec
     executor = None
     if a.executor != "none":
-        from uqpot.executor import get_executor
+        from uqpot.core.executor import get_executor
 
         executor = get_executor(a.executor)
     results = run_grid(jobs, executor, progress=lambda k, n, j: print(f"[{k}/{n}] {j.name} done", flush=True))
@@ -264,7 +264,7 @@ def assess_model(job: Job, data, change=None, other=None) -> dict:
     ``other``: the calibration and the conformal quantiles refitted on its validation set (the model file is
     only read)."""
     import uqpot
-    from uqpot.evaluate import assess, fit_calibration
+    from uqpot.evaluation.evaluate import assess, fit_calibration
 
     sets = _sets(job, data)
     model = uqpot.load(Path(job.out) / "model.pt")
@@ -285,10 +285,10 @@ def cost_table(jobs, data, idx, a, rounds: int = 5, steps: int = 25, llpr_varian
     import uqpot
     from uqpot.train.config import TrainConfig
     from uqpot.data.batch import iterate_batches
-    from uqpot.evaluate import predictions
+    from uqpot.evaluation.evaluate import predictions
     from uqpot.nn.potential import Potential
     from uqpot.train.stages import run_stage
-    from uqpot.predict import predict
+    from uqpot.evaluation.predict import predict
 
     first = {}  # per row (the spec: gmm+sn0.9 and partial_ensemble:2 are rows of their own)
     for job in jobs:

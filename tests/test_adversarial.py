@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.data.structures import Structure
 from uqpot.sample.adversarial import AttackConfig, BoltzmannReference, attack, draw_seeds
 

@@ -73,7 +73,7 @@ def test_neighbour_list_of_a_wide_molecule_does_not_crash():
 
 
 def test_json_never_holds_nan(tmp_path):
-    from uqpot.provenance import write_json
+    from uqpot.core.provenance import write_json
 
     write_json(tmp_path / "m.json", {"mae": float("nan"), "x": [1.0, float("inf")], "n": np.float32(2.5)})
 

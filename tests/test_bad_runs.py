@@ -44,7 +44,7 @@ def test_changed_data_file_refuses_the_resume(tmp_path, data):
     assert r.exit_code == 0, r.output
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["training"]["epochs_run"] == 3
-    from uqpot.rundir import sha256_file
+    from uqpot.core.rundir import sha256_file
 
     assert run["data_files"]["data.path"]["sha256"] == sha256_file(data)
 
@@ -71,7 +71,7 @@ def test_diverged_training_is_reported_and_not_finished(tmp_path, data):
 
 # ------------------------------------------------------------------ kind 9: one training per directory
 def test_second_training_in_a_locked_directory_is_refused(tmp_path, data):
-    from uqpot.rundir import RunLock
+    from uqpot.core.rundir import RunLock
 
     cfg = tiny_config(tmp_path, data)
     with RunLock(tmp_path / "run", "uqpot train"):  # a first training holds the directory
@@ -98,7 +98,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, data):
 def test_two_training_processes(tmp_path, data):
     cfg = tiny_config(tmp_path, data, train={"epochs": 400})
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    cmd = [sys.executable, "-m", "uqpot.cli", "train", str(cfg)]
+    cmd = [sys.executable, "-m", "uqpot.cli.main", "train", str(cfg)]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while not (tmp_path / "run" / "checkpoint.pt").exists():
@@ -112,7 +112,7 @@ def test_two_training_processes(tmp_path, data):
 
 # ------------------------------------------------------------------ kind 11: interrupted writes
 def test_interrupted_writes_leave_nothing_behind(tmp_path, data):
-    from uqpot.provenance import atomic_write
+    from uqpot.core.provenance import atomic_write
 
     cfg = _trained(tmp_path, data)
     run = tmp_path / "run"
@@ -150,7 +150,7 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, data):
         resource.setrlimit(resource.RLIMIT_FSIZE, (40_000, 40_000))
 
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    r = subprocess.run([sys.executable, "-m", "uqpot.cli", "train", str(cfg)], env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "uqpot.cli.main", "train", str(cfg)], env=env, capture_output=True,
                        text=True, preexec_fn=limit)
     assert r.returncode == 2, r.stderr
     assert f"error: {tmp_path / 'run' / 'checkpoint.pt'}: File too large; free some space" in r.stderr
@@ -172,7 +172,7 @@ def test_resume_refusal_names_the_key(tmp_path, data):
 
 # ------------------------------------------------------------------ internal errors
 def test_internal_error_says_so_and_where_the_traceback_is():
-    from uqpot.cli_errors import UqpotGroup
+    from uqpot.cli.errors import UqpotGroup
 
     @click.group(cls=UqpotGroup)
     def group():
@@ -206,7 +206,7 @@ def test_loop_refuses_to_resume_on_a_changed_data_file_and_restarts(tmp_path, wh
     """Kind 1: a data file replaced between two runs of a loop is refused, naming the file, with nothing
     changed; --restart starts afresh and keeps the label store's labels."""
     from uqpot.data.store import Store
-    from uqpot.rundir import sha256_file
+    from uqpot.core.rundir import sha256_file
 
     cfg = _loop(tmp_path)
     loop, data = tmp_path / "loop", tmp_path / f"{which}.extxyz"
@@ -237,7 +237,7 @@ def _with_nitrogen(path, n=16):
     from support.badinput import water
     from uqpot.data.io import write_extxyz
     from uqpot.data.structures import Structure, StructureDataset
-    from uqpot.units import EV_TO_KCAL_PER_MOL
+    from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
     ds = list(water(n))
     a = ds[0].to_atoms()
@@ -385,7 +385,7 @@ def test_full_disk_during_evaluate_leaves_no_table_without_metrics(tmp_path, dat
 def test_torch_save_short_write_is_the_full_disk_error(tmp_path):
     """Kind 6: a model file that does not fit is an OSError naming the file (the command line's full-disk
     line), never PyTorch's RuntimeError; no temporary file is left."""
-    code = ("import torch; from uqpot.provenance import torch_save; "
+    code = ("import torch; from uqpot.core.provenance import torch_save; "
             f"torch_save({{'w': torch.ones(100000)}}, {str(tmp_path / 'm.pt')!r})")
     r = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(SRC)), capture_output=True,
                        text=True, preexec_fn=_limited(20000))
@@ -396,7 +396,7 @@ def test_torch_save_short_write_is_the_full_disk_error(tmp_path):
 def test_write_error_names_the_file_not_its_temporary_name(tmp_path):
     """Kind 9: a write that cannot open its file (a folder that is gone, or a file where a folder should be)
     names the file asked for, never its temporary name .NAME.tmpPID."""
-    from uqpot.provenance import write_text
+    from uqpot.core.provenance import write_text
 
     (tmp_path / "afile").write_text("")
     for target in (tmp_path / "gone" / "wraps.pt", tmp_path / "afile" / "wraps.pt"):
@@ -453,7 +453,7 @@ def test_data_build_to_a_file_prints_progress(tmp_path):
 def test_progress_lines_are_bounded_and_absent_on_a_terminal():
     import io
 
-    from uqpot.progress import LogProgress
+    from uqpot.core.progress import LogProgress
 
     class Terminal(io.StringIO):
         def isatty(self):

@@ -11,7 +11,7 @@ import uqpot
 from uqpot.data.batch import collate
 from uqpot.md.calculator import UQPotCalculator
 from uqpot.nn.potential import Potential
-from uqpot.units import EV_TO_KCAL_PER_MOL
+from uqpot.core.units import EV_TO_KCAL_PER_MOL
 from conftest import silica_like
 
 
@@ -66,7 +66,7 @@ def test_nve_md_conserves_energy(model_file, ethanol):
 
 
 def test_unknown_element_refused(model_file):
-    from uqpot.errors import DataError
+    from uqpot.core.errors import DataError
 
     atoms = silica_like()
     atoms.calc = UQPotCalculator(model_file)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from uqpot import claims as C
+from uqpot.report import claims as C
 
 
 def _obs(values: dict, counts: dict | None = None, last: int = 3) -> C.Observations:
@@ -199,7 +199,7 @@ def test_claims_table_shows_the_papers_numbers():
 
 
 def test_fidelity_tables_name_every_departure_the_issue_lists():
-    from uqpot.workflow.report import fidelity_tables
+    from uqpot.report.page import fidelity_tables
 
     tables = dict(fidelity_tables())
     departures = tables["Deliberate departures"]

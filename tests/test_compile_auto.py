@@ -7,9 +7,9 @@ import torch
 from conftest import silica_like
 from uqpot.fit.config import RunConfig
 from uqpot.train.config import TrainConfig
-from uqpot.config_io import parse
+from uqpot.core.config_io import parse
 from uqpot.data.structures import Structure, StructureDataset
-from uqpot.errors import ConfigError
+from uqpot.core.errors import ConfigError
 from uqpot.nn.potential import Potential
 from uqpot.train import autocompile as auto
 from uqpot.train.trainer import Trainer

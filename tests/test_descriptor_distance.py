@@ -8,7 +8,7 @@ import torch
 
 from conftest import silica_like
 from support import contract as C
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure, StructureDataset
 

@@ -56,7 +56,7 @@ def _same(a: list[dict], b: list[dict]) -> None:
 def test_same_tables_in_process_and_on_two_dask_workers(tmp_path):
     pytest.importorskip("tblite")
     pytest.importorskip("distributed")
-    from uqpot.workflow.reproduce import reproduce
+    from uqpot.studies.reproduce import reproduce
 
     (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY))
     runs = {}
@@ -80,7 +80,7 @@ def test_same_tables_in_process_and_on_two_dask_workers(tmp_path):
 def test_fixed_threads_sets_and_restores():
     import torch
 
-    from uqpot.determinism import fixed_threads
+    from uqpot.core.determinism import fixed_threads
 
     before = torch.get_num_threads()
     with fixed_threads(1):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.data.batch import collate
 from uqpot.nn.potential import Potential
 from uqpot.uq.ensemble import Ensemble

@@ -14,13 +14,13 @@ from ase.optimize import BFGS
 from uqpot.data.io import write_extxyz
 from uqpot.data.store import Store
 from uqpot.data.structures import Structure, StructureDataset
-from uqpot.errors import ConfigError
+from uqpot.core.errors import ConfigError
 from uqpot.md.analytic import MorseCalculator, MorsePotential
 from uqpot.md.neb import nh3_pyramid
 from uqpot.oracle.ase import ASEOracle
-from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
-from uqpot.workflow.loop_md import nh3_minimum, run_campaign_for_loop, start_structures
-from uqpot.workflow.replicates import run_loop
+from uqpot.loop.active_learning import ActiveLearning, LoopConfig
+from uqpot.loop.md import nh3_minimum, run_campaign_for_loop, start_structures
+from uqpot.loop.replicates import run_loop
 
 from conftest import silica_like
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from uqpot import fields as F
-from uqpot import modelfile
+from uqpot.core import fields as F
+from uqpot.nn import modelfile
 from uqpot.data.batch import collate
 from uqpot.nn.potential import Potential
 from uqpot.fit import finetune
@@ -82,8 +82,8 @@ def test_loop_fine_tunes_every_method_from_init_model(tmp_path, ammonia):
     from uqpot.fit.run import fit_model
     from uqpot.nn.painn import PaiNNOptions as ModelConfig
     from uqpot.train.config import TrainConfig
-    from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
-    from uqpot.workflow.replicates import run_loop
+    from uqpot.loop.active_learning import ActiveLearning, LoopConfig
+    from uqpot.loop.replicates import run_loop
 
     e = ammonia.energies()
     low, high = np.nonzero(e < 5.0)[0][:24], np.nonzero(e >= 5.0)[0][:12]
@@ -118,8 +118,8 @@ def test_a_loop_written_before_new_options_still_resumes(tmp_path):
     import yaml
 
     from test_loop import loop_cfg
-    from uqpot.workflow.loop_config import LoopConfig
-    from uqpot.workflow.loop_resume import check_same_config as _check_same_config
+    from uqpot.loop.config import LoopConfig
+    from uqpot.loop.resume import check_same_config as _check_same_config
 
     cfg = LoopConfig.model_validate(loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz")))
     old = cfg.model_dump(mode="json")
@@ -139,8 +139,8 @@ def test_a_loop_started_with_explicit_compile_resumes_on_its_path(tmp_path):
     import yaml
 
     from test_loop import loop_cfg
-    from uqpot.workflow.loop_config import LoopConfig
-    from uqpot.workflow.loop_resume import check_same_config as _check_same_config
+    from uqpot.loop.config import LoopConfig
+    from uqpot.loop.resume import check_same_config as _check_same_config
 
     cfg = LoopConfig.model_validate(loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz")))
     assert cfg.train.compile == "auto"
@@ -165,8 +165,8 @@ def test_a_loop_that_only_attacks_resumes_with_other_md_sampler_settings(tmp_pat
     import yaml
 
     from test_loop import loop_cfg
-    from uqpot.workflow.loop_config import LoopConfig
-    from uqpot.workflow.loop_resume import check_same_config as _check_same_config
+    from uqpot.loop.config import LoopConfig
+    from uqpot.loop.resume import check_same_config as _check_same_config
 
     base = loop_cfg(tmp_path, (tmp_path / "a.extxyz", tmp_path / "b.extxyz"))
     for sampler, goes_on in (("adversarial", True), ("md", False), ({"ensemble": "biased_md"}, False)):

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from uqpot.executor import get_executor
-from uqpot.workflow.benchmark import Job, run_grid, table
+from uqpot.core.executor import get_executor
+from uqpot.fit.grid import Job, run_grid, table
 
 SMALL = {"features": 16, "interactions": 2, "rbf": 8, "readout_hidden": 8}
 
@@ -79,7 +79,7 @@ def test_grid_report_draws_the_supporting_figures(tmp_path, ethanol_path):
     """The rMD17 report: Fig. 2 / S2 / Table S2 analogues plus parity plots, the GMM's BIC/silhouette and
     latent PCA, and training wall time and peak memory per method; every job keeps its split beside it."""
     from uqpot.data.splits import load_split
-    from uqpot.workflow.report_grid import build_grid_report
+    from uqpot.report.grid import build_grid_report
 
     js = jobs(tmp_path, ethanol_path, n=2)
     results = run_grid(js)
@@ -138,7 +138,7 @@ def test_rmd17_study_with_seeds_reports_intervals_and_claims(tmp_path, ethanol_p
     import yaml
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
 
     preset = {"system": "rmd17", "molecules": ["ethanol"], "splits": [1], "methods": ["mve", "gmm"],
               "seeds": [0, 1], "local_split": [0.05, 0.02, 0.03], "model": SMALL,

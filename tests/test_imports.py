@@ -16,26 +16,30 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "uqpot"
 
 LAYERS = [
-    # plain definitions: errors, fields, units, config schema base and file reading, versions, threads, executors
-    ["uqpot._version", "uqpot.errors", "uqpot.fields", "uqpot.units", "uqpot.schema", "uqpot.determinism",
-     "uqpot.provenance", "uqpot.executor", "uqpot.devices", "uqpot.strict_yaml", "uqpot.rundir",
-     "uqpot.unit_hints", "uqpot.progress", "uqpot.config_io"],
-    # structures, batches, neighbour lists, files, splits, the label store, the file readers of data sets
-    ["uqpot.data.structures", "uqpot.data.neighbors", "uqpot.data.batch", "uqpot.data.readers", "uqpot.data.io", "uqpot.data.splits",
-     "uqpot.data.store", "uqpot.data.sets._common", "uqpot.data.sets.rmd17", "uqpot.data.sets.nff", "uqpot.data",
-     "uqpot.data.config"],
-    ["uqpot.metrics", "uqpot.modelfile", "uqpot.plots"],
-    # the backbones; the UQ-agnostic training engine
-    ["uqpot.nn", "uqpot.train"],
+    # core: errors, fields, units, strict config sections and their YAML, versions, threads, executors
+    ["uqpot._version", "uqpot.core"],
+    # structures, batches, neighbour lists, files, splits, the label store, the data-set readers
+    ["uqpot.data"],
+    # metrics (and their registry); the backbones and model files; the UQ-agnostic training engine
+    ["uqpot.metrics"],
+    ["uqpot.nn"],
+    ["uqpot.train"],
+    # the UQ methods
     ["uqpot.uq"],
-    ["uqpot.models", "uqpot.predict"],
-    ["uqpot.evaluate", "uqpot.oracle", "uqpot.md", "uqpot.sample", "uqpot.claims"],
-    # the run pipeline that knows UQ methods: run config, prepare, run, finetune, wrap
+    # a trained model at work: loading, predicting, evaluating
+    ["uqpot.evaluation"],
+    # what a model is used for: oracles, MD, samplers
+    ["uqpot.oracle", "uqpot.md", "uqpot.sample"],
+    # the run pipeline that knows UQ methods: run config, prepare, run, finetune, wrap, grids of runs
     ["uqpot.fit"],
     # the systems: their data builds (with an oracle), MD presets, criteria, attack rates, preset files
     ["uqpot.systems"],
-    ["uqpot.workflow"],
-    ["uqpot.cli_errors", "uqpot.cli_data", "uqpot.cli", "uqpot"],
+    # the active-learning loop; reports; the studies; the command line; the package
+    ["uqpot.loop"],
+    ["uqpot.report"],
+    ["uqpot.studies"],
+    ["uqpot.cli"],
+    ["uqpot"],
 ]
 
 
@@ -120,6 +124,44 @@ def test_no_upward_import():
     assert not upward, "\n".join(upward)
 
 
+def package_of(module: str) -> str:
+    """The package a module belongs to at the top of uqpot (``uqpot.loop.md`` -> ``uqpot.loop``); the package's
+    own root modules (``uqpot``, ``uqpot.__main__``, ``uqpot._version``) count as themselves."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def test_no_import_cycle_between_packages():
+    """Package level: no two of uqpot's packages import each other, also through other packages."""
+    edges: dict[str, set[str]] = {}
+    for a, targets in import_graph().items():
+        for b in targets:
+            if package_of(a) != package_of(b) and package_of(b) != "uqpot":
+                edges.setdefault(package_of(a), set()).add(package_of(b))
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            for nxt in edges.get(node, ()):
+                if nxt == goal:
+                    return True
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return False
+
+    circles = sorted(f"{a} -> {b} -> ... -> {a}" for a in edges for b in edges[a] if reaches(b, a))
+    assert not circles, "\n".join(circles)
+
+
+def test_the_root_holds_no_loose_module():
+    """Every module lives in a package of its layer; at the root only the package itself, ``python -m uqpot``
+    and the version."""
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "_version.py"], loose
+
+
 def test_the_checks_see_imports():
     graph = import_graph()
     assert "uqpot.nn.response" in graph["uqpot.nn.potential"] and "uqpot.uq.options" in graph["uqpot.fit.config"]
@@ -136,9 +178,9 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("module", ["uqpot", "uqpot.fields", "uqpot.errors", "uqpot.schema"])
+@pytest.mark.parametrize("module", ["uqpot", "uqpot.core.fields", "uqpot.core.errors", "uqpot.core.schema"])
 def test_light_modules_import_nothing_heavy(module):
-    code = f"import sys, {module}; heavy = [m for m in ('torch', 'uqpot.uq', 'uqpot.models') if m in sys.modules]; print(heavy)"
+    code = f"import sys, {module}; heavy = [m for m in ('torch', 'uqpot.uq', 'uqpot.evaluation.models') if m in sys.modules]; print(heavy)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "PYTHONPATH": str(SRC)})
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr

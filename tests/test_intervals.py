@@ -132,7 +132,7 @@ def test_seed_level_interval_is_never_narrower_than_the_pooled_wilson():
 def test_the_reported_stable_md_interval_of_a_study_is_the_seed_level_one():
     """The summary table (and the stability figure, which reads its columns) of a study with the seeds of the
     case above: the default columns hold the seed-level interval; the pooled one only under its own name."""
-    from uqpot.workflow.report_loop import _interval_bars, stable_md_columns, summary_rows
+    from uqpot.report.loop import _interval_bars, stable_md_columns, summary_rows
 
     recs = [{"seed": s, "generation": 1, "method": "mve", "n_train": 62, "md_stable": k, "md_runs": 40,
              "stable_md_fraction": k / 40} for s, k in enumerate((4, 36, 20))]

@@ -11,8 +11,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from uqpot.data.io import ReadOptions, read_structures
-from uqpot.errors import DataError
-from uqpot.units import EV_TO_KCAL_PER_MOL
+from uqpot.core.errors import DataError
+from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
 GOOD = """3
 Properties=species:S:1:pos:R:3:forces:R:3 energy=-10.5 pbc="F F F"
@@ -35,7 +35,7 @@ def write(tmp_path, name, text):
 
 
 def uqpot(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "uqpot.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "uqpot.cli.main", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd)
 
 

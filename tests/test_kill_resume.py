@@ -47,12 +47,12 @@ def test_five_random_kills(tmp_path, ammonia):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config(tmp_path, log, tmp_path / "loop")))
     env = dict(os.environ, PYTHONPATH=str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "uqpot.cli", "loop", str(tmp_path / "c.yaml"), "--no-progress"]
+    cmd = [sys.executable, "-m", "uqpot.cli.main", "loop", str(tmp_path / "c.yaml"), "--no-progress"]
     # how long an uninterrupted run takes, in a separate directory (also the reference for the models)
     ref_log = tmp_path / "ref_calls.log"
     (tmp_path / "ref.yaml").write_text(yaml.safe_dump(config(tmp_path, ref_log, tmp_path / "ref")))
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "uqpot.cli", "loop", str(tmp_path / "ref.yaml"), "--no-progress"],
+    r = subprocess.run([sys.executable, "-m", "uqpot.cli.main", "loop", str(tmp_path / "ref.yaml"), "--no-progress"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     total = time.time() - t0

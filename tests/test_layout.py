@@ -6,9 +6,9 @@ import pytest
 import torch
 from ase import Atoms
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.train.config import TrainConfig
-from uqpot.errors import ConfigError
+from uqpot.core.errors import ConfigError
 from uqpot.data.batch import DENSE_MAX_ATOMS, choose_layout, collate, collate_dataset, dense_layout
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.md.analytic import MorsePotential

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from uqpot.data.io import ReadOptions, read_structures, write_extxyz
-from uqpot.workflow.active_learning import ActiveLearning, LoopConfig
-from uqpot.workflow.replicates import run_loop
+from uqpot.loop.active_learning import ActiveLearning, LoopConfig
+from uqpot.loop.replicates import run_loop
 
 pytest.importorskip("tblite")
 
@@ -83,7 +83,7 @@ def test_two_generations_and_resume(tmp_path, ammonia_files):
 def test_sigkill_and_resume(tmp_path, ammonia_files, kill_after):
     raw = loop_cfg(tmp_path, ammonia_files, epochs=6)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
-    cmd = [sys.executable, "-m", "uqpot.cli", "loop", str(tmp_path / "c.yaml"), "--no-progress"]
+    cmd = [sys.executable, "-m", "uqpot.cli.main", "loop", str(tmp_path / "c.yaml"), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "loop"
     t0 = time.time()
@@ -115,7 +115,7 @@ def test_replicate_seeds_share_one_store(tmp_path, ammonia_files):
     means over both seeds."""
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
     from uqpot.data.store import Store
 
     raw = loop_cfg(tmp_path, ammonia_files, methods=("gmm",), generations=2, epochs=2)
@@ -165,7 +165,7 @@ def test_posthoc_methods_share_one_backbone_in_generation_one(tmp_path, ammonia_
 def test_shared_backbone_on_dask_workers_equals_in_process(tmp_path, ammonia_files):
     """On an executor the backbone is trained once before the methods that wrap it start; the same numbers
     as in-process."""
-    from uqpot.executor import get_executor
+    from uqpot.core.executor import get_executor
 
     cfgs = {name: LoopConfig.model_validate(loop_cfg(tmp_path / name, ammonia_files, methods=("gmm", "llpr"),
                                                      generations=1)) for name in ("inproc", "dask")}
@@ -215,7 +215,7 @@ def test_bad_campaign_and_sampling_settings_refused_before_anything_runs(tmp_pat
     loop writes or trains anything (not after the first generation)."""
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
 
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**loop_cfg(tmp_path, ammonia_files), **section}))

@@ -18,14 +18,14 @@ from ase.build import molecule
 if importlib.util.find_spec("mace") is None:  # found, not imported: importing mace changes torch.load (see below)
     pytest.skip("mace-torch is not installed (pip install 'uqpot[mace]')", allow_module_level=True)
 
-from uqpot import fields as F  # noqa: E402
-from uqpot import modelfile  # noqa: E402
+from uqpot.core import fields as F  # noqa: E402
+from uqpot.nn import modelfile  # noqa: E402
 from uqpot.data.batch import collate  # noqa: E402
 from uqpot.data.structures import Structure  # noqa: E402
 from uqpot.nn.mace import MACEPotential, import_mace, mace_config  # noqa: E402
-from uqpot.units import EV_TO_KCAL_PER_MOL  # noqa: E402
+from uqpot.core.units import EV_TO_KCAL_PER_MOL  # noqa: E402
 
-UQPOT = [sys.executable, "-m", "uqpot.cli"]
+UQPOT = [sys.executable, "-m", "uqpot.cli.main"]
 
 
 def _net(members=1, seeds=None, cutoff=4.0, dtype=torch.float64):
@@ -239,7 +239,7 @@ def test_uqpot_train_with_model_kind_mace(tmp_path, ethanol_path):
     r = subprocess.run(UQPOT + ["train", str(_train_config(tmp_path, ethanol_path)), "--no-progress"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    from uqpot.models import load
+    from uqpot.evaluation.models import load
 
     model = load(tmp_path / "run" / "model.pt")
     assert model.potential.backbone == "mace" and model.kind == "uq.gmm"

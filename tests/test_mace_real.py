@@ -34,7 +34,7 @@ if importlib.util.find_spec("mace") is None:  # found, not imported: importing m
 
 from support.badinput import assert_user_error, cli  # noqa: E402
 
-UQPOT = [sys.executable, "-m", "uqpot.cli"]
+UQPOT = [sys.executable, "-m", "uqpot.cli.main"]
 #: the script behind the ``mace_run_train`` / ``mace_select_head`` console scripts, in this interpreter
 MACE_RUN_TRAIN = [sys.executable, "-m", "mace.cli.run_train"]
 MACE_SELECT_HEAD = [sys.executable, "-m", "mace.cli.select_head"]
@@ -129,12 +129,12 @@ def compare(model: Path, converted: Path, dtype: str, head: str | None = None) -
     """Max differences (eV, eV/Å, eV/Å³) of the converted model against MACE's calculator on
     :func:`structures`, asserted within ``TOL[dtype]`` relative; returns them with MACE's energies."""
     from uqpot.md.calculator import UQPotCalculator
-    from uqpot.models import load
+    from uqpot.evaluation.models import load
 
     theirs = mace_calculator(model, dtype, head)
     ours_model = load(converted)
     assert str(ours_model.dtype).endswith(dtype)
-    ours = UQPotCalculator(ours_model)  # eV and eV/Å, converted from uqpot's kcal/mol by uqpot.units
+    ours = UQPotCalculator(ours_model)  # eV and eV/Å, converted from uqpot's kcal/mol by uqpot.core.units
     tol = TOL[dtype]
     diffs = {"energy": 0.0, "forces": 0.0, "stress": 0.0, "energies": {}}
     for name, atoms in structures():
@@ -185,12 +185,12 @@ def test_issue_case_converts_and_equals_mace_calculator(issue_case, tmp_path):
     assert tuple(net.scale_shift.scale.shape) == (1,) and net.scale_shift.shift.dim() == 0
     conv = convert(issue_case, tmp_path / "x.pt")
     compare(issue_case, conv, "float64")
-    from uqpot import modelfile
+    from uqpot.nn import modelfile
 
     payload = modelfile.read(conv)
     assert payload["extra"]["converted_from"]["head"] == "Default"
     # uqpot's float64 reference energies are MACE's E0 in kcal/mol
-    from uqpot.units import EV_TO_KCAL_PER_MOL
+    from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
     e0 = net.atomic_energies_fn.atomic_energies.detach().double()[0].numpy()
     np.testing.assert_allclose(payload["state_dict"]["atomref"][[1, 6, 8]].numpy(), e0 * EV_TO_KCAL_PER_MOL,

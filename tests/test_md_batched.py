@@ -14,7 +14,7 @@ from ase.md.nose_hoover_chain import NoseHooverChainNVT
 from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
-from uqpot import units
+from uqpot.core import units
 from uqpot.systems import get_system
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure

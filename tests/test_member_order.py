@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from uqpot.train.config import TrainConfig
-from uqpot.errors import ConfigError
+from uqpot.core.errors import ConfigError
 from uqpot.nn.potential import Potential
 from uqpot.train.member_order import one_molecule, resolve_member_order
 from uqpot.train.trainer import Trainer

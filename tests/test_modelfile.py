@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import uqpot
-from uqpot import modelfile
+from uqpot.nn import modelfile
 from uqpot.data.batch import collate
-from uqpot.errors import ModelFileError
+from uqpot.core.errors import ModelFileError
 from uqpot.nn.potential import Potential
 
 

@@ -11,7 +11,7 @@ from uqpot.md.analytic import MorseCalculator
 from uqpot.md.neb import (NEBResult, OracleCalculator, calculator_factory, mirror, nh3_inversion_barrier,
                           nh3_pyramid, run_neb)
 from uqpot.nn.potential import Potential
-from uqpot.units import EV_TO_KCAL_PER_MOL
+from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
 
 class CurvedDoubleWell(Calculator):

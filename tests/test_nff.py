@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from uqpot.data.sets.nff import load_nff, read_nff
-from uqpot.errors import DataError
+from uqpot.core.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 AMMONIA = SHARED_DATA / "ammonia_public.extxyz"
@@ -162,7 +162,7 @@ def test_read_structures_and_data_check_read_nff_files(public, tmp_path):
     import torch
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
     from uqpot.data.io import read_structures
 
     path = tmp_path / "ammonia.pth.tar"

@@ -8,11 +8,11 @@ from ase.build import bulk, molecule
 
 from uqpot.data.store import Store
 from uqpot.data.structures import Structure
-from uqpot.errors import ConfigError
-from uqpot.executor import InProcessExecutor, get_executor, slurm_job_script
+from uqpot.core.errors import ConfigError
+from uqpot.core.executor import InProcessExecutor, get_executor, slurm_job_script
 from uqpot.oracle import BaseOracle, LabelResult, Oracle, get_oracle, oracle_from_config
 from uqpot.oracle.ase import ASEOracle
-from uqpot.units import EV_TO_KCAL_PER_MOL
+from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
 
 def _rattled(name, n, scale=0.05):

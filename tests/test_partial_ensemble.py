@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import uqpot
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.nn.painn import PaiNNOptions as ModelConfig
 from uqpot.train.config import TrainConfig
 from uqpot.fit.config import uq_config

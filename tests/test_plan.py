@@ -7,9 +7,9 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from uqpot.cli import cli
-from uqpot.workflow import plan_costs as C
-from uqpot.workflow.plan import makespan
+from uqpot.cli.main import cli
+from uqpot.studies import plan_costs as C
+from uqpot.studies.plan import makespan
 
 KEY_LINES = ("jobs:", "training:", "trajectories:", "MD steps:", "attack iterations:", "oracle calls:",
              "estimated CPU time by part", "estimated wall time on this machine:", "GPU:")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from uqpot.cli import cli
+from uqpot.cli.main import cli
 
 pytest.importorskip("tblite")
 

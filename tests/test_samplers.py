@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.md.analytic import MorsePotential

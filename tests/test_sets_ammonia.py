@@ -148,7 +148,7 @@ def test_sigkill_during_a_build_loses_nothing_and_recomputes_nothing(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = ["data", "build", "ammonia", "--out", str(out), "--oracle", "tblite", "--quick", "--test-max", "20",
             "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "uqpot.cli", *args], env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "uqpot.cli.main", *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 240
     try:
@@ -167,7 +167,7 @@ def test_sigkill_during_a_build_loses_nothing_and_recomputes_nothing(tmp_path):
 
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
 
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output

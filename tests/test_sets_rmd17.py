@@ -19,7 +19,7 @@ import pytest
 
 from uqpot.data.sets import FetchError
 from uqpot.data.sets.rmd17 import fetch_rmd17, load_rmd17, rmd17_split_indices
-from uqpot.errors import DataError
+from uqpot.core.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 ETHANOL = SHARED_DATA / "rmd17_ethanol_800.extxyz"
@@ -168,7 +168,7 @@ def test_no_network_says_where_to_put_the_archive(tmp_path):
 
 def test_no_network_cli_prints_one_line_and_exits_2(tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/rmd17.tar.bz2"
-    r = subprocess.run([sys.executable, "-m", "uqpot.cli", "data", "fetch", "rmd17", "--dest", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "uqpot.cli.main", "data", "fetch", "rmd17", "--dest", str(tmp_path),
                         "--url", url, "--no-progress"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
@@ -216,7 +216,7 @@ def test_fetch_cli_from_local_server(served, tmp_path):
     base, www = served
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
 
     r = CliRunner().invoke(cli, ["data", "fetch", "rmd17", "--dest", str(tmp_path), "--url", f"{base}/rmd17.tar.bz2",
                                  "--sha256", _sha(www / "rmd17.tar.bz2")[:16], "--molecule", "ethanol",

@@ -39,7 +39,7 @@ def test_bad_atom_counts_are_refused():
 def quick(tmp_path_factory):
     from click.testing import CliRunner
 
-    from uqpot.cli import cli
+    from uqpot.cli.main import cli
 
     out = tmp_path_factory.mktemp("silica")
     r = CliRunner().invoke(cli, ["data", "build", "silica", "--quick", "--out", str(out), "--no-progress"])

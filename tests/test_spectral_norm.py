@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.nn.painn import PaiNNOptions as ModelConfig
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure
 from uqpot.md.neb import nh3_pyramid
-from uqpot.models import load, save
+from uqpot.evaluation.models import load, save
 from uqpot.nn.potential import Potential
 from uqpot.nn.stacked import StackedLinear
 

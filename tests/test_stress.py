@@ -12,7 +12,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase.calculators.lj import LennardJones
 from conftest import silica_like
 
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.train.config import TrainConfig
 from uqpot.data.batch import collate
 from uqpot.data.structures import Structure, StructureDataset
@@ -119,7 +119,7 @@ def test_stress_is_read_in_kcal_per_mol_per_cubic_angstrom(tmp_path):
     from ase.io import write
 
     from uqpot.data.io import ReadOptions, read_structures
-    from uqpot.units import EV_TO_KCAL_PER_MOL
+    from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
     voigt = np.array([0.1, 0.2, 0.3, 0.01, 0.02, 0.03])  # eV/Å³, ASE's order xx yy zz yz xz xy
     virial = _frame()
@@ -152,7 +152,7 @@ def test_bad_stress_is_one_line_naming_file_frame_field(tmp_path, case, message)
     write(path, [good, bad] + [good] * 23)
     if case == "shape":
         from uqpot.data.io import ReadOptions, read_structures
-        from uqpot.errors import DataError
+        from uqpot.core.errors import DataError
 
         with pytest.raises(DataError) as exc:
             read_structures(path, ReadOptions(energy_unit="eV", stress_key="my_stress"))
@@ -187,7 +187,7 @@ def test_training_on_stress_reports_stress_mae(tmp_path):
     """Stress labels: the default weight trains on them (resolved to 1 and recorded), and the summary has the
     stress MAE; an explicit weight for data without stress is refused."""
     from uqpot.nn.painn import PaiNNOptions as ModelConfig
-    from uqpot.errors import ConfigError
+    from uqpot.core.errors import ConfigError
     from uqpot.train.losses import resolve_stress_weight
     from uqpot.fit.run import fit_model
 
@@ -215,7 +215,7 @@ def test_oracle_stress_is_labelled_stored_and_reloaded(tmp_path):
 
     from uqpot.data.store import Store
     from uqpot.oracle.ase import ASEOracle
-    from uqpot.units import EV_TO_KCAL_PER_MOL
+    from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
     oracle = ASEOracle("ase.calculators.lj.LennardJones", {"sigma": 2.0, "epsilon": 0.3, "rc": 4.0},
                        method="lj-test")

@@ -10,7 +10,7 @@ ts = pytest.importorskip("torch_sim")
 
 from ase import units as ase_units  # noqa: E402
 
-from uqpot import fields as F  # noqa: E402
+from uqpot.core import fields as F  # noqa: E402
 from uqpot.data.batch import collate  # noqa: E402
 from uqpot.data.structures import Structure  # noqa: E402
 from uqpot.md.batched import BatchedMD  # noqa: E402
@@ -18,7 +18,7 @@ from uqpot.md.neb import nh3_pyramid  # noqa: E402
 from uqpot.md.torchsim import TorchSimModel  # noqa: E402
 from uqpot.uq import build_method  # noqa: E402
 from uqpot.uq.options import parse_uq  # noqa: E402
-from uqpot.units import EV_TO_KCAL_PER_MOL  # noqa: E402
+from uqpot.core.units import EV_TO_KCAL_PER_MOL  # noqa: E402
 
 
 def _starts():

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from pydantic import Field
 
 import uqpot
-from uqpot import fields as F
-from uqpot.cli import cli
+from uqpot.core import fields as F
+from uqpot.cli.main import cli
 from uqpot.data.batch import iterate_batches
 from uqpot.nn.backbone import (BACKBONES, CAPABILITIES, OPTIONS, BackboneOptions, build_potential, parse_model,
                                register_backbone)
@@ -104,7 +104,7 @@ def run(tmp_path_factory, ethanol_path):
 def test_train_save_and_reload(run, ethanol):
     model = uqpot.load(run / "model.pt")
     assert type(model.potential) is PairPotential and model.members == 2
-    assert uqpot.modelfile.read(run / "model.pt")["hparams"]["potential"]["backbone"] == "toy"
+    assert uqpot.nn.modelfile.read(run / "model.pt")["hparams"]["potential"]["backbone"] == "toy"
     assert yaml.safe_load((run / "config.yaml").read_text())["model"] == {"kind": "toy", "cutoff": 4.0,
                                                                         "features": 6, "rbf": 6}
     # the two members differ (own seeds), and the reloaded file predicts what the trained model predicted

@@ -14,8 +14,8 @@ from pydantic import Field
 
 import uqpot
 from support import contract as C
-from uqpot import fields as F
-from uqpot.cli import cli
+from uqpot.core import fields as F
+from uqpot.cli.main import cli
 from uqpot.data.batch import iterate_batches
 from uqpot.uq.base import UQMethod, register_method
 from uqpot.uq.options import UQOptions
@@ -63,7 +63,7 @@ class Toy(UQMethod):
 def _unregister_at_the_end():
     """The toy stays registered while this module runs; other test modules see the built-in methods."""
     yield
-    from uqpot import modelfile
+    from uqpot.nn import modelfile
     from uqpot.uq.base import METHODS
     from uqpot.uq.options import OPTIONS
 
@@ -90,7 +90,7 @@ def run(tmp_path_factory, ethanol_path):
 def test_train_and_evaluate(run, ethanol_path):
     model = uqpot.load(run / "model.pt")
     assert type(model) is Toy and model.scale == 2.0 and model.toy_mean.abs().sum() > 0
-    extra = uqpot.modelfile.read(run / "model.pt")["extra"]
+    extra = uqpot.nn.modelfile.read(run / "model.pt")["extra"]
     assert extra["posthoc"] == {"n_atoms": 40 * 9} and np.isfinite(extra["calibration"]["a"])
     res = CliRunner().invoke(cli, ["evaluate", str(run / "model.pt"), str(ethanol_path), "--indices",
                                    f"{run / 'split.json'}:test"], catch_exceptions=False)
@@ -99,8 +99,8 @@ def test_train_and_evaluate(run, ethanol_path):
     bad = yaml.safe_load((run / "config.yaml").read_text())
     assert bad["uq"] == {"method": "toy", "reduction": "mean", "scale": 2.0}
     from uqpot.fit.config import RunConfig
-    from uqpot.config_io import parse
-    from uqpot.errors import ConfigError
+    from uqpot.core.config_io import parse
+    from uqpot.core.errors import ConfigError
 
     for uq, message in (({"method": "toy", "lam": 0.2}, "'uq.lam' applies to evidential, not to 'toy'"),
                         ({"method": "toy", "scale": -1}, "'uq.scale'")):

@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 
 from support import contract as C
-from uqpot.cli import cli
+from uqpot.cli.main import cli
 from uqpot.metrics.registry import METRICS, Metric, MetricInputs, metrics, register_metric
-from uqpot.workflow.benchmark import format_table, table
+from uqpot.fit.grid import format_table, table
 
 TOY = Metric("toy_mean_u", lambda x: float(np.mean(x.uncertainty)), False, "toy mean U", ".5f", table=True)
 

@@ -18,14 +18,14 @@ from uqpot.data.store import Store
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.md.analytic import MorsePotential
 from uqpot.md.neb import nh3_pyramid
-from uqpot.provenance import write_json
+from uqpot.core.provenance import write_json
 from uqpot.sample import (SAMPLERS, AttackSettings, Proposal, Sampler, SamplingContext, SamplingSettings,
                           register_sampler, sampler_names)
 from uqpot.sample.trust import Calibration
-from uqpot.schema import Strict
-from uqpot.workflow.active_learning import ActiveLearning
-from uqpot.workflow.loop_config import LoopConfig
-from uqpot.workflow.replicates import run_loop
+from uqpot.core.schema import Strict
+from uqpot.loop.active_learning import ActiveLearning
+from uqpot.loop.config import LoopConfig
+from uqpot.loop.replicates import run_loop
 
 
 # ------------------------------------------------------------------------------------------- the sampler

@@ -19,8 +19,8 @@ from uqpot.md.campaign import CampaignConfig
 from uqpot.md.stability import StabilityCriteria
 from uqpot.oracle import get_oracle
 from uqpot.systems import SYSTEMS, System, check_loop_system, get_system, register_system, system_names
-from uqpot.workflow.active_learning import LoopConfig
-from uqpot.workflow.loop_md import run_campaign_for_loop
+from uqpot.loop.active_learning import LoopConfig
+from uqpot.loop.md import run_campaign_for_loop
 
 
 @dataclasses.dataclass

@@ -75,7 +75,7 @@ def test_same_seed_same_result(tmp_path, ethanol_path):
 
 
 def test_different_config_in_same_directory_is_refused(tmp_path, ethanol_path):
-    from uqpot.errors import ConfigError
+    from uqpot.core.errors import ConfigError
 
     run_training(run_cfg(tmp_path, ethanol_path, epochs=1))
     with pytest.raises(ConfigError, match="different config"):
@@ -87,7 +87,7 @@ def test_run_started_with_explicit_compile_resumes_on_its_path(tmp_path, ethanol
     command under ``auto``: it goes on uncompiled, says so, and keeps its stored choice."""
     import yaml
 
-    from uqpot.errors import ConfigError
+    from uqpot.core.errors import ConfigError
 
     run_training(run_cfg(tmp_path, ethanol_path, epochs=1, compile=False))
     r = run_training(run_cfg(tmp_path, ethanol_path, epochs=2))
@@ -141,7 +141,7 @@ def test_nonfinite_loss_is_rolled_back(tmp_path, ethanol):
 
 
 def test_persistent_nonfinite_loss_fails_clearly(tmp_path, ethanol):
-    from uqpot.errors import TrainingError
+    from uqpot.core.errors import TrainingError
 
     train, val = ethanol[:8], ethanol[8:12]
     cfg = TrainConfig(epochs=2, batch_size=4, lr=1e-3, max_nonfinite=0, min_lr=1e-4, progress=False)
@@ -155,7 +155,7 @@ def test_persistent_nonfinite_loss_fails_clearly(tmp_path, ethanol):
 def test_sigkill_during_training_resumes(tmp_path, ethanol_path):
     cfg = run_cfg(tmp_path, ethanol_path, epochs=30).model_dump(mode="json")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-m", "uqpot.cli", "train", str(tmp_path / "c.yaml"), "--no-progress"]
+    cmd = [sys.executable, "-m", "uqpot.cli.main", "train", str(tmp_path / "c.yaml"), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "run" / "checkpoint.pt"
     t0 = time.time()

@@ -2,7 +2,7 @@ import ase.units
 import numpy as np
 import pytest
 
-from uqpot import units
+from uqpot.core import units
 
 
 def test_constants_match_ase():

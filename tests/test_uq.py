@@ -8,11 +8,11 @@ import torch
 from scipy import special
 
 import uqpot
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.fit.config import RunConfig
 from uqpot.train.config import TrainConfig
 from uqpot.data.batch import collate
-from uqpot.errors import ConfigError
+from uqpot.core.errors import ConfigError
 from uqpot.nn.potential import Potential
 from uqpot.train.trainer import Trainer
 from uqpot.uq import GMM, MVE, Ensemble, Evidential, reduce_atoms
@@ -180,7 +180,7 @@ def test_save_load_round_trip(tmp_path, method, data):
 
 
 def test_uq_config_rejects_foreign_options(ethanol_path):
-    from uqpot.config_io import parse
+    from uqpot.core.config_io import parse
 
     base = {"data": {"path": str(ethanol_path)}}
     with pytest.raises(ConfigError, match="'uq.lam' applies to evidential, not to 'ensemble'"):
@@ -194,7 +194,7 @@ def test_uq_config_rejects_foreign_options(ethanol_path):
 def test_divergent_evidential_never_saves_nan(tmp_path, data):
     """At an absurd learning rate the evidential loss blows up: training either recovers by rollback or
     fails clearly; any model file written holds finite numbers only."""
-    from uqpot.errors import TrainingError
+    from uqpot.core.errors import TrainingError
 
     m = make("evidential", data)
     cfg = TrainConfig(epochs=4, batch_size=4, lr=5.0, progress=False, max_nonfinite=0)

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import uqpot
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.nn.painn import PaiNNOptions as ModelConfig
 from uqpot.fit.config import RunConfig, uq_config
 from uqpot.train.config import TrainConfig
 from uqpot.data.batch import collate, iterate_batches
-from uqpot.errors import ConfigError
+from uqpot.core.errors import ConfigError
 from uqpot.metrics import uq as uqm
 from uqpot.uq import LLPR, ShallowEnsemble
 from uqpot.uq.shallow import ShallowEnsembleLoss
@@ -407,7 +407,7 @@ def test_coverage_of_a_calibrated_gaussian():
 
 
 def test_uq_config_for_the_new_methods(ethanol_path):
-    from uqpot.config_io import parse
+    from uqpot.core.config_io import parse
 
     base = {"data": {"path": str(ethanol_path)}}
     cfg = parse(RunConfig, {**base, "uq": {"method": "llpr", "gram": "energy", "samples": 8}})
@@ -438,7 +438,7 @@ def test_fit_model_trains_calibrates_and_reports_coverage(tmp_path, method, etha
     for k in ("spearman", "roc_auc_p20", "cnll", "coverage_68", "coverage_95", "conformal_coverage_68",
               "conformal_coverage_95"):
         assert np.isfinite(t[k]), k
-    payload = uqpot.modelfile.read(tmp_path / "model.pt")
+    payload = uqpot.nn.modelfile.read(tmp_path / "model.pt")
     conformal = payload["extra"]["calibration"]["conformal"]
     assert set(conformal["quantiles"]) == {"68", "95"} and conformal["group_size"] == 27
     assert conformal["quantiles"]["95"] > conformal["quantiles"]["68"] > 0

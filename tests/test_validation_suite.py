@@ -18,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from uqpot.cli import cli
+from uqpot.cli.main import cli
 
 GOOD_ROWS = ["O 0.0 0.0 0.0 0.1 0.2 0.3", "H 0.96 0.0 0.0 -0.1 0.0 0.0", "H -0.24 0.93 0.0 0.0 -0.2 -0.3"]
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from uqpot.data.store import Store
 from uqpot.data.structures import Structure
-from uqpot.executor import get_executor
+from uqpot.core.executor import get_executor
 from uqpot.oracle import get_oracle
 
 TESTS = Path(__file__).resolve().parent

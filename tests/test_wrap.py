@@ -11,12 +11,12 @@ import yaml
 from click.testing import CliRunner
 
 import uqpot
-from uqpot import fields as F
-from uqpot.cli import cli
+from uqpot.core import fields as F
+from uqpot.cli.main import cli
 from uqpot.fit.config import RunConfig
-from uqpot.config_io import parse
+from uqpot.core.config_io import parse
 from uqpot.data.batch import collate
-from uqpot.evaluate import evaluate, fit_calibration
+from uqpot.evaluation.evaluate import evaluate, fit_calibration
 from uqpot.fit.run import run_training
 from uqpot.fit.wrap import wrap
 
@@ -52,9 +52,9 @@ def test_wrapped_model_equals_training_the_method(runs, method, ethanol_path):
     assert wrapped["method"] == trained["method"] == method and wrapped["n_structures"] == 18
     for k in METRICS:
         assert wrapped[k] == pytest.approx(trained[k], rel=1e-9, abs=1e-12), k
-    extra = uqpot.modelfile.read(path)["extra"]
+    extra = uqpot.nn.modelfile.read(path)["extra"]
     assert extra["wrapped"]["method"] == method and extra["wrapped"]["train"]["run"] == str(runs / "plain")
-    assert extra["training"] == uqpot.modelfile.read(runs / "plain" / "model.pt")["extra"]["training"]
+    assert extra["training"] == uqpot.nn.modelfile.read(runs / "plain" / "model.pt")["extra"]["training"]
     # the wrapped network is the trained potential, unchanged
     plain, model = uqpot.load(runs / "plain" / "model.pt"), uqpot.load(path)
     for k, v in plain.state_dict().items():
@@ -108,11 +108,11 @@ def test_ensemble_of_model_files_and_recalibration(runs, ethanol_path, tmp_path)
 
     write_extxyz(ds[200:230], tmp_path / "cal.extxyz")
     re, _ = wrap([path], "calibrate", val=tmp_path / "cal.extxyz", out=tmp_path / "ens_cal.pt")
-    cal = uqpot.modelfile.read(re)["extra"]["calibration"]
+    cal = uqpot.nn.modelfile.read(re)["extra"]["calibration"]
     expect = fit_calibration(ens, ds[200:230], 64)  # no run directory beside ens.pt: batches of 64
     assert cal["n_structures"] == 30 and cal["a"] == pytest.approx(expect["a"], rel=1e-6)
     assert cal["conformal"]["quantiles"]["95"] == pytest.approx(expect["conformal"]["quantiles"]["95"], rel=1e-6)
-    assert uqpot.modelfile.read(re)["extra"]["calibration"] != uqpot.modelfile.read(path)["extra"]["calibration"]
+    assert uqpot.nn.modelfile.read(re)["extra"]["calibration"] != uqpot.nn.modelfile.read(path)["extra"]["calibration"]
 
 
 def _cli(args):

@@ -26,7 +26,7 @@ def water(n: int = 24, seed: int = 0, scale: float = 1.0):
     from ase.calculators.emt import EMT
 
     from uqpot.data.structures import Structure, StructureDataset
-    from uqpot.units import EV_TO_KCAL_PER_MOL
+    from uqpot.core.units import EV_TO_KCAL_PER_MOL
 
     rng = np.random.default_rng(seed)
     out = []
@@ -91,7 +91,7 @@ def tiny_loop_config(tmp: Path, train: Path | None = None, test: Path | None = N
 
 def cli(*args):
     """Runs ``uqpot ARGS`` in this process; ``result.stderr`` and ``result.stdout`` apart."""
-    from uqpot.cli import cli as group
+    from uqpot.cli.main import cli as group
 
     return CliRunner().invoke(group, [str(a) for a in args], catch_exceptions=False)
 

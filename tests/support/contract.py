@@ -2,7 +2,7 @@
 few labelled molecules.  ``tests/test_contract.py`` runs them for every registered method; a method defined
 elsewhere (a test's toy method) runs the same checks by calling them.
 
-Checks: every output key is registered in :mod:`uqpot.fields` with the kind its shape shows; save/load
+Checks: every output key is registered in :mod:`uqpot.core.fields` with the kind its shape shows; save/load
 round trip; forces = −dE/dx and dU/dx against central finite differences; the dense all-pairs layout equals
 the edge list; the three reductions of U; the calibration fit; compiled MD equals eager MD (slow).
 """
@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import uqpot
-from uqpot import fields as F
+from uqpot.core import fields as F
 from uqpot.data.batch import collate
 from uqpot.data.structures import StructureDataset
-from uqpot.predict import predict
+from uqpot.evaluation.predict import predict
 
 SMALL = dict(features=16, interactions=2, rbf=8, readout_hidden=8)
 
@@ -117,7 +117,7 @@ def check_reductions(make, structures):
 def check_calibration(model, val):
     """σ² = a·U + b (Eq. 13) and the conformal quantiles fitted on a validation set: finite, ordered, and
     a calibrated variance that is positive for every structure."""
-    from uqpot.evaluate import fit_calibration, predictions
+    from uqpot.evaluation.evaluate import fit_calibration, predictions
     from uqpot.metrics import uq as uqm
 
     cal = fit_calibration(model, val, 8)

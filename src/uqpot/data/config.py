@@ -1,5 +1,5 @@
 """The ``data`` and ``split`` sections of a config: where the structures are, how to read them, and how
-they are split (strict where YAML and pydantic are lenient: see :mod:`uqpot.config_io`)."""
+they are split (strict where YAML and pydantic are lenient: see :mod:`uqpot.core.config_io`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Optional, Union
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from ..schema import Seed, Strict
-from ..units import energy_factor, length_factor
+from ..core.schema import Seed, Strict
+from ..core.units import energy_factor, length_factor
 from .io import ReadOptions
 
 

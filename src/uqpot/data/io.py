@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from .. import fields as F
-from ..errors import DataError, DataErrors
-from ..units import UnitError, energy_factor, length_factor
+from ..core import fields as F
+from ..core.errors import DataError, DataErrors
+from ..core.units import UnitError, energy_factor, length_factor
 from .neighbors import neighbor_list
 from .readers import asymmetry, is_xyz, iter_ase, iter_xyz, read_failure
 from .structures import Structure, StructureDataset
@@ -376,7 +376,7 @@ def write_extxyz(dataset: StructureDataset, path) -> None:
     """Writes structures as extended XYZ in uqpot's units (kcal/mol, Å), atomically."""
     import ase.io
 
-    from ..provenance import atomic_write
+    from ..core.provenance import atomic_write
 
     with atomic_write(path) as tmp:
         if len(dataset):

@@ -18,8 +18,8 @@ import io
 import re
 from pathlib import Path
 
-from .. import fields as F
-from ..errors import DataError
+from ..core import fields as F
+from ..core.errors import DataError
 
 #: formats read frame by frame (the rest through ase.io.iread)
 XYZ_FORMATS = ("extxyz", "xyz")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..core.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -107,7 +107,7 @@ def check_disjoint(split: dict[str, np.ndarray]) -> None:
 
 
 def save_split(split: dict[str, np.ndarray], path) -> None:
-    from ..provenance import write_text
+    from ..core.provenance import write_text
 
     write_text(path, json.dumps({k: [int(i) for i in v] for k, v in split.items()}, indent=0))
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UqpotError
+from ..core.errors import UqpotError
 from .structures import Structure
 
 #: positions and cell are rounded to this many decimals (Å) before hashing: 1e-8 Å

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import fields as F
+from ..core import fields as F
 from .neighbors import neighbor_list
 
 

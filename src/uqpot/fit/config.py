@@ -2,7 +2,7 @@
 sections, each declared where it is used (:mod:`uqpot.data.config`, the backbones' options in
 :mod:`uqpot.nn`, :mod:`uqpot.uq.options`, :mod:`uqpot.train.config`), and the one place where the ``uq``
 section's method name becomes its class (:func:`method_of`).  Reading and error messages:
-:mod:`uqpot.config_io`."""
+:mod:`uqpot.core.config_io`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..data.config import DataConfig, SplitConfig
 from ..nn.backbone import ModelSection, default_options
-from ..schema import Seed, Strict
+from ..core.schema import Seed, Strict
 from ..train.config import TrainConfig
 from ..uq import method_class
 from ..uq.options import NoneOptions, UQOptions, UQSection, uq_options

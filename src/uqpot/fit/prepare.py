@@ -18,11 +18,11 @@ import numpy as np
 from ..data.io import read_structures
 from ..data.splits import check_disjoint, random_split, read_index_file
 from ..data.structures import StructureDataset
-from ..devices import resolve_device
-from ..errors import ConfigError, DataError, DataErrors
-from ..evaluate import MIN_UQ_STRUCTURES
+from ..core.devices import resolve_device
+from ..core.errors import ConfigError, DataError, DataErrors
+from ..evaluation.evaluate import MIN_UQ_STRUCTURES
 from ..nn.backbone import backbone_class
-from ..rundir import check_out_dir, file_hashes
+from ..core.rundir import check_out_dir, file_hashes
 from ..train.losses import resolve_stress_weight
 from ..train.trainer import check_layout
 from .config import RunConfig, method_of, trains_plain_potential, trains_stress  # noqa: F401  (public here before)

@@ -5,7 +5,7 @@ device and the output directory.  The output directory then receives, before tra
 ``config.yaml`` (the resolved config), ``split.json`` (the indices of every split), ``run.json`` (seed,
 versions, hardware, data files with their SHA-256); during training the trainer's files; at the end
 ``summary.json`` (written last: its presence marks a finished run).  ``run.lock`` exists while a process
-trains there (:class:`uqpot.rundir.RunLock`).
+trains there (:class:`uqpot.core.rundir.RunLock`).
 
 Rerunning the same command resumes an interrupted run.  A different config (the device, the number of
 epochs, the time budget and the progress display aside) or changed data files in the same directory are
@@ -22,16 +22,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .. import modelfile
-from ..config_io import dump_config
+from ..nn import modelfile
+from ..core.config_io import dump_config
 from ..data.splits import load_split, save_split
-from ..devices import resolve_device
-from ..errors import ConfigError, TrainingError
-from ..evaluate import assess, is_uq, write_predictions, write_table
-from ..models import load
+from ..core.devices import resolve_device
+from ..core.errors import ConfigError, TrainingError
+from ..evaluation.evaluate import assess, is_uq, write_predictions, write_table
+from ..evaluation.models import load
 from ..nn.backbone import build_potential
-from ..provenance import versions, write_json
-from ..rundir import RunLock, clear_run, place, recorded_place, refuse_changed_files, setting_differences, sha256_file
+from ..core.provenance import versions, write_json
+from ..core.rundir import RunLock, clear_run, place, recorded_place, refuse_changed_files, setting_differences, sha256_file
 from ..train.memory import training_step_peak_mb
 from ..train.stages import run_stage
 from ..train.trainer import Trainer
@@ -95,7 +95,7 @@ def config_differences(previous: dict, current: dict, place_then: dict | None = 
                        place_now: dict | None = None) -> list[str]:
     """``key (old then, new now)`` for every setting that differs between two configs; ``out`` is not
     compared (the same folder spelled another way, or moved, is the same run) and file paths are compared as
-    files, each resolved from where its run was started (:func:`uqpot.rundir.setting_differences`)."""
+    files, each resolved from where its run was started (:func:`uqpot.core.rundir.setting_differences`)."""
     a, b = flat_settings(_normalised(previous)), flat_settings(_normalised(current))
     return setting_differences(a, b, PATH_KEYS, place_then, place_now)
 

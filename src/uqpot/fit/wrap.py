@@ -13,7 +13,7 @@ from model files, or re-calibrate a UQ model (``uqpot wrap``).
 * ``calibrate`` re-fits only the calibration of any UQ model.
 
 Every result is calibrated on the validation structures: σ²(x) = a·U(x) + b with its floor (Eq. 13) and the
-split-conformal quantiles of |r|/σ (:func:`uqpot.evaluate.fit_calibration`), stored in the model file that
+split-conformal quantiles of |r|/σ (:func:`uqpot.evaluation.evaluate.fit_calibration`), stored in the model file that
 ``uqpot evaluate``, the ASE calculator, the MD engine and the attack take.
 
 Structures: when MODEL was written by ``uqpot train`` (``config.yaml`` and ``split.json`` beside it), the
@@ -32,15 +32,15 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from .. import modelfile
-from ..config_io import _format_validation_error, parse
+from ..nn import modelfile
+from ..core.config_io import _format_validation_error, parse
 from ..data.io import ReadOptions, read_structures
 from ..data.splits import load_split
-from ..devices import resolve_device
-from ..errors import ConfigError, DataError, ModelFileError
-from ..evaluate import MIN_UQ_STRUCTURES, fit_calibration
-from ..models import load
-from ..predict import check_elements
+from ..core.devices import resolve_device
+from ..core.errors import ConfigError, DataError, ModelFileError
+from ..evaluation.evaluate import MIN_UQ_STRUCTURES, fit_calibration
+from ..evaluation.models import load
+from ..evaluation.predict import check_elements
 from ..uq import METHODS
 from ..uq.ensemble import Ensemble
 from ..uq.options import parse_uq, upgrade_uq_section
@@ -168,7 +168,7 @@ def _ensemble_members(models, loaded) -> None:
 
 def _check_sizes(models, sets: RunSets, data, val) -> None:
     """``evaluate``'s minimum-data rules: a calibration (and the UQ metrics it is checked by) needs at least
-    :data:`uqpot.evaluate.MIN_UQ_STRUCTURES` validation structures, a post-hoc fit at least one training
+    :data:`uqpot.evaluation.evaluate.MIN_UQ_STRUCTURES` validation structures, a post-hoc fit at least one training
     structure."""
     if len(sets.val) < MIN_UQ_STRUCTURES:
         where = val if val is not None else Path(models[0]).parent / "split.json"

@@ -26,9 +26,9 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 from torch import nn
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import AtomsBatch
-from ..units import EV_TO_KCAL_PER_MOL
+from ..core.units import EV_TO_KCAL_PER_MOL
 
 #: Morse parameters for NH3: (element, element) -> (D kcal/mol, a 1/Å, r0 Å)
 NH3_MORSE: dict[tuple[str, str], tuple[float, float, float]] = {

@@ -23,9 +23,9 @@ failure; each replica's forces depend only on its own atoms, so it cannot spoil 
 happen only at syncs: failure flags, the list's displacement maximum, and the records of the block
 (energies, temperatures, uncertainties every ``record_every`` steps; frames every ``frame_every`` steps).
 
-Units: kcal/mol, Å, fs, amu (velocities Å/fs); the conversions are :data:`uqpot.units.FORCE_TO_ACCELERATION`
-(kcal/mol/Å/amu → Å/fs², ≈ 4.184e-4), :data:`uqpot.units.MV2_TO_KCAL_PER_MOL` (amu·Å²/fs² → kcal/mol,
-≈ 2390.06) and :data:`uqpot.units.KB_KCAL_PER_MOL_K` (CODATA 2014, as ASE).  Masses are ASE's.
+Units: kcal/mol, Å, fs, amu (velocities Å/fs); the conversions are :data:`uqpot.core.units.FORCE_TO_ACCELERATION`
+(kcal/mol/Å/amu → Å/fs², ≈ 4.184e-4), :data:`uqpot.core.units.MV2_TO_KCAL_PER_MOL` (amu·Å²/fs² → kcal/mol,
+≈ 2390.06) and :data:`uqpot.core.units.KB_KCAL_PER_MOL_K` (CODATA 2014, as ASE).  Masses are ASE's.
 """
 
 from __future__ import annotations
@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from ase.data import atomic_masses
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import DENSE_MAX_ATOMS, as_dtype, choose_layout
 from ..data.structures import Structure
-from ..progress import LogProgress
-from ..units import KB_KCAL_PER_MOL_K
+from ..core.progress import LogProgress
+from ..core.units import KB_KCAL_PER_MOL_K
 from .checks import Check, FrameRecorder, StabilityCheck
 from .integrators import THERMOSTATS, Integrator, gaussian_noise, make_integrator
 from .records import MDResult, ReplicaRecord

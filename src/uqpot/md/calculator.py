@@ -2,7 +2,7 @@
 
 Results are given in the units the caller asks for: ASE's eV and eV/Å by default (so ASE's dynamics,
 optimisers and NEB work unchanged), or kcal/mol and kcal/mol/Å with ``energy_unit="kcal/mol"``.  The model
-works in kcal/mol and Å (its file records them); the conversion uses :mod:`uqpot.units`.
+works in kcal/mol and Å (its file records them); the conversion uses :mod:`uqpot.core.units`.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import collate
 from ..data.structures import Structure
-from ..predict import check_elements
-from ..units import ENERGY_UNIT, LENGTH_UNIT, energy_factor, length_factor
+from ..evaluation.predict import check_elements
+from ..core.units import ENERGY_UNIT, LENGTH_UNIT, energy_factor, length_factor
 
 
 class UQPotCalculator(Calculator):
@@ -26,7 +26,7 @@ class UQPotCalculator(Calculator):
         super().__init__(**kwargs)
         self.layout = layout  # pair layout of the model call (see uqpot.data.batch.choose_layout)
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from ..models import load
+            from ..evaluation.models import load
 
             model = load(model, device=device)
         self.model = model.eval()
@@ -42,7 +42,7 @@ class UQPotCalculator(Calculator):
 
         if not bool(s.pbc.all()):
             raise PropertyNotImplementedError("stress needs a periodic cell (pbc on all three axes)")
-        from ..evaluate import gives_stress
+        from ..evaluation.evaluate import gives_stress
 
         if not gives_stress(self.model):
             raise PropertyNotImplementedError(f"{self.model.method} gives no stress (nor a stress uncertainty); "

@@ -29,10 +29,10 @@ from typing import Callable, Literal, Optional, Sequence, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.structures import Structure
-from ..progress import LogProgress
-from ..units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
+from ..core.progress import LogProgress
+from ..core.units import EV_TO_KCAL_PER_MOL, KB_KCAL_PER_MOL_K
 from ..train.autocompile import choose_md_compile
 from .batched import BatchedMD, ReplicaRecord, maxwell_boltzmann
 from .integrators import make_integrator

@@ -16,7 +16,7 @@ A step is ``first_half`` (everything up to the new positions) → one model call
   Q₁ = N_f k_B T τ², Q_j = k_B T τ², N_f = 3N, τ = ``tdamp_fs``).  Its energy-like term
   N_f k_B T η₁ + k_B T Σ_{j>1} η_j + Σ p_η²/2Q enters the conserved quantity.
 
-Units: kcal/mol, Å, fs, amu; velocities Å/fs (:data:`uqpot.units.FORCE_TO_ACCELERATION` turns kcal/mol/Å/amu
+Units: kcal/mol, Å, fs, amu; velocities Å/fs (:data:`uqpot.core.units.FORCE_TO_ACCELERATION` turns kcal/mol/Å/amu
 into Å/fs²).
 """
 

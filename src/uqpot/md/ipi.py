@@ -7,7 +7,7 @@ with ASE's :class:`ase.calculators.socketio.SocketClient`: it connects to i-PI's
 every request until i-PI says EXIT (one request per bead and step).
 
 **Protocol and units.**  i-PI sends positions and the cell in Bohr; ASE's client converts them to Å (its
-CODATA-2014 Bohr), the calculator gives eV and eV/Å (uqpot's kcal/mol converted by :mod:`uqpot.units`), and the
+CODATA-2014 Bohr), the calculator gives eV and eV/Å (uqpot's kcal/mol converted by :mod:`uqpot.core.units`), and the
 client sends the energy in Hartree, the forces in Hartree/Bohr and the virial W = −V·σ in Hartree (σ = uqpot's
 stress, ASE's sign), all converted with ASE's constants.  i-PI sends no element symbols: the driver's
 ``atoms`` (a structure file with the same atoms in the same order as i-PI's ``<initialize>`` file) give the
@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 from ase.calculators.socketio import SocketClient
 
-from .. import fields as F
+from ..core import fields as F
 from .calculator import UQPotCalculator
 
 
@@ -73,7 +73,7 @@ def serve(model, atoms, *, unixsocket: str | None = None, host: str = "localhost
     file); ``unixsocket``: i-PI's unix socket address (else ``host``/``port``, i-PI's default port 31415);
     ``use_stress``: send the virial (None: where ``atoms`` are periodic in all three directions and the model
     gives a stress).  Returns the number of force evaluations made."""
-    from ..evaluate import gives_stress
+    from ..evaluation.evaluate import gives_stress
 
     if isinstance(atoms, (str, bytes)) or hasattr(atoms, "__fspath__"):
         from ase.io import read

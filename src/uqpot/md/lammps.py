@@ -26,7 +26,7 @@ stress and uncertainty in one backward pass), and hands LAMMPS
 
 **Units.**  uqpot works in kcal/mol and Å.  LAMMPS ``units metal`` (eV, Å, ps, bar) and ``units real``
 (kcal/mol, Å, fs, atm) are supported; every other units style is refused.  Energies and the virial are
-converted by the factor kcal/mol → the style's energy unit (metal: 1/:data:`uqpot.units.EV_TO_KCAL_PER_MOL`,
+converted by the factor kcal/mol → the style's energy unit (metal: 1/:data:`uqpot.core.units.EV_TO_KCAL_PER_MOL`,
 real: 1), forces by the same factor (lengths are Å in both).  LAMMPS's time, mass and pressure units are
 LAMMPS's business: the model sees only positions and the box.
 
@@ -81,11 +81,11 @@ import numpy as np
 import torch
 from ase.data import atomic_masses, atomic_numbers
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import collate
 from ..data.structures import Structure
 from ..oracle.bks import load_lammps
-from ..units import energy_factor
+from ..core.units import energy_factor
 
 #: LAMMPS units styles uqpot supports: style -> its energy unit (lengths are Å in both)
 UNITS_ENERGY = {"metal": "eV", "real": "kcal/mol"}
@@ -119,7 +119,7 @@ def _calibration_of(model_path, calibration) -> Calib | None:
         return Calib(float(c["a"]), float(c["b"]), float(c.get("floor") or 0.0))
     if model_path is None:
         return None
-    from ..modelfile import read
+    from ..nn.modelfile import read
 
     cal = read(model_path).get("extra", {}).get("calibration")
     if not cal:
@@ -151,7 +151,7 @@ class UQPotFix:
             raise LammpsError(f"fix ID {fix_id!r}: LAMMPS IDs are letters, digits and underscores")
         model_path = None
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from ..models import load
+            from ..evaluation.models import load
 
             model_path = Path(model)
             model = load(model_path, device=device)
@@ -194,7 +194,7 @@ class UQPotFix:
             for k, n in enumerate(z[:ntypes], start=1):
                 lmp.command(f"mass {k} {float(atomic_masses[n])!r}")
 
-        from ..evaluate import gives_stress
+        from ..evaluation.evaluate import gives_stress
 
         self.gives_stress = gives_stress(model)
         periodic = all(lmp.extract_box()[5])

@@ -15,7 +15,7 @@ A method is any of: a uqpot model (Potential or UQ method; through
 :class:`~uqpot.md.calculator.UQPotCalculator`), a uqpot oracle (``uqpot.oracle``: PySCF, tblite, any
 :class:`~uqpot.oracle.ase.ASEOracle`; through :class:`OracleCalculator`), an ASE calculator (shared by the
 images) or a zero-argument factory of ASE calculators (one per image).  ASE works in eV and Å; results are
-converted to kcal/mol with :mod:`uqpot.units`.  ``fmax`` values are in eV/Å (ASE's unit; 0.01 eV/Å ≈
+converted to kcal/mol with :mod:`uqpot.core.units`.  ``fmax`` values are in eV/Å (ASE's unit; 0.01 eV/Å ≈
 0.23 kcal/mol/Å).
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from ..units import EV_TO_KCAL_PER_MOL
+from ..core.units import EV_TO_KCAL_PER_MOL
 
 OPTIMIZERS = ("FIRE", "BFGS")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..units import FORCE_TO_ACCELERATION, KB_KCAL_PER_MOL_K, MV2_TO_KCAL_PER_MOL
+from ..core.units import FORCE_TO_ACCELERATION, KB_KCAL_PER_MOL_K, MV2_TO_KCAL_PER_MOL
 
 
 def maxwell_boltzmann(masses: np.ndarray, temperature_K: float, seed: int, remove_com: bool = True) -> np.ndarray:

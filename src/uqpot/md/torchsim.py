@@ -22,10 +22,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import collate
 from ..data.structures import Structure
-from ..units import EV_TO_KCAL_PER_MOL
+from ..core.units import EV_TO_KCAL_PER_MOL
 from .batched import _model_dtype
 
 try:
@@ -41,7 +41,7 @@ class TorchSimModel(ModelInterface):
     def __init__(self, model, compute_stress: bool = False, device=None):
         super().__init__()
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-            from ..models import load
+            from ..evaluation.models import load
 
             model = load(model)
         self.model = model.eval()

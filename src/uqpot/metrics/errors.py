@@ -4,7 +4,7 @@ Per-structure force error ε(x) = mean over atoms and Cartesian components of (F
 (kcal/mol/Å)²; this is what the paper's hexbins plot against the uncertainty and what Spearman and ROC-AUC
 rank.  Aggregate errors: energy MAE/RMSE over structures (kcal/mol), force MAE/RMSE over all force
 components (kcal/mol/Å).  Registered as metrics (``forces_mae``, ``energy_mae``, ``stress_mae`` and the
-RMSEs; the stress ones computed by :func:`uqpot.evaluate.assess` where the data have a stress).
+RMSEs; the stress ones computed by :func:`uqpot.evaluation.evaluate.assess` where the data have a stress).
 """
 
 from __future__ import annotations

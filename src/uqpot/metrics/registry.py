@@ -54,7 +54,7 @@ class Metric:
     needs_calibration: bool = False
     #: the range of the value (None: unbounded on that side); intervals are cut there
     bounds: tuple = (None, None)
-    #: a claim (uqpot.claims) may name it as its quantity
+    #: a claim (uqpot.report.claims) may name it as its quantity
     claim: bool = True
     #: ROC-AUC's error percentile (``uq_metrics(percentiles=...)`` chooses among them)
     percentile: Optional[float] = None

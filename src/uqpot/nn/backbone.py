@@ -45,7 +45,7 @@ from typing import Annotated, Literal
 
 from pydantic import SerializeAsAny, TypeAdapter, WrapValidator, create_model
 
-from ..schema import Strict
+from ..core.schema import Strict
 
 #: the backbone of a ``model`` section without ``kind`` and of model files without ``hparams["backbone"]``
 DEFAULT = "painn"

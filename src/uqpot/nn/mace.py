@@ -35,7 +35,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import AtomsBatch
 from .backbone import BackboneOptions, register_backbone
 from .potential import MAX_Z, Potential

@@ -8,7 +8,7 @@ state dict and plain hyper-parameters (:mod:`uqpot.nn.mace`) and loads with ``we
 every uqpot model.
 
 Units: MACE works in eV and Å.  uqpot's energy scale of the converted potential is 1 eV in kcal/mol
-(:data:`uqpot.units.EV_TO_KCAL_PER_MOL`), and MACE's isolated-atom energies E0 (eV) become uqpot's float64
+(:data:`uqpot.core.units.EV_TO_KCAL_PER_MOL`), and MACE's isolated-atom energies E0 (eV) become uqpot's float64
 reference energies e_ref(Z) (kcal/mol); MACE's own scale and shift stay inside the network.  The conversion
 is checked before the file is written: the converted potential and the original give the same energy and
 forces on a probe cluster of the model's elements (relative 1e-5 in the model's dtype).
@@ -57,9 +57,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .. import modelfile
-from ..errors import ConfigError, ModelFileError
-from ..units import EV_TO_KCAL_PER_MOL
+from . import modelfile
+from ..core.errors import ConfigError, ModelFileError
+from ..core.units import EV_TO_KCAL_PER_MOL
 from .mace import _ENV, _MACE_KEYS, MACEPotential, _key, import_mace
 
 TRUST_FLAG = "--trusted"

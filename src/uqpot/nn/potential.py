@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import fields as F
-from .. import modelfile
+from ..core import fields as F
+from . import modelfile
 from ..data.batch import AtomsBatch
 from ..data.structures import StructureDataset
 from . import response

@@ -21,8 +21,8 @@ Every oracle also takes ``method`` (the level-of-theory string that keys the sto
 
 from __future__ import annotations
 
-from ..errors import ConfigError
-from ..units import UnitError
+from ..core.errors import ConfigError
+from ..core.units import UnitError
 from .base import BaseOracle, LabelRecord, LabelResult, NotConverged, Oracle, OracleError
 
 #: keyword arguments of tblite's calculator that do not change its results (left out of the method name)

@@ -3,7 +3,7 @@
 ``ASEOracle("tblite.ase.TBLite", {"method": "GFN2-xTB"})`` imports the calculator class (or any callable
 that returns a calculator) from its dotted path and builds it with the keyword arguments.  ASE
 calculators work in eV and eV/Å; the oracle converts to kcal/mol and kcal/mol/Å through
-:mod:`uqpot.units` (``energy_unit`` declares another energy unit for an unusual calculator; lengths are
+:mod:`uqpot.core.units` (``energy_unit`` declares another energy unit for an unusual calculator; lengths are
 Å, ASE's convention).
 
 The default method string is ``"ase:<path>(k=v,...)"`` with the keyword arguments sorted; pass
@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..units import convert_energy, convert_force
+from ..core.units import convert_energy, convert_force
 from .base import BaseOracle, OracleError
 
 

@@ -29,8 +29,8 @@ import numpy as np
 
 from ..data.store import Store, open_store
 from ..data.structures import Structure
-from ..errors import UqpotError
-from ..progress import LogProgress
+from ..core.errors import UqpotError
+from ..core.progress import LogProgress
 
 
 class OracleError(UqpotError):
@@ -199,7 +199,7 @@ class BaseOracle:
     # -- labelling ------------------------------------------------------------------------------------
     def label(self, structures: Iterable, store: Store | str | None = None, provenance: dict | None = None,
               executor: Any = None) -> LabelResult:
-        from ..executor import executor_from
+        from ..core.executor import executor_from
 
         inputs = [as_structure(s) for s in structures]
         store = open_store(store)

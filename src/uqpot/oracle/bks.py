@@ -92,7 +92,7 @@ def wall_energy(r, pair=("Si", "O")):
 
 def bks_pair_energy(r, pair=("Si", "O"), wall: bool = True):
     """BKS pair energy (eV) of an isolated pair at distance r (Å), Coulomb unscreened (for plots, tests)."""
-    from ..units import convert_energy, convert_length
+    from ..core.units import convert_energy, convert_length
 
     ke = convert_energy(1.0, "Hartree", "eV") * convert_length(1.0, "Bohr", "Å")  # e^2/(4 pi eps0), eV Å
     a_, b_ = pair

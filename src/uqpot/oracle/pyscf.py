@@ -17,7 +17,7 @@ charge, spin) that differs from the preset of that name (or, where there is none
 defaults), so two different levels of theory never share a name.  ``method=`` overrides it.
 
 Units: PySCF's energy (Hartree) and gradient (Hartree/Bohr) become energy in kcal/mol and forces
-(−gradient) in kcal/mol/Å through :mod:`uqpot.units`.  A non-converged SCF (``mf.converged`` False)
+(−gradient) in kcal/mol/Å through :mod:`uqpot.core.units`.  A non-converged SCF (``mf.converged`` False)
 is a failure; periodic structures are refused (a failure per structure).
 """
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..units import convert_energy, convert_force
+from ..core.units import convert_energy, convert_force
 from .base import BaseOracle, NotConverged, OracleError
 
 #: PySCF's own defaults for the settings that enter the method string

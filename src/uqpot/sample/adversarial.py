@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import collate
 from ..data.neighbors import neighbor_list
 from ..data.structures import Structure, StructureDataset
-from ..predict import predict
-from ..progress import LogProgress
-from ..schema import Strict
+from ..evaluation.predict import predict
+from ..core.progress import LogProgress
+from ..core.schema import Strict
 from ..uq import method_class
 from .base import Proposal, Sampler, SamplingContext, register_sampler
 

@@ -7,7 +7,7 @@ active-learning loop writes them where it writes every sampler's (``GEN/METHOD/a
 ``history.npz``, ``attack.json``), labels, stores and resumes them in the same way, whichever sampler made them.
 
 Adding a sampler is one file: a :class:`Sampler` subclass with its settings (a
-:class:`~uqpot.schema.Strict` model set as ``settings``) and, where the loop config has a section for them,
+:class:`~uqpot.core.schema.Strict` model set as ``settings``) and, where the loop config has a section for them,
 that section's name (``section``: ``attack`` for the adversarial sampler, ``sampling`` for the MD ones; a
 sampler without one runs with its settings' defaults), decorated with ``@register_sampler("name")``; a
 built-in sampler's module is imported in :mod:`uqpot.sample`.  The loop config (``sampler: name`` or one per
@@ -26,9 +26,9 @@ from typing import Annotated, Any, ClassVar, Optional
 from pydantic import AfterValidator
 from pydantic_core import PydanticCustomError
 
-from .. import modelfile
+from ..nn import modelfile
 from ..data.structures import Structure, StructureDataset
-from ..schema import Strict
+from ..core.schema import Strict
 from .trust import Calibration
 
 #: sampler name -> class, in the order of registration
@@ -39,7 +39,7 @@ SAMPLERS: dict[str, type["Sampler"]] = {}
 class SamplingContext:
     """Everything a sampler may use, for one UQ method in one generation of the loop."""
 
-    model: Any  # the generation's trained UQ model (uqpot.models.load)
+    model: Any  # the generation's trained UQ model (uqpot.evaluation.models.load)
     model_file: Path  # its file (the stored calibration: :meth:`calibration`)
     method: str  # the UQ method's registered name
     pool: StructureDataset  # labelled structures the samples start from; their energies are the reference

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import fields as F
+from ..core import fields as F
 from .base import register_sampler
 from .md import MDSampler, MDSamplerConfig, SampleResult, md_sample
 from .trust import Calibration

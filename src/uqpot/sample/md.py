@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 from ..data.structures import Structure
 from ..md.batched import BatchedMD
 from ..md.checks import UncertaintyStop
-from ..schema import Strict
+from ..core.schema import Strict
 from .adversarial import BoltzmannReference
 from .base import Proposal, Sampler, SamplingContext, register_sampler
 from .select import pick_in_feature_space

@@ -5,7 +5,7 @@ at least ``min_distance`` Å from those taken), ``selection: features`` picks by
 sampling in the model's last-layer features, as apax and ALEBREW select:
 
 * a structure's feature vector: per element, the mean over its atoms (and over an ensemble's members) of the
-  invariant per-atom features ξ that feed the readout (:data:`uqpot.fields.FEATURES`), concatenated over the
+  invariant per-atom features ξ that feed the readout (:data:`uqpot.core.fields.FEATURES`), concatenated over the
   model's elements (zeros for an element the structure lacks): invariant to rotation, translation and the
   exchange of like atoms;
 * every coordinate scaled by its standard deviation over the training structures (so that no feature
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import collate
 
 

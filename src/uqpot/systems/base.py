@@ -30,7 +30,7 @@ from typing import Annotated, ClassVar, Literal, Optional, Sequence
 
 from pydantic import AfterValidator
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from ..md.campaign import CampaignConfig
 from ..md.stability import StabilityCriteria
 

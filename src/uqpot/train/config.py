@@ -6,8 +6,8 @@ from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
-from ..devices import check_device_name
-from ..schema import Strict
+from ..core.devices import check_device_name
+from ..core.schema import Strict
 
 
 class TrainConfig(Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..provenance import write_text
+from ..core.provenance import write_text
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "val_loss", "val_energy_mae", "val_forces_mae", "seconds")
 MEMBER_COLUMNS = ("epoch", "member", "lr", "val_loss", "val_energy_mae", "val_forces_mae")

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import fields as F
-from ..errors import ConfigError
+from ..core import fields as F
+from ..core.errors import ConfigError
 
 
 def energy_mae(pred_energy: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch
 
 from ..data.batch import AtomsBatch, DENSE_MAX_ATOMS, collate_dataset
 from ..data.structures import StructureDataset
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 ORDERS = ("auto", "shared", "independent")
 

@@ -32,14 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import fields as F
-from .. import modelfile
+from ..core import fields as F
+from ..nn import modelfile
 from ..data.batch import DENSE_MAX_ATOMS, dataset_layout, iterate_batches
 from ..data.structures import StructureDataset
-from ..devices import resolve_device as check_device
-from ..errors import ConfigError, TrainingError
-from ..progress import LogProgress
-from ..provenance import torch_save, write_json
+from ..core.devices import resolve_device as check_device
+from ..core.errors import ConfigError, TrainingError
+from ..core.progress import LogProgress
+from ..core.provenance import torch_save, write_json
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
 from .member_order import member_batches, member_seeds, member_splits, resolve_member_order, stacked_batches

@@ -17,7 +17,7 @@ over the atoms of each structure.  ``uncertainty(batch)`` is differentiable with
 
 Adding a method is one file: a subclass of :class:`UQMethod` with its typed options (a
 :class:`~uqpot.uq.options.UQOptions` subclass with ``method: Literal["name"]``, set as ``options``), the
-output keys it produces registered in :mod:`uqpot.fields`, decorated with ``@register_method("name")``; a
+output keys it produces registered in :mod:`uqpot.core.fields`, decorated with ``@register_method("name")``; a
 built-in method's module is imported in :mod:`uqpot.uq`.  The config (``uq: {method: name, ...}``), the
 model files, the CLI and the studies then know it.
 """
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .. import fields as F
-from .. import modelfile
+from ..core import fields as F
+from ..nn import modelfile
 from ..data.batch import AtomsBatch
 from ..nn.backbone import build_potential
 from ..nn.potential import Potential

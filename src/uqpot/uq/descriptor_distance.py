@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import AtomsBatch, iterate_batches
 from ..nn.layers import CosineCutoff
 from .base import UQMethod, register_method

@@ -23,7 +23,7 @@ import torch
 
 from pydantic import Field
 
-from .. import fields as F
+from ..core import fields as F
 from ..nn.potential import SHARED_BUFFERS
 from .base import UQMethod, register_method
 from .options import UQOptions

@@ -45,7 +45,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from .. import fields as F
+from ..core import fields as F
 from ..nn.stacked import StackedMLP, init_members
 from ..train.losses import energy_mae
 from .base import UQMethod, register_method

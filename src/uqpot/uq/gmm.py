@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import iterate_batches
 from .base import UQMethod, register_method
 from .options import UQOptions

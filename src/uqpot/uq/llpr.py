@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from .. import fields as F
+from ..core import fields as F
 from ..data.batch import iterate_batches
 from ..nn import response
 from ..nn.response import position_grads

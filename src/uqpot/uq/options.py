@@ -20,7 +20,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, SerializeAsAny, TypeAdapter, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
-from ..schema import Strict
+from ..core.schema import Strict
 
 REDUCTIONS = ("mean", "max", "sum")
 

@@ -39,7 +39,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .. import fields as F
+from ..core import fields as F
 from ..nn import response
 from ..nn.painn import Message, Update, run_blocks
 from ..nn.stacked import StackedLinear, StackedMLP, init_members

@@ -53,7 +53,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from .. import fields as F
+from ..core import fields as F
 from ..nn import response
 from ..nn.layers import activation
 from ..nn.stacked import StackedLinear, init_members

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...progress import LogProgress
+from ...core.progress import LogProgress
 from ._common import BuildError
 
 
@@ -35,7 +35,7 @@ class StageProgress:
                                   MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn(),
                                   console=self.console, disable=not self.enabled)
         self._task = None
-        self._log = None  # plain progress lines where the console is not a terminal (uqpot.progress)
+        self._log = None  # plain progress lines where the console is not a terminal (uqpot.core.progress)
 
     def __enter__(self):
         self._progress.__enter__()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...errors import UqpotError
+from ...core.errors import UqpotError
 
 
 class FetchError(UqpotError):

@@ -18,7 +18,7 @@ so these files are never given to ``pickle.load`` or to ``torch.load(weights_onl
 functions (re-implemented here on NumPy, with bounds checks), NumPy's array/dtype/scalar reconstruction,
 ``collections.OrderedDict``, ``set``/``frozenset``/``complex``, a Latin-1-only ``_codecs.encode`` and the
 NFF ``Dataset`` class (replaced by an inert record of its attributes; NFF is never imported).  Any other
-global is refused with a :class:`~uqpot.errors.DataError` naming it, before anything is called.  Both of
+global is refused with a :class:`~uqpot.core.errors.DataError` naming it, before anything is called.  Both of
 torch's containers are read: the zip format (torch >= 1.6) and the older pickle-stream format.
 PyTorch itself is not needed.
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import DataError
+from ...core.errors import DataError
 
 # -- torch storages and tensors, on NumPy ---------------------------------------------------------------
 #: torch storage class name -> NumPy dtype (bfloat16 has no NumPy dtype and is refused)

@@ -16,7 +16,7 @@ The archive ``rmd17.tar.bz2`` holds (under a top folder ``rmd17/``)::
 a progress bar, checks its size (``Content-Length``) and SHA-256, reads the whole bz2 stream (every block's
 CRC) and extracts only the expected members, as regular files, into a temporary folder that is renamed to
 ``DEST/rmd17`` when everything checked out.  A corrupt archive or one that lacks a split file is refused
-with a :class:`~uqpot.errors.DataError` naming the file, and leaves no extracted data behind (the
+with a :class:`~uqpot.core.errors.DataError` naming the file, and leaves no extracted data behind (the
 ``.part`` file of a failed verification is deleted; the ``.part`` file of an interrupted transfer is kept
 and the next run resumes it with an HTTP range request).  Without network, ``--archive FILE`` takes an
 archive downloaded by hand.
@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import DataError
+from ...core.errors import DataError
 from ._common import FetchError
 
 #: the figshare download link of ``rmd17.tar.bz2`` (article 12672038, file 23950376)

@@ -49,9 +49,9 @@ from ...data.sets._build import CurvaturePrior, Labeller, Slot, StageProgress, d
 from ...data.sets._common import BuildError, energy_histogram
 from ...data.store import open_store, structure_hash
 from ...data.structures import StructureDataset
-from ...executor import executor_from
+from ...core.executor import executor_from
 from ...oracle import get_oracle
-from ...provenance import write_json
+from ...core.provenance import write_json
 from .modes import NormalModes, _structure, inversion_path, normal_modes, optimise, wavenumber
 
 SOURCE = "uqpot data build ammonia"

@@ -12,7 +12,7 @@ import numpy as np
 from ...data.sets._build import Labeller
 from ...data.sets._common import BuildError
 from ...data.structures import Structure
-from ...units import convert_energy
+from ...core.units import convert_energy
 
 
 @dataclass

@@ -73,7 +73,7 @@ from ...data.sets._common import BuildError, energy_histogram
 from ...data.store import open_store
 from ...data.structures import StructureDataset
 from ...oracle import get_oracle
-from ...provenance import write_json
+from ...core.provenance import write_json
 from .cell import quartz_orthorhombic, silica_cell
 from .config import MASSES, TABLE_S1, SilicaConfig
 from .md import LammpsMD, _frames_file, _hot_frames, _load_npz, _run_condition, _save_npz, melt_quench

@@ -28,8 +28,8 @@ from ...nn.painn import PaiNNOptions
 from ...train.config import TrainConfig
 from ...data.sets._common import BuildError
 from ...data.structures import StructureDataset
-from ...models import load
-from ...provenance import write_json
+from ...evaluation.models import load
+from ...core.provenance import write_json
 from ...sample.adversarial import (AttackConfig, BoltzmannReference, attack, displacement,
                                  paper_equivalent_lr)
 from ...fit.run import fit_model

@@ -1,1 +1,0 @@
-"""Workflows: active learning, benchmark grids, reports."""
