@@ -77,7 +77,7 @@ class LoopConfig(Strict):
     sampling: SamplingSettings = SamplingSettings()
     oracle: OracleSettings
     md: Optional[dict] = None  # stability campaign settings (uqpot.md.campaign), or none
-    neb: Union[bool, Literal["full"]] = False  # NH3 inversion barrier, model (NEB) vs oracle (see loop_md)
+    neb: Union[bool, Literal["full"]] = False  # NH3 inversion barrier, model (NEB) vs oracle (see uqpot.loop.md)
     batch_size: int = Field(64, ge=1)
     # PyTorch threads of every step (training, MD, attack, NEB): fixed, so that results do not depend on the
     # executor (see uqpot.core.determinism); part of the run's identity

@@ -1,6 +1,6 @@
 """The quantities a loop measures besides the test metrics (MD stability, the NEB barrier, the samples the
 oracle labelled), registered as metrics of kind ``loop`` so that claims, intervals and tables know which way
-is better and their range; the loop (:mod:`uqpot.workflow`) computes them."""
+is better and their range; the loop (:mod:`uqpot.loop`) computes them."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The System contract and its registry: what uqpot knows about one studied system.
 
 A system (ammonia, silica, rMD17, or one of your own) is one class, registered with ``@register_system``.
-The workflow and the command line look everything system-specific up here (``get_system(name)``) and pass
+The loop, the studies and the command line look everything system-specific up here (``get_system(name)``) and pass
 the values down; the lower layers (:mod:`uqpot.md`, :mod:`uqpot.sample`) take them as arguments and know no
 system by name.  What a system declares (every attribute has a neutral default):
 
