@@ -127,7 +127,7 @@ def reproduce_grid(system: str, preset: str, out: Path, executor=None, molecules
     if local_data is not None and len(study.molecules) != 1:
         raise ConfigError(None, "--data gives one molecule's structures: name it with --molecules")
     if local_data is None:
-        from ..data.sets.rmd17 import fetch_rmd17
+        from ..data.sets.rmd17_fetch import fetch_rmd17
 
         if not all((Path(study.data_dir) / "npz_data").glob("*.npz")):
             fetch_rmd17(study.data_dir, console=console)
