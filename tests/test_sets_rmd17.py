@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from uqpot.data.sets import FetchError
-from uqpot.data.sets.rmd17 import fetch_rmd17, load_rmd17, rmd17_split_indices
+from uqpot.data.sets.rmd17 import load_rmd17, rmd17_split_indices
+from uqpot.data.sets.rmd17_fetch import fetch_rmd17
 from uqpot.core.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -1,6 +1,7 @@
 """A system defined in a test module: registered with ``@register_system``, its data built with a real oracle
 (ASE's Lennard-Jones calculator) through the public path, its campaign and criteria looked up by the loop's
-MD step, and every registered system checked against the System contract."""
+MD step, a two-generation active-learning loop of the toy (``system: toy_argon``) run end to end, and every
+registered system checked against the System contract."""
 
 from __future__ import annotations
 
@@ -96,3 +97,36 @@ def test_every_registered_system_keeps_the_contract(name):
         assert system.preset_file(preset) == file and file.endswith(".yaml")
     with pytest.raises(ValueError, match="known: .*" + name):
         get_system(name + "_unknown")
+
+
+def test_toy_system_in_an_active_learning_loop(tmp_path):
+    """``system: toy_argon`` in a loop config: two generations of a tiny ensemble on the toy's built data,
+    labelled by the same Lennard-Jones oracle; each generation's MD campaign is the toy's preset (2 runs of
+    20 fs) judged by its criteria (every run fails on the toy's 4.5 Å minimum distance)."""
+    from uqpot.loop.active_learning import ActiveLearning
+    from uqpot.loop.replicates import run_loop
+
+    system = get_system("toy_argon")
+    lj = {"calculator": "ase.calculators.lj.LennardJones", "kwargs": {"sigma": 3.4, "epsilon": 0.0104}}
+    system.build(tmp_path / "data", config=system.data_config(n_train=10, n_test=4),
+                 oracle=get_oracle("ase", **lj))
+    raw = {"seed": 0, "out": str(tmp_path / "loop"), "system": "toy_argon", "methods": ["ensemble"],
+           "generations": 2,
+           "data": {"train": str(tmp_path / "data" / "train.extxyz"), "test": str(tmp_path / "data" / "test.extxyz"),
+                    "align_structures": 2},
+           "model": {"features": 8, "interactions": 1, "rbf": 8, "readout_hidden": 8},
+           "uq": {"ensemble": {"members": 2}},
+           "train": {"epochs": 2, "batch_size": 8, "lr": 2e-3, "progress": False},
+           "attack": {"n_seeds": 2, "iterations": 3, "energy_cutoff": None},
+           "md": {"length_scale": 1.0},
+           "oracle": {"name": "ase", "options": lj}}
+    summary = run_loop(ActiveLearning(LoopConfig.model_validate(raw)))
+    assert "system: toy_argon" in (tmp_path / "loop" / "config.yaml").read_text().splitlines()
+    for g in (1, 2):
+        md = summary["generations"][g]["ensemble"]["md"]
+        assert md["system"] == "toy_argon" and md["runs"] == 2
+        assert md["fraction_stable"] == 0.0  # the toy's criteria: the default ones would keep every run
+        assert md["per_temperature"]["50"]["failure_reasons"] == {"collision": 2}
+    g1, g2 = summary["generations"][1]["ensemble"], summary["generations"][2]["ensemble"]
+    assert g1["label"]["n_added"] > 0  # the oracle labelled the attack's samples, trained on next
+    assert g2["n_train"] + g2["n_val"] == g1["n_train"] + g1["n_val"] + g1["label"]["n_added"]

@@ -78,7 +78,8 @@ def fetch():
 @click.option("--no-progress", is_flag=True)
 def fetch_rmd17_cmd(dest, url, archive, sha256, molecules, splits, val_fraction, seed, no_progress):
     """rMD17: download, verify (size, SHA-256, every bz2 block, expected members) and extract; official splits."""
-    from ..data.sets.rmd17 import RMD17_SHA256, RMD17_URL, fetch_rmd17
+    from ..data.sets.rmd17 import RMD17_SHA256, RMD17_URL
+    from ..data.sets.rmd17_fetch import fetch_rmd17
 
     expected = RMD17_SHA256 if sha256 is None else (None if sha256.lower() == "none" else sha256)
     try:

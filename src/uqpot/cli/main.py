@@ -4,6 +4,9 @@ Every command shares one error path (:mod:`uqpot.cli.errors`): a user error (bad
 option, an output folder that cannot be written) is one line ``error: <file>: <frame/field/key>: message``
 on stderr and exit status 2, with nothing written that could be taken for a result; an internal error says
 that it is one and where its traceback was written (exit status 1).
+
+Kept whole (about 400 lines): the commands' declarations (options, help, the one error path); each
+command's work lives in the package it belongs to, and ``uqpot data`` is :mod:`uqpot.cli.data`.
 """
 
 from __future__ import annotations

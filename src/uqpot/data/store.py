@@ -26,6 +26,9 @@ The content hash is the SHA-256 of the atomic numbers, the positions and cell ro
 :data:`HASH_DECIMALS` decimals of Å (as integers, so ``-0.0`` and ``0.0`` agree), pbc and the method
 string.  Geometries that differ by less than the rounding are the same structure; geometries that
 straddle a rounding boundary are (rarely) different ones, which costs at most one extra label.
+
+Kept whole (about 420 lines): one class, the store, whose lookups, writes, locking and metadata checks
+share the database connection and the content hash; the module holds nothing else but its record type.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ happen only at syncs: failure flags, the list's displacement maximum, and the re
 Units: kcal/mol, Å, fs, amu (velocities Å/fs); the conversions are :data:`uqpot.core.units.FORCE_TO_ACCELERATION`
 (kcal/mol/Å/amu → Å/fs², ≈ 4.184e-4), :data:`uqpot.core.units.MV2_TO_KCAL_PER_MOL` (amu·Å²/fs² → kcal/mol,
 ≈ 2390.06) and :data:`uqpot.core.units.KB_KCAL_PER_MOL_K` (CODATA 2014, as ASE).  Masses are ASE's.
+
+Kept whole (about 470 lines): one class, the engine's step loop (compute, step, check, record,
+retire, with the snapshot the Verlet list's replays roll back to); its parts (state, integrators, Verlet
+list, checks, records) are their own modules already, and what is left shares the engine's tensors.
 """
 
 from __future__ import annotations

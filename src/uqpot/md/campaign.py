@@ -14,6 +14,10 @@ temperature and overall, mean stable time, each replica's time to failure, reaso
 energy, temperature and uncertainty U every ``record_every`` steps), ``replicas.csv`` (one row per replica)
 and ``traces.csv`` (long format: replica, time_fs, energy, temperature, uncertainty).  Units: fs, K,
 kcal/mol; U in the UQ method's unit.
+
+Kept whole (about 460 lines): one concept, a campaign: its config, the replica plan both engines follow,
+the result both return (summary and files) and the two runs that must stay twins (the same plan, starts,
+velocities and criteria); split, each part would import the others.
 """
 
 from __future__ import annotations

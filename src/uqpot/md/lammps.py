@@ -65,6 +65,9 @@ Running an input script: :func:`run_input` (or ``python -m uqpot.md.lammps IN --
 O``) executes a LAMMPS input file whose setup declares ``fix ID all external pf/callback 1 1``: the lines up
 to that fix are run one by one, the model is attached, and the rest of the file runs as a LAMMPS file
 (``jump``/``label`` loops, ``include`` and ``next`` work there).
+
+Kept whole (about 400 lines): one job, the ``fix external`` bridge: the callback, the model's state
+between LAMMPS steps and the variables the input script reads share the attached instance.
 """
 
 from __future__ import annotations

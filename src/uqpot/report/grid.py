@@ -16,9 +16,10 @@ import numpy as np
 from . import claims as claims_mod
 from ..metrics.registry import metrics, names, table_names
 from ..core.provenance import write_json
+from ..systems import system_names
 from . import figures as fg
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
-                     fidelity_section)
+                   fidelity_section, mixture_figures)
 
 def _unit(job: dict) -> str:
     return f"{job['molecule']}/split{job.get('split', 0)}/seed{job.get('seed', 0)}"
@@ -50,11 +51,25 @@ def _interval_columns(keys) -> list[str]:
     return [c for k in keys for c in (k, f"{k}_lo", f"{k}_hi")]
 
 
-def build_grid_report(run: Path, title: str | None = None) -> Path:
-    """Report of a grid of trainings (rMD17: molecule × split × seed × method)."""
+def grid_system(run: Path) -> str | None:
+    """The system of the grid in ``run``: the one its ``reproduce.json`` names, else the registered grid system
+    when there is one only (a grid run by hand), else None (no claims checked)."""
+    meta = Path(run) / "reproduce.json"
+    if meta.is_file():
+        system = json.loads(meta.read_text()).get("system")
+        if system:
+            return system
+    known = system_names("grid")
+    return known[0] if len(known) == 1 else None
+
+
+def build_grid_report(run: Path, title: str | None = None, system: str | None = None) -> Path:
+    """Report of a grid of trainings (rMD17: molecule × split × seed × method); ``system``: whose claims are
+    checked (None: :func:`grid_system`)."""
     from ..fit.grid import PAPER_TABLE_S2, table
 
     run = Path(run)
+    system = system or grid_system(run)
     results = [json.loads(p.read_text()) for p in sorted(run.glob("**/summary.json")) if "job" in
                json.loads(p.read_text())]
     rep = Report(title or "uqpot: UQ methods on rMD17")
@@ -70,7 +85,7 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
     rep.paragraph(f"Molecules {', '.join(molecules)}; splits {', '.join(map(str, splits))}; seeds "
                   f"{', '.join(map(str, seeds))}. Every number is a mean over splits and seeds with its 95% "
                   "t-interval (none from a single run); a claim's effect is paired by molecule, split and seed.")
-    claim_results = claims_mod.check("rmd17", observations(results))
+    claim_results = claims_mod.check(system, observations(results)) if system else []
     rep.heading("The paper's claims, checked")
     claims_mod.add_to_report(rep, claim_results)
     fidelity_section(rep)
@@ -118,7 +133,7 @@ def build_grid_report(run: Path, title: str | None = None) -> Path:
                           "step_peak_mb": r["training"].get("step_peak_mb")})
                         for r in results if (r["job"].get("split", 0), r["job"].get("seed", 0)) == first], run)
     _provenance_section(rep, run)
-    write_json(run / "claims.json", {"system": "rmd17", "seeds": seeds, "claims": claim_results})
+    write_json(run / "claims.json", {"system": system, "seeds": seeds, "claims": claim_results})
     return rep.write(run, {"rows": rows, "claims": claim_results})
 
 
@@ -149,7 +164,7 @@ def _grid_supporting_figures(rep: Report, results: list[dict], molecules: list[s
             rep.figure(fg.parity(entries, mol), f"{mol}: parity of energies and forces on the test set (split {first})")
         for r in jobs:
             d = Path(r["job"]["out"])
-            if r["job"]["method"] != "gmm":
+            if not mixture_figures(r["job"]["method"]):
                 continue
 
             def train_set(r=r, d=d):
@@ -162,5 +177,4 @@ def _grid_supporting_figures(rep: Report, results: list[dict], molecules: list[s
                 return data.subset(load_split(d / "split.json")["train"])
 
             _gmm_figures(rep, d, train_set, f"{mol}, split {first}")
-
 

@@ -37,7 +37,7 @@ from ..metrics.registry import MetricInputs, metrics, table_names
 from ..core.provenance import write_json
 from . import figures as fg
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
-                     fidelity_section)
+                   fidelity_section, mixture_figures)
 
 #: a seed's values besides the table metrics (uqpot.metrics.registry.table_names), averaged over seeds
 LOOP_KEYS = ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
@@ -323,10 +323,11 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
         rep.figure(fg.neb_profiles(profiles), f"NH3 inversion energy profile by NEB, first and last generation "
                                               f"(seed {first_seed})")
 
-    if "gmm" in methods and (first_dir / f"gen{gens[0]}" / "gmm" / "train" / "summary.json").is_file():
-        d = first_dir / f"gen{gens[0]}" / "gmm" / "train"
-        _gmm_figures(rep, d, lambda: read_structures(d / "train.extxyz", ReadOptions(min_distance=0.0)),
-                     f"gen {gens[0]}, seed {first_seed}")
+    for m in methods:
+        d = first_dir / f"gen{gens[0]}" / m / "train"
+        if mixture_figures(m) and (d / "summary.json").is_file():
+            _gmm_figures(rep, d, lambda d=d: read_structures(d / "train.extxyz", ReadOptions(min_distance=0.0)),
+                         f"gen {gens[0]}, seed {first_seed}")
     _cost_section(rep, [(f"gen {r['generation']}", r["method"], r) for r in recs if r["seed"] == first_seed], run)
     _provenance_section(rep, run if (run / "reproduce.json").is_file() else first_dir, extra_dir=first_dir)
     write_json(run / "claims.json", {"system": system, "seeds": seeds, "claims": claim_results})

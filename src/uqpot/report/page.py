@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.provenance import versions, write_json, write_text
+from ..uq import method_class
 from . import figures as fg
 
 CALIBRATION_NOTE = ("Force error ε(x) = mean over atoms and Cartesian components of (F̂ − F)², in (kcal/mol/Å)². "
@@ -159,6 +160,14 @@ def fidelity_section(rep: Report) -> None:
 
 def _load_npz(path: Path):
     return dict(np.load(path)) if path.is_file() else None
+
+
+def mixture_figures(method: str) -> bool:
+    """Whether the report draws ``method``'s mixture figures (:attr:`UQMethod.mixture_figures`)."""
+    try:
+        return method_class(method).mixture_figures
+    except ValueError:  # a method not registered in this process
+        return False
 
 
 def _gmm_figures(rep: Report, model_dir: Path, train_set, label: str) -> None:

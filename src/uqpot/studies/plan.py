@@ -47,6 +47,7 @@ from ..core.config_io import load_config
 from ..uq import method_class
 from . import plan_costs as C
 from ..loop.md import campaign_config
+from ..systems import System, get_system
 from .study import Study, _data_config, _loop_config, study_seeds
 
 
@@ -130,8 +131,8 @@ def _compiles(setting, method: str, md: bool) -> bool | None:
 
 
 def step_cost(table: dict, system: str, method: str, features: int, members: int, scale: float) -> float:
-    """Seconds of one step of ``method`` from ``table`` ({workload: {kind: s}}): the workload of ``system``
-    nearest in width, scaled by ``scale`` (the caller's batch, replicas or atoms ratio), the width and the
+    """Seconds of one step of ``method`` from ``table`` ({workload: {kind: s}}): the workload measured for
+    ``system`` (a :attr:`System.workload <uqpot.systems.base.System.workload>` name) nearest in width, scaled by ``scale`` (the caller's batch, replicas or atoms ratio), the width and the
     members (ensembles)."""
     wl = C.nearest(system, features)
     ref = C.WORKLOADS[wl]
@@ -142,9 +143,10 @@ def step_cost(table: dict, system: str, method: str, features: int, members: int
     return base * scale * features / ref["features"] * m
 
 
-def training_s(method, features, members, batch, n_train, n_val, epochs, n_max, system, compile_setting,
+def training_s(method, features, members, batch, n_train, n_val, epochs, n_max, system: System, compile_setting,
                atoms_scale=1.0) -> tuple[float, int, bool]:
-    """(seconds, steps, compiled) of one training with its validation passes."""
+    """(seconds, steps, compiled) of one training of ``system`` with its validation passes."""
+    periodic, system = system.periodic, system.workload
     wl = C.WORKLOADS[C.nearest(system, features)]
     b = min(batch, n_train)
     steps = epochs * math.ceil(n_train / batch)
@@ -153,20 +155,21 @@ def training_s(method, features, members, batch, n_train, n_val, epochs, n_max, 
     width = features * (members if _kind(method) == "ensemble" else 1)
     compiled = _compiles(compile_setting, method, md=False)
     if compiled is None:
-        compiled = system != "silica" and n_max <= 32 and predicted_saving(steps, b * n_max ** 2, width)[0]
+        compiled = not periodic and n_max <= 32 and predicted_saving(steps, b * n_max ** 2, width)[0]
     train = steps * t_step / SPEEDUP + COMPILE_COLD_S if compiled else steps * t_step
     return train + epochs * n_val * t_eval, steps, compiled
 
 
-def md_s(method, features, members, replicas, n_steps, n_max, system, compile_setting, atoms_scale=1.0):
-    """(seconds, compiled) of one batched MD campaign."""
+def md_s(method, features, members, replicas, n_steps, n_max, system: System, compile_setting, atoms_scale=1.0):
+    """(seconds, compiled) of one batched MD campaign of ``system``."""
+    periodic, system = system.periodic, system.workload
     wl = C.WORKLOADS[C.nearest(system, features)]
     t = step_cost(C.MD_STEP_S, system, method, features, members, replicas / wl["replicas"] * atoms_scale)
     compiled = _compiles(compile_setting, method, md=True)
     if compiled is None:
         width = features * (members if _kind(method) == "ensemble" else 1)
-        compiled = system != "silica" and n_max <= 32 and predicted_saving(n_steps, replicas * n_max ** 2, width,
-                                                                            md=True)[0]
+        compiled = not periodic and n_max <= 32 and predicted_saving(n_steps, replicas * n_max ** 2, width,
+                                                                     md=True)[0]
     return (n_steps * t / MD_SPEEDUP + MD_COMPILE_COLD_S if compiled else n_steps * t), compiled
 
 
@@ -181,24 +184,28 @@ def label_s(oracle: str, atoms: int) -> float | None:
 
 
 # ------------------------------------------------------------------------------------------------ loop studies
-def _initial_sizes(study, data_cfg) -> tuple[int, int, int]:
-    """(initial labelled structures, test structures, atoms per structure) of the study's data build."""
-    if study.system == "ammonia":
-        n_test = int(round(data_cfg.test_e_max / data_cfg.test_bin_width)) * data_cfg.test_per_bin
-        return data_cfg.n_train, n_test, 4
-    return data_cfg.n_train_frames(), data_cfg.test_bins * data_cfg.test_per_bin, data_cfg.atoms
+def _build_cost(sys_: System, n_structures: int, atoms: int, oracle: str, lab: float | None) -> tuple[float, str]:
+    """(seconds, what) of the data build of ``sys_`` (:data:`~uqpot.studies.plan_costs.BUILD` of its
+    workload): oracle calls per structure times the label's time, or a measured wall time scaled by the atoms."""
+    b = C.BUILD[sys_.workload]
+    if "calls" in b:
+        calls = b["calls"] * n_structures / b["structures"]
+        return calls * (lab or 0.0), f"about {_n(calls)} oracle calls ({oracle}, {lab or 0:.2f} s each)"
+    return (b["seconds"] * (atoms / b["atoms"]) ** b["exponent"],
+            f"{atoms}-atom cell: {b['what']} ({_n(n_structures)} structures kept)")
 
 
 def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers: int = 1,
               executor: str = "local", name: str | None = None) -> Plan:
-    """The plan of an ammonia or silica study (see the module docstring); ``preset``: the study file,
-    ``name``: what the command line called it."""
+    """The plan of a loop study of ``system`` (ammonia, silica: see the module docstring); ``preset``: the
+    study file, ``name``: what the command line called it."""
+    sys_ = get_system(system)
     study = load_config(preset, Study)
     seeds = study_seeds(study, seeds, preset)
     cfg = _loop_config(study, Path(out), {"methods": methods} if methods else None, preset, seed=seeds[0])
     data_cfg = _data_config(study, preset)
-    n0, n_test, atoms = _initial_sizes(study, data_cfg)
-    atoms_scale = atoms / C.WORKLOADS[C.nearest(system, cfg.model.features)]["atoms"] if system == "silica" else 1.0
+    n0, n_test, atoms = sys_.plan_sizes(data_cfg)
+    atoms_scale = atoms / C.WORKLOADS[C.nearest(sys_.workload, cfg.model.features)]["atoms"]
     vf, G, a = cfg.data.val_fraction, cfg.generations, cfg.attack
     n_val0 = int(round(n0 * vf))
     camp = campaign_config(cfg.md, system, seeds[0]) if cfg.md else None
@@ -217,25 +224,25 @@ def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers:
         jobs = []
         for m in cfg.methods:
             M = members[m]
-            t_train, steps, comp = training_s(m, F, M, tr.batch_size, n_tr, n_val, tr.epochs, atoms, system,
+            t_train, steps, comp = training_s(m, F, M, tr.batch_size, n_tr, n_val, tr.epochs, atoms, sys_,
                                               tr.compile, atoms_scale)
-            t_test = n_test * step_cost(C.EVAL_S, system, m, F, M, atoms_scale)
+            t_test = n_test * step_cost(C.EVAL_S, sys_.workload, m, F, M, atoms_scale)
             t_md = 0.0
             if camp is not None:
                 reps = camp.runs * len(camp.temperatures_K)
-                t_md, mcomp = md_s(m, F, M, reps, camp.n_steps, atoms, system, camp.compile, atoms_scale)
+                t_md, mcomp = md_s(m, F, M, reps, camp.n_steps, atoms, sys_, camp.compile, atoms_scale)
                 totals["md_steps"] += reps * camp.n_steps
                 totals["traj"] += reps
                 totals["comp_md"] += mcomp
             t_neb = 0.0
-            if cfg.neb and system == "ammonia":
+            if cfg.neb and sys_.has_neb:
                 k = "ensemble" if _kind(m) == "ensemble" else "none"
-                n = C.nearest_neb(F)
+                n = C.nearest_neb(sys_.workload, F)
                 t_neb = C.NEB_BAND_STEPS * C.NEB_STEP_S[n][k]["band"] + 2 * C.NEB_RELAX_STEPS * C.NEB_STEP_S[n][k]["relax"]
             t_att = t_lab = 0.0
             if g < G:
                 its = getattr(a, method_class(m).attack_iterations) or a.iterations
-                t_att = a.n_seeds * (its + 1) * step_cost(C.ATTACK_S, system, m, F, M, atoms_scale)
+                t_att = a.n_seeds * (its + 1) * step_cost(C.ATTACK_S, sys_.workload, m, F, M, atoms_scale)
                 totals["att"] += a.n_seeds * (its + 1)
                 totals["calls"] += a.n_seeds
                 t_lab = a.n_seeds * (lab or 0.0)
@@ -251,24 +258,18 @@ def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers:
               "comp_md"):
         totals[k] *= S
     n_jobs = S * len(cfg.methods) * G
-    once_calls = cfg.data.align_structures + (C.AMMONIA_MINIMUM_CALLS + C.AMMONIA_ORACLE_NEB_CALLS
-                                              if system == "ammonia" and (cfg.neb or camp is not None) else 0)
+    once_calls = cfg.data.align_structures + (C.ONCE_CALLS.get(sys_.workload, 0)
+                                              if cfg.neb or camp is not None else 0)
     built = (Path(out) / "data" / "summary.json").is_file()
     if built:
         build_s, build_what = 0.0, f"already built in {Path(out) / 'data'}"
-    elif system == "ammonia":
-        calls = C.AMMONIA_BUILD_CALLS * (n0 + n_test) / C.AMMONIA_BUILD_STRUCTURES
-        build_s = calls * (lab or 0.0)
-        build_what = f"about {_n(calls)} oracle calls ({study.oracle.name}, {lab or 0:.2f} s each)"
     else:
-        build_s = C.SILICA_BUILD_S * (atoms / C.SILICA_BUILD_ATOMS) ** C.SILICA_BUILD_EXPONENT
-        build_what = (f"{atoms}-atom cell: LAMMPS melt-quench, Table S1 MD, BKS labels ({_n(n0 + n_test)} "
-                      "structures kept)")
+        build_s, build_what = _build_cost(sys_, n0 + n_test, atoms, study.oracle.name, lab)
     plan.lines = [
         f"preset {preset}; seeds {', '.join(map(str, seeds))}; methods {', '.join(cfg.methods)}; {G} generations; "
         f"{n0} initial structures ({n0 - n_val0} training / {n_val0} validation), {n_test} test, {atoms} atoms each",
         f"jobs: {n_jobs} (seed x method x generation), each: training, test, "
-        + ", ".join(x for x, on in (("MD", camp is not None), ("NEB", cfg.neb and system == "ammonia"),
+        + ", ".join(x for x, on in (("MD", camp is not None), ("NEB", cfg.neb and sys_.has_neb),
                                     ("attack and labels", True)) if on),
         f"training: {_n(totals['steps'])} steps at most ({tr.epochs} epochs, batch {tr.batch_size}, {F} features; "
         f"members: " + ", ".join(f"{m} {members[m]}" for m in cfg.methods) + f"); compiled: {totals['comp_train']} "
@@ -294,12 +295,12 @@ def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers:
                        totals["neb"]),
                   Part("attacks", f"{_n(totals['att'])} structure-iterations", totals["attack"]),
                   Part("labels", f"{_n(totals['calls'] + once_calls)} oracle calls", totals["label"] + t_once)]
-    parallel_build = system == "ammonia" and executor != "none"
+    parallel_build = sys_.build_uses_executor and executor != "none"
     plan.wall_s = (build_s / workers if parallel_build else build_s) + t_once + sum(
         makespan(j, workers) for j in gen_jobs)
     if lab is None:
         plan.notes.append(f"no label time measured for the oracle {study.oracle.name!r} on {atoms} atoms: labels "
                           "count 0 s")
-    if cfg.neb and system == "ammonia":
+    if cfg.neb and sys_.has_neb:
         plan.notes.append(C.NEB_NOTE)
     return plan

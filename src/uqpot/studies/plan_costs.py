@@ -95,6 +95,18 @@ SILICA_BUILD_ATOMS = 192
 #: 0.067 s at 699: ORACLES.md); an extrapolation, not measured at 699 atoms
 SILICA_BUILD_EXPONENT = 1.14
 
+#: the data build's cost, per measured system (:attr:`uqpot.systems.base.System.workload`): oracle ``calls`` per
+#: ``structures`` built (each a label), or a measured wall time (``seconds``) of a cell of ``atoms`` atoms,
+#: scaled by the atoms to ``exponent``, with ``what`` the build's steps in words
+BUILD = {
+    "ammonia": dict(calls=AMMONIA_BUILD_CALLS, structures=AMMONIA_BUILD_STRUCTURES),
+    "silica": dict(seconds=SILICA_BUILD_S, atoms=SILICA_BUILD_ATOMS, exponent=SILICA_BUILD_EXPONENT,
+                   what="LAMMPS melt-quench, Table S1 MD, BKS labels"),
+}
+#: oracle calls once per loop study with an MD campaign or a NEB, per measured system (ammonia: the oracle's NH3
+#: minimum, the MD's energy floor, and its inversion profile)
+ONCE_CALLS = {"ammonia": AMMONIA_MINIMUM_CALLS + AMMONIA_ORACLE_NEB_CALLS}
+
 #: the NEB's steps are those of a trained model, unknown before it exists.  Issue 39 measured 25-340 s per
 #: NEB run in the quick ammonia study (64 features); at the 0.16-0.21 s band step measured here that is about
 #: 120-2,000 band steps: the plan takes NEB_BAND_STEPS (and NEB_RELAX_STEPS per endpoint); the most is 2,000.
@@ -115,6 +127,9 @@ def nearest(system: str, features: int) -> str:
     return min(cands, key=lambda k: (abs(WORKLOADS[k]["features"] - features), k))
 
 
-def nearest_neb(features: int) -> str:
-    """The ammonia workload whose NEB step was measured nearest in width."""
-    return nearest("ammonia", features)
+def nearest_neb(system: str, features: int) -> str:
+    """The workload of ``system`` whose NEB step was measured nearest in width."""
+    cands = [k for k in NEB_STEP_S if WORKLOADS[k]["system"] == system]
+    if not cands:
+        raise KeyError(f"no measured NEB step for {system!r}")
+    return min(cands, key=lambda k: (abs(WORKLOADS[k]["features"] - features), k))

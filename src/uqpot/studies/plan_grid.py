@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import plan_costs as C
+from ..systems import get_system
 from .plan import Part, Plan, _n, makespan, step_cost, training_s
 
 #: atoms per rMD17 molecule (the npz files' ``nuclear_charges``)
@@ -41,10 +42,10 @@ def rmd17_plan(study, preset, seeds=None, methods=None, molecules=None, splits=N
     methods = list(methods or study.methods)
     molecules = [canonical_molecule(m) for m in (molecules or study.molecules)]
     splits = list(splits or study.splits)
-    tr, F = study.train, study.model.features
+    tr, F, sys_ = study.train, study.model.features, get_system(study.system)
     n_val = int(round(OFFICIAL_TRAIN * study.val_fraction))
     n_tr = OFFICIAL_TRAIN - n_val
-    plan = Plan(f"uqpot reproduce rmd17 --preset {preset} --dry-run: the plan (nothing runs, nothing is written)",
+    plan = Plan(f"uqpot reproduce {study.system} --preset {preset} --dry-run: the plan (nothing runs, nothing is written)",
                 workers=workers)
     jobs, steps, compiled, trainings, t_train, t_test = [], 0, 0, 0, 0.0, 0.0
     for mol in molecules:
@@ -59,9 +60,9 @@ def rmd17_plan(study, preset, seeds=None, methods=None, molecules=None, splits=N
                 trained.append("none")
             for m in trained:
                 M = int(study.uq.get(m, {}).get("members", 5 if m == "ensemble" else 1))
-                t, k, comp = training_s(m, F, M, tr.batch_size, n_tr, n_val, tr.epochs, atoms, "rmd17", tr.compile,
+                t, k, comp = training_s(m, F, M, tr.batch_size, n_tr, n_val, tr.epochs, atoms, sys_, tr.compile,
                                         scale)
-                test = OFFICIAL_TEST * step_cost(C.EVAL_S, "rmd17", m, F, M, scale)
+                test = OFFICIAL_TEST * step_cost(C.EVAL_S, sys_.workload, m, F, M, scale)
                 jobs.append(t + test)
                 t_train, t_test, steps, compiled, trainings = t_train + t, t_test + test, steps + k, compiled + comp, \
                     trainings + 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Optional
 
 import numpy as np
 from pydantic import Field
@@ -30,12 +30,15 @@ from ..core.schema import Distinct, Seed, option_list
 from ..core.errors import ConfigError
 from ..core.provenance import versions, write_json
 from ..core.rundir import check_out_dir
-from ..systems import get_system, preset_path, system_names
+from ..systems import GridSystemName, get_system, preset_path, system_names
 from ..uq.options import MethodName, MethodOptions
 
 # ------------------------------------------------------------------------------------------------ rMD17
 class RMD17Study(Strict):
-    system: Literal["rmd17"] = "rmd17"
+    """A grid study of rMD17's shape: molecules, official splits, seeds and methods, every method trained on
+    each (split, seed) of each molecule."""
+
+    system: Optional[GridSystemName] = None  # a registered grid system; None: the one the command names
     molecules: Distinct[str] = ["ethanol"]
     splits: Distinct[Annotated[int, Field(ge=1, le=5)]] = [1]  # rMD17's five official splits
     methods: Distinct[MethodName] = ["ensemble", "mve", "evidential", "gmm"]  # registered methods, or none
@@ -101,9 +104,18 @@ def check_methods(methods) -> list[str] | None:
     return methods
 
 
-def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, splits=None, local_data=None,
-                    console=None, methods=None, seeds=None) -> Path:
-    study = load_config(preset_path("rmd17", preset), RMD17Study)
+def load_grid_study(system: str, preset) -> RMD17Study:
+    """The grid study ``preset`` of ``system`` (a preset name or a YAML file), its ``system`` filled in."""
+    study = load_config(preset_path(system, preset), RMD17Study)
+    if study.system is None:
+        study.system = system
+    return study
+
+
+def reproduce_grid(system: str, preset: str, out: Path, executor=None, molecules=None, splits=None,
+                   local_data=None, console=None, methods=None, seeds=None) -> Path:
+    """Runs the grid study ``preset`` of ``system`` (rMD17: fetched first) and returns its report's path."""
+    study = load_grid_study(system, preset)
     if seeds:
         study.seeds = list(seeds)
     if methods:
@@ -115,7 +127,7 @@ def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, split
     if local_data is not None and len(study.molecules) != 1:
         raise ConfigError(None, "--data gives one molecule's structures: name it with --molecules")
     if local_data is None:
-        from ..data.sets.rmd17 import fetch_rmd17
+        from ..data.sets.rmd17_fetch import fetch_rmd17
 
         if not all((Path(study.data_dir) / "npz_data").glob("*.npz")):
             fetch_rmd17(study.data_dir, console=console)
@@ -127,7 +139,7 @@ def reproduce_rmd17(preset: str, out: Path, executor=None, molecules=None, split
     run_grid(jobs, executor, progress=lambda k, n, j: _say(console, f"[{k}/{n}] {j.name}"))
     from ..report.grid import build_grid_report
 
-    return build_grid_report(out)
+    return build_grid_report(out, system=study.system)
 
 
 def _say(console, msg: str) -> None:
@@ -160,7 +172,7 @@ def check_preset(system: str, preset, methods=None, seeds=None, local_data=None)
     data file exists)."""
     path = preset_path(system, preset)
     if _is_grid(system):
-        study = load_config(path, RMD17Study)
+        study = load_grid_study(system, path)
         if methods:
             parse(RMD17Study, {**study.model_dump(mode="json"), "methods": methods}, path)
         if local_data is not None and not Path(local_data).is_file():
@@ -202,7 +214,7 @@ def dry_run(system: str, preset: str = "quick", executor: str = "local", out=Non
     options.update(executor_options or {})
     workers = workers_of(executor, options)
     if grid:
-        study = load_config(path, RMD17Study)
+        study = load_grid_study(system, path)
         plan = rmd17_plan(study, preset, seeds, methods, molecules, splits, workers)
     else:
         out = Path(out or f"runs/{system}_{Path(preset).stem}")
@@ -229,10 +241,11 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     samplers = check_samplers(samplers)
     unused = [o for o, v in (("--molecules", molecules), ("--splits", splits), ("--data", local_data)) if v]
     if unused and not grid:
-        raise ConfigError(None, f"{unused[0]}: an option of the rmd17 study; the {system} study would not use it")
+        raise ConfigError(None, f"{unused[0]}: an option of the {', '.join(system_names('grid'))} study; the "
+                                f"{system} study would not use it")
     if samplers and grid:
-        raise ConfigError(None, "--samplers: the rmd17 study trains on fixed splits and samples nothing; use "
-                                "ammonia or silica")
+        raise ConfigError(None, f"--samplers: the {system} study trains on fixed splits and samples nothing; use "
+                                f"{' or '.join(system_names('loop'))}")
     out = check_out_dir(Path(out or f"runs/{system}_{Path(preset).stem}"), "--out", writes=("reproduce.json",))
     check_preset(system, preset, methods, seeds, local_data)
     created = not out.exists()
@@ -258,7 +271,7 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         raise
     try:
         if grid:
-            reproduce_rmd17(preset, out, ex, molecules, splits, local_data, console, methods, seeds)
+            reproduce_grid(system, preset, out, ex, molecules, splits, local_data, console, methods, seeds)
         elif samplers:
             run_sampler_study(preset_path(system, preset), out, samplers, ex, console,
                               overrides={"methods": methods} if methods else None, seeds=seeds)

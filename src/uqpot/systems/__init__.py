@@ -6,8 +6,8 @@ lower layers take the values as arguments.  Importing this package registers the
 a system defined elsewhere registers itself when its module is imported (``@register_system``).
 """
 
-from .base import (GENERIC, SYSTEMS, LoopSystemName, System, check_loop_system, find_system,  # noqa: F401
-                   StudySystemName, get_system, preset_path, register_system, system_names)
+from .base import (GENERIC, SYSTEMS, GridSystemName, LoopSystemName, System, check_loop_system,  # noqa: F401
+                   find_system, StudySystemName, get_system, preset_path, register_system, system_names)
 from .ammonia import Ammonia  # noqa: F401
 from .rmd17 import RMD17  # noqa: F401
 from .silica import Silica  # noqa: F401

@@ -20,7 +20,16 @@ system by name.  What a system declares (every attribute has a neutral default):
   (``md_start_label`` names them);
 * ``stability_criteria(ground_state_energy)``: when a trajectory counts as unstable;
   ``energy_floor``: whether the criteria need the optimised minimum's energy (ammonia's floor);
-* ``attack_lr``: the SI's adversarial learning rate of the system (Å per step), or None.
+* ``attack_lr``: the SI's adversarial learning rate of the system (Å per step), or None;
+* ``has_neb``: the loop's ``neb`` setting applies to it (the NH3 inversion barrier, model against oracle);
+* ``build_uses_executor``: its data build runs its labels on the study's executor (else in process);
+* ``plan_workload``: the name under which :mod:`uqpot.studies.plan_costs` keeps the measured step costs
+  that ``--dry-run`` scales from (None: the system's own name; another system's to borrow its figures);
+  ``plan_sizes(data_config)``: (initial labelled structures, test structures, atoms per structure) of a
+  build with those options, counted without building.
+
+A periodic system (``periodic``) needs the edge-list layout, which never compiles
+(:mod:`uqpot.train.autocompile`): the plan counts its trainings and MD eager.
 """
 
 from __future__ import annotations
@@ -53,6 +62,14 @@ class System:
     md_start_label: ClassVar[str] = ""
     energy_floor: ClassVar[bool] = False
     attack_lr: ClassVar[Optional[float]] = None
+    has_neb: ClassVar[bool] = False
+    build_uses_executor: ClassVar[bool] = False
+    plan_workload: ClassVar[Optional[str]] = None
+
+    @property
+    def workload(self) -> str:
+        """The name of the measured step costs the plan uses (``plan_workload``, else the system's name)."""
+        return self.plan_workload or self.name
 
     # -- data ----------------------------------------------------------------------------------------------
     def data_config(self, quick: bool = False, **overrides):
@@ -64,6 +81,11 @@ class System:
     def build(self, out, *, config, oracle, store=None, executor=None, console=None, progress: bool = True) -> dict:
         """Builds the system's data set into ``out`` with ``oracle``; returns the build's summary."""
         raise NotImplementedError(f"system {self.name!r} has no data build (its data sets are read)")
+
+    def plan_sizes(self, data_config) -> tuple[int, int, int]:
+        """(initial labelled structures, test structures, atoms per structure) of a build with the options
+        ``data_config``, counted without building (``uqpot reproduce --dry-run``)."""
+        raise NotImplementedError(f"system {self.name!r} does not count its build's sizes")
 
     # -- presets -------------------------------------------------------------------------------------------
     def preset_file(self, preset: str) -> str:
@@ -162,6 +184,19 @@ def check_study_system(name: str) -> str:
 
 #: a study file's ``system``: a registered system with a data build and the loop study
 StudySystemName = Annotated[str, AfterValidator(check_study_system)]
+
+
+def check_grid_system(name: str) -> str:
+    """``name`` when it is a registered system of the ``grid`` study (a grid study file's ``system``);
+    ValueError naming those systems otherwise."""
+    known = system_names("grid")
+    if name not in known:
+        raise ValueError(f"unknown system {name!r}; known: {', '.join(known)}")
+    return name
+
+
+#: a grid study file's ``system``: a registered system of the grid study (fixed splits, every method)
+GridSystemName = Annotated[str, AfterValidator(check_grid_system)]
 
 
 def preset_path(system: str, preset: str) -> Path:

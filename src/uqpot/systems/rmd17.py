@@ -1,4 +1,4 @@
-"""The rMD17 system (the paper's section 2.2 and 3.1): read, not built (:mod:`uqpot.data.sets.rmd17` fetches
+"""The rMD17 system (the paper's section 2.2 and 3.1): read, not built (:mod:`uqpot.data.sets.rmd17_fetch` fetches
 the published archive and its official splits); its study trains every method on fixed splits (a grid),
 so it has no oracle build, no MD campaign and no attacks.  Registered as ``rmd17``."""
 

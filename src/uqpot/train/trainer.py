@@ -18,6 +18,10 @@ A non-finite training loss (past ``max_nonfinite`` steps of an epoch), non-finit
 validation loss roll the epoch back to the last checkpoint at a lower learning rate; when that does not
 recover, training stops with a :class:`TrainingError` that says it diverged, and the run is not marked
 finished (a corrected config can start afresh).
+
+Kept whole (about 490 lines): one class, the training loop, whose epoch, rollback, per-member
+plateau and checkpoint steps share the loop's state (the checkpoint writes what resume restores); the
+parts with a life of their own are already apart (losses, optimiser, history, member order, memory).
 """
 
 from __future__ import annotations

@@ -126,6 +126,10 @@ class UQMethod(nn.Module):
     md_compiles = False
     #: the method's colour in figures (None: matplotlib's choice)
     colour: str | None = None
+    #: whether reports draw its mixture figures: the component selection (``posthoc["curve"]`` of its run
+    #: summary: BIC and silhouette) and the training set's latent PCA coloured by component (its ``gmm_*``
+    #: buffers), Figs. S4-S5
+    mixture_figures = False
     #: whether a loop runs its steps first among the methods of a generation (the longest: an ensemble's MD
     #: costs M model calls), so that parallel workers finish together
     runs_first = False

@@ -54,6 +54,7 @@ class GMM(UQMethod):
     colour = "#d62728"
     options = GMMOptions
     posthoc = True
+    mixture_figures = True
     uncertainty_description = "negative log-likelihood of the latent features under the GMM, nats (Eq. 11)"
     signed_uncertainty = True
 

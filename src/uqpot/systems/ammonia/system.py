@@ -20,6 +20,13 @@ class Ammonia(System):
                      timestep_fs=0.5, skin=2.0)
     energy_floor = True
     attack_lr = 5e-5  # the SI's (Å per step, before paper_equivalent_lr)
+    has_neb = True  # the NH3 inversion barrier (uqpot.loop.md)
+    build_uses_executor = True  # the build's oracle labels run in batches on the executor
+
+    def plan_sizes(self, data_config) -> tuple[int, int, int]:
+        """``n_train`` geometries, ``test_per_bin`` per bin of ``test_bin_width`` up to ``test_e_max``; 4 atoms."""
+        n_test = int(round(data_config.test_e_max / data_config.test_bin_width)) * data_config.test_per_bin
+        return data_config.n_train, n_test, 4
 
     def stability_criteria(self, ground_state_energy: float | None = 0.0, **overrides) -> StabilityCriteria:
         """Paper: distances < 0.75 Å, N–H > 2.25 Å, energy below the ground state (kcal/mol; 0 in the paper,

@@ -25,6 +25,10 @@ class Silica(System):
     periodic = True
     attack_lr = ATTACK_LR
 
+    def plan_sizes(self, data_config) -> tuple[int, int, int]:
+        """Table S1's kept MD frames, ``test_per_bin`` per test bin, the cell's atoms."""
+        return data_config.n_train_frames(), data_config.test_bins * data_config.test_per_bin, data_config.atoms
+
     def stability_criteria(self, ground_state_energy: float | None = None, **overrides) -> StabilityCriteria:
         """Paper: kinetic energy 0, NaN or > 10,000 kcal/mol, or distances < 1.0 Å (no energy floor)."""
         base = dict(min_distance=1.0, min_kinetic_energy=0.0, max_kinetic_energy=10_000.0)
