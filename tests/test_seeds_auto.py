@@ -198,7 +198,7 @@ if "toy_argon_seq" not in SYSTEMS:
 
 LJ = {"calculator": "ase.calculators.lj.LennardJones", "kwargs": {"sigma": 3.4, "epsilon": 0.0104}}
 TOY_STUDY = {
-    "system": "toy_argon_seq", "data": {"n_train": 10, "n_test": 4}, "oracle": {"name": "ase", "options": LJ},
+    "system": "toy_argon_seq", "data": {"n_train": 10, "n_test": 12}, "oracle": {"name": "ase", "options": LJ},
     "seeds": [0],
     "loop": {"methods": ["ensemble"], "generations": 2, "data": {"align_structures": 2},
              "model": {"features": 8, "interactions": 1, "rbf": 8, "readout_hidden": 8},
@@ -244,3 +244,40 @@ def test_auto_runs_two_looks_and_records_them(tmp_path, monkeypatch):
     before = (out / "table_claims.csv").read_text()
     r = CliRunner().invoke(cli, ["report", str(out)])
     assert r.exit_code == 0 and (out / "table_claims.csv").read_text() == before
+
+
+def test_auto_stops_early_when_nothing_is_left_to_resolve(tmp_path, monkeypatch):
+    """auto:3 with a claim the study cannot measure (no such method): nothing is left unresolved after look
+    1, so the study stops there with the preset's one seed and never runs seeds 1 and 2."""
+    claim = {**TOY_CLAIMS[0], "id": "toy_gmm_rises", "methods": ["gmm"]}
+    real = C.load_claims
+    monkeypatch.setattr(C, "load_claims", lambda system=None, path=None:
+                        [claim] if system == "toy_argon_seq" else real(system, path))
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_STUDY))
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["reproduce", "toy_argon_seq", "--preset", str(tmp_path / "toy.yaml"), "--executor",
+                                 "none", "--out", str(out), "--seeds", "auto:3"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    seq = json.loads((out / "sequential.json").read_text())
+    assert len(seq["planned_looks"]) == 3 and [lk["seeds"] for lk in seq["looks"]] == [[0]]
+    assert seq["stopped_at"] == 1 and seq["looks"][0]["undecidable"] == ["toy_gmm_rises"]
+    assert "no claim to resolve" in seq["reason"] and not (out / "seed1").exists()
+    assert "It stopped at look 1 of at most 3" in (out / "report.html").read_text()
+
+
+def test_loop_command_takes_auto_for_a_study_file(tmp_path, monkeypatch):
+    """``uqpot loop STUDY.yaml --seeds auto:1``: one look (MAX = the preset's one seed), recorded; a loop config
+    that is no study file is refused (no claims to decide with)."""
+    real = C.load_claims
+    monkeypatch.setattr(C, "load_claims", lambda system=None, path=None:
+                        TOY_CLAIMS if system == "toy_argon_seq" else real(system, path))
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_STUDY))
+    r = CliRunner().invoke(cli, ["loop", str(tmp_path / "toy.yaml"), "--out", str(tmp_path / "run"), "--seeds",
+                                 "auto:1"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    seq = json.loads((tmp_path / "run" / "sequential.json").read_text())
+    assert seq["stopped_at"] == 1 and seq["looks"][0]["alpha"] == pytest.approx(0.05) and "seed 0 gen 2" in r.output
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"methods": ["gmm"], "out": str(tmp_path / "plain")}))
+    r = CliRunner().invoke(cli, ["loop", str(tmp_path / "plain.yaml"), "--seeds", "auto"])
+    assert_user_error(r, "--seeds auto needs a study file")
+    assert not (tmp_path / "plain").exists()
