@@ -106,7 +106,8 @@ def test_holm_at_a_looks_alpha():
     assert json.dumps(base, sort_keys=True) == json.dumps(same, sort_keys=True)
     verdicts = lambda rs: [c["verdict_holm"] for r in rs for c in r["comparisons"]]  # noqa: E731
     assert "reproduced" in verdicts(base) and "reproduced" not in verdicts(strict)
-    assert [c["p_holm"] for r in base for c in r["comparisons"]] == [c["p_holm"] for r in strict for c in r["comparisons"]]
+    p_holm = lambda rs: [c["p_holm"] for r in rs for c in r["comparisons"]]  # noqa: E731
+    assert p_holm(base) == p_holm(strict)  # the adjusted p-values do not depend on the level
 
 
 # ------------------------------------------------------------------------------------------- the CLI

@@ -12,7 +12,8 @@ the Lan-DeMets O'Brien-Fleming-type alpha-spending function (Lan & DeMets 1983, 
 the information fractions t_k = seeds at look k / MAX, with α = 0.05 spent in all
 (:func:`uqpot.metrics.significance.spending_alphas`: α_k = α*(t_k) − α*(t_{k−1}), α*(t) =
 2 − 2Φ(z_{0.975}/√t); Σ α_k ≤ 0.05, so the family-wise error over all looks and comparisons stays ≤ 0.05 by
-the union bound).  Early looks spend almost nothing (3 of 12 seeds: α₁ ≈ 9·10⁻⁵), the last one most (≈ 0.026).
+the union bound).  Early looks spend almost nothing (3 of 12 seeds: α₁ ≈ 9·10⁻⁵), the last one most
+(≈ 0.026).
 The verdicts of look k are Holm's procedure over the study's comparisons at α_k instead of 0.05; the final
 report's claims table uses the last look's α_k and says so.
 
