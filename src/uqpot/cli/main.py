@@ -228,7 +228,10 @@ def convert(model, trusted, out, head):
                    "(configs/<system>_quick.yaml: a smaller PaiNN, shorter training and MD).")
 @click.option("--seeds", default=None,
               help="comma-separated replicate seeds (e.g. 0,1,2): the whole loop runs once per seed, in "
-                   "OUT/seed<s>, with one shared label store; default: the study file's seeds (or the loop's seed).")
+                   "OUT/seed<s>, with one shared label store; default: the study file's seeds (or the loop's seed). "
+                   "auto[:MAX[:BATCH]] (a study file): start with the study's seeds and add BATCH more (default: as "
+                   "many) until every claim of the paper is resolved or MAX seeds (default 4x) have run, with "
+                   "O'Brien-Fleming-type alpha spending over the looks (OUT/sequential.json).")
 @click.option("--restart", is_flag=True,
               help="start the loop afresh in its output directory: remove the loop's own earlier outputs there "
                    "(config.yaml, run.json, alignment.json, summary.json, loop.log, neb_oracle.json and the gen<g>/ "
@@ -249,6 +252,7 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
     from ..loop.replicates import replicates, run_loop, run_replicates
     from ..systems import get_system, preset_path
     from ..studies.reproduce import check_seeds
+    from ..studies.sequential import AutoSeeds, planned_seeds, run_sequential
     from ..studies.study import is_study_file, run_study_loop
 
     if out is not None and not out.strip():
@@ -276,11 +280,20 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
                 raise ConfigError(config, str(exc)) from None
             beside = Path(config).with_name(quick_file)
             config = beside if beside.is_file() else preset_path(system, "quick")
+        auto = seed_list if isinstance(seed_list, AutoSeeds) else None
+        if auto is not None and not is_study_file(config):
+            raise ConfigError(config, f"--seeds {auto.text()} needs a study file (with 'system' and 'loop'): its "
+                                      "claims decide when to stop")
         if is_study_file(config):
+            if auto is not None:
+                planned_seeds(config, auto)  # MAX against the study's seeds, before anything is written
             study_out = check_out_dir(Path(out) if out else Path("runs") / Path(config).stem, "--out",
                                       {"config": config})
             with RunLock(study_out, "uqpot loop"):  # one loop per directory
-                study, cfg = run_study_loop(config, study_out, ex, _console(), overrides, seed_list, restart)
+                if auto is not None:
+                    study, cfg, _ = run_sequential(config, study_out, auto, ex, _console(), overrides, restart)
+                else:
+                    study, cfg = run_study_loop(config, study_out, ex, _console(), overrides, seed_list, restart)
             per_seed, where = study["per_seed"], Path(study_out)
         else:
             if out is not None:
@@ -348,7 +361,11 @@ class SystemChoice(click.Choice):
 @click.option("--seeds", default=None,
               help="comma-separated replicate seeds (e.g. 0,1,2): the data is built once, and training, attacks "
                    "and MD run once per seed; every number is reported as a mean with its 95% interval. "
-                   "Default: the preset's seeds.")
+                   "Default: the preset's seeds. auto[:MAX[:BATCH]] (ammonia, silica): start with the preset's seeds "
+                   "and add BATCH more (default: as many) until every claim of the paper is resolved or MAX seeds "
+                   "(default 4x the preset's) have run; the looks' verdicts use O'Brien-Fleming-type alpha spending, "
+                   "and report.html says where it stopped and why (OUT/sequential.json). With --dry-run: the plan "
+                   "for MAX seeds, the upper bound.")
 @click.option("--samplers", default=None,
               help="ammonia/silica: comma-separated samplers (adversarial, md, biased_md): the study runs once per "
                    "sampler at the same oracle budget per generation, and report.html compares them.")

@@ -25,6 +25,14 @@ Small pure functions of arrays, each from scipy or statsmodels where they have i
   (``statsmodels.stats.multitest.multipletests(method="holm")``): with p_(1) ≤ … ≤ p_(m),
   p̃_(i) = max_{j ≤ i} min(1, (m − j + 1)·p_(j)); it controls the family-wise error rate at α under any
   dependence between the comparisons.
+* :func:`spending_alphas`: the per-look levels of a group-sequential study that looks at its accumulating
+  seeds K times (``--seeds auto``).  Lan-DeMets O'Brien-Fleming-type spending function (Lan & DeMets 1983,
+  Biometrika 70:659-663, eq. for α₁*(t)), two-sided: α*(t) = 2 − 2·Φ(z_{1−α/2} / √t) for the information
+  fraction t ∈ (0, 1] (here seeds at the look / the planned maximum), α*(1) = α; look k gets the increment
+  α_k = α*(t_k) − α*(t_{k−1}).  The increments are used directly as the nominal level of each look, so
+  Σ α_k = α*(t_K) ≤ α and the overall false-positive rate is at most α by the union bound, whatever the
+  correlation between looks (conservative: the exact Lan-DeMets boundaries, from the joint distribution of
+  the looks' statistics, would be slightly wider).  ``kind="bonferroni"``: α/K at every look.
 """
 
 from __future__ import annotations
@@ -112,6 +120,26 @@ def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], lis
         raise ValueError("holm: every p-value of the family must be finite")
     reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
     return [bool(r) for r in reject], [float(min(1.0, a)) for a in adjusted]
+
+
+def spending_alphas(fractions: Sequence[float], alpha: float = 0.05, kind: str = "obrien_fleming") -> list[float]:
+    """The level of each look at the information ``fractions`` t_1 < … < t_K (in (0, 1]) that spends at most
+    ``alpha`` in all (see the module docstring): the increments of the O'Brien-Fleming-type spending function,
+    or ``kind="bonferroni"``: alpha/K each.  The cumulative sums rise monotonically to at most ``alpha``
+    (exactly ``alpha`` when t_K = 1)."""
+    t = np.asarray(fractions, dtype=float)
+    if t.size == 0:
+        return []
+    if not (np.all(t > 0) and np.all(t <= 1) and np.all(np.diff(t) > 0)):
+        raise ValueError(f"information fractions must rise within (0, 1], got {list(t)}")
+    if kind == "bonferroni":
+        return [alpha / t.size] * t.size
+    if kind != "obrien_fleming":
+        raise ValueError(f"unknown spending function {kind!r} (obrien_fleming, bonferroni)")
+    z = stats.norm.ppf(1.0 - alpha / 2.0)
+    spent = np.minimum(alpha, 2.0 - 2.0 * stats.norm.cdf(z / np.sqrt(t)))
+    spent[t == 1.0] = alpha
+    return [float(a) for a in np.diff(np.concatenate([[0.0], spent]))]
 
 
 def fmt_p(p) -> str:

@@ -331,10 +331,11 @@ def paper_numbers(result: dict) -> str:
     return "; ".join(f"{k} {fmt(v)}" for k, v in (result.get("paper") or {}).items())
 
 
-def check(system: str, obs: Observations) -> list[dict]:
+def check(system: str, obs: Observations, alpha: float = 0.05) -> list[dict]:
     """Every claim of ``system`` evaluated on ``obs``, raw and with Holm's correction over all their
-    comparisons (:func:`holm_correct`); a claim whose data the study lacks is 'not measured'."""
-    return holm_correct([evaluate(c, obs) for c in load_claims(system)])
+    comparisons at family-wise level ``alpha`` (:func:`holm_correct`; a sequential study's look passes its
+    own share of 0.05, :mod:`uqpot.studies.sequential`); a claim whose data the study lacks is 'not measured'."""
+    return holm_correct([evaluate(c, obs) for c in load_claims(system)], alpha)
 
 
 #: the columns of a report's claims table
@@ -367,9 +368,10 @@ def table_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
-def add_to_report(rep, results: list[dict]) -> None:
+def add_to_report(rep, results: list[dict], alpha: float = 0.05, alpha_note: str = "") -> None:
     """The claims table of a report (``table_claims.csv``) and, below it, what each claim encodes: its source
-    and the paper's sentence (``table_claim_sources.csv``)."""
+    and the paper's sentence (``table_claim_sources.csv``).  ``alpha``: the level of the Holm verdicts
+    (``alpha_note`` says where a level other than 0.05 comes from)."""
     family = max((c.get("holm_family", 0) for r in results for c in r["comparisons"]), default=0)
     rep.table("claims", table_rows(results), TABLE_COLUMNS,
               caption="effect > 0 is what the paper claims; comparison_verdict (raw): reproduced: the 95% interval "
@@ -377,7 +379,8 @@ def add_to_report(rep, results: list[dict]) -> None:
                       "an effect is absent, which an interval can only contradict. p: two-sided, of the paired t-test "
                       "over the units named in paired_on (one unit: of Newcombe's interval or the bootstrap). "
                       f"p_holm, *_holm: Holm's correction over the {family} distinct comparisons with a p-value of "
-                      "this report's claims (alpha 0.05). detectable_effect: the smallest effect the paired t-test "
+                      f"this report's claims (alpha {alpha:g}{alpha_note}). detectable_effect: the smallest effect "
+                      "the paired t-test "
                       "over these units detects with 80% power at alpha 0.05 at the observed standard deviation of "
                       "the differences (n/a: one unit)")
     rep.table("claim_sources", [{"claim": r["id"], "source": r["source"], "quote": r["quote"]} for r in results],

@@ -17,6 +17,9 @@ seed in ``OUT``.  Tables (``table_<name>.csv``, and ``results.json``):
   ``md_failed_<reason>`` counts the failed trajectories by their first failure (collision, dissociation,
   below_ground_state, ...): for NH3 most failures of an inaccurate model are ``below_ground_state`` (the
   model's energy falls below the training minimum near the minimum), not a broken molecule;
+* ``sequential`` (a study run with ``--seeds auto``, :mod:`uqpot.studies.sequential`, whose record
+  ``OUT/sequential.json`` ends with the seeds reported): one row per look, its seeds, level α_k, the claims
+  resolved / unresolved / undecidable and the decision; the claims table then uses the last look's α_k;
 * ``seeds``: one row per seed, generation and method, with bootstrap intervals over the test structures
   for Spearman and ROC-AUC (1000 resamples, seeded) and the within-seed Wilson interval of its stable-MD
   fraction over its own trajectories (``stable_md_fraction_within_seed_lo/_hi``).
@@ -36,6 +39,7 @@ from ..metrics import intervals as iv
 from ..metrics.registry import MetricInputs, metrics, table_names
 from ..core.provenance import write_json
 from . import figures as fg
+from .sequential import sequential_record, sequential_section
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                    fidelity_section, mixture_figures)
 
@@ -232,9 +236,14 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
     rep.paragraph(f"Seeds: {', '.join(map(str, seeds))} ({len(seeds)} replicate(s) of the whole loop on one data "
                   f"set). {INTERVAL_NOTE}")
 
-    claim_results = claims_mod.check(system, observations(recs))
+    seq = sequential_record(run, seeds)
+    alpha = seq["final_alpha"] if seq else 0.05
+    claim_results = claims_mod.check(system, observations(recs), alpha=alpha)
     rep.heading("The paper's claims, checked")
-    claims_mod.add_to_report(rep, claim_results)
+    if seq:
+        sequential_section(rep, seq)
+    claims_mod.add_to_report(rep, claim_results, alpha, f": the last look's share of 0.05, {seq['spending']}; see "
+                                                        "table sequential" if seq else "")
     fidelity_section(rep)
     rows = summary_rows(recs)
     rep.heading("Summary per generation and method (mean over seeds, 95% intervals)")
@@ -330,8 +339,9 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
                          f"gen {gens[0]}, seed {first_seed}")
     _cost_section(rep, [(f"gen {r['generation']}", r["method"], r) for r in recs if r["seed"] == first_seed], run)
     _provenance_section(rep, run if (run / "reproduce.json").is_file() else first_dir, extra_dir=first_dir)
-    write_json(run / "claims.json", {"system": system, "seeds": seeds, "claims": claim_results})
-    return rep.write(run, {"seeds": seeds, "claims": claim_results,
+    extra = {"holm_alpha": alpha, "sequential": seq} if seq else {}
+    write_json(run / "claims.json", {"system": system, "seeds": seeds, "claims": claim_results, **extra})
+    return rep.write(run, {"seeds": seeds, "claims": claim_results, **extra,
                            "built": time.strftime("%Y-%m-%d %H:%M:%S")})
 
 

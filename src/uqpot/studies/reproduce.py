@@ -32,6 +32,7 @@ from ..core.provenance import versions, write_json
 from ..core.rundir import check_out_dir
 from ..systems import GridSystemName, get_system, preset_path, system_names
 from ..uq.options import MethodName, MethodOptions
+from .sequential import AutoSeeds, parse_auto, plan_looks, planned_seeds, run_sequential
 
 # ------------------------------------------------------------------------------------------------ rMD17
 class RMD17Study(Strict):
@@ -157,9 +158,25 @@ def _is_grid(system: str) -> bool:
         raise ConfigError(None, f"unknown study {system!r}; choose one of {', '.join(system_names())}") from None
 
 
-def check_seeds(seeds) -> list[int] | None:
-    """The ``--seeds`` list (distinct integers in [0, 2**32)), or None: the preset's own."""
+def check_seeds(seeds) -> list[int] | AutoSeeds | None:
+    """The ``--seeds`` list (distinct integers in [0, 2**32)), ``auto[:MAX[:BATCH]]`` as
+    :class:`~uqpot.studies.sequential.AutoSeeds`, or None: the preset's own."""
+    if seeds is not None and seeds != "" and seeds != []:
+        auto = parse_auto(seeds)
+        if auto is not None:
+            return auto
     return option_list(seeds, "--seeds", Seed)
+
+
+def _check_auto(system: str, seeds, grid: bool, samplers=None) -> None:
+    """``--seeds auto`` is for the loop studies alone, without ``--samplers``."""
+    if not isinstance(seeds, AutoSeeds):
+        return
+    if grid:
+        raise ConfigError(None, f"--seeds {seeds.text()}: adding seeds until the claims are resolved is for the "
+                                f"{', '.join(system_names('loop'))} studies; give the {system} study its seeds")
+    if samplers:
+        raise ConfigError(None, f"--seeds {seeds.text()}: not with --samplers; give the seeds")
 
 
 def check_splits(splits) -> list[int] | None:
@@ -181,7 +198,10 @@ def check_preset(system: str, preset, methods=None, seeds=None, local_data=None)
     from .study import Study, _data_config, study_seeds
 
     study = load_config(path, Study)
-    study_seeds(study, seeds, path)
+    if isinstance(seeds, AutoSeeds):
+        plan_looks(study_seeds(study, None, path), seeds)  # MAX against the preset's seeds
+    else:
+        study_seeds(study, seeds, path)
     _data_config(study, path)
 
 
@@ -209,6 +229,8 @@ def dry_run(system: str, preset: str = "quick", executor: str = "local", out=Non
 
     grid = _is_grid(system)
     methods, seeds = check_methods(methods), check_seeds(seeds)
+    _check_auto(system, seeds, grid, samplers)
+    auto = seeds if isinstance(seeds, AutoSeeds) else None
     path = preset_path(system, preset)
     options = dict(load_yaml(path).get("executor", {}).get(executor, {}))
     options.update(executor_options or {})
@@ -218,7 +240,12 @@ def dry_run(system: str, preset: str = "quick", executor: str = "local", out=Non
         plan = rmd17_plan(study, preset, seeds, methods, molecules, splits, workers)
     else:
         out = Path(out or f"runs/{system}_{Path(preset).stem}")
-        plan = loop_plan(system, path, out, seeds, methods, workers, executor, name=preset)
+        looks = planned_seeds(path, auto) if auto else None
+        plan = loop_plan(system, path, out, looks[-1] if auto else seeds, methods, workers, executor, name=preset)
+        if auto:
+            plan.notes.append(f"--seeds {auto.text()}: planned for MAX = {len(looks[-1])} seeds, the upper bound; the "
+                              f"study stops at an earlier look ({', '.join(str(len(s)) for s in looks)} seeds) once "
+                              f"every claim is resolved")
         if samplers:
             plan.notes.append(f"--samplers {','.join(samplers)}: the plan counts one sampler; generations 2 and "
                               f"later run once per sampler ({len(samplers)}x)")
@@ -239,6 +266,7 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
     splits = check_splits(splits)
     molecules = option_list(molecules, "--molecules")
     samplers = check_samplers(samplers)
+    _check_auto(system, seeds, grid, samplers)
     unused = [o for o, v in (("--molecules", molecules), ("--splits", splits), ("--data", local_data)) if v]
     if unused and not grid:
         raise ConfigError(None, f"{unused[0]}: an option of the {', '.join(system_names('grid'))} study; the "
@@ -275,6 +303,9 @@ def reproduce(system: str, preset: str = "quick", executor: str = "local", out=N
         elif samplers:
             run_sampler_study(preset_path(system, preset), out, samplers, ex, console,
                               overrides={"methods": methods} if methods else None, seeds=seeds)
+        elif isinstance(seeds, AutoSeeds):
+            run_sequential(preset_path(system, preset), out, seeds, ex, console,
+                           overrides={"methods": methods} if methods else None)
         else:
             from .study import reproduce_study
 
