@@ -147,3 +147,16 @@ def test_the_reported_stable_md_interval_of_a_study_is_the_seed_level_one():
     assert stable_md_columns([(4, 40), (36, 40), (20, 40)])["stable_md_fraction_lo"] == lo  # the samplers' table
     one = summary_rows(recs[:1])[0]
     assert one["stable_md_interval"].startswith("within-seed Wilson") and "stable_md_fraction_pooled_wilson_lo" not in one
+
+
+def test_bootstrap_leaves_out_resamples_where_the_statistic_is_undefined():
+    """Four test structures: some resamples repeat one structure, on which Spearman's ρ is undefined (our
+    spearman raises ValueError); they are left out instead of stopping the report."""
+    from uqpot.metrics.ranking import spearman
+
+    u, e = np.array([0.1, 0.4, 0.2, 0.9]), np.array([1.0, 3.0, 2.5, 4.0])
+    est, vals = iv.bootstrap_distribution(spearman, u, e, n_resamples=2000, seed=0)
+    assert est == pytest.approx(stats.spearmanr(u, e).statistic)
+    assert 0 < vals.size < 2000 and np.all(np.isfinite(vals))  # a resample of one repeated structure has no ρ
+    lo_hi = iv.bootstrap(spearman, u, e, n_resamples=2000)
+    assert lo_hi[1] <= est <= lo_hi[2]

@@ -157,7 +157,8 @@ def bootstrap_distribution(statistic: Callable[..., float], *samples: Sequence, 
                            seed: int = 0) -> tuple[float, np.ndarray]:
     """``statistic(*samples)`` and its finite values on ``n_resamples`` resamples: the samples (equal lengths)
     are resampled together, with replacement, by a generator seeded with ``seed``.  Resamples on which the
-    statistic is not finite (e.g. a constant resample for Spearman) are left out; none for fewer than two."""
+    statistic is not finite or undefined (it raises ValueError: e.g. Spearman of a resample whose values are all
+    one structure's) are left out; none for fewer than two."""
     arrays = [np.asarray(s) for s in samples]
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
@@ -169,8 +170,16 @@ def bootstrap_distribution(statistic: Callable[..., float], *samples: Sequence, 
         return est, np.empty(0)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_resamples, n))
-    vals = np.array([statistic(*(a[i] for a in arrays)) for i in idx], dtype=float)
+    vals = np.array([_defined(statistic, *(a[i] for a in arrays)) for i in idx], dtype=float)
     return est, vals[np.isfinite(vals)]
+
+
+def _defined(statistic: Callable[..., float], *arrays) -> float:
+    """``statistic(*arrays)``, or nan where it is undefined on them (ValueError)."""
+    try:
+        return float(statistic(*arrays))
+    except ValueError:
+        return NAN
 
 
 def percentile_interval(est: float, values: np.ndarray, level: float = 0.95, n_resamples: int = 1000) -> Interval:
