@@ -10,6 +10,13 @@ Sources of divergence found and how each is removed:
   worker, one thread (``distributed`` sets ``OMP_NUM_THREADS=1``).  Every job of a study therefore runs
   under :func:`fixed_threads` with the study's ``threads`` setting (default 1), recorded in ``run.json``.
   A different ``threads`` is a different (equally valid) run, not a different result of the same run.
+* **The training path.**  The compiled step (``train.compile``) and the eager one compute the same losses,
+  gradients and Adam updates (float64: equal to 1e-10 over several epochs; float32: the first epoch to
+  ~1e-7), but fused kernels round differently, and that difference grows like the thread count's (float32
+  NH3 ensembles part by 1e-3 in the loss after about ten epochs).  ``compile: auto`` decides from the run's
+  size alone (:mod:`uqpot.train.autocompile`), so one command always takes one path; the summary records
+  it (``compiled``, ``compile_reason``, ``layout``).  The paths are two equally valid runs (README, "The two
+  training paths").
 * **Completion order.**  Labels, grids and loop steps are collected by index (never in the order workers
   finish), and every random draw comes from a generator seeded from the config's seed and the step
   (generation, replica, split) it belongs to.

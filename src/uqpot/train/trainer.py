@@ -72,6 +72,8 @@ class TrainResult:
     member_order: str = "shared"  # batch orders of an ensemble's members (uqpot.train.member_order)
     compiled: bool = False  # whether the step ran through torch.compile (train.compile, uqpot.train.autocompile)
     compile_reason: str = ""
+    #: the pair layout of the training steps ("dense" or "sparse"; members' own orders stack on the dense one)
+    layout: str = ""
     #: the labels the loss trained on (energy, forces[, stress]); equal for every method of a study
     loss_targets: list = field(default_factory=list)
     history: list = field(default_factory=list)
@@ -487,5 +489,6 @@ class Trainer:
             val_energy_mae=self.best_mae[:, 0].tolist(), val_forces_mae=self.best_mae[:, 1].tolist(),
             epochs_run=self.epoch, wall_seconds=round(self.elapsed, 2), stopped=self.finished or "epochs",
             member_order=self.member_order, compiled=self.compiled, compile_reason=self.compile_reason,
+            layout="dense" if self.member_rngs else dataset_layout(self.train_set, self.layout),
             nonfinite_steps=self.nonfinite_steps, rollbacks=self.rollbacks,
             loss_targets=list(getattr(self.loss_fn, "targets", ("energy", "forces"))), history=self.history)
