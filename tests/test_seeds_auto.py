@@ -173,29 +173,36 @@ def _cluster(rng) -> Structure:
     return Structure(numbers=np.full(4, 18), positions=x, cell=np.zeros((3, 3)), pbc=np.zeros(3, bool))
 
 
-if "toy_argon_seq" not in SYSTEMS:
-    @register_system
-    class ToyArgonSeq(System):
-        """Four argon atoms labelled by Lennard-Jones; a study system (``uqpot reproduce toy_argon_seq``)."""
+class ToyArgonSeq(System):
+    """Four argon atoms labelled by Lennard-Jones; a study system (``uqpot reproduce toy_argon_seq``)."""
 
-        name = "toy_argon_seq"
-        config = ToySeqConfig
-        md_preset = dict(runs=2, temperatures_K=[50.0], duration_fs=20.0, timestep_fs=1.0, skin=1.0)
-        energy_floor = False
+    name = "toy_argon_seq"
+    config = ToySeqConfig
+    md_preset = dict(runs=2, temperatures_K=[50.0], duration_fs=20.0, timestep_fs=1.0, skin=1.0)
+    energy_floor = False
 
-        def stability_criteria(self, ground_state_energy=None, **overrides):
-            return StabilityCriteria(**{"min_distance": 2.0, **overrides})
+    def stability_criteria(self, ground_state_energy=None, **overrides):
+        return StabilityCriteria(**{"min_distance": 2.0, **overrides})
 
-        def build(self, out, *, config, oracle, store=None, executor=None, console=None, progress=True):
-            out.mkdir(parents=True, exist_ok=True)
-            rng = np.random.default_rng(config.seed)
-            lab = Labeller(oracle, open_store(store or out / "labels.db"), "toy", executor=executor)
-            for part, n in (("train", config.n_train), ("test", config.n_test)):
-                done, _ = lab([_cluster(rng) for _ in range(n)], part)
-                write_extxyz(StructureDataset(done), out / f"{part}.extxyz")
-            summary = {"dataset": self.name, "train": {"n": config.n_train}, "test": {"n": config.n_test}}
-            (out / "summary.json").write_text(json.dumps(summary))
-            return summary
+    def build(self, out, *, config, oracle, store=None, executor=None, console=None, progress=True):
+        out.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(config.seed)
+        lab = Labeller(oracle, open_store(store or out / "labels.db"), "toy", executor=executor)
+        for part, n in (("train", config.n_train), ("test", config.n_test)):
+            done, _ = lab([_cluster(rng) for _ in range(n)], part)
+            write_extxyz(StructureDataset(done), out / f"{part}.extxyz")
+        summary = {"dataset": self.name, "train": {"n": config.n_train}, "test": {"n": config.n_test}}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered_while_this_module_runs():
+    """The toy study system for the tests of this module only (they run in-process, ``--executor none``)."""
+    register_system(ToyArgonSeq)
+    yield
+    SYSTEMS.pop("toy_argon_seq", None)
+
 
 LJ = {"calculator": "ase.calculators.lj.LennardJones", "kwargs": {"sigma": 3.4, "epsilon": 0.0104}}
 TOY_STUDY = {

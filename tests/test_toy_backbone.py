@@ -36,7 +36,6 @@ class ToyOptions(BackboneOptions):
                     seeds=list(seeds))
 
 
-@register_backbone("toy", options=ToyOptions)
 class PairPotential(Potential):
     """ξ_i = tanh(e(Z_i) + Σ_j W·φ(r_ij) ∘ e(Z_j)) with Gaussians φ under a cosine cutoff; edge lists only."""
 
@@ -80,8 +79,10 @@ class PairPotential(Potential):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _unregister_at_the_end():
-    """The toy stays registered while this module runs; other test modules see the built-in backbones."""
+def _registered_while_this_module_runs():
+    """``@register_backbone("toy", options=ToyOptions)`` for the tests of this module only: other test modules
+    (collected before any test runs) see the built-in backbones."""
+    register_backbone("toy", options=ToyOptions)(PairPotential)
     yield
     BACKBONES.pop("toy", None)
     OPTIONS.pop("toy", None)
@@ -152,7 +153,7 @@ def test_registration_refuses_a_backbone_without_its_capabilities():
 
 
 # ------------------------------------------------------------------------------------------- the contract
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", sorted({*BACKBONES, "toy"}))
 def test_every_backbone_declares_its_capabilities_and_options(name):
     cls = BACKBONES[name]
     assert cls.backbone == name and issubclass(cls, Potential)
@@ -166,7 +167,7 @@ def test_every_backbone_declares_its_capabilities_and_options(name):
     assert type(parsed) is opts and parse_model(parsed.model_dump(mode="json")) == parsed
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+@pytest.mark.parametrize("name", sorted({*BACKBONES, "toy"}))
 def test_hparams_round_trip(name, ethanol):
     """A potential built from its options' hyper-parameters rebuilds from its own ``hparams`` with the same
     hyper-parameters (what a model file stores)."""
