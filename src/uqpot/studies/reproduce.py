@@ -18,13 +18,9 @@ import numpy as np
 from pydantic import Field
 
 from ..nn.painn import PaiNNOptions
-
 from ..nn.backbone import ModelSection
-
 from ..core.schema import Strict
-
 from ..train.config import TrainConfig
-
 from ..core.config_io import load_config, parse
 from ..core.schema import Distinct, Seed, option_list
 from ..core.errors import ConfigError

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.schema import Strict
-
 from ..core.config_io import apply_overrides, load_config, parse
 from ..core.schema import Distinct, Seed, check_seed
 from ..core.errors import ConfigError, UqpotError
