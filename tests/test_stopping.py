@@ -17,6 +17,7 @@ from uqpot.loop.active_learning import ActiveLearning
 from uqpot.loop.config import LoopConfig
 from uqpot.loop.replicates import run_loop
 from uqpot.loop.stopping import read_exploration
+from uqpot.report.loop import build_loop_report
 from uqpot.sample.stopping import (FractionEstimate, StoppingSettings, decide, exceed_probability,
                                    fraction_above, validate_fraction)
 
@@ -133,3 +134,7 @@ def test_a_loop_stops_when_the_target_is_met_and_runs_on_when_it_cannot_be(tmp_p
     calls = al.oracle.calls
     validate_fraction(al.model(1, "ensemble"), ex, al.oracle, store, tolerance=1e-6, n_labels=4)
     assert al.oracle.calls == calls  # nothing computed twice
+    # the report tables the fraction per generation with its interval
+    build_loop_report(tmp_path / "tight")
+    rows = list(csv.DictReader(open(tmp_path / "tight" / "table_stopping.csv")))
+    assert [(r["generation"], r["decision"]) for r in rows] == [("1", "continue"), ("2", "stop")]
