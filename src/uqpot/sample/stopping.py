@@ -210,7 +210,10 @@ def validate_fraction(model, exploration: Exploration, oracle, store, *, toleran
         by_traj_pred.setdefault(k, []).append(p)
         rows.append({"trajectory": k, "frame": i, "sigma_F": float(exploration.trajectories[k]["sigma"][i]),
                      "p_above": p, "rms_error": rms, "above": bool(above)})
+    # the seed_proportion of uqpot's tables with the trajectory as the unit (its label speaks of seeds)
     (t_m, t_lo, t_hi), label = seed_proportion([(sum(v), len(v)) for v in by_traj_true.values()], confidence)
+    label = label.replace("within-seed", "within-trajectory").replace("one seed", "one trajectory").replace(
+        "seeds", "trajectories")
     pred = fraction_above(list(by_traj_pred.values()), confidence)
     return {"tolerance": tolerance, "n_labelled": len(ok), "n_failed": len(chosen) - len(ok),
             "from_store": res.n_from_store,
