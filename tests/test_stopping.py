@@ -134,7 +134,13 @@ def test_a_loop_stops_when_the_target_is_met_and_runs_on_when_it_cannot_be(tmp_p
     calls = al.oracle.calls
     validate_fraction(al.model(1, "ensemble"), ex, al.oracle, store, tolerance=1e-6, n_labels=4)
     assert al.oracle.calls == calls  # nothing computed twice
+    # a longer loop continues a shorter one: generation 2's stop (out of generations) is taken again
+    longer = run_loop(ActiveLearning(LoopConfig.model_validate(
+        {**_raw(tmp_path, ammonia_files, "tight", {"tolerance": 1e-6, "target": 0.01}), "generations": 3})))
+    assert longer["generations"][2]["ensemble"]["stopping"]["decision"] == "continue"
+    assert "label" in longer["generations"][2]["ensemble"]
+    assert longer["generations"][3]["ensemble"]["stopping"]["reason"].startswith("generations exhausted (3)")
     # the report tables the fraction per generation with its interval
     build_loop_report(tmp_path / "tight")
     rows = list(csv.DictReader(open(tmp_path / "tight" / "table_stopping.csv")))
-    assert [(r["generation"], r["decision"]) for r in rows] == [("1", "continue"), ("2", "stop")]
+    assert [(r["generation"], r["decision"]) for r in rows] == [("1", "continue"), ("2", "continue"), ("3", "stop")]

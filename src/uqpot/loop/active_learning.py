@@ -52,7 +52,7 @@ from .md import neb_for_loop, nh3_minimum, oracle_neb_for_loop, run_campaign_for
 from .prepare import check_loop_data, clear_loop, loop_record, prepare_loop
 from .resume import check_same_config
 from .sampling import label_step, sample_step, sampling_context
-from .stopping import labels_added, until_step
+from .stopping import labels_added, redecide, until_step
 
 
 def _done(path: Path) -> bool:
@@ -273,8 +273,8 @@ class ActiveLearning:
         """The stopping rule's exploration and decision after generation ``g`` of ``method``
         (:func:`uqpot.loop.stopping.until_step`), skipped if already done."""
         d = self.gen_dir(g, method)
-        if _done(d / "stopping.json"):
-            return json.loads((d / "stopping.json").read_text())
+        if _done(d / "stopping.json"):  # a longer loop re-decides a stop that only ran out of generations
+            return redecide(d / "stopping.json", self.cfg)
         train0, val0, *_ = self.initial_data()
         return until_step(d, self.cfg, g, method, self.model(g, method), d / "train" / "model.pt", train0 + val0,
                           labels_added(self.out, g, method), log=lambda msg: self.log(f"gen {g} {method}: {msg}"))

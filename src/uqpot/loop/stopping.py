@@ -22,7 +22,7 @@ from ..core.provenance import atomic_write, write_json
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..nn import modelfile
-from ..sample.stopping import Exploration, decide, explore, fraction_above
+from ..sample.stopping import Exploration, FractionEstimate, decide, explore, fraction_above
 from ..sample.trust import Calibration
 from .config import LoopConfig
 from .md import campaign_config
@@ -70,6 +70,22 @@ def until_step(d: Path, cfg: LoopConfig, g: int, method: str, model, model_file:
     log(f"stopping rule: fraction above {st.tolerance:g} kcal/mol/Å {est.fraction:.4g} "
         f"[{est.low:.4g}, {est.high:.4g}] over {est.n_trajectories} trajectories ({est.n_frames} frames): "
         f"{decision} ({reason})")
+    return rec
+
+
+def redecide(path: Path, cfg: LoopConfig) -> dict:
+    """A finished step's record, its decision taken again when it stopped only because the generations ran out
+    and the loop now has more (``--generations``: a longer loop continues a shorter one; the record is
+    rewritten).  Any other record is returned as it is."""
+    rec = json.loads(Path(path).read_text())
+    if not (rec["decision"] == "stop" and rec["reason"].startswith("generations exhausted")
+            and rec["generation"] < cfg.generations):
+        return rec
+    est = FractionEstimate(rec["fraction"], rec["low"], rec["high"], rec["n_frames"], rec["n_trajectories"],
+                           rec["confidence"])
+    rec["decision"], rec["reason"] = decide(est, cfg.until, labels_added=rec["labels_added"],
+                                            generation=rec["generation"], generations=cfg.generations)
+    write_json(path, rec)
     return rec
 
 
