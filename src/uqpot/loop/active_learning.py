@@ -52,6 +52,7 @@ from .md import neb_for_loop, nh3_minimum, oracle_neb_for_loop, run_campaign_for
 from .prepare import check_loop_data, clear_loop, loop_record, prepare_loop
 from .resume import check_same_config
 from .sampling import label_step, sample_step, sampling_context
+from .stopping import labels_added, redecide, until_step
 
 
 def _done(path: Path) -> bool:
@@ -268,6 +269,16 @@ class ActiveLearning:
         write_json(marker, rec)
         return rec
 
+    def step_until(self, g, method) -> dict:
+        """The stopping rule's exploration and decision after generation ``g`` of ``method``
+        (:func:`uqpot.loop.stopping.until_step`), skipped if already done."""
+        d = self.gen_dir(g, method)
+        if _done(d / "stopping.json"):  # a longer loop re-decides a stop that only ran out of generations
+            return redecide(d / "stopping.json", self.cfg)
+        train0, val0, *_ = self.initial_data()
+        return until_step(d, self.cfg, g, method, self.model(g, method), d / "train" / "model.pt", train0 + val0,
+                          labels_added(self.out, g, method), log=lambda msg: self.log(f"gen {g} {method}: {msg}"))
+
     def needs_ground_state(self) -> bool:
         """Whether the MD campaign needs ammonia's optimised minimum (its energy floor)."""
         found = find_system(self.cfg.system)
@@ -339,7 +350,11 @@ class ActiveLearning:
                 rec["test"][k] = tr["test"][k]
         rec["md"] = self.step_md(g, method)
         rec["neb"] = self.step_neb(g, method)
-        if g < self.cfg.generations:
+        stop = False
+        if self.cfg.until is not None:  # the stopping rule (uqpot.loop.stopping): a method that stops samples no more
+            rec["stopping"] = self.step_until(g, method)
+            stop = rec["stopping"]["decision"] == "stop"
+        if g < self.cfg.generations and not stop:
             pool = self.attack_pool(train)
             rec["attack"] = self.step_attack(g, method, pool)
             rec["label"] = self.step_label(g, method, pool)

@@ -17,6 +17,7 @@ from ..core.schema import Strict
 from ..train.config import TrainConfig
 from ..oracle import FACTORIES
 from ..sample import AttackSettings, SamplerName, SamplingSettings
+from ..sample.stopping import StoppingSettings
 from ..core.schema import Distinct, Seed
 from ..systems import LoopSystemName
 from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
@@ -88,6 +89,10 @@ class LoopConfig(Strict):
     # the file's, and ``model`` is not used
     init_model: Optional[Union[Path, list[Path]]] = None
     finetune: FinetuneSettings = FinetuneSettings()
+    # the stopping rule (uqpot.sample.stopping): each method stops when its exploration's fraction of frames
+    # above a calibrated force-error tolerance is below a target, or its label budget is spent; `generations`
+    # is then the maximum number of generations.  Unset: exactly `generations` generations
+    until: Optional[StoppingSettings] = None
 
     def init_files(self) -> list[Path]:
         if self.init_model is None:

@@ -15,6 +15,7 @@ from ..core.provenance import write_json
 from ..uq import method_class
 from .active_learning import ActiveLearning
 from .config import LoopConfig
+from .stopping import write_stopping
 
 
 def replicates(cfg: LoopConfig, seeds: list[int]) -> list[LoopConfig]:
@@ -67,8 +68,11 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
     seeds = len(loops) > 1
     samplers = len({str(al.cfg.sampler) for al in loops}) > 1
     earlier = {(k, int(g), m) for k, al in enumerate(loops) for g, recs in _finished(al.out).items() for m in recs}
+    stopped: set = set()  # (loop, method) pairs whose stopping rule (``until``) said stop
     for g in range(1, generations + 1):
-        todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations]
+        todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations and (k, m) not in stopped]
+        if not todo:
+            break
         results: dict = {}
         if parallel:
             # generation 1: the shared backbones first (one per loop), beside the methods that train their own
@@ -89,10 +93,18 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
             for k, m in todo:
                 results[k, m] = loops[k].method_generation(g, m)
                 eta.step(_what(g, m, loops[k], seeds, samplers), (k, g, m) in earlier)
+        for k, m in todo:
+            st = results[k, m].get("stopping")
+            if st is not None and st["decision"] == "stop":
+                stopped.add((k, m))
+                loops[k].log(f"{m} stopped after generation {g}: {st['reason']}")
         for k, al in enumerate(loops):
-            if g <= al.cfg.generations:
-                summaries[k]["generations"][g] = {m: results[k, m] for m in al.cfg.methods}
+            recs = {m: results[k, m] for m in al.cfg.methods if (k, m) in results}
+            if g <= al.cfg.generations and recs:
+                summaries[k]["generations"][g] = recs
                 write_json(al.out / "summary.json", summaries[k])
+            if al.cfg.until is not None and recs:
+                write_stopping(al.out, al.cfg.methods)
     return summaries
 
 

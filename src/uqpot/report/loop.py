@@ -257,6 +257,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
                                                 "and within-seed Wilson intervals over the seed's own trajectories "
                                                 "(stable-MD fraction)")
 
+    stopping_section(rep, dirs)
     md = _interval_bars(rows, "stable_md_fraction")
     if md:
         kinds = sorted({r["stable_md_interval"].split(",")[0].split(" (")[0] for r in rows if r.get("stable_md_interval")})
@@ -343,6 +344,40 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
     write_json(run / "claims.json", {"system": system, "seeds": seeds, "claims": claim_results, **extra})
     return rep.write(run, {"seeds": seeds, "claims": claim_results, **extra,
                            "built": time.strftime("%Y-%m-%d %H:%M:%S")})
+
+
+#: the columns of the report's ``stopping`` table (a loop with ``until``: :mod:`uqpot.loop.stopping`)
+STOPPING_COLUMNS = ("seed", "generation", "method", "fraction", "low", "high", "n_frames", "n_trajectories",
+                    "labels_added", "decision", "reason")
+
+
+def stopping_section(rep: Report, dirs: list[tuple[int, Path]]) -> None:
+    """The stopping rule's record (``OUT/stopping.json`` of every seed), when the loop has one: the fraction
+    of exploration frames above the tolerance per generation and method with its 95% interval over the
+    trajectories, the decision and its reason (a table, and the first seed's fractions as bars)."""
+    rows = []
+    for seed, d in dirs:
+        path = d / "stopping.json"
+        if path.is_file():
+            rows += [{"seed": seed, **{k: r.get(k) for k in STOPPING_COLUMNS if k != "seed"}}
+                     for r in json.loads(path.read_text())["records"]]
+    if not rows:
+        return
+    first = rows[0]
+    rep.heading("Stopping rule (until)")
+    rep.paragraph(f"Per generation and method: the fraction of exploration frames whose calibrated RMS force error "
+                  f"exceeds the tolerance, with its 95% t-interval over the trajectories (the trajectory is the unit; "
+                  f"see uqpot.sample.stopping); a method stops when the upper end is below the target.")
+    rep.table("stopping", rows, list(STOPPING_COLUMNS), caption="fraction above tolerance per generation (low, high: "
+              "95% interval over trajectories), the decision and its reason")
+    bars: dict = {}
+    for r in rows:
+        if r["seed"] == first["seed"] and r.get("fraction") is not None:
+            bars.setdefault(f"gen {r['generation']}", {})[r["method"]] = (r["fraction"], r["low"], r["high"])
+    if bars:
+        rep.figure(fg.grouped_bars(bars, "fraction above tolerance", "stopping rule per generation"),
+                   f"fraction of exploration frames above the tolerance (seed {first['seed']}; error bars: 95% "
+                   "t-interval over the trajectories)")
 
 
 def _summary_entry(loop_dir: Path, g: int, m: str, key: str):
