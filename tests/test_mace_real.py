@@ -1,4 +1,4 @@
-"""``uqpot convert`` on the files MACE's own training script writes (issue 40, first item).
+"""``uqpot convert`` on the files MACE's own training script writes.
 
 Every case runs ``mace_run_train`` (mace-torch's console script, in this interpreter) on a few ethanol frames
 labelled by ASE's EMT (eV, eV/Å, as MACE expects), converts the ``.model`` file it writes with

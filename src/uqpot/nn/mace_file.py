@@ -34,7 +34,7 @@ What MACE writes (mace-torch 0.3.16, checked by ``tests/test_mace_real.py``, whi
   ``atleast_2d(E0).T``).  uqpot takes the row of the chosen head (the only row of a 1-D or one-row array) into
   its float64 e_ref(Z), and the network's own E0 are zero.  (uqpot used to build its template with a 1-D E0
   for one head and copy the file's (1, elements) array into it: the "[1, 3] doesn't match the broadcast
-  shape [1, 1, 3]" of issue 40.)
+  shape [1, 1, 3]" error users met with such files.)
 * Scale and shift (eV; buffers ``scale_shift.scale`` / ``.shift``): each a scalar (shape ``()``) for every
   head or one value per head (shape ``(heads,)``), in the combinations the script writes (for one head: the
   scale ``(1,)``, the shift ``()`` for ``--model ScaleShiftMACE`` and ``(1,)`` for ``--model MACE``;

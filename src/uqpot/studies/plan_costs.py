@@ -107,13 +107,13 @@ BUILD = {
 #: minimum, the MD's energy floor, and its inversion profile)
 ONCE_CALLS = {"ammonia": AMMONIA_MINIMUM_CALLS + AMMONIA_ORACLE_NEB_CALLS}
 
-#: the NEB's steps are those of a trained model, unknown before it exists.  Issue 39 measured 25-340 s per
-#: NEB run in the quick ammonia study (64 features); at the 0.16-0.21 s band step measured here that is about
+#: the NEB's steps are those of a trained model, unknown before it exists.  Single NEB runs took 25-340 s
+#: in the quick ammonia study (64 features); at the 0.16-0.21 s band step measured here that is about
 #: 120-2,000 band steps: the plan takes NEB_BAND_STEPS (and NEB_RELAX_STEPS per endpoint); the most is 2,000.
 NEB_BAND_STEPS = 300
 NEB_RELAX_STEPS = 50
-NEB_NOTE = ("NEB: the band's steps are not known before the model is; counted as 300 band steps per run (issue "
-            "39 measured 25-340 s per run in the quick study), at most 2,000")
+NEB_NOTE = ("NEB: the band's steps are not known before the model is; counted as 300 band steps per run (single runs "
+            "took 25-340 s in the quick study), at most 2,000")
 
 GPU_NOTE = ("no per-step figure has been measured on a GPU for these workloads, so there is no GPU estimate "
             "(run benchmarks/plan_costs.py there; benchmarks/gpu_check.sh times the separate parts)")
