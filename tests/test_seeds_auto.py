@@ -146,12 +146,9 @@ def test_dry_run_plans_for_max_seeds(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- end to end
-from uqpot.data.io import write_extxyz  # noqa: E402
-from uqpot.data.sets._build import Labeller  # noqa: E402
-from uqpot.data.store import open_store  # noqa: E402
-from uqpot.data.structures import Structure, StructureDataset  # noqa: E402
 from uqpot.md.stability import StabilityCriteria  # noqa: E402
-from uqpot.systems import SYSTEMS, System, register_system  # noqa: E402
+from uqpot.systems import SYSTEMS, register_system  # noqa: E402
+from support.toy_argon import LJ, ArgonClusters  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -168,32 +165,14 @@ class ToySeqConfig:
         pass
 
 
-def _cluster(rng) -> Structure:
-    x = np.array([[0, 0, 0], [3.8, 0, 0], [0, 3.8, 0], [0, 0, 3.8]], float) + rng.normal(0, 0.1, (4, 3))
-    return Structure(numbers=np.full(4, 18), positions=x, cell=np.zeros((3, 3)), pbc=np.zeros(3, bool))
-
-
-class ToyArgonSeq(System):
+class ToyArgonSeq(ArgonClusters):
     """Four argon atoms labelled by Lennard-Jones; a study system (``uqpot reproduce toy_argon_seq``)."""
 
     name = "toy_argon_seq"
     config = ToySeqConfig
-    md_preset = dict(runs=2, temperatures_K=[50.0], duration_fs=20.0, timestep_fs=1.0, skin=1.0)
-    energy_floor = False
 
     def stability_criteria(self, ground_state_energy=None, **overrides):
         return StabilityCriteria(**{"min_distance": 2.0, **overrides})
-
-    def build(self, out, *, config, oracle, store=None, executor=None, console=None, progress=True):
-        out.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(config.seed)
-        lab = Labeller(oracle, open_store(store or out / "labels.db"), "toy", executor=executor)
-        for part, n in (("train", config.n_train), ("test", config.n_test)):
-            done, _ = lab([_cluster(rng) for _ in range(n)], part)
-            write_extxyz(StructureDataset(done), out / f"{part}.extxyz")
-        summary = {"dataset": self.name, "train": {"n": config.n_train}, "test": {"n": config.n_test}}
-        (out / "summary.json").write_text(json.dumps(summary))
-        return summary
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -204,7 +183,6 @@ def _registered_while_this_module_runs():
     SYSTEMS.pop("toy_argon_seq", None)
 
 
-LJ = {"calculator": "ase.calculators.lj.LennardJones", "kwargs": {"sigma": 3.4, "epsilon": 0.0104}}
 TOY_STUDY = {
     "system": "toy_argon_seq", "data": {"n_train": 10, "n_test": 12}, "oracle": {"name": "ase", "options": LJ},
     "seeds": [0],

@@ -6,15 +6,10 @@ registered system checked against the System contract."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
-import numpy as np
 import pytest
 
-from uqpot.data.io import ReadOptions, read_structures, write_extxyz
-from uqpot.data.sets._build import Labeller
-from uqpot.data.store import open_store
-from uqpot.data.structures import Structure, StructureDataset
+from uqpot.data.io import ReadOptions, read_structures
 from uqpot.md.analytic import MorsePotential
 from uqpot.md.campaign import CampaignConfig
 from uqpot.md.stability import StabilityCriteria
@@ -22,6 +17,7 @@ from uqpot.oracle import get_oracle
 from uqpot.systems import SYSTEMS, System, check_loop_system, get_system, register_system, system_names
 from uqpot.loop.active_learning import LoopConfig
 from uqpot.loop.md import run_campaign_for_loop
+from support.toy_argon import ArgonClusters
 
 
 @dataclasses.dataclass
@@ -39,30 +35,12 @@ class ToyArgonConfig:
             raise ValueError("n_train and n_test must be >= 1")
 
 
-def _cluster(rng) -> Structure:
-    x = np.array([[0, 0, 0], [3.8, 0, 0], [0, 3.8, 0], [0, 0, 3.8]], float) + rng.normal(0, 0.1, (4, 3))
-    return Structure(numbers=np.full(4, 18), positions=x, cell=np.zeros((3, 3)), pbc=np.zeros(3, bool))
-
-
-class ToyArgon(System):
+class ToyArgon(ArgonClusters):
     name = "toy_argon"
     config = ToyArgonConfig
-    md_preset = dict(runs=2, temperatures_K=[50.0], duration_fs=20.0, timestep_fs=1.0, skin=1.0)
-    energy_floor = False
 
     def stability_criteria(self, ground_state_energy=None, **overrides):
         return StabilityCriteria(**{"min_distance": 4.5, **overrides})  # Ar atoms 3.8 Å apart: all "collide"
-
-    def build(self, out, *, config, oracle, store=None, executor=None, console=None, progress=True):
-        out.mkdir(parents=True, exist_ok=True)
-        rng = np.random.default_rng(config.seed)
-        lab = Labeller(oracle, open_store(store or out / "labels.db"), "toy", executor=executor)
-        for part, n in (("train", config.n_train), ("test", config.n_test)):
-            done, _ = lab([_cluster(rng) for _ in range(n)], part)
-            write_extxyz(StructureDataset(done), out / f"{part}.extxyz")
-        summary = {"dataset": self.name, "train": {"n": config.n_train}, "test": {"n": config.n_test}}
-        (out / "summary.json").write_text(json.dumps(summary))
-        return summary
 
 
 @pytest.fixture(scope="module", autouse=True)

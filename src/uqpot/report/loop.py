@@ -2,7 +2,9 @@
 claims checked first, then every number with its 95% interval.
 
 A study runs its loop once per seed (``OUT/seed{s}``, see :mod:`uqpot.studies.study`); a plain loop is one
-seed in ``OUT``.  Tables (``table_<name>.csv``, and ``results.json``):
+seed in ``OUT``.  Kept whole (about 400 lines): one report, read top to bottom in the order its sections appear;
+the optional sections (samplers, --seeds auto, the stopping rule) live in modules of their own.  Tables
+(``table_<name>.csv``, and ``results.json``):
 
 * ``claims``: each claim of the paper for this system, its comparisons, effects, intervals and verdicts
   (:mod:`uqpot.report.claims`); also ``claims.json``;
