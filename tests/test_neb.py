@@ -111,3 +111,34 @@ def test_nh3_inversion_barrier_gfn2_xtb():
     assert res.barrier == pytest.approx(res.barrier_reverse, abs=0.05)
     np.testing.assert_allclose(res.energies, res.energies[::-1], atol=0.05)
     assert res.saddle_index == 4
+
+
+def test_band_of_a_uqpot_model_is_one_call_per_step_and_equals_the_shared_calculator():
+    """A uqpot model's band is evaluated in one batched call per optimiser step (uqpot.md.band), with the
+    energies and forces of the one-image-at-a-time calculator; both bands relax to the same profile."""
+    from ase.mep import NEB
+
+    from uqpot.md.band import attach_band
+    from uqpot.md.calculator import UQPotCalculator
+
+    torch.manual_seed(1)
+    model = Potential(features=16, interactions=2, rbf=8, readout_hidden=16).double().eval()
+    model.known_elements[[1, 7]] = True
+    a, b = nh3_pyramid(), mirror(nh3_pyramid())
+    images = [a.copy() for _ in range(6)] + [b.copy()]
+    NEB(images).interpolate()
+    ev = attach_band(model, images)
+    one = UQPotCalculator(model)
+    for im in images:
+        ref = im.copy()
+        ref.calc = one
+        assert im.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+        np.testing.assert_allclose(im.get_forces(), ref.get_forces(), atol=1e-9)
+    assert ev.calls == 1  # seven images, one model call
+    images[3].positions[1, 0] += 0.01  # one image moves: the band is evaluated again, once
+    _ = [im.get_forces() for im in images]
+    assert ev.calls == 2
+    batched = run_neb(a, b, model, n_images=7, fmax=0.05, steps=60)
+    shared = run_neb(a, b, one, n_images=7, fmax=0.05, steps=60)
+    assert batched.steps == shared.steps
+    np.testing.assert_allclose(batched.energies, shared.energies, atol=1e-6)

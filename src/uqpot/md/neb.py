@@ -12,7 +12,8 @@ FIRE or BFGS):
    max E − E(initial minimum) are returned (:class:`NEBResult`).
 
 A method is any of: a uqpot model (Potential or UQ method; through
-:class:`~uqpot.md.calculator.UQPotCalculator`), a uqpot oracle (``uqpot.oracle``: PySCF, tblite, any
+:class:`~uqpot.md.calculator.UQPotCalculator` for the endpoints' relaxation and
+:mod:`uqpot.md.band`, every image of the band in one model call, for the band), a uqpot oracle (``uqpot.oracle``: PySCF, tblite, any
 :class:`~uqpot.oracle.ase.ASEOracle`; through :class:`OracleCalculator`), an ASE calculator (shared by the
 images) or a zero-argument factory of ASE calculators (one per image).  ASE works in eV and Å; results are
 converted to kcal/mol with :mod:`uqpot.core.units`.  ``fmax`` values are in eV/Å (ASE's unit; 0.01 eV/Å ≈
@@ -26,10 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..core.units import EV_TO_KCAL_PER_MOL
+from .band import attach_band
 
 OPTIMIZERS = ("FIRE", "BFGS")
 
@@ -57,8 +60,6 @@ class OracleCalculator(Calculator):
 def calculator_factory(method) -> tuple[Callable[[], Calculator], bool]:
     """``(factory, shared)``: how to give each image a calculator for ``method`` (see the module docstring);
     ``shared`` says whether the factory returns the same object every time."""
-    import torch
-
     from ..oracle.base import BaseOracle
     from .calculator import UQPotCalculator
 
@@ -150,10 +151,14 @@ def run_neb(initial: Atoms, final: Atoms, method, *, n_images: int = 11, climb: 
 
     if n_images < 3:
         raise ValueError("a band needs at least 3 images")
-    factory, shared = calculator_factory(method)
     images = [initial.copy()] + [initial.copy() for _ in range(n_images - 2)] + [final.copy()]
-    for im in images:
-        im.calc = factory()
+    if isinstance(method, torch.nn.Module):  # a uqpot model: the whole band in one call (uqpot.md.band)
+        attach_band(method, images)
+        shared = False
+    else:
+        factory, shared = calculator_factory(method)
+        for im in images:
+            im.calc = factory()
     neb = NEB(images, k=k, climb=climb, remove_rotation_and_translation=remove_rotation_and_translation,
               method=neb_method, allow_shared_calculator=shared)
     neb.interpolate(method=interpolation)
