@@ -64,10 +64,11 @@ ATTACK_S = {
     "silica_quick": {"ensemble": 0.0699, "mve": 0.0092, "evidential": 0.00815, "gmm": 0.00815},
     "silica_paper": {"ensemble": 0.679 * 0.0699 / 0.00815, "mve": 0.970, "evidential": 1.091, "gmm": 0.679},
 }
-#: seconds per band step (11 images) and per endpoint relaxation step of the NH3 inversion NEB
+#: seconds per band step (11 images, the whole band in one model call: uqpot.md.band) and per endpoint
+#: relaxation step of the NH3 inversion NEB (benchmarks/plan_costs.py --only neb, load average 0.6 on 2 cores)
 NEB_STEP_S = {
-    "ammonia_quick": {"none": {"band": 0.158, "relax": 0.0053}, "ensemble": {"band": 0.208, "relax": 0.0053}},
-    "ammonia_paper": {"none": {"band": 0.169, "relax": 0.0054}, "ensemble": {"band": 0.286, "relax": 0.0084}},
+    "ammonia_quick": {"none": {"band": 0.0199, "relax": 0.0077}, "ensemble": {"band": 0.0282, "relax": 0.0066}},
+    "ammonia_paper": {"none": {"band": 0.0235, "relax": 0.0073}, "ensemble": {"band": 0.0460, "relax": 0.0125}},
 }
 #: a plain training step of the paper's PaiNN (batch 64) on rMD17-sized molecules, by atoms (ethanol at 9;
 #: the others compact random molecules at ethanol's density: all pairs within the cutoff, an upper bound)
@@ -107,13 +108,13 @@ BUILD = {
 #: minimum, the MD's energy floor, and its inversion profile)
 ONCE_CALLS = {"ammonia": AMMONIA_MINIMUM_CALLS + AMMONIA_ORACLE_NEB_CALLS}
 
-#: the NEB's steps are those of a trained model, unknown before it exists.  Single NEB runs took 25-340 s
-#: in the quick ammonia study (64 features); at the 0.16-0.21 s band step measured here that is about
-#: 120-2,000 band steps: the plan takes NEB_BAND_STEPS (and NEB_RELAX_STEPS per endpoint); the most is 2,000.
+#: the NEB's steps are those of a trained model, unknown before it exists.  In the quick ammonia study (64
+#: features) the bands of one seed took 109-676 band steps (2.4-15 s each with the batched band): the plan
+#: takes NEB_BAND_STEPS (and NEB_RELAX_STEPS per endpoint); the most is 2,000.
 NEB_BAND_STEPS = 300
 NEB_RELAX_STEPS = 50
-NEB_NOTE = ("NEB: the band's steps are not known before the model is; counted as 300 band steps per run (single runs "
-            "took 25-340 s in the quick study), at most 2,000")
+NEB_NOTE = ("NEB: the band's steps are not known before the model is; counted as 300 band steps per run (one seed's "
+            "runs in the quick study took 109-676), at most 2,000")
 
 GPU_NOTE = ("no per-step figure has been measured on a GPU for these workloads, so there is no GPU estimate "
             "(run benchmarks/plan_costs.py there; benchmarks/gpu_check.sh times the separate parts)")
