@@ -326,5 +326,31 @@ def test_the_grid_pairs_on_molecule_split_and_seed():
 
 def test_the_module_says_what_each_comparison_is_paired_on():
     doc = C.__doc__
-    for unit in ("**seed**", "**(molecule, split, seed)**", "**test structure**", "*not paired*"):
+    for unit in ("**seed**", "**(molecule, split, seed)**", "**test structure**", "**trajectory start**", "*not paired*"):
         assert unit in doc
+
+
+def test_one_seed_stable_fraction_is_paired_on_the_trajectory_start():
+    """Two methods of one generation ran from the same 40 starts: A is stable on 30, B on 24 of those 30.
+    Newcombe (unpaired) cannot tell 0.75 from 0.60; the paired per-start bootstrap sees six discordant starts,
+    all one way, and resolves it.  Starts that differ (another generation's MD seed) fall back to Newcombe."""
+    claim = _claim("fig3d_gen1_stability_order")  # ensemble > evidential > gmm > mve
+    q = "stable_md_fraction"
+    starts = [(str(k), "300.0", "7") for k in range(40)]
+    a = {s: int(k < 30) for k, s in enumerate(starts)}
+    b = {s: int(k < 24) for k, s in enumerate(starts)}
+    outcomes = {("ensemble", 1): a, ("evidential", 1): b, ("gmm", 1): b, ("mve", 1): b}
+    values = {(m, 1, q): [sum(o.values()) / 40] for (m, _), o in outcomes.items()}
+    counts = {(m, 1): [(sum(o.values()), 40)] for (m, _), o in outcomes.items()}
+    obs = _obs(values, counts)
+    unpaired = {c["comparison"]: c for c in C.evaluate(claim, obs)["comparisons"]}
+    obs.outcomes = lambda m, g, s: outcomes.get((m, g))
+    paired = {c["comparison"]: c for c in C.evaluate(claim, obs)["comparisons"]}
+    key = next(k for k in paired if k.startswith("ensemble") and "evidential" in k)
+    assert unpaired[key]["interval"].startswith("one seed: Newcombe") and unpaired[key]["low"] < 0
+    assert paired[key]["paired_on"].startswith("trajectory start")
+    assert paired[key]["effect"] == pytest.approx(0.15) and paired[key]["low"] > 0
+    assert paired[key]["verdict"] == "reproduced" and unpaired[key]["verdict"] == "inconclusive"
+    other = {s[:2] + ("8",): v for s, v in b.items()}  # another MD seed: not the same starts
+    obs.outcomes = lambda m, g, s: a if m == "ensemble" else other
+    assert C.evaluate(claim, obs)["comparisons"][0]["interval"].startswith("one seed: Newcombe")

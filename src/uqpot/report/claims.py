@@ -18,9 +18,14 @@ What each comparison is paired on (its ``paired_on`` column; the unit is the stu
   structures; "rises"/"falls" compare one method's generations within each seed;
 * the rMD17 grid: the **(molecule, split, seed)** unit: both methods trained on the same structures with
   the same seed;
-* one unit: a stable-MD fraction is *not paired* (Newcombe treats the two models' trajectories of the seed
-  as independent samples), Spearman and ROC-AUC are paired on the **test structure** (the bootstrap
-  resamples the structures of both models together).
+* one unit: a stable-MD fraction of two methods in one generation is paired on the
+  **trajectory start**: both models ran from the same start structures, temperatures, velocities and thermostat noise
+  (the MD seed is the loop seed plus the generation), so the effect is the mean of the per-start
+  differences of the outcomes (stable 1, not 0) with the percentile bootstrap over the starts, resampled
+  together; where the starts differ (two generations) or the per-start outcomes are not at hand it is
+  *not paired* (Newcombe treats the two models' trajectories of the seed as independent samples).
+  Spearman and ROC-AUC are paired on the **test structure** (the bootstrap resamples the structures of
+  both models together).
 
 p-values (:mod:`uqpot.metrics.significance`): over two or more units the paired t-test of the per-unit
 differences (scipy's ``ttest_1samp`` against 0), consistent with the t-interval; one unit: the p-value of
@@ -105,11 +110,13 @@ class Observations:
 
     ``values[(method, generation, quantity)] = {unit: value}``; ``counts[(method, generation)] = {unit: (k, n)}``
     (stable trajectories of all); ``predictions(method, generation, unit) -> (U, ε)`` of the test set, for
-    the bootstrap of a single seed.  Units are seeds for a loop, (molecule, split, seed) for a grid (``unit``)."""
+    the bootstrap of a single seed; ``outcomes(method, generation, unit) -> {start: 0 or 1}`` the stability of
+    each trajectory by its start (start structure, temperature, MD seed), for the paired comparison of one seed.  Units are seeds for a loop, (molecule, split, seed) for a grid (``unit``)."""
 
     values: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
     predictions: Callable | None = None
+    outcomes: Callable | None = None
     last_generation: int = 1
     #: what a replicate unit is (the ``paired_on`` of comparisons over two or more units)
     unit: str = "seed"
@@ -185,7 +192,15 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
     else:
         u = units[0]
         e = _effect(va[u] - vb[u], how="one seed: no interval")
-        if q == "stable_md_fraction" and u in obs.counts.get(a, {}) and u in obs.counts.get(b, {}):
+        paired = _per_start(obs, a, b, u) if q == "stable_md_fraction" else None
+        if paired is not None:
+            xa, xb = paired
+            est, vals = iv.bootstrap_distribution(lambda x, y: float(np.mean(x - y)), xa, xb, seed=0)
+            d, lo, hi = iv.percentile_interval(est, vals)
+            e = _effect(d, lo, hi, f"one seed: paired bootstrap over {len(xa)} trajectory starts",
+                        "trajectory start (one seed: both models from the same starts, velocities and noise)",
+                        sig.bootstrap_p(vals))
+        elif q == "stable_md_fraction" and u in obs.counts.get(a, {}) and u in obs.counts.get(b, {}):
             (k1, n1), (k2, n2) = obs.counts[a][u], obs.counts[b][u]
             d, lo, hi = iv.newcombe_difference(k1, n1, k2, n2)
             e = _effect(d, lo, hi, f"one seed: Newcombe over {n1} and {n2} trajectories",
@@ -200,6 +215,18 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
                             "test structure (one seed: both models on the same structures)", sig.bootstrap_p(vals))
     e["hypothesis"] = hyp
     return _flip(e, sign)
+
+
+def _per_start(obs: Observations, a: tuple[str, int], b: tuple[str, int], unit):
+    """The two models' outcomes (stable 1, not 0) on the same trajectory starts, in one order, or None where
+    either is missing or their starts differ (e.g. two generations: another MD seed)."""
+    if obs.outcomes is None:
+        return None
+    oa, ob = obs.outcomes(*a, unit), obs.outcomes(*b, unit)
+    if not oa or not ob or set(oa) != set(ob):
+        return None
+    keys = sorted(oa, key=str)
+    return (np.array([oa[k] for k in keys], dtype=float), np.array([ob[k] for k in keys], dtype=float))
 
 
 def _of_ranking(q: str) -> bool:

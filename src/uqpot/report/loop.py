@@ -2,7 +2,7 @@
 claims checked first, then every number with its 95% interval.
 
 A study runs its loop once per seed (``OUT/seed{s}``, see :mod:`uqpot.studies.study`); a plain loop is one
-seed in ``OUT``.  Kept whole (about 400 lines): one report, read top to bottom in the order its sections appear;
+seed in ``OUT``.  Kept whole (under 400 lines): one report, read top to bottom in the order its sections appear;
 the optional sections (samplers, --seeds auto, the stopping rule) live in modules of their own.  Tables
 (``table_<name>.csv``, and ``results.json``):
 
@@ -42,6 +42,7 @@ from ..metrics.registry import MetricInputs, metrics, table_names
 from ..core.provenance import write_json
 from . import figures as fg
 from .sequential import sequential_record, sequential_section
+from .observations import uq_predictions, observations
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                    fidelity_section, mixture_figures)
 
@@ -128,13 +129,6 @@ def records(run: Path) -> tuple[list[dict], dict]:
     return out, cfg0 or {}
 
 
-def _predictions(rec: dict):
-    p = _load_npz(Path(rec["dir"]) / f"gen{rec['generation']}" / rec["method"] / "train" / "test_predictions.npz")
-    if p is None or "uncertainty" not in p:
-        return None
-    return np.asarray(p["uncertainty"], dtype=float), np.asarray(p["forces_sq_error"], dtype=float)
-
-
 def seed_rows(recs: list[dict]) -> list[dict]:
     """Per seed: the metrics, bootstrap intervals of Spearman and ROC-AUC, Wilson of the stable fraction."""
     rows = []
@@ -143,7 +137,7 @@ def seed_rows(recs: list[dict]) -> list[dict]:
                                      "added_E_min", "added_E_max", "neb_barrier", "neb_barrier_oracle")}
         if row.get("stress_mae") is None:  # molecules: no stress
             row.pop("stress_mae", None)
-        pred = _predictions(r)
+        pred = uq_predictions(r)
         if pred is not None:
             for m in metrics(kind="uq", needs_calibration=False, summary=True):  # of U and ε alone
                 _, lo, hi = iv.bootstrap(lambda u, e, f=m.function: f(MetricInputs(u, e, None)), *pred,
@@ -196,19 +190,6 @@ def summary_rows(recs: list[dict]) -> list[dict]:
             row["neb_barrier_oracle"] = oracle[0]
         rows.append(row)
     return rows
-
-
-def observations(recs: list[dict]) -> claims_mod.Observations:
-    obs = claims_mod.Observations(last_generation=max((r["generation"] for r in recs), default=1))
-    by_key = {(r["method"], r["generation"], r["seed"]): r for r in recs}
-    for r in recs:
-        for q in claims_mod.quantities():
-            if r.get(q) is not None:
-                obs.values.setdefault((r["method"], r["generation"], q), {})[r["seed"]] = float(r[q])
-        if r.get("md_runs"):
-            obs.counts.setdefault((r["method"], r["generation"]), {})[r["seed"]] = (r["md_stable"], r["md_runs"])
-    obs.predictions = lambda m, g, s: _predictions(by_key[(m, g, s)]) if (m, g, s) in by_key else None
-    return obs
 
 
 def _interval_bars(rows: list[dict], key: str) -> dict:

@@ -41,7 +41,8 @@ from ..core.errors import ConfigError
 from ..core.provenance import write_json
 from ..metrics.significance import spending_alphas
 from ..report import claims as claims_mod
-from ..report.loop import observations, records
+from ..report.loop import records
+from ..report.observations import observations
 from .study import Study, run_study_loop, study_seeds
 
 ALPHA = 0.05
