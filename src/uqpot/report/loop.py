@@ -3,7 +3,7 @@ claims checked first, then every number with its 95% interval.
 
 A study runs its loop once per seed (``OUT/seed{s}``, see :mod:`uqpot.studies.study`); a plain loop is one
 seed in ``OUT``.  Kept whole (about 400 lines): one report, read top to bottom in the order its sections appear;
-the optional sections (samplers, --seeds auto, the stopping rule) live in modules of their own.  Tables
+the optional sections (samplers, --seeds auto, the final models) live in modules of their own.  Tables
 (``table_<name>.csv``, and ``results.json``):
 
 * ``claims``: each claim of the paper for this system, its comparisons, effects, intervals and verdicts
@@ -22,6 +22,8 @@ the optional sections (samplers, --seeds auto, the stopping rule) live in module
 * ``sequential`` (a study run with ``--seeds auto``, :mod:`uqpot.studies.sequential`, whose record
   ``OUT/sequential.json`` ends with the seeds reported): one row per look, its seeds, level α_k, the claims
   resolved / unresolved / undecidable and the decision; the claims table then uses the last look's α_k;
+* ``final`` (a loop with ``until``): every method's final model and what it is good for
+  (:mod:`uqpot.report.final`);
 * ``seeds``: one row per seed, generation and method, with bootstrap intervals over the test structures
   for Spearman and ROC-AUC (1000 resamples, seeded) and the within-seed Wilson interval of its stable-MD
   fraction over its own trajectories (``stable_md_fraction_within_seed_lo/_hi``).
@@ -41,6 +43,7 @@ from ..metrics import intervals as iv
 from ..metrics.registry import MetricInputs, metrics, table_names
 from ..core.provenance import write_json
 from . import figures as fg
+from .final import final_section
 from .sequential import sequential_record, sequential_section
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                    fidelity_section, mixture_figures)
@@ -260,6 +263,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
                                                 "(stable-MD fraction)")
 
     stopping_section(rep, dirs)
+    final_section(rep, dirs)
     md = _interval_bars(rows, "stable_md_fraction")
     if md:
         kinds = sorted({r["stable_md_interval"].split(",")[0].split(" (")[0] for r in rows if r.get("stable_md_interval")})
