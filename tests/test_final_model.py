@@ -6,14 +6,16 @@ resumed without training again, trained afresh when the loop goes on, off with `
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
+from uqpot.core.executor import get_executor
 from uqpot.data.io import ReadOptions, read_structures
 from uqpot.loop.active_learning import ActiveLearning
 from uqpot.loop.config import LoopConfig
-from uqpot.loop.replicates import run_loop
+from uqpot.loop.replicates import run_loop, run_loops
 from uqpot.report.loop import build_loop_report
 
 from support.tiny_loop import tiny_loop_config as _raw, tiny_loop_files
@@ -83,13 +85,37 @@ def test_the_final_model_of_a_stopped_method(tmp_path, ammonia_files):
     assert rec3["split"]["n_labels"] == 20 + rec3["good_for"]["labels_added"] > sp["n_labels"]
 
 
-def test_final_false_writes_nothing(tmp_path, ammonia_files):
+def test_final_models_run_on_the_executor(tmp_path, ammonia_files):
+    """On a Dask executor the final training is a job on a worker, with the numbers of training in-process."""
+    raw = _raw(tmp_path, ammonia_files, "loose", {"tolerance": 1e6, "target": 0.5})
+    run_loop(ActiveLearning(LoopConfig.model_validate(raw)))
+    out = tmp_path / "loose"
+    here = json.loads((out / "final.json").read_text())["methods"]["ensemble"]
+    assert here["good_for"]["stopped_because"] == "converged" and here["generation"] == 1
+    shutil.rmtree(out / "final")
+    (out / "final.json").unlink()
+    with get_executor("local", n_workers=1) as ex:
+        [summary] = run_loops([ActiveLearning(LoopConfig.model_validate(raw), executor=ex)], ex)
+    there = json.loads((out / "final.json").read_text())["methods"]["ensemble"]
+    assert summary["final"]["ensemble"]["generation"] == 1 and there["split"] == here["split"]
+    for k in ("forces_mae", "energy_mae", "spearman"):
+        assert there["test"][k] == pytest.approx(here["test"][k], rel=1e-6, abs=1e-9), k
+    assert there["calibration"]["a"] == pytest.approx(here["calibration"]["a"], rel=1e-6, abs=1e-12)
+
+
+def test_final_false_writes_nothing_and_can_be_turned_on_later(tmp_path, ammonia_files):
     raw = _raw(tmp_path, ammonia_files, "off", {"tolerance": 1e6, "target": 0.5, "final": False})
     summary = run_loop(ActiveLearning(LoopConfig.model_validate(raw)))
     out = tmp_path / "off"
     assert list(summary["generations"]) == [1] and "final" not in summary
     assert (out / "stopping.json").is_file()
     assert not (out / "final").exists() and not (out / "final.json").exists()
+    # turned on for the finished loop (the final settings may change on a rerun): trained now, nothing else redone
+    stop = (out / "gen1" / "ensemble" / "stopping.json").stat().st_mtime_ns
+    raw["until"] = {**raw["until"], "final": True, "final_val_fraction": 0.5}
+    again = run_loop(ActiveLearning(LoopConfig.model_validate(raw)))
+    assert again["final"]["ensemble"]["n_val"] == 10 and again["final"]["ensemble"]["n_train"] == 10
+    assert (out / "gen1" / "ensemble" / "stopping.json").stat().st_mtime_ns == stop
 
 
 def test_final_settings_are_checked():

@@ -3,7 +3,7 @@ claims checked first, then every number with its 95% interval.
 
 A study runs its loop once per seed (``OUT/seed{s}``, see :mod:`uqpot.studies.study`); a plain loop is one
 seed in ``OUT``.  Kept whole (about 400 lines): one report, read top to bottom in the order its sections appear;
-the optional sections (samplers, --seeds auto, the final models) live in modules of their own.  Tables
+the optional sections (samplers, --seeds auto, the stopping rule) live in modules of their own.  Tables
 (``table_<name>.csv``, and ``results.json``):
 
 * ``claims``: each claim of the paper for this system, its comparisons, effects, intervals and verdicts
@@ -43,10 +43,10 @@ from ..metrics import intervals as iv
 from ..metrics.registry import MetricInputs, metrics, table_names
 from ..core.provenance import write_json
 from . import figures as fg
-from .final import final_section
 from .sequential import sequential_record, sequential_section
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                    fidelity_section, mixture_figures)
+from .final import final_section
 
 #: a seed's values besides the table metrics (uqpot.metrics.registry.table_names), averaged over seeds
 LOOP_KEYS = ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
