@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from uqpot.data.io import write_extxyz
 from uqpot.data.store import Store
 from uqpot.loop.active_learning import ActiveLearning
 from uqpot.loop.config import LoopConfig
@@ -20,6 +19,7 @@ from uqpot.loop.stopping import read_exploration
 from uqpot.report.loop import build_loop_report
 from uqpot.sample.stopping import (FractionEstimate, StoppingSettings, decide, exceed_probability,
                                    fraction_above, validate_fraction)
+from support.tiny_loop import tiny_loop_config, tiny_loop_files
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -82,23 +82,10 @@ def test_config_checks(tmp_path):
 # ------------------------------------------------------------------------------------------- end to end
 @pytest.fixture
 def ammonia_files(tmp_path, ammonia):
-    e = ammonia.energies()
-    write_extxyz(ammonia.subset(np.nonzero(e < 5.0)[0][:20]), tmp_path / "train.extxyz")
-    write_extxyz(ammonia.subset(np.nonzero(e >= 5.0)[0][:8]), tmp_path / "test.extxyz")
-    return tmp_path / "train.extxyz", tmp_path / "test.extxyz"
+    return tiny_loop_files(tmp_path, ammonia)
 
 
-def _raw(tmp_path, files, name, until):
-    return {"seed": 0, "out": str(tmp_path / name), "system": "ammonia", "methods": ["ensemble"], "generations": 2,
-            "data": {"train": str(files[0]), "test": str(files[1]), "align_structures": 2},
-            "model": {"features": 8, "interactions": 1, "rbf": 8, "readout_hidden": 8},
-            "uq": {"ensemble": {"members": 2}},
-            "train": {"epochs": 2, "batch_size": 8, "lr": 2e-3, "progress": False},
-            "attack": {"n_seeds": 2, "energy_cutoff": None}, "sampler": "md",
-            "sampling": {"replicas": 2, "steps": 10, "frame_every": 5, "trust_lo": 0.0, "trust_hi": 1e6},
-            "store": str(tmp_path / "labels.db"),
-            "until": {"replicas": 3, "steps": 10, "frame_every": 5, "temperatures_K": [300.0], **until},
-            "oracle": {"name": "ase", "options": {"calculator": "ase.calculators.emt.EMT"}}}
+_raw = tiny_loop_config
 
 
 def test_a_loop_stops_when_the_target_is_met_and_runs_on_when_it_cannot_be(tmp_path, ammonia_files):

@@ -20,7 +20,9 @@ steers the learning-rate schedule and the best-model choice, also covers the new
 One backbone in generation 1: the post-hoc methods (GMM, LLPR) train a plain potential, and in generation 1
 every method has the same data, so when the loop has two or more of them they share one network trained in
 ``OUT/gen1/backbone/train/`` and each wraps it (the numbers of training it alone).  From generation 2 on
-each method's data holds its own adversarial samples, and each trains its own network.
+each method's data holds its own adversarial samples, and each trains its own network.  With a stopping rule
+(``until``), each method that stopped gets a final model on all its labels once the generations end
+(:mod:`uqpot.loop.final`, run by :mod:`uqpot.loop.replicates`).
 """
 
 

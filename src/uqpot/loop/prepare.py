@@ -33,7 +33,8 @@ from ..core.rundir import check_out_dir, file_hashes, place, refuse_changed_file
 
 #: what a loop writes directly into ``out`` (besides its generation folders ``gen<g>/``); the label store
 #: is not among them: its labels cost oracle calls and are never removed
-LOOP_FILES = ("config.yaml", "run.json", "alignment.json", "summary.json", "loop.log", "neb_oracle.json")
+LOOP_FILES = ("config.yaml", "run.json", "alignment.json", "summary.json", "loop.log", "neb_oracle.json",
+              "stopping.json", "stopping.csv", "final.json")
 #: the smallest validation and test sets: the calibration and the UQ metrics rank structures
 MIN_STRUCTURES = 2
 
@@ -164,8 +165,8 @@ def prepare_loop(cfg, config_path=None) -> PreparedLoop:
 
 
 def clear_loop(out) -> list[str]:
-    """Removes the loop's own outputs from ``out`` (:data:`LOOP_FILES` and the generation folders
-    ``gen<g>/``), never the label store; returns what was removed."""
+    """Removes the loop's own outputs from ``out`` (:data:`LOOP_FILES`, the generation folders ``gen<g>/``
+    and the final models' ``final/``), never the label store; returns what was removed."""
     out = Path(out)
     removed = []
     for name in LOOP_FILES:
@@ -176,6 +177,9 @@ def clear_loop(out) -> list[str]:
         if d.is_dir() and d.name[3:].isdigit():
             shutil.rmtree(d)
             removed.append(d.name + "/")
+    if (out / "final").is_dir():
+        shutil.rmtree(out / "final")
+        removed.append("final/")
     return removed
 
 

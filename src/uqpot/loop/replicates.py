@@ -15,6 +15,7 @@ from ..core.provenance import write_json
 from ..uq import method_class
 from .active_learning import ActiveLearning
 from .config import LoopConfig
+from .final import final_models
 from .stopping import write_stopping
 
 
@@ -50,7 +51,9 @@ def run_loop(loop: ActiveLearning) -> dict:
 
 def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[dict]:
     """Runs several loops (replicates of one study: one per seed) generation by generation; within a
-    generation every (loop, method) pair is independent and runs on the executor when one is given.
+    generation every (loop, method) pair is independent and runs on the executor when one is given.  When
+    the generations have ended, a loop with ``until`` trains the final model of every method that stopped
+    (:func:`uqpot.loop.final.final_models`: jobs on the executor, or in-process).
     Results are collected by (loop, method), never in the order workers finish; returns each loop's
     summary (also written to its ``summary.json`` after every generation).  Every loop is checked before
     any writes (:meth:`ActiveLearning.validate`)."""
@@ -68,7 +71,7 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
     seeds = len(loops) > 1
     samplers = len({str(al.cfg.sampler) for al in loops}) > 1
     earlier = {(k, int(g), m) for k, al in enumerate(loops) for g, recs in _finished(al.out).items() for m in recs}
-    stopped: set = set()  # (loop, method) pairs whose stopping rule (``until``) said stop
+    stopped: dict = {}  # (loop, method) pairs whose stopping rule (``until``) said stop: the generation
     for g in range(1, generations + 1):
         todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations and (k, m) not in stopped]
         if not todo:
@@ -96,7 +99,7 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
         for k, m in todo:
             st = results[k, m].get("stopping")
             if st is not None and st["decision"] == "stop":
-                stopped.add((k, m))
+                stopped[k, m] = g
                 loops[k].log(f"{m} stopped after generation {g}: {st['reason']}")
         for k, al in enumerate(loops):
             recs = {m: results[k, m] for m in al.cfg.methods if (k, m) in results}
@@ -105,6 +108,13 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
                 write_json(al.out / "summary.json", summaries[k])
             if al.cfg.until is not None and recs:
                 write_stopping(al.out, al.cfg.methods)
+    # the generations have ended (every method stopped, or the last generation ran): each stopped method's final
+    # model (uqpot.loop.final), on the executor's workers when it has them
+    for k, recs in enumerate(final_models(loops, stopped, executor, parallel)):
+        if recs:
+            summaries[k]["final"] = {m: {"generation": r["generation"], "n_train": r["split"]["n_train"],
+                                         "n_val": r["split"]["n_val"], "test": r["test"]} for m, r in recs.items()}
+            write_json(loops[k].out / "summary.json", summaries[k])
     return summaries
 
 

@@ -25,6 +25,8 @@ def _unread_settings(before: LoopConfig | None, cfg: LoopConfig) -> tuple[str, .
     return ("sampling",) if before is not None and not reads_sampling(before) and not reads_sampling(cfg) else ()
 
 
+#: ``until`` settings that only the final models read (:mod:`uqpot.loop.final` trains again when they change)
+FINAL_KEYS = ("final", "final_val_fraction")
 #: settings of a loop config that name files: compared as files, not as strings (:func:`uqpot.core.rundir.same_file`)
 PATH_KEYS = ("data.train", "data.test", "store", "init_model")
 
@@ -34,7 +36,9 @@ def check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     (:func:`uqpot.fit.run.kept_speed_choices`).  Settings that neither the stored loop nor ``cfg`` reads
     (:func:`_unread_settings`: the MD samplers' ``sampling`` in a loop that only attacks) are not compared,
     nor is ``out`` (the folder may be given another way, or moved); file paths are compared as files.  Any
-    other difference is refused, naming the settings."""
+    other difference is refused, naming the settings.  Neither are ``until.final`` and
+    ``until.final_val_fraction`` (:data:`FINAL_KEYS`): they change only the final models, which
+    :mod:`uqpot.loop.final` trains again when they do."""
     old = out / "config.yaml"
     if not old.is_file():
         return cfg
@@ -53,6 +57,8 @@ def check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
     for d in (prev, cur):  # a longer loop may continue a shorter one
         if isinstance(d, dict):
             d.pop("generations", None)
+            for key in FINAL_KEYS:  # the final models' settings: uqpot.loop.final retrains on a change
+                (d.get("until") or {}).pop(key, None)
             d.get("train", {}).pop("progress", None)
             for key in unread:
                 d.pop(key, None)

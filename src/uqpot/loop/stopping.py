@@ -61,7 +61,8 @@ def until_step(d: Path, cfg: LoopConfig, g: int, method: str, model, model_file:
     write_extxyz(StructureDataset(_frames(ex)), d / "until" / "frames.extxyz")
     rec = {"generation": g, "method": method, **est.record(), "tolerance": st.tolerance, "target": st.target,
            "labels_added": labels_added, "max_labels": st.max_labels, "decision": decision, "reason": reason,
-           "temperatures_K": temps, "timestep_fs": dt, "steps": st.steps, "frame_every": st.frame_every,
+           "temperatures_K": temps, "timestep_fs": dt, "steps": st.steps, "replicas": st.replicas,
+           "frame_every": st.frame_every,
            "trajectory_fractions": [float(np.mean(p)) if len(p) else None for p in ex.probabilities()],
            "unstable_trajectories": sum(not t["stable"] for t in ex.trajectories),
            "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor},

@@ -22,6 +22,8 @@ the optional sections (samplers, --seeds auto, the stopping rule) live in module
 * ``sequential`` (a study run with ``--seeds auto``, :mod:`uqpot.studies.sequential`, whose record
   ``OUT/sequential.json`` ends with the seeds reported): one row per look, its seeds, level α_k, the claims
   resolved / unresolved / undecidable and the decision; the claims table then uses the last look's α_k;
+* ``final`` (a loop with ``until``): every method's final model and what it is good for
+  (:mod:`uqpot.report.final`);
 * ``seeds``: one row per seed, generation and method, with bootstrap intervals over the test structures
   for Spearman and ROC-AUC (1000 resamples, seeded) and the within-seed Wilson interval of its stable-MD
   fraction over its own trajectories (``stable_md_fraction_within_seed_lo/_hi``).
@@ -45,6 +47,7 @@ from .sequential import sequential_record, sequential_section
 from .observations import uq_predictions, observations
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                    fidelity_section, mixture_figures)
+from .final import final_section
 
 #: a seed's values besides the table metrics (uqpot.metrics.registry.table_names), averaged over seeds
 LOOP_KEYS = ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
@@ -241,6 +244,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
                                                 "(stable-MD fraction)")
 
     stopping_section(rep, dirs)
+    final_section(rep, dirs)
     md = _interval_bars(rows, "stable_md_fraction")
     if md:
         kinds = sorted({r["stable_md_interval"].split(",")[0].split(" (")[0] for r in rows if r.get("stable_md_interval")})

@@ -68,7 +68,10 @@ class StoppingSettings(Strict):
     (kcal/mol/Å); ``target``: the fraction of frames above it that is acceptable; ``max_labels``: a label
     budget per method (labels the loop added, not the initial data).  Exploration: ``replicas`` trajectories
     of ``steps`` steps at ``temperatures_K`` (unset: the loop's ``md`` temperatures, else the system's MD
-    preset), a frame every ``frame_every`` steps.  With ``until`` set, ``generations`` is the maximum number."""
+    preset), a frame every ``frame_every`` steps.  With ``until`` set, ``generations`` is the maximum number.
+    ``final``: once a method has stopped (converged, label budget or generations exhausted), the loop trains its
+    final model on every label it gathered (:mod:`uqpot.loop.final`), holding out ``final_val_fraction`` of
+    them (seeded from the loop's seed) for the best-epoch choice and the calibration only."""
 
     tolerance: float = Field(gt=0.0)
     target: float = Field(0.01, gt=0.0, le=1.0)
@@ -79,6 +82,8 @@ class StoppingSettings(Strict):
     frame_every: int = Field(10, ge=1)
     timestep_fs: Optional[float] = Field(None, gt=0.0)
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    final: bool = True
+    final_val_fraction: float = Field(0.1, gt=0.0, le=0.5)
 
 
 def exceed_probability(sigma, n_components, tolerance: float) -> np.ndarray:
