@@ -93,3 +93,16 @@ def test_the_plan_decides_compilation_by_autocompiles_break_even():
     assert predicted_saving(1450, 16 * 81, 128)[0] and not predicted_saving(1250, 16 * 81, 128)[0]
     # the MD call: 400 NH3 replicas of the paper's PaiNN, break-even after about 580 steps
     assert predicted_saving(620, 400 * 16, 128, md=True)[0] and not predicted_saving(540, 400 * 16, 128, md=True)[0]
+
+
+def test_the_ammonia_medium_plan_runs_the_papers_trajectory_length_on_ten_seeds(tmp_path, monkeypatch):
+    """configs/ammonia_medium.yaml: 10 seeds x 4 methods x 3 generations; 5 runs x 4 temperatures of 5 ps
+    (the paper's length) at 0.5 fs; planned between the quick preset and the paper's, within about 4 hours."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", "medium", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "jobs: 120 (seed x method x generation)" in r.output
+    assert "trajectories: 2,400 (5 runs x 4 temperature(s) per job), MD steps: 10,000 each" in r.output
+    quick = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", "quick", "--dry-run"]).output
+    paper = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", "paper", "--dry-run"]).output
+    assert _wall_s(quick) < _wall_s(r.output) <= 4.5 * 3600 < _wall_s(paper)

@@ -14,7 +14,7 @@ class Ammonia(System):
 
     name = "ammonia"
     config = AmmoniaConfig
-    preset_files = {"quick": "ammonia_quick.yaml", "paper": "ammonia.yaml"}
+    preset_files = {"quick": "ammonia_quick.yaml", "medium": "ammonia_medium.yaml", "paper": "ammonia.yaml"}
     #: the paper's campaign: 100 runs x 5 ps at 300-1000 K, 0.5 fs steps, Nosé-Hoover NVT
     md_preset = dict(runs=100, temperatures_K=[300.0, 500.0, 750.0, 1000.0], duration_fs=5000.0,
                      timestep_fs=0.5, skin=2.0)
