@@ -74,3 +74,20 @@ def test_holm_is_statsmodels():
     assert rej == [True, False, False, False] and adj == pytest.approx([0.04, 0.09, 0.09, 0.5])
     with pytest.raises(ValueError):
         sig.holm([0.01, float("nan")])
+
+
+def test_units_needed_inverts_the_detectable_effect():
+    """The seeds the paired t-test needs for the observed effect: at that many, the detectable effect is at
+    most the observed one, and at one fewer it is larger; no effect needs infinitely many."""
+    rng = np.random.default_rng(3)
+    d = 0.1 + 0.2 * rng.standard_normal(6)
+    n = sig.units_needed(d)
+    assert 6 < n < 1000
+    sd = d.std(ddof=1)
+    for k, ok in ((int(n), True), (int(n) - 1, False)):
+        z = (d - d.mean()) / sd  # k differences with d's mean and standard deviation
+        z = np.resize(z, k)
+        z = (z - z.mean()) / z.std(ddof=1) * sd + d.mean()
+        assert (sig.detectable_effect(z) <= abs(d.mean())) == ok
+    assert sig.units_needed([0.1, -0.1, 0.2, -0.2]) == float("inf")
+    assert np.isnan(sig.units_needed([0.3]))

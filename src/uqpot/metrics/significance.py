@@ -80,6 +80,36 @@ def detectable_effect(differences: Sequence[float], power: float = 0.8, alpha: f
     return float(es) * sd
 
 
+def units_needed(differences: Sequence[float], power: float = 0.8, alpha: float = 0.05, most: int = 10_000) -> float:
+    """How many units (seeds) the paired two-sided t-test would need to detect the observed mean difference
+    with ``power`` at ``alpha``, at the observed standard deviation (statsmodels' ``TTestPower``, rounded up;
+    at least 2); inf where the observed mean is 0 or more than ``most`` would be needed, nan for fewer than
+    two differences.  A projection from the study's own estimates, which are themselves uncertain: an
+    order of magnitude, not a promise."""
+    from statsmodels.stats.power import TTestPower
+
+    d = _finite(differences)
+    if d.size < 2:
+        return NAN
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if mean == 0.0:
+        return math.inf
+    if sd == 0.0:
+        return 2.0
+    es = abs(mean) / sd
+
+    def enough(n: int) -> bool:
+        return float(TTestPower().power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided")) >= power
+
+    if not enough(most):
+        return math.inf
+    lo, hi = 1, most  # enough(hi); the power rises with n: the smallest n with enough power, by bisection
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return float(max(2, hi))
+
+
 def newcombe_p(k1: int, n1: int, k2: int, n2: int) -> float:
     """p-value of "k1/n1 = k2/n2" by inverting Newcombe's interval (see the module docstring)."""
     if n1 <= 0 or n2 <= 0:

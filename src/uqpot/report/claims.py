@@ -52,6 +52,9 @@ Power (``detectable_effect``): the smallest effect the paired t-test over the st
 with 80% power at α = 0.05 (two-sided), at the observed standard deviation of the per-unit differences
 (statsmodels' ``TTestPower``; see :func:`uqpot.metrics.significance.detectable_effect`); "n/a" for one unit.
 An inconclusive comparison whose |effect| lies well below it was beyond the study's power.
+``units_needed`` turns it around: how many units (seeds) the same test would need to detect the observed
+effect with 80% power at the observed standard deviation (:func:`uqpot.metrics.significance.units_needed`):
+what resolving the comparison would take, as an order of magnitude (both estimates are uncertain).
 
 Every claim cites what it encodes (``source``: section, figure or table; ``quote``: the paper's sentence)
 and carries the paper's own numbers where the paper gives them (``paper``); :func:`load_claims` refuses an
@@ -133,9 +136,10 @@ def _generation(spec, obs: Observations) -> int:
 
 
 def _effect(d=np.nan, lo=np.nan, hi=np.nan, how="no data", paired_on="—", p=np.nan, detectable=np.nan,
-            hypothesis="") -> dict:
+            hypothesis="", needed=np.nan) -> dict:
     return {"effect": float(d), "low": float(lo), "high": float(hi), "interval": how, "paired_on": paired_on,
-            "p": float(p), "detectable_effect": float(detectable), "hypothesis": hypothesis}
+            "p": float(p), "detectable_effect": float(detectable), "units_needed": float(needed),
+            "hypothesis": hypothesis}
 
 
 def _over_units(diffs: list[float], unit: str, what: str = "") -> dict:
@@ -143,7 +147,7 @@ def _over_units(diffs: list[float], unit: str, what: str = "") -> dict:
     d, lo, hi = iv.mean_interval(diffs)
     units = "seeds" if unit == "seed" else f"units {unit}"
     return _effect(d, lo, hi, f"t over {len(diffs)} paired {units}{what}", unit, sig.paired_t_p(diffs),
-                   sig.detectable_effect(diffs))
+                   sig.detectable_effect(diffs), needed=sig.units_needed(diffs))
 
 
 def _flip(e: dict, sign: float) -> dict:
@@ -367,7 +371,7 @@ def check(system: str, obs: Observations, alpha: float = 0.05) -> list[dict]:
 
 #: the columns of a report's claims table
 TABLE_COLUMNS = ["claim", "source", "statement", "paper", "verdict", "verdict_holm", "comparison", "paired_on", "effect",
-                 "interval_95", "p", "p_holm", "comparison_verdict", "comparison_verdict_holm", "detectable_effect", "how"]
+                 "interval_95", "p", "p_holm", "comparison_verdict", "comparison_verdict_holm", "detectable_effect", "units_needed", "how"]
 
 
 def _num(v):
@@ -386,12 +390,16 @@ def table_rows(results: list[dict]) -> list[dict]:
                          "how": "the study has no data for it"})
         for k, c in enumerate(r["comparisons"]):
             det = c.get("detectable_effect", np.nan)
+            need = c.get("units_needed", np.nan)
             rows.append({**(head if k == 0 else {key: "" for key in head}),
                          "comparison": c["comparison"], "paired_on": c.get("paired_on", ""), "effect": c["effect"],
                          "interval_95": iv.fmt((c["effect"], c["low"], c["high"])), "p": _num(c.get("p")),
                          "p_holm": _num(c.get("p_holm")), "comparison_verdict": c["verdict"],
                          "comparison_verdict_holm": c.get("verdict_holm", ""),
-                         "detectable_effect": _num(det) if np.isfinite(det) else "n/a", "how": c["interval"]})
+                         "detectable_effect": _num(det) if np.isfinite(det) else "n/a",
+                         "units_needed": (int(need) if np.isfinite(need) else "more than 10,000" if need == np.inf
+                                          else "n/a"),
+                         "how": c["interval"]})
     return rows
 
 
@@ -409,6 +417,8 @@ def add_to_report(rep, results: list[dict], alpha: float = 0.05, alpha_note: str
                       f"this report's claims (alpha {alpha:g}{alpha_note}). detectable_effect: the smallest effect "
                       "the paired t-test "
                       "over these units detects with 80% power at alpha 0.05 at the observed standard deviation of "
-                      "the differences (n/a: one unit)")
+                      "the differences (n/a: one unit). units_needed: how many units (seeds) the same test would "
+                      "need to detect the observed effect with 80% power at the observed standard deviation: a "
+                      "projection from uncertain estimates, an order of magnitude")
     rep.table("claim_sources", [{"claim": r["id"], "source": r["source"], "quote": r["quote"]} for r in results],
               ["claim", "source", "quote"], caption="what each claim encodes: the paper's own words")
