@@ -1,0 +1,64 @@
+"""Wall time of a loop study against its number of seeds: the README's main command (``uqpot reproduce
+ammonia --preset quick``) with 1, 2, 4, ... seeds, each in a fresh output folder, all from one data set.
+
+    python benchmarks/seeds_wall_time.py --data runs/ammonia/data --counts 1,2,4 [--executor local]
+
+``--data`` is a finished study's data folder (``OUT/data``, with its ``summary.json``): it is copied into
+each run's folder so that every count pays for its loop alone, with a fresh label store (the loop's labels
+are computed by the oracle every time, as a new user's would be).  Seeds are 0 .. S-1.  Prints one row per
+count (wall time, time per seed) and one JSON line.  Every seed's loop runs separately (one loop per seed,
+the (seed, method) jobs of a generation spread over the executor's workers); stacking the seeds into one
+training and one MD call per method is not built, so there is no "stacked" column yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def run_count(data: Path, seeds: int, executor: str, preset: str, work: Path) -> dict:
+    out = work / f"seeds{seeds}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    shutil.copytree(data, out / "data")
+    cmd = [sys.executable, "-m", "uqpot", "reproduce", "ammonia", "--preset", preset, "--seeds",
+           ",".join(str(s) for s in range(seeds)), "--executor", executor, "--out", str(out)]
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    with open(out.parent / f"seeds{seeds}.log", "w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - t0
+    return {"seeds": seeds, "wall_s": round(wall, 1), "per_seed_s": round(wall / seeds, 1), "rc": rc,
+            "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="a finished ammonia study's data folder (OUT/data)")
+    ap.add_argument("--counts", default="1,2,4", help="numbers of seeds, comma-separated")
+    ap.add_argument("--executor", default="local", help="local (Dask, one worker per core) or none")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--work", type=Path, default=None, help="where the runs go (default: a temporary folder)")
+    args = ap.parse_args(argv)
+    if not (args.data / "summary.json").is_file():
+        raise SystemExit(f"{args.data}: not a finished data folder (no summary.json)")
+    work = args.work or Path(tempfile.mkdtemp(prefix="seeds_wall_time_"))
+    rows = [run_count(args.data, int(c), args.executor, args.preset, work) for c in args.counts.split(",")]
+    print(f"{'seeds':>6} {'wall (min)':>11} {'per seed (min)':>15}  load before/after")
+    for r in rows:
+        print(f"{r['seeds']:>6} {r['wall_s'] / 60:11.1f} {r['per_seed_s'] / 60:15.1f}  {r['load_before'][0]}/"
+              f"{r['load_after'][0]}" + ("" if r["rc"] == 0 else f"  (exit {r['rc']})"))
+    print(json.dumps({"executor": args.executor, "preset": args.preset, "rows": rows}))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
