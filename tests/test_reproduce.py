@@ -162,6 +162,9 @@ def test_loop_quick_preset(ammonia_run, tmp_path):
     (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"methods": ["gmm"]}))
     r = CliRunner().invoke(cli, ["loop", str(tmp_path / "plain.yaml"), "--preset", "quick"])
     assert r.exit_code == 2 and "plain.yaml" in r.output and "study file" in r.output
+    # the presets are the system's (ammonia: quick, medium, paper); another name is refused, naming the file
+    r = CliRunner().invoke(cli, args + ["--preset", "huge"])
+    assert r.exit_code == 2 and "unknown preset 'huge'" in r.output and "medium" in r.output
 
 
 @pytest.mark.slow  # about 1 min; CI keeps under 15 min (covered in part by faster tests)

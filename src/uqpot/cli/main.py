@@ -223,9 +223,10 @@ def convert(model, trusted, out, head):
 @click.option("--generations", type=int, help="overrides 'generations' (a longer loop continues a shorter one).")
 @click.option("--executor", type=click.Choice(["none", "local"]), default="none", show_default=True,
               help="where oracle labels run: in-process, or a local Dask cluster.")
-@click.option("--preset", type=click.Choice(["paper", "quick"]), default="paper", show_default=True,
-              help="for a study file: 'paper' runs the file as it is; 'quick' runs its system's quick preset "
-                   "(configs/<system>_quick.yaml: a smaller PaiNN, shorter training and MD).")
+@click.option("--preset", default="paper", show_default=True,
+              help="for a study file: 'paper' runs the file as it is; another of its system's presets (quick, and "
+                   "for ammonia medium) runs that preset's file (configs/<system>_<preset>.yaml; quick: a smaller "
+                   "PaiNN, shorter training and MD).")
 @click.option("--seeds", default=None,
               help="comma-separated replicate seeds (e.g. 0,1,2): the whole loop runs once per seed, in "
                    "OUT/seed<s>, with one shared label store; default: the study file's seeds (or the loop's seed). "
@@ -270,16 +271,16 @@ def loop(config, out, generations, executor, preset, seeds, restart, no_progress
             from ..core.executor import get_executor
 
             ex = get_executor(executor)
-        if preset == "quick":
+        if preset != "paper":
             if not is_study_file(config):
-                raise ConfigError(config, "--preset quick needs a study file (with 'system' and 'loop')")
+                raise ConfigError(config, f"--preset {preset} needs a study file (with 'system' and 'loop')")
             system = str(load_yaml(config)["system"])
             try:
-                quick_file = get_system(system).preset_file("quick")
+                preset_file = get_system(system).preset_file(preset)
             except ValueError as exc:
-                raise ConfigError(config, str(exc)) from None
-            beside = Path(config).with_name(quick_file)
-            config = beside if beside.is_file() else preset_path(system, "quick")
+                raise ConfigError(config, f"--preset: {exc}") from None
+            beside = Path(config).with_name(preset_file)
+            config = beside if beside.is_file() else preset_path(system, preset)
         auto = seed_list if isinstance(seed_list, AutoSeeds) else None
         if auto is not None and not is_study_file(config):
             raise ConfigError(config, f"--seeds {auto.text()} needs a study file (with 'system' and 'loop'): its "
