@@ -143,3 +143,34 @@ def test_model_file_round_trip(pot, tmp_path):
         torch.testing.assert_close(x[key], y[key], rtol=0, atol=0)
     # forces: the order of CPU scatter sums varies between calls (the same model differs by ~1e-5 too)
     torch.testing.assert_close(x[F.FORCES], y[F.FORCES], rtol=1e-5, atol=1e-4)
+
+
+def test_convert_a_checkpoint_file(pot, tmp_path):
+    """``uqpot convert`` reads a SevenNet checkpoint file only with --trusted (a pickle: refused before it is
+    unpickled otherwise), checks it against SevenNet's calculator and writes a uqpot model file that predicts
+    what the packaged checkpoint's backbone predicts."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from uqpot.cli.main import cli
+    from uqpot.nn.sevennet import checkpoint_path
+    from uqpot.nn.sevennet_file import is_sevennet_checkpoint, is_sevennet_source
+
+    src = tmp_path / "checkpoint_best.pth"
+    shutil.copy(checkpoint_path("7net-0"), src)
+    assert is_sevennet_checkpoint(src) and is_sevennet_source("7net-0") and not is_sevennet_source(tmp_path / "x.pth")
+    out = tmp_path / "mine.pt"
+    r = CliRunner().invoke(cli, ["convert", str(src), "--out", str(out)])
+    assert r.exit_code != 0 and "--trusted" in r.output and "pickle" in r.output and not out.exists()
+    r = CliRunner().invoke(cli, ["convert", str(src), "--trusted", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "SevenNet model: 89 elements, cutoff 5 Å" in r.output and out.is_file()
+    assert not is_sevennet_checkpoint(out)  # a uqpot model file: no pickle of SevenNet's settings
+    converted = uqpot.load(out)
+    assert modelfile.read(out)["extra"]["converted_from"]["file"] == src.name
+    a = molecule("CH3CH2OH")
+    batch = collate([_structure(a)], cutoff=pot.cutoff)
+    x, y = pot(batch, create_graph=False), converted(batch, create_graph=False)
+    torch.testing.assert_close(x[F.ENERGY], y[F.ENERGY], rtol=0, atol=1e-9)
+    torch.testing.assert_close(x[F.FORCES], y[F.FORCES], rtol=1e-5, atol=1e-4)

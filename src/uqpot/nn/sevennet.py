@@ -88,18 +88,9 @@ def read_checkpoint(path) -> tuple[dict, nn.Module]:
     sevenn = import_sevenn()
     import warnings
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # sevenn's notes on settings it fills in with defaults
         warnings.simplefilter("ignore")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(ckpt, dict) or "config" not in ckpt or "model_state_dict" not in ckpt:
-            raise ValueError("not a SevenNet checkpoint (a dict with 'config' and 'model_state_dict')")
-        if hasattr(sevenn.util, "model_from_checkpoint"):  # sevenn 0.10: patches old settings and names
-            model, config = sevenn.util.model_from_checkpoint(ckpt)
-        else:  # sevenn >= 0.11
-            from sevenn.checkpoint import SevenNetCheckpoint
-
-            cp = SevenNetCheckpoint(str(path))
-            model, config = cp.build_model(), cp.config
+        model, config = sevenn.util.model_from_checkpoint(str(path))  # sevenn 0.10 to 0.13
     return plain_config(config), model
 
 
