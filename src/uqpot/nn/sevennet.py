@@ -73,13 +73,24 @@ def import_sevenn():
     return sevenn
 
 
+def _no_download(*args, **kwargs):
+    raise FileNotFoundError("not in the installed package (uqpot never downloads weights)")
+
+
 def checkpoint_path(name: str) -> str:
-    """The file of a checkpoint that ships inside sevenn (``7net-0``, ...)."""
+    """The file of a checkpoint that ships inside the installed sevenn (``7net-0``, ...).  Names whose
+    weights sevenn >= 0.12 would download at run time are refused: uqpot never downloads weights."""
     sevenn = import_sevenn()
+    download = getattr(sevenn.util, "download_checkpoint", None)
+    if download is not None:
+        sevenn.util.download_checkpoint = _no_download
     try:
         return str(sevenn.util.pretrained_name_to_path(name))
-    except (ValueError, KeyError, NotImplementedError) as exc:
+    except (ValueError, KeyError, NotImplementedError, FileNotFoundError) as exc:
         raise ValueError(f"sevenn {sevenn.__version__} ships no checkpoint named {name!r} ({exc})") from None
+    finally:
+        if download is not None:
+            sevenn.util.download_checkpoint = download
 
 
 def read_checkpoint(path) -> tuple[dict, nn.Module]:
