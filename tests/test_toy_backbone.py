@@ -135,7 +135,7 @@ def test_capabilities_are_read_from_the_class(run, tmp_path, ethanol_path):
 
 
 def test_unknown_kind_names_the_registered_ones():
-    with pytest.raises(Exception, match="'painn', 'mace' or 'toy'"):
+    with pytest.raises(Exception, match="'painn', 'mace', 'sevennet' or 'toy'"):
         parse_model({"kind": "nequip"})
 
 

@@ -201,13 +201,26 @@ def wrap(models, method, train_data, val_data, out, options, energy_key, forces_
 @cli.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--trusted", is_flag=True,
-              help="you trust the file's source: MACE model files are pickles, and loading one runs its code.")
+              help="you trust the file's source: MACE model files and SevenNet checkpoints are pickles, and loading "
+                   "one runs its code.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="the uqpot model file to write (default: MODEL with suffix .uqpot.pt).")
 @click.option("--head", default=None, help="the head of a multi-head MACE model.")
 def convert(model, trusted, out, head):
     """Convert a MACE model file (MACE's own training script's output, or a foundation model you downloaded)
+    or a SevenNet checkpoint (a file SevenNet wrote, or the name of one that ships inside sevenn, e.g. 7net-0)
     into a uqpot model file, once: then train, wrap, evaluate, MD and the loop take it like any uqpot model."""
+    from ..nn import sevennet_file
+
+    if sevennet_file.is_sevennet_source(model):
+        if head is not None:
+            fail(UqpotError("--head: SevenNet checkpoints have no heads (multi-fidelity ones are not supported)"))
+        path, summary = sevennet_file.convert(model, trusted, out)
+        click.echo(f"SevenNet model: {len(summary['elements'])} elements, cutoff {summary['cutoff']:g} Å; probe check: "
+                   f"energy differs by {summary['probe_energy_diff']:.2g} kcal/mol, forces by "
+                   f"{summary['probe_forces_diff']:.2g} kcal/mol/Å")
+        click.echo(f"wrote {path}")
+        return
     from ..nn.mace_file import convert as run_convert
 
     path, summary = run_convert(model, trusted, out, head)
