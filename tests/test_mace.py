@@ -259,7 +259,7 @@ def test_mace_refuses_what_it_cannot_do(tmp_path, ethanol_path, train, key):
 
 
 @pytest.mark.parametrize("model, message", [
-    ({"kind": "nequip"}, "'model.kind': Input should be 'painn' or 'mace' (got 'nequip')"),
+    ({"kind": "nequip"}, "'model.kind': Input should be 'painn', 'mace' or 'sevennet' (got 'nequip')"),
     ({"kind": "mace", "channels": 0}, "'model.channels': Input should be greater than or equal to 1 (got 0)"),
     ({"kind": "mace", "features": 8}, "unknown key 'model.features'"),
     ({"kind": "mace", "radial_mlp": [16, 0]}, "radial_mlp widths must be >= 1"),
