@@ -17,8 +17,8 @@ from uqpot.loop.config import LoopConfig
 from uqpot.loop.replicates import run_loop
 from uqpot.loop.stopping import read_exploration
 from uqpot.report.loop import build_loop_report
-from uqpot.sample.stopping import (FractionEstimate, StoppingSettings, decide, exceed_probability,
-                                   fraction_above, validate_fraction)
+from uqpot.sample.stopping import (FractionEstimate, StoppingSettings, check_stop, decide, exceed_probability,
+                                   fraction_above, labels_to_show, validate_fraction)
 from support.tiny_loop import tiny_loop_config, tiny_loop_files
 
 
@@ -67,6 +67,35 @@ def test_the_decision():
     assert d == "stop" and why.startswith("generations exhausted")
 
 
+def _validation(above: int, n: int) -> dict:
+    """A validate_fraction record of n labelled frames, ``above`` of them above the tolerance."""
+    return {"n_labelled": n, "frames": [{"above": i < above} for i in range(n)],
+            "true": {"fraction": above / n, "low": 0.0, "high": 1.0}}
+
+
+def test_a_stop_is_refused_when_the_labels_contradict_the_calibration():
+    """The calibration predicts an upper end below the target; 6 of 20 labelled frames above the tolerance
+    contradict it (binomial p far below 0.05): the stop is refused, and the last generation says why it stopped.
+    None of 20 above does not contradict it: converged, with the check in the reason."""
+    st = StoppingSettings(tolerance=2.0, target=0.05)
+    assert st.check == 20  # on by default
+    est = FractionEstimate(0.0005, 0.0, 0.003, 300, 16)
+    bad = check_stop(est, _validation(6, 20), st)
+    assert bad["contradicts"] and bad["above"] == 6 and bad["p_value"] < 1e-6
+    d, why = decide(est, st, labels_added=0, generation=1, generations=3, check=bad)
+    assert d == "continue" and "6 of 20 labelled frames exceed 2" in why and "stop refused" in why
+    d, why = decide(est, st, labels_added=0, generation=3, generations=3, check=bad)
+    assert d == "stop" and why.startswith("generations exhausted (3)") and "stop refused" in why
+    good = check_stop(est, _validation(0, 20), st)
+    assert not good["contradicts"] and good["p_value"] == 1.0
+    d, why = decide(est, st, labels_added=0, generation=1, generations=3, check=good)
+    assert d == "stop" and why.startswith("converged") and "0 of 20 labelled frames above" in why
+    # one frame above when 0.3% were predicted: p = 1 - 0.997^20 = 0.058, not a contradiction at 95%
+    assert not check_stop(est, _validation(1, 20), st)["contradicts"]
+    # the labels alone bound the fraction below the target with none above: (1 - t)^n <= 0.05
+    assert (labels_to_show(0.05), labels_to_show(0.01)) == (59, 299)
+
+
 def test_config_checks(tmp_path):
     base = {"data": {"train": "a.extxyz", "test": "b.extxyz"}, "oracle": {"name": "ase", "options": {}}}
     assert LoopConfig.model_validate(base).until is None
@@ -96,11 +125,15 @@ def test_a_loop_stops_when_the_target_is_met_and_runs_on_when_it_cannot_be(tmp_p
     st = loose["generations"][1]["ensemble"]["stopping"]
     assert st["decision"] == "stop" and st["reason"].startswith("converged") and st["high"] < 0.5
     assert st["n_trajectories"] == 3 and st["n_frames"] == 6
+    # the stop was checked on the oracle's labels of the exploration frames (6 < check's 20: all of them)
+    assert st["check"]["labels"] == 6 and st["check"]["above"] == 0 and not st["check"]["contradicts"]
+    assert "checked: 0 of 6 labelled frames above" in st["reason"]
     assert "attack" not in loose["generations"][1]["ensemble"]
     out = tmp_path / "loose"
     assert json.loads((out / "stopping.json").read_text())["records"][0]["decision"] == "stop"
     rows = list(csv.DictReader(open(out / "stopping.csv")))
     assert len(rows) == 1 and rows[0]["decision"] == "stop" and rows[0]["generation"] == "1"
+    assert (rows[0]["check_above"], rows[0]["check_labels"]) == ("0", "6")
     assert "ensemble stopped after generation 1: converged" in (out / "loop.log").read_text()
     # impossible: every frame above a tiny tolerance, so the loop runs all its generations
     tight = run_loop(ActiveLearning(LoopConfig.model_validate(

@@ -279,7 +279,8 @@ class ActiveLearning:
             return redecide(d / "stopping.json", self.cfg)
         train0, val0, *_ = self.initial_data()
         return until_step(d, self.cfg, g, method, self.model(g, method), d / "train" / "model.pt", train0 + val0,
-                          labels_added(self.out, g, method), log=lambda msg: self.log(f"gen {g} {method}: {msg}"))
+                          labels_added(self.out, g, method), log=lambda msg: self.log(f"gen {g} {method}: {msg}"),
+                          oracle=self.oracle, store=self.store, executor=self.executor)
 
     def needs_ground_state(self) -> bool:
         """Whether the MD campaign needs ammonia's optimised minimum (its energy floor)."""

@@ -22,7 +22,8 @@ from ..core.provenance import atomic_write, write_json
 from ..data.io import ReadOptions, read_structures, write_extxyz
 from ..data.structures import StructureDataset
 from ..nn import modelfile
-from ..sample.stopping import Exploration, FractionEstimate, decide, explore, fraction_above
+from ..sample.stopping import (Exploration, FractionEstimate, check_stop, decide, explore, fraction_above,
+                               predicted_converged, validate_fraction)
 from ..sample.trust import Calibration
 from .config import LoopConfig
 from .md import campaign_config
@@ -30,7 +31,7 @@ from .sampling import system_md_values
 
 #: the columns of ``OUT/stopping.csv``
 COLUMNS = ("generation", "method", "fraction", "low", "high", "n_frames", "n_trajectories", "labels_added",
-           "decision", "reason")
+           "check_above", "check_labels", "decision", "reason")
 
 
 def target_conditions(cfg: LoopConfig) -> tuple[list[float], float, float, object]:
@@ -46,9 +47,11 @@ def target_conditions(cfg: LoopConfig) -> tuple[list[float], float, float, objec
 
 
 def until_step(d: Path, cfg: LoopConfig, g: int, method: str, model, model_file: Path, pool: StructureDataset,
-               labels_added: int, log) -> dict:
+               labels_added: int, log, *, oracle=None, store=None, executor=None) -> dict:
     """Explores with generation ``g``'s model of ``method``, estimates the fraction of frames above the
-    tolerance and decides; writes the frames and the record (``d/stopping.json``, last) and returns it."""
+    tolerance and decides; a "converged" prediction is first checked on ``until.check`` frames labelled by
+    ``oracle`` through ``store`` (:func:`uqpot.sample.stopping.check_stop`).  Writes the frames and the
+    record (``d/stopping.json``, last) and returns it."""
     st = cfg.until
     cal = Calibration.from_extra(modelfile.read(model_file).get("extra", {}), where=str(model_file))
     temps, dt, skin, criteria = target_conditions(cfg)
@@ -56,7 +59,17 @@ def until_step(d: Path, cfg: LoopConfig, g: int, method: str, model, model_file:
     ex = explore(model, pool, st, cal, temperatures_K=temps, timestep_fs=dt, seed=cfg.seed + g, skin=skin,
                  criteria=criteria)
     est = fraction_above(ex.probabilities(), st.confidence)
-    decision, reason = decide(est, st, labels_added=labels_added, generation=g, generations=cfg.generations)
+    check = None
+    if predicted_converged(est, st) and st.check and oracle is not None:
+        v = validate_fraction(model, ex, oracle, store, tolerance=st.tolerance, n_labels=st.check,
+                              seed=cfg.seed * 1000 + g, confidence=st.confidence, executor=executor,
+                              provenance={"source": "until_check", "generation": g, "uq_method": method})
+        check = check_stop(est, v, st)
+        log(f"stopping rule: check of the prediction, {check['above']} of {check['labels']} labelled frames above "
+            f"{st.tolerance:g} kcal/mol/Å (true fraction {v['true']['fraction']:.3g} [{v['true']['low']:.3g}, "
+            f"{v['true']['high']:.3g}]; binomial p = {check['p_value']:.3g} against the predicted upper end)")
+    decision, reason = decide(est, st, labels_added=labels_added, generation=g, generations=cfg.generations,
+                              check=check)
     (d / "until").mkdir(parents=True, exist_ok=True)
     write_extxyz(StructureDataset(_frames(ex)), d / "until" / "frames.extxyz")
     rec = {"generation": g, "method": method, **est.record(), "tolerance": st.tolerance, "target": st.target,
@@ -65,7 +78,7 @@ def until_step(d: Path, cfg: LoopConfig, g: int, method: str, model, model_file:
            "frame_every": st.frame_every,
            "trajectory_fractions": [float(np.mean(p)) if len(p) else None for p in ex.probabilities()],
            "unstable_trajectories": sum(not t["stable"] for t in ex.trajectories),
-           "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor},
+           "calibration": {"a": cal.a, "b": cal.b, "floor": cal.floor}, "check": check,
            "seconds": round(time.perf_counter() - t0, 2)}
     write_json(d / "stopping.json", rec)
     log(f"stopping rule: fraction above {st.tolerance:g} kcal/mol/Å {est.fraction:.4g} "
@@ -85,7 +98,8 @@ def redecide(path: Path, cfg: LoopConfig) -> dict:
     est = FractionEstimate(rec["fraction"], rec["low"], rec["high"], rec["n_frames"], rec["n_trajectories"],
                            rec["confidence"])
     rec["decision"], rec["reason"] = decide(est, cfg.until, labels_added=rec["labels_added"],
-                                            generation=rec["generation"], generations=cfg.generations)
+                                            generation=rec["generation"], generations=cfg.generations,
+                                            check=rec.get("check"))
     write_json(path, rec)
     return rec
 
@@ -151,5 +165,12 @@ def write_stopping(out: Path, methods) -> list[dict]:
             w = csv.writer(fh)
             w.writerow(COLUMNS)
             for r in rows:
-                w.writerow([r.get(c) for c in COLUMNS])
+                w.writerow([record_column(r, c) for c in COLUMNS])
     return rows
+
+
+def record_column(rec: dict, column: str):
+    """A stopping record's value for ``column`` of ``stopping.csv`` (the check's, from its sub-record)."""
+    if column.startswith("check_"):
+        return (rec.get("check") or {}).get(column[len("check_"):])
+    return rec.get(column)

@@ -48,6 +48,7 @@ from .observations import uq_predictions, observations
 from .page import (CALIBRATION_NOTE, Report, _cost_section, _gmm_figures, _load_npz, _provenance_section,
                    fidelity_section, mixture_figures)
 from .final import final_section
+from ..loop.stopping import record_column
 
 #: a seed's values besides the table metrics (uqpot.metrics.registry.table_names), averaged over seeds
 LOOP_KEYS = ("samples_added", "neb_barrier", "neb_barrier_error", "md_mean_stable_time_fs")
@@ -335,7 +336,7 @@ def build_loop_report(run: Path, title: str | None = None) -> Path:
 
 #: the columns of the report's ``stopping`` table (a loop with ``until``: :mod:`uqpot.loop.stopping`)
 STOPPING_COLUMNS = ("seed", "generation", "method", "fraction", "low", "high", "n_frames", "n_trajectories",
-                    "labels_added", "decision", "reason")
+                    "labels_added", "check_above", "check_labels", "decision", "reason")
 
 
 def stopping_section(rep: Report, dirs: list[tuple[int, Path]]) -> None:
@@ -346,7 +347,7 @@ def stopping_section(rep: Report, dirs: list[tuple[int, Path]]) -> None:
     for seed, d in dirs:
         path = d / "stopping.json"
         if path.is_file():
-            rows += [{"seed": seed, **{k: r.get(k) for k in STOPPING_COLUMNS if k != "seed"}}
+            rows += [{"seed": seed, **{k: record_column(r, k) for k in STOPPING_COLUMNS if k != "seed"}}
                      for r in json.loads(path.read_text())["records"]]
     if not rows:
         return
@@ -354,7 +355,9 @@ def stopping_section(rep: Report, dirs: list[tuple[int, Path]]) -> None:
     rep.heading("Stopping rule (until)")
     rep.paragraph(f"Per generation and method: the fraction of exploration frames whose calibrated RMS force error "
                   f"exceeds the tolerance, with its 95% t-interval over the trajectories (the trajectory is the unit; "
-                  f"see uqpot.sample.stopping); a method stops when the upper end is below the target.")
+                  f"see uqpot.sample.stopping); a method stops when the upper end is below the target and the check "
+                  f"(check_above of check_labels frames labelled by the oracle above the tolerance) does not "
+                  f"contradict the prediction.")
     rep.table("stopping", rows, list(STOPPING_COLUMNS), caption="fraction above tolerance per generation (low, high: "
               "95% interval over trajectories), the decision and its reason")
     bars: dict = {}

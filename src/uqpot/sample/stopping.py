@@ -32,9 +32,29 @@ trajectory there is no interval: the upper end is taken as 1 (never stop on it).
 fractions agree exactly (all 0: every P underflows) the interval has zero width: the model then predicts no
 frame near the tolerance anywhere it went.
 
+**The check before a stop** (``check``, :func:`check_stop`): the fraction above is a prediction of the
+calibration, fitted on the validation split, i.e. near the training data; the exploration goes where the
+model has not been, and a method whose σ is too small there predicts a fraction near 0 however large its
+errors are.  Measured on ammonia (PySCF, generation 1 of a 2-generation loop, 16 trajectories, 40 frames
+labelled at random, ``benchmarks/stopping_validation.py``): MVE predicted 0.000 [0.000, 0.001] above
+2 kcal/mol/Å, the oracle found 0.267 [0.013, 0.520]; evidential 0.000 [0.000, 0.000] against 0.111
+[0.000, 0.291]; both stopped "converged".  So before a stop is taken on the prediction, ``check`` frames
+drawn at random (seeded) from the exploration are labelled by the oracle (through the store) and the count
+x of those whose RMS force error exceeds τ is tested against the predicted upper end p̂ with a one-sided
+exact binomial test (scipy.stats.binomtest, alternative "greater"): if P(X ≥ x | n, p̂) < 1 − confidence,
+the labels contradict the calibration and the stop is refused (the record says so, with x, n and the
+p-value).  The test is at the frame level (frames of one trajectory are correlated, so it refuses a stop
+more readily than a trajectory-level test would: the safe side for a stop).  It checks the calibration's
+consistency, not the target itself: to show the true fraction below a target t from labels alone with no
+frame above τ takes n ≥ ln(1 − confidence)/ln(1 − t) labels (59 for 5%, 299 for 1% at 95%), recorded as
+``labels_to_show_target``.  The check's labels stay in the label store and its record; they are not added
+to the training data (the sampler's candidates are) and do not count towards ``max_labels``.
+``check: 0`` turns it off.
+
 **The decision** (:func:`decide`), in this order: stop when the interval's upper end is below ``target``
-("converged"), or when the labels the method has added reach ``max_labels`` ("label budget"); otherwise
-the last generation stops ("generations exhausted") and every other one continues.
+and the check (if any) does not contradict it ("converged"), or when the labels the method has added reach
+``max_labels`` ("label budget"); otherwise the last generation stops ("generations exhausted") and every
+other one continues.
 
 **Validation** (:func:`validate_fraction`): a random subsample of a generation's exploration frames is
 labelled by the loop's oracle (through the label store: nothing is computed twice) and the true fraction of
@@ -71,7 +91,8 @@ class StoppingSettings(Strict):
     preset), a frame every ``frame_every`` steps.  With ``until`` set, ``generations`` is the maximum number.
     ``final``: once a method has stopped (converged, label budget or generations exhausted), the loop trains its
     final model on every label it gathered (:mod:`uqpot.loop.final`), holding out ``final_val_fraction`` of
-    them (seeded from the loop's seed) for the best-epoch choice and the calibration only."""
+    them (seeded from the loop's seed) for the best-epoch choice and the calibration only.  ``check``: frames
+    labelled by the oracle to test a "converged" decision before it is taken (module docstring; 0: none)."""
 
     tolerance: float = Field(gt=0.0)
     target: float = Field(0.01, gt=0.0, le=1.0)
@@ -84,6 +105,7 @@ class StoppingSettings(Strict):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     final: bool = True
     final_val_fraction: float = Field(0.1, gt=0.0, le=0.5)
+    check: int = Field(20, ge=0)
 
 
 def exceed_probability(sigma, n_components, tolerance: float) -> np.ndarray:
@@ -126,17 +148,52 @@ def fraction_above(per_trajectory: list, confidence: float = 0.95) -> FractionEs
     return FractionEstimate(m, lo, hi, n, len(fr), confidence)
 
 
+def predicted_converged(est: FractionEstimate, settings: StoppingSettings) -> bool:
+    """Whether the calibrated prediction alone says "converged" (upper end below the target)."""
+    return bool(est.n_trajectories) and est.high < settings.target
+
+
+def labels_to_show(target: float, confidence: float = 0.95) -> int:
+    """The labels with no frame above τ that bound the true fraction below ``target`` at ``confidence`` on
+    their own (one-sided exact binomial: (1 − target)^n ≤ 1 − confidence)."""
+    return int(math.ceil(math.log(1.0 - confidence) / math.log(1.0 - target)))
+
+
+def check_stop(est: FractionEstimate, validation: dict, settings: StoppingSettings) -> dict:
+    """The check of a "converged" prediction (module docstring) from :func:`validate_fraction`'s record on the
+    check's frames: x of n labelled frames above τ against the predicted upper end, one-sided exact binomial
+    test; ``contradicts`` when its p-value is below 1 − confidence."""
+    n = int(validation["n_labelled"])
+    x = int(sum(r["above"] for r in validation["frames"]))
+    p_hat = min(max(float(est.high), 0.0), 1.0)
+    p_value = float(stats.binomtest(x, n, p_hat, alternative="greater").pvalue) if n else 1.0
+    return {"labels": n, "above": x, "predicted_high": p_hat, "p_value": p_value,
+            "contradicts": bool(n and p_value < 1.0 - settings.confidence),
+            "true": validation["true"], "labels_to_show_target": labels_to_show(settings.target, settings.confidence)}
+
+
 def decide(est: FractionEstimate, settings: StoppingSettings, *, labels_added: int, generation: int,
-           generations: int) -> tuple[str, str]:
-    """("stop" | "continue", reason) after ``generation`` of ``generations`` (module docstring's order)."""
-    if est.n_trajectories and est.high < settings.target:
-        return "stop", (f"converged: the fraction above {settings.tolerance:g} kcal/mol/Å is {est.fraction:.4g}, its "
-                        f"{settings.confidence:.0%} upper end {est.high:.4g} < target {settings.target:g}")
+           generations: int, check: dict | None = None) -> tuple[str, str]:
+    """("stop" | "continue", reason) after ``generation`` of ``generations`` (module docstring's order);
+    ``check``: :func:`check_stop`'s record of a "converged" prediction, if one was made."""
+    refused = ""
+    if predicted_converged(est, settings):
+        claim = (f"the fraction above {settings.tolerance:g} kcal/mol/Å is {est.fraction:.4g}, its "
+                 f"{settings.confidence:.0%} upper end {est.high:.4g} < target {settings.target:g}")
+        if check is None or not check["contradicts"]:
+            seen = (f"; checked: {check['above']} of {check['labels']} labelled frames above (p = "
+                    f"{check['p_value']:.3g})") if check else ""
+            return "stop", f"converged: {claim}{seen}"
+        refused = (f"; the calibration predicted an upper end {est.high:.4g} < target, but {check['above']} of "
+                   f"{check['labels']} labelled frames exceed {settings.tolerance:g} kcal/mol/Å (binomial p = "
+                   f"{check['p_value']:.3g}): stop refused")
     if settings.max_labels is not None and labels_added >= settings.max_labels:
-        return "stop", f"label budget: {labels_added} labels added >= max_labels {settings.max_labels}"
+        return "stop", f"label budget: {labels_added} labels added >= max_labels {settings.max_labels}{refused}"
     if generation >= generations:
         return "stop", (f"generations exhausted ({generations}); upper end {est.high:.4g} >= target "
-                        f"{settings.target:g}")
+                        f"{settings.target:g}" if not refused else f"generations exhausted ({generations}){refused}")
+    if refused:
+        return "continue", refused[2:]
     return "continue", f"upper end {est.high:.4g} >= target {settings.target:g}"
 
 
@@ -189,16 +246,21 @@ def explore(model, pool, settings: StoppingSettings, calibration: Calibration, *
     return out
 
 
+def sample_frames(exploration: Exploration, n: int, seed: int) -> list[tuple[int, int]]:
+    """``n`` (trajectory, frame) pairs drawn without replacement (seeded) from ``exploration``, in order."""
+    every = exploration.frames()
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(every), size=min(n, len(every)), replace=False).tolist()) if every else []
+    return [every[j] for j in pick]
+
+
 def validate_fraction(model, exploration: Exploration, oracle, store, *, tolerance: float, n_labels: int,
                       seed: int = 0, confidence: float = 0.95, executor=None, provenance: dict | None = None) -> dict:
     """Predicted vs true fraction of frames above ``tolerance`` on ``n_labels`` frames drawn at random (seeded)
     from ``exploration``: the oracle labels them through ``store`` (a frame already in the store is not
     computed again), the model predicts their forces, and each frame's true error is its RMS force error.
     Both fractions with their trajectory-level intervals (module docstring); also the frame-level agreement."""
-    every = exploration.frames()
-    rng = np.random.default_rng(seed)
-    pick = sorted(rng.choice(len(every), size=min(n_labels, len(every)), replace=False).tolist()) if every else []
-    chosen = [every[j] for j in pick]
+    chosen = sample_frames(exploration, n_labels, seed)
     structs = [exploration.structure(k, i) for k, i in chosen]
     res = oracle.label(structs, store=store, provenance={"source": "until_validation", **(provenance or {})},
                        executor=executor)
