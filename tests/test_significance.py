@@ -90,4 +90,8 @@ def test_units_needed_inverts_the_detectable_effect():
         z = (z - z.mean()) / z.std(ddof=1) * sd + d.mean()
         assert (sig.detectable_effect(z) <= abs(d.mean())) == ok
     assert sig.units_needed([0.1, -0.1, 0.2, -0.2]) == float("inf")
+    # large standardised effects: statsmodels' power is nan (for 1) at large n, which once sent the bisection
+    # astray (773 seeds for an effect of 1.1 SD); the count falls as the effect grows
+    needed = [sig.units_needed(np.array([-1.0, 1.0]) / np.sqrt(2) + es) for es in (0.5, 0.8, 1.1, 2.0, 4.0)]
+    assert needed == sorted(needed, reverse=True) and 8 <= needed[2] <= 10 and needed[-1] <= 3
     assert np.isnan(sig.units_needed([0.3]))

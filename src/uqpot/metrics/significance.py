@@ -99,11 +99,18 @@ def units_needed(differences: Sequence[float], power: float = 0.8, alpha: float 
     es = abs(mean) / sd
 
     def enough(n: int) -> bool:
-        return float(TTestPower().power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided")) >= power
+        p = float(TTestPower().power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided"))
+        if math.isnan(p):  # scipy's noncentral t fails at a large noncentrality (power near 1): its normal limit
+            crit, nc = float(stats.t.ppf(1.0 - alpha / 2.0, n - 1)), es * math.sqrt(n)
+            p = float(stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc))
+        return p >= power
 
-    if not enough(most):
-        return math.inf
-    lo, hi = 1, most  # enough(hi); the power rises with n: the smallest n with enough power, by bisection
+    # the power rises with n: double from 2 until it is enough, then bisect (never evaluating far past the answer)
+    lo, hi = 1, 2
+    while not enough(hi):
+        if hi >= most:
+            return math.inf
+        lo, hi = hi, min(2 * hi, most)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if enough(mid) else (mid, hi)
