@@ -174,3 +174,42 @@ def test_convert_a_checkpoint_file(pot, tmp_path):
     x, y = pot(batch, create_graph=False), converted(batch, create_graph=False)
     torch.testing.assert_close(x[F.ENERGY], y[F.ENERGY], rtol=0, atol=1e-9)
     torch.testing.assert_close(x[F.FORCES], y[F.FORCES], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow  # about 3 minutes: every command builds SevenNet-0 again (about 20 s each on one core)
+def test_wrap_sevennet_with_gmm_and_llpr(tmp_path, ammonia):
+    """The foundation model with a post-hoc uncertainty: ``uqpot convert 7net-0`` (a checkpoint sevenn ships:
+    no --trusted), then ``uqpot wrap --method gmm`` and ``--method llpr`` fitted on NH3 structures near the
+    minimum.  The wrapped models predict what the backbone predicts, and their U is larger on distorted NH3
+    (more than 20 kcal/mol above the minimum) than on the held-out near-minimum structures."""
+    from click.testing import CliRunner
+
+    from uqpot.cli.main import cli
+    from uqpot.data.io import write_extxyz
+
+    e = ammonia.energies()
+    near, far = np.nonzero(e < 5.0)[0], np.nonzero(e > 20.0)[0]
+    assert len(near) >= 30 and len(far) >= 8
+    write_extxyz(ammonia.subset(near[:20]), tmp_path / "train.extxyz")
+    write_extxyz(ammonia.subset(near[20:30]), tmp_path / "val.extxyz")
+    base = tmp_path / "7net0.pt"
+    r = CliRunner().invoke(cli, ["convert", "7net-0", "--out", str(base)])
+    assert r.exit_code == 0, r.output
+    held, distorted = ammonia.subset(near[20:30]), ammonia.subset(far[:8])
+    plain = uqpot.load(base)
+    for method in ("gmm", "llpr"):
+        out = tmp_path / f"7net0_{method}.pt"
+        r = CliRunner().invoke(cli, ["wrap", str(base), "--method", method, "--data", str(tmp_path / "train.extxyz"),
+                                     "--val", str(tmp_path / "val.extxyz"), "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        model = uqpot.load(out)
+        u = {}
+        for name, ds in (("held", held), ("distorted", distorted)):
+            batch = collate(list(ds), cutoff=model.cutoff)
+            res = model(batch, create_graph=False)
+            ref = plain(batch, create_graph=False)
+            torch.testing.assert_close(res[F.ENERGY], ref[F.ENERGY], rtol=0, atol=1e-6)
+            u[name] = res[F.UNCERTAINTY].detach().double()
+            assert torch.isfinite(u[name]).all()
+            assert method == "gmm" or (u[name] >= 0).all()  # GMM's U is a negative log-likelihood
+        assert float(u["distorted"].mean()) > float(u["held"].mean()), (method, u)
