@@ -305,6 +305,11 @@ def test_loop_init_model_without_the_datas_elements(tmp_path):
                                      out=tmp_path / "ft"))
     assert_user_error(r, f"{tmp_path / 'run' / 'model.pt'}: init_model: the model knows H, O, not N")
     assert not (tmp_path / "ft").exists()
+    # more interaction blocks to fine-tune than the network has: refused before anything is written
+    r = cli("loop", tiny_loop_config(tmp_path, init_model=str(tmp_path / "run" / "model.pt"), out=tmp_path / "ft2",
+                                     finetune={"trainable": "last_blocks", "blocks": 9}))
+    assert_user_error(r, f"{tmp_path / 'run' / 'model.pt'}: finetune.blocks: 9 > the network's")
+    assert not (tmp_path / "ft2").exists()
 
 
 def test_locked_store_is_not_called_broken(tmp_path, monkeypatch):

@@ -181,3 +181,50 @@ def test_a_loop_that_only_attacks_resumes_with_other_md_sampler_settings(tmp_pat
         lr = other.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.5})})
         with pytest.raises(Exception, match=r"train\.lr"):  # every setting it reads is still compared
             _check_same_config(tmp_path, lr)
+
+
+def test_parameter_blocks_hold_every_weight_once(source):
+    blocks = source.parameter_blocks()
+    assert [name for name, _ in blocks] == ["embedding", "interaction 1", "interaction 2", "readout"]
+    names = [n for _, ns in blocks for n in ns]
+    assert sorted(names) == sorted(n for n, _ in source.named_parameters()) and len(set(names)) == len(names)
+    assert all(n.startswith("readout.") for n in dict(blocks)["readout"])
+    assert all(".messages.1." in n or ".updates.1." in n for n in dict(blocks)["interaction 2"])
+
+
+@pytest.mark.parametrize("trainable, blocks, trained", [
+    ("readout", 1, {"readout"}),
+    ("last_blocks", 1, {"interaction 2", "readout"}),
+    ("all", 1, {"embedding", "interaction 1", "interaction 2", "readout"}),
+])
+def test_fine_tuning_trains_only_the_chosen_blocks(tmp_path, source, ethanol, trainable, blocks, trained):
+    """fit_model from an init file with finetune.trainable: the frozen blocks' weights leave training exactly
+    as they came, the trained ones move; MVE's own head always trains; the model file records the mode."""
+    from uqpot.fit.finetune import FinetuneSettings
+    from uqpot.fit.run import fit_model
+    from uqpot.train.config import TrainConfig
+
+    init = modelfile.save(source, tmp_path / "source.pt")
+    out = tmp_path / trainable
+    fit_model(None, parse_uq({"method": "mve"}), TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False), 0,
+              ethanol.subset(range(40, 64)), ethanol.subset(range(64, 72)), ethanol.subset([]), out, init=[init],
+              finetune=FinetuneSettings(trainable=trainable, blocks=blocks))
+    rec = modelfile.read(out / "model.pt")
+    assert rec["extra"]["fine_tuning"]["trainable"] == trainable
+    assert set(rec["extra"]["fine_tuning"]["blocks"]) == trained
+    state = rec["state_dict"]
+    before = source.state_dict()
+    for name, names in source.parameter_blocks():
+        moved = [not torch.equal(state[f"potential.{n}"][0].to(torch.float64), before[n][0].to(torch.float64))
+                 for n in names]
+        assert (any(moved) if name in trained else not any(moved)), (name, trainable)
+    heads = [k for k in state if not k.startswith("potential.")]
+    assert heads  # MVE's variance head, trained from its seeded start
+
+
+def test_last_blocks_beyond_the_network_is_refused(source):
+    from uqpot.fit.finetune import FinetuneSettings, freeze
+
+    model = build_from([source], parse_uq({"method": "none"}), seed=0)
+    with pytest.raises(ValueError, match="3 > the network's 2 interaction blocks"):
+        freeze(model, FinetuneSettings(trainable="last_blocks", blocks=3))

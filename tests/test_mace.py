@@ -88,6 +88,18 @@ def test_member_m_equals_a_single_network_with_seed_m():
     assert all(p.shape[0] == 2 for p in pair.parameters())  # every parameter has the member axis
 
 
+def test_parameter_blocks_follow_maces_layers():
+    """Each layer's interaction and product basis is a block; every layer's readout is the readout."""
+    m = _net(members=2, seeds=[1, 2])
+    blocks = m.parameter_blocks()
+    n_layers = len({n.split("__")[1] for n, _ in m.named_parameters() if "interactions__" in n})
+    assert [n for n, _ in blocks] == ["embedding"] + [f"interaction {k + 1}" for k in range(n_layers)] + ["readout"]
+    names = [n for _, ns in blocks for n in ns]
+    assert sorted(names) == sorted(n for n, _ in m.named_parameters()) and len(set(names)) == len(names)
+    assert dict(blocks)["readout"] and all("readouts__" in n for n in dict(blocks)["readout"])
+    assert all("__0__" in n for n in dict(blocks)["interaction 1"])
+
+
 def test_save_load_round_trip(tmp_path):
     m = _net(members=2, seeds=[1, 2], dtype=torch.float32)
     path = modelfile.save(m, tmp_path / "mace.pt")

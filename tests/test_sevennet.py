@@ -129,6 +129,18 @@ def test_features_and_last_layer(pot):
     assert not torch.isnan(out[F.FEATURES]).any()
 
 
+def test_parameter_blocks_follow_sevennets_modules(pot):
+    """Five interaction blocks between the embedding and the readout (reduce_input_to_hidden,
+    reduce_hidden_to_energy, the per-element scale): what fine-tuning freezes by (uqpot.fit.finetune)."""
+    blocks = pot.parameter_blocks()
+    assert [n for n, _ in blocks] == ["embedding"] + [f"interaction {k}" for k in range(1, 6)] + ["readout"]
+    names = [n for _, ns in blocks for n in ns]
+    assert sorted(names) == sorted(n for n, _ in pot.named_parameters()) and len(set(names)) == len(names)
+    params = dict(pot.named_parameters())
+    assert sum(params[n].numel() for n in dict(blocks)["readout"]) == 8192 + 64 + 178
+    assert all("__2_" in n for n in dict(blocks)["interaction 3"])
+
+
 def test_model_file_round_trip(pot, tmp_path):
     """The model file holds the state dict and plain settings; loading it rebuilds the same network."""
     path = modelfile.save(pot, tmp_path / "sevennet.pt")

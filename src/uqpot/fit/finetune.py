@@ -15,17 +15,76 @@ The per-element reference energies are kept from the source and shifted by a lea
 new training set's residuals (:func:`refit_shift`): the same level of theory gives a shift of ~0, another
 (a foundation model fine-tuned on other DFT) moves every e_ref(Z) by the offset between them.  The energy
 scale of the source is kept, so the fine-tuned network sees the units it was trained in.
+
+What trains (``finetune.trainable``, :func:`freeze`): ``all`` (every weight), ``readout`` (the readout only:
+the backbone's features are frozen, which keeps a foundation model's representation and costs the fewest
+updated weights) or ``last_blocks`` (the last ``blocks`` interaction blocks and the readout).  The blocks are
+the backbone's own (:meth:`uqpot.nn.potential.Potential.parameter_blocks`); a UQ method's own parts (MVE
+and evidential heads) always train, since they start from their seeded initialisation.  A frozen weight
+gets no gradient and no Adam state (:class:`uqpot.train.optim.MemberAdam` takes the weights that require
+one); the record of what trained goes into the model file (``extra.fine_tuning``).
 """
 
 from __future__ import annotations
 
+from typing import Literal, Optional
+
 import numpy as np
 import torch
+from pydantic import Field
+
+from ..core.schema import Strict
 
 from ..data.batch import iterate_batches
 from ..nn.backbone import build_potential
 from ..nn.potential import SHARED_BUFFERS, Potential, composition_counts
 from ..uq import build_method
+
+
+class FinetuneSettings(Strict):
+    """``finetune``: how a model trains when it starts from trained weights (``init_model`` of a loop).  A
+    trained network needs a smaller step and fewer epochs than one trained from random weights; unset values
+    are a fifth of ``train.lr`` and half of ``train.epochs`` (the other ``train`` settings apply as they are).
+    ``trainable``: which weights train (module docstring), ``blocks``: how many of the last interaction
+    blocks train with ``last_blocks``."""
+
+    lr: Optional[float] = Field(None, gt=0.0)
+    epochs: Optional[int] = Field(None, ge=1)
+    #: generation g > 1 starts from the same method's model of generation g - 1 ("previous"), or every
+    #: generation from ``init_model`` ("init")
+    start: Literal["previous", "init"] = "previous"
+    trainable: Literal["all", "readout", "last_blocks"] = "all"
+    blocks: int = Field(1, ge=1)
+
+
+def freeze(model, settings: FinetuneSettings | None) -> dict:
+    """Freezes the weights of ``model``'s network that ``settings.trainable`` leaves out (module docstring)
+    and returns the record: the mode, the trainable blocks, and the trainable and frozen weight counts."""
+    pot = _potential(model)
+    blocks = pot.parameter_blocks()
+    mode = settings.trainable if settings is not None else "all"
+    interactions = [name for name, names in blocks if name.startswith("interaction") and names]
+    if mode != "all" and not dict(blocks)["readout"] or mode == "last_blocks" and not interactions:
+        raise ValueError(f"finetune.trainable {mode}: the {pot.title} backbone puts no weight in its "
+                         f"{'readout' if not dict(blocks)['readout'] else 'interaction'} block (its block_of); "
+                         "only trainable: all fine-tunes it")
+    if mode == "all":
+        keep = [name for name, _ in blocks]
+    elif mode == "readout":
+        keep = ["readout"]
+    else:
+        if settings.blocks > len(interactions):
+            raise ValueError(f"finetune.blocks: {settings.blocks} > the network's {len(interactions)} interaction blocks")
+        keep = interactions[len(interactions) - settings.blocks:] + ["readout"]
+    frozen_names = {n for name, names in blocks if name not in keep for n in names}
+    params = dict(pot.named_parameters())
+    for n in frozen_names:
+        params[n].requires_grad_(False)
+    count = lambda names: int(sum(params[n].numel() for n in names))  # noqa: E731
+    frozen = count(frozen_names)
+    return {"trainable": mode, "blocks": keep, "weights_trained": count(set(params) - frozen_names),
+            "weights_frozen": frozen,
+            "method_weights": int(sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in params.values()))}
 
 
 def _potential(model) -> Potential:

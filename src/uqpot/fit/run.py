@@ -37,7 +37,7 @@ from ..train.stages import run_stage
 from ..train.trainer import Trainer
 from ..uq.options import upgrade_uq_section
 from .config import RunConfig, member_count, method_of, trains_plain_potential, trains_stress  # noqa: F401  (public here)
-from .finetune import build_from, refit_shift
+from .finetune import build_from, freeze, refit_shift
 from .prepare import PreparedRun, make_split, prepare_run, train_settings  # noqa: F401  (make_split: public here before)
 from .wrap import fit_and_calibrate
 
@@ -222,14 +222,15 @@ def _note(out: Path, console, msg: str) -> None:
 
 
 def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, console=None,
-              extra: dict | None = None, init: list | None = None) -> dict:
+              extra: dict | None = None, init: list | None = None, finetune=None) -> dict:
     """Builds the model, fits reference energies on ``train``, trains (resuming from ``out`` if
     interrupted), runs the method's further stages, wraps a post-hoc method around the trained potential,
     fits post-hoc parts and the calibration, and writes ``summary.json`` (last).
 
     ``init``: model files to fine-tune instead (:mod:`uqpot.fit.finetune`): the network is sized as
     theirs (``model_cfg`` is not used), starts from their weights, and its reference energies are shifted
-    to ``train``; the files' names and sha256 go into the model file."""
+    to ``train``; the files' names and sha256 go into the model file.  ``finetune``
+    (:class:`uqpot.fit.finetune.FinetuneSettings`): which of its weights train (:func:`uqpot.fit.finetune.freeze`)."""
     train_cfg = train_settings(train_cfg, uq_cfg, train)
     if init:
         init = [Path(p) for p in init]
@@ -237,7 +238,7 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
                            [str(p) for p in init])
         shift = refit_shift(model, train)
         extra = {**(extra or {}), "fine_tuned_from": [{"file": str(p), "sha256": sha256_file(p)} for p in init],
-                 "reference_shift": [float(x) for x in shift]}
+                 "reference_shift": [float(x) for x in shift], "fine_tuning": freeze(model, finetune)}
     else:
         model = build_model(model_cfg, uq_cfg, seed, train)
         model.fit_reference(train)

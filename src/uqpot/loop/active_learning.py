@@ -199,7 +199,7 @@ class ActiveLearning:
         write_extxyz(val, d / "val.extxyz")
         return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.train_settings(), self.cfg.seed, train,
                          val, test, d, console=self.console, extra={"generation": 1, "method": "backbone"},
-                         init=self.init_for(1, "none"))
+                         init=self.init_for(1, "none"), finetune=self.cfg.finetune)
 
     def step_train(self, g, method, train, val, test) -> dict:
         d = self.gen_dir(g, method) / "train"
@@ -219,7 +219,8 @@ class ActiveLearning:
             return fit_from_backbone(self.backbone_dir, self.cfg.uq_config(method), self.train_settings(), train, val,
                                      test, d, extra=extra)
         return fit_model(self.cfg.model, self.cfg.uq_config(method), self.train_settings(), self.cfg.seed, train, val,
-                         test, d, console=self.console, extra=extra, init=self.init_for(g, method))
+                         test, d, console=self.console, extra=extra, init=self.init_for(g, method),
+                         finetune=self.cfg.finetune)
 
     def init_for(self, g: int, method: str) -> list[Path] | None:
         """The model file(s) generation ``g`` of ``method`` fine-tunes (None: trained from scratch)."""

@@ -19,6 +19,7 @@ from ..oracle import FACTORIES
 from ..sample import AttackSettings, SamplerName, SamplingSettings
 from ..sample.stopping import StoppingSettings
 from ..core.schema import Distinct, Seed
+from ..fit.finetune import FinetuneSettings
 from ..systems import LoopSystemName
 from ..uq.options import MethodOptions, UQMethodName, UQOptions, parse_uq
 from .md import campaign_config
@@ -35,19 +36,6 @@ class LoopData(Strict):
     length_unit: str = "Å"
     align_energies: bool = True  # put the data on the oracle's energy scale (uqpot.loop.active_learning)
     align_structures: int = Field(3, ge=1)
-
-
-class FinetuneSettings(Strict):
-    """``finetune``: how each generation trains when the loop starts from ``init_model`` (a warm start:
-    :mod:`uqpot.fit.finetune`).  A trained network needs a smaller step and fewer epochs than one trained
-    from random weights; unset values are a fifth of ``train.lr`` and half of ``train.epochs`` (the other
-    ``train`` settings apply as they are)."""
-
-    lr: Optional[float] = Field(None, gt=0.0)
-    epochs: Optional[int] = Field(None, ge=1)
-    #: generation g > 1 starts from the same method's model of generation g - 1 ("previous"), or every
-    #: generation from ``init_model`` ("init")
-    start: Literal["previous", "init"] = "previous"
 
 
 class OracleSettings(Strict):

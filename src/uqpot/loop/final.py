@@ -144,7 +144,7 @@ def final_model(al: ActiveLearning, method: str, generation: int) -> dict:
             al.log(f"final model of {method} (stopped after generation {generation}): training on {len(train)} "
                    f"structures ({len(val)} held out)")
             summary = fit_model(cfg.model, cfg.uq_config(method), al.train_settings(), cfg.seed, train, val, test,
-                                d, console=al.console, init=al.init_for(1, method),
+                                d, console=al.console, init=al.init_for(1, method), finetune=cfg.finetune,
                                 extra={"generation": generation, "method": method, "final": True})
     stop = json.loads((al.gen_dir(generation, method) / "stopping.json").read_text())
     extra = modelfile.read(d / "model.pt").get("extra", {})

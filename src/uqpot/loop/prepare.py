@@ -30,6 +30,7 @@ from ..core.devices import resolve_device
 from ..core.errors import ConfigError, DataError, DataErrors, ModelFileError, UqpotError
 from ..core.provenance import versions
 from ..core.rundir import check_out_dir, file_hashes, place, refuse_changed_files
+from ..fit.finetune import freeze
 
 #: what a loop writes directly into ``out`` (besides its generation folders ``gen<g>/``); the label store
 #: is not among them: its labels cost oracle calls and are never removed
@@ -116,6 +117,10 @@ def _check_init_models(cfg, elements: set[int]) -> None:
             if diff:
                 raise ModelFileError(p, f"init_model: its network differs from the first file's in {'; '.join(diff)}; "
                                         "the members of one ensemble share one architecture")
+        try:  # the blocks finetune.trainable keeps exist in this network (freezes this loaded copy only)
+            freeze(model, cfg.finetune)
+        except ValueError as exc:
+            raise ModelFileError(p, str(exc)) from None
         known = set(model.elements()) if hasattr(model, "elements") else set()
         if known and elements - known:
             raise ModelFileError(p, f"init_model: the model knows {_symbols(known)}, not "

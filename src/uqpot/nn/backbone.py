@@ -10,6 +10,8 @@ a subclass of it that supplies the network; the base class keeps what is common.
   features ξ ``features`` (M, N, F) (what GMM, MVE and evidential heads read; F = ``hparams["features"]``);
 * ``last_layer_features(out)`` and ``last_layer_dim``: per-atom h̃ (N, d) in which the atomic energy is
   linear (LLPR's last layer);
+* ``block_of(name)``: where parameter ``name`` sits, ``"embedding"``, an interaction's index or ``"readout"``
+  (:meth:`~uqpot.nn.potential.Potential.parameter_blocks` orders them; fine-tuning freezes by block);
 * ``cutoff`` (Å), ``elements()`` (the atomic numbers it knows), ``members`` M (networks evaluated in one
   call, each parameter with a leading member axis, as the trainer's per-member Adam expects), ``hparams``
   (plain values that rebuild it, ``backbone`` among them for every backbone but PaiNN: the model file

@@ -27,6 +27,8 @@ e3nn`` loads a constants file that holds a ``slice``.  :func:`import_mace` allow
 
 from __future__ import annotations
 
+import re
+
 import os
 from typing import Literal
 
@@ -264,6 +266,14 @@ class MACEPotential(Potential):
     @property
     def last_layer_dim(self) -> int:
         return self._ll_dim
+
+    def block_of(self, name: str):
+        """MACE: layer k's interaction and product basis are block k; every layer's readout (MACE sums the
+        readouts of all layers into the energy) is the readout; the node embedding is the embedding."""
+        m = re.match(r"stack\.(interactions|products)__(\d+)__", name)
+        if m:
+            return int(m.group(2))
+        return "readout" if name.startswith("stack.readouts__") else "embedding"
 
     def last_layer_features(self, out: dict) -> torch.Tensor:
         return out[LAST_LAYER] * self.energy_scale

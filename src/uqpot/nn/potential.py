@@ -14,6 +14,8 @@ call); ``forward_members`` returns outputs with a leading member axis, ``forward
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from torch import nn
@@ -129,6 +131,29 @@ class Potential(nn.Module):
         ro = self.readout
         h = ro.act(ro.lin1(out[F.FEATURES].unsqueeze(0)))[0]
         return torch.cat([h, torch.ones_like(h[:, :1])], dim=-1) * self.energy_scale
+
+    def parameter_blocks(self) -> list[tuple[str, list[str]]]:
+        """The network's parameters by block, from input to output: ``("embedding", names)``,
+        ``("interaction 1", names)``, ..., ``("readout", names)`` (names as ``named_parameters`` gives them;
+        every parameter in exactly one block).  Fine-tuning freezes by it (:mod:`uqpot.fit.finetune`); a
+        backbone says where each parameter belongs in :meth:`block_of`."""
+        blocks: dict = {}
+        for n, _ in self.named_parameters():
+            blocks.setdefault(self.block_of(n), []).append(n)
+        interactions = sorted(k for k in blocks if isinstance(k, int))
+        return ([("embedding", blocks.get("embedding", []))]
+                + [(f"interaction {k + 1}", blocks[k]) for k in interactions]
+                + [("readout", blocks.get("readout", []))])
+
+    def block_of(self, name: str):
+        """The block of parameter ``name``: ``"embedding"``, the interaction's index (0-based) or
+        ``"readout"``.  PaiNN: the message and update of interaction k are block k; the readout MLP is the
+        readout; the atom embedding, the radial basis and the filter network are the embedding (the filter
+        network's one linear map gives every interaction its filters, so it cannot be split by block)."""
+        m = re.match(r"representation\.(messages|updates)\.(\d+)\.", name)
+        if m:
+            return int(m.group(2))
+        return "readout" if name.startswith("readout.") else "embedding"
 
     def fit_reference(self, dataset: StructureDataset) -> None:
         """Per-element reference energies (least squares of E on composition, minimum-norm where the

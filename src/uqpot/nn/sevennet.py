@@ -34,6 +34,8 @@ The packaged checkpoints are pickles read with ``weights_only=False``: they are 
 
 from __future__ import annotations
 
+import re
+
 from typing import Literal
 
 import numpy as np
@@ -274,6 +276,15 @@ class SevenNetPotential(Potential):
     @property
     def last_layer_dim(self) -> int:
         return self._ll_dim
+
+    def block_of(self, name: str):
+        """SevenNet: the modules of interaction block k (``k_convolution``, ``k_self_interaction_1``, ...) are
+        block k; ``reduce_input_to_hidden``, ``reduce_hidden_to_energy`` and the per-element scale are the
+        readout; the edge embedding and the one-hot feature map are the embedding."""
+        m = re.match(r"stack\.net__(\d+)_", name)
+        if m:
+            return int(m.group(1))
+        return "readout" if re.match(r"stack\.net__(reduce_|rescale_)", name) else "embedding"
 
     def last_layer_features(self, out: dict) -> torch.Tensor:
         return out[LAST_LAYER] * self.energy_scale
