@@ -303,12 +303,25 @@ def read_structures(path, options: ReadOptions | None = None, collect: list | No
 _UNIT_RATIOS = {"eV": 23.060548, "Hartree": 627.5095, "kJ/mol": 1 / 4.184}
 
 
+#: pairs closer than this (RMS displacement, Å) judge any unit ratio; farther pairs (up to PAIR_FAR) only the
+#: large ones (eV, Hartree), where the straight-line work's anharmonic error cannot reach
+PAIR_NEAR, PAIR_FAR = 0.1, 0.2
+#: unique pairs needed for a verdict
+MIN_PAIRS = 5
+
+
 def check_unit_consistency(structures, path, max_frames: int = 400) -> DataError | None:
     """Energies and forces in the same energy unit?  For pairs of nearby frames of one composition the
     energy change must match the work of the forces, ΔE ≈ −½(F₁ + F₂)·Δx, with slope 1.  A slope near a
-    known unit ratio (23.06 for eV vs kcal/mol, 627.5 for Hartree, ...) means the file's energies and forces
-    are in different units (a length-unit error cancels out and is not detected here).  Inconclusive data
-    (few close pairs, poor correlation, e.g. structures far apart) is let through."""
+    known unit ratio (23.06 for eV vs kcal/mol, 627.5 for Hartree, 4.184 for kJ/mol) means the file's
+    energies and forces are in different units (a length-unit error cancels out and is not detected here).
+
+    The straight-line work is exact for a harmonic surface only; its error grows with the displacement
+    (measured on correct labels: slope 0.98 on rMD17 ethanol pairs closer than 0.1 Å RMS, 0.75-0.8 at
+    0.15-0.2 Å; 0.26 on high-temperature NH3 MD frames 0.1-0.2 Å apart, which a kJ/mol check would take
+    for a unit error).  So every pair (each counted once) closer than ``PAIR_NEAR`` judges any ratio, and
+    when there are too few of them pairs up to ``PAIR_FAR`` judge only the large ratios (eV, Hartree).
+    Inconclusive data (fewer than ``MIN_PAIRS`` pairs, poor correlation) is let through."""
     groups: dict = {}
     for s in structures:
         if s.energy is not None and s.forces is not None and not s.periodic:
@@ -323,21 +336,27 @@ def check_unit_consistency(structures, path, max_frames: int = 400) -> DataError
         D = np.sqrt(((X[:, None] - X[None]) ** 2).mean((-1, -2)))
         np.fill_diagonal(D, np.inf)
         j = D.argmin(1)
-        close = D[np.arange(len(group)), j] < 0.2
-        if close.sum() < 8:
+        pairs = sorted({(min(a, int(b)), max(a, int(b))) for a, b in enumerate(j) if D[a, b] < PAIR_FAR})
+        near = [p for p in pairs if D[p] < PAIR_NEAR]
+        large_only = len(near) < MIN_PAIRS
+        use = pairs if large_only else near
+        if len(use) < MIN_PAIRS:
             continue
-        i = np.nonzero(close)[0]
-        dE = E[j[i]] - E[i]
-        work = -0.5 * ((Fo[i] + Fo[j[i]]) * (X[j[i]] - X[i])).sum((-1, -2))
+        i, k = np.array([p[0] for p in use]), np.array([p[1] for p in use])
+        dE = E[k] - E[i]
+        work = -0.5 * ((Fo[i] + Fo[k]) * (X[k] - X[i])).sum((-1, -2))
         if np.std(work) == 0 or np.std(dE) == 0 or np.corrcoef(work, dE)[0, 1] < 0.8:
             continue
         slope = float(np.sum(work * dE) / np.sum(work ** 2))
         if 1 / 3 < slope < 3:
             continue
         candidates = [(abs(np.log(abs(slope) / ratio)), ratio, how) for name, r in _UNIT_RATIOS.items()
+                      if not large_only or r > 10.0
                       for ratio, how in ((1 / r, f"energies in {name}, forces in kcal/mol/Å"),
                                          (r, f"forces in {name}/Å, energies in kcal/mol"))]
         dist, ratio, how = min(candidates)
+        if large_only and dist >= 0.5:
+            continue  # far pairs only: a slope off 1 but near no large ratio may be the work's own error
         guess = f" (close to {ratio:.4g}: {how}?)" if dist < 0.5 else ""
         return DataError(path, f"energies and forces are not in the same units: energy changes between nearby "
                                f"frames are {slope:.4g} x the work of the forces{guess}; declare the units of "

@@ -160,7 +160,8 @@ class ActiveLearning:
         path = self.gen_dir(g, method) / "attack" / "labelled.extxyz"
         if not path.is_file() or path.stat().st_size == 0:
             return StructureDataset([])
-        return read_structures(path, ReadOptions(min_distance=0.0))
+        # uqpot wrote it from the oracle's labels in kcal/mol and Å: the unit heuristic is for users' files
+        return read_structures(path, ReadOptions(min_distance=0.0, check_units=False))
 
     def data_for(self, g: int, method: str, base) -> tuple[StructureDataset, StructureDataset]:
         train, val = base
