@@ -2,8 +2,8 @@
 ``--init`` (e.g. ``uqpot convert 7net-0 --out 7net0.pt``) fine-tuned on ``--train`` (split into training and
 validation, seeded) with ``finetune.trainable`` = each of ``--modes`` (``all``, ``readout``, ``last_blocks``
 with ``--blocks``), for every seed, and a post-hoc UQ method (``--method``, default LLPR) fitted on the
-fine-tuned network; also ``--ensemble M``: an ensemble of M copies fine-tuned with ``trainable: all`` (the
-members start from the same weights and differ by their batch orders, ``train.member_order: independent``),
+fine-tuned network; also ``--ensemble M``: an ensemble of M copies fine-tuned one by one with ``trainable:
+all`` (each its own seed and batch order; :func:`ensemble_run`),
 and the zero-shot model (no training, the same post-hoc method).  Every model is scored on ``--test`` with
 uqpot's metrics (force MAE, Spearman, ROC-AUC at the 20th error percentile, miscalibration area); printed as
 mean over seeds with its 95% t-interval, the seconds per run and the weights each mode trained.
@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from uqpot.data.io import read_structures
+from uqpot.data.io import read_structures, write_extxyz
 from uqpot.fit.finetune import FinetuneSettings
 from uqpot.fit.run import fit_model
 from uqpot.metrics.intervals import fmt, mean_interval
@@ -43,11 +45,11 @@ def _split(n: int, val_fraction: float, seed: int):
 
 
 def run_one(a, name: str, uq: dict, ft: FinetuneSettings | None, lr: float, epochs: int, seed: int, data, test,
-            out: Path) -> dict:
+            out: Path, split_seed: int | None = None) -> dict:
     done = out / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
-    tr, va = _split(len(data), a.val_fraction, seed)
+    tr, va = _split(len(data), a.val_fraction, seed if split_seed is None else split_seed)
     cfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=lr, lr_patience=max(2, epochs // 5), progress=False,
                       member_order="independent", stress_weight=0.0)
     t0 = time.perf_counter()
@@ -57,6 +59,36 @@ def run_one(a, name: str, uq: dict, ft: FinetuneSettings | None, lr: float, epoc
     res = {"name": name, "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
            "test": {k: summary["test"].get(k) for k in KEYS}, "fine_tuning": extra.get("fine_tuning"),
            "best_epoch": summary.get("training", {}).get("best_epoch")}
+    done.write_text(json.dumps(res, indent=1))
+    return res
+
+
+def ensemble_run(a, seed: int, lr: float, data, test) -> dict:
+    """``a.ensemble`` copies of ``a.init`` fine-tuned one by one (``trainable: all``; member k trains with seed
+    100·seed + k, so its own batch order, on the run's one split: one set of reference energies; a backbone without the dense layout cannot stack independent batch
+    orders, and copies stacked from one file would stay identical), then ``uqpot wrap ... --method ensemble``
+    calibrated on the run's validation split and ``uqpot evaluate`` on ``test``."""
+    out = a.out / f"ensemble_{a.ensemble}_all" / f"seed{seed}"
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    members = []
+    for k in range(a.ensemble):
+        d = out / f"member{k}"
+        run_one(a, f"member {k}", {"method": "none"}, FinetuneSettings(trainable="all"), lr, a.epochs,
+                100 * seed + k, data, test, d, split_seed=seed)
+        members.append(str(d / "model.pt"))
+    tr, va = _split(len(data), a.val_fraction, seed)
+    write_extxyz(data.subset(va), out / "val.extxyz")
+    uqpot = [sys.executable, "-m", "uqpot"]
+    subprocess.run(uqpot + ["wrap", *members, "--method", "ensemble", "--val", str(out / "val.extxyz"), "--out",
+                            str(out / "ensemble.pt")], check=True, capture_output=True)
+    subprocess.run(uqpot + ["evaluate", str(out / "ensemble.pt"), str(a.test), "--out", str(out / "eval")], check=True,
+                   capture_output=True)
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    res = {"name": f"ensemble({a.ensemble}) all", "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+           "test": {k: metrics.get(k) for k in KEYS}, "fine_tuning": {"weights_trained": "all"}}
     done.write_text(json.dumps(res, indent=1))
     return res
 
@@ -86,14 +118,18 @@ def main(argv=None) -> None:
     plan = [("zero-shot", {"method": a.method}, FinetuneSettings(trainable="readout"), 1e-12, 1, seeds[:1])]
     plan += [(m if m != "last_blocks" else f"last_blocks({a.blocks})", {"method": a.method},
               FinetuneSettings(trainable=m, blocks=a.blocks), lrs[m], a.epochs, seeds) for m in a.modes.split(",")]
-    if a.ensemble:
-        plan.append((f"ensemble({a.ensemble}) all", {"method": "ensemble", "members": a.ensemble},
-                     FinetuneSettings(trainable="all"), lrs["all"], a.epochs, seeds))
     for name, uq, ft, lr, epochs, ss in plan:
         for s in ss:
             d = a.out / name.replace("(", "_").replace(")", "").replace(" ", "_") / f"seed{s}"
             r = run_one(a, name, uq, ft, lr, epochs, s, data, test, d)
             runs.setdefault(name, []).append(r)
+            print(f"{name} seed {s}: " + ", ".join(f"{k} {r['test'][k]:.3f}" for k in KEYS) + f" ({r['seconds']} s)",
+                  flush=True)
+    if a.ensemble:
+        name = f"ensemble({a.ensemble}) all"
+        for s in seeds:
+            runs.setdefault(name, []).append(ensemble_run(a, s, lrs["all"], data, test))
+            r = runs[name][-1]
             print(f"{name} seed {s}: " + ", ".join(f"{k} {r['test'][k]:.3f}" for k in KEYS) + f" ({r['seconds']} s)",
                   flush=True)
     print(f"\n{a.test}: mean over seeds [95% t-interval]")
