@@ -10,13 +10,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 import uqpot
 from uqpot.core import fields as F
 from uqpot.cli.main import cli
 from uqpot.data.batch import iterate_batches
-from uqpot.nn.backbone import (BACKBONES, CAPABILITIES, OPTIONS, BackboneOptions, build_potential, parse_model,
+from uqpot.nn.backbone import (ASSEMBLED, BACKBONES, CAPABILITIES, OPTIONS, BackboneOptions, build_potential, parse_model,
                                register_backbone)
 from uqpot.nn.potential import MAX_Z, Potential
 from uqpot.nn.stacked import StackedLinear, StackedMLP, init_members
@@ -161,13 +161,19 @@ def test_every_backbone_declares_its_capabilities_and_options(name):
         assert attr in cls.__dict__, f"{name} does not declare {attr}"
     assert isinstance(cls.supports_dense, bool) and isinstance(cls.compilable, bool)
     assert isinstance(cls.forward_ad, bool) and isinstance(cls.title, str)
+    if name in ASSEMBLED:  # built from trained files only: no model section, never trained as one network
+        assert cls.assembled and name not in OPTIONS
+        with pytest.raises(ValidationError, match="committee"):
+            parse_model({"kind": name})
+        return
+    assert not cls.assembled
     opts = OPTIONS[name]
     assert issubclass(opts, BackboneOptions) and "cutoff" in opts.model_fields
     parsed = parse_model({"kind": name})
     assert type(parsed) is opts and parse_model(parsed.model_dump(mode="json")) == parsed
 
 
-@pytest.mark.parametrize("name", sorted({*BACKBONES, "toy"}))
+@pytest.mark.parametrize("name", sorted({*OPTIONS, "toy"}))
 def test_hparams_round_trip(name, ethanol):
     """A potential built from its options' hyper-parameters rebuilds from its own ``hparams`` with the same
     hyper-parameters (what a model file stores)."""

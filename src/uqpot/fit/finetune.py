@@ -159,6 +159,11 @@ def build_from(sources: list, uq_cfg, seed: int, members: int, plain: bool, name
     """The model to train for ``uq_cfg`` (``members`` stacked networks; a plain potential when ``plain``),
     sized as the trained ``sources`` (their backbone and hyper-parameters, seeds from ``seed``) and
     warm-started from them."""
+    for k, src in enumerate(sources):
+        if _potential(src).assembled:
+            where = names[k] if names else f"initial model {k}"
+            raise ValueError(f"{where}: a {_potential(src).title} of different networks is not fine-tuned as one "
+                             "network; give its members' own files")
     hp = dict(_potential(sources[0]).hparams)
     hp.update(members=members, seeds=[seed + k for k in range(members)])
     model = build_potential(hp) if plain else build_method(uq_cfg, hp)

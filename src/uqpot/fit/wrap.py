@@ -9,7 +9,11 @@ from model files, or re-calibrate a UQ model (``uqpot wrap``).
   post-hoc part is fitted on the training structures (GMM: the features of every training atom, Eq. 10-11;
   LLPR: the Gram matrix from the training set, α and ς from the validation set).
 * ``ensemble`` stacks M separately trained single potentials (same architecture, same training set) into
-  one batched ensemble (:meth:`uqpot.uq.ensemble.Ensemble.from_members`; Eq. 2-5).
+  one batched ensemble (:meth:`uqpot.uq.ensemble.Ensemble.from_members`; Eq. 2-5).  Members of different
+  backbones, hyper-parameters or reference energies (PaiNN, MACE, SevenNet, ...) form a committee instead
+  (:meth:`~uqpot.uq.ensemble.Ensemble.from_committee`, :mod:`uqpot.nn.committee`), once each member's mean
+  energy error per atom on the validation structures shows it models the labels' level of theory
+  (:func:`_check_committee`); the elements are those every member knows.
 * ``calibrate`` re-fits only the calibration of any UQ model.
 
 Every result is calibrated on the validation structures: σ²(x) = a·U(x) + b with its floor (Eq. 13) and the
@@ -33,6 +37,8 @@ import yaml
 from pydantic import ValidationError
 
 from ..nn import modelfile
+from ..nn.committee import energy_offsets
+from ..nn.potential import SHARED_BUFFERS
 from ..core.config_io import _format_validation_error, parse
 from ..data.io import ReadOptions, read_structures
 from ..data.splits import load_split
@@ -145,25 +151,51 @@ def _distinct_files(models) -> None:
         seen[key] = m
 
 
-def _ensemble_members(models, loaded) -> None:
-    """Members with the same hyper-parameters (the differing one named, with both files) and different
-    weights (copies of one network would give an ensemble of zero spread)."""
+def _same_architecture(loaded) -> bool:
+    """Whether the members share one architecture and one set of reference energies (then they stack into one
+    batched ensemble; else they form a committee, :mod:`uqpot.nn.committee`)."""
     skip = ("members", "seeds")
     hp0 = {k: v for k, v in loaded[0].hparams.items() if k not in skip}
-    for path, m in zip(models[1:], loaded[1:]):
-        hp = {k: v for k, v in m.hparams.items() if k not in skip}
-        diff = [f"{k} ({hp0.get(k)!r} in {models[0]}, {hp.get(k)!r} here)" for k in sorted(set(hp0) | set(hp), key=str)
-                if hp0.get(k) != hp.get(k)]
-        if diff:
-            raise ModelFileError(path, f"cannot join the ensemble: its hyper-parameters differ from the first "
-                                       f"model's: {'; '.join(diff)}; members must share one architecture")
+    for m in loaded[1:]:
+        if {k: v for k, v in m.hparams.items() if k not in skip} != hp0:
+            return False
+    s0 = loaded[0].state_dict()
+    return all(torch.equal(s0[k].cpu(), m.state_dict()[k].cpu()) for m in loaded[1:] for k in SHARED_BUFFERS if k in s0)
+
+
+def _ensemble_members(models, loaded) -> None:
+    """Members with different weights (copies of one network would give an ensemble of zero spread)."""
     states = [m.state_dict() for m in loaded]
     for j in range(1, len(loaded)):
         for i in range(j):
-            if all(torch.equal(states[i][k], states[j][k]) for k in states[i]):
+            if states[i].keys() == states[j].keys() and all(
+                    states[i][k].shape == states[j][k].shape and torch.equal(states[i][k], states[j][k])
+                    for k in states[i]):
                 raise ModelFileError(models[j], f"has the same weights as {models[i]}: copies of one network give "
                                                 "an ensemble of zero spread; give separately trained models (other "
                                                 "seeds)")
+
+
+#: the largest mean energy error per atom (kcal/mol) of a committee member on the validation structures that
+#: can still be a model of the data's level of theory (beyond it, and beyond 3 standard deviations of the
+#: member's own per-atom errors, its reference energies belong to another: see :func:`_check_committee`)
+OFFSET_TOLERANCE = 1.0
+
+
+def _check_committee(models, model, val, where) -> list[float]:
+    """The members of a committee predict the energies of one level of theory: each member's mean energy
+    error per atom on the validation structures (:func:`uqpot.nn.committee.energy_offsets`) within
+    :data:`OFFSET_TOLERANCE` kcal/mol or 3 standard deviations of its errors; else the member is named (its
+    energies are offset: another level of theory, or a foundation model not fine-tuned to the data).
+    Returns the offsets."""
+    offset, spread = energy_offsets(model.potential, val)
+    for path, o, sd in zip(models, offset, spread):
+        if abs(o) > max(OFFSET_TOLERANCE, 3.0 * sd):
+            raise ModelFileError(path, f"cannot join the committee: its energies are offset from the labels of {where} "
+                                       f"by {o:+.4g} kcal/mol per atom on average (spread {sd:.3g}): its reference "
+                                       "energies belong to another level of theory; fine-tune it to the data first "
+                                       "(uqpot loop with init_model, or train from it)")
+    return [float(o) for o in offset]
 
 
 def _check_sizes(models, sets: RunSets, data, val) -> None:
@@ -215,6 +247,7 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
     if not isinstance(payload_extra, dict):
         payload_extra = {}
     kinds = [getattr(m, "kind", "") for m in loaded]
+    committee = False
     if method == "calibrate":
         if not kinds[0].startswith("uq."):
             raise ModelFileError(models[0], f"a {kinds[0]} model has no uncertainty to calibrate; wrap it with a "
@@ -227,8 +260,9 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
                 raise ModelFileError(path, f"--method {method} takes a single trained potential, not a {what}")
         if method == "ensemble":
             _ensemble_members(models, loaded)
+            committee = not _same_architecture(loaded)
             try:
-                model = Ensemble.from_members(loaded)
+                model = Ensemble.from_committee(loaded) if committee else Ensemble.from_members(loaded)
             except ValueError as exc:
                 raise ModelFileError(models[0], f"cannot assemble an ensemble of {len(models)} models: {exc}") from None
         else:
@@ -238,15 +272,24 @@ def wrap(models, method: str, data=None, val=None, out=None, options: dict | Non
     for ds in (sets.train, sets.val):
         if ds is not None:
             check_elements(model, ds)
+    offsets = None
+    if method == "ensemble" and committee:
+        offsets = _check_committee(models, model, sets.val, val if val is not None else "the validation split")
     extra = {k: v for k, v in payload_extra.items() if k not in ("posthoc", "calibration", "wrapped")}
     fitted = fit_and_calibrate(model, sets.train, sets.val, sets.batch_size)
     if method == "calibrate":
         fitted["posthoc"] = payload_extra.get("posthoc", {})
-    extra.update(fitted, wrapped={"method": method, "from": [str(m) for m in models], **sets.source,
-                                  "batch_size": sets.batch_size})
+    wrapped = {"method": method, "from": [str(m) for m in models], **sets.source, "batch_size": sets.batch_size}
+    if offsets is not None:
+        wrapped["committee"] = {"members": [n.title for n in model.potential.nets],
+                                "energy_offset_per_atom": offsets, "dtype": str(model.dtype).replace("torch.", "")}
+    extra.update(fitted, wrapped=wrapped)
     modelfile.save(model, out, extra=extra)
     cal = fitted["calibration"]
-    summary = {"method": model.method if method != "calibrate" else f"{model.method} (re-calibrated)",
+    name = model.method if method != "calibrate" else f"{model.method} (re-calibrated)"
+    if offsets is not None:
+        name += f" (a committee of {', '.join(n.title for n in model.potential.nets)})"
+    summary = {"method": name,
                "posthoc": fitted["posthoc"], "calibration": cal,
                "n_train": len(sets.train) if sets.train is not None else 0, "n_val": len(sets.val)}
     return out, summary

@@ -108,6 +108,9 @@ def _check_init_models(cfg, elements: set[int]) -> None:
     for p in files:
         model = load(p)  # a missing, foreign or pickled file: one error naming it (nothing unpickled)
         net = getattr(model, "potential", model)
+        if net.assembled:
+            raise ModelFileError(p, f"init_model: a {net.title} of different networks is not fine-tuned as one "
+                                    "network; give its members' own files (one per member)")
         hp = {k: v for k, v in net.hparams.items() if k not in ("members", "seeds")}
         if first is None:
             first = (p, hp)

@@ -97,6 +97,29 @@ def register_backbone(name: str, options: type[BackboneOptions]):
     return deco
 
 
+#: the names of the assembled backbones (:func:`register_assembled`): built from trained model files, never from a
+#: ``model`` section of a config, never trained as one network
+ASSEMBLED: set[str] = set()
+
+
+def register_assembled(name: str):
+    """Class decorator: registers a backbone that is assembled from trained networks (e.g. a committee of
+    different backbones, :mod:`uqpot.nn.committee`) rather than configured and trained: model files rebuild it
+    (:func:`build_potential`), a config's ``model.kind`` does not know it.  It declares its
+    :data:`CAPABILITIES` as every backbone does."""
+
+    def deco(cls):
+        missing = [a for a in CAPABILITIES if a not in cls.__dict__]
+        if missing:
+            raise TypeError(f"backbone {name!r} must declare its capabilities: {', '.join(missing)}")
+        cls.backbone = name
+        BACKBONES[name] = cls
+        ASSEMBLED.add(name)
+        return cls
+
+    return deco
+
+
 def backbone_class(name: str):
     """The :class:`~uqpot.nn.potential.Potential` subclass of backbone ``name``."""
     try:
@@ -116,6 +139,9 @@ def _validate_model(value, handler):
     if isinstance(value, BackboneOptions):
         return value
     kind = value.get("kind", DEFAULT) if isinstance(value, dict) else DEFAULT
+    if kind in ASSEMBLED:
+        raise ValueError(f"kind {kind!r} is assembled from trained model files (uqpot wrap A.pt B.pt ... --method "
+                         f"ensemble), not trained from a config; give the kind of each network to train")
     if kind not in OPTIONS:  # the error names model.kind and the kinds there are
         create_model("_Kind", kind=(Literal[tuple(OPTIONS)], ...)).model_validate({"kind": kind})
     return OPTIONS[kind].model_validate(value)

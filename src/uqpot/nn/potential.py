@@ -67,6 +67,9 @@ class Potential(nn.Module):
     #: whether the energy outputs support forward-mode autograd under ``torch.func.vmap`` (LLPR's
     #: forward-mode force variance, :func:`uqpot.nn.response.structure_jacobian`); checked in the tests
     forward_ad = True
+    #: whether the potential is assembled from trained networks (:func:`uqpot.nn.backbone.register_assembled`:
+    #: a committee), not configured and trained as one network
+    assembled = False
 
     @classmethod
     def from_hparams(cls, hparams: dict) -> "Potential":

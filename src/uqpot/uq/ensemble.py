@@ -12,7 +12,8 @@ part of which the other members trained on.  Measured on the ammonia out-of-doma
 Prediction: the members' mean energy and forces (Eq. 2-3).  Uncertainty: the variance of the forces over
 members with the 1/(M-1) estimator, averaged over Cartesian components per atom; averaged over atoms it is
 σ²_F(x) of Eq. 5 (in (kcal/mol/Å)²).  The energy variance σ²_E (Eq. 4) is returned as well.  The members
-are one stacked module evaluated in one batched call.
+are one stacked module evaluated in one batched call, or, for members of different backbones (``uqpot wrap
+A.pt B.pt C.pt --method ensemble``), a committee evaluated member by member (:mod:`uqpot.nn.committee`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from pydantic import Field
 
 from ..core import fields as F
+from ..nn.committee import Committee
 from ..nn.potential import SHARED_BUFFERS
 from .base import UQMethod, register_method
 from .options import UQOptions
@@ -68,8 +70,9 @@ class Ensemble(UQMethod):
 
     def combine(self, out: dict, batch) -> dict:
         res = {F.ENERGY: out[F.ENERGY].mean(0), F.ENERGY_VARIANCE: out[F.ENERGY].var(0, correction=1),
-               F.FEATURES_MEMBERS: out[F.FEATURES], F.ENERGY_MEMBERS: out[F.ENERGY],
-               F.ATOMIC_ENERGY_MEMBERS: out[F.ATOMIC_ENERGY]}
+               F.ENERGY_MEMBERS: out[F.ENERGY], F.ATOMIC_ENERGY_MEMBERS: out[F.ATOMIC_ENERGY]}
+        if F.FEATURES in out:  # a committee of different backbones has no common feature space
+            res[F.FEATURES_MEMBERS] = out[F.FEATURES]
         if F.FORCES in out:
             forces = out[F.FORCES]
             res[F.FORCES] = forces.mean(0)
@@ -100,6 +103,7 @@ class Ensemble(UQMethod):
                 raise ValueError(f"member models differ in their hyper-parameters: {'; '.join(diff)}")
         seeds = [int(p.hparams["seeds"][0]) for p in potentials]
         ens = cls({**hp0, "members": len(potentials), "seeds": seeds}, reduction)
+        ens = ens.to(device=potentials[0].device, dtype=potentials[0].dtype)  # float64 members stay float64
         state = ens.potential.state_dict()
         with torch.no_grad():
             for name, value in state.items():
@@ -110,4 +114,15 @@ class Ensemble(UQMethod):
                     value.copy_(parts[0])
                 else:
                     value.copy_(torch.cat(parts, 0))
+        return ens
+
+    @classmethod
+    def from_committee(cls, potentials, reduction: str = "mean") -> "Ensemble":
+        """An ensemble whose members are M trained single networks of any backbones, hyper-parameters and
+        reference energies (:class:`uqpot.nn.committee.Committee`); member m is network m, so that the
+        ensemble equals evaluating each network alone.  Whether the members belong together (one level of
+        theory: :func:`uqpot.nn.committee.energy_offsets`) is the caller's check (``uqpot wrap``)."""
+        committee = Committee.from_networks(potentials)
+        ens = cls(dict(committee.hparams), reduction).to(device=committee.device, dtype=committee.dtype)
+        ens.potential.load_state_dict(committee.state_dict(), strict=True)
         return ens
