@@ -3,9 +3,10 @@
 validation, seeded) with ``finetune.trainable`` = each of ``--modes`` (``all``, ``readout``, ``last_blocks``
 with ``--blocks``), for every seed, and a post-hoc UQ method (``--method``, default LLPR) fitted on the
 fine-tuned network; also ``--ensemble M``: an ensemble of M copies fine-tuned one by one with ``trainable:
-all`` (each its own seed and batch order; :func:`ensemble_run`),
+all`` (each its own seed and batch order; with ``--member-splits`` each its own train/validation split of the
+pool as well; :func:`ensemble_run`),
 and the zero-shot model (no training, the same post-hoc method).  Every model is scored on ``--test`` with
-uqpot's metrics (force MAE, Spearman, ROC-AUC at the 20th error percentile, miscalibration area); printed as
+uqpot's metrics (force MAE, Spearman, ROC-AUC at the 20th error percentile, cNLL, miscalibration area); printed as
 mean over seeds with its 95% t-interval, the seconds per run and the weights each mode trained.
 
     python benchmarks/finetune_modes.py --init 7net0.pt --train data/train.extxyz --test data/ood.extxyz \\
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from uqpot.data.io import read_structures, write_extxyz
 from uqpot.fit.finetune import FinetuneSettings
@@ -34,7 +36,18 @@ from uqpot.nn import modelfile
 from uqpot.train.config import TrainConfig
 from uqpot.uq.options import parse_uq
 
-KEYS = ("forces_mae", "spearman", "roc_auc_p20", "miscalibration_area")
+KEYS = ("forces_mae", "spearman", "roc_auc_p20", "cnll", "miscalibration_area")
+
+
+def _read_back(done: Path, metrics: Path) -> dict:
+    """A finished run's result, its metrics completed from the run's own metrics file (results written before
+    a metric joined :data:`KEYS`)."""
+    res = json.loads(done.read_text())
+    if any(k not in res["test"] for k in KEYS) and metrics.is_file():
+        m = json.loads(metrics.read_text())
+        m = m.get("test", m)
+        res["test"] = {k: res["test"].get(k, m.get(k)) for k in KEYS}
+    return res
 DEFAULT_LR = {"readout": 1e-3, "last_blocks": 3e-4, "all": 1e-4}
 
 
@@ -48,7 +61,7 @@ def run_one(a, name: str, uq: dict, ft: FinetuneSettings | None, lr: float, epoc
             out: Path, split_seed: int | None = None) -> dict:
     done = out / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return _read_back(done, out / "summary.json")
     tr, va = _split(len(data), a.val_fraction, seed if split_seed is None else split_seed)
     cfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=lr, lr_patience=max(2, epochs // 5), progress=False,
                       member_order="independent", stress_weight=0.0)
@@ -66,18 +79,19 @@ def run_one(a, name: str, uq: dict, ft: FinetuneSettings | None, lr: float, epoc
 def ensemble_run(a, seed: int, lr: float, data, test) -> dict:
     """``a.ensemble`` copies of ``a.init`` fine-tuned one by one (``trainable: all``; member k trains with seed
     100·seed + k, so its own batch order, on the run's one split: one set of reference energies; a backbone without the dense layout cannot stack independent batch
-    orders, and copies stacked from one file would stay identical), then ``uqpot wrap ... --method ensemble``
+    orders, and copies stacked from one file would stay identical; ``--member-splits``: member k on its own
+    split, seeded 100·seed + k), then ``uqpot wrap ... --method ensemble``
     calibrated on the run's validation split and ``uqpot evaluate`` on ``test``."""
-    out = a.out / f"ensemble_{a.ensemble}_all" / f"seed{seed}"
+    out = a.out / (f"ensemble_{a.ensemble}_all" + ("_own_splits" if a.member_splits else "")) / f"seed{seed}"
     done = out / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return _read_back(done, out / "eval" / "metrics.json")
     t0 = time.perf_counter()
     members = []
     for k in range(a.ensemble):
         d = out / f"member{k}"
         run_one(a, f"member {k}", {"method": "none"}, FinetuneSettings(trainable="all"), lr, a.epochs,
-                100 * seed + k, data, test, d, split_seed=seed)
+                100 * seed + k, data, test, d, split_seed=100 * seed + k if a.member_splits else seed)
         members.append(str(d / "model.pt"))
     tr, va = _split(len(data), a.val_fraction, seed)
     write_extxyz(data.subset(va), out / "val.extxyz")
@@ -87,7 +101,7 @@ def ensemble_run(a, seed: int, lr: float, data, test) -> dict:
     subprocess.run(uqpot + ["evaluate", str(out / "ensemble.pt"), str(a.test), "--out", str(out / "eval")], check=True,
                    capture_output=True)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    res = {"name": f"ensemble({a.ensemble}) all", "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+    res = {"name": f"ensemble({a.ensemble}) all" + (", own splits" if a.member_splits else ""), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
            "test": {k: metrics.get(k) for k in KEYS}, "fine_tuning": {"weights_trained": "all"}}
     done.write_text(json.dumps(res, indent=1))
     return res
@@ -102,7 +116,13 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default="readout,last_blocks,all")
     ap.add_argument("--blocks", type=int, default=1)
     ap.add_argument("--method", default="llpr")
+    ap.add_argument("--option", action="append", default=[],
+                    help="KEY=VALUE option of --method (e.g. output=atomic_energy for LLPR on large cells); repeatable")
     ap.add_argument("--ensemble", type=int, default=0, help="members of a fine-tuned ensemble (0: none)")
+    ap.add_argument("--member-splits", action="store_true",
+                    help="each ensemble member fine-tunes on its own train/validation split of the pool (seed "
+                         "100·seed + k): members differ by their data, not only their batch order; their reference "
+                         "shifts then differ and uqpot wrap assembles them as a committee")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", default="", help="MODE=LR,... (default: readout 1e-3, last_blocks 3e-4, all 1e-4)")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -115,9 +135,10 @@ def main(argv=None) -> None:
     runs: dict[str, list] = {}
     # zero-shot: the post-hoc method on the untrained network (one epoch at a vanishing step: fit_model's
     # route, the weights do not move measurably)
-    plan = [("zero-shot", {"method": a.method}, FinetuneSettings(trainable="readout"), 1e-12, 1, seeds[:1])]
-    plan += [(m if m != "last_blocks" else f"last_blocks({a.blocks})", {"method": a.method},
-              FinetuneSettings(trainable=m, blocks=a.blocks), lrs[m], a.epochs, seeds) for m in a.modes.split(",")]
+    uq = {"method": a.method, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in a.option)}}
+    plan = [("zero-shot", uq, FinetuneSettings(trainable="readout"), 1e-12, 1, seeds[:1])]
+    plan += [(m if m != "last_blocks" else f"last_blocks({a.blocks})", uq,
+              FinetuneSettings(trainable=m, blocks=a.blocks), lrs[m], a.epochs, seeds) for m in a.modes.split(",") if m]
     for name, uq, ft, lr, epochs, ss in plan:
         for s in ss:
             d = a.out / name.replace("(", "_").replace(")", "").replace(" ", "_") / f"seed{s}"
@@ -126,7 +147,7 @@ def main(argv=None) -> None:
             print(f"{name} seed {s}: " + ", ".join(f"{k} {r['test'][k]:.3f}" for k in KEYS) + f" ({r['seconds']} s)",
                   flush=True)
     if a.ensemble:
-        name = f"ensemble({a.ensemble}) all"
+        name = f"ensemble({a.ensemble}) all" + (", own splits" if a.member_splits else "")
         for s in seeds:
             runs.setdefault(name, []).append(ensemble_run(a, s, lrs["all"], data, test))
             r = runs[name][-1]
