@@ -24,6 +24,7 @@ from uqpot.data.io import write_extxyz
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.fit.finetune import build_from, refit_shift
 from uqpot.md.batched import BatchedMD
+from uqpot.md.calculator import UQPotCalculator
 from uqpot.nn import modelfile
 from uqpot.nn.committee import Committee, energy_offsets
 from uqpot.nn.potential import Potential
@@ -108,6 +109,10 @@ def test_committee_file_round_trip(mixed, tmp_path):
     at = molecule("CH3CH2OH")
     b = collate([Structure.from_atoms(at)], cutoff=5.0, dtype="float64")
     torch.testing.assert_close(again(b)[F.FORCES], ens(b)[F.FORCES], atol=1e-12, rtol=0)
+    # the ASE calculator takes it as any UQ model (kcal/mol here, to compare without conversions)
+    at.calc = UQPotCalculator(again, energy_unit="kcal/mol")
+    np.testing.assert_allclose(at.get_forces(), ens(b)[F.FORCES].detach().numpy(), atol=1e-9)
+    assert at.calc.results[F.UNCERTAINTY] == pytest.approx(float(ens(b)[F.UNCERTAINTY][0]), rel=1e-9)
 
 
 def test_md_and_attack_run_a_committee_as_the_stacked_ensemble(ethanol):
