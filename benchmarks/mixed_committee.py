@@ -5,8 +5,10 @@ Per seed s, on the training pool ``--train`` split into training and validation 
 models of that script's ``--ensemble`` run (``--foundation DIR``: ``DIR/seed{s}/member{k}/model.pt``) share the
 split:
 
-* ``--members`` PaiNN networks and as many MACE networks trained from scratch (member k: seed 100·s + k);
-* the ensembles ``uqpot wrap`` assembles from them: PaiNN × M, MACE × M, the fine-tuned foundation model × M,
+* ``--members`` PaiNN networks and ``--mace-members`` MACE networks (default as many) trained from scratch
+  (member k: seed 100·s + k);
+* the ensembles ``uqpot wrap`` assembles from them: PaiNN × M, MACE × M (with 2 or more), the fine-tuned
+  foundation model × M,
   and the mixed committee of member 0 of each (PaiNN, MACE, foundation model), each calibrated on the
   seed's validation split;
 * ``uqpot evaluate`` on ``--test``: force MAE, Spearman, ROC-AUC at the 20th error percentile, cNLL and the
@@ -83,12 +85,15 @@ def main(argv=None) -> None:
                          "--ensemble); repeatable, the first joins the mixed committee")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--mace-members", type=int, default=None,
+                    help="MACE networks per seed (default: --members; 1: MACE only in the committee, no MACE ensemble)")
     ap.add_argument("--epochs", type=int, default=300)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--out", type=Path, default=Path("runs/mixed_committee"))
     a = ap.parse_args(argv)
+    a.mace_members = a.members if a.mace_members is None else a.mace_members
     data, test = read_structures(a.train), read_structures(a.test)
     seeds = [int(s) for s in a.seeds.split(",")]
     foundations = [(f.split("=", 1)[0], Path(f.split("=", 1)[1])) if "=" in f else ("fine-tuned foundation model", Path(f))
@@ -100,9 +105,12 @@ def main(argv=None) -> None:
         d = a.out / f"seed{s}"
         d.mkdir(parents=True, exist_ok=True)
         write_extxyz(val, d / "val.extxyz")
-        nets = {kind: [train_member(kind, 100 * s + k, a, train, val, test, d / f"{kind}{k}") for k in range(a.members)]
-                for kind in ("painn", "mace")}
-        plan = {f"PaiNN × {a.members}": nets["painn"], f"MACE × {a.members}": nets["mace"]}
+        counts = {"painn": a.members, "mace": a.mace_members}
+        nets = {kind: [train_member(kind, 100 * s + k, a, train, val, test, d / f"{kind}{k}") for k in range(n)]
+                for kind, n in counts.items()}
+        plan = {f"PaiNN × {a.members}": nets["painn"]}
+        if a.mace_members > 1:
+            plan[f"MACE × {a.mace_members}"] = nets["mace"]
         for name, where in foundations:
             plan[f"{name} × {a.members}"] = [where / f"seed{s}" / f"member{k}" / "model.pt" for k in range(a.members)]
         first = plan[f"{foundations[0][0]} × {a.members}"][0]

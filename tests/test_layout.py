@@ -268,3 +268,26 @@ def test_reduce_overhead_mode_equals_eager(tmp_path, ethanol):
     res = BatchedMD(model, starts, layout="dense", compile=True, compile_mode="reduce-overhead", **kw).run(20)
     for a, b in zip(ref.replicas, res.replicas):
         assert np.abs(a.final_positions - b.final_positions).max() < 1e-9
+
+
+def test_inference_batches_are_capped_in_atoms_and_give_the_same_predictions():
+    """Inference passes split a batch of large cells to at most INFERENCE_MAX_ATOMS atoms (a structure larger
+    than that alone); per-structure predictions do not depend on the split."""
+    from uqpot.data.batch import INFERENCE_MAX_ATOMS, iterate_batches
+    from uqpot.evaluation.predict import predict
+
+    cells = [Structure.from_atoms(silica_like((3, 2, 2), seed=k)) for k in range(6)]  # 108 atoms each
+    big = [Structure.from_atoms(silica_like((4, 4, 4), seed=9))]  # 576 atoms
+    data = StructureDataset(cells + big + cells[:2])
+    sizes = [[data[int(i)].n_atoms for i in idx] for idx, _ in iterate_batches(data, 64, 5.0, max_atoms=300)]
+    assert all(sum(s) <= 300 or len(s) == 1 for s in sizes) and sum(map(len, sizes)) == len(data)
+    assert [576] in sizes and len(sizes) == 5
+    assert [len(idx) for idx, _ in iterate_batches(data, 64, 5.0)] == [len(data)]  # no cap: one batch
+    assert INFERENCE_MAX_ATOMS >= 1024
+    model = Potential(features=16, interactions=1, rbf=8, cutoff=4.0, readout_hidden=8, seeds=[0]).double()
+    model.fit_reference(StructureDataset(cells))
+    together = predict(model, data, batch_size=64)
+    one_by_one = predict(model, data, batch_size=1)
+    np.testing.assert_allclose(together[F.ENERGY], one_by_one[F.ENERGY], rtol=1e-12)
+    for a, b in zip(together[F.FORCES], one_by_one[F.FORCES]):
+        np.testing.assert_allclose(a, b, atol=1e-10)

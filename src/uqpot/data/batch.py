@@ -194,12 +194,37 @@ def dataset_layout(dataset: StructureDataset, layout: str) -> str:
     return choose_layout(layout, periodic, max_atoms)
 
 
+#: the most atoms in one batch of an inference pass (prediction, post-hoc fits, reference shifts): a batch of
+#: ``batch_size`` large cells is split so that memory stays bounded whatever the structures' size (64 cells of
+#: 192 atoms through SevenNet-0 with forces took more than 21 GB; 2048 atoms take a few GB).  Outputs are per
+#: structure, so the split changes no result; training batches are never split (their size is a setting).
+INFERENCE_MAX_ATOMS = 2048
+
+
+def _chunks(dataset: StructureDataset, order: np.ndarray, batch_size: int, max_atoms: int | None):
+    """``order`` cut into batches of at most ``batch_size`` structures and (with ``max_atoms``) at most that
+    many atoms, a structure larger than ``max_atoms`` alone."""
+    if max_atoms is None:
+        yield from (order[k:k + batch_size] for k in range(0, len(order), batch_size))
+        return
+    start, atoms = 0, 0
+    for k, i in enumerate(order):
+        n = dataset.structures[int(i)].n_atoms
+        if k > start and (k - start >= batch_size or atoms + n > max_atoms):
+            yield order[start:k]
+            start, atoms = k, 0
+        atoms += n
+    if start < len(order):
+        yield order[start:]
+
+
 def iterate_batches(dataset: StructureDataset, batch_size: int, cutoff: float, dtype="float32", device=None,
-                    shuffle: bool = False, generator: np.random.Generator | None = None, layout: str = "sparse"):
-    """Yields ``(indices, AtomsBatch)`` over the dataset."""
+                    shuffle: bool = False, generator: np.random.Generator | None = None, layout: str = "sparse",
+                    max_atoms: int | None = None):
+    """Yields ``(indices, AtomsBatch)`` over the dataset: ``batch_size`` structures per batch, and at most
+    ``max_atoms`` atoms where given (inference passes: :data:`INFERENCE_MAX_ATOMS`)."""
     n = len(dataset)
     order = generator.permutation(n) if shuffle else np.arange(n)
     layout = dataset_layout(dataset, layout)
-    for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+    for idx in _chunks(dataset, order, batch_size, max_atoms):
         yield idx, collate_dataset(dataset, idx, cutoff, dtype=dtype, device=device, layout=layout)

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from ..core import fields as F
-from ..data.batch import iterate_batches
+from ..data.batch import INFERENCE_MAX_ATOMS, iterate_batches
 from ..data.structures import StructureDataset
 from ..core.errors import DataError
 
@@ -40,7 +40,8 @@ def predict(model, dataset: StructureDataset, batch_size: int = 64, device=None,
     dtype = dtype or model.dtype
     model.eval()
     chunks: dict[str, list] = {k: [] for k in keys}
-    for _, batch in iterate_batches(dataset, batch_size, model.cutoff, dtype=dtype, device=device):
+    for _, batch in iterate_batches(dataset, batch_size, model.cutoff, dtype=dtype, device=device,
+                                    max_atoms=INFERENCE_MAX_ATOMS):
         stress = {"compute_stress": True} if F.STRESS in keys else {}
         out = model(batch, compute_forces=F.FORCES in keys, create_graph=False, **stress)
         counts = batch.n_atoms.tolist()

@@ -35,7 +35,7 @@ from pydantic import Field
 
 from ..core.schema import Strict
 
-from ..data.batch import iterate_batches
+from ..data.batch import INFERENCE_MAX_ATOMS, iterate_batches
 from ..nn.backbone import build_potential
 from ..nn.potential import SHARED_BUFFERS, Potential, composition_counts
 from ..uq import build_method
@@ -145,7 +145,8 @@ def refit_shift(model, train, batch_size: int = 64) -> np.ndarray:
     was = pot.training
     pot.eval()
     with torch.no_grad():
-        for idx, b in iterate_batches(train, batch_size, pot.cutoff, dtype=pot.dtype, device=pot.device):
+        for idx, b in iterate_batches(train, batch_size, pot.cutoff, dtype=pot.dtype, device=pot.device,
+                                      max_atoms=INFERENCE_MAX_ATOMS):
             e = pot.forward_members(b, compute_forces=False)["energy"].mean(0)
             pred[idx] = e.cpu().numpy()
     pot.train(was)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..core import fields as F
-from ..data.batch import AtomsBatch, iterate_batches
+from ..data.batch import AtomsBatch, INFERENCE_MAX_ATOMS, iterate_batches
 from .backbone import build_potential, register_assembled
 from .potential import MAX_Z, Potential
 
@@ -143,7 +143,8 @@ def energy_offsets(potential: Potential, dataset, batch_size: int = 32) -> tuple
     potential.eval()
     with torch.no_grad():
         for idx, b in iterate_batches(dataset, batch_size, potential.cutoff, dtype=potential.dtype,
-                                      device=potential.device, layout="sparse"):
+                                      device=potential.device, layout="sparse",
+                                      max_atoms=INFERENCE_MAX_ATOMS):
             pred[:, idx] = potential.forward_members(b, compute_forces=False)[F.ENERGY].cpu().numpy()
     potential.train(was)
     err = (pred - dataset.energies()[None]) / n_atoms[None]

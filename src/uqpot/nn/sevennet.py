@@ -45,7 +45,7 @@ from torch import nn
 
 from ..core import fields as F
 from ..core.units import EV_TO_KCAL_PER_MOL
-from ..data.batch import AtomsBatch, iterate_batches
+from ..data.batch import AtomsBatch, INFERENCE_MAX_ATOMS, iterate_batches
 from .backbone import BackboneOptions, register_backbone
 from .potential import MAX_Z, Potential, composition_counts
 
@@ -306,7 +306,8 @@ class SevenNetPotential(Potential):
         was = self.training
         self.eval()
         with torch.no_grad():
-            for idx, b in iterate_batches(dataset, 16, self.cutoff, dtype=self.dtype, device=self.device):
+            for idx, b in iterate_batches(dataset, 16, self.cutoff, dtype=self.dtype, device=self.device,
+                                          max_atoms=INFERENCE_MAX_ATOMS):
                 pred[idx] = self.forward_members(b, compute_forces=False)[F.ENERGY].mean(0).cpu().numpy()
         self.train(was)
         delta, *_ = np.linalg.lstsq(composition_counts(dataset, elements), dataset.energies() - pred, rcond=None)

@@ -46,7 +46,7 @@ import torch
 from pydantic import Field
 
 from ..core import fields as F
-from ..data.batch import AtomsBatch, iterate_batches
+from ..data.batch import AtomsBatch, INFERENCE_MAX_ATOMS, iterate_batches
 from ..nn.layers import CosineCutoff
 from .base import UQMethod, register_method
 from .options import UQOptions
@@ -128,7 +128,8 @@ class DescriptorDistance(UQMethod):
         if not self.element_list:
             raise RuntimeError("descriptor_distance: the potential knows no elements yet (fit_reference first)")
         gs, zs = [], []
-        for _, b in iterate_batches(train, batch_size, self.cutoff, dtype=self.dtype, device=self.device):
+        for _, b in iterate_batches(train, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
+                                    max_atoms=INFERENCE_MAX_ATOMS):
             gs.append(self.descriptors(b).cpu().numpy())
             zs.append(b.numbers.cpu().numpy())
         G, Z = np.concatenate(gs), np.concatenate(zs)

@@ -23,7 +23,7 @@ import torch
 from pydantic import Field, field_validator
 
 from ..core import fields as F
-from ..data.batch import iterate_batches
+from ..data.batch import INFERENCE_MAX_ATOMS, iterate_batches
 from .base import UQMethod, register_method
 from .options import UQOptions
 
@@ -103,7 +103,8 @@ class GMM(UQMethod):
     def features_of(self, dataset, batch_size: int = 64) -> np.ndarray:
         self.eval()
         feats = []
-        for _, b in iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device):
+        for _, b in iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
+                                    max_atoms=INFERENCE_MAX_ATOMS):
             out = self.potential.forward_members(b, compute_forces=False)
             feats.append(out[F.FEATURES][0].double().cpu().numpy())
         return np.concatenate(feats)

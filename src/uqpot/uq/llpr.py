@@ -73,7 +73,7 @@ import torch
 from pydantic import Field
 
 from ..core import fields as F
-from ..data.batch import iterate_batches
+from ..data.batch import INFERENCE_MAX_ATOMS, iterate_batches
 from ..nn import response
 from ..nn.response import position_grads
 from .base import UQMethod, reduce_atoms, register_method
@@ -249,7 +249,8 @@ class LLPR(UQMethod):
         """Per batch: f (B, d), J (d, N, 3) when asked, force and energy residuals; with ``basis`` V the
         squared projections (Vᵀf)² and (VᵀJ)² instead of f and J."""
         self.eval()
-        for _, b in iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device):
+        for _, b in iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
+                                    max_atoms=INFERENCE_MAX_ATOMS):
             out, _, f, pos = self._graph(b, compute_forces=True, create_graph=False)
             J = position_grads(f.T, pos).detach().double() if need_jacobian else None
             f = f.detach().double()
