@@ -20,29 +20,32 @@ from pathlib import Path
 
 import numpy as np
 
-from uqpot.metrics.intervals import fmt, mean_interval, seed_proportion
+from uqpot.metrics.intervals import fmt, mean_interval, paired_difference, seed_proportion
 
 
-def _summaries(root: Path) -> list[dict]:
+def _summaries(root: Path) -> list[tuple[str, dict]]:
     dirs = sorted(p for p in root.glob("seed*") if (p / "summary.json").is_file())
     dirs = dirs or ([root] if (root / "summary.json").is_file() else [])
-    return [json.loads((d / "summary.json").read_text()) for d in dirs]
+    return [(d.name, json.loads((d / "summary.json").read_text())) for d in dirs]
 
 
 def table(root: Path, method: str) -> list[dict]:
     """Per generation: n_train (per seed), force MAE, Spearman, stable counts (per seed)."""
     runs = _summaries(root)
-    gens = sorted({int(g) for r in runs for g in r.get("generations", {})})
+    gens = sorted({int(g) for _, r in runs for g in r.get("generations", {})})
     rows = []
     for g in gens:
-        got = [r["generations"][str(g)][method] for r in runs if method in r.get("generations", {}).get(str(g), {})]
-        got = [x for x in got if "test" in x]
-        if not got:
+        pairs = [(name, r["generations"][str(g)][method]) for name, r in runs
+                 if method in r.get("generations", {}).get(str(g), {})]
+        pairs = [(name, x) for name, x in pairs if "test" in x]
+        if not pairs:
             continue
+        got = [x for _, x in pairs]
         md = [(round(x["md"]["fraction_stable"] * x["md"]["runs"]), x["md"]["runs"]) for x in got if "md" in x]
         rows.append({"generation": g, "seeds": len(got), "n_train": [x["n_train"] for x in got],
                      "forces_mae": [x["test"]["forces_mae"] for x in got],
-                     "spearman": [x["test"]["spearman"] for x in got], "md": md})
+                     "spearman": [x["test"]["spearman"] for x in got], "md": md,
+                     "by_seed": {name: x["test"]["forces_mae"] for name, x in pairs}})
     return rows
 
 
@@ -69,6 +72,15 @@ def main(argv=None) -> None:
             print(f"| {side} | {r['generation']} | {r['seeds']} | {labels} | {_cell(r['forces_mae'])} | "
                   f"{_cell(r['spearman'])} | {md} |")
     scratch, found = sides["from scratch"], sides["foundation model"]
+    paired = []
+    for f, s in zip(found, scratch):
+        common = sorted(set(f["by_seed"]) & set(s["by_seed"]))
+        if len(common) >= 2:
+            d = paired_difference([f["by_seed"][k] for k in common], [s["by_seed"][k] for k in common])
+            paired.append(f"generation {f['generation']}: {fmt(d)} over {len(common)} seeds")
+    if paired:
+        print("\nforce MAE, foundation model − from scratch, paired on the seed (its initial split): "
+              + "; ".join(paired))
     if scratch and found:
         final = float(np.mean(scratch[-1]["forces_mae"]))
         hit = next((r for r in found if np.mean(r["forces_mae"]) <= final), None)
