@@ -196,9 +196,10 @@ def dataset_layout(dataset: StructureDataset, layout: str) -> str:
 
 #: the most atoms in one batch of an inference pass (prediction, post-hoc fits, reference shifts): a batch of
 #: ``batch_size`` large cells is split so that memory stays bounded whatever the structures' size (64 cells of
-#: 192 atoms through SevenNet-0 with forces took more than 21 GB; 2048 atoms take a few GB).  Outputs are per
-#: structure, so the split changes no result; training batches are never split (their size is a setting).
-INFERENCE_MAX_ATOMS = 2048
+#: 192 atoms through SevenNet-0 with forces took more than 21 GB and were killed; batches of 2048 atoms peaked at
+#: 9.3 GB for the whole process).  Outputs are per structure, so the split changes no result; training batches
+#: are never split (their size is a setting).
+INFERENCE_MAX_ATOMS = 1024
 
 
 def _chunks(dataset: StructureDataset, order: np.ndarray, batch_size: int, max_atoms: int | None):
