@@ -84,7 +84,8 @@ def main(argv=None) -> None:
     if scratch and found:
         final = float(np.mean(scratch[-1]["forces_mae"]))
         hit = next((r for r in found if np.mean(r["forces_mae"]) <= final), None)
-        where = (f"generation {hit['generation']} ({min(hit['n_train'])}-{max(hit['n_train'])} training structures)"
+        n = hit["n_train"] if hit else [0]
+        where = (f"generation {hit['generation']} ({min(n)}{'' if min(n) == max(n) else f'-{max(n)}'} training structures)"
                  if hit else "none of its generations")
         print(f"\nfrom scratch, last generation ({scratch[-1]['generation']}): force MAE {final:.3f}; the foundation "
               f"model reaches it at {where}")
