@@ -20,7 +20,7 @@ import uqpot
 from uqpot.cli.main import cli
 from uqpot.core import fields as F
 from uqpot.data.batch import collate
-from uqpot.data.io import write_extxyz
+from uqpot.data.io import read_structures, write_extxyz
 from uqpot.data.structures import Structure, StructureDataset
 from uqpot.fit.finetune import build_from, refit_shift
 from uqpot.md.batched import BatchedMD
@@ -152,7 +152,8 @@ def _write_member(net, path):
 
 
 @pytest.mark.skipif(not HAS_MACE, reason="mace-torch is not installed (pip install 'uqpot[mace]')")
-def test_wrap_assembles_a_committee_and_refuses_another_level_of_theory(ethanol, tmp_path):
+def test_wrap_assembles_a_committee_and_refuses_another_level_of_theory(ethanol_path, tmp_path):
+    ethanol = read_structures(ethanol_path)  # a fresh copy: the energy check reads the labels as they are on disk
     train, val = ethanol[:30], ethanol[100:120]
     write_extxyz(val, tmp_path / "val.extxyz")
     nets = _members(train)
