@@ -1,9 +1,13 @@
 """Fine-tuning: warm starts copy trained weights into the model to train, the reference energies follow
 the new data, and the loop with ``init_model`` fine-tunes every method from the given file."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+
+from uqpot.data.structures import StructureDataset
 
 from uqpot.core import fields as F
 from uqpot.nn import modelfile
@@ -59,8 +63,8 @@ def test_ensemble_members_from_one_file_each(source, ethanol):
 def test_refit_shift_moves_references_to_the_new_data(source, ethanol):
     """Energies of the new data offset by +40 kcal/mol (as from another level of theory): after the shift the
     model's mean residual on them is zero (one composition: least squares matches the mean)."""
-    data = ethanol.subset(range(20, 40))
-    for s in data.structures:
+    data = StructureDataset([copy.deepcopy(s) for s in ethanol.subset(range(20, 40)).structures])  # the
+    for s in data.structures:  # session's shared structures stay as read
         s.energy = s.energy + 40.0
     model = build_from([source], parse_uq({"method": "none"}), seed=0)
 
