@@ -123,6 +123,8 @@ def main(argv=None) -> None:
                     help="each ensemble member fine-tunes on its own train/validation split of the pool (seed "
                          "100·seed + k): members differ by their data, not only their batch order; their reference "
                          "shifts then differ and uqpot wrap assembles them as a committee")
+    ap.add_argument("--no-zero-shot", dest="zero_shot", action="store_false",
+                    help="skip the zero-shot row (e.g. another process runs the first seed)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", default="", help="MODE=LR,... (default: readout 1e-3, last_blocks 3e-4, all 1e-4)")
     ap.add_argument("--batch-size", type=int, default=16)
@@ -136,7 +138,7 @@ def main(argv=None) -> None:
     # zero-shot: the post-hoc method on the untrained network (one epoch at a vanishing step: fit_model's
     # route, the weights do not move measurably)
     uq = {"method": a.method, **{k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in a.option)}}
-    plan = [("zero-shot", uq, FinetuneSettings(trainable="readout"), 1e-12, 1, seeds[:1])]
+    plan = [("zero-shot", uq, FinetuneSettings(trainable="readout"), 1e-12, 1, seeds[:1])] if a.zero_shot else []
     plan += [(m if m != "last_blocks" else f"last_blocks({a.blocks})", uq,
               FinetuneSettings(trainable=m, blocks=a.blocks), lrs[m], a.epochs, seeds) for m in a.modes.split(",") if m]
     for name, uq, ft, lr, epochs, ss in plan:
