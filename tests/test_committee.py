@@ -26,7 +26,8 @@ from uqpot.fit.finetune import build_from, refit_shift
 from uqpot.md.batched import BatchedMD
 from uqpot.md.calculator import UQPotCalculator
 from uqpot.nn import modelfile
-from uqpot.nn.committee import Committee, energy_offsets
+from uqpot.fit.wrap import energy_offsets
+from uqpot.nn.committee import Committee
 from uqpot.nn.potential import Potential
 from uqpot.sample.adversarial import AttackConfig, BoltzmannReference, attack
 from uqpot.uq.ensemble import Ensemble
@@ -158,7 +159,7 @@ def test_wrap_assembles_a_committee_and_refuses_another_level_of_theory(ethanol_
     write_extxyz(val, tmp_path / "val.extxyz")
     nets = _members(train)
     files = [_write_member(n, tmp_path / f"m{k}.pt") for k, n in enumerate(nets)]
-    offset, spread = energy_offsets(Ensemble.from_committee(nets).potential, val)
+    offset, spread = energy_offsets(Ensemble.from_committee(nets), val)
     assert np.all(np.abs(offset) < 1.0)
     res = CliRunner().invoke(cli, ["wrap", *map(str, files), "--method", "ensemble", "--val",
                                    str(tmp_path / "val.extxyz"), "--out", str(tmp_path / "committee.pt")])

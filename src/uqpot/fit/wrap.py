@@ -32,12 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from pydantic import ValidationError
 
 from ..nn import modelfile
-from ..nn.committee import energy_offsets
 from ..nn.potential import SHARED_BUFFERS
 from ..core.config_io import _format_validation_error, parse
 from ..data.io import ReadOptions, read_structures
@@ -46,7 +46,8 @@ from ..core.devices import resolve_device
 from ..core.errors import ConfigError, DataError, ModelFileError
 from ..evaluation.evaluate import MIN_UQ_STRUCTURES, fit_calibration
 from ..evaluation.models import load
-from ..evaluation.predict import check_elements
+from ..evaluation.predict import check_elements, predict
+from ..core import fields as F
 from ..uq import METHODS
 from ..uq.ensemble import Ensemble
 from ..uq.options import parse_uq, upgrade_uq_section
@@ -182,13 +183,27 @@ def _ensemble_members(models, loaded) -> None:
 OFFSET_TOLERANCE = 1.0
 
 
+def energy_offsets(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Each member's energy error per atom, (E_m − E_label) / n_atoms over the labelled structures of
+    ``dataset`` (kcal/mol per atom): its mean (the offset) and its standard deviation, shapes (M,), for an
+    ensemble ``model``.  The offset is near zero for a member trained on the data's level of theory, far from
+    it for a network whose reference energies belong to another (a foundation model's DFT energies against
+    PySCF labels)."""
+    if not dataset.has_energy or not len(dataset):
+        return np.zeros(model.members), np.zeros(model.members)
+    pred = predict(model, dataset, keys=(F.ENERGY_MEMBERS,))[F.ENERGY_MEMBERS]  # (B, M)
+    n_atoms = np.array([s.n_atoms for s in dataset], dtype=float)
+    err = (pred - dataset.energies()[:, None]) / n_atoms[:, None]
+    return err.mean(0), err.std(0)
+
+
 def _check_committee(models, model, val, where) -> list[float]:
     """The members of a committee predict the energies of one level of theory: each member's mean energy
-    error per atom on the validation structures (:func:`uqpot.nn.committee.energy_offsets`) within
+    error per atom on the validation structures (:func:`energy_offsets`) within
     :data:`OFFSET_TOLERANCE` kcal/mol or 3 standard deviations of its errors; else the member is named (its
     energies are offset: another level of theory, or a foundation model not fine-tuned to the data).
     Returns the offsets."""
-    offset, spread = energy_offsets(model.potential, val)
+    offset, spread = energy_offsets(model, val)
     for path, o, sd in zip(models, offset, spread):
         if abs(o) > max(OFFSET_TOLERANCE, 3.0 * sd):
             raise ModelFileError(path, f"cannot join the committee: its energies are offset from the labels of {where} "

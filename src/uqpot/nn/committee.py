@@ -17,8 +17,8 @@ member by member (equal to evaluating the member file alone on its own neighbour
 
 Energies.  Each member's total energy carries its own reference energies (float64), added per member; the
 committee's own ``atomref`` stays zero.  Members must predict the same energy scale for the same structures
-(trained on data of one level of theory): :func:`energy_offsets` measures each member's mean energy error per
-atom on labelled structures, which ``uqpot wrap`` checks before it writes anything.
+(trained on data of one level of theory): ``uqpot wrap`` checks each member's mean energy error per atom on the
+validation labels before it writes anything (:func:`uqpot.fit.wrap.energy_offsets`).
 
 Features.  The members' per-atom features have different sizes and meanings: the committee returns none
 (``features`` is absent from its outputs), so that no method can read a mixed feature space; methods on
@@ -30,12 +30,11 @@ float64), so that no member loses precision by being joined.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..core import fields as F
-from ..data.batch import AtomsBatch, INFERENCE_MAX_ATOMS, iterate_batches
+from ..data.batch import AtomsBatch
 from .backbone import build_potential, register_assembled
 from .potential import MAX_Z, Potential
 
@@ -127,25 +126,3 @@ class Committee(Potential):
 
     def _forward_functional(self, batch):
         raise NotImplementedError("train.compile is not available for a committee")
-
-
-def energy_offsets(potential: Potential, dataset, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Each member's energy error per atom, (E_m − E_label) / n_atoms over the labelled structures of
-    ``dataset`` (kcal/mol per atom): its mean (the offset) and its standard deviation, shapes (M,).  The
-    offset is near zero for a member trained on the data's level of theory, far from it for a network whose
-    reference energies belong to another (a foundation model's DFT energies against PySCF labels)."""
-    M = potential.members
-    if not dataset.has_energy or not len(dataset):
-        return np.zeros(M), np.zeros(M)
-    n_atoms = np.array([len(s.numbers) for s in dataset], dtype=float)
-    pred = np.zeros((M, len(dataset)))
-    was = potential.training
-    potential.eval()
-    with torch.no_grad():
-        for idx, b in iterate_batches(dataset, batch_size, potential.cutoff, dtype=potential.dtype,
-                                      device=potential.device, layout="sparse",
-                                      max_atoms=INFERENCE_MAX_ATOMS):
-            pred[:, idx] = potential.forward_members(b, compute_forces=False)[F.ENERGY].cpu().numpy()
-    potential.train(was)
-    err = (pred - dataset.energies()[None]) / n_atoms[None]
-    return err.mean(1), err.std(1)
