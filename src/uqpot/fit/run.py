@@ -274,22 +274,29 @@ def finish_posthoc(model, uq_cfg, train_cfg, train, val, batch_size: int) -> tup
 def finish_run(train_cfg, out, trainer, result, train, val, test, uq_cfg=None) -> dict:
     """Post-hoc parts (a wrapped method, stages, the GMM, LLPR) and the validation calibration go into the
     model file; then val/test metrics."""
-    out = Path(out)
-    bs = train_cfg.val_batch_size or train_cfg.batch_size
     if not trainer.model_path.is_file():  # the validation loss was never finite: nothing was worth saving
-        raise TrainingError(f"{out}: training diverged: the validation loss was never finite in "
+        raise TrainingError(f"{Path(out)}: training diverged: the validation loss was never finite in "
                             f"{result.epochs_run} epoch(s), so no model was saved; lower train.lr (now "
                             f"{train_cfg.lr:g}) and rerun (this directory holds no model, so the corrected config "
                             "starts afresh)")
-    best = load(trainer.model_path, device=trainer.device)
-    payload_extra = modelfile.read(trainer.model_path).get("extra", {})
+    training = {**result.as_dict(), **_step_memory(trainer, train, train_cfg.batch_size)}
+    return finish_model(train_cfg, out, trainer.model_path, trainer.device, training, train, val, test, uq_cfg)
+
+
+def finish_model(train_cfg, out, model_path: Path, device, training: dict, train, val, test, uq_cfg=None) -> dict:
+    """The trained model in ``model_path`` finished: the method's post-hoc parts and the validation
+    calibration written into its file, then val/test metrics and ``summary.json`` (last) in ``out``;
+    ``training`` is the training record of the summary."""
+    out = Path(out)
+    bs = train_cfg.val_batch_size or train_cfg.batch_size
+    best = load(model_path, device=device)
+    payload_extra = modelfile.read(model_path).get("extra", {})
     wants_uq = is_uq(best) or (uq_cfg is not None and not method_of(uq_cfg).plain)
     if wants_uq and "calibration" not in payload_extra:
         best, fitted = finish_posthoc(best, uq_cfg, train_cfg, train, val, bs)
-        modelfile.save(best, trainer.model_path, extra={**payload_extra, **fitted})
-        payload_extra = modelfile.read(trainer.model_path)["extra"]
-    training = {**result.as_dict(), **_step_memory(trainer, train, train_cfg.batch_size)}
-    summary = {"training": training, "model": str(trainer.model_path)}
+        modelfile.save(best, model_path, extra={**payload_extra, **fitted})
+        payload_extra = modelfile.read(model_path)["extra"]
+    summary = {"training": training, "model": str(model_path)}
     return _assess(summary, best, payload_extra, val, test, out, bs)
 
 

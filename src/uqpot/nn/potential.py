@@ -161,26 +161,38 @@ class Potential(nn.Module):
     def fit_reference(self, dataset: StructureDataset) -> None:
         """Per-element reference energies (least squares of E on composition, minimum-norm where the
         compositions do not determine them) and the force scale from a training set."""
-        elements = dataset.elements()
-        counts = composition_counts(dataset, elements)
-        ref = torch.zeros(MAX_Z + 1, dtype=torch.float64)
-        residual = np.zeros(len(dataset))
-        if dataset.has_energy:
-            coef, *_ = np.linalg.lstsq(counts, dataset.energies(), rcond=None)
-            ref[elements] = torch.as_tensor(coef, dtype=torch.float64)
-            residual = dataset.energies() - counts @ coef
-        if dataset.has_forces:
-            scale = float(np.sqrt(np.mean(np.concatenate([s.forces.ravel() for s in dataset]) ** 2)))
-        else:
-            scale = float(np.std(residual / counts.sum(1)))
-        scale = scale if np.isfinite(scale) and scale > 1e-6 else 1.0
+        ref, scale, elements = reference_fit(dataset)
         self.atomref.copy_(ref)
         self.energy_scale.fill_(scale)
         self.known_elements.zero_()
         self.known_elements[elements] = True
 
+    def fit_member_references(self, datasets: list[StructureDataset]) -> None:
+        """Every member its own reference energies and force scale, member m from ``datasets[m]``: replicates
+        of a study stacked into one training (:mod:`uqpot.fit.replicates`), each on its own training set, as
+        each would be fitted alone.  ``atomref`` becomes (M, Z) and ``energy_scale`` (M,); the elements known
+        are those of every set.  Such a stack is split into its replicates before it is saved."""
+        if len(datasets) != self.members:
+            raise ValueError(f"{self.members} members need {self.members} training sets, got {len(datasets)}")
+        fits = [reference_fit(ds) for ds in datasets]
+        dev = self.energy_scale.device
+        self.atomref = torch.stack([f[0] for f in fits]).to(dev)
+        self.energy_scale = torch.tensor([f[1] for f in fits], dtype=self.energy_scale.dtype, device=dev)
+        self.known_elements.zero_()
+        for f in fits:
+            self.known_elements[f[2]] = True
+
+    def member_scale(self) -> torch.Tensor:
+        """The energy scale, shaped to multiply outputs (M, N) member by member: a scalar, or (M, 1) where every
+        member has its own (:meth:`fit_member_references`)."""
+        return self.energy_scale if self.energy_scale.dim() == 0 else self.energy_scale.view(-1, 1)
+
     def reference_energy(self, batch: AtomsBatch) -> torch.Tensor:
-        """Σ e_ref(Z_i) per structure (float64)."""
+        """Σ e_ref(Z_i) per structure (float64): (B,), or (M, B) where every member has its own references."""
+        if self.atomref.dim() == 2:
+            e = self.atomref.index_select(1, batch.numbers)
+            return torch.zeros(self.atomref.shape[0], batch.num_structures, dtype=torch.float64,
+                               device=e.device).index_add(1, batch.batch, e)
         e = self.atomref.index_select(0, batch.numbers)
         return torch.zeros(batch.num_structures, dtype=torch.float64, device=e.device).index_add(0, batch.batch, e)
 
@@ -265,7 +277,7 @@ class Potential(nn.Module):
     def _energy_outputs(self, batch: AtomsBatch, pos_m: torch.Tensor, offsets: torch.Tensor | None = None
                         ) -> dict[str, torch.Tensor]:
         s = self._features(batch, pos_m, offsets)
-        e_atom = self.readout(s).squeeze(-1) * self.energy_scale  # (M, N)
+        e_atom = self.readout(s).squeeze(-1) * self.member_scale()  # (M, N)
         e_res = e_atom.new_zeros(self.members, batch.num_structures).index_add(1, batch.batch, e_atom)
         return {F.FEATURES: s, F.ATOMIC_ENERGY: e_atom, F.ENERGY_RESIDUAL: e_res}
 
@@ -296,3 +308,23 @@ class Potential(nn.Module):
         if self.members == 1:
             out = {k: v.squeeze(0) for k, v in out.items()}
         return out
+
+
+def reference_fit(dataset: StructureDataset) -> tuple[torch.Tensor, float, list[int]]:
+    """(per-element reference energies (Z,) float64, force scale, elements) of a training set: least squares
+    of E on composition (minimum-norm where the compositions do not determine them); the scale is the RMS of
+    the training forces (without forces: the spread of the residual energy per atom)."""
+    elements = dataset.elements()
+    counts = composition_counts(dataset, elements)
+    ref = torch.zeros(MAX_Z + 1, dtype=torch.float64)
+    residual = np.zeros(len(dataset))
+    if dataset.has_energy:
+        coef, *_ = np.linalg.lstsq(counts, dataset.energies(), rcond=None)
+        ref[elements] = torch.as_tensor(coef, dtype=torch.float64)
+        residual = dataset.energies() - counts @ coef
+    if dataset.has_forces:
+        scale = float(np.sqrt(np.mean(np.concatenate([s.forces.ravel() for s in dataset]) ** 2)))
+    else:
+        scale = float(np.std(residual / counts.sum(1)))
+    scale = scale if np.isfinite(scale) and scale > 1e-6 else 1.0
+    return ref, scale, list(elements)

@@ -90,11 +90,36 @@ def stack_member_batches(batches: list[AtomsBatch]) -> AtomsBatch:
 
 def member_batches(dataset: StructureDataset, batch_size: int, cutoff: float, rngs: list[np.random.Generator],
                    dtype, device, subsets: list[np.ndarray] | None = None):
-    """Yields ``(indices (M, b), stacked batch)``: step k gives member m the k-th batch of its own permutation
-    (of ``subsets[m]``, its own structures of ``dataset``, where given; all of the same size)."""
+    """Yields ``(indices (M, b), stacked batch, mask (M,) or None)``: step k gives member m the k-th batch of its
+    own permutation (of ``subsets[m]``, its own structures of ``dataset``, where given).  Subsets of different
+    sizes (replicates, each on its own data) are stepped with masks (:func:`masked_stacked_batches`)."""
     subsets = subsets or [np.arange(len(dataset))] * len(rngs)
-    yield from stacked_batches(dataset, [s[rng.permutation(len(s))] for s, rng in zip(subsets, rngs)], batch_size,
-                               cutoff, dtype, device)
+    yield from masked_stacked_batches(dataset, [s[rng.permutation(len(s))] for s, rng in zip(subsets, rngs)],
+                                      batch_size, cutoff, dtype, device)
+
+
+def masked_stacked_batches(dataset: StructureDataset, orders: list[np.ndarray], batch_size: int, cutoff: float,
+                           dtype, device):
+    """Yields ``(indices (M, b), stacked batch, mask)``: step k gives member m the k-th chunk of ``orders[m]``.
+    Where every member's chunk has the same size (orders of one length), one stacked batch per step and
+    ``mask`` None, as :func:`stacked_batches`.  Orders of different lengths (replicates on their own training
+    sets) give chunks of different sizes, or none, at the end of an epoch: the members with chunks of one size
+    step together, one stacked batch per size, ``mask`` (M,) bool naming them; the others carry a copy of the
+    first such member's chunk (so the batch stacks) and must not step (the loss and the optimizer take the
+    mask: :class:`uqpot.train.optim.MemberAdam`)."""
+    steps = max(-(-len(o) // batch_size) for o in orders)
+    for k in range(steps):
+        chunks = [o[k * batch_size:(k + 1) * batch_size] for o in orders]
+        sizes = sorted({len(c) for c in chunks if len(c)}, reverse=True)
+        for size in sizes:
+            members = [m for m, c in enumerate(chunks) if len(c) == size]
+            idx = [chunks[m] if len(chunks[m]) == size else chunks[members[0]] for m in range(len(chunks))]
+            batches = [collate_dataset(dataset, i, cutoff, dtype=dtype, device=device, layout="dense") for i in idx]
+            mask = None
+            if len(members) < len(chunks):
+                mask = torch.zeros(len(chunks), dtype=torch.bool)
+                mask[members] = True
+            yield np.stack(idx), stack_member_batches(batches), mask
 
 
 def stacked_batches(dataset: StructureDataset, orders: list[np.ndarray], batch_size: int, cutoff: float, dtype,

@@ -28,6 +28,9 @@ class MemberAdam:
         self.lr = torch.full((members,), float(lr), dtype=torch.float64)
         self.betas, self.eps = betas, eps
         self.step_count = 0
+        # steps taken by each member: all members step together, except where a step masks some out (replicates
+        # whose training sets differ in size: :func:`uqpot.train.member_order.masked_stacked_batches`)
+        self.member_steps = [0] * members
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
 
@@ -36,28 +39,50 @@ class MemberAdam:
             p.grad = None
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, mask: torch.Tensor | None = None) -> None:
+        """One Adam step; ``mask`` (M,) bool: the members that step (default all).  A member left out keeps its
+        weights, moments and step count exactly, as if this step had not happened to it."""
+        if mask is not None and bool(mask.all()):
+            mask = None
         self.step_count += 1
+        members = range(self.members) if mask is None else torch.nonzero(mask.cpu()).flatten().tolist()
+        for k in members:
+            self.member_steps[k] += 1
         b1, b2 = self.betas
-        bc1 = 1 - b1 ** self.step_count
-        bc2_sqrt = math.sqrt(1 - b2 ** self.step_count)
+        if len(set(self.member_steps)) == 1:  # every member at the same step: scalar bias corrections
+            bc1 = 1 - b1 ** self.member_steps[0]
+            bc2_sqrt = math.sqrt(1 - b2 ** self.member_steps[0])
+        else:  # per member (python floats, then one tensor): members that skipped steps are behind
+            bc1 = torch.tensor([1 - b1 ** max(n, 1) for n in self.member_steps], dtype=torch.float64)
+            bc2_sqrt = torch.tensor([math.sqrt(1 - b2 ** max(n, 1)) for n in self.member_steps], dtype=torch.float64)
+        keep = None if mask is None else ~mask.cpu()
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
             if p.grad is None:
                 continue
+            saved = None if keep is None else [(t, t[keep.to(t.device)].clone()) for t in (p, m, v)]
             g = p.grad
             m.lerp_(g, 1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-            step_size = (self.lr / bc1).to(device=p.device, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
+            shape = (-1, *([1] * (p.dim() - 1)))
+            if isinstance(bc2_sqrt, torch.Tensor):
+                denom = (v.sqrt() / bc2_sqrt.to(device=p.device, dtype=p.dtype).view(shape)).add_(self.eps)
+            else:
+                denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
+            step_size = (self.lr / bc1).to(device=p.device, dtype=p.dtype).view(shape)
             p.addcdiv_(m * step_size, denom, value=-1.0)
+            for t, old in saved or ():
+                t[keep.to(t.device)] = old
 
     def state_dict(self) -> dict:
-        return {"lr": self.lr.clone(), "step": self.step_count, "exp_avg": [t.clone() for t in self.exp_avg],
+        return {"lr": self.lr.clone(), "step": self.step_count, "member_steps": list(self.member_steps),
+                "exp_avg": [t.clone() for t in self.exp_avg],
                 "exp_avg_sq": [t.clone() for t in self.exp_avg_sq]}
 
     def load_state_dict(self, state: dict) -> None:
         self.lr = state["lr"].clone().to(torch.float64)
         self.step_count = int(state["step"])
+        # checkpoints written before members could skip steps: every member took every step
+        self.member_steps = [int(n) for n in state.get("member_steps", [self.step_count] * self.members)]
         for dst, src in zip(self.exp_avg + self.exp_avg_sq, state["exp_avg"] + state["exp_avg_sq"]):
             dst.copy_(src)
 

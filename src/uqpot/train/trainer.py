@@ -46,7 +46,8 @@ from ..core.progress import LogProgress
 from ..core.provenance import torch_save, write_json
 from .history import format_row, rewrite_history
 from .losses import EnergyForceLoss
-from .member_order import member_batches, member_seeds, member_splits, resolve_member_order, stacked_batches
+from .member_order import (masked_stacked_batches, member_batches, member_seeds, member_splits,
+                           resolve_member_order)
 from .autocompile import choose_compile
 from .config import TrainConfig
 from .optim import MemberAdam, MemberPlateau, clip_per_member
@@ -111,7 +112,8 @@ def check_layout(train: StructureDataset, cfg: TrainConfig) -> str:
 
 class Trainer:
     def __init__(self, model, train: StructureDataset, val: StructureDataset, cfg: TrainConfig, out_dir,
-                 seed: int = 0, loss_fn=None, extra: dict | None = None, console=None):
+                 seed: int = 0, loss_fn=None, extra: dict | None = None, console=None,
+                 subsets: tuple[list[np.ndarray], list[np.ndarray]] | None = None):
         if len(train) == 0:
             raise TrainingError("the training set is empty")
         if len(val) == 0:
@@ -147,6 +149,7 @@ class Trainer:
         self.best_mae = torch.full((self.M, 2), math.nan, dtype=torch.float64)  # energy, forces
         self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self.stopped = [None] * self.M  # per member: why it stopped, None while training
+        self.stop_epoch = [None] * self.M  # per member: the epoch after which it stopped
         self.history: list[dict] = []
         self.nonfinite_steps = 0
         self.rollbacks = 0
@@ -163,13 +166,16 @@ class Trainer:
         self.member_rngs = ([np.random.default_rng(int(s)) for s in member_seeds(model)]
                             if self.member_order == "independent" else [])
         # an ensemble with per-member splits: every member its own train/val split of the pool (train + val)
-        self.member_subsets = member_splits(model, len(train), len(val))
+        # or, given (``subsets``: replicates of a study stacked, :mod:`uqpot.fit.replicates`), each member's own
+        # training and validation structures of the pool, of any sizes
+        self.member_subsets = subsets if subsets is not None else member_splits(model, len(train), len(val))
         if self.member_subsets is not None:
             if self.member_order != "independent":
                 raise ConfigError(None, "uq.splits: per_member stacks each member's own batches, which needs one "
                                         "molecule on the dense layout (train.member_order auto or independent); "
                                         "use splits: shared")
-            self.train_set = self.val_set = train + val
+            # the pool the indices point into: ``train`` itself where the subsets were given, else train + val
+            self.train_set = self.val_set = train if subsets is not None else train + val
             write_json(self.out / "member_splits.json", {
                 "pool": "the run's training structures, then its validation structures",
                 "train": [idx.tolist() for idx in self.member_subsets[0]],
@@ -204,6 +210,7 @@ class Trainer:
             "plateau": self.plateau.state_dict(), "epoch": self.epoch, "best_val": self.best_val,
             "best_epoch": self.best_epoch, "best_mae": self.best_mae, "best_state": self.best_state,
             "stopped": ["" if s is None else s for s in self.stopped], "history": list(self.history),
+            "stop_epoch": [-1 if e is None else e for e in self.stop_epoch],
             "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
             "member_rngs": [r.bit_generator.state for r in self.member_rngs],
             "nonfinite_steps": self.nonfinite_steps, "rollbacks": self.rollbacks, "elapsed": self.elapsed,
@@ -239,6 +246,7 @@ class Trainer:
         self.best_val, self.best_epoch, self.best_mae = state["best_val"], state["best_epoch"], state["best_mae"]
         self.best_state = {k: v.to(self.device) for k, v in state["best_state"].items()}
         self.stopped = [s or None for s in state["stopped"]]
+        self.stop_epoch = [None if e < 0 else int(e) for e in state.get("stop_epoch", [-1] * self.M)]
         self.history = list(state["history"])
         self.rng.bit_generator.state = state["rng"]
         for r, st in zip(self.member_rngs, state.get("member_rngs", [])):
@@ -266,7 +274,7 @@ class Trainer:
             return member_batches(self.train_set, self.cfg.batch_size, self.cutoff, self.member_rngs,
                                   self.dtype, self.device,
                                   subsets=None if self.member_subsets is None else self.member_subsets[0])
-        return self._batches(self.train_set, self.cfg.batch_size, shuffle=True)
+        return ((i, b, None) for i, b in self._batches(self.train_set, self.cfg.batch_size, shuffle=True))
 
     def _batches(self, dataset, batch_size, shuffle):
         return iterate_batches(dataset, batch_size, self.cutoff, dtype=self.dtype, device=self.device,
@@ -285,25 +293,27 @@ class Trainer:
         if self._val_batches is None:
             bs = self.cfg.val_batch_size or self.cfg.batch_size
             if self.member_subsets is not None:  # every member on its own validation structures
-                self._val_batches = [b for _, b in stacked_batches(self.val_set, self.member_subsets[1], bs,
-                                                                   self.cutoff, self.dtype, self.device)]
+                self._val_batches = [(b, mask) for _, b, mask in masked_stacked_batches(
+                    self.val_set, self.member_subsets[1], bs, self.cutoff, self.dtype, self.device)]
             else:
-                self._val_batches = [b for _, b in self._batches(self.val_set, bs, shuffle=False)]
+                self._val_batches = [(b, None) for _, b in self._batches(self.val_set, bs, shuffle=False)]
         self.model.eval()
         sums = []
-        n_struct = n_comp = 0
-        for b in self._val_batches:
+        counts = []  # per member: structures and force components seen
+        for b, mask in self._val_batches:
             pred = self.model.forward_members(b, create_graph=False, **self._stress)
             loss, _ = self.loss_fn(pred, b)
             e_abs = (pred[F.ENERGY] - b.energy).abs().sum(-1)
             f_abs = (pred[F.FORCES] - b.forces).abs().sum((-1, -2))
+            w = torch.ones(self.M, dtype=torch.float64) if mask is None else mask.to(torch.float64)
+            w = w.to(loss.device)
+            comps = b.forces.numel() // (b.forces.shape[0] if b.forces.dim() == 3 else 1)
             sums.append(torch.stack([loss.detach().double() * b.num_structures, e_abs.detach().double(),
-                                     f_abs.detach().double()]))
-            n_struct += b.num_structures
-            n_comp += b.forces.numel()
+                                     f_abs.detach().double()]) * w)
+            counts.append(torch.stack([w * b.num_structures, w * comps]))
         total = torch.stack(sums).sum(0).cpu()  # (3, M): one host sync per validation
-        return {"val_loss": total[0] / n_struct, "val_energy_mae": total[1] / n_struct,
-                "val_forces_mae": total[2] / n_comp}
+        n = torch.stack(counts).sum(0).cpu()  # (2, M)
+        return {"val_loss": total[0] / n[0], "val_energy_mae": total[1] / n[0], "val_forces_mae": total[2] / n[1]}
 
     def _rollback(self, epoch: int, batch_no: int, what: str = "loss") -> None:
         """Back to the last checkpoint (or the initial state) with a lower learning rate."""
@@ -341,8 +351,10 @@ class Trainer:
         total = torch.zeros(self.M, dtype=torch.float64, device=self.device)
         n = 0
         bad = 0
-        for batch_no, (_, b) in enumerate(self._train_batches()):
+        for batch_no, (_, b, mask) in enumerate(self._train_batches()):
             loss, _ = self._step_loss(b)
+            if mask is not None:  # replicates' tails: the members left out take no step (their loss is not used)
+                loss = loss * mask.to(device=loss.device, dtype=loss.dtype)
             if not bool(torch.isfinite(loss).all()):
                 self.nonfinite_steps += 1
                 bad += 1
@@ -355,7 +367,7 @@ class Trainer:
             loss.sum().backward()  # members are independent: each gets the gradient of its own loss
             if self.cfg.grad_clip:
                 clip_per_member(self.optimizer.params, self.cfg.grad_clip, self.M)
-            self.optimizer.step()
+            self.optimizer.step(mask)
             total += loss.detach().double() * b.num_structures
             n += b.num_structures
         if not _finite(self.model.parameters()):
@@ -479,6 +491,7 @@ class Trainer:
                 reason = "min_lr"
             if reason:
                 self.stopped[m] = reason
+                self.stop_epoch[m] = epoch
                 self.optimizer.lr[m] = 0.0  # frozen from here on: its best weights are kept
                 if self.M > 1:
                     self._log(f"member {m} stopped after epoch {epoch}: {reason}")

@@ -133,6 +133,9 @@ class UQMethod(nn.Module):
     #: whether a loop runs its steps first among the methods of a generation (the longest: an ensemble's MD
     #: costs M model calls), so that parallel workers finish together
     runs_first = False
+    #: whether the replicates of a study (its seeds) can train as members of one stack
+    #: (:mod:`uqpot.fit.replicates`): every trainable parameter carries the member axis, one slice per network
+    stacks_replicates = True
 
     def __init__(self, potential: dict, reduction: str = "mean"):
         super().__init__()

@@ -100,7 +100,7 @@ class Evidential(UQMethod):
         sp = torch.nn.functional.softplus
         out[NU] = sp(h[..., 0]) + self.min_nu
         out[ALPHA] = sp(h[..., 1]) + 1.0 + self.min_alpha
-        out[BETA] = sp(h[..., 2]) * self.potential.energy_scale ** 2 + self.min_beta
+        out[BETA] = sp(h[..., 2]) * self.potential.member_scale() ** 2 + self.min_beta
         return out
 
     def make_loss(self, train_cfg):

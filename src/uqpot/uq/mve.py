@@ -57,7 +57,7 @@ class MVE(UQMethod):
     def forward_members(self, batch, compute_forces=True, create_graph=None, retain_graph=None) -> dict:
         out = self.potential.forward_members(batch, compute_forces, create_graph, retain_graph)
         raw = self.head(out[F.FEATURES]).squeeze(-1)  # (M, N)
-        out[F.FORCES_VARIANCE] = torch.nn.functional.softplus(raw) * self.potential.energy_scale ** 2 + self.min_variance
+        out[F.FORCES_VARIANCE] = torch.nn.functional.softplus(raw) * self.potential.member_scale() ** 2 + self.min_variance
         return out
 
     def make_loss(self, train_cfg):

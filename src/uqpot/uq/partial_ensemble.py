@@ -91,6 +91,7 @@ class Branches(nn.Module):
 
 @register_method("partial_ensemble")
 class PartialEnsemble(UQMethod):
+    stacks_replicates = False  # one network stacks its own branches on the member axis
     options = PartialEnsembleOptions
     uncertainty_description = "force variance over the members of a partially shared ensemble, (kcal/mol/Å)²"
     needs_forces_for_uncertainty = True

@@ -107,6 +107,7 @@ class ExtraHeads(nn.Module):
 
 @register_method("shallow_ensemble")
 class ShallowEnsemble(UQMethod):
+    stacks_replicates = False  # one network stacks its own branches on the member axis
     colour = "#8c564b"
     options = ShallowEnsembleOptions
     uncertainty_description = "force variance over the heads of a shallow ensemble, (kcal/mol/Å)²"

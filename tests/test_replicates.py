@@ -1,0 +1,107 @@
+"""Replicates as a batch axis (:mod:`uqpot.fit.replicates`): the seeds of a method trained in one stack equal
+their separate runs (weights, validation record, test metrics), also when the seeds' training sets differ
+in size, as they do after a generation of active learning."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from uqpot.fit.replicates import Replicate, fit_replicates, why_not_stacked
+from uqpot.fit.run import fit_model
+from uqpot.nn import modelfile
+from uqpot.nn.painn import PaiNNOptions as ModelConfig
+from uqpot.train.config import TrainConfig
+from uqpot.train.optim import MemberAdam
+from uqpot.uq.options import parse_uq
+
+SMALL = dict(features=16, interactions=2, rbf=8, cutoff=4.0, readout_hidden=8)
+TRAIN = dict(epochs=4, batch_size=8, lr=2e-3, dtype="float64", progress=False, lr_patience=1)
+
+
+def _replicates(ammonia, tmp, sizes):
+    """One replicate per (seed, training-set size, validation-set size): each its own split of the first 40
+    structures; the next 12 are the test set."""
+    reps = []
+    for seed, n, n_val in sizes:
+        perm = np.random.default_rng(seed).permutation(40)
+        train, val = ammonia.subset(np.sort(perm[:n])), ammonia.subset(np.sort(perm[n:n + n_val]))
+        reps.append(Replicate(seed, train, val, ammonia[40:52], tmp / f"seed{seed}", {"seed": seed}))
+    return reps
+
+
+@pytest.mark.parametrize("method", ["none", "mve", "ensemble", "gmm"])
+def test_stacked_replicates_equal_separate_runs(tmp_path, ammonia, method):
+    uq = parse_uq({"method": method, **({"members": 2} if method == "ensemble" else {}),
+                   **({"components": 2} if method == "gmm" else {})})
+    model_cfg, cfg = ModelConfig(**SMALL), TrainConfig(**TRAIN)
+    # training sets of 19, 22 and 24 structures (the epochs' last batches differ in size: masked steps) and
+    # validation sets of 5, 11 and 6 (batches of 8: one replicate has two)
+    reps = _replicates(ammonia, tmp_path / "stacked", [(3, 19, 5), (11, 22, 11), (20, 24, 6)])
+    assert why_not_stacked(model_cfg, uq, cfg, reps) is None
+    stacked = fit_replicates(model_cfg, uq, cfg, reps, tmp_path / "stack")
+    assert not (tmp_path / "stack" / "model.pt").exists()  # the stack is not a model: its replicates are
+    for rep, summary in zip(reps, stacked):
+        alone = fit_model(model_cfg, uq, cfg, rep.seed, rep.train, rep.val, rep.test, tmp_path / f"alone{rep.seed}",
+                          extra={"seed": rep.seed})
+        a, b = modelfile.read(rep.out / "model.pt"), modelfile.read(tmp_path / f"alone{rep.seed}" / "model.pt")
+        assert a["kind"] == b["kind"]
+        assert {k: v for k, v in a["hparams"].items() if k != "fit_info"} == \
+            {k: v for k, v in b["hparams"].items() if k != "fit_info"}  # fit_info: the GMM's BIC, to float tolerance
+        for name, value in b["state_dict"].items():
+            assert torch.allclose(a["state_dict"][name], value, rtol=1e-7, atol=1e-9), name
+        assert summary["training"]["best_epoch"] == alone["training"]["best_epoch"]
+        np.testing.assert_allclose(summary["training"]["val_forces_mae"], alone["training"]["val_forces_mae"],
+                                   rtol=1e-8)
+        for key in ("energy_mae", "forces_mae", "spearman", "auc20"):
+            if alone["test"].get(key) is not None:
+                assert summary["test"][key] == pytest.approx(alone["test"][key], rel=1e-6, abs=1e-9), key
+        assert summary["training"]["stacked_replicates"]["replicates"] == 3
+        assert json.loads((rep.out / "summary.json").read_text())["test"] == summary["test"]
+
+
+def test_stacked_replicates_resume_and_refusals(tmp_path, ammonia, ethanol):
+    uq, model_cfg, cfg = parse_uq({"method": "none"}), ModelConfig(**SMALL), TrainConfig(**TRAIN)
+    reps = _replicates(ammonia, tmp_path / "r", [(1, 20, 6), (2, 20, 6)])
+    first = fit_replicates(model_cfg, uq, cfg, reps, tmp_path / "stack")
+    again = fit_replicates(model_cfg, uq, cfg, reps, tmp_path / "stack")  # finished: read back, not retrained
+    assert [s["test"] for s in first] == [s["test"] for s in again]
+    assert why_not_stacked(model_cfg, uq, cfg, reps[:1]) == "one replicate"
+    mixed = [Replicate(1, ammonia[:10] + ethanol[:10], ammonia[10:14], ammonia[14:18], tmp_path / "m1"),
+             Replicate(2, ammonia[:10] + ethanol[:10], ammonia[10:14], ammonia[14:18], tmp_path / "m2")]
+    assert "not one molecule" in why_not_stacked(model_cfg, uq, cfg, mixed)
+    partial = parse_uq({"method": "partial_ensemble"})
+    assert "own branches" in why_not_stacked(model_cfg, partial, cfg, reps)
+    assert "fine-tuning" in why_not_stacked(model_cfg, uq, cfg, reps, init=["a.pt"])
+
+
+def test_masked_adam_step_leaves_members_out_exactly():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))
+    opt = MemberAdam([p], 3, 1e-2)
+    p.grad = torch.randn(3, 4, dtype=torch.float64)
+    opt.step()
+    before = (p.detach().clone(), opt.exp_avg[0].clone(), opt.exp_avg_sq[0].clone())
+    p.grad = torch.randn(3, 4, dtype=torch.float64)
+    opt.step(torch.tensor([True, False, True]))
+    assert torch.equal(p[1], before[0][1]) and torch.equal(opt.exp_avg[0][1], before[1][1])
+    assert torch.equal(opt.exp_avg_sq[0][1], before[2][1]) and not torch.equal(p[0], before[0][0])
+    assert opt.member_steps == [2, 1, 2]
+    # member 1's next step is its second: the same update as a lone Adam that skipped nothing
+    lone = torch.nn.Parameter(torch.randn(1, 4, dtype=torch.float64))
+    ref = MemberAdam([lone], 1, 1e-2)
+    g1, g2 = torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 4, dtype=torch.float64)
+    with torch.no_grad():
+        p[1] = lone[0]
+    opt.exp_avg[0][1] = 0
+    opt.exp_avg_sq[0][1] = 0
+    opt.member_steps[1] = 0
+    for g in (g1, g2):
+        lone.grad, p.grad = g, torch.cat([torch.zeros(1, 4, dtype=torch.float64), g, torch.zeros(1, 4,
+                                                                                             dtype=torch.float64)])
+        ref.step()
+        opt.step(torch.tensor([False, True, False]))
+    assert torch.allclose(p[1], lone[0], rtol=1e-14, atol=1e-15)
