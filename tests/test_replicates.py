@@ -105,3 +105,38 @@ def test_masked_adam_step_leaves_members_out_exactly():
         ref.step()
         opt.step(torch.tensor([False, True, False]))
     assert torch.allclose(p[1], lone[0], rtol=1e-14, atol=1e-15)
+
+
+def test_a_loop_with_stacked_replicates_equals_one_with_separate_seeds(tmp_path, ammonia):
+    """Two seeds of a two-generation loop (MVE, and GMM and LLPR on generation 1's shared backbone; EMT as the
+    oracle): every seed's summary is the same whether its networks trained stacked with the other seed's or
+    alone (``replicates: separate``)."""
+    from support.tiny_loop import tiny_loop_config, tiny_loop_files
+
+    from uqpot.loop.config import LoopConfig
+    from uqpot.loop.replicates import replicates, run_replicates
+
+    files = tiny_loop_files(tmp_path, ammonia)
+    summaries = {}
+    for mode in ("auto", "separate"):
+        raw = tiny_loop_config(tmp_path, files, mode, {})
+        raw.pop("until")
+        raw.update({"methods": ["mve", "gmm", "llpr"], "uq": {"gmm": {"components": 2}}, "sampler": "adversarial",
+                    "attack": {"n_seeds": 2, "iterations": 3, "energy_cutoff": None}, "replicates": mode,
+                    "train": {**raw["train"], "dtype": "float64"}, "store": str(tmp_path / f"{mode}.db")})
+        cfgs = replicates(LoopConfig.model_validate(raw), [0, 7])
+        summaries[mode] = run_replicates(cfgs, tmp_path / mode)["per_seed"]
+    assert (tmp_path / "auto" / "stacked" / "gen1" / "backbone" / "replicates.json").is_file()
+    assert (tmp_path / "auto" / "stacked" / "gen2" / "mve" / "replicates.json").is_file()
+    assert not (tmp_path / "separate" / "stacked").exists()
+    assert "stacked with the seeds 0, 7" in (tmp_path / "auto" / "seed7" / "loop.log").read_text()
+    for seed in ("0", "7"):
+        for g in (1, 2):
+            for m in ("mve", "gmm", "llpr"):
+                a, b = summaries["auto"][seed]["generations"][g][m], summaries["separate"][seed]["generations"][g][m]
+                assert (a["n_train"], a["n_val"]) == (b["n_train"], b["n_val"])
+                for key in ("energy_mae", "forces_mae", "spearman", "auc20"):
+                    if b["test"].get(key) is not None:
+                        assert a["test"][key] == pytest.approx(b["test"][key], rel=1e-6, abs=1e-9), (seed, g, m, key)
+                if g == 1:
+                    assert a["label"]["n_added"] == b["label"]["n_added"]

@@ -81,6 +81,10 @@ class LoopConfig(Strict):
     # above a calibrated force-error tolerance is below a target, or its label budget is spent; `generations`
     # is then the maximum number of generations.  Unset: exactly `generations` generations
     until: Optional[StoppingSettings] = None
+    # the replicates of a study (its seeds, uqpot.loop.replicates) train each method of a generation in one
+    # stacked pass where that equals their separate runs (uqpot.fit.replicates): auto; separate: one training
+    # per seed.  A speed choice, not part of the results (equal to float tolerance)
+    replicates: Literal["auto", "separate"] = "auto"
 
     def init_files(self) -> list[Path]:
         if self.init_model is None:

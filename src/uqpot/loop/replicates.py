@@ -16,6 +16,7 @@ from ..uq import method_class
 from .active_learning import ActiveLearning
 from .config import LoopConfig
 from .final import final_models
+from .stacked import train_stacked
 from .stopping import write_stopping
 
 
@@ -76,6 +77,8 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
         todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations and (k, m) not in stopped]
         if not todo:
             break
+        # every seed's network of a method in one stacked training, where that equals separate runs
+        train_stacked(loops, g, todo, executor, parallel)
         results: dict = {}
         if parallel:
             # generation 1: the shared backbones first (one per loop), beside the methods that train their own

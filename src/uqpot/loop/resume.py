@@ -60,6 +60,7 @@ def check_same_config(out: Path, cfg: LoopConfig, log=None) -> LoopConfig:
             for key in FINAL_KEYS:  # the final models' settings: uqpot.loop.final retrains on a change
                 (d.get("until") or {}).pop(key, None)
             d.get("train", {}).pop("progress", None)
+            d.pop("replicates", None)  # stacked or separate replicates: the same results (uqpot.fit.replicates)
             for key in unread:
                 d.pop(key, None)
             if d.get("store") is None and d.get("out") is not None:  # the default store, spelled out
