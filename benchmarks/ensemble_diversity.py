@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from uqpot.core.determinism import member_seeds
 from uqpot.data.io import read_structures
 from uqpot.metrics.intervals import fmt, mean_interval, paired_difference
 from uqpot.fit.grid import Job, run_grid
@@ -100,9 +101,10 @@ def main():
                                 train={**train, "member_order": order}))
                 variant_of[jobs[-1].name] = v
         if "separate" in variants:
-            groups[s] = [Job(name=f"single-s{s + k}", data=a.data, indices=idx, method="none", seed=s + k,
+            # the seeds the stacked ensemble of seed s gives its members
+            groups[s] = [Job(name=f"single-s{ms}", data=a.data, indices=idx, method="none", seed=ms,
                              out=str(out / f"independent_s{s}" / f"member{k}"), model=model, train=train)
-                         for k in range(a.members)]
+                         for k, ms in enumerate(member_seeds(s, a.members))]
             jobs += groups[s]
     executor = None
     if a.executor != "none":

@@ -92,7 +92,8 @@ def test_run_started_with_explicit_compile_resumes_on_its_path(tmp_path, ethanol
     run_training(run_cfg(tmp_path, ethanol_path, epochs=1, compile=False))
     r = run_training(run_cfg(tmp_path, ethanol_path, epochs=2))
     out = tmp_path / "run"
-    assert r["training"]["compiled"] is False and r["training"]["layout"] == "sparse"  # the path that trained it
+    # the path that trained it: one molecule, so the stacked dense layout (uqpot.train.member_order), eager
+    assert r["training"]["compiled"] is False and r["training"]["layout"] == "dense"
     assert yaml.safe_load((out / "config.yaml").read_text())["train"]["compile"] is False
     assert "resumed with the stored train.compile: False" in (out / "train.log").read_text()
     with pytest.raises(ConfigError, match=r"train\.compile \(False then, True now\)"):

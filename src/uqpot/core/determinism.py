@@ -49,3 +49,17 @@ def fixed_threads(n: int | None = DEFAULT_THREADS):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+#: the distance between the seeds of a model's members (:func:`member_seeds`): larger than any seed list a
+#: study uses (replicates 0 .. N), so that the members of one replicate never take another replicate's seeds
+MEMBER_SEED_STRIDE = 100_003
+
+
+def member_seeds(seed: int, members: int) -> list[int]:
+    """The seeds of a model's ``members`` stacked networks (initialisation and batch order) for the run seed
+    ``seed``: member 0 takes ``seed`` (a single network and an ensemble's first member of one seed start
+    alike), member k ``seed + k * MEMBER_SEED_STRIDE`` (mod 2**32).  Not ``seed + k``: replicates 0, 1, 2 of
+    a 5-member ensemble would then share four of their five members' seeds (their initialisations and batch
+    orders), so their spread would understate the seed-to-seed variance that the study's intervals take."""
+    return [(int(seed) + k * MEMBER_SEED_STRIDE) % 2**32 for k in range(int(members))]

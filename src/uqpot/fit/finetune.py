@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from ..core.determinism import member_seeds
 from ..core.schema import Strict
 
 from ..data.batch import INFERENCE_MAX_ATOMS, iterate_batches
@@ -166,7 +167,7 @@ def build_from(sources: list, uq_cfg, seed: int, members: int, plain: bool, name
             raise ValueError(f"{where}: a {_potential(src).title} of different networks is not fine-tuned as one "
                              "network; give its members' own files")
     hp = dict(_potential(sources[0]).hparams)
-    hp.update(members=members, seeds=[seed + k for k in range(members)])
+    hp.update(members=members, seeds=member_seeds(seed, members))
     model = build_potential(hp) if plain else build_method(uq_cfg, hp)
     model = model.to(dtype=_potential(sources[0]).dtype)
     warm_start(model, sources, names)

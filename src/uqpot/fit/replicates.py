@@ -4,7 +4,7 @@ A study runs every method once per seed; for one method and generation the S see
 for an ensemble of M) that differ in their initialisation, their batch order and their data (each seed's
 own split of the initial data, and from generation 2 on its own adversarial samples).  They are independent
 networks, which is what a stack already is (:mod:`uqpot.nn.stacked`, every parameter with a member axis):
-member k of replicate s has the seed the separate run gives it (``s + k``), its own batch order drawn from
+member k of replicate s has the seed the separate run gives it (:func:`uqpot.core.determinism.member_seeds`), its own batch order drawn from
 that seed (:mod:`uqpot.train.member_order`), its own training and validation structures (index subsets of
 one pool), its own reference energies and force scale
 (:meth:`uqpot.nn.potential.Potential.fit_member_references`), its own learning rate, plateau schedule,
@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.determinism import member_seeds
 from ..core.devices import resolve_device
 from ..core.provenance import write_json
 from ..data.batch import iterate_batches
@@ -111,7 +112,7 @@ def fit_replicates(model_cfg, uq_cfg, train_cfg, reps: list[Replicate], stack_di
         return [json.loads((Path(r.out) / "summary.json").read_text()) for r in reps]
     cfg = _settings(model_cfg, uq_cfg, train_cfg, reps[0])
     M, S = member_count(uq_cfg), len(reps)
-    seeds = [r.seed + k for r in reps for k in range(M)]
+    seeds = [s for r in reps for s in member_seeds(r.seed, M)]
     model = _stack(model_cfg, uq_cfg, seeds, reps)
     pool, subsets = _pool(reps, M)
     stack_dir.mkdir(parents=True, exist_ok=True)
@@ -180,10 +181,11 @@ def _training_record(trainer, result, members: list[int], wall: float, S: int) -
 
 def _cut(trainer, model_cfg, uq_cfg, rep: Replicate, members: list[int], cfg, training: dict) -> Path:
     """Replicate ``rep``'s networks cut out of the stack's best weights into ``rep.out/model.pt``: the
-    model its separate run builds (seeds ``rep.seed + k``, references fitted on its training set), with the
+    model its separate run builds (its members' seeds, references fitted on its training set), with the
     member slices of every stacked tensor."""
-    single = build_model(model_cfg, uq_cfg, rep.seed, rep.train).to(dtype=trainer.dtype)
-    getattr(single, "potential", single).fit_reference(rep.train)
+    single = build_model(model_cfg, uq_cfg, rep.seed, rep.train)
+    getattr(single, "potential", single).fit_reference(rep.train)  # in the dtype the stack's were fitted in
+    single = single.to(dtype=trainer.dtype)
     state = single.state_dict()
     lo, hi = members[0], members[-1] + 1
     for name, value in state.items():

@@ -25,6 +25,7 @@ import yaml
 from ..nn import modelfile
 from ..core.config_io import dump_config
 from ..data.splits import load_split, save_split
+from ..core.determinism import member_seeds
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError, TrainingError
 from ..evaluation.evaluate import assess, is_uq, write_predictions, write_table
@@ -148,10 +149,10 @@ def _read_run_json(out: Path) -> dict:
 def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
     """The network's hyper-parameters: the model section (its backbone's options,
     :meth:`~uqpot.nn.backbone.BackboneOptions.potential_hparams`), and the number of stacked members the
-    method trains (``members_for``), member k seeded with ``seed + k``; a backbone sized from its data (MACE)
+    method trains (``members_for``), seeded by :func:`uqpot.core.determinism.member_seeds`; a backbone sized from its data (MACE)
     reads the training set ``train``."""
     members = member_count(uq_cfg)
-    return model_cfg.potential_hparams(members, [seed + k for k in range(members)], train)
+    return model_cfg.potential_hparams(members, member_seeds(seed, members), train)
 
 
 def build_model(model_cfg, uq_cfg, seed: int, train=None):

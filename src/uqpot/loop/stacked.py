@@ -32,13 +32,18 @@ def stacked_groups(loops: list[ActiveLearning], g: int, todo: list[tuple[int, st
     if len({al.out.parent for al in loops}) != 1:
         return []
     groups: dict[str, list[int]] = {}
+    pending: set = set()
     for k, m in todo:
         al = loops[k]
         name = BACKBONE if g == 1 and m in al.shared_methods() else m
         done = (al.backbone_dir if name == BACKBONE else al.gen_dir(g, m) / "train") / "summary.json"
-        if k not in groups.setdefault(name, []) and not done.is_file():
+        if k not in groups.setdefault(name, []):
             groups[name].append(k)
-    return [(m, ks) for m, ks in groups.items() if len(ks) > 1]
+        if not done.is_file():
+            pending.add(name)
+    # a group keeps every seed of the generation, finished or not, so that a resumed study stacks the seeds it
+    # stacked before (a network's last bits depend on the stack it trained in: uqpot.fit.replicates)
+    return [(m, ks) for m, ks in groups.items() if len(ks) > 1 and m in pending]
 
 
 def train_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]], executor=None,

@@ -94,11 +94,17 @@ class StackedLinear(nn.Module):
         shape = x.shape
         x2 = x.reshape(self.members, -1, self.n_in)
         w = self.effective_weight()
-        if self.bias is not None:
-            y = torch.baddbmm(self.bias, x2, w)
-        else:
-            y = torch.bmm(x2, w)
-        return y.reshape(*shape[:-1], self.n_out)
+        b = self.bias
+        if self.members == 1 and self.n_out == 1:
+            # one member, one output (a readout's last layer): PyTorch's CPU batched matmul takes another route
+            # for a batch of one (it rounds otherwise, by ~1e-16, than the same member in a batch of two or
+            # more), so the member is run as a batch of two views of itself and the first kept: a single
+            # network then computes exactly what it computes as a member of any stack (an ensemble, the
+            # replicates of a study: uqpot.fit.replicates), which Adam's sign sensitivity needs.
+            x2, w = x2.expand(2, -1, -1), w.expand(2, -1, -1)
+            b = None if b is None else b.expand(2, -1, -1)
+        y = torch.baddbmm(b, x2, w) if b is not None else torch.bmm(x2, w)
+        return y[:self.members].reshape(*shape[:-1], self.n_out)
 
 
 class StackedMLP(nn.Module):
