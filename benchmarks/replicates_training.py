@@ -30,6 +30,7 @@ import yaml
 
 from uqpot.data.io import read_structures
 from uqpot.fit.replicates import Replicate, fit_replicates, why_not_stacked
+from uqpot.metrics.intervals import fmt, mean_interval, paired_difference
 from uqpot.fit.run import fit_model
 from uqpot.nn.painn import PaiNNOptions
 from uqpot.train.config import TrainConfig
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     warm = replicates(data, 2, n_train, val_fraction, args.out / "warm-up", "none")  # first calls: not timed
     fit_replicates(model_cfg, parse_uq({"method": "none"}), train_cfg.model_copy(update={"epochs": 1}), warm,
                    args.out / "warm-up" / "stack")
-    rows = []
+    rows, separate_mae = [], {}
     for method in args.methods.split(","):
         uq = parse_uq({"method": method, **loop.get("uq", {}).get(method, {})})
         separate, mae = [], {}
@@ -78,6 +79,7 @@ def main(argv=None) -> dict:
             s = fit_model(model_cfg, uq, train_cfg, rep.seed, rep.train, rep.val, rep.test, rep.out)
             separate.append(time.perf_counter() - t0)
             mae[rep.seed] = s["test"]["forces_mae"]
+        separate_mae[method] = mae
         for S in counts:
             reps = replicates(data, S, n_train, val_fraction, args.out / f"stacked{S}", method)
             row = {"method": method, "seeds": S, "separate_s": round(sum(separate[:S]), 1)}
@@ -91,12 +93,23 @@ def main(argv=None) -> dict:
                 row["stacked_s"] = round(time.perf_counter() - t0, 1)
                 row["max_rel_diff_forces_mae"] = float(max(abs(o["test"]["forces_mae"] / mae[r.seed] - 1)
                                                            for o, r in zip(out, reps)))
+                row["stacked_forces_mae"] = [o["test"]["forces_mae"] for o in out]
                 row["speedup"] = round(row["separate_s"] / row["stacked_s"], 2)
             rows.append(row)
             print(f"{method:>11} {S:>3} seeds: separate {row['separate_s']:8.1f} s, stacked "
                   f"{row['stacked_s'] if row['stacked_s'] is not None else '-':>8} s"
                   + (f" ({row['speedup']}x; test F MAE equal to {row['max_rel_diff_forces_mae']:.1e})"
                      if row.get("speedup") else f" ({row.get('why_not', '')})"), flush=True)
+    # the largest stack's replicates against the same seeds trained alone: equal in law (two valid runs each)?
+    print("\ntest force MAE (kcal/mol/Å) of the largest count's seeds, mean with 95% t-interval; stacked − separate "
+          "paired on the seed")
+    for method in args.methods.split(","):
+        last = [r for r in rows if r["method"] == method and r.get("stacked_forces_mae")][-1]
+        sep = [separate_mae[method][s] for s in range(last["seeds"])]
+        diff = paired_difference(last["stacked_forces_mae"], sep)
+        last["paired_difference"] = [float(x) for x in diff]
+        print(f"{method:>11}: separate {fmt(mean_interval(sep), 2)}, stacked "
+              f"{fmt(mean_interval(last['stacked_forces_mae']), 2)}, difference {fmt(diff, 2)}")
     res = {"epochs": args.epochs, "preset": str(args.preset), "threads": 1, "load_after": os.getloadavg(),
            "rows": rows}
     print(json.dumps(res))

@@ -1,14 +1,17 @@
 """Wall time of a loop study against its number of seeds: the README's main command (``uqpot reproduce
 ammonia --preset quick``) with 1, 2, 4, ... seeds, each in a fresh output folder, all from one data set.
 
-    python benchmarks/seeds_wall_time.py --data runs/ammonia/data --counts 1,2,4 [--executor local]
+    python benchmarks/seeds_wall_time.py --data runs/ammonia/data --counts 1,2,4,8 [--executor local] \
+        [--replicates auto,separate]
 
 ``--data`` is a finished study's data folder (``OUT/data``, with its ``summary.json``): it is copied into
 each run's folder so that every count pays for its loop alone, with a fresh label store (the loop's labels
 are computed by the oracle every time, as a new user's would be).  Seeds are 0 .. S-1.  Prints one row per
-count (wall time, time per seed) and one JSON line.  Every seed's loop runs separately (one loop per seed,
-the (seed, method) jobs of a generation spread over the executor's workers); stacking the seeds into one
-training and one MD call per method is not built, so there is no "stacked" column yet.
+count and mode (wall time, time per seed) and one JSON line.  ``--replicates``: the loop's ``replicates``
+setting, each run with a copy of the preset that sets it: ``auto`` trains the seeds' networks of a method in
+one stack per generation (:mod:`uqpot.fit.replicates`), ``separate`` one by one; the MD campaigns, NEBs,
+attacks and labels run per seed either way (the (seed, method) jobs of a generation spread over the
+executor's workers).
 """
 
 from __future__ import annotations
@@ -23,9 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
 
-def run_count(data: Path, seeds: int, executor: str, preset: str, work: Path) -> dict:
-    out = work / f"seeds{seeds}"
+
+def preset_file(preset: str, mode: str, work: Path) -> str:
+    """A copy of the ammonia preset ``preset`` (a name or a YAML file) with ``loop.replicates: mode``."""
+    src = Path(preset) if Path(preset).is_file() else Path(__file__).parents[1] / "configs" / f"ammonia_{preset}.yaml"
+    raw = yaml.safe_load(src.read_text())
+    raw.setdefault("loop", {})["replicates"] = mode
+    path = work / f"preset_{mode}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return str(path)
+
+
+def run_count(data: Path, seeds: int, executor: str, preset: str, work: Path, mode: str = "auto") -> dict:
+    out = work / f"{mode}_seeds{seeds}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shutil.copytree(data, out / "data")
@@ -33,10 +48,10 @@ def run_count(data: Path, seeds: int, executor: str, preset: str, work: Path) ->
            ",".join(str(s) for s in range(seeds)), "--executor", executor, "--out", str(out)]
     load0 = os.getloadavg()
     t0 = time.perf_counter()
-    with open(out.parent / f"seeds{seeds}.log", "w") as log:
+    with open(out.parent / f"{mode}_seeds{seeds}.log", "w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
-    return {"seeds": seeds, "wall_s": round(wall, 1), "per_seed_s": round(wall / seeds, 1), "rc": rc,
+    return {"replicates": mode, "seeds": seeds, "wall_s": round(wall, 1), "per_seed_s": round(wall / seeds, 1), "rc": rc,
             "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -46,15 +61,18 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--counts", default="1,2,4", help="numbers of seeds, comma-separated")
     ap.add_argument("--executor", default="local", help="local (Dask, one worker per core) or none")
     ap.add_argument("--preset", default="quick")
+    ap.add_argument("--replicates", default="auto,separate", help="the loop's replicates settings to time")
     ap.add_argument("--work", type=Path, default=None, help="where the runs go (default: a temporary folder)")
     args = ap.parse_args(argv)
     if not (args.data / "summary.json").is_file():
         raise SystemExit(f"{args.data}: not a finished data folder (no summary.json)")
     work = args.work or Path(tempfile.mkdtemp(prefix="seeds_wall_time_"))
-    rows = [run_count(args.data, int(c), args.executor, args.preset, work) for c in args.counts.split(",")]
-    print(f"{'seeds':>6} {'wall (min)':>11} {'per seed (min)':>15}  load before/after")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [run_count(args.data, int(c), args.executor, preset_file(args.preset, mode, work), work, mode)
+            for mode in args.replicates.split(",") for c in args.counts.split(",")]
+    print(f"{'replicates':>10} {'seeds':>6} {'wall (min)':>11} {'per seed (min)':>15}  load before/after")
     for r in rows:
-        print(f"{r['seeds']:>6} {r['wall_s'] / 60:11.1f} {r['per_seed_s'] / 60:15.1f}  {r['load_before'][0]}/"
+        print(f"{r['replicates']:>10} {r['seeds']:>6} {r['wall_s'] / 60:11.1f} {r['per_seed_s'] / 60:15.1f}  {r['load_before'][0]}/"
               f"{r['load_after'][0]}" + ("" if r["rc"] == 0 else f"  (exit {r['rc']})"))
     print(json.dumps({"executor": args.executor, "preset": args.preset, "rows": rows}))
     return rows

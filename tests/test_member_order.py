@@ -69,7 +69,9 @@ def test_resolution(ammonia, ethanol, tmp_path):
     assert "same molecule" in one_molecule(mixed)
     assert resolve_member_order(mixed, "auto", 5, "auto") == "shared"
     assert resolve_member_order(ammonia, "auto", 5, "auto") == "independent"
-    assert resolve_member_order(ammonia, "auto", 1, "auto") == "shared"
+    # a single network of one molecule takes the same (dense, stacked) path as a member of any stack
+    assert resolve_member_order(ammonia, "auto", 1, "auto") == "independent"
+    assert resolve_member_order(mixed, "auto", 1, "auto") == "shared"
     assert resolve_member_order(ammonia, "auto", 5, "sparse") == "shared"
     with pytest.raises(ConfigError, match="member_order 'independent'"):
         resolve_member_order(mixed, "independent", 5, "auto")

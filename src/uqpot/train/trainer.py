@@ -160,7 +160,10 @@ class Trainer:
         self.layout = check_layout(train, cfg)
         net = getattr(model, "potential", model)
         # a backbone without the dense layout (MACE) shares one batch order among its members
-        self.member_order = resolve_member_order(train, cfg.member_order, self.M,
+        # a single network that stacks its own branches on the member axis (shallow and partial ensembles) takes
+        # its batches without one
+        own_axis = self.M > 1 or getattr(model, "stacks_replicates", True)
+        self.member_order = resolve_member_order(train, cfg.member_order if own_axis else "shared", self.M,
                                                  cfg.layout if getattr(net, "supports_dense", True) else "sparse")
         # member m shuffles with its own seed, as a single network with that seed would
         self.member_rngs = ([np.random.default_rng(int(s)) for s in member_seeds(model)]
