@@ -17,6 +17,17 @@ Sources of divergence found and how each is removed:
   size alone (:mod:`uqpot.train.autocompile`), so one command always takes one path; the summary records
   it (``compiled``, ``compile_reason``, ``layout``).  The paths are two equally valid runs (README, "The two
   training paths").
+* **The stack a network trains in.**  A study trains the seeds of a method in one stack
+  (:mod:`uqpot.fit.replicates`), and an ensemble's members are one stack.  Each member's arithmetic is its
+  own, but vectorised CPU kernels process a tensor in blocks and its last, partial block by another route,
+  so an element-wise function (softplus, exp) of one member can round otherwise at another stack size
+  (measured: an MVE head's softplus on 56 atoms, alone against in a stack of two, three elements in the
+  last ulp; a one-member matrix product with one output column takes another BLAS route, which
+  :class:`uqpot.nn.stacked.StackedLinear` avoids).  Adam turns such a difference into a different network
+  within tens of epochs.  So one seed's network depends on the seeds it was stacked with: the stacks are a
+  function of the command (the seed list and the methods; a resumed study stacks the seeds it stacked
+  before), and ``replicates: separate`` trains each seed alone.  Stacked and alone are two equally valid
+  runs (README, "Replicates as a batch axis").
 * **Completion order.**  Labels, grids and loop steps are collected by index (never in the order workers
   finish), and every random draw comes from a generator seeded from the config's seed and the step
   (generation, replica, split) it belongs to.

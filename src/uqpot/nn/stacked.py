@@ -144,3 +144,17 @@ def init_members(module: nn.Module, seeds: list[int]) -> None:
         for sub in module.modules():
             if hasattr(sub, "init_member"):
                 sub.init_member(m, g)
+
+
+def per_member(fn, *tensors: torch.Tensor) -> torch.Tensor:
+    """``fn`` of the tensors member by member (each with its leading member axis, or without one: shared by
+    every member), stacked again: ``fn`` sees every member's slice (1, ...) as a network alone sees its own
+    tensors, so that what it computes does not depend on how many members share the stack.  For element-wise
+    transcendental functions (softplus, log, lgamma) of tensors whose per-member size is not a multiple of
+    the CPU's vector block (per-atom scalars, forces): vectorised kernels round a tensor's last partial block
+    otherwise, and in a stack that block falls inside another member (:mod:`uqpot.core.determinism`)."""
+    M = next(t.shape[0] for t in tensors if t.dim() >= 1)
+    if M == 1:
+        return fn(*tensors)
+    outs = [fn(*(t[m:m + 1] if t.dim() >= 1 and t.shape[0] == M else t for t in tensors)) for m in range(M)]
+    return torch.cat(outs, 0)

@@ -46,7 +46,7 @@ import torch
 from pydantic import Field
 
 from ..core import fields as F
-from ..nn.stacked import StackedMLP, init_members
+from ..nn.stacked import per_member, StackedMLP, init_members
 from ..train.losses import energy_mae
 from .base import UQMethod, register_method
 from .options import UQOptions
@@ -97,10 +97,10 @@ class Evidential(UQMethod):
     def forward_members(self, batch, compute_forces=True, create_graph=None, retain_graph=None) -> dict:
         out = self.potential.forward_members(batch, compute_forces, create_graph, retain_graph)
         h = self.head(out[F.FEATURES])  # (M, N, 3)
-        sp = torch.nn.functional.softplus
-        out[NU] = sp(h[..., 0]) + self.min_nu
-        out[ALPHA] = sp(h[..., 1]) + 1.0 + self.min_alpha
-        out[BETA] = sp(h[..., 2]) * self.potential.member_scale() ** 2 + self.min_beta
+        sp = per_member(torch.nn.functional.softplus, h)  # member by member: uqpot.nn.stacked.per_member
+        out[NU] = sp[..., 0] + self.min_nu
+        out[ALPHA] = sp[..., 1] + 1.0 + self.min_alpha
+        out[BETA] = sp[..., 2] * self.potential.member_scale() ** 2 + self.min_beta
         return out
 
     def make_loss(self, train_cfg):
@@ -126,13 +126,20 @@ class EvidentialLoss:
 
     def __call__(self, pred: dict, batch) -> tuple[torch.Tensor, dict]:
         nu, alpha, beta = (pred[k].unsqueeze(-1) for k in (NU, ALPHA, BETA))  # (M, N, 1)
-        err = pred[F.FORCES] - batch.forces
-        omega = 2 * beta * (1 + nu)
-        nll = (0.5 * torch.log(math.pi / nu) - alpha * torch.log(omega)
-               + (alpha + 0.5) * torch.log(err.pow(2) * nu + omega)
-               + torch.lgamma(alpha) - torch.lgamma(alpha + 0.5))
-        reg = err.abs() * (2 * nu + alpha)
-        f_term = (nll + self.lam * reg).mean((-1, -2))
+        forces = batch.forces if batch.forces.dim() == 3 else batch.forces.unsqueeze(0)  # members' own, or shared
+        lam = self.lam
+
+        def terms(nu, alpha, beta, f, t):  # one member's (per_member: the same rounding alone or in any stack)
+            err = f - t
+            omega = 2 * beta * (1 + nu)
+            nll = (0.5 * torch.log(math.pi / nu) - alpha * torch.log(omega)
+                   + (alpha + 0.5) * torch.log(err.pow(2) * nu + omega)
+                   + torch.lgamma(alpha) - torch.lgamma(alpha + 0.5))
+            reg = err.abs() * (2 * nu + alpha)
+            return torch.stack([(nll + lam * reg).mean((-1, -2)), nll.mean((-1, -2))], -1)
+
+        both = per_member(terms, nu, alpha, beta, pred[F.FORCES], forces)  # (M, 2)
+        f_term, nll_mean = both[:, 0], both[:, 1]
         e_err = energy_mae(pred[F.ENERGY], batch.energy)
         loss = self.energy_weight * e_err.to(f_term.dtype) + self.forces_weight * f_term
-        return loss, {"energy_mae": e_err.detach(), "forces_nll": nll.mean((-1, -2)).detach()}
+        return loss, {"energy_mae": e_err.detach(), "forces_nll": nll_mean.detach()}

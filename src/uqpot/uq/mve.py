@@ -20,7 +20,7 @@ import torch
 from pydantic import Field
 
 from ..core import fields as F
-from ..nn.stacked import StackedMLP, init_members
+from ..nn.stacked import StackedMLP, init_members, per_member
 from ..train.losses import energy_mae
 from .base import UQMethod, register_method
 from .options import UQOptions
@@ -57,7 +57,8 @@ class MVE(UQMethod):
     def forward_members(self, batch, compute_forces=True, create_graph=None, retain_graph=None) -> dict:
         out = self.potential.forward_members(batch, compute_forces, create_graph, retain_graph)
         raw = self.head(out[F.FEATURES]).squeeze(-1)  # (M, N)
-        out[F.FORCES_VARIANCE] = torch.nn.functional.softplus(raw) * self.potential.member_scale() ** 2 + self.min_variance
+        out[F.FORCES_VARIANCE] = (per_member(torch.nn.functional.softplus, raw) * self.potential.member_scale() ** 2
+                                  + self.min_variance)
         return out
 
     def make_loss(self, train_cfg):
@@ -80,8 +81,12 @@ class MVELoss:
 
     def __call__(self, pred: dict, batch) -> tuple[torch.Tensor, dict]:
         var = pred[F.FORCES_VARIANCE].unsqueeze(-1)  # (M, N, 1)
-        r2 = (pred[F.FORCES] - batch.forces).pow(2)
-        nll = (0.5 * torch.log(2 * math.pi * var) + r2 / (2 * var)).mean((-1, -2))
+        forces = batch.forces if batch.forces.dim() == 3 else batch.forces.unsqueeze(0)  # members' own, or shared
+
+        def nll_of(v, f, t):  # one member's (per_member: the same rounding alone or in any stack)
+            return (0.5 * torch.log(2 * math.pi * v) + (f - t).pow(2) / (2 * v)).mean((-1, -2))
+
+        nll = per_member(nll_of, var, pred[F.FORCES], forces)
         e_err = energy_mae(pred[F.ENERGY], batch.energy)
         loss = self.energy_weight * e_err.to(nll.dtype) + self.forces_weight * nll
         return loss, {"energy_mae": e_err.detach(), "forces_nll": nll.detach()}
