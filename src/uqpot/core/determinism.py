@@ -20,14 +20,19 @@ Sources of divergence found and how each is removed:
 * **The stack a network trains in.**  A study trains the seeds of a method in one stack
   (:mod:`uqpot.fit.replicates`), and an ensemble's members are one stack.  Each member's arithmetic is its
   own, but vectorised CPU kernels process a tensor in blocks and its last, partial block by another route,
-  so an element-wise function (softplus, exp) of one member can round otherwise at another stack size
-  (measured: an MVE head's softplus on 56 atoms, alone against in a stack of two, three elements in the
-  last ulp; a one-member matrix product with one output column takes another BLAS route, which
-  :class:`uqpot.nn.stacked.StackedLinear` avoids).  Adam turns such a difference into a different network
-  within tens of epochs.  So one seed's network depends on the seeds it was stacked with: the stacks are a
-  function of the command (the seed list and the methods; a resumed study stacks the seeds it stacked
-  before), and ``replicates: separate`` trains each seed alone.  Stacked and alone are two equally valid
-  runs (README, "Replicates as a batch axis").
+  so a transcendental function (softplus, log, exp) of one member can round otherwise at another stack size
+  when a member's part of the tensor is not a multiple of the block (measured: an MVE head's softplus on 56
+  atoms, alone against in a stack of two, three elements in the last bit), and a one-member matrix product
+  with one output column takes another BLAS route.  Adam turns such a difference into a different network
+  within tens of epochs (an MVE seed's test force MAE then moved by up to 31%).  Removed where found:
+  :class:`uqpot.nn.stacked.StackedLinear` runs a one-member one-output layer as a batch of two, and the MVE
+  and evidential heads and losses apply their transcendental functions member by member
+  (:func:`uqpot.nn.stacked.per_member`); stacked and separate seeds of the ammonia preset are then bit for
+  bit equal over 30 float32 epochs (``benchmarks/replicates_training.py``).  Not proven for every size: a
+  backbone's own element-wise functions act on per-member blocks that are multiples of the feature width,
+  but a radial basis on molecules whose pair count is odd may still part.  So the stacks are a function of
+  the command (the seed list and the methods; a resumed study stacks the seeds it stacked before), and
+  ``replicates: separate`` trains each seed alone: at worst the two are two equally valid runs.
 * **Completion order.**  Labels, grids and loop steps are collected by index (never in the order workers
   finish), and every random draw comes from a generator seeded from the config's seed and the step
   (generation, replica, split) it belongs to.
