@@ -303,4 +303,6 @@ def loop_plan(system: str, preset, out: Path, seeds=None, methods=None, workers:
                           "count 0 s")
     if cfg.neb and sys_.has_neb:
         plan.notes.append(C.NEB_NOTE)
+    if len(seeds) > 1 and cfg.replicates == "auto":
+        plan.notes.append(C.REPLICATES_NOTE)
     return plan

@@ -116,6 +116,12 @@ NEB_RELAX_STEPS = 50
 NEB_NOTE = ("NEB: the band's steps are not known before the model is; counted as 300 band steps per run (one seed's "
             "runs in the quick study took 109-676), at most 2,000")
 
+#: the seeds' trainings of a method stacked into one (``loop.replicates: auto``): measured with
+#: benchmarks/replicates_training.py (the quick ammonia preset, 30 epochs, one thread, quiet 2-core CPU): single
+#: networks 1.3-1.7x faster at 2-8 seeds, 5-member ensembles 1.0x; the plan counts every seed's training apart
+REPLICATES_NOTE = ("training: the seeds' networks of a method train in one stack (loop.replicates: auto); counted "
+                   "here one by one, an upper bound: measured 1.3-1.7x faster for single networks at 2-8 seeds, "
+                   "no faster for 5-member ensembles (benchmarks/replicates_training.py)")
 GPU_NOTE = ("no per-step figure has been measured on a GPU for these workloads, so there is no GPU estimate "
             "(run benchmarks/plan_costs.py there; benchmarks/gpu_check.sh times the separate parts)")
 
