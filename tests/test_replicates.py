@@ -109,34 +109,42 @@ def test_masked_adam_step_leaves_members_out_exactly():
 
 def test_a_loop_with_stacked_replicates_equals_one_with_separate_seeds(tmp_path, ammonia):
     """Two seeds of a two-generation loop (MVE, and GMM and LLPR on generation 1's shared backbone; EMT as the
-    oracle): every seed's summary is the same whether its networks trained stacked with the other seed's or
-    alone (``replicates: separate``)."""
+    oracle): every seed's summary is the same whether its networks trained stacked with the other seed's, in
+    process or on a local Dask cluster's workers, or alone (``replicates: separate``)."""
     from support.tiny_loop import tiny_loop_config, tiny_loop_files
 
     from uqpot.loop.config import LoopConfig
     from uqpot.loop.replicates import replicates, run_replicates
 
+    from uqpot.core.executor import get_executor
+
     files = tiny_loop_files(tmp_path, ammonia)
     summaries = {}
-    for mode in ("auto", "separate"):
+    for mode in ("auto", "separate", "dask"):  # dask: auto on a local Dask cluster (the stacks run on its workers)
         raw = tiny_loop_config(tmp_path, files, mode, {})
         raw.pop("until")
         raw.update({"methods": ["mve", "gmm", "llpr"], "uq": {"gmm": {"components": 2}}, "sampler": "adversarial",
-                    "attack": {"n_seeds": 2, "iterations": 3, "energy_cutoff": None}, "replicates": mode,
+                    "attack": {"n_seeds": 2, "iterations": 3, "energy_cutoff": None},
+                    "replicates": "separate" if mode == "separate" else "auto",
                     "train": {**raw["train"], "dtype": "float64"}, "store": str(tmp_path / f"{mode}.db")})
         cfgs = replicates(LoopConfig.model_validate(raw), [0, 7])
-        summaries[mode] = run_replicates(cfgs, tmp_path / mode)["per_seed"]
-    assert (tmp_path / "auto" / "stacked" / "gen1" / "backbone" / "replicates.json").is_file()
+        if mode == "dask":
+            with get_executor("local", n_workers=2) as ex:
+                summaries[mode] = run_replicates(cfgs, tmp_path / mode, executor=ex)["per_seed"]
+        else:
+            summaries[mode] = run_replicates(cfgs, tmp_path / mode)["per_seed"]
+    for mode in ("auto", "dask"):
+        assert (tmp_path / mode / "stacked" / "gen1" / "backbone" / "replicates.json").is_file()
     assert (tmp_path / "auto" / "stacked" / "gen2" / "mve" / "replicates.json").is_file()
     assert not (tmp_path / "separate" / "stacked").exists()
     assert "stacked with the seeds 0, 7" in (tmp_path / "auto" / "seed7" / "loop.log").read_text()
     for seed in ("0", "7"):
         for g in (1, 2):
-            for m in ("mve", "gmm", "llpr"):
-                a, b = summaries["auto"][seed]["generations"][g][m], summaries["separate"][seed]["generations"][g][m]
+            for m, mode in [(m, mode) for m in ("mve", "gmm", "llpr") for mode in ("auto", "dask")]:
+                a, b = summaries[mode][seed]["generations"][g][m], summaries["separate"][seed]["generations"][g][m]
                 assert (a["n_train"], a["n_val"]) == (b["n_train"], b["n_val"])
                 for key in ("energy_mae", "forces_mae", "spearman", "auc20"):
                     if b["test"].get(key) is not None:
-                        assert a["test"][key] == pytest.approx(b["test"][key], rel=1e-6, abs=1e-9), (seed, g, m, key)
+                        assert a["test"][key] == pytest.approx(b["test"][key], rel=1e-6, abs=1e-9), (mode, seed, g, m)
                 if g == 1:
                     assert a["label"]["n_added"] == b["label"]["n_added"]
