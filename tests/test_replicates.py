@@ -78,6 +78,23 @@ def test_stacked_replicates_resume_and_refusals(tmp_path, ammonia, ethanol):
     assert "fine-tuning" in why_not_stacked(model_cfg, uq, cfg, reps, init=["a.pt"])
 
 
+def test_a_stack_with_a_non_finite_loss_trains_its_seeds_alone(tmp_path, ammonia):
+    """One seed's data holds a structure whose forces overflow the loss: in a stack its non-finite step would
+    skip the other seed's step too, so the seeds train one by one, each as it would alone."""
+    import copy
+
+    uq, model_cfg, cfg = parse_uq({"method": "none"}), ModelConfig(**SMALL), TrainConfig(**TRAIN)
+    reps = _replicates(ammonia, tmp_path / "r", [(1, 20, 6), (2, 20, 6)])
+    bad = copy.deepcopy(reps[1].train.structures[0])
+    bad.forces = np.full_like(bad.forces, np.inf)
+    reps[1].train.structures[0] = bad
+    summaries = fit_replicates(model_cfg, uq, cfg, reps, tmp_path / "stack")
+    assert json.loads((tmp_path / "stack" / "fallback.json").read_text())["nonfinite_steps"] > 0
+    alone = fit_model(model_cfg, uq, cfg, 1, reps[0].train, reps[0].val, reps[0].test, tmp_path / "alone")
+    assert summaries[0]["test"]["forces_mae"] == alone["test"]["forces_mae"]
+    assert "stacked_replicates" not in summaries[0]["training"]
+
+
 def test_masked_adam_step_leaves_members_out_exactly():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64))

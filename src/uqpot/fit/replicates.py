@@ -21,6 +21,9 @@ there), a backbone without the dense layout (MACE, SevenNet), fine-tuning from m
 stack their own branches (:attr:`uqpot.uq.base.UQMethod.stacks_replicates`), an ensemble with per-member
 splits, training settings that the data resolves differently per seed (the stress weight, ``compile``).
 
+A stack in which a loss turned non-finite or training rolled back (which the trainer does for every member at
+once) is not used: its seeds train one by one (``fallback.json`` in the stack's folder says so).
+
 The training record of each replicate gives its own best epochs and validation errors; ``wall_seconds`` is
 its share of the stack's time (the stack's time over S), the whole under ``stacked_replicates``.
 """
@@ -49,7 +52,7 @@ from ..train.memory import training_step_peak_mb
 from ..train.trainer import Trainer
 from .config import member_count, method_of, trains_plain_potential
 from .prepare import train_settings
-from .run import build_model, finish_model
+from .run import build_model, finish_model, fit_model
 
 
 @dataclass
@@ -123,6 +126,16 @@ def fit_replicates(model_cfg, uq_cfg, train_cfg, reps: list[Replicate], stack_di
     trainer = Trainer(model, pool, pool, cfg, stack_dir, seed=reps[0].seed, console=console, loss_fn=loss_fn,
                       extra={"stacked_replicates": [r.seed for r in reps]}, subsets=subsets)
     result = trainer.fit()
+    if result.nonfinite_steps or result.rollbacks or not trainer.model_path.is_file():
+        # a non-finite loss skips the step of every member and a rollback cuts every member's learning rate: a
+        # seed that diverged would change the others' training, which alone it would not; so each seed trains
+        # alone instead (a diverging one then fails on its own, with its own message)
+        write_json(stack_dir / "fallback.json", {"why": "non-finite steps or rollbacks in the stack",
+                                                 "nonfinite_steps": result.nonfinite_steps,
+                                                 "rollbacks": result.rollbacks})
+        return [json.loads((Path(r.out) / "summary.json").read_text()) if r.done else
+                fit_model(model_cfg, uq_cfg, train_cfg, r.seed, r.train, r.val, r.test, r.out, console=console,
+                          extra=r.extra) for r in reps]
     wall = result.wall_seconds
     summaries = []
     for s, rep in enumerate(reps):
