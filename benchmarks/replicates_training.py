@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
         for S in counts:
             reps = replicates(data, S, n_train, val_fraction, args.out / f"stacked{S}", method)
             row = {"method": method, "seeds": S, "separate_s": round(sum(separate[:S]), 1)}
-            why = why_not_stacked(model_cfg, uq, train_cfg, reps)
+            why = why_not_stacked(model_cfg, uq, train_cfg, reps, stack_ensembles=True)  # measured whatever auto does
             if why is not None and S > 1:
                 row["stacked_s"], row["why_not"] = None, why
             else:
