@@ -47,13 +47,12 @@ from ..data.batch import iterate_batches
 from ..data.structures import StructureDataset
 from ..evaluation.models import load
 from ..nn import modelfile
-from ..nn.backbone import build_potential
 from ..nn.potential import SHARED_BUFFERS
 from ..train.autocompile import choose_compile
 from ..train.member_order import one_molecule
 from ..train.memory import training_step_peak_mb
 from ..train.trainer import Trainer
-from .config import member_count, method_of, trains_plain_potential
+from .config import member_count, method_of
 from .prepare import train_settings
 from .run import build_model, finish_model, fit_model
 
@@ -170,9 +169,7 @@ def fit_replicates(model_cfg, uq_cfg, train_cfg, reps: list[Replicate], stack_di
 
 def _stack(model_cfg, uq_cfg, seeds: list[int], reps: list[Replicate]):
     """The stacked model: S·M members seeded as the separate runs seed theirs, each replicate's references."""
-    cls = method_of(uq_cfg)
-    hp = model_cfg.potential_hparams(len(seeds), seeds, reps[0].train)
-    model = build_potential(hp) if trains_plain_potential(uq_cfg) else cls.from_options(uq_cfg, hp)
+    model = build_model(model_cfg, uq_cfg, reps[0].seed, reps[0].train, seeds=seeds)
     M = len(seeds) // len(reps)
     getattr(model, "potential", model).fit_member_references([r.train for r in reps for _ in range(M)])
     return model

@@ -155,11 +155,13 @@ def potential_hparams(model_cfg, uq_cfg, seed: int, train=None) -> dict:
     return model_cfg.potential_hparams(members, member_seeds(seed, members), train)
 
 
-def build_model(model_cfg, uq_cfg, seed: int, train=None):
+def build_model(model_cfg, uq_cfg, seed: int, train=None, seeds: list[int] | None = None):
     """What the trainer trains: a plain potential (``uq.method: none`` and the post-hoc methods, wrapped
-    after training) or the configured UQ method around one."""
+    after training) or the configured UQ method around one; ``seeds``: every stacked network's seed instead
+    of the method's members seeded from ``seed`` (the replicates of a study in one stack)."""
     method = method_of(uq_cfg)
-    hp = potential_hparams(model_cfg, uq_cfg, seed, train)
+    hp = (potential_hparams(model_cfg, uq_cfg, seed, train) if seeds is None
+          else model_cfg.potential_hparams(len(seeds), list(seeds), train))
     return build_potential(hp) if method.trains_plain_potential() else method.from_options(uq_cfg, hp)
 
 

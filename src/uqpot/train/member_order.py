@@ -112,7 +112,7 @@ def masked_stacked_batches(dataset: StructureDataset, orders: list[np.ndarray], 
                            dtype, device):
     """Yields ``(indices (M, b), stacked batch, mask)``: step k gives member m the k-th chunk of ``orders[m]``.
     Where every member's chunk has the same size (orders of one length), one stacked batch per step and
-    ``mask`` None, as :func:`stacked_batches`.  Orders of different lengths (replicates on their own training
+    ``mask`` None.  Orders of different lengths (replicates on their own training
     sets) give chunks of different sizes, or none, at the end of an epoch: the members with chunks of one size
     step together, one stacked batch per size, ``mask`` (M,) bool naming them; the others carry a copy of the
     first such member's chunk (so the batch stacks) and must not step (the loss and the optimizer take the
@@ -130,15 +130,6 @@ def masked_stacked_batches(dataset: StructureDataset, orders: list[np.ndarray], 
                 mask = torch.zeros(len(chunks), dtype=torch.bool)
                 mask[members] = True
             yield np.stack(idx), stack_member_batches(batches), mask
-
-
-def stacked_batches(dataset: StructureDataset, orders: list[np.ndarray], batch_size: int, cutoff: float, dtype,
-                    device):
-    """Yields ``(indices (M, b), stacked batch)``: step k gives member m the k-th chunk of ``orders[m]``."""
-    for start in range(0, len(orders[0]), batch_size):
-        idx = [order[start:start + batch_size] for order in orders]
-        batches = [collate_dataset(dataset, i, cutoff, dtype=dtype, device=device, layout="dense") for i in idx]
-        yield np.stack(idx), stack_member_batches(batches)
 
 
 def member_splits(model, n_train: int, n_val: int) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
