@@ -44,18 +44,18 @@ def test_dry_run_prints_the_plan_and_writes_nothing(system, tmp_path, monkeypatc
 
 
 def test_the_ammonia_quick_plan_counts_the_preset(tmp_path, monkeypatch):
-    """configs/ammonia_quick.yaml: 3 seeds x 4 methods x 3 generations; MD 10 runs x 4 temperatures of
+    """configs/ammonia_quick.yaml: 6 seeds x 4 methods x 3 generations; MD 5 runs x 4 temperatures of
     0.1 x 5 ps at 0.5 fs; attacks of 20 seeds x 80 iterations in generations 1-2."""
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", "quick", "--dry-run"])
     assert r.exit_code == 0, r.output
     out = r.output
-    assert "jobs: 36 (seed x method x generation)" in out
-    assert "trajectories: 1,440 (10 runs x 4 temperature(s) per job), MD steps: 1,000 each, 1,440,000 replica-steps" in out
-    assert "attack iterations: 38,880 structure-iterations (20 seeds x 80 iterations" in out
-    assert "oracle calls: 480 loop labels at most" in out
-    r6 = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", "quick", "--dry-run", "--seeds", "0,1,2,3,4,5"])
-    assert "jobs: 72" in r6.output and _wall_s(r6.output) > _wall_s(out)
+    assert "jobs: 72 (seed x method x generation)" in out
+    assert "trajectories: 1,440 (5 runs x 4 temperature(s) per job), MD steps: 1,000 each, 1,440,000 replica-steps" in out
+    assert "attack iterations: 77,760 structure-iterations (20 seeds x 80 iterations" in out
+    assert "oracle calls: 960 loop labels at most" in out
+    r3 = CliRunner().invoke(cli, ["reproduce", "ammonia", "--preset", "quick", "--dry-run", "--seeds", "0,1,2"])
+    assert "jobs: 36" in r3.output and _wall_s(r3.output) < _wall_s(out)
     assert not (tmp_path / "runs").exists()
 
 

@@ -16,7 +16,7 @@ from ..uq import method_class
 from .active_learning import ActiveLearning
 from .config import LoopConfig
 from .final import final_models
-from .stacked import train_stacked
+from .stacked import BACKBONE, submit_stacked, train_stacked
 from .stopping import write_stopping
 
 
@@ -77,25 +77,24 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
         todo = [(k, m) for k, m in pairs if g <= loops[k].cfg.generations and (k, m) not in stopped]
         if not todo:
             break
-        # every seed's network of a method in one stacked training, where that equals separate runs
-        train_stacked(loops, g, todo, executor, parallel)
         results: dict = {}
         if parallel:
-            # generation 1: the shared backbones first (one per loop), beside the methods that train their own
+            # every seed's network of a method in one stacked training, where that equals separate runs; a
+            # step whose training is in a stack (or, in generation 1, on a shared backbone) waits for it on the
+            # workers, the others (an ensemble's seeds trained one by one) start beside the stacks
+            stacks = submit_stacked(loops, g, todo, executor)
             shared = {(k, m) for k, m in todo if g == 1 and m in loops[k].shared_methods()}
-            backbones = [executor.submit(run_backbone, loops[k].cfg.model_dump(mode="json"))
-                         for k in sorted({k for k, _ in shared})]
-            futures = {(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m)
-                       for k, m in todo if (k, m) not in shared}
-            for f in backbones:
-                f.result()
-            futures.update({(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m)
-                            for k, m in todo if (k, m) in shared})
-            futures = {p: futures[p] for p in todo}
+            backbones = {k: executor.submit(run_backbone, loops[k].cfg.model_dump(mode="json"),
+                                            after=stacks.get(BACKBONE))
+                         for k in sorted({k for k, _ in shared})}
+            futures = {(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m,
+                                               after=backbones[k] if (k, m) in shared else stacks.get(m))
+                       for k, m in todo}
             for (k, m), f in futures.items():
                 results[k, m] = f.result()
                 eta.step(_what(g, m, loops[k], seeds, samplers), (k, g, m) in earlier)
         else:
+            train_stacked(loops, g, todo)
             for k, m in todo:
                 results[k, m] = loops[k].method_generation(g, m)
                 eta.step(_what(g, m, loops[k], seeds, samplers), (k, g, m) in earlier)
@@ -153,8 +152,9 @@ def _finished(out: Path) -> dict:
         return {}
 
 
-def run_backbone(cfg: dict) -> dict:
-    """Generation 1's shared backbone on a worker process (picklable entry point for Dask)."""
+def run_backbone(cfg: dict, after=None) -> dict:
+    """Generation 1's shared backbone on a worker process (picklable entry point for Dask; ``after``: the
+    future of a job it waits for, e.g. the stack that trained it)."""
     from ..core.determinism import fixed_threads
 
     loop = ActiveLearning(LoopConfig.model_validate(cfg))
@@ -162,8 +162,9 @@ def run_backbone(cfg: dict) -> dict:
         return loop.step_backbone()
 
 
-def run_method_generation(cfg: dict, g: int, method: str) -> dict:
-    """One method's generation on a worker process (picklable entry point for Dask)."""
+def run_method_generation(cfg: dict, g: int, method: str, after=None) -> dict:
+    """One method's generation on a worker process (picklable entry point for Dask; ``after``: the future of
+    a job it waits for, e.g. the stack that trained its network)."""
     return ActiveLearning(LoopConfig.model_validate(cfg)).method_generation(g, method)
 
 

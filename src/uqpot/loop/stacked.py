@@ -46,19 +46,20 @@ def stacked_groups(loops: list[ActiveLearning], g: int, todo: list[tuple[int, st
     return [(m, ks) for m, ks in groups.items() if len(ks) > 1 and m in pending]
 
 
-def train_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]], executor=None,
-                  parallel: bool = False) -> None:
-    """Trains every group of :func:`stacked_groups` (on the executor's workers, one job per method, when
-    ``parallel``), so that the seeds' own training steps of generation ``g`` find their results."""
-    groups = stacked_groups(loops, g, todo)
-    if parallel:
-        futures = [executor.submit(run_stacked, [loops[k].cfg.model_dump(mode="json") for k in ks], g, m)
-                   for m, ks in groups]
-        for f in futures:
-            f.result()
-        return
-    for m, ks in groups:
+def train_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]]) -> None:
+    """Trains every group of :func:`stacked_groups` in this process, so that the seeds' own training steps of
+    generation ``g`` find their results (on an executor: :func:`submit_stacked`)."""
+    for m, ks in stacked_groups(loops, g, todo):
         stack_method([loops[k] for k in ks], g, m)
+
+
+def submit_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]], executor) -> dict:
+    """Submits every group of :func:`stacked_groups` to the executor's workers (one job per method) and
+    returns each group's future by name (``"backbone"`` or the method), without waiting: the steps that need
+    a stack's training wait for its future on the workers, while those that do not (a method whose seeds
+    train one by one, e.g. an ensemble on a CPU) already run beside the stacks."""
+    return {m: executor.submit(run_stacked, [loops[k].cfg.model_dump(mode="json") for k in ks], g, m)
+            for m, ks in stacked_groups(loops, g, todo)}
 
 
 def run_stacked(cfgs: list[dict], g: int, method: str) -> None:
