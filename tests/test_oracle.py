@@ -11,7 +11,7 @@ from ase.build import bulk, molecule
 from uqpot.data.store import Store
 from uqpot.data.structures import Structure
 from uqpot.core.errors import ConfigError
-from uqpot.core.executor import InProcessExecutor, get_executor, slurm_job_script
+from uqpot.core.executor import InProcessExecutor, Job, get_executor, run_jobs, slurm_job_script
 from uqpot.oracle import BaseOracle, LabelResult, Oracle, get_oracle, oracle_from_config
 from uqpot.oracle.ase import ASEOracle
 from uqpot.core.units import EV_TO_KCAL_PER_MOL
@@ -224,3 +224,35 @@ def test_base_oracle_contract():
 
     result = Broken("broken").label([molecule("NH3")])
     assert result.n_failed == 1 and "non-finite" in result.records[0].error
+
+
+def _record(order_file, key):
+    with open(order_file, "a") as fh:
+        fh.write(f"{key}\n")
+    return key
+
+
+def test_run_jobs_keeps_the_callers_order_and_waits_for_after(tmp_path):
+    """uqpot.core.executor.run_jobs: a job starts after the one its ``after`` names; one slot (in-process) runs
+    the ready jobs in list order; on a real 2-worker LocalCluster every job runs once, after its ``after``."""
+    order = tmp_path / "order.txt"
+    jobs = [Job("stack", _record, (str(order), "stack")),
+            Job("long", _record, (str(order), "long")),
+            Job("a", _record, (str(order), "a"), after="stack"),
+            Job("b", _record, (str(order), "b"), after="a")]
+    done = []
+    out = run_jobs(InProcessExecutor(), jobs, on_done=done.append)
+    assert out == {"stack": "stack", "long": "long", "a": "a", "b": "b"}
+    assert order.read_text().split() == ["stack", "long", "a", "b"] == done
+    with pytest.raises(ValueError, match="names no job"):
+        run_jobs(InProcessExecutor(), [Job("x", _record, (str(order), "x"), after="y")])
+    with pytest.raises(ValueError, match="cycle"):
+        run_jobs(InProcessExecutor(), [Job("x", _record, (str(order), "x"), after="y"),
+                                       Job("y", _record, (str(order), "y"), after="x")])
+    order.unlink()
+    with get_executor("local", n_workers=2) as ex:
+        assert ex.slots() == 2
+        out = run_jobs(ex, jobs)
+    seen = order.read_text().split()
+    assert sorted(seen) == ["a", "b", "long", "stack"] and out["b"] == "b"
+    assert seen.index("stack") < seen.index("a") < seen.index("b")

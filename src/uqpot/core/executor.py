@@ -25,6 +25,7 @@ functions and picklable objects.
 from __future__ import annotations
 
 import concurrent.futures as _cf
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from .errors import ConfigError, UqpotError
@@ -52,6 +53,14 @@ class Executor:
 
     def as_completed(self, futures) -> Iterator:
         raise NotImplementedError
+
+    def slots(self) -> int | None:
+        """How many jobs run at once (None: as many as are submitted, e.g. a cluster that scales to them)."""
+        return 1
+
+    def first_done(self, futures) -> list:
+        """The finished futures among ``futures``, waiting until there is at least one."""
+        return [f for f in futures if f.done()] or list(_cf.wait(list(futures), return_when=_cf.FIRST_COMPLETED).done)
 
     def close(self) -> None:
         pass
@@ -130,6 +139,15 @@ class DaskExecutor(Executor):
             for f in futures:
                 f.release()
 
+    def slots(self) -> int | None:
+        # a local cluster's threads; Slurm: no limit (an adaptive cluster scales to the jobs it is given)
+        return sum(self.client.nthreads().values()) or None if self.kind == "local" else None
+
+    def first_done(self, futures) -> list:
+        from distributed import wait
+
+        return list(wait(list(futures), return_when="FIRST_COMPLETED").done)
+
     def as_completed(self, futures):
         from distributed import as_completed
 
@@ -175,6 +193,50 @@ def slurm_prologue_line() -> str:
     defaults; a value None unsets)."""
     env = {k: None for k in NANNY_ENV_UNSET}
     return f"export DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON=\"{env!r}\""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job of :func:`run_jobs`: ``fn(*args)`` under ``key``, started only after the job named ``after``."""
+
+    key: Any
+    fn: Callable
+    args: tuple = ()
+    after: Any = None
+
+
+def run_jobs(executor: "Executor", jobs: list[Job], on_done: Callable[[Any], None] | None = None) -> dict:
+    """Runs ``jobs`` on ``executor`` in their order of priority and returns ``{key: result}``.
+
+    A job starts once the job its ``after`` names has finished; at most ``executor.slots()`` run at once, and a
+    free worker always takes the first ready job of the list, so that the order is the caller's (e.g. the
+    longest first, or the job others wait for first), not the scheduler's: Dask queues jobs without
+    dependencies behind those whose dependencies have just finished, which left a worker idle while others
+    waited for a stack it had not started.  ``on_done(key)`` is called as each job finishes.  The first
+    failure is raised (results are keyed, so the order jobs finish in never shows in them)."""
+    keys = [j.key for j in jobs]
+    if len(set(keys)) != len(keys):
+        raise ValueError("run_jobs: duplicate keys")
+    unknown = {j.after for j in jobs if j.after is not None} - set(keys)
+    if unknown:
+        raise ValueError(f"run_jobs: 'after' names no job: {sorted(map(str, unknown))}")
+    limit = executor.slots()
+    waiting, running, results = list(jobs), {}, {}
+    while waiting or running:
+        while waiting and (limit is None or len(running) < limit):
+            ready = next((j for j in waiting if j.after is None or j.after in results), None)
+            if ready is None:
+                break
+            waiting.remove(ready)
+            running[executor.submit(ready.fn, *ready.args)] = ready.key
+        if not running:
+            raise ValueError("run_jobs: the jobs' 'after' form a cycle")
+        for f in executor.first_done(list(running)):
+            key = running.pop(f)
+            results[key] = f.result()
+            if on_done is not None:
+                on_done(key)
+    return results
 
 
 def _local_cluster(n_workers: int, threads_per_worker: int, memory_limit, processes: bool):

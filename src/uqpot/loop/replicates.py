@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..core.executor import Job, run_jobs
 from ..core.provenance import write_json
 from ..uq import method_class
 from .active_learning import ActiveLearning
 from .config import LoopConfig
 from .final import final_models
-from .stacked import BACKBONE, submit_stacked, train_stacked
+from .stacked import BACKBONE, stack_jobs, train_stacked
 from .stopping import write_stopping
 
 
@@ -79,20 +80,26 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
             break
         results: dict = {}
         if parallel:
-            # every seed's network of a method in one stacked training, where that equals separate runs; a
-            # step whose training is in a stack (or, in generation 1, on a shared backbone) waits for it on the
-            # workers, the others (an ensemble's seeds trained one by one) start beside the stacks
-            stacks = submit_stacked(loops, g, todo, executor)
+            # every seed's network of a method in one stacked training, where that equals separate runs; a step
+            # whose training is in a stack (or, in generation 1, on a shared backbone) starts after it, the
+            # others (an ensemble's seeds trained one by one) beside the stacks; a free worker takes the first
+            # ready job: the stacks, then the longest steps
+            jobs = stack_jobs(loops, g, todo)
+            stacks = {j.key for j in jobs}
             shared = {(k, m) for k, m in todo if g == 1 and m in loops[k].shared_methods()}
-            backbones = {k: executor.submit(run_backbone, loops[k].cfg.model_dump(mode="json"),
-                                            after=stacks.get(BACKBONE))
-                         for k in sorted({k for k, _ in shared})}
-            futures = {(k, m): executor.submit(run_method_generation, loops[k].cfg.model_dump(mode="json"), g, m,
-                                               after=backbones[k] if (k, m) in shared else stacks.get(m))
-                       for k, m in todo}
-            for (k, m), f in futures.items():
-                results[k, m] = f.result()
-                eta.step(_what(g, m, loops[k], seeds, samplers), (k, g, m) in earlier)
+            after_backbone = ("stack", BACKBONE) if ("stack", BACKBONE) in stacks else None
+            jobs += [Job(("backbone", k), run_backbone, (loops[k].cfg.model_dump(mode="json"),), after_backbone)
+                     for k in sorted({k for k, _ in shared})]
+            jobs += [Job((k, m), run_method_generation, (loops[k].cfg.model_dump(mode="json"), g, m),
+                         ("backbone", k) if (k, m) in shared else (("stack", m) if ("stack", m) in stacks else None))
+                     for k, m in todo]
+
+            def done(key, g=g):
+                if key in set(todo):
+                    eta.step(_what(g, key[1], loops[key[0]], seeds, samplers), (key[0], g, key[1]) in earlier)
+
+            out = run_jobs(executor, jobs, on_done=done)
+            results = {p: out[p] for p in todo}
         else:
             train_stacked(loops, g, todo)
             for k, m in todo:
@@ -152,9 +159,8 @@ def _finished(out: Path) -> dict:
         return {}
 
 
-def run_backbone(cfg: dict, after=None) -> dict:
-    """Generation 1's shared backbone on a worker process (picklable entry point for Dask; ``after``: the
-    future of a job it waits for, e.g. the stack that trained it)."""
+def run_backbone(cfg: dict) -> dict:
+    """Generation 1's shared backbone on a worker process (picklable entry point for Dask)."""
     from ..core.determinism import fixed_threads
 
     loop = ActiveLearning(LoopConfig.model_validate(cfg))
@@ -162,9 +168,8 @@ def run_backbone(cfg: dict, after=None) -> dict:
         return loop.step_backbone()
 
 
-def run_method_generation(cfg: dict, g: int, method: str, after=None) -> dict:
-    """One method's generation on a worker process (picklable entry point for Dask; ``after``: the future of
-    a job it waits for, e.g. the stack that trained its network)."""
+def run_method_generation(cfg: dict, g: int, method: str) -> dict:
+    """One method's generation on a worker process (picklable entry point for Dask)."""
     return ActiveLearning(LoopConfig.model_validate(cfg)).method_generation(g, method)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.determinism import fixed_threads
+from ..core.executor import Job
 from ..data.io import write_extxyz
 from ..fit.replicates import Replicate, fit_replicates, why_not_stacked
 from ..uq.options import parse_uq
@@ -53,13 +54,13 @@ def train_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str
         stack_method([loops[k] for k in ks], g, m)
 
 
-def submit_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]], executor) -> dict:
-    """Submits every group of :func:`stacked_groups` to the executor's workers (one job per method) and
-    returns each group's future by name (``"backbone"`` or the method), without waiting: the steps that need
-    a stack's training wait for its future on the workers, while those that do not (a method whose seeds
-    train one by one, e.g. an ensemble on a CPU) already run beside the stacks."""
-    return {m: executor.submit(run_stacked, [loops[k].cfg.model_dump(mode="json") for k in ks], g, m)
-            for m, ks in stacked_groups(loops, g, todo)}
+def stack_jobs(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]]) -> list[Job]:
+    """Every group of :func:`stacked_groups` as a job for :func:`uqpot.core.executor.run_jobs`, keyed
+    ``("stack", name)`` (``name``: ``"backbone"`` or the method): the steps that need a stack's training name
+    it as their ``after``, while those that do not (a method whose seeds train one by one, e.g. an ensemble on
+    a CPU) run beside the stacks."""
+    return [Job(("stack", m), run_stacked, ([loops[k].cfg.model_dump(mode="json") for k in ks], g, m))
+            for m, ks in stacked_groups(loops, g, todo)]
 
 
 def run_stacked(cfgs: list[dict], g: int, method: str) -> None:
