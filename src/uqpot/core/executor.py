@@ -15,8 +15,10 @@
 
 Every executor has ``submit(fn, *args, **kwargs) -> future`` (``future.result()``), ``map(fn, items) ->
 iterator of results in input order``, ``as_completed(futures) -> iterator of futures as they finish``,
-``close()`` and is a context manager.  ``in_process`` tells callers whether work runs in the calling
-process (then ``submit`` computes before it returns).
+``slots()`` (how many jobs run at once), ``first_done(futures)``, ``close()`` and is a context manager;
+``in_process`` tells callers whether work runs in the calling process (then ``submit`` computes before it
+returns).  :func:`run_jobs` runs a list of jobs in the caller's order of priority, each after the job it
+waits for.
 
 Functions and arguments sent to a Dask executor are pickled: they must be importable module-level
 functions and picklable objects.
@@ -140,8 +142,9 @@ class DaskExecutor(Executor):
                 f.release()
 
     def slots(self) -> int | None:
-        # a local cluster's threads; Slurm: no limit (an adaptive cluster scales to the jobs it is given)
-        return sum(self.client.nthreads().values()) or None if self.kind == "local" else None
+        if self.kind != "local":  # Slurm: no limit (an adaptive cluster scales to the jobs it is given)
+            return None
+        return sum(self.client.nthreads().values()) or None  # the local cluster's threads
 
     def first_done(self, futures) -> list:
         from distributed import wait

@@ -2,7 +2,8 @@
 
 A study's seeds run the same loop config with their own seed, each in ``OUT/seed{s}``, with one label store
 (``OUT/labels.db``).  Within a generation every (seed, method) pair is independent: on a Dask executor they
-all run at once, the longest (ensembles) first.  Results are collected by (seed, method), never in the
+run side by side in the loop's order (:func:`uqpot.core.executor.run_jobs`: the seeds' stacked trainings
+first, then the longest steps, the ensembles'; each step after the stack that trains its network).  Results are collected by (seed, method), never in the
 order workers finish, so the summaries do not depend on the executor.
 """
 
@@ -94,8 +95,10 @@ def run_loops(loops: list["ActiveLearning"], executor=None, log=None) -> list[di
                          ("backbone", k) if (k, m) in shared else (("stack", m) if ("stack", m) in stacks else None))
                      for k, m in todo]
 
-            def done(key, g=g):
-                if key in set(todo):
+            pairs_now = set(todo)
+
+            def done(key, g=g, pairs_now=pairs_now):
+                if key in pairs_now:
                     eta.step(_what(g, key[1], loops[key[0]], seeds, samplers), (key[0], g, key[1]) in earlier)
 
             out = run_jobs(executor, jobs, on_done=done)

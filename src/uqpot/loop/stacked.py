@@ -49,7 +49,7 @@ def stacked_groups(loops: list[ActiveLearning], g: int, todo: list[tuple[int, st
 
 def train_stacked(loops: list[ActiveLearning], g: int, todo: list[tuple[int, str]]) -> None:
     """Trains every group of :func:`stacked_groups` in this process, so that the seeds' own training steps of
-    generation ``g`` find their results (on an executor: :func:`submit_stacked`)."""
+    generation ``g`` find their results (on an executor: :func:`stack_jobs`)."""
     for m, ks in stacked_groups(loops, g, todo):
         stack_method([loops[k] for k in ks], g, m)
 
