@@ -16,9 +16,9 @@ so that nothing downstream knows the difference: the results equal separate runs
 (``tests/test_replicates.py``).
 
 On a CPU only methods with one network per seed are stacked: an ensemble is a stack already, and a larger
-one trains no faster per member there (``benchmarks/replicates_training.py``: 1.0x at 2-8 seeds; in a study's
-Dask worker, six seeds' 5-member ensembles stacked ran at 3.7 s per epoch against an expected 1.6, and held
-the generation back); on a GPU ensembles are stacked too.  Where the stack cannot reproduce separate runs,
+one trains no faster per member there (``benchmarks/replicates_training.py``: 1.0x at 2-8 seeds; a study's
+Dask worker once ran such a stack 2.3x slower still, which was Dask's malloc setting, since removed:
+:data:`uqpot.core.executor.NANNY_ENV_UNSET`); on a GPU ensembles are stacked too.  Where the stack cannot reproduce separate runs,
 :func:`why_not_stacked` says why and the caller trains them one by one: data that is not one molecule on the dense layout (members' own batches stack only
 there), a backbone without the dense layout (MACE, SevenNet), fine-tuning from model files, methods that
 stack their own branches (:attr:`uqpot.uq.base.UQMethod.stacks_replicates`), an ensemble with per-member
@@ -75,8 +75,7 @@ class Replicate:
 
 #: why the seeds of an ensemble are not stacked on a CPU (:func:`why_not_stacked`)
 ENSEMBLE_ON_CPU = ("an ensemble is a stack already, and on a CPU a larger one trains no faster per member (measured "
-                   "1.0x at 2-8 seeds; in a study's Dask worker a stack of six 5-member ensembles ran 2.4x slower "
-                   "per member than one ensemble)")
+                   "1.0x at 2-8 seeds)")
 
 
 def why_not_stacked(model_cfg, uq_cfg, train_cfg, reps: list[Replicate], init=None,
