@@ -160,3 +160,44 @@ def test_bootstrap_leaves_out_resamples_where_the_statistic_is_undefined():
     assert 0 < vals.size < 2000 and np.all(np.isfinite(vals))  # a resample of one repeated structure has no ρ
     lo_hi = iv.bootstrap(spearman, u, e, n_resamples=2000)
     assert lo_hi[1] <= est <= lo_hi[2]
+
+
+@pytest.mark.parametrize("name", ["spearman", "roc_auc_p20", "roc_auc_p50"])
+def test_batched_ranking_metrics_equal_the_metric_row_by_row(name):
+    """The batched form a bootstrap uses gives each resample's value bit for bit, nan where the metric raises:
+    ties (errors and U on a coarse grid), rows with one repeated structure (constant U and ε), small and
+    larger sets."""
+    from uqpot.metrics.registry import MetricInputs, get_metric
+
+    m = get_metric(name)
+    rng = np.random.default_rng(11)
+    for n in (4, 7, 200):
+        u = np.round(rng.gamma(2.0, size=n), 1)
+        e = np.round(u * rng.gamma(3.0, size=n), 0)
+        idx = rng.integers(0, n, size=(500, n))
+        idx[:3] = rng.integers(0, n)  # whole rows of one structure: undefined
+        got = m.batched(u[idx], e[idx])
+        want = np.array([iv._defined(lambda a, b: m.function(MetricInputs(a, b, None)), u[i], e[i]) for i in idx])
+        assert np.isnan(got[:3]).all()
+        np.testing.assert_array_equal(got, want)  # nan where nan, every other value identical
+        est, vals = iv.bootstrap_distribution(lambda a, b: m.function(MetricInputs(a, b, None)), u, e,
+                                              n_resamples=300, seed=n)
+        est_b, vals_b = iv.bootstrap_distribution(lambda a, b: m.function(MetricInputs(a, b, None)), u, e,
+                                                  n_resamples=300, seed=n, batched=m.batched)
+        assert est == est_b and vals.size > 0
+        np.testing.assert_array_equal(vals, vals_b)
+
+
+def test_batched_bootstrap_chunks_its_resamples(monkeypatch):
+    """Past :data:`iv.BATCH_VALUES` the resamples go in chunks of rows; the values are the same."""
+    from uqpot.metrics.ranking import spearman, spearman_rows
+
+    rng = np.random.default_rng(5)
+    u, e = rng.normal(size=50), rng.normal(size=50)
+    whole = iv.bootstrap_distribution(spearman, u, e, n_resamples=250, seed=3, batched=spearman_rows)
+    monkeypatch.setattr(iv, "BATCH_VALUES", 50 * 7)  # seven rows a chunk, the last one shorter
+    chunked = iv.bootstrap_distribution(spearman, u, e, n_resamples=250, seed=3, batched=spearman_rows)
+    assert whole[1].size == 250
+    np.testing.assert_array_equal(whole[1], chunked[1])
+    with pytest.raises(ValueError):
+        spearman_rows(u, e)  # one resample is not a batch

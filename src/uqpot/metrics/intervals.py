@@ -153,12 +153,21 @@ def seed_proportion(counts: Sequence[tuple[int, int]], level: float = 0.95) -> t
     return (m, lo, hi), label
 
 
+#: resampled values held at once by a batched bootstrap (rows x samples), to bound its memory
+BATCH_VALUES = 2_000_000
+
+
 def bootstrap_distribution(statistic: Callable[..., float], *samples: Sequence, n_resamples: int = 1000,
-                           seed: int = 0) -> tuple[float, np.ndarray]:
+                           seed: int = 0, batched: Callable[..., np.ndarray] | None = None
+                           ) -> tuple[float, np.ndarray]:
     """``statistic(*samples)`` and its finite values on ``n_resamples`` resamples: the samples (equal lengths)
     are resampled together, with replacement, by a generator seeded with ``seed``.  Resamples on which the
     statistic is not finite or undefined (it raises ValueError: e.g. Spearman of a resample whose values are all
-    one structure's) are left out; none for fewer than two."""
+    one structure's) are left out; none for fewer than two.
+
+    ``batched``, where given, is the statistic on many resamples at once (each sample as an array of shape
+    (rows, n); nan where undefined) and must equal ``statistic`` row by row: the same resamples, the same values,
+    in a few array calls instead of ``n_resamples`` Python calls (:attr:`uqpot.metrics.registry.Metric.batched`)."""
     arrays = [np.asarray(s) for s in samples]
     n = len(arrays[0])
     if any(len(a) != n for a in arrays):
@@ -170,7 +179,12 @@ def bootstrap_distribution(statistic: Callable[..., float], *samples: Sequence, 
         return est, np.empty(0)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_resamples, n))
-    vals = np.array([_defined(statistic, *(a[i] for a in arrays)) for i in idx], dtype=float)
+    if batched is None:
+        vals = np.array([_defined(statistic, *(a[i] for a in arrays)) for i in idx], dtype=float)
+    else:
+        rows = max(1, BATCH_VALUES // n)
+        vals = np.concatenate([np.asarray(batched(*(a[idx[i:i + rows]] for a in arrays)), dtype=float)
+                               for i in range(0, n_resamples, rows)])
     return est, vals[np.isfinite(vals)]
 
 
@@ -193,10 +207,10 @@ def percentile_interval(est: float, values: np.ndarray, level: float = 0.95, n_r
 
 
 def bootstrap(statistic: Callable[..., float], *samples: Sequence, n_resamples: int = 1000,
-              level: float = 0.95, seed: int = 0) -> Interval:
+              level: float = 0.95, seed: int = 0, batched: Callable[..., np.ndarray] | None = None) -> Interval:
     """``statistic(*samples)`` and its percentile-bootstrap interval (:func:`bootstrap_distribution`,
     :func:`percentile_interval`)."""
-    est, vals = bootstrap_distribution(statistic, *samples, n_resamples=n_resamples, seed=seed)
+    est, vals = bootstrap_distribution(statistic, *samples, n_resamples=n_resamples, seed=seed, batched=batched)
     return percentile_interval(est, vals, level, n_resamples)
 
 

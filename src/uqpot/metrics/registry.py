@@ -60,6 +60,9 @@ class Metric:
     percentile: Optional[float] = None
     #: what tells metrics of one label apart in a print ("p20": "ROC-AUC 0.81 (p20) 0.77 (p50)")
     qualifier: str = ""
+    #: the value of a metric of U and ε alone on many resamples at once: U and ε of shape (R, n) -> R values,
+    #: nan where undefined; equal to ``function`` row by row (the bootstraps use it: one call, not R)
+    batched: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None
 
     @property
     def direction(self) -> str:

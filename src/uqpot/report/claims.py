@@ -213,7 +213,8 @@ def _better_than(obs: Observations, q: str, a: tuple[str, int], b: tuple[str, in
         elif _of_ranking(q) and obs.predictions is not None and a[1] == b[1]:
             pa, pb = obs.predictions(a[0], a[1], u), obs.predictions(b[0], b[1], u)
             if pa is not None and pb is not None and len(pa[1]) == len(pb[1]):
-                est, vals = iv.bootstrap_distribution(_metric_difference(q), pa[0], pa[1], pb[0], pb[1], seed=0)
+                est, vals = iv.bootstrap_distribution(_metric_difference(q), pa[0], pa[1], pb[0], pb[1], seed=0,
+                                                      batched=_metric_difference_rows(q))
                 d, lo, hi = iv.percentile_interval(est, vals)
                 e = _effect(d, lo, hi, f"one seed: bootstrap over {len(pa[1])} test structures",
                             "test structure (one seed: both models on the same structures)", sig.bootstrap_p(vals))
@@ -246,6 +247,14 @@ def _metric_difference(q: str):
         return fn(MetricInputs(ua, ea, None)) - fn(MetricInputs(ub, eb, None))
 
     return f
+
+
+def _metric_difference_rows(q: str):
+    """:func:`_metric_difference` on many resamples at once, where the metric has a batched form (else None)."""
+    rows = get_metric(q).batched
+    if rows is None:
+        return None
+    return lambda ua, ea, ub, eb: rows(ua, ea) - rows(ub, eb)
 
 
 def _verdict(lo: float, hi: float) -> str:

@@ -145,7 +145,8 @@ def seed_rows(recs: list[dict]) -> list[dict]:
         if pred is not None:
             for m in metrics(kind="uq", needs_calibration=False, summary=True):  # of U and ε alone
                 _, lo, hi = iv.bootstrap(lambda u, e, f=m.function: f(MetricInputs(u, e, None)), *pred,
-                                         n_resamples=BOOTSTRAP_RESAMPLES, seed=1000 * r["seed"] + r["generation"])
+                                         n_resamples=BOOTSTRAP_RESAMPLES, seed=1000 * r["seed"] + r["generation"],
+                                         batched=m.batched)
                 row[f"{m.name}_lo"], row[f"{m.name}_hi"] = lo, hi
         if r.get("md_runs"):
             p, lo, hi = iv.wilson(r["md_stable"], r["md_runs"])
