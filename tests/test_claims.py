@@ -116,6 +116,22 @@ def test_missing_data_is_not_measured():
     assert rows[0]["verdict"] == "not measured"
 
 
+def test_a_study_with_one_generation_measures_no_change_between_generations():
+    """A study stopped after generation 1 ("last" is 1): the claims on a change from generation 1 to the last
+    are not measured (not "generation 1 to 1" with a zero effect), the one-generation claims still are."""
+    q = "stable_md_fraction"
+    vals = {(m, 1, q): [b + 0.01 * s for s in range(3)]
+            for m, b in (("ensemble", 0.9), ("evidential", 0.7), ("gmm", 0.5), ("mve", 0.2))}
+    vals.update({(m, 1, "neb_barrier_error"): [1.0, 1.2, 0.9] for m in ("ensemble", "gmm")})
+    obs = _obs(vals, last=1)
+    for cid in ("fig3g_stability_rises", "fig3g_gmm_stability_rises_most", "fig3e_neb_only_ensemble_improves"):
+        r = C.evaluate(_claim(cid), obs)
+        assert r["verdict"] == "not measured" and r["comparisons"] == [], cid
+    assert C.evaluate(_claim("fig3d_gen1_stability_order"), obs)["verdict"] == "reproduced"
+    rows = C.table_rows(C.check("ammonia", obs))
+    assert not any("generation 1 to 1" in (row.get("comparison") or "") for row in rows)
+
+
 PAPER = Path(__file__).resolve().parents[1].parent / "shared" / "paper" / "tan2023_single_model_uq.txt"
 
 

@@ -42,7 +42,8 @@ else inconclusive.  A claim is reproduced if every comparison is, contradicted i
 comparison; every other method's improvement can contradict the claim (if significantly positive) but
 cannot prove it (absence of an effect is not shown by an interval), so those enter as "not contradicted";
 "X does not improve" (``not_improves``) has only such a comparison, and its verdict is then *not
-contradicted* or *contradicted* (raw and Holm alike).
+contradicted* or *contradicted* (raw and Holm alike).  A claim on the change between two generations
+("from 1 to last") is *not measured* where the study has one generation only (e.g. stopped after its first).
 
 "Rises" and "falls" are read in the quantity's own direction: a force MAE "rises" (improves) when it falls.
 ``rise_larger`` compares two improvements: per seed, (X at ``to`` − X at ``from``) − (Y at ``to`` − Y at
@@ -296,7 +297,9 @@ def evaluate(claim: dict, obs: Observations) -> dict:
             comps.append(_comparison(f"{a} better than {b}", _better_than(obs, q, (a, g), (b, g))))
     elif kind in ("rises", "falls", "rise_larger", "only_improves", "not_improves"):
         g0, g1 = _generation(claim["from"], obs), _generation(claim["to"], obs)
-        if kind == "rises":
+        if g0 >= g1:  # a study stopped at its first generation ("last" is 1): no change to measure
+            pass
+        elif kind == "rises":
             for m in claim["methods"]:
                 comps.append(_comparison(f"{m} improves from generation {g0} to {g1}",
                                          _better_than(obs, q, (m, g1), (m, g0))))
