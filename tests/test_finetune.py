@@ -98,7 +98,7 @@ def test_loop_fine_tunes_every_method_from_init_model(tmp_path, ammonia):
     fit_model(ModelConfig(**raw["model"]), parse_uq({"method": "none"}), TrainConfig(epochs=2, batch_size=8,
               progress=False), 0, ammonia.subset(low[:16]), ammonia.subset(low[16:]), ammonia.subset([]), pre)
     raw["init_model"] = str(pre / "model.pt")
-    raw["finetune"] = {"lr": 1e-4, "epochs": 2}
+    raw["finetune"] = {"lr": 1e-4, "epochs": 2, "readout": "reinit"}
     summary = run_loop(ActiveLearning(LoopConfig.model_validate(raw)))
     root = tmp_path / "loop"
     for m in ("ensemble", "gmm"):
@@ -107,6 +107,8 @@ def test_loop_fine_tunes_every_method_from_init_model(tmp_path, ammonia):
     assert g1["fine_tuned_from"][0]["file"] == str(pre / "model.pt")
     g2 = modelfile.read(root / "gen2" / "gmm" / "train" / "model.pt")["extra"]
     assert g2["fine_tuned_from"][0]["file"] == str(root / "gen1" / "gmm" / "train" / "model.pt")
+    # the readout starts afresh from init_model only: generation 2 keeps generation 1's
+    assert (g1["fine_tuning"]["readout"], g2["fine_tuning"]["readout"]) == ("reinit", "keep")
     hist = (root / "gen2" / "gmm" / "train" / "history.csv").read_text().splitlines()
     assert len(hist) == 1 + 2  # finetune.epochs
     # a pickled or missing init_model is refused before anything is written
@@ -232,3 +234,48 @@ def test_last_blocks_beyond_the_network_is_refused(source):
     model = build_from([source], parse_uq({"method": "none"}), seed=0)
     with pytest.raises(ValueError, match="3 > the network's 2 interaction blocks"):
         freeze(model, FinetuneSettings(trainable="last_blocks", blocks=3))
+
+
+def test_reinit_readout_gives_each_member_its_own_seeded_readout(source, ethanol):
+    """finetune.readout: reinit: every member's readout is the one a network built with that member's seed
+    starts from (the backbone's own initialisation), all members' readouts differ, the rest of the network
+    stays the trained source's; the same seed gives the same readouts."""
+    uq = parse_uq({"method": "ensemble", "members": 3})
+    model = build_from([source], uq, seed=11)
+    replaced = finetune.reinit_readout(model)
+    pot = model.potential
+    seeds = pot.hparams["seeds"]
+    readout = dict(pot.parameter_blocks())["readout"]
+    assert sorted(replaced) == sorted(readout)
+    params, before = dict(pot.named_parameters()), dict(source.named_parameters())
+    for n in params:
+        for m in range(3):
+            same = torch.equal(params[n][m].to(torch.float64), before[n][0].to(torch.float64))
+            assert (not same) if n in readout else same, n
+    for m, s in enumerate(seeds):
+        single = dict(Potential(**{**HP, "seeds": [s]}).named_parameters())
+        for n in readout:
+            torch.testing.assert_close(params[n][m], single[n][0].to(params[n].dtype), rtol=0, atol=0)
+    again = build_from([source], uq, seed=11)
+    finetune.reinit_readout(again)
+    for n in readout:
+        assert torch.equal(dict(again.potential.named_parameters())[n], params[n])
+
+
+def test_fine_tuning_with_a_fresh_readout_starts_members_apart(tmp_path, source, ethanol):
+    """fit_model from one init file with finetune.readout: reinit: the ensemble's members disagree after
+    training (their readouts started apart), and the model file records the choice."""
+    from uqpot.fit.finetune import FinetuneSettings
+    from uqpot.fit.run import fit_model
+    from uqpot.train.config import TrainConfig
+
+    init = modelfile.save(source, tmp_path / "source.pt")
+    fit_model(None, parse_uq({"method": "ensemble", "members": 2}),
+              TrainConfig(epochs=2, batch_size=8, lr=1e-3, progress=False), 0, ethanol.subset(range(40, 64)),
+              ethanol.subset(range(64, 72)), ethanol.subset([]), tmp_path / "run", init=[init],
+              finetune=FinetuneSettings(trainable="readout", readout="reinit"))
+    rec = modelfile.read(tmp_path / "run" / "model.pt")
+    assert rec["extra"]["fine_tuning"]["readout"] == "reinit"
+    model = modelfile.load(tmp_path / "run" / "model.pt")
+    forces = _out(model.potential.to(torch.float64), ethanol)[F.FORCES]
+    assert (forces[0] - forces[1]).abs().mean() > 1e-3

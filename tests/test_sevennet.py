@@ -225,3 +225,18 @@ def test_wrap_sevennet_with_gmm_and_llpr(tmp_path, ammonia):
             assert torch.isfinite(u[name]).all()
             assert method == "gmm" or (u[name] >= 0).all()  # GMM's U is a negative log-likelihood
         assert float(u["distorted"].mean()) > float(u["held"].mean()), (method, u)
+
+
+def test_fresh_readout_gives_each_seed_its_own_linear_maps(pot):
+    """finetune.readout: reinit on SevenNet: the two linear maps of the readout are drawn anew per seed
+    (sevenn's own initialisation, reproducible from the seed); the per-element scale, a fit to SevenNet's
+    data and not an initialisation, is not among them."""
+    fresh = pot.fresh_readout([1, 2])
+    again = pot.fresh_readout([2])
+    params = dict(pot.named_parameters())
+    assert sorted(fresh) == sorted(n for n in dict(pot.parameter_blocks())["readout"] if "reduce_" in n)
+    assert sum(v[0].numel() for v in fresh.values()) == 8192 + 64
+    for name, value in fresh.items():
+        assert value.shape == (2, *params[name].shape[1:])
+        assert not torch.equal(value[0], value[1]) and not torch.equal(value[0], params[name][0].detach())
+        torch.testing.assert_close(value[1], again[name][0], rtol=0, atol=0)

@@ -23,6 +23,14 @@ the backbone's own (:meth:`uqpot.nn.potential.Potential.parameter_blocks`); a UQ
 and evidential heads) always train, since they start from their seeded initialisation.  A frozen weight
 gets no gradient and no Adam state (:class:`uqpot.train.optim.MemberAdam` takes the weights that require
 one); the record of what trained goes into the model file (``extra.fine_tuning``).
+
+Re-initialised readouts (``finetune.readout: reinit``, :func:`reinit_readout`): after the warm start, member
+m's readout is replaced by the backbone's own initialisation from member m's seed
+(:meth:`uqpot.nn.potential.Potential.fresh_readout`), the rest of the network keeps the trained weights.  Copies
+of one foundation model fine-tuned from the same weights stay nearly identical (their force spread measured at
+0.4% of their error); a readout of their own is the one part that starts them apart, as in last-layer
+ensembles.  It applies where fine-tuning starts from ``init_model`` (generation 1, or every generation with
+``start: init``); a generation that fine-tunes its previous model keeps that model's readout.
 """
 
 from __future__ import annotations
@@ -56,6 +64,8 @@ class FinetuneSettings(Strict):
     start: Literal["previous", "init"] = "previous"
     trainable: Literal["all", "readout", "last_blocks"] = "all"
     blocks: int = Field(1, ge=1)
+    #: ``keep`` the trained readout, or ``reinit`` it from each member's own seed (module docstring)
+    readout: Literal["keep", "reinit"] = "keep"
 
 
 def freeze(model, settings: FinetuneSettings | None) -> dict:
@@ -132,6 +142,18 @@ def warm_start(model, sources: list, names: list[str] | None = None) -> None:
     for p, n in zip(pots, names):
         _check_same_network(target, p, n)
     _copy_members(target, pots)
+
+
+def reinit_readout(model) -> list[str]:
+    """Replaces the readout of every member of ``model``'s network by the backbone's own initialisation from
+    that member's seed (``hparams["seeds"]``); returns the names of the replaced weights."""
+    pot = _potential(model)
+    fresh = pot.fresh_readout(pot.hparams["seeds"])
+    params = dict(pot.named_parameters())
+    with torch.no_grad():
+        for name, value in fresh.items():
+            params[name].copy_(value.to(dtype=params[name].dtype, device=params[name].device))
+    return sorted(fresh)
 
 
 def refit_shift(model, train, batch_size: int = 64) -> np.ndarray:

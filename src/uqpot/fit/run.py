@@ -38,7 +38,7 @@ from ..train.stages import run_stage
 from ..train.trainer import Trainer
 from ..uq.options import upgrade_uq_section
 from .config import RunConfig, member_count, method_of, trains_plain_potential, trains_stress  # noqa: F401  (public here)
-from .finetune import build_from, freeze, refit_shift
+from .finetune import build_from, freeze, refit_shift, reinit_readout
 from .prepare import PreparedRun, make_split, prepare_run, train_settings  # noqa: F401  (make_split: public here before)
 from .wrap import fit_and_calibrate
 
@@ -233,15 +233,20 @@ def fit_model(model_cfg, uq_cfg, train_cfg, seed: int, train, val, test, out, co
     ``init``: model files to fine-tune instead (:mod:`uqpot.fit.finetune`): the network is sized as
     theirs (``model_cfg`` is not used), starts from their weights, and its reference energies are shifted
     to ``train``; the files' names and sha256 go into the model file.  ``finetune``
-    (:class:`uqpot.fit.finetune.FinetuneSettings`): which of its weights train (:func:`uqpot.fit.finetune.freeze`)."""
+    (:class:`uqpot.fit.finetune.FinetuneSettings`): which of its weights train (:func:`uqpot.fit.finetune.freeze`)
+    and whether its readout starts afresh (:func:`uqpot.fit.finetune.reinit_readout`)."""
     train_cfg = train_settings(train_cfg, uq_cfg, train)
     if init:
         init = [Path(p) for p in init]
         model = build_from([load(p) for p in init], uq_cfg, seed, member_count(uq_cfg), trains_plain_potential(uq_cfg),
                            [str(p) for p in init])
+        readout = finetune.readout if finetune is not None else "keep"
+        if readout == "reinit":
+            reinit_readout(model)
         shift = refit_shift(model, train)
         extra = {**(extra or {}), "fine_tuned_from": [{"file": str(p), "sha256": sha256_file(p)} for p in init],
-                 "reference_shift": [float(x) for x in shift], "fine_tuning": freeze(model, finetune)}
+                 "reference_shift": [float(x) for x in shift],
+                 "fine_tuning": {**freeze(model, finetune), "readout": readout}}
     else:
         model = build_model(model_cfg, uq_cfg, seed, train)
         model.fit_reference(train)

@@ -200,7 +200,7 @@ class ActiveLearning:
         write_extxyz(val, d / "val.extxyz")
         return fit_model(self.cfg.model, parse_uq({"method": "none"}), self.train_settings(), self.cfg.seed, train,
                          val, test, d, console=self.console, extra={"generation": 1, "method": "backbone"},
-                         init=self.init_for(1, "none"), finetune=self.cfg.finetune)
+                         init=self.init_for(1, "none"), finetune=self.finetune_for(1))
 
     def step_train(self, g, method, train, val, test) -> dict:
         d = self.gen_dir(g, method) / "train"
@@ -221,7 +221,7 @@ class ActiveLearning:
                                      test, d, extra=extra)
         return fit_model(self.cfg.model, self.cfg.uq_config(method), self.train_settings(), self.cfg.seed, train, val,
                          test, d, console=self.console, extra=extra, init=self.init_for(g, method),
-                         finetune=self.cfg.finetune)
+                         finetune=self.finetune_for(g))
 
     def init_for(self, g: int, method: str) -> list[Path] | None:
         """The model file(s) generation ``g`` of ``method`` fine-tunes (None: trained from scratch)."""
@@ -232,6 +232,12 @@ class ActiveLearning:
             return [self.gen_dir(g - 1, method) / "train" / "model.pt"]
         members = member_count(self.cfg.uq_config(method))
         return files if members == len(files) else files[:1]
+
+    def finetune_for(self, g: int):
+        """The fine-tuning settings of generation ``g``: the loop's, but a generation that fine-tunes its
+        previous model keeps that model's readout (``readout: reinit`` applies to starts from ``init_model``)."""
+        fs = self.cfg.finetune
+        return fs if g == 1 or fs.start == "init" else fs.model_copy(update={"readout": "keep"})
 
     def model(self, g, method):
         return load(self.gen_dir(g, method) / "train" / "model.pt")

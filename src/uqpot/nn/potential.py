@@ -148,6 +148,17 @@ class Potential(nn.Module):
                 + [(f"interaction {k + 1}", blocks[k]) for k in interactions]
                 + [("readout", blocks.get("readout", []))])
 
+    def fresh_readout(self, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """The readout block's parameters (name as ``named_parameters`` gives it -> (M, ...)) of this network
+        built afresh, member m initialised from ``seeds[m]`` by the backbone's own initialisation (fine-tuning
+        with ``finetune.readout: reinit`` takes them, :func:`uqpot.fit.finetune.reinit_readout`).  The default
+        rebuilds the whole network from its hyper-parameters; a backbone whose constructor does not initialise
+        its members from their seeds (SevenNet: the checkpoint's weights) overrides it."""
+        hp = {k: v for k, v in self.hparams.items() if k != "backbone"}
+        fresh = type(self)(**{**hp, "members": len(seeds), "seeds": [int(s) for s in seeds]})
+        names = set(dict(self.parameter_blocks())["readout"])
+        return {n: p.detach() for n, p in fresh.named_parameters() if n in names}
+
     def block_of(self, name: str):
         """The block of parameter ``name``: ``"embedding"``, the interaction's index (0-based) or
         ``"readout"``.  PaiNN: the message and update of interaction k are block k; the readout MLP is the

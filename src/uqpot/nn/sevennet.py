@@ -286,6 +286,19 @@ class SevenNetPotential(Potential):
             return int(m.group(1))
         return "readout" if re.match(r"stack\.net__(reduce_|rescale_)", name) else "embedding"
 
+    def fresh_readout(self, seeds: list[int]) -> dict[str, torch.Tensor]:
+        """``reduce_input_to_hidden`` and ``reduce_hidden_to_energy`` of SevenNet networks built from the
+        settings with ``torch.manual_seed(seeds[m])`` (sevenn's own initialisation); the per-element scale
+        of the readout block is not an initialisation but the checkpoint's fit to its data, and is kept."""
+        readout = set(dict(self.parameter_blocks())["readout"])
+        nets = []
+        for s in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(s))
+                nets.append(dict(_Trunk(build_sevennet(self.hparams["sevennet"])).named_parameters()))
+        return {f"stack.{_key(n)}": torch.stack([net[n].detach() for net in nets]) for n in self._names
+                if f"stack.{_key(n)}" in readout and re.match(r"net\.reduce_", n)}
+
     def last_layer_features(self, out: dict) -> torch.Tensor:
         return out[LAST_LAYER] * self.energy_scale
 
