@@ -4,9 +4,12 @@ validation, seeded) with ``finetune.trainable`` = each of ``--modes`` (``all``, 
 with ``--blocks``), for every seed, and a post-hoc UQ method (``--method``, default LLPR) fitted on the
 fine-tuned network; also ``--ensemble M``: an ensemble of M copies fine-tuned one by one with ``trainable:
 all`` (each its own seed and batch order; with ``--member-splits`` each its own train/validation split of the
-pool as well; :func:`ensemble_run`),
+pool as well; with ``--ensemble-readout reinit`` each copy's readout starts from its own seed,
+``finetune.readout: reinit``, and ``--ensemble-trainable`` chooses what trains; :func:`ensemble_run`),
 and the zero-shot model (no training, the same post-hoc method).  Every model is scored on ``--test`` with
-uqpot's metrics (force MAE, Spearman, ROC-AUC at the 20th error percentile, cNLL, miscalibration area); printed as
+uqpot's metrics (force MAE, Spearman, ROC-AUC at the 20th error percentile, cNLL, miscalibration area; for an
+ensemble also its diversity, the members' force spread √U over its force MAE, means over the test structures, U
+before calibration, as ``benchmarks/mixed_committee.py`` has it); printed as
 mean over seeds with its 95% t-interval, the seconds per run and the weights each mode trained.
 
     python benchmarks/finetune_modes.py --init 7net0.pt --train data/train.extxyz --test data/ood.extxyz \\
@@ -76,13 +79,19 @@ def run_one(a, name: str, uq: dict, ft: FinetuneSettings | None, lr: float, epoc
     return res
 
 
+def _ensemble_name(a) -> str:
+    what = a.ensemble_trainable + (", fresh readouts" if a.ensemble_readout == "reinit" else "")
+    return f"ensemble({a.ensemble}) {what}" + (", own splits" if a.member_splits else "")
+
+
 def ensemble_run(a, seed: int, lr: float, data, test) -> dict:
     """``a.ensemble`` copies of ``a.init`` fine-tuned one by one (``trainable: all``; member k trains with seed
     100·seed + k, so its own batch order, on the run's one split: one set of reference energies; a backbone without the dense layout cannot stack independent batch
     orders, and copies stacked from one file would stay identical; ``--member-splits``: member k on its own
     split, seeded 100·seed + k), then ``uqpot wrap ... --method ensemble``
     calibrated on the run's validation split and ``uqpot evaluate`` on ``test``."""
-    out = a.out / (f"ensemble_{a.ensemble}_all" + ("_own_splits" if a.member_splits else "")) / f"seed{seed}"
+    tag = a.ensemble_trainable + ("_reinit" if a.ensemble_readout == "reinit" else "")
+    out = a.out / (f"ensemble_{a.ensemble}_{tag}" + ("_own_splits" if a.member_splits else "")) / f"seed{seed}"
     done = out / "result.json"
     if done.is_file():
         return _read_back(done, out / "eval" / "metrics.json")
@@ -90,7 +99,8 @@ def ensemble_run(a, seed: int, lr: float, data, test) -> dict:
     members = []
     for k in range(a.ensemble):
         d = out / f"member{k}"
-        run_one(a, f"member {k}", {"method": "none"}, FinetuneSettings(trainable="all"), lr, a.epochs,
+        run_one(a, f"member {k}", {"method": "none"},
+                FinetuneSettings(trainable=a.ensemble_trainable, blocks=a.blocks, readout=a.ensemble_readout), lr, a.epochs,
                 100 * seed + k, data, test, d, split_seed=100 * seed + k if a.member_splits else seed)
         members.append(str(d / "model.pt"))
     tr, va = _split(len(data), a.val_fraction, seed)
@@ -101,8 +111,11 @@ def ensemble_run(a, seed: int, lr: float, data, test) -> dict:
     subprocess.run(uqpot + ["evaluate", str(out / "ensemble.pt"), str(a.test), "--out", str(out / "eval")], check=True,
                    capture_output=True)
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
-    res = {"name": f"ensemble({a.ensemble}) all" + (", own splits" if a.member_splits else ""), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-           "test": {k: metrics.get(k) for k in KEYS}, "fine_tuning": {"weights_trained": "all"}}
+    table = np.genfromtxt(out / "eval" / "per_structure.csv", delimiter=",", names=True)
+    spread = float(np.mean(np.sqrt(table["uncertainty"])) / np.mean(table["forces_mae"]))
+    res = {"name": _ensemble_name(a), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+           "test": {**{k: metrics.get(k) for k in KEYS}, "spread_over_error": spread},
+           "fine_tuning": {"weights_trained": a.ensemble_trainable, "readout": a.ensemble_readout}}
     done.write_text(json.dumps(res, indent=1))
     return res
 
@@ -123,6 +136,10 @@ def main(argv=None) -> None:
                     help="each ensemble member fine-tunes on its own train/validation split of the pool (seed "
                          "100·seed + k): members differ by their data, not only their batch order; their reference "
                          "shifts then differ and uqpot wrap assembles them as a committee")
+    ap.add_argument("--ensemble-readout", choices=("keep", "reinit"), default="keep",
+                    help="reinit: each copy's readout starts from its own seed (finetune.readout: reinit)")
+    ap.add_argument("--ensemble-trainable", choices=("all", "readout", "last_blocks"), default="all",
+                    help="what trains in each copy (finetune.trainable; its learning rate from --lr)")
     ap.add_argument("--no-zero-shot", dest="zero_shot", action="store_false",
                     help="skip the zero-shot row (e.g. another process runs the first seed)")
     ap.add_argument("--epochs", type=int, default=30)
@@ -149,19 +166,20 @@ def main(argv=None) -> None:
             print(f"{name} seed {s}: " + ", ".join(f"{k} {r['test'][k]:.3f}" for k in KEYS) + f" ({r['seconds']} s)",
                   flush=True)
     if a.ensemble:
-        name = f"ensemble({a.ensemble}) all" + (", own splits" if a.member_splits else "")
+        name = _ensemble_name(a)
         for s in seeds:
-            runs.setdefault(name, []).append(ensemble_run(a, s, lrs["all"], data, test))
+            runs.setdefault(name, []).append(ensemble_run(a, s, lrs[a.ensemble_trainable], data, test))
             r = runs[name][-1]
-            print(f"{name} seed {s}: " + ", ".join(f"{k} {r['test'][k]:.3f}" for k in KEYS) + f" ({r['seconds']} s)",
-                  flush=True)
+            print(f"{name} seed {s}: " + ", ".join(f"{k} {r['test'][k]:.3f}" for k in (*KEYS, "spread_over_error")
+                                                    if k in r["test"]) + f" ({r['seconds']} s)", flush=True)
     print(f"\n{a.test}: mean over seeds [95% t-interval]")
-    print("| model | seeds | weights trained | " + " | ".join(KEYS) + " | s per run |")
-    print("|---" * (len(KEYS) + 4) + "|")
+    cols = KEYS + ("spread_over_error",)
+    print("| model | seeds | weights trained | " + " | ".join(cols) + " | s per run |")
+    print("|---" * (len(cols) + 4) + "|")
     for name, rs in runs.items():
         ft = rs[0].get("fine_tuning") or {}
-        cells = [fmt(mean_interval([r["test"][k] for r in rs])) if len(rs) > 1 else f"{rs[0]['test'][k]:.3f}"
-                 for k in KEYS]
+        cells = ["" if k not in rs[0]["test"] else fmt(mean_interval([r["test"][k] for r in rs])) if len(rs) > 1
+                 else f"{rs[0]['test'][k]:.3f}" for k in cols]
         print(f"| {name} | {len(rs)} | {ft.get('weights_trained', '')} | " + " | ".join(cells)
               + f" | {np.mean([r['seconds'] for r in rs]):.0f} |")
     (a.out / "summary.json").write_text(json.dumps(runs, indent=1))
