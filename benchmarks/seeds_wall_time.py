@@ -12,6 +12,10 @@ setting, each run with a copy of the preset that sets it: ``auto`` trains the se
 one stack per generation (:mod:`uqpot.fit.replicates`), ``separate`` one by one; the MD campaigns, NEBs,
 attacks and labels run per seed either way (the (seed, method) jobs of a generation spread over the
 executor's workers).
+
+The machine's speed is printed beside each row: the run's seconds per oracle label (PySCF on NH3, one thread,
+the loop's own labels, from every ``attack/label.json``), a figure uqpot's code does not enter, so wall times
+measured on different days can be told apart from a machine that runs faster or slower that day.
 """
 
 from __future__ import annotations
@@ -39,6 +43,16 @@ def preset_file(preset: str, mode: str, work: Path) -> str:
     return str(path)
 
 
+def seconds_per_label(out: Path) -> float | None:
+    """Seconds per oracle call over the loop's labelling steps of the study in ``out`` (None: none ran)."""
+    calls = seconds = 0.0
+    for f in out.glob("seed*/gen*/*/attack/label.json"):
+        rec = json.loads(f.read_text())
+        calls += rec.get("oracle_calls", 0)
+        seconds += rec.get("seconds", 0.0)
+    return round(seconds / calls, 3) if calls else None
+
+
 def run_count(data: Path, seeds: int, executor: str, preset: str, work: Path, mode: str = "auto") -> dict:
     out = work / f"{mode}_seeds{seeds}"
     shutil.rmtree(out, ignore_errors=True)
@@ -52,6 +66,7 @@ def run_count(data: Path, seeds: int, executor: str, preset: str, work: Path, mo
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - t0
     return {"replicates": mode, "seeds": seeds, "wall_s": round(wall, 1), "per_seed_s": round(wall / seeds, 1), "rc": rc,
+            "s_per_label": seconds_per_label(out),
             "load_before": [round(x, 2) for x in load0], "load_after": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -70,9 +85,10 @@ def main(argv=None) -> list[dict]:
     work.mkdir(parents=True, exist_ok=True)
     rows = [run_count(args.data, int(c), args.executor, preset_file(args.preset, mode, work), work, mode)
             for mode in args.replicates.split(",") for c in args.counts.split(",")]
-    print(f"{'replicates':>10} {'seeds':>6} {'wall (min)':>11} {'per seed (min)':>15}  load before/after")
+    print(f"{'replicates':>10} {'seeds':>6} {'wall (min)':>11} {'per seed (min)':>15} {'s per label':>12}  load before/after")
     for r in rows:
-        print(f"{r['replicates']:>10} {r['seeds']:>6} {r['wall_s'] / 60:11.1f} {r['per_seed_s'] / 60:15.1f}  {r['load_before'][0]}/"
+        print(f"{r['replicates']:>10} {r['seeds']:>6} {r['wall_s'] / 60:11.1f} {r['per_seed_s'] / 60:15.1f} "
+              f"{r['s_per_label'] or float('nan'):12.3f}  {r['load_before'][0]}/"
               f"{r['load_after'][0]}" + ("" if r["rc"] == 0 else f"  (exit {r['rc']})"))
     print(json.dumps({"executor": args.executor, "preset": args.preset, "rows": rows}))
     return rows
