@@ -67,7 +67,7 @@ def run_one(a, name: str, uq: dict, ft: FinetuneSettings | None, lr: float, epoc
         return _read_back(done, out / "summary.json")
     tr, va = _split(len(data), a.val_fraction, seed if split_seed is None else split_seed)
     cfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, lr=lr, lr_patience=max(2, epochs // 5), progress=False,
-                      member_order="independent", stress_weight=0.0)
+                      member_order="auto", stress_weight=0.0)
     t0 = time.perf_counter()
     summary = fit_model(None, parse_uq(uq), cfg, seed, data.subset(tr), data.subset(va), test, out, init=[a.init],
                         finetune=ft)
