@@ -12,6 +12,9 @@ a subclass of it that supplies the network; the base class keeps what is common.
   linear (LLPR's last layer);
 * ``block_of(name)``: where parameter ``name`` sits, ``"embedding"``, an interaction's index or ``"readout"``
   (:meth:`~uqpot.nn.potential.Potential.parameter_blocks` orders them; fine-tuning freezes by block);
+* ``fresh_readout(seeds)``: the readout block's weights of the network initialised afresh, member m from
+  ``seeds[m]`` (``finetune.readout: reinit``); the base class rebuilds the network from ``hparams``, which
+  serves every backbone whose constructor initialises its members from their seeds;
 * ``cutoff`` (Å), ``elements()`` (the atomic numbers it knows), ``members`` M (networks evaluated in one
   call, each parameter with a leading member axis, as the trainer's per-member Adam expects), ``hparams``
   (plain values that rebuild it, ``backbone`` among them for every backbone but PaiNN: the model file
