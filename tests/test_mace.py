@@ -298,3 +298,20 @@ def test_mace_stress_equals_ase_finite_differences():
     numeric = atoms.calc.calculate_numerical_stress(atoms, d=1e-5)
     assert np.abs(numeric).max() > 1e-4
     assert np.abs(atoms.get_stress() - numeric).max() <= 1e-4 * np.abs(numeric).max()
+
+
+def test_fresh_readout_of_a_mace_network_follows_each_seed(small_ethanol):
+    """finetune.readout: reinit on MACE (the base class's rebuild from hparams): member m's fresh readout is
+    the readout of a MACE network built with seed m, different per seed."""
+    from uqpot.nn.backbone import build_potential, parse_model
+    from uqpot.nn.mace import potential_hparams
+
+    train, _ = small_ethanol
+    cfg = parse_model({"kind": "mace", "channels": 8, "correlation": 2, "cutoff": 4.0, "radial_mlp": [16]})
+    pot = build_potential(potential_hparams(cfg, 1, [0], train))
+    fresh = pot.fresh_readout([5, 6])
+    assert sorted(fresh) == sorted(dict(pot.parameter_blocks())["readout"])
+    single = dict(build_potential(potential_hparams(cfg, 1, [6], train)).named_parameters())
+    for name, value in fresh.items():
+        assert not torch.equal(value[0], value[1])
+        torch.testing.assert_close(value[1], single[name][0].detach(), rtol=0, atol=0)
